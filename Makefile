@@ -1,0 +1,31 @@
+# Two commands: `make demo` and `make test`. Each sets up its own .venv on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,notebooks]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m e2b_kernel.demo notebooks/quickstart.ipynb
+
+lint: $(STAMP)
+	$(PY) -m ruff check e2b_kernel tests bench examples
+	$(PY) -m ruff format --check e2b_kernel tests bench examples
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest -n 2 --dist loadgroup tests
+	$(PY) -m pytest -p no:cacheprovider --nbval notebooks/
+
+bench: $(STAMP)
+	$(PY) bench/local_service.py
+	$(PY) bench/kernel.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

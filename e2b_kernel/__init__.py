@@ -1,0 +1,62 @@
+"""e2b-kernel: run Jupyter notebooks in E2B sandboxes.
+
+Public API (flat namespace, private modules behind it):
+
+- ``SandboxExecutor``: async context manager that runs code in a sandbox (TTA.dev contract).
+- ``load_ipython_extension``: ``%load_ext e2b_kernel`` registers ``%%e2b`` and ``%e2b``.
+- The exception hierarchy in :mod:`e2b_kernel.errors`.
+
+Imports are lazy so that ``python -m e2b_kernel`` (the kernel) and the CLI start quickly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "E2BKernelError",
+    "ExecutionTimeout",
+    "SandboxExecutor",
+    "SandboxLost",
+    "SandboxUnavailable",
+    "__version__",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+if TYPE_CHECKING:
+    from .errors import E2BKernelError, ExecutionTimeout, SandboxLost, SandboxUnavailable
+    from .executor import SandboxExecutor
+
+_LAZY = {
+    "SandboxExecutor": "executor",
+    "E2BKernelError": "errors",
+    "ExecutionTimeout": "errors",
+    "SandboxLost": "errors",
+    "SandboxUnavailable": "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'e2b_kernel' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{module}", __name__), name)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the ``%%e2b`` cell magic and the ``%e2b`` line magic."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Stop the extension's sandboxes and forget its magics."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
