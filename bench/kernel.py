@@ -1,0 +1,154 @@
+"""Benchmark the E2B Python kernel (local backend) against stock ``python3`` via jupyter_client.
+
+Prints, measured in one run on this machine:
+- median round trip of a trivial cell on ``e2b-python`` against ``python3`` (target <= 2x);
+- that round trip minus a raw ``run_code`` on the same kind of sandbox (our overhead, <= 2 ms);
+- latency from ``print`` in the sandbox to the ``stream`` message;
+- kernel start to first cell result, against ``python3``;
+- time and kernel peak memory to stream 50 MB of stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    FIFTY_MB_CODE,
+    median_seconds,
+    ms,
+    peak_rss_mib,
+    print_times_code,
+    reset_peak_rss,
+)
+from jupyter_client.manager import KernelManager
+
+MB = 1024 * 1024
+TRIVIAL = "1"
+
+
+def start(name: str) -> tuple[KernelManager, object, float]:
+    """Start a kernel and return it with the time from launch to the first cell's result."""
+    began = time.perf_counter()
+    manager = KernelManager(kernel_name=name)
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=120)
+    client.execute_interactive(TRIVIAL, timeout=120)
+    return manager, client, time.perf_counter() - began
+
+
+def stop(manager: KernelManager, client) -> None:
+    client.stop_channels()
+    manager.shutdown_kernel(now=False)
+
+
+def print_latency(client, samples: int = 20) -> float:
+    latencies: list[float] = []
+
+    def on_output(msg) -> None:
+        if msg["msg_type"] == "stream":
+            received = time.time()
+            for line in msg["content"]["text"].split():
+                latencies.append(received - float(line))
+
+    code = print_times_code(samples)
+    client.execute_interactive(code, output_hook=on_output, timeout=60)
+    return statistics.median(latencies)
+
+
+def stream_50mb(client, pid: int) -> tuple[float, float, int]:
+    received = 0
+
+    def on_output(msg) -> None:
+        nonlocal received
+        if msg["msg_type"] == "stream":
+            received += len(msg["content"]["text"])
+
+    reset_peak_rss(pid)
+    code = FIFTY_MB_CODE
+    began = time.perf_counter()
+    client.execute_interactive(code, output_hook=on_output, timeout=600)
+    return time.perf_counter() - began, peak_rss_mib(pid), received
+
+
+async def raw_run_code_round_trip(repeat: int) -> float:
+    from e2b_code_interpreter import AsyncSandbox
+
+    from e2b_kernel.local import start_in_thread
+
+    service = start_in_thread()
+    try:
+        env = service.sdk_env()
+        sandbox = await AsyncSandbox.create(
+            timeout=300,
+            api_key=env["E2B_API_KEY"],
+            api_url=env["E2B_API_URL"],
+            sandbox_url=env["E2B_SANDBOX_URL"],
+        )
+        for _ in range(3):
+            await sandbox.run_code(TRIVIAL)
+        samples = []
+        for _ in range(repeat):
+            began = time.perf_counter()
+            await sandbox.run_code(TRIVIAL)
+            samples.append(time.perf_counter() - began)
+        await sandbox.kill()
+        return statistics.median(samples)
+    finally:
+        service.stop()
+
+
+def main() -> None:
+    os.environ.pop("E2B_API_KEY", None)
+    os.environ["E2B_KERNEL_BACKEND"] = "local"
+    results = {}
+    for name in ("python3", "e2b-python"):
+        manager, client, first = start(name)
+        try:
+            rt = median_seconds(lambda c=client: c.execute_interactive(TRIVIAL, timeout=60), 50, 3)
+            latency = print_latency(client)
+            pid = manager.provisioner.process.pid  # type: ignore[union-attr]
+            stream = stream_50mb(client, pid)
+        finally:
+            stop(manager, client)
+        results[name] = (first, rt, latency, stream)
+    raw = asyncio.run(raw_run_code_round_trip(50))
+
+    py, e2b = results["python3"], results["e2b-python"]
+    print(f"# kernel benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"# machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
+    print(
+        f"trivial cell round trip: e2b-python {ms(e2b[1])}, python3 {ms(py[1])}, "
+        f"ratio {e2b[1] / py[1]:.2f}x (target <= 2x)"
+    )
+    print(
+        f"raw run_code round trip: {ms(raw)}; kernel overhead over it: {ms(e2b[1] - raw)} "
+        "(target <= 2 ms)"
+    )
+    print(f"print -> stream message latency: e2b-python {ms(e2b[2])}, python3 {ms(py[2])}")
+    print(
+        f"kernel start -> first result: e2b-python {e2b[0]:.2f} s, python3 {py[0]:.2f} s, "
+        f"ratio {e2b[0] / py[0]:.1f}x"
+    )
+    for name, (_first, _rt, _lat, (secs, peak, received)) in results.items():
+        print(
+            f"50 MB stdout on {name}: {received / MB:.1f} MB in {secs:.2f} s "
+            f"({received / MB / secs:.1f} MB/s), kernel peak RSS {peak:.1f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
