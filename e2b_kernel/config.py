@@ -1,0 +1,195 @@
+"""Configuration of a sandbox session: traitlets whose defaults come from environment variables.
+
+Three layers agree for free: environment variables (the defaults below), ``--SessionConfig.x=``
+on a kernel's command line, and Jupyter config files. Every value is checked when the config
+is built, so a bad value fails once with a message naming the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default
+from traitlets.config import Configurable
+
+from .errors import ConfigurationError
+
+__all__ = ["SECRET_NAMES", "SessionConfig", "parse_metadata", "parse_names"]
+
+# Never forwarded into a sandbox, whatever the configuration says.
+SECRET_NAMES = frozenset({"E2B_API_KEY", "E2B_ACCESS_TOKEN"})
+
+
+def parse_names(text: str) -> list[str]:
+    """Parse a comma separated list of environment variable names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    """Parse ``k=v,k2=v2`` into a dict; raise ``ValueError`` naming a malformed pair."""
+    result: dict[str, str] = {}
+    for pair in text.split(","):
+        if not pair.strip():
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, got {pair.strip()!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else None
+
+
+def _env_number(name: str, kind: type, fallback: Any) -> Any:
+    raw = _env(name)
+    if raw is None:
+        return fallback
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a valid number of seconds; set it to e.g. {name}=300"
+        ) from None
+
+
+class SessionConfig(Configurable):
+    """Settings of one sandbox session (kernel, magic or executor)."""
+
+    backend = Enum(
+        ["auto", "cloud", "local"],
+        help="Where sandboxes run: 'cloud' (E2B, needs E2B_API_KEY), 'local' (a private local "
+        "service), or 'auto' (cloud when E2B_API_KEY is set). Env: E2B_KERNEL_BACKEND.",
+    ).tag(config=True)
+    template = Unicode(help="Sandbox template. Env: E2B_KERNEL_TEMPLATE.").tag(config=True)
+    sandbox_timeout = Int(
+        help="Sandbox timeout in seconds; refreshed while the session lives. "
+        "Env: E2B_KERNEL_SANDBOX_TIMEOUT."
+    ).tag(config=True)
+    cell_timeout = Float(
+        None,
+        allow_none=True,
+        help="Per-cell timeout in seconds (none by default). Env: E2B_KERNEL_CELL_TIMEOUT.",
+    ).tag(config=True)
+    idle = Enum(
+        ["keepalive", "pause"],
+        help="When idle, keep the sandbox alive or let it pause (auto-resumed on the next cell). "
+        "Env: E2B_KERNEL_IDLE.",
+    ).tag(config=True)
+    forward_env = List(
+        Unicode(),
+        help="Names of local environment variables to copy into the sandbox. "
+        "Env: E2B_KERNEL_FORWARD_ENV (comma separated).",
+    ).tag(config=True)
+    metadata = Dict(
+        value_trait=Unicode(),
+        help="Sandbox metadata. Env: E2B_KERNEL_METADATA ('k=v,k2=v2').",
+    ).tag(config=True)
+    domain = Unicode(
+        None, allow_none=True, help="E2B domain. Env: E2B_DOMAIN (as the SDK reads it)."
+    ).tag(config=True)
+    keep_sandbox = Bool(
+        help="Keep the sandbox at shutdown and log its id. Env: E2B_KERNEL_KEEP_SANDBOX=1."
+    ).tag(config=True)
+
+    @default("backend")
+    def _backend_default(self) -> str:
+        return (_env("E2B_KERNEL_BACKEND") or "auto").lower()
+
+    @default("template")
+    def _template_default(self) -> str:
+        return _env("E2B_KERNEL_TEMPLATE") or "code-interpreter-v1"
+
+    @default("sandbox_timeout")
+    def _sandbox_timeout_default(self) -> int:
+        return int(_env_number("E2B_KERNEL_SANDBOX_TIMEOUT", int, 300))
+
+    @default("cell_timeout")
+    def _cell_timeout_default(self) -> float | None:
+        value = _env_number("E2B_KERNEL_CELL_TIMEOUT", float, None)
+        return None if value is None or value <= 0 else float(value)
+
+    @default("idle")
+    def _idle_default(self) -> str:
+        return (_env("E2B_KERNEL_IDLE") or "keepalive").lower()
+
+    @default("forward_env")
+    def _forward_env_default(self) -> list[str]:
+        return parse_names(_env("E2B_KERNEL_FORWARD_ENV") or "")
+
+    @default("metadata")
+    def _metadata_default(self) -> dict[str, str]:
+        raw = _env("E2B_KERNEL_METADATA") or ""
+        try:
+            return parse_metadata(raw)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"E2B_KERNEL_METADATA is malformed ({exc}); use 'key=value,key2=value2'"
+            ) from None
+
+    @default("domain")
+    def _domain_default(self) -> str | None:
+        return _env("E2B_DOMAIN")
+
+    @default("keep_sandbox")
+    def _keep_sandbox_default(self) -> bool:
+        return (_env("E2B_KERNEL_KEEP_SANDBOX") or "").lower() in {"1", "true", "yes", "on"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        try:
+            super().__init__(**kwargs)
+            self.check()
+        except TraitError as exc:
+            raise ConfigurationError(_explain(exc)) from None
+
+    def check(self) -> None:
+        """Read and validate every value now, so errors surface at creation."""
+        for name in self.trait_names(config=True):
+            getattr(self, name)
+        if self.sandbox_timeout < 1:
+            raise ConfigurationError(
+                f"sandbox timeout must be at least 1 second, got {self.sandbox_timeout}; "
+                "set E2B_KERNEL_SANDBOX_TIMEOUT to e.g. 300"
+            )
+        secret = SECRET_NAMES.intersection(self.forward_env)
+        if secret:
+            raise ConfigurationError(
+                f"{', '.join(sorted(secret))} may not be forwarded into a sandbox; "
+                "remove it from E2B_KERNEL_FORWARD_ENV"
+            )
+
+    def resolved_backend(self, environ: dict[str, str] | None = None) -> str:
+        """Return 'cloud' or 'local': 'auto' means cloud exactly when E2B_API_KEY is set."""
+        if self.backend != "auto":
+            return str(self.backend)
+        env = os.environ if environ is None else environ
+        return "cloud" if env.get("E2B_API_KEY") else "local"
+
+    def forwarded_env(self, environ: dict[str, str] | None = None) -> dict[str, str]:
+        """Return the named variables that are set locally, to be set in the sandbox."""
+        env = os.environ if environ is None else environ
+        return {name: env[name] for name in self.forward_env if name in env}
+
+    @property
+    def keepalive_interval(self) -> float:
+        """Seconds between refreshes of the sandbox timeout: a third of it, at most a minute."""
+        return max(0.5, min(60.0, self.sandbox_timeout / 3))
+
+
+_ENV_OF = {
+    "backend": "E2B_KERNEL_BACKEND",
+    "idle": "E2B_KERNEL_IDLE",
+    "template": "E2B_KERNEL_TEMPLATE",
+}
+
+
+def _explain(exc: TraitError) -> str:
+    """Turn a traitlets validation error into a message naming the variable to fix."""
+    text = str(exc)
+    for trait, env_name in _ENV_OF.items():
+        if f"'{trait}' trait" in text:
+            return f"invalid {env_name} / SessionConfig.{trait}: {text}"
+    return f"invalid e2b-kernel configuration: {text}"

@@ -1,0 +1,454 @@
+"""``SandboxSession``: one persistent E2B sandbox, driven through the unmodified E2B SDK.
+
+The session turns ``AsyncSandbox.run_code`` callbacks into Jupyter-shaped events that are
+yielded *while the cell runs* (callbacks -> ``asyncio.Queue`` -> async generator). It owns the
+sandbox's lifecycle: background creation, keep-alive (refresh the sandbox timeout while busy,
+and while idle unless idle mode is ``pause``), loss detection, restart and shutdown.
+
+All methods must be called on one event loop (the loop the session was started on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from e2b_code_interpreter import AsyncSandbox
+
+from . import introspection, outputs
+from .config import SessionConfig
+from .errors import (
+    ConfigurationError,
+    E2BKernelError,
+    ExecutionTimeout,
+    SandboxLost,
+    SandboxUnavailable,
+)
+from .sdk_errors import is_sandbox_gone, unavailable_message
+
+__all__ = ["Event", "SandboxSession"]
+
+Event = tuple[str, dict]
+
+CLOUD_ISOLATION = "E2B cloud microVM"
+NEW_SANDBOX_NOTICE = (
+    "[e2b-kernel] The previous sandbox was lost; this cell runs in a NEW sandbox "
+    "with fresh Python state and files.\n"
+)
+_DONE: Event = ("__done__", {})
+
+
+class SandboxSession:
+    """One sandbox and its default Python context, shared by the kernel, magic and executor."""
+
+    def __init__(
+        self,
+        config: SessionConfig | None = None,
+        *,
+        name: str = "default",
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.config = config if config is not None else SessionConfig()
+        self.name = name
+        self.log = log or logging.getLogger("e2b_kernel.session")
+        self.backend: str = self.config.resolved_backend()
+        self.isolation: str = CLOUD_ISOLATION if self.backend == "cloud" else "(starting)"
+        self.sandbox: AsyncSandbox | None = None
+        self._service: Any = None  # the private local service (backend "local")
+        self._start_lock = asyncio.Lock()
+        self._exec_lock = asyncio.Lock()
+        self._busy = False
+        self._lost: str | None = None  # why the sandbox is gone; the next execute raises
+        self._announce_new = False  # say "new sandbox" once on the next execute
+        self._keepalive: asyncio.Task | None = None
+        self._last_activity = time.monotonic()
+        self._closed = False
+
+    @property
+    def sandbox_id(self) -> str | None:
+        """The id of the current sandbox, if there is one."""
+        return self.sandbox.sandbox_id if self.sandbox is not None else None
+
+    @property
+    def busy(self) -> bool:
+        """True while a cell runs."""
+        return self._busy
+
+    # ---- connection -------------------------------------------------------------------
+
+    def _connection_opts(self) -> dict[str, Any]:
+        """SDK keyword arguments that pick the backend (never logged: they hold the key)."""
+        if self._service is not None:
+            url = self._service.url
+            return {"api_key": self._service.api_key, "api_url": url, "sandbox_url": url}
+        import os
+
+        if not os.environ.get("E2B_API_KEY"):
+            raise ConfigurationError(
+                "E2B_API_KEY is not set, so the cloud backend cannot create a sandbox. Set "
+                "E2B_API_KEY to your E2B API key, or set E2B_KERNEL_BACKEND=local to run "
+                "sandboxes on this machine."
+            )
+        return {"domain": self.config.domain} if self.config.domain else {}
+
+    async def _ensure_service(self) -> None:
+        if self.backend != "local" or self._service is not None:
+            return
+        from .local import start_in_thread  # type: ignore[attr-defined,unused-ignore]
+
+        # start_in_thread blocks until the server listens; keep the loop free meanwhile.
+        self._service = await asyncio.to_thread(start_in_thread)
+        self.isolation = str(self._service.isolation)
+        self.log.info(
+            "private local E2B service at %s (isolation: %s)", self._service.url, self.isolation
+        )
+
+    async def start(self) -> None:
+        """Create the sandbox (and the private local service when needed); idempotent."""
+        async with self._start_lock:
+            if self._closed:
+                raise SandboxUnavailable("this sandbox session is closed")
+            if self.sandbox is not None:
+                return
+            await self._ensure_service()
+            opts = self._connection_opts()
+            lifecycle: Any = None
+            if self.config.idle == "pause":
+                lifecycle = {"on_timeout": "pause", "auto_resume": True}
+            try:
+                self.sandbox = await AsyncSandbox.create(
+                    template=self.config.template,
+                    timeout=self.config.sandbox_timeout,
+                    metadata=dict(self.config.metadata) or None,
+                    envs=self.config.forwarded_env() or None,
+                    lifecycle=lifecycle,
+                    **opts,
+                )
+            except E2BKernelError:
+                raise
+            except Exception as exc:
+                raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
+            self._lost = None
+            self._last_activity = time.monotonic()
+            self.log.info(
+                "sandbox %s started (backend %s, template %s)",
+                self.sandbox_id,
+                self.backend,
+                self.config.template,
+            )
+            self._start_keepalive()
+
+    async def connect(self, sandbox_id: str) -> None:
+        """Attach to an existing (running or paused) sandbox instead of creating one."""
+        async with self._start_lock:
+            await self._ensure_service()
+            opts = self._connection_opts()
+            try:
+                sandbox = await AsyncSandbox.connect(
+                    sandbox_id, timeout=self.config.sandbox_timeout, **opts
+                )
+            except Exception as exc:
+                if is_sandbox_gone(exc):
+                    raise SandboxLost(
+                        f"sandbox {sandbox_id} no longer exists (killed or expired)"
+                    ) from None
+                raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
+            self.sandbox = sandbox
+            self._lost = None
+            self._last_activity = time.monotonic()
+            self.log.info("connected to sandbox %s", sandbox_id)
+            self._start_keepalive()
+
+    async def _ready_sandbox(self) -> tuple[AsyncSandbox, bool]:
+        """Return the sandbox to run in, and whether it is new after a loss."""
+        if self._lost is not None:
+            reason, self._lost = self._lost, None
+            self._drop_sandbox()
+            self._announce_new = True
+            raise SandboxLost(reason)
+        await self.start()
+        assert self.sandbox is not None
+        if self.config.idle == "pause" and self._idle_for() > self.config.sandbox_timeout * 0.8:
+            await self._resume()
+        announce, self._announce_new = self._announce_new, False
+        return self.sandbox, announce
+
+    async def _resume(self) -> None:
+        """Resume a sandbox that may have paused while idle (connect resumes it)."""
+        assert self.sandbox is not None
+        try:
+            await self.sandbox.connect(timeout=self.config.sandbox_timeout)
+        except Exception as exc:
+            if is_sandbox_gone(exc):
+                self._drop_sandbox()
+                self._announce_new = True
+                raise SandboxLost(self._lost_message("expired")) from None
+            raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
+
+    def _drop_sandbox(self) -> None:
+        self.sandbox = None
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    def _lost_message(self, how: str) -> str:
+        return (
+            f"The sandbox {self.sandbox_id or ''} was {how}: its Python state and files are "
+            "gone. Run the cell again to continue in a new sandbox."
+        ).replace("sandbox  was", "sandbox was")
+
+    def _idle_for(self) -> float:
+        return time.monotonic() - self._last_activity
+
+    # ---- keep-alive ---------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.create_task(self._keepalive_loop(), name="e2b-keepalive")
+
+    async def _keepalive_loop(self) -> None:
+        """Refresh the sandbox timeout while busy (and while idle in keepalive mode)."""
+        interval = self.config.keepalive_interval
+        while self.sandbox is not None:
+            await asyncio.sleep(interval)
+            sandbox = self.sandbox
+            if sandbox is None:
+                return
+            if self.config.idle == "pause" and not self._busy:
+                continue
+            try:
+                await sandbox.set_timeout(self.config.sandbox_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_sandbox_gone(exc):
+                    self.log.warning("sandbox %s is gone: %s", sandbox.sandbox_id, exc)
+                    if self._run_task is not None and not self._run_task.done():
+                        self._run_lost = True
+                        self._run_task.cancel()
+                    elif self.sandbox is sandbox:
+                        self._lost = self._lost_message("killed or expired")
+                    return
+                self.log.warning("could not refresh the sandbox timeout: %s", exc)
+
+    _run_task: asyncio.Task | None = None
+    _run_lost = False
+
+    # ---- execution ------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        env_vars: dict[str, str] | None = None,
+        language: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Run ``code`` and yield Jupyter-shaped events as they arrive.
+
+        Raises ``SandboxLost``, ``SandboxUnavailable``, ``ExecutionTimeout`` or
+        ``ConfigurationError`` for infrastructure failures. Cancelling the consumer interrupts
+        the remote cell (the stream is closed, so the server interrupts the kernel).
+        """
+        async with self._exec_lock:
+            sandbox, announce = await self._ready_sandbox()
+            if announce:
+                yield ("stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
+            async for event in self._run(sandbox, code, timeout, env_vars, language):
+                yield event
+
+    async def _run(
+        self,
+        sandbox: AsyncSandbox,
+        code: str,
+        timeout: float | None,
+        env_vars: dict[str, str] | None,
+        language: str | None,
+    ) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def on_stdout(message: Any) -> None:
+            queue.put_nowait(("stream", {"name": "stdout", "text": message.line}))
+
+        def on_stderr(message: Any) -> None:
+            queue.put_nowait(("stream", {"name": "stderr", "text": message.line}))
+
+        def on_result(result: Any) -> None:
+            queue.put_nowait(outputs.result_to_event(result))
+
+        def on_error(error: Any) -> None:
+            queue.put_nowait(("error", outputs.error_to_content(error)))
+
+        kwargs: dict[str, Any] = {}
+        if language and language != "python":
+            kwargs["language"] = language
+        task = asyncio.create_task(
+            sandbox.run_code(
+                code,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                on_result=on_result,
+                on_error=on_error,
+                envs=env_vars or None,
+                timeout=0,  # the SDK's own deadline fires at about 2x; we enforce ours below
+                **kwargs,
+            ),
+            name="e2b-run-code",
+        )
+        task.add_done_callback(lambda _task: queue.put_nowait(_DONE))
+        self._run_task, self._run_lost = task, False
+        limit = timeout if timeout is not None else self.config.cell_timeout
+        deadline = None if not limit else time.monotonic() + limit
+        self._busy = True
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    event = await asyncio.wait_for(queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    raise ExecutionTimeout(
+                        f"The cell did not finish within the cell timeout of {limit:g} s and "
+                        "was interrupted; the sandbox and its state are kept. Raise "
+                        "E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
+                    ) from None
+                if event is _DONE:
+                    break
+                yield event
+            await self._finish(sandbox, task)
+        finally:
+            self._busy = False
+            self._last_activity = time.monotonic()
+            self._run_task = None
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def _finish(self, sandbox: AsyncSandbox, task: asyncio.Task) -> None:
+        """Turn the finished ``run_code`` task into nothing or an E2BKernelError."""
+        if task.cancelled():
+            if self._run_lost:
+                self._mark_lost(sandbox, "killed or expired")
+            raise SandboxLost(self._lost_message("killed or expired"))
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, E2BKernelError):
+            raise exc
+        self.log.warning("run_code failed: %r", exc)
+        gone = is_sandbox_gone(exc)
+        if not gone:
+            try:
+                gone = not await asyncio.wait_for(sandbox.is_running(), 10)
+            except Exception:
+                gone = False
+        if gone:
+            message = self._lost_message("killed or expired")
+            self._mark_lost(sandbox, "killed or expired")
+            raise SandboxLost(message)
+        raise SandboxUnavailable(
+            f"The connection to sandbox {sandbox.sandbox_id} failed during the cell "
+            f"({type(exc).__name__}: {exc}). The sandbox is still running; run the cell again."
+        )
+
+    def _mark_lost(self, sandbox: AsyncSandbox, how: str) -> None:
+        """Forget a lost sandbox: the next execute creates a new one and says so once."""
+        if self.sandbox is sandbox:
+            self._drop_sandbox()
+            self._announce_new = True
+
+    async def _hidden(self, code: str) -> str:
+        """Run hidden code in the user's context and return its stdout ('' on any failure)."""
+        if self._busy or self.sandbox is None or self._lost is not None:
+            return ""
+        chunks: list[str] = []
+        async with self._exec_lock:
+            sandbox = self.sandbox
+            if sandbox is None:
+                return ""
+            self._busy = True
+            try:
+                await asyncio.wait_for(
+                    sandbox.run_code(code, on_stdout=lambda m: chunks.append(m.line), timeout=0),
+                    30,
+                )
+            except Exception as exc:
+                self.log.debug("hidden code failed: %r", exc)
+            finally:
+                self._busy = False
+        return "".join(chunks)
+
+    async def complete(self, code: str, cursor_pos: int) -> dict:
+        """Jupyter ``complete_reply`` fields from IPython's completer in the sandbox."""
+        stdout = await self._hidden(introspection.complete_code(code, cursor_pos))
+        reply = introspection.parse_reply(stdout)
+        return reply if reply is not None else introspection.empty_complete_reply(cursor_pos)
+
+    async def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict:
+        """Jupyter ``inspect_reply`` fields from IPython's inspector in the sandbox."""
+        stdout = await self._hidden(introspection.inspect_code(code, cursor_pos, detail_level))
+        reply = introspection.parse_reply(stdout)
+        return reply if reply is not None else introspection.empty_inspect_reply()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def restart(self) -> None:
+        """Fresh Python state in the same sandbox; files and installed packages are kept."""
+        sandbox, _ = await self._ready_sandbox()
+        async with self._exec_lock:
+            try:
+                contexts = await sandbox.list_code_contexts()
+                default = next((c for c in contexts if c.language == "python"), None)
+                if default is None:
+                    return  # the default context is created lazily by the next execute
+                await sandbox.restart_code_context(default)
+            except Exception as exc:
+                if is_sandbox_gone(exc):
+                    self._mark_lost(sandbox, "killed or expired")
+                    raise SandboxLost(self._lost_message("killed or expired")) from None
+                raise SandboxUnavailable(f"could not restart the Python context: {exc}") from None
+
+    async def set_timeout(self, seconds: int) -> None:
+        """Set the sandbox timeout (seconds from now) and keep refreshing to that value."""
+        self.config.sandbox_timeout = int(seconds)
+        if self.sandbox is not None:
+            await self.sandbox.set_timeout(int(seconds))
+
+    async def status(self) -> dict:
+        """Backend, isolation, sandbox id, template and when the sandbox would expire."""
+        info: dict[str, Any] = {
+            "backend": self.backend,
+            "isolation": self.isolation,
+            "sandbox_id": self.sandbox_id,
+            "template": self.config.template,
+            "end_at": None,
+            "idle": self.config.idle,
+        }
+        if self.sandbox is not None:
+            try:
+                details = await self.sandbox.get_info()
+                info["end_at"] = details.end_at.isoformat() if details.end_at else None
+            except Exception as exc:
+                info["error"] = str(exc)
+        return info
+
+    async def close(self, *, keep: bool = False) -> str | None:
+        """Kill the sandbox (or keep it and return its id) and stop the private service."""
+        self._closed = True
+        sandbox, kept = self.sandbox, None
+        self._drop_sandbox()
+        if sandbox is not None:
+            if keep and self._service is None:
+                kept = sandbox.sandbox_id
+                self.log.info("keeping sandbox %s (reconnect with %%e2b connect)", kept)
+            else:
+                try:
+                    await asyncio.wait_for(sandbox.kill(), 15)
+                except Exception as exc:
+                    self.log.warning("could not kill sandbox %s: %s", sandbox.sandbox_id, exc)
+        if self._service is not None:
+            service, self._service = self._service, None
+            await asyncio.to_thread(service.stop)
+        return kept
