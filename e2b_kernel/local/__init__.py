@@ -1,0 +1,178 @@
+"""A local, offline, E2B-compatible sandbox service (``e2b-kernel local``).
+
+The unmodified E2B SDK talks to it when ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` point at it.
+Entry points: :func:`start_in_thread` (in-process, for the kernel's ``local`` backend) and
+:func:`start_subprocess` (a child process, for tests). Nothing here imports the rest of
+e2b_kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+from typing import Protocol
+
+from .isolation import IsolationUnavailable
+
+__all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
+
+_START_TIMEOUT = 60.0
+ISOLATION_UNAVAILABLE_EXIT = 3
+
+
+class RunningService(Protocol):
+    """A started service: where it listens, its key, its isolation, and how to stop it."""
+
+    url: str
+    api_key: str
+    isolation: str
+
+    def sdk_env(self) -> dict[str, str]: ...
+
+    def stop(self) -> None: ...
+
+
+class _Running:
+    """Shared parts of both service handles."""
+
+    url: str
+    api_key: str
+    isolation: str
+
+    def sdk_env(self) -> dict[str, str]:
+        """The three variables that point the unmodified SDK at this service."""
+        return {"E2B_API_URL": self.url, "E2B_SANDBOX_URL": self.url, "E2B_API_KEY": self.api_key}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} isolation={self.isolation!r}>"
+
+
+class _ThreadService(_Running):
+    """The service on a daemon thread with its own event loop."""
+
+    def __init__(self, host: str, port: int, isolation: str, api_key: str | None) -> None:
+        from .service import DEFAULT_API_KEY, ServiceCore
+
+        self._core = ServiceCore(host, port, isolation=isolation, api_key=api_key)
+        self.api_key = api_key or DEFAULT_API_KEY
+        self.isolation = self._core.isolation
+        self._loop = asyncio.new_event_loop()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="e2b-local-service", daemon=True)
+        self._thread.start()
+        self._await_listening()
+        self.url = self._core.url()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._core.serve())
+        finally:
+            self._loop.close()
+
+    def _await_listening(self) -> None:
+        server = self._core.server
+        for _ in range(int(_START_TIMEOUT / 0.01)):
+            if server.started:
+                return
+            if not self._thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        raise RuntimeError("the local E2B service did not start listening (see the log)")
+
+    def stop(self) -> None:
+        """Kill every sandbox and stop serving; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.is_alive():
+            future = asyncio.run_coroutine_threadsafe(self._core.shutdown(), self._loop)
+            future.result(timeout=60)
+            self._thread.join(timeout=30)
+
+
+class _SubprocessService(_Running):
+    """The service as a child process (`python -m e2b_kernel.cli local --port 0`)."""
+
+    def __init__(self, host: str, port: int, isolation: str, api_key: str | None) -> None:
+        argv = [sys.executable, "-m", "e2b_kernel.cli", "local", "--host", host]
+        argv += ["--port", str(port), "--die-with-parent"]
+        if isolation == "none":
+            argv.append("--no-isolation")
+        elif isolation not in ("auto", "namespaces"):
+            raise ValueError(f"unknown isolation {isolation!r}: use 'auto' or 'none'")
+        env = dict(os.environ)
+        if api_key is not None:
+            env["E2B_KERNEL_LOCAL_API_KEY"] = api_key  # not on argv, where `ps` shows it
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=env,
+            text=True,
+        )
+        self._stopped = False
+        found = self._read_banner()
+        self.url = found["E2B_API_URL"]
+        self.api_key = found["E2B_API_KEY"]
+        self.isolation = found["isolation"]
+
+    def _read_banner(self) -> dict[str, str]:
+        assert self._proc.stdout is not None
+        found: dict[str, str] = {}
+        timer = threading.Timer(_START_TIMEOUT, self._proc.kill)
+        timer.start()
+        try:
+            for line in self._proc.stdout:
+                match = re.match(r"export (E2B_\w+)=(\S+)", line)
+                if match:
+                    found[match.group(1)] = match.group(2)
+                elif line.startswith("# isolation: "):
+                    found["isolation"] = line[len("# isolation: ") :].strip()
+                    return found
+        finally:
+            timer.cancel()
+        code = self._proc.wait()
+        if code == ISOLATION_UNAVAILABLE_EXIT:
+            raise IsolationUnavailable("sandbox isolation is unavailable (see the error above)")
+        raise RuntimeError(f"the local E2B service exited with status {code} before listening")
+
+    def stop(self) -> None:
+        """Terminate the child (it kills its sandboxes); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+def start_in_thread(
+    host: str = "127.0.0.1", port: int = 0, *, isolation: str = "auto", api_key: str | None = None
+) -> RunningService:
+    """Start the service in this process on a daemon thread; returns once it listens.
+
+    Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
+    """
+    return _ThreadService(host, port, isolation, api_key)
+
+
+def start_subprocess(
+    host: str = "127.0.0.1", port: int = 0, *, isolation: str = "auto", api_key: str | None = None
+) -> RunningService:
+    """Start the service as a child process that dies with this one; returns once it listens.
+
+    Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
+    """
+    return _SubprocessService(host, port, isolation, api_key)

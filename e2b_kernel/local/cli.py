@@ -1,0 +1,92 @@
+"""Run the local E2B-compatible sandbox service.
+
+Point the unmodified E2B SDK at it with the three `export` lines it prints on start. Every
+sandbox runs in its own Linux namespaces (bubblewrap) with a read-only host, a private
+/home/user and /tmp, no network unless asked for, and memory/process limits; where that is
+impossible the service refuses to start unless --no-isolation is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+from . import ISOLATION_UNAVAILABLE_EXIT
+from .isolation import IsolationUnavailable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the `e2b-kernel local` options."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    parser.add_argument("--port", type=int, default=49982, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="run sandbox code directly on this host (no namespaces); shown everywhere",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("E2B_KERNEL_LOCAL_API_KEY"),
+        help="require this API key (default: accept any non-empty key)",
+    )
+    parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the service, print the settings to export, serve until SIGTERM or Ctrl-C."""
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    if args.die_with_parent:
+        _die_with_parent()
+    from .service import DEFAULT_API_KEY, ServiceCore
+
+    if not 0 <= args.port <= 65535:
+        print(f"e2b-kernel local: --port must be 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    try:
+        core = ServiceCore(
+            args.host,
+            args.port,
+            isolation="none" if args.no_isolation else "auto",
+            api_key=args.api_key,
+        )
+    except IsolationUnavailable as exc:
+        print(f"e2b-kernel local: {exc}", file=sys.stderr)
+        return ISOLATION_UNAVAILABLE_EXIT
+    return asyncio.run(_serve(core, args.api_key or DEFAULT_API_KEY))
+
+
+async def _serve(core: object, api_key: str) -> int:
+    from .service import ServiceCore
+
+    assert isinstance(core, ServiceCore)
+    task = asyncio.create_task(core.serve())
+    while not core.server.started:
+        if task.done():
+            await task
+            return 1  # uvicorn could not bind; it logged why
+        await asyncio.sleep(0.01)
+    url = core.url()
+    print(f"export E2B_API_URL={url}")
+    print(f"export E2B_SANDBOX_URL={url}")
+    print(f"export E2B_API_KEY={api_key}")
+    print(f"# isolation: {core.isolation}", flush=True)
+    await task
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Get SIGTERM when the parent dies, so a test's service (and its sandboxes) never leak."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

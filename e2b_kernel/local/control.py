@@ -1,0 +1,353 @@
+"""The control plane (spec section 1): create, connect, kill, timeout, info, list, pause."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
+
+log = logging.getLogger("e2b_kernel.local")
+
+ENVD_VERSION = "0.6.5"
+CLIENT_ID = "local"
+MAX_JSON_BODY = 1024 * 1024
+ISOLATION_METADATA_KEY = "e2b_kernel.isolation"
+
+try:  # The code-interpreter plane is built alongside; without it port 49999 is "not open".
+    from .interpreter import CodeInterpreter
+except ImportError:  # pragma: no cover - only while interpreter.py does not exist yet
+    CodeInterpreter = None  # type: ignore[assignment,misc]
+
+
+class ApiError(Exception):
+    """An error answered in E2B's control-plane shape {"code", "message"}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """E2B's JSON error; statuses the SDK would retry get Should-Retry: false."""
+    headers = {"Should-Retry": "false"} if status in (429, 502, 503, 504) else None
+    return JSONResponse({"code": status, "message": message}, status, headers=headers)
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 UTC timestamp with a Z suffix."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def not_found(sandbox_id: str) -> ApiError:
+    """E2B's message for a sandbox that does not exist (or was killed)."""
+    return ApiError(404, f"Sandbox \"{sandbox_id}\" doesn't exist or you don't have access to it")
+
+
+class ControlPlane:
+    """Handlers for every control-plane route; `handle` dispatches a request."""
+
+    def __init__(self, registry: Registry, *, api_key: str | None) -> None:
+        self.registry = registry
+        self.api_key = api_key
+        self.isolation_none = registry.policy.mode == "none"
+        self._routes: list[tuple[str, re.Pattern[str], Callable[..., Awaitable[Response]]]] = [
+            ("POST", re.compile(r"/v2/sandboxes"), self.create),
+            ("GET", re.compile(r"/v2/sandboxes"), self.list_v2),
+            ("GET", re.compile(r"/sandboxes"), self.list_v2),
+            ("POST", re.compile(r"/(?:v2/)?sandboxes/([^/]+)/connect"), self.connect),
+            ("POST", re.compile(r"/sandboxes/([^/]+)/resume"), self.connect),
+            ("DELETE", re.compile(r"/sandboxes/([^/]+)"), self.kill),
+            ("POST", re.compile(r"/sandboxes/([^/]+)/timeout"), self.set_timeout),
+            ("POST", re.compile(r"/sandboxes/([^/]+)/refreshes"), self.refresh),
+            ("GET", re.compile(r"/sandboxes/([^/]+)"), self.get_info),
+            ("POST", re.compile(r"/sandboxes/([^/]+)/pause"), self.pause),
+            ("GET", re.compile(r"/sandboxes/([^/]+)/metrics"), self.metrics),
+        ]
+
+    async def handle(self, request: Request) -> Response:
+        """Authenticate, route and answer one control-plane request."""
+        key = request.headers.get("x-api-key", "")
+        if not key.strip() or (self.api_key is not None and key != self.api_key):
+            return error_response(401, "Invalid API key: set E2B_API_KEY to the service's key")
+        path = request.url.path.rstrip("/") or "/"
+        allowed = []
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            allowed.append(method)
+            if method == request.method:
+                try:
+                    return await handler(request, *match.groups())
+                except ApiError as exc:
+                    return error_response(exc.status, exc.message)
+        if allowed:
+            return error_response(405, f"method {request.method} is not allowed on {path}")
+        return error_response(404, f"no such endpoint: {request.method} {path}")
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_JSON_BODY:
+            raise ApiError(413, f"request body too large (limit {MAX_JSON_BODY} bytes)")
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
+    def _entry(self, sandbox_id: str) -> Entry:
+        entry = self.registry.get(sandbox_id)
+        if entry is None:
+            raise not_found(sandbox_id)
+        return entry
+
+    async def create(self, request: Request) -> Response:
+        """POST /v2/sandboxes: start a sandbox (and its default code context), answer 201."""
+        body = await self._json(request)
+        template = body.get("templateID", "base")
+        if not isinstance(template, str) or not template:
+            raise ApiError(400, "templateID must be a non-empty string")
+        timeout = _timeout(body, "timeout", default=DEFAULT_TIMEOUT)
+        metadata = _string_map(body, "metadata")
+        envs = _string_map(body, "envVars")
+        internet = body.get("allow_internet_access", body.get("allowInternetAccess", False))
+        auto_resume = body.get("autoResume") or {}
+        entry = await self.registry.create(
+            template_id=template,
+            timeout=timeout,
+            metadata=metadata,
+            envs=envs,
+            allow_internet=bool(internet),
+            auto_pause=bool(body.get("autoPause", False)),
+            auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
+        )
+        if CodeInterpreter is not None:
+            try:
+                entry.interpreter = CodeInterpreter(entry.sandbox)
+                entry.sandbox.on_kill(entry.interpreter.shutdown)
+                await entry.interpreter.start()
+            except Exception as exc:
+                log.exception("sandbox %s: code interpreter failed to start", entry.sandbox_id)
+                await self.registry.kill(entry.sandbox_id)
+                message = f"the sandbox's code interpreter failed to start: {exc}"
+                raise ApiError(500, message) from None
+        log.info("created sandbox %s (template %s)", entry.sandbox_id, template)
+        return JSONResponse(self._sandbox_json(entry), 201)
+
+    async def connect(self, request: Request, sandbox_id: str) -> Response:
+        """POST /v2/sandboxes/{id}/connect: 200 if running, 201 if resumed from paused."""
+        body = await self._json(request)
+        timeout = _timeout(body, "timeout", default=None)
+        entry = self.registry.get(sandbox_id)
+        if entry is None:
+            raise ApiError(404, f"Paused sandbox {sandbox_id} not found")
+        if entry.sandbox.paused:
+            self.registry.resume(entry, timeout)
+            return JSONResponse(self._sandbox_json(entry), 201)
+        self.registry.extend(entry, timeout if timeout is not None else entry.timeout_seconds)
+        return JSONResponse(self._sandbox_json(entry), 200)
+
+    async def kill(self, request: Request, sandbox_id: str) -> Response:
+        """DELETE /sandboxes/{id}: 204, or 404 when unknown or already killed."""
+        if not await self.registry.kill(sandbox_id):
+            raise not_found(sandbox_id)
+        log.info("killed sandbox %s", sandbox_id)
+        return Response(status_code=204)
+
+    async def set_timeout(self, request: Request, sandbox_id: str) -> Response:
+        """POST /sandboxes/{id}/timeout {"timeout": s}: the sandbox now ends s seconds from now."""
+        body = await self._json(request)
+        timeout = _timeout(body, "timeout", default=None)
+        if timeout is None:
+            raise ApiError(400, 'the body must be {"timeout": <seconds>}')
+        self.registry.set_timeout(self._entry(sandbox_id), timeout)
+        return Response(status_code=204)
+
+    async def refresh(self, request: Request, sandbox_id: str) -> Response:
+        """POST /sandboxes/{id}/refreshes {"duration": s}: extend the sandbox's life."""
+        body = await self._json(request)
+        duration = _timeout(body, "duration", default=None)
+        entry = self._entry(sandbox_id)
+        self.registry.extend(entry, duration if duration is not None else entry.timeout_seconds)
+        return Response(status_code=204)
+
+    async def get_info(self, request: Request, sandbox_id: str) -> Response:
+        """GET /sandboxes/{id}: SandboxDetail."""
+        return JSONResponse(self._detail_json(self._entry(sandbox_id)))
+
+    async def pause(self, request: Request, sandbox_id: str) -> Response:
+        """POST /sandboxes/{id}/pause: 204, or 409 when it is already paused."""
+        await self._json(request)
+        entry = self._entry(sandbox_id)
+        try:
+            paused = self.registry.pause(entry)
+        except OSError as exc:
+            raise ApiError(500, f"cannot pause this sandbox: {exc}") from None
+        if not paused:
+            raise ApiError(409, f"Sandbox {sandbox_id} is already paused")
+        return Response(status_code=204)
+
+    async def list_v2(self, request: Request) -> Response:
+        """GET /v2/sandboxes: filtered by metadata/state, paged with x-next-token."""
+        query = request.query_params
+        wanted_meta = dict(parse_qsl(query.get("metadata", ""), keep_blank_values=True))
+        states = {s for s in query.get("state", "").split(",") if s}
+        unknown = states - {"running", "paused"}
+        if unknown:
+            raise ApiError(400, f"unknown state filter {sorted(unknown)}: use running,paused")
+        limit = _int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
+        start = _decode_token(query.get("nextToken"))
+        entries = [
+            e
+            for e in self.registry.entries()
+            if (not states or e.state in states)
+            and all(e.metadata.get(k) == v for k, v in wanted_meta.items())
+            and (not query.get("template") or e.template_id == query.get("template"))
+        ]
+        if query.get("order") == "desc":
+            entries.reverse()
+        page = entries[start : start + limit]
+        headers = {}
+        if start + limit < len(entries):
+            headers["x-next-token"] = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
+        return JSONResponse([self._detail_json(e) for e in page], headers=headers)
+
+    async def metrics(self, request: Request, sandbox_id: str) -> Response:
+        """GET /sandboxes/{id}/metrics: one current sample from the sandbox's cgroups."""
+        entry = self._entry(sandbox_id)
+        return JSONResponse([_metric_sample(entry, self.registry.policy.memory_mb)])
+
+    def _sandbox_json(self, entry: Entry) -> dict[str, Any]:
+        return {
+            "templateID": entry.template_id,
+            "sandboxID": entry.sandbox_id,
+            "clientID": CLIENT_ID,
+            "envdVersion": ENVD_VERSION,
+            "alias": entry.template_id,
+            "envdAccessToken": None,
+            "trafficAccessToken": None,
+            "domain": None,
+        }
+
+    def _detail_json(self, entry: Entry) -> dict[str, Any]:
+        metadata = dict(entry.metadata)
+        if self.isolation_none:
+            metadata[ISOLATION_METADATA_KEY] = "none"
+        return {
+            "templateID": entry.template_id,
+            "alias": entry.template_id,
+            "sandboxID": entry.sandbox_id,
+            "clientID": CLIENT_ID,
+            "startedAt": rfc3339(entry.started_at),
+            "endAt": rfc3339(entry.end_at),
+            "envdVersion": ENVD_VERSION,
+            "cpuCount": os.cpu_count() or 1,
+            "memoryMB": self.registry.policy.memory_mb,
+            "diskSizeMB": shutil.disk_usage(entry.sandbox.home_dir).total // (1024 * 1024),
+            "state": entry.state,
+            "metadata": metadata,
+            "allowInternetAccess": entry.sandbox.allow_internet,
+            "lifecycle": {
+                "autoResume": entry.auto_resume,
+                "onTimeout": "pause" if entry.auto_pause else "kill",
+            },
+        }
+
+
+def _timeout(body: dict[str, Any], name: str, *, default: int | None) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{name} must be an integer number of seconds, got {value!r}")
+    if value < 0 or value > MAX_TIMEOUT:
+        raise ApiError(400, f"{name} must be between 0 and {MAX_TIMEOUT} seconds, got {value}")
+    return value
+
+
+def _string_map(body: dict[str, Any], name: str) -> dict[str, str]:
+    value = body.get(name) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ApiError(400, f"{name} must be an object of string values")
+    return dict(value)
+
+
+def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _decode_token(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        return max(0, int(base64.urlsafe_b64decode(token.encode()).decode()))
+    except ValueError:
+        raise ApiError(400, "nextToken is not a token this service issued") from None
+
+
+def _metric_sample(entry: Entry, memory_mb: int) -> dict[str, Any]:
+    now = utcnow()
+    used = _memory_used(entry)
+    disk = shutil.disk_usage(entry.sandbox.home_dir)
+    return {
+        "timestamp": rfc3339(now),
+        "timestampUnix": int(now.timestamp()),
+        "cpuCount": os.cpu_count() or 1,
+        "cpuUsedPct": 0.0,
+        "memUsed": used,
+        "memTotal": memory_mb * 1024 * 1024,
+        "memCache": 0,
+        "diskUsed": _dir_size(entry.sandbox.home_dir) + _dir_size(entry.sandbox.tmp_dir),
+        "diskTotal": disk.total,
+    }
+
+
+def _memory_used(entry: Entry) -> int:
+    cgroups = entry.sandbox.cgroups
+    for name in ("memory.usage_in_bytes", "memory.current"):
+        for procs in cgroups.procs_files():
+            path = os.path.join(os.path.dirname(procs), name)
+            try:
+                with open(path) as handle:
+                    return int(handle.read().strip())
+            except (OSError, ValueError):
+                continue
+    return 0
+
+
+def _dir_size(root: os.PathLike[str]) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -1,0 +1,204 @@
+"""What isolation a sandbox gets: the bubblewrap probe, its command line and cgroup limits.
+
+Two modes exist. ``namespaces`` runs every sandbox in its own user, pid, mount, ipc and uts
+namespaces (and a net namespace unless internet access is allowed) with ``bwrap``; ``none``
+runs sandbox processes directly on the host and says so everywhere. Cgroups (v1 or v2) add
+memory and process-count limits and the freezer used by pause, where the host lets us write
+them; where it does not, the description says so instead of pretending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MEMORY_MB = 2048
+DEFAULT_MAX_PIDS = 256
+_V1_ROOT = Path("/sys/fs/cgroup")
+_V2_MARKER = _V1_ROOT / "cgroup.controllers"
+_GROUP_PARENT = "e2b-kernel"
+
+
+class IsolationUnavailable(RuntimeError):
+    """Sandbox isolation was asked for (the default) but this machine cannot provide it."""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """The isolation policy of one service: mode, limits and whether cgroups can be used."""
+
+    mode: str  # "namespaces" | "none"
+    bwrap: str | None
+    cgroup_version: int | None  # 1, 2, or None when cgroups are not writable
+    memory_mb: int = DEFAULT_MEMORY_MB
+    max_pids: int = DEFAULT_MAX_PIDS
+
+    def describe(self) -> str:
+        """Human description shown on start lines, in logs and in RunningService.isolation."""
+        if self.cgroup_version is None:
+            limits = "no memory/process limits (cgroups not writable here)"
+        else:
+            limits = f"memory {self.memory_mb} MiB, {self.max_pids} processes (cgroup v"
+            limits += f"{self.cgroup_version})"
+        if self.mode == "none":
+            return f"NONE (--no-isolation: sandbox code runs on this host as this user); {limits}"
+        return f"bubblewrap namespaces (user, pid, mount, ipc, uts, net); {limits}"
+
+
+def resolve_isolation(isolation: str) -> Isolation:
+    """Turn the requested isolation ("auto", "namespaces" or "none") into a checked policy."""
+    cgroup_version = _writable_cgroup_version()
+    if isolation == "none":
+        return Isolation("none", None, cgroup_version)
+    if isolation not in ("auto", "namespaces"):
+        raise ValueError(f"unknown isolation {isolation!r}: use 'auto' or 'none'")
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise IsolationUnavailable(
+            "sandbox isolation needs bubblewrap, which is not installed: install it "
+            "(Debian/Ubuntu: apt-get install bubblewrap) or run without isolation with "
+            "--no-isolation (isolation='none')"
+        )
+    problem = _probe_bwrap(bwrap)
+    if problem:
+        raise IsolationUnavailable(
+            f"bubblewrap cannot create namespaces on this machine ({problem}); allow "
+            "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run "
+            "without isolation with --no-isolation (isolation='none')"
+        )
+    return Isolation("namespaces", bwrap, cgroup_version)
+
+
+def _probe_bwrap(bwrap: str) -> str:
+    """Run a trivial command in the same namespaces a sandbox uses; return the error or ''."""
+    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    argv += ["--unshare-all", "--die-with-parent", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        return done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+    return ""
+
+
+def _writable_cgroup_version() -> int | None:
+    """Which cgroup hierarchy we may create groups in: 2, 1, or None."""
+    if _V2_MARKER.exists():
+        return 2 if os.access(_V1_ROOT, os.W_OK) else None
+    wanted = ("memory", "pids", "freezer")
+    if all(os.access(_V1_ROOT / name, os.W_OK) for name in wanted):
+        return 1
+    return None
+
+
+def python_bind_paths() -> list[str]:
+    """Host paths of the service's own Python that a sandbox's fresh /tmp would hide."""
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path}
+    found = set()
+    for path in candidates:
+        if path and (path == "/tmp" or path.startswith("/tmp/")) and os.path.exists(path):
+            found.add(path)
+    return sorted(found)
+
+
+def bwrap_argv(
+    policy: Isolation, *, home: Path, tmp: Path, socket_dir: Path, allow_internet: bool
+) -> list[str]:
+    """The bwrap command line of a sandbox's init process (before the init command)."""
+    assert policy.bwrap is not None
+    argv = [policy.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    argv += ["--bind", str(tmp), "/tmp", "--tmpfs", "/home", "--bind", str(home), "/home/user"]
+    # Bound after /tmp, so a socket dir under /tmp stays reachable at the same path inside.
+    argv += ["--bind", str(socket_dir), str(socket_dir)]
+    for path in python_bind_paths():
+        argv += ["--ro-bind", path, path]
+    argv += ["--unshare-all"]
+    if allow_internet:
+        argv += ["--share-net"]
+    argv += ["--die-with-parent", "--new-session", "--chdir", "/home/user"]
+    argv += ["--hostname", "sandbox"]
+    return argv
+
+
+class CgroupSet:
+    """The cgroups of one sandbox: limits, membership, freezing and teardown."""
+
+    def __init__(self, policy: Isolation, name: str) -> None:
+        self.version = policy.cgroup_version
+        self._policy = policy
+        if self.version == 1:
+            self._dirs = {c: _V1_ROOT / c / _GROUP_PARENT / name for c in ("memory", "pids")}
+            self._dirs["freezer"] = _V1_ROOT / "freezer" / _GROUP_PARENT / name
+        elif self.version == 2:
+            self._dirs = {"unified": _V1_ROOT / _GROUP_PARENT / name}
+        else:
+            self._dirs = {}
+
+    def create(self) -> None:
+        """Create the groups and write the memory and process limits."""
+        if self.version == 2:
+            parent = _V1_ROOT / _GROUP_PARENT
+            parent.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text("+memory +pids")
+        for directory in self._dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        memory = self._policy.memory_mb * 1024 * 1024
+        if self.version == 1:
+            (self._dirs["memory"] / "memory.limit_in_bytes").write_text(str(memory))
+            (self._dirs["pids"] / "pids.max").write_text(str(self._policy.max_pids))
+        elif self.version == 2:
+            (self._dirs["unified"] / "memory.max").write_text(str(memory))
+            (self._dirs["unified"] / "pids.max").write_text(str(self._policy.max_pids))
+
+    def procs_files(self) -> list[str]:
+        """The cgroup.procs files a new process writes its pid to before it execs."""
+        return [str(d / "cgroup.procs") for d in self._dirs.values()]
+
+    def pids(self) -> list[int]:
+        """Every host pid currently in the sandbox's groups."""
+        found: set[int] = set()
+        for procs in self.procs_files():
+            with contextlib.suppress(OSError):
+                found.update(int(x) for x in Path(procs).read_text().split())
+        return sorted(found)
+
+    def freeze(self, frozen: bool) -> None:
+        """Freeze (pause) or thaw (resume) every process of the sandbox."""
+        if self.version == 1:
+            state = "FROZEN" if frozen else "THAWED"
+            (self._dirs["freezer"] / "freezer.state").write_text(state)
+        elif self.version == 2:
+            (self._dirs["unified"] / "cgroup.freeze").write_text("1" if frozen else "0")
+        else:
+            raise OSError("pausing needs a writable cgroup freezer")
+
+    def kill_all(self) -> None:
+        """SIGKILL every process still in the groups (thawing first so they can die)."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.freeze(False)
+
+    def remove(self) -> None:
+        """Remove the (empty) groups; leftovers are reported by the caller, never hidden."""
+        for directory in self._dirs.values():
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def join_cgroups_argv(procs_files: list[str], argv: list[str]) -> list[str]:
+    """Wrap argv so the process enters the sandbox's cgroups before it execs (no preexec_fn)."""
+    if not procs_files:
+        return argv
+    script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; '
+    script += 'n=$((n-1)); done; exec "$@"'
+    return ["/bin/sh", "-c", script, "e2bk-join", str(len(procs_files)), *procs_files, *argv]

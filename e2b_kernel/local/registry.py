@@ -1,0 +1,180 @@
+"""The service's sandbox store: ids, lifecycle state, timeouts and expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from .isolation import Isolation
+from .sandbox import LocalSandbox
+
+log = logging.getLogger("e2b_kernel.local")
+
+DEFAULT_TIMEOUT = 300  # lenient: E2B's API defaults to 15 s when the body has none
+MAX_TIMEOUT = 24 * 3600  # E2B Pro's maximum sandbox lifetime
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_sandbox_id() -> str:
+    """A fresh id: 20 lowercase alphanumerics, like E2B's (no '-', it is a host label)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Entry:
+    """One sandbox as the control plane knows it."""
+
+    sandbox: LocalSandbox
+    template_id: str
+    metadata: dict[str, str]
+    started_at: datetime
+    end_at: datetime
+    auto_pause: bool = False
+    auto_resume: bool = False
+    interpreter: Any = None  # the sandbox's CodeInterpreter ASGI app, when available
+    timeout_seconds: int = DEFAULT_TIMEOUT
+    deadline_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    expiry_task: asyncio.Task | None = None
+
+    @property
+    def sandbox_id(self) -> str:
+        """The sandbox's id."""
+        return self.sandbox.sandbox_id
+
+    @property
+    def state(self) -> str:
+        """ "running" or "paused"."""
+        return "paused" if self.sandbox.paused else "running"
+
+
+class Registry:
+    """Every live sandbox of one service, with expiry timers."""
+
+    def __init__(self, policy: Isolation, state_dir: Path) -> None:
+        self.policy = policy
+        self.state_dir = state_dir
+        self._entries: dict[str, Entry] = {}
+
+    async def create(
+        self,
+        *,
+        template_id: str,
+        timeout: int,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+        allow_internet: bool,
+        auto_pause: bool = False,
+        auto_resume: bool = False,
+    ) -> Entry:
+        """Start a sandbox and register it; it expires `timeout` seconds from now."""
+        sandbox_id = new_sandbox_id()
+        sandbox = LocalSandbox(
+            sandbox_id,
+            policy=self.policy,
+            state_dir=self.state_dir,
+            envs=envs,
+            allow_internet=allow_internet,
+        )
+        await sandbox.start()
+        now = utcnow()
+        entry = Entry(
+            sandbox=sandbox,
+            template_id=template_id,
+            metadata=metadata,
+            started_at=now,
+            end_at=now + timedelta(seconds=timeout),
+            auto_pause=auto_pause,
+            auto_resume=auto_resume,
+            timeout_seconds=timeout,
+        )
+        self._entries[sandbox_id] = entry
+        entry.expiry_task = asyncio.create_task(self._expire_when_due(entry))
+        return entry
+
+    def get(self, sandbox_id: str) -> Entry | None:
+        """The live (running or paused) entry with this id, or None."""
+        entry = self._entries.get(sandbox_id)
+        if entry is None or entry.sandbox.killed.is_set():
+            return None
+        return entry
+
+    def entries(self) -> list[Entry]:
+        """All live entries, oldest first."""
+        live = [e for e in self._entries.values() if not e.sandbox.killed.is_set()]
+        return sorted(live, key=lambda e: (e.started_at, e.sandbox_id))
+
+    def set_timeout(self, entry: Entry, seconds: int) -> None:
+        """Move the end of the sandbox's life to `seconds` from now."""
+        entry.end_at = utcnow() + timedelta(seconds=seconds)
+        entry.timeout_seconds = seconds
+        entry.deadline_changed.set()
+
+    def extend(self, entry: Entry, seconds: int) -> None:
+        """Extend (never shorten) the sandbox's life, as E2B's connect does."""
+        wanted = utcnow() + timedelta(seconds=seconds)
+        if wanted > entry.end_at:
+            entry.end_at = wanted
+            entry.deadline_changed.set()
+
+    def pause(self, entry: Entry) -> bool:
+        """Freeze a running sandbox; False if it was already paused."""
+        if entry.sandbox.paused:
+            return False
+        entry.sandbox.pause()
+        entry.deadline_changed.set()
+        return True
+
+    def resume(self, entry: Entry, seconds: int | None) -> None:
+        """Thaw a paused sandbox with a fresh timeout."""
+        entry.sandbox.resume()
+        self.set_timeout(entry, seconds if seconds is not None else entry.timeout_seconds)
+
+    async def kill(self, sandbox_id: str) -> bool:
+        """Kill a sandbox and forget it; False if it is unknown or already gone."""
+        entry = self._entries.pop(sandbox_id, None)
+        if entry is None or entry.sandbox.killed.is_set():
+            return False
+        task = entry.expiry_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        await entry.sandbox.kill()
+        return True
+
+    async def close(self) -> None:
+        """Kill every sandbox (service shutdown)."""
+        await asyncio.gather(*(self.kill(sid) for sid in list(self._entries)))
+
+    async def _expire_when_due(self, entry: Entry) -> None:
+        """Kill (or pause, with autoPause) the sandbox when its end time passes."""
+        while not entry.sandbox.killed.is_set():
+            entry.deadline_changed.clear()
+            if entry.sandbox.paused:
+                await entry.deadline_changed.wait()  # paused sandboxes do not expire
+                continue
+            remaining = (entry.end_at - utcnow()).total_seconds()
+            if remaining > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(entry.deadline_changed.wait(), remaining)
+                continue
+            if entry.auto_pause:
+                log.info("sandbox %s timed out: pausing (autoPause)", entry.sandbox_id)
+                try:
+                    self.pause(entry)
+                    continue
+                except OSError:
+                    log.exception("sandbox %s: pause failed, killing it", entry.sandbox_id)
+            log.info("sandbox %s timed out: killing it", entry.sandbox_id)
+            await self.kill(entry.sandbox_id)
+            return

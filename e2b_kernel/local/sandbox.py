@@ -1,0 +1,259 @@
+"""The sandbox runtime: one process tree per sandbox, in namespaces when isolation is on.
+
+A namespaced sandbox is a ``bwrap`` init (pid 1 of its own pid namespace) holding the
+sandbox's mounts; every sandbox process is started by ``nsenter`` into that init's namespaces,
+so killing pid 1 makes the kernel kill the whole tree. Cgroups, when writable, hold every
+sandbox process (including the host-side ``nsenter`` helpers) for limits, freezing and a final
+sweep. With isolation ``none`` processes run on the host in their own sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from .isolation import CgroupSet, Isolation, bwrap_argv, join_cgroups_argv
+from .paths import SandboxPaths
+
+log = logging.getLogger("e2b_kernel.local")
+
+SANDBOX_HOME = "/home/user"
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 10.0
+_CD_SCRIPT = 'cd -- "$1" || exit 1; shift; exec "$@"'
+
+
+class SandboxStartError(RuntimeError):
+    """The sandbox's init process could not be started."""
+
+
+class LocalSandbox:
+    """One sandbox: its directories, its init process, its cgroups and its processes."""
+
+    def __init__(
+        self,
+        sandbox_id: str,
+        *,
+        policy: Isolation,
+        state_dir: Path,
+        envs: dict[str, str] | None = None,
+        allow_internet: bool = False,
+    ) -> None:
+        self.sandbox_id = sandbox_id
+        self.envs = dict(envs or {})
+        self.allow_internet = allow_internet
+        self.policy = policy
+        self.isolated = policy.mode == "namespaces"
+        self._root = state_dir / sandbox_id
+        self.home_dir = self._root / "home"
+        self.tmp_dir = self._root / "tmp"
+        # Short, so that ipc socket paths inside stay well under the 108-byte limit.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="e2bk-", dir="/tmp"))
+        self.python = sys.executable
+        self.paths = SandboxPaths(self.home_dir, self.tmp_dir, self.socket_dir)
+        self.killed = asyncio.Event()
+        self.paused = False
+        self.cgroups = CgroupSet(policy, f"{sandbox_id}")
+        self._init: asyncio.subprocess.Process | None = None
+        self._init_pid: int | None = None
+        self._kill_callbacks: list[Callable[[], Awaitable[None] | None]] = []
+        self._children: set[asyncio.subprocess.Process] = set()
+
+    async def start(self) -> None:
+        """Create the directories and cgroups and start the sandbox's init process."""
+        self.home_dir.mkdir(parents=True)
+        self.tmp_dir.mkdir()
+        self.tmp_dir.chmod(0o1777)
+        self.socket_dir.chmod(0o700)
+        if self.cgroups.version is not None:
+            self.cgroups.create()
+        if self.isolated:
+            try:
+                await asyncio.wait_for(self._start_init(), _START_TIMEOUT)
+            except Exception:
+                await self.kill()
+                raise
+
+    async def _start_init(self) -> None:
+        read_fd, write_fd = os.pipe()
+        argv = bwrap_argv(
+            self.policy,
+            home=self.home_dir,
+            tmp=self.tmp_dir,
+            socket_dir=self.socket_dir,
+            allow_internet=self.allow_internet,
+        )
+        argv += ["--info-fd", str(write_fd), "/bin/sh", "-c", "echo ready; exec sleep infinity"]
+        try:
+            self._init = await asyncio.create_subprocess_exec(
+                *join_cgroups_argv(self.cgroups.procs_files(), argv),
+                pass_fds=(write_fd,),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={"PATH": _SYSTEM_PATH},
+            )
+        finally:
+            os.close(write_fd)
+        try:
+            info = await asyncio.to_thread(_read_json_fd, read_fd)
+        finally:
+            os.close(read_fd)
+        assert self._init.stdout is not None and self._init.stderr is not None
+        ready = await self._init.stdout.readline()
+        if info is None or ready.strip() != b"ready":
+            err = (await self._init.stderr.read()).decode(errors="replace").strip()
+            raise SandboxStartError(f"the sandbox init did not start: {err or 'no output'}")
+        self._init_pid = int(info["child-pid"])
+
+    def base_env(self) -> dict[str, str]:
+        """The environment every sandbox process starts from; never the service's own."""
+        home = SANDBOX_HOME if self.isolated else str(self.home_dir)
+        path = f"{os.path.dirname(self.python)}:{_SYSTEM_PATH}"
+        env = {"PATH": path, "HOME": home, "USER": "user", "LOGNAME": "user"}
+        env.update({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "SHELL": "/bin/bash"})
+        env.update(self.envs)
+        return env
+
+    async def spawn(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str = SANDBOX_HOME,
+        stdin: int | None = asyncio.subprocess.DEVNULL,
+        stdout: int | None = asyncio.subprocess.PIPE,
+        stderr: int | None = asyncio.subprocess.PIPE,
+    ) -> asyncio.subprocess.Process:
+        """Run argv inside the sandbox with exactly env; it dies with the sandbox."""
+        if self.killed.is_set():
+            raise ProcessLookupError(f"sandbox {self.sandbox_id} was killed")
+        if self.isolated:
+            assert self._init_pid is not None
+            full = ["nsenter", "-t", str(self._init_pid), "-U", "-m", "-p", "-n", "-i", "-u"]
+            # nsenter's --wd resolves on the host, so change directory once inside.
+            full += ["-r", "--preserve-credentials", "--", "/bin/sh", "-c", _CD_SCRIPT]
+            full += ["e2bk-cd", cwd, *argv]
+            host_cwd = "/"
+        else:
+            full = list(argv)
+            host_cwd = str(self.paths.to_host(cwd, follow=True).host)
+        proc = await asyncio.create_subprocess_exec(
+            *join_cgroups_argv(self.cgroups.procs_files(), full),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=host_cwd,
+            start_new_session=True,
+        )
+        self._children.add(proc)
+        return proc
+
+    async def host_pid(self, proc: asyncio.subprocess.Process) -> int:
+        """Host pid of the real process behind a spawn() result (nsenter forks it)."""
+        if not self.isolated:
+            return proc.pid
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        for _ in range(500):
+            with contextlib.suppress(OSError):
+                found = children.read_text().split()
+                if found:
+                    return int(found[0])
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(0.01)
+        raise ProcessLookupError("the sandbox process exited before it could be found")
+
+    def on_kill(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Register cleanup to run when the sandbox is killed or expires."""
+        self._kill_callbacks.append(callback)
+
+    def pause(self) -> None:
+        """Freeze every process of the sandbox (E2B pause keeps memory state)."""
+        self.cgroups.freeze(True)
+        self.paused = True
+
+    def resume(self) -> None:
+        """Thaw a paused sandbox."""
+        self.cgroups.freeze(False)
+        self.paused = False
+
+    async def kill(self) -> None:
+        """Kill the whole process tree, then remove the sandbox's directories; idempotent."""
+        if self.killed.is_set():
+            return
+        self.killed.set()
+        if self.paused:
+            with contextlib.suppress(OSError):
+                self.resume()
+        for callback in self._kill_callbacks:
+            try:
+                result = callback()
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, 5.0)
+            except Exception:
+                log.exception("cleanup of sandbox %s failed", self.sandbox_id)
+        self._kill_processes()
+        await self._wait_for_exit()
+        self.cgroups.remove()
+        shutil.rmtree(self._root, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def _kill_processes(self) -> None:
+        if self._init_pid is not None:
+            # pid 1 of the namespace ignores SIGTERM; SIGKILL makes the kernel kill the rest.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._init_pid, signal.SIGKILL)
+        for proc in list(self._children):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        self.cgroups.kill_all()
+
+    async def _wait_for_exit(self) -> None:
+        waiters = [p.wait() for p in self._children]
+        if self._init is not None:
+            waiters.append(self._init.wait())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waiters), _STOP_TIMEOUT)
+        for _ in range(200):
+            if not self.cgroups.pids():
+                return
+            self.cgroups.kill_all()
+            await asyncio.sleep(0.025)
+        log.error("sandbox %s: processes survived kill: %s", self.sandbox_id, self.cgroups.pids())
+
+    def live_pids(self) -> list[int]:
+        """Host pids of the sandbox's processes, found through its cgroups."""
+        return self.cgroups.pids()
+
+    @property
+    def init_pid(self) -> int | None:
+        """Host pid of the namespace's pid 1 (None without isolation)."""
+        return self._init_pid
+
+
+def _read_json_fd(fd: int) -> dict | None:
+    """Read bwrap's --info-fd JSON object; None if the fd closes before it is complete."""
+    data = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        data += chunk
+        try:
+            return json.loads(data)
+        except ValueError:
+            continue  # not complete yet

@@ -1,0 +1,90 @@
+"""Build and run the service: isolation policy, registry, ASGI app and uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from .app import ServiceApp
+from .isolation import Isolation, resolve_isolation
+from .registry import Registry
+
+log = logging.getLogger("e2b_kernel.local")
+
+DEFAULT_API_KEY = "e2b_local_service_key"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, killing every sandbox as soon as a stop signal arrives."""
+
+    registry: Registry
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Open command/execute streams would otherwise hold the graceful shutdown open.
+        asyncio.get_event_loop().create_task(self.registry.close())
+        super().handle_exit(sig, frame)
+
+
+class ServiceCore:
+    """One service instance: created, then served on the current thread's event loop."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        isolation: str = "auto",
+        api_key: str | None = None,
+        policy: Isolation | None = None,
+    ) -> None:
+        self.policy = policy or resolve_isolation(isolation)
+        self.state_dir = Path(tempfile.mkdtemp(prefix="e2b-kernel-local-"))
+        self.registry = Registry(self.policy, self.state_dir)
+        self.api_key = api_key
+        self.app = ServiceApp(self.registry, api_key=api_key)
+        config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            lifespan="on",
+            log_level="warning",
+            log_config=None,  # leave the host program's logging alone (in-process use)
+            timeout_graceful_shutdown=5,
+            ws="none",
+        )
+        self.server = _Server(config)
+        self.server.registry = self.registry
+        self.host = host
+
+    @property
+    def isolation(self) -> str:
+        """Human description of the isolation every sandbox gets."""
+        return self.policy.describe()
+
+    def bound_port(self) -> int:
+        """The TCP port actually listened on (after `--port 0`)."""
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    def url(self) -> str:
+        """Base URL for both E2B_API_URL and E2B_SANDBOX_URL (no trailing slash)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.bound_port()}"
+
+    async def serve(self) -> None:
+        """Serve until asked to exit; every sandbox is killed on the way out."""
+        try:
+            await self.server.serve()
+        finally:
+            await self.registry.close()
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    async def shutdown(self) -> None:
+        """Kill every sandbox, then make serve() return."""
+        await self.registry.close()
+        self.server.should_exit = True
