@@ -1,0 +1,195 @@
+"""Code contexts (one kernel each) and the streaming of one execution as NDJSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import ndjson
+from .kernels import LANGUAGES, Kernel, SandboxLike, is_idle, next_message
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL = 5.0  # seconds of kernel silence before a keepalive line (as E2B)
+INTERRUPT_GRACE = 15.0  # how long an interrupted cell may take to reach idle before we move on
+_prefix_counter = itertools.count(1)
+
+
+class UnknownLanguage(ValueError):
+    """No kernel for this language in the local service."""
+
+
+class Context:
+    """One E2B code context: a kernel with an id, a language, a cwd and a lock."""
+
+    def __init__(self, sandbox: SandboxLike, language: str, cwd: str) -> None:
+        if language not in LANGUAGES:
+            known = ", ".join(sorted(LANGUAGES))
+            raise UnknownLanguage(
+                f"Failed to create context: no kernel for language '{language}' in the local "
+                f"E2B service (available: {known})"
+            )
+        self.id = str(uuid.uuid4())
+        self.language = language
+        self.cwd = cwd
+        self.sandbox = sandbox
+        self.lock = asyncio.Lock()
+        self.kernel: Kernel | None = None
+        self._spec = LANGUAGES[language]
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+
+    async def start(self, *, set_cwd: bool = True) -> None:
+        """Start the kernel; the cwd is set by a silent cell so execution_count stays at 0."""
+        kernel = Kernel(self.sandbox, self._spec, f"k{next(_prefix_counter)}")
+        # Like E2B (kernels start in the Jupyter server root), the cwd comes only from the
+        # silent cell, so a restarted kernel is back in /home/user.
+        await kernel.start("/home/user")
+        self.kernel = kernel
+        if set_cwd:
+            await kernel.run_silent(self._spec.chdir_code(self._kernel_path(self.cwd)))
+
+    def _kernel_path(self, path: str) -> str:
+        """The path as the kernel sees it: without isolation the sandbox paths live on the host."""
+        if getattr(self.sandbox, "isolated", True):
+            return path
+        paths = getattr(self.sandbox, "paths", None)
+        try:
+            return str(paths.to_host(path, follow=True).host) if paths is not None else path
+        except (OSError, ValueError):
+            return path
+
+    async def restart(self) -> None:
+        """A new kernel under the same id; state is gone and the cwd is not set again (as E2B)."""
+        await self.stop()
+        await self.start(set_cwd=False)
+
+    async def ensure_alive(self) -> None:
+        """Replace a kernel that died (e.g. `os._exit`) before running more code in it."""
+        if self.kernel is None or self.kernel.died.is_set():
+            await self.restart()
+
+    async def stop(self, *, polite: bool = True) -> None:
+        kernel, self.kernel = self.kernel, None
+        if kernel is not None:
+            await kernel.stop(polite=polite)
+
+    def env_code(self, env_vars: dict[str, str]) -> str:
+        return self._spec.set_env_code(env_vars)
+
+    def restore_env_code(self, keys: list[str]) -> str:
+        return self._spec.restore_env_code(keys, self.sandbox_envs())
+
+    def sandbox_envs(self) -> dict[str, str]:
+        return dict(getattr(self.sandbox, "envs", {}) or {})
+
+
+def prepend_env(code: str, env_code: str) -> str:
+    """Prepend env-setting code, indented like the first non-empty line of the cell (as E2B)."""
+    if not env_code:
+        return code
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    indent = first[: len(first) - len(first.lstrip())]
+    prefix = "\n".join(indent + line for line in env_code.splitlines())
+    return f"{prefix}\n{code}"
+
+
+class Execution:
+    """One /execute cell in a context; `lines()` yields its NDJSON lines as they happen."""
+
+    def __init__(self, context: Context, code: str, stop: asyncio.Event) -> None:
+        self.context = context
+        self.code = code
+        self.stop = stop  # set by the HTTP layer on client disconnect or sandbox kill
+        self.outcome = "running"  # -> "finished" | "stopped" | "died"
+        self.kernel: Kernel | None = None
+        self.msg_id = ""
+
+    async def lines(self) -> AsyncIterator[dict[str, Any]]:
+        kernel = self.kernel = self.context.kernel
+        assert kernel is not None
+        self.msg_id = kernel.send_execute(self.code, silent=False)
+        queue = kernel.queue_for(self.msg_id)
+        assert queue is not None
+        reply = kernel.reply_for(self.msg_id)
+        error_written = False
+        input_seen = False
+        while True:
+            try:
+                msg = await next_message(queue, self.stop, kernel.died, timeout=KEEPALIVE_INTERVAL)
+            except asyncio.TimeoutError:
+                yield ndjson.KEEPALIVE
+                continue
+            if msg is None:
+                if self.stop.is_set():
+                    self.outcome = "stopped"
+                    return
+                self.outcome = "died"
+                kernel.untrack(self.msg_id)
+                yield ndjson.error_line("ContextRestarting", "Context was restarted")
+                yield ndjson.END_OF_EXECUTION
+                return
+            msg_type = msg["header"]["msg_type"]
+            if msg_type == "execute_input":
+                input_seen = True
+            if msg_type == "error" and error_written:
+                continue  # E2B writes only the first error of an execution
+            line = ndjson.iopub_line(msg)
+            if line is not None:
+                error_written = error_written or line["type"] == "error"
+                yield line
+            if is_idle(msg) and input_seen:
+                break
+        self.outcome = "finished"
+        final = await self._final_reply(reply)
+        kernel.untrack(self.msg_id)
+        if final is not None and not error_written:
+            yield final
+        yield ndjson.END_OF_EXECUTION
+
+    async def _final_reply(
+        self, reply: asyncio.Future[dict[str, Any]] | None
+    ) -> dict[str, Any] | None:
+        """An error line from the shell reply when iopub carried none (abort, or error)."""
+        if reply is None:
+            return None
+        try:
+            msg = await asyncio.wait_for(asyncio.shield(reply), 1.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            return None
+        content = msg.get("content", {})
+        if content.get("status") == "abort" or content.get("status") == "aborted":
+            return ndjson.error_line("ExecutionAborted", "Execution was aborted")
+        if content.get("status") == "error":
+            return ndjson.error_line(
+                content.get("ename", ""), content.get("evalue", ""), content.get("traceback", [])
+            )
+        return None
+
+    async def wait_interrupted(self) -> None:
+        """After an interrupt, wait (bounded) for idle so the next cell is not aborted."""
+        kernel = self.kernel
+        if kernel is None:
+            return
+        queue = kernel.queue_for(self.msg_id)
+        try:
+            if queue is None:
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + INTERRUPT_GRACE
+            while (remaining := deadline - loop.time()) > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    msg = await next_message(queue, kernel.died, timeout=remaining)
+                    if msg is None or is_idle(msg):
+                        return
+                    continue
+                kernel.interrupt()  # SIGINT may have landed outside the cell; try once more
+                return
+        finally:
+            kernel.untrack(self.msg_id)

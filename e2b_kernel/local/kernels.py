@@ -1,0 +1,359 @@
+"""One Jupyter kernel process inside a sandbox, driven over `ipc` sockets by jupyter_client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import shutil
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from jupyter_client.asynchronous.client import AsyncKernelClient
+
+log = logging.getLogger(__name__)
+
+STARTUP_DIR = Path(__file__).parent / "kernel_startup"
+# A slow shared machine starting several sandboxes at once can take a while to import ipykernel.
+READY_TIMEOUT = 90.0
+# Messages queued per tracked request before the iopub reader stops reading (backpressure).
+ROUTE_QUEUE_SIZE = 16
+
+
+class SandboxLike(Protocol):
+    """The part of `LocalSandbox` (interface B) that kernels need."""
+
+    socket_dir: Path
+    python: str
+    envs: dict[str, str]
+    killed: asyncio.Event
+
+    def base_env(self) -> dict[str, str]: ...
+
+    async def spawn(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str = ...,
+        stdin: int | None = ...,
+        stdout: int | None = ...,
+        stderr: int | None = ...,
+    ) -> asyncio.subprocess.Process: ...
+
+
+class KernelStartError(RuntimeError):
+    """The kernel process exited or did not answer before the deadline."""
+
+
+@dataclass(frozen=True)
+class Language:
+    """How one language's kernel is started and how code sets its cwd and env vars."""
+
+    name: str
+    module: str
+
+    def chdir_code(self, cwd: str) -> str:
+        """Silent cell that sets the working directory."""
+        if self.name == "bash":
+            return f"cd {_sh_quote(cwd)}"
+        return f"__import__('os').chdir({cwd!r})"
+
+    def set_env_code(self, env: dict[str, str]) -> str:
+        """Code that sets env vars inside the kernel, one statement per line."""
+        if self.name == "bash":
+            return "\n".join(f"export {key}={_sh_quote(value)}" for key, value in env.items())
+        return "\n".join(
+            f"import os; os.environ[{key!r}] = {value!r}" for key, value in env.items()
+        )
+
+    def restore_env_code(self, keys: list[str], global_env: dict[str, str]) -> str:
+        """Code that puts per-call env vars back: to the sandbox-level value, or unset."""
+        lines = []
+        for key in keys:
+            if key in global_env:
+                lines.append(self.set_env_code({key: global_env[key]}))
+            elif self.name == "bash":
+                lines.append(f"unset {key}")
+            else:
+                lines.append(f"import os; os.environ.pop({key!r}, None)")
+        return "\n".join(lines)
+
+
+def _sh_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+LANGUAGES = {
+    "python": Language("python", "ipykernel_launcher"),
+    "bash": Language("bash", "bash_kernel"),
+}
+_ALIASES = {"js": "javascript", "ts": "typescript"}
+
+
+def normalize_language(name: str | None) -> str:
+    """Lowercase and trim like E2B; `js`/`ts` aliases; empty means python."""
+    normalized = (name or "").strip().lower()
+    return _ALIASES.get(normalized, normalized) or "python"
+
+
+class Kernel:
+    """A kernel process spawned in the sandbox plus its client and message routing."""
+
+    def __init__(self, sandbox: SandboxLike, language: Language, prefix: str) -> None:
+        self.sandbox = sandbox
+        self.language = language
+        self.prefix = prefix  # short unique name for the connection file and ipc sockets
+        self.client: AsyncKernelClient | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.died = asyncio.Event()
+        self._routes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stderr_tail: deque[bytes] = deque(maxlen=40)
+
+    @property
+    def connection_file(self) -> Path:
+        return self.sandbox.socket_dir / f"{self.prefix}.json"
+
+    def _write_connection_file(self) -> None:
+        ports = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        info: dict[str, Any] = {name: index + 1 for index, name in enumerate(ports)}
+        info.update(
+            ip=str(self.sandbox.socket_dir / self.prefix),
+            key=secrets.token_hex(32),
+            transport="ipc",
+            signature_scheme="hmac-sha256",
+            kernel_name=self.language.name,
+        )
+        self.connection_file.write_text(json.dumps(info))
+        self.connection_file.chmod(0o600)
+
+    def _argv(self) -> list[str]:
+        argv = [self.sandbox.python, "-m", self.language.module, "-f", str(self.connection_file)]
+        if self.language.name == "python":
+            startup = self.sandbox.socket_dir / "e2b_startup.py"
+            if not startup.exists():
+                # Copied into the socket dir, which the sandbox is guaranteed to see.
+                shutil.copyfile(STARTUP_DIR / "formatters.py", startup)
+            argv += [
+                "--InteractiveShell.colors=nocolor",  # E2B's server sends no ANSI colours
+                "--HistoryManager.hist_file=:memory:",
+                f"--IPKernelApp.exec_files={startup}",
+            ]
+        return argv
+
+    async def start(self, cwd: str) -> None:
+        """Spawn the kernel in the sandbox and wait until shell and iopub both answer."""
+        self._write_connection_file()
+        env = self.sandbox.base_env()
+        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        self.process = await self.sandbox.spawn(
+            self._argv(),
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._spawn_task(self._watch_process())
+        client = AsyncKernelClient()
+        client.load_connection_file(str(self.connection_file))
+        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        self.client = client
+        self._spawn_task(self._read_iopub())
+        self._spawn_task(self._read_replies(lambda: client.shell_channel.get_msg()))
+        self._spawn_task(self._read_replies(lambda: client.control_channel.get_msg()))
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _spawn_task(self, coro: Awaitable[None]) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    async def _watch_process(self) -> None:
+        assert self.process is not None
+        drains = [
+            self._drain(stream)
+            for stream in (self.process.stdout, self.process.stderr)
+            if stream is not None
+        ]
+        await asyncio.gather(*drains, self.process.wait())
+        self.died.set()
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        """Keep the kernel's own stdout/stderr pipes empty so it never blocks on them."""
+        while chunk := await stream.read(65536):
+            self._stderr_tail.append(chunk[-2000:])
+
+    def diagnostics(self) -> str:
+        """The tail of the kernel process output, for start-up failure messages."""
+        return b"".join(self._stderr_tail).decode("utf-8", "replace")[-2000:]
+
+    async def _wait_ready(self) -> None:
+        """Repeat kernel_info until a reply arrives and its status shows up on iopub."""
+        assert self.client is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while loop.time() < deadline:
+            if self.died.is_set():
+                raise KernelStartError(f"the kernel exited during start-up: {self.diagnostics()}")
+            msg = self.client.session.msg("kernel_info_request", {})
+            msg_id = msg["header"]["msg_id"]
+            queue = self.track(msg_id)
+            reply = self.expect_reply(msg_id)
+            try:
+                self.client.shell_channel.send(msg)
+                await asyncio.wait_for(asyncio.shield(reply), 1.0)
+                await asyncio.wait_for(queue.get(), 1.0)  # any status: iopub is connected
+                return
+            except asyncio.TimeoutError:
+                continue
+            finally:
+                self.untrack(msg_id)
+        raise KernelStartError(f"the kernel did not answer within {READY_TIMEOUT:.0f} s")
+
+    def track(self, msg_id: str) -> asyncio.Queue[dict[str, Any]]:
+        """Route iopub messages whose parent is `msg_id` to the returned bounded queue."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(ROUTE_QUEUE_SIZE)
+        self._routes[msg_id] = queue
+        return queue
+
+    def untrack(self, msg_id: str) -> None:
+        self._routes.pop(msg_id, None)
+        future = self._replies.pop(msg_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    def expect_reply(self, msg_id: str) -> asyncio.Future[dict[str, Any]]:
+        """A future resolved with the shell/control reply to `msg_id`."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[msg_id] = future
+        return future
+
+    async def _read_iopub(self) -> None:
+        assert self.client is not None
+        while True:
+            msg = await self.client.iopub_channel.get_msg()
+            queue = self._routes.get(msg.get("parent_header", {}).get("msg_id", ""))
+            if queue is not None:
+                # Waiting here stops reading iopub while the HTTP client is slower than the
+                # kernel, instead of buffering unbounded output in the service.
+                await queue.put(msg)
+
+    async def _read_replies(self, get_msg: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        while True:
+            msg = await get_msg()
+            future = self._replies.pop(msg.get("parent_header", {}).get("msg_id", ""), None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+
+    def send_execute(self, code: str, *, silent: bool) -> str:
+        """Send an execute_request the way E2B's server does; returns its msg_id, tracked."""
+        assert self.client is not None
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": not silent,
+            "user_expressions": {},
+            "allow_stdin": False,  # E2B has no stdin: input() must fail at once
+            "stop_on_error": True,
+        }
+        msg = self.client.session.msg("execute_request", content)
+        msg_id: str = msg["header"]["msg_id"]
+        self.track(msg_id)
+        self.expect_reply(msg_id)
+        self.client.shell_channel.send(msg)
+        return msg_id
+
+    def reply_for(self, msg_id: str) -> asyncio.Future[dict[str, Any]] | None:
+        return self._replies.get(msg_id)
+
+    def queue_for(self, msg_id: str) -> asyncio.Queue[dict[str, Any]] | None:
+        return self._routes.get(msg_id)
+
+    def interrupt(self) -> None:
+        """Jupyter interrupt over the control channel; ipykernel SIGINTs itself."""
+        if self.client is not None and not self.died.is_set():
+            self.client.control_channel.send(self.client.session.msg("interrupt_request", {}))
+
+    async def run_silent(self, code: str, timeout: float = 30.0) -> None:
+        """Run an internal cell (no history, no output to anyone) and wait for it to finish."""
+        msg_id = self.send_execute(code, silent=True)
+        queue = self._routes[msg_id]
+        try:
+            await asyncio.wait_for(self._until_idle(queue), timeout)
+        finally:
+            self.untrack(msg_id)
+
+    async def _until_idle(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            msg = await next_message(queue, self.died, timeout=None)
+            if msg is None or is_idle(msg):
+                return
+
+    async def stop(self, *, polite: bool = True) -> None:
+        """Ask the kernel to shut down, then kill the process if it lingers."""
+        if polite and self.client is not None and not self.died.is_set():
+            with contextlib.suppress(Exception):
+                msg = self.client.session.msg("shutdown_request", {"restart": False})
+                self.client.control_channel.send(msg)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.died.wait(), 3.0)
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.died.wait(), 5.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.client is not None:
+            self.client.stop_channels()
+            self.client = None
+        for future in self._replies.values():
+            future.cancel()
+        self._replies.clear()
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection_file.unlink()
+        for port in range(1, 6):
+            with contextlib.suppress(OSError):
+                (self.sandbox.socket_dir / f"{self.prefix}-{port}").unlink()
+
+
+def is_idle(msg: dict[str, Any]) -> bool:
+    return msg["header"]["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
+
+
+async def next_message(
+    queue: asyncio.Queue[dict[str, Any]], *events: asyncio.Event, timeout: float | None
+) -> dict[str, Any] | None:
+    """The next routed message; None when one of `events` is set first; TimeoutError if silent."""
+    if not queue.empty():
+        return queue.get_nowait()
+    getter = asyncio.ensure_future(queue.get())
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        done, _ = await asyncio.wait(
+            {getter, *waiters}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (getter, *waiters):
+            if not task.done():
+                task.cancel()
+    if getter in done:
+        return getter.result()
+    if not done:
+        raise asyncio.TimeoutError
+    return None
