@@ -1,0 +1,128 @@
+"""Copy files and folders between this machine and a sandbox (``%e2b upload/download/ls``).
+
+Everything goes through the SDK's ``sandbox.files`` API, so it works the same against E2B cloud
+and the local service. Relative sandbox paths are relative to ``/home/user`` (the cwd).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CopySummary", "download", "list_dir", "remote_path", "upload"]
+
+REMOTE_HOME = "/home/user"
+
+
+class FileTransferError(Exception):
+    """A copy could not be done; the message names the path and the fix."""
+
+
+@dataclass
+class CopySummary:
+    """How much was copied, for the one-line report."""
+
+    files: int = 0
+    folders: int = 0
+    bytes: int = 0
+
+    def __str__(self) -> str:
+        folders = f", {self.folders} folder(s)" if self.folders else ""
+        return f"{self.files} file(s){folders}, {self.bytes} bytes"
+
+
+def remote_path(path: str | None, default_name: str = "") -> str:
+    """Absolute sandbox path: relative paths are under /home/user."""
+    path = path or default_name
+    return posixpath.normpath(path if path.startswith("/") else posixpath.join(REMOTE_HOME, path))
+
+
+async def upload(sandbox: Any, local: str, remote: str | None) -> tuple[str, CopySummary]:
+    """Upload a local file or folder; return the sandbox path and what was copied."""
+    source = Path(local).expanduser()
+    if not source.exists():
+        raise FileTransferError(f"upload: no such local file or folder: {local}")
+    target = remote_path(remote, source.resolve().name)
+    summary = CopySummary()
+    if source.is_file():
+        await _upload_file(sandbox, source, target, summary)
+        return target, summary
+    await sandbox.files.make_dir(target)
+    summary.folders += 1
+    for folder, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        relative = Path(folder).relative_to(source).as_posix()
+        remote_folder = posixpath.normpath(posixpath.join(target, relative))
+        for name in dirnames:
+            await sandbox.files.make_dir(posixpath.join(remote_folder, name))
+            summary.folders += 1
+        for name in sorted(filenames):
+            await _upload_file(
+                sandbox, Path(folder) / name, posixpath.join(remote_folder, name), summary
+            )
+    return target, summary
+
+
+async def _upload_file(sandbox: Any, source: Path, target: str, summary: CopySummary) -> None:
+    with source.open("rb") as stream:
+        await sandbox.files.write(target, stream)
+    summary.files += 1
+    summary.bytes += source.stat().st_size
+
+
+async def download(sandbox: Any, remote: str, local: str | None) -> tuple[Path, CopySummary]:
+    """Download a sandbox file or folder; return the local path and what was copied."""
+    source = remote_path(remote)
+    if not await sandbox.files.exists(source):
+        raise FileTransferError(f"download: no such file or folder in the sandbox: {source}")
+    info = await sandbox.files.get_info(source)
+    target = Path(local).expanduser() if local else Path(posixpath.basename(source) or "download")
+    summary = CopySummary()
+    if _is_dir(info):
+        await _download_folder(sandbox, source, target, summary)
+    else:
+        if target.is_dir():
+            target = target / posixpath.basename(source)
+        await _download_file(sandbox, source, target, summary)
+    return target, summary
+
+
+async def _download_folder(sandbox: Any, source: str, target: Path, summary: CopySummary) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    summary.folders += 1
+    # depth=1 per folder: works with every envd version and never follows a cycle
+    for entry in sorted(await sandbox.files.list(source, depth=1), key=lambda e: e.name):
+        if getattr(entry, "symlink_target", None):
+            continue  # a link may point outside the folder, or back into it
+        child = posixpath.join(source, entry.name)
+        if _is_dir(entry):
+            await _download_folder(sandbox, child, target / entry.name, summary)
+        else:
+            await _download_file(sandbox, child, target / entry.name, summary)
+
+
+async def _download_file(sandbox: Any, source: str, target: Path, summary: CopySummary) -> None:
+    data = await sandbox.files.read(source, format="bytes")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(bytes(data))
+    summary.files += 1
+    summary.bytes += len(data)
+
+
+async def list_dir(sandbox: Any, path: str | None) -> list[str]:
+    """Lines describing a sandbox folder: type marker, size, name (folders end with /)."""
+    folder = remote_path(path, ".")
+    entries = await sandbox.files.list(folder, depth=1)
+    lines = []
+    for entry in sorted(entries, key=lambda e: (not _is_dir(e), e.name)):
+        name = entry.name + ("/" if _is_dir(entry) else "")
+        lines.append(f"{getattr(entry, 'size', 0):>12}  {name}")
+    return lines
+
+
+def _is_dir(entry: Any) -> bool:
+    kind = getattr(entry, "type", None)
+    return getattr(kind, "value", kind) == "dir"
