@@ -100,10 +100,11 @@ def _writable_cgroup_version() -> int | None:
 
 def python_bind_paths() -> list[str]:
     """Host paths of the service's own Python that a sandbox's fresh /tmp would hide."""
-    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path}
+    # sys.path[0] is the running script's directory, not part of the interpreter.
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path[1:]}
     found = set()
     for path in candidates:
-        if path and (path == "/tmp" or path.startswith("/tmp/")) and os.path.exists(path):
+        if path and path.startswith("/tmp/") and os.path.exists(path):
             found.add(path)
     return sorted(found)
 

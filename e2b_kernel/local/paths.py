@@ -140,3 +140,31 @@ def safe_open(
 
 def _is_dir(resolved: ResolvedPath) -> int:
     raise IsADirectoryError(errno.EISDIR, "is a directory", resolved.sandbox)
+
+
+def safe_parent(resolved: ResolvedPath, *, create: bool = False) -> tuple[int, str]:
+    """Open the parent directory of a writable resolved path without following symlinks.
+
+    Returns ``(dir_fd, name)`` for use with ``dir_fd=`` calls; the caller closes dir_fd.
+    ``create=True`` makes missing parents. Refuses the mount root itself (it has no name).
+    """
+    resolved.require_writable()
+    assert resolved.mount_root is not None
+    parts = [p for p in resolved.relative.split("/") if p]
+    if not parts:
+        raise PermissionError(errno.EBUSY, "cannot change a sandbox mount point", resolved.sandbox)
+    dir_fd = os.open(resolved.mount_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=dir_fd)
+                except FileExistsError:
+                    pass
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd, parts[-1]

@@ -44,6 +44,7 @@ class Entry:
     auto_pause: bool = False
     auto_resume: bool = False
     interpreter: Any = None  # the sandbox's CodeInterpreter ASGI app, when available
+    envd_rpc: Any = None  # the sandbox's Connect-RPC ASGI app, made on first use
     timeout_seconds: int = DEFAULT_TIMEOUT
     deadline_changed: asyncio.Event = field(default_factory=asyncio.Event)
     expiry_task: asyncio.Task | None = None

@@ -1,0 +1,278 @@
+"""envd's ``process.Process`` Connect-RPC service: commands run inside one sandbox.
+
+Each process's output is read once and fanned out to every connected stream (Start and any
+Connect), with bounded queues so a slow client slows the process instead of filling memory.
+Like real envd, a process outlives a dropped stream, and the stream's ``Connect-Timeout-Ms``
+deadline kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from e2b.envd.process import process_connect
+from e2b.envd.process.process_pb import (
+    CloseStdinResponse,
+    ConnectResponse,
+    ListResponse,
+    ProcessConfig,
+    ProcessEvent,
+    ProcessInfo,
+    SendInputResponse,
+    SendSignalResponse,
+    Signal,
+    StartResponse,
+    StreamInputResponse,
+)
+from protobuf import Oneof
+
+from .sandbox import SANDBOX_HOME, LocalSandbox
+
+_READ_CHUNK = 64 * 1024
+_QUEUE_SIZE = 64
+_DEFAULT_KEEPALIVE = 90.0
+
+
+@dataclass
+class Managed:
+    """A process started through Start, with its output subscribers."""
+
+    pid: int  # as seen inside the sandbox
+    proc: asyncio.subprocess.Process
+    config: ProcessConfig
+    tag: str | None
+    subscribers: list[asyncio.Queue] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    end: ProcessEvent.EndEvent | None = None
+
+    def kill_tree(self, signum: int = signal.SIGKILL) -> None:
+        """Signal the process and everything it started (its own process group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signum)
+
+
+def _event(name: str, value: Any) -> ProcessEvent:
+    return ProcessEvent(event=Oneof(name, value))  # type: ignore[arg-type]  # name is a Literal
+
+
+class ProcessService(process_connect.Process):
+    """process.Process for one sandbox."""
+
+    def __init__(self, sandbox: LocalSandbox) -> None:
+        self.sandbox = sandbox
+        self.processes: dict[int, Managed] = {}
+        self._pumps: set[asyncio.Task] = set()
+
+    async def start(self, request: Any, ctx: Any) -> AsyncIterator[Any]:
+        """Start a process; stream start, output and end events."""
+        if request.pty is not None:
+            raise ConnectError(Code.UNIMPLEMENTED, "PTY sessions are not supported locally")
+        config = request.process
+        if config is None or not config.cmd:
+            raise ConnectError(Code.INVALID_ARGUMENT, "process.cmd is required")
+        cwd = config.cwd or SANDBOX_HOME
+        self._check_cwd(cwd)
+        env = {**self.sandbox.base_env(), **dict(config.envs)}
+        with_stdin = request.stdin is not False
+        try:
+            proc = await self.sandbox.spawn(
+                [config.cmd, *config.args],
+                env=env,
+                cwd=cwd,
+                stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
+            )
+            host_pid = await self.sandbox.host_pid(proc)
+        except (OSError, ProcessLookupError) as exc:
+            raise ConnectError(Code.INTERNAL, f"cannot start {config.cmd!r}: {exc}") from None
+        pid = _namespace_pid(host_pid) if self.sandbox.isolated else proc.pid
+        managed = Managed(pid, proc, config, request.tag)
+        queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
+        managed.subscribers.append(queue)
+        self.processes[pid] = managed
+        pump = asyncio.create_task(self._pump(managed))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+        async for message in self._stream(managed, queue, ctx, StartResponse):
+            yield message
+
+    async def connect(self, request: Any, ctx: Any) -> AsyncIterator[Any]:
+        """Attach to a running process's output."""
+        managed = self._find(request.process)
+        queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
+        managed.subscribers.append(queue)
+        async for message in self._stream(managed, queue, ctx, ConnectResponse):
+            yield message
+
+    async def _stream(self, managed: Managed, queue: asyncio.Queue, ctx: Any, kind: Any):
+        """Yield start, then events from queue, keepalives, and enforce the deadline."""
+        loop = asyncio.get_running_loop()
+        timeout_ms = ctx.timeout_ms
+        deadline = loop.time() + timeout_ms / 1000 if timeout_ms else None
+        keepalive = _keepalive_interval(ctx)
+        try:
+            yield kind(event=_event("start", ProcessEvent.StartEvent(pid=managed.pid)))
+            while True:
+                wait = keepalive
+                if deadline is not None:
+                    wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    managed.kill_tree()
+                    raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
+                try:
+                    event = await asyncio.wait_for(queue.get(), wait)
+                except asyncio.TimeoutError:
+                    if deadline is None or loop.time() < deadline:
+                        yield kind(event=_event("keepalive", ProcessEvent.KeepAlive()))
+                    continue
+                if event is None:
+                    return
+                yield kind(event=event)
+        finally:
+            with contextlib.suppress(ValueError):
+                managed.subscribers.remove(queue)
+
+    async def _pump(self, managed: Managed) -> None:
+        """Read the process's output once and fan it out; then publish the end event."""
+        proc = managed.proc
+
+        async def read(stream: asyncio.StreamReader | None, name: str) -> None:
+            if stream is None:
+                return
+            while chunk := await stream.read(_READ_CHUNK):
+                data = ProcessEvent.DataEvent(output=Oneof(name, chunk))  # type: ignore[arg-type]
+                await self._publish(managed, _event("data", data))
+
+        try:
+            await asyncio.gather(read(proc.stdout, "stdout"), read(proc.stderr, "stderr"))
+        finally:
+            code = await proc.wait()
+            managed.end = _end_event(code)
+            self.processes.pop(managed.pid, None)
+            managed.done.set()
+            await self._publish(managed, _event("end", managed.end))
+            for queue in list(managed.subscribers):
+                await queue.put(None)
+
+    async def _publish(self, managed: Managed, event: ProcessEvent) -> None:
+        for queue in list(managed.subscribers):
+            await queue.put(event)
+
+    async def list(self, request: Any, ctx: Any) -> Any:
+        """Running processes."""
+        infos = [
+            ProcessInfo(config=m.config, pid=m.pid, tag=m.tag)
+            for m in self.processes.values()
+            if not m.done.is_set()
+        ]
+        return ListResponse(processes=infos)
+
+    async def send_signal(self, request: Any, ctx: Any) -> Any:
+        """SIGKILL or SIGTERM a process (and its process group)."""
+        managed = self._find(request.process)
+        signum = {Signal.SIGKILL: signal.SIGKILL, Signal.SIGTERM: signal.SIGTERM}.get(
+            request.signal
+        )
+        if signum is None:
+            raise ConnectError(Code.INVALID_ARGUMENT, f"unsupported signal {request.signal!r}")
+        managed.kill_tree(signum)
+        return SendSignalResponse()
+
+    async def send_input(self, request: Any, ctx: Any) -> Any:
+        """Write to a process's stdin."""
+        managed = self._find(request.process)
+        await self._write_input(managed, request.input)
+        return SendInputResponse()
+
+    async def stream_input(self, request: Any, ctx: Any) -> Any:
+        """A client stream: start (select the process), then data messages to its stdin."""
+        managed: Managed | None = None
+        async for message in request:
+            event = message.event
+            if event is None:
+                continue
+            if event.field == "start":
+                managed = self._find(event.value.process)
+            elif event.field == "data":
+                if managed is None:
+                    raise ConnectError(Code.FAILED_PRECONDITION, "send a start message first")
+                await self._write_input(managed, event.value.input)
+        return StreamInputResponse()
+
+    async def close_stdin(self, request: Any, ctx: Any) -> Any:
+        """Close a process's stdin (EOF)."""
+        managed = self._find(request.process)
+        stdin = managed.proc.stdin
+        if stdin is None:
+            raise ConnectError(Code.FAILED_PRECONDITION, "the process was started without stdin")
+        stdin.close()
+        return CloseStdinResponse()
+
+    async def _write_input(self, managed: Managed, data: Any) -> None:
+        if data is None or data.input is None:
+            return
+        if data.input.field != "stdin":
+            raise ConnectError(Code.UNIMPLEMENTED, "PTY input is not supported locally")
+        stdin = managed.proc.stdin
+        if stdin is None or stdin.is_closing():
+            raise ConnectError(Code.FAILED_PRECONDITION, "the process's stdin is not open")
+        try:
+            stdin.write(data.input.value)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise ConnectError(Code.FAILED_PRECONDITION, "the process closed its stdin") from None
+
+    def _find(self, selector: Any) -> Managed:
+        choice = selector.selector if selector is not None else None
+        if choice is not None and choice.field == "pid":
+            managed = self.processes.get(choice.value)
+            if managed is not None and not managed.done.is_set():
+                return managed
+            raise ConnectError(Code.NOT_FOUND, f"process with pid {choice.value} not found")
+        if choice is not None and choice.field == "tag":
+            for managed in self.processes.values():
+                if managed.tag == choice.value and not managed.done.is_set():
+                    return managed
+            raise ConnectError(Code.NOT_FOUND, f"process with tag {choice.value!r} not found")
+        raise ConnectError(Code.INVALID_ARGUMENT, "select a process by pid or tag")
+
+    def _check_cwd(self, cwd: str) -> None:
+        try:
+            resolved = self.sandbox.paths.to_host(cwd)
+        except (OSError, ValueError) as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, f"invalid cwd {cwd!r}: {exc}") from None
+        if not resolved.host.is_dir():
+            raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
+
+
+def _end_event(code: int) -> ProcessEvent.EndEvent:
+    if code < 0:
+        name = signal.Signals(-code).name[3:].lower() if -code in signal.valid_signals() else "?"
+        status = "signal: killed" if -code == signal.SIGKILL else f"signal: {name}"
+        return ProcessEvent.EndEvent(exit_code=-1, exited=False, status=status)
+    return ProcessEvent.EndEvent(exit_code=code, exited=True, status=f"exit status {code}")
+
+
+def _namespace_pid(host_pid: int) -> int:
+    """The pid a process has inside its sandbox (last NSpid entry)."""
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{host_pid}/status") as handle:
+            for line in handle:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    return host_pid
+
+
+def _keepalive_interval(ctx: Any) -> float:
+    raw = ctx.request_headers.get("keepalive-ping-interval")
+    try:
+        return max(1.0, float(raw)) if raw else _DEFAULT_KEEPALIVE
+    except ValueError:
+        return _DEFAULT_KEEPALIVE

@@ -1,0 +1,37 @@
+"""envd's Connect-RPC plane: the SDK's generated ASGI apps serving our services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2b.envd.filesystem.filesystem_connect import FilesystemASGIApplication
+from e2b.envd.process.process_connect import ProcessASGIApplication
+
+from .envd_fs import FilesystemService
+from .envd_process import ProcessService
+from .registry import Entry
+
+_READ_MAX_BYTES = 16 * 1024 * 1024
+
+
+class EnvdRpc:
+    """Dispatches /process.Process/* and /filesystem.Filesystem/* for one sandbox."""
+
+    def __init__(self, entry: Entry) -> None:
+        self.process = ProcessService(entry.sandbox)
+        self.filesystem = FilesystemService(entry.sandbox)
+        self._process_app = ProcessASGIApplication(self.process, read_max_bytes=_READ_MAX_BYTES)
+        self._fs_app = FilesystemASGIApplication(self.filesystem, read_max_bytes=_READ_MAX_BYTES)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"].startswith("/process.Process/"):
+            await self._process_app(scope, receive, send)
+        else:
+            await self._fs_app(scope, receive, send)
+
+
+def rpc_app_for(entry: Entry) -> EnvdRpc:
+    """The (cached) Connect-RPC app of a sandbox."""
+    if entry.envd_rpc is None:
+        entry.envd_rpc = EnvdRpc(entry)
+    return entry.envd_rpc
