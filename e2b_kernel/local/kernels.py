@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
+import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -158,7 +160,7 @@ class Kernel:
             env=env,
             cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
         self._spawn_task(self._watch_process())
@@ -179,17 +181,15 @@ class Kernel:
         self._tasks.append(asyncio.ensure_future(coro))
 
     async def _watch_process(self) -> None:
+        # Only the process exit counts: a child the user left running may keep the pipe open.
         assert self.process is not None
-        drains = [
-            self._drain(stream)
-            for stream in (self.process.stdout, self.process.stderr)
-            if stream is not None
-        ]
-        await asyncio.gather(*drains, self.process.wait())
+        if self.process.stderr is not None:
+            self._spawn_task(self._drain(self.process.stderr))
+        await self.process.wait()
         self.died.set()
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
-        """Keep the kernel's own stdout/stderr pipes empty so it never blocks on them."""
+        """Keep the kernel's own stderr pipe empty so it never blocks on it."""
         while chunk := await stream.read(65536):
             self._stderr_tail.append(chunk[-2000:])
 
@@ -307,11 +307,10 @@ class Kernel:
                 self.client.control_channel.send(msg)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.died.wait(), 3.0)
-        if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+        if self.process is not None:
+            self._kill_process_group(self.process)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.died.wait(), 5.0)
+                await asyncio.wait_for(self.died.wait(), 5.0 if polite else 1.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -323,6 +322,17 @@ class Kernel:
             future.cancel()
         self._replies.clear()
         self._cleanup_files()
+
+    @staticmethod
+    def _kill_process_group(process: asyncio.subprocess.Process) -> None:
+        """SIGKILL the spawn's process group: the kernel itself may be a child of a wrapper
+        (nsenter), and killing only the wrapper would leave the kernel running."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+                return
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
     def _cleanup_files(self) -> None:
         with contextlib.suppress(OSError):

@@ -41,7 +41,9 @@ def _e2b_install_formatters():
 
     formatter = E2BDataFormatter(parent=shell.display_formatter)
     shell.display_formatter.formatters["e2b/data"] = formatter
-    formatter.for_type_by_name("pandas.core.frame", "DataFrame", dataframe_data)
+    # pandas >= 3 reports DataFrame.__module__ as "pandas"; older versions "pandas.core.frame".
+    for module in ("pandas", "pandas.core.frame"):
+        formatter.for_type_by_name(module, "DataFrame", dataframe_data)
 
 
 _e2b_install_formatters()

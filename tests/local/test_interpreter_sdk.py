@@ -1,0 +1,241 @@
+"""The unmodified E2B SDK against the local code interpreter: state, output, results, contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2b import NotFoundException, SandboxException
+from e2b_code_interpreter import AsyncSandbox, OutputMessage, Sandbox
+
+from e2b_kernel.local import RunningService
+
+GLOBAL_ENVS = {"GLOBAL_VAR": "global-value", "SHARED_VAR": "from-sandbox"}
+
+
+def sdk_options(service: RunningService) -> dict[str, str]:
+    """Explicit SDK connection options (public SDK API), so module fixtures need no env."""
+    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
+
+
+@pytest.fixture(scope="module")
+def sandbox(local_service: RunningService) -> Iterator[Sandbox]:
+    sbx = Sandbox.create(envs=GLOBAL_ENVS, timeout=600, **sdk_options(local_service))
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
+
+
+def test_state_persists_and_execution_count_starts_at_one(local_service: RunningService) -> None:
+    sbx = Sandbox.create(**sdk_options(local_service))
+    try:
+        first = sbx.run_code("x = 41")
+        assert first.execution_count == 1
+        second = sbx.run_code("x + 1")
+        assert second.text == "42"
+        assert second.execution_count == 2
+        assert second.results[0].is_main_result is True
+    finally:
+        sbx.kill()
+
+
+def test_cwd_is_home_user_and_sandbox_envs_are_visible(sandbox: Sandbox) -> None:
+    execution = sandbox.run_code("import os; os.getcwd(), os.environ['GLOBAL_VAR']")
+    assert execution.text == "('/home/user', 'global-value')"
+    leaked = sandbox.run_code("import os; sorted(k for k in os.environ if 'E2B_API' in k)")
+    assert leaked.text == "[]"
+
+
+def test_stdout_arrives_while_the_cell_still_runs(sandbox: Sandbox) -> None:
+    arrivals: list[tuple[float, str]] = []
+
+    def on_stdout(message: OutputMessage) -> None:
+        arrivals.append((time.monotonic(), message.line))
+
+    code = "import time\nprint('first', flush=True)\ntime.sleep(3)\nprint('second')"
+    execution = sandbox.run_code(code, on_stdout=on_stdout)
+    finished = time.monotonic()
+    assert [line for _, line in arrivals] == ["first\n", "second\n"]
+    assert execution.logs.stdout == ["first\n", "second\n"]
+    # The first line came while time.sleep(3) was still running, not with the end of the cell.
+    assert finished - arrivals[0][0] > 1.5
+    assert arrivals[0][1] and arrivals[1][0] - arrivals[0][0] > 1.5
+
+
+def test_one_stdout_callback_per_print_and_stderr_separately(sandbox: Sandbox) -> None:
+    lines: list[OutputMessage] = []
+    errors: list[OutputMessage] = []
+    code = (
+        "import sys, time\n"
+        "for i in range(3):\n"
+        "    print(f'line {i}')\n"
+        "    time.sleep(1)\n"
+        "print('oops', file=sys.stderr)\n"
+    )
+    sandbox.run_code(code, on_stdout=lines.append, on_stderr=errors.append)
+    assert [message.line for message in lines] == ["line 0\n", "line 1\n", "line 2\n"]
+    assert all(not message.error and message.timestamp for message in lines)
+    assert [message.line for message in errors] == ["oops\n"]
+    assert errors[0].error is True
+
+
+def test_every_mime_type_becomes_its_result_field(sandbox: Sandbox) -> None:
+    code = """
+from IPython.display import display
+display({"text/html": "<b>h</b>", "text/plain": "'quoted'"}, raw=True)
+display({"text/markdown": "# md"}, raw=True)
+display({"image/svg+xml": "<svg></svg>"}, raw=True)
+display({"image/png": "iVBORw0KGgo="}, raw=True)
+display({"image/jpeg": "/9j/4AAQ"}, raw=True)
+display({"application/pdf": "JVBERi0="}, raw=True)
+display({"text/latex": "$x^2$"}, raw=True)
+display({"application/json": {"a": [1, 2]}}, raw=True)
+display({"application/javascript": "console.log(1)"}, raw=True)
+display({"application/x-custom": "custom", "text/plain": "t"}, raw=True)
+"main"
+"""
+    execution = sandbox.run_code(code)
+    assert execution.error is None
+    results = execution.results
+    assert [list(r.formats()) for r in results] == [
+        ["text", "html"],
+        ["markdown"],
+        ["svg"],
+        ["png"],
+        ["jpeg"],
+        ["pdf"],
+        ["latex"],
+        ["json"],
+        ["javascript"],
+        ["text", "application/x-custom"],
+        ["text"],
+    ]
+    assert results[0].text == "quoted" and results[0].html == "<b>h</b>"
+    assert results[1].markdown == "# md"
+    assert results[2].svg == "<svg></svg>"
+    assert results[3].png == "iVBORw0KGgo="
+    assert results[4].jpeg == "/9j/4AAQ"
+    assert results[5].pdf == "JVBERi0="
+    assert results[6].latex == "$x^2$"
+    assert results[7].json == {"a": [1, 2]}
+    assert results[8].javascript == "console.log(1)"
+    assert results[9].extra == {"application/x-custom": "custom"}
+    assert [r.is_main_result for r in results] == [False] * 10 + [True]
+    assert execution.text == "main"
+
+
+def test_matplotlib_show_gives_a_png_display_result(sandbox: Sandbox) -> None:
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [3, 1, 2])\nplt.show()"
+    execution = sandbox.run_code(code, timeout=120)
+    assert execution.error is None, execution.error
+    (result,) = execution.results
+    assert result.is_main_result is False
+    assert base64.b64decode(result.png).startswith(b"\x89PNG")
+    assert result.text.startswith("<Figure size")
+
+
+def test_dataframe_gives_html_text_and_data(sandbox: Sandbox) -> None:
+    code = (
+        "import pandas as pd\n"
+        "pd.DataFrame({'a': [1, 2], 'when': pd.to_datetime(['2024-01-01', '2024-02-01'])})"
+    )
+    execution = sandbox.run_code(code, timeout=120)
+    assert execution.error is None, execution.error
+    (result,) = execution.results
+    assert "<table" in result.html
+    assert "2024-01-01" in result.text
+    assert result.data == {"a": [1, 2], "when": ["2024-01-01T00:00:00", "2024-02-01T00:00:00"]}
+
+
+def test_error_fields_without_ansi_colours(sandbox: Sandbox) -> None:
+    execution = sandbox.run_code("def f():\n    raise ValueError('boom')\nf()")
+    error = execution.error
+    assert error is not None
+    assert (error.name, error.value) == ("ValueError", "boom")
+    assert "ValueError" in error.traceback and "f()" in error.traceback
+    assert "\x1b[" not in error.traceback
+    assert sandbox.run_code("1 + 1").text == "2"
+
+
+def test_input_fails_at_once(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    execution = sandbox.run_code("input('name? ')", timeout=60)
+    assert execution.error is not None
+    assert execution.error.name == "StdinNotImplementedError"
+    assert time.monotonic() - started < 30
+
+
+def test_env_vars_apply_to_one_call_and_are_restored(sandbox: Sandbox) -> None:
+    code = "import os; os.getenv('CALL_VAR', 'default'), os.getenv('SHARED_VAR')"
+    during = sandbox.run_code(code, envs={"CALL_VAR": "bar", "SHARED_VAR": "per-call"})
+    assert during.text == "('bar', 'per-call')"
+    after = sandbox.run_code(code)
+    assert after.text == "('default', 'from-sandbox')"
+
+
+def test_bash_context(sandbox: Sandbox) -> None:
+    execution = sandbox.run_code("pwd; echo $GLOBAL_VAR; export KEEP=1", language="bash")
+    assert execution.logs.stdout and "".join(execution.logs.stdout).split() == [
+        "/home/user",
+        "global-value",
+    ]
+    assert "".join(sandbox.run_code("echo kept=$KEEP", language="bash").logs.stdout) == "kept=1\n"
+
+
+def test_unknown_language_is_a_500_from_the_server(sandbox: Sandbox) -> None:
+    with pytest.raises(SandboxException, match=r"500 Internal Server Error: .*cobol"):
+        sandbox.run_code("1", language="cobol")
+
+
+def test_contexts_create_list_restart_delete(sandbox: Sandbox) -> None:
+    context = sandbox.create_code_context(cwd="/tmp")
+    assert (context.language, context.cwd) == ("python", "/tmp")
+    listed = sandbox.list_code_contexts()
+    assert listed[-1].id == context.id
+    assert listed[0].language == "python" and listed[0].cwd == "/home/user"
+
+    first = sandbox.run_code("import os; y = 5; os.getcwd()", context=context)
+    assert (first.text, first.execution_count) == ("/tmp", 1)
+    assert sandbox.run_code("'y' in globals()").text == "False"  # contexts are separate
+
+    sandbox.restart_code_context(context)
+    restarted = sandbox.run_code("import os; 'y' in globals(), os.getcwd()", context=context)
+    assert restarted.text == "(False, '/home/user')"  # state gone; cwd not set again (as E2B)
+    env = sandbox.run_code("import os; os.environ['GLOBAL_VAR']", context=context)
+    assert env.text == "global-value"
+
+    sandbox.remove_code_context(context.id)
+    assert context.id not in [c.id for c in sandbox.list_code_contexts()]
+    with pytest.raises(NotFoundException, match="not found"):
+        sandbox.run_code("1", context=context)
+    with pytest.raises(NotFoundException):
+        sandbox.remove_code_context(context.id)
+    with pytest.raises(NotFoundException):
+        sandbox.restart_code_context(context.id)
+
+
+def test_async_sdk_state_streaming_and_contexts(local_service: RunningService) -> None:
+    async def scenario() -> None:
+        sbx = await AsyncSandbox.create(**sdk_options(local_service))
+        try:
+            received: list[str] = []
+
+            async def on_stdout(message: OutputMessage) -> None:
+                received.append(message.line)
+
+            await sbx.run_code("z = 10")
+            execution = await sbx.run_code("print('hi'); z * 2", on_stdout=on_stdout)
+            assert (execution.text, received) == ("20", ["hi\n"])
+            context = await sbx.create_code_context(language="python")
+            assert (await sbx.list_code_contexts())[-1].id == context.id
+            alone = await sbx.run_code("'z' in globals()", context=context)
+            assert alone.text == "False"
+            await sbx.remove_code_context(context)
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())
