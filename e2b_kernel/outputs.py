@@ -95,11 +95,26 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+STDIN_MESSAGE = (
+    "input() is not available: E2B sandboxes have no stdin (the /execute protocol cannot "
+    "send input requests). Put the value in the code, or pass it as an environment variable."
+)
+
+
 def error_to_content(error: Any) -> dict[str, Any]:
     """Return Jupyter ``error`` content for an E2B ``ExecutionError``."""
     name = str(getattr(error, "name", "") or "Error")
     value = str(getattr(error, "value", "") or "")
     traceback = split_traceback(str(getattr(error, "traceback", "") or ""), name, value)
+    if name == "StdinNotImplementedError":
+        # Keep the user's own frame; drop ipykernel's internals and name the real limit.
+        user_part = []
+        for line in traceback[:-1]:
+            if _strip_ansi(line).startswith("File ") and user_part:
+                break
+            user_part.append(line)
+        value = STDIN_MESSAGE
+        traceback = [*user_part, f"{name}: {value}"]
     if not traceback:
         traceback = [f"{name}: {value}" if value else name]
     return {"ename": name, "evalue": value, "traceback": traceback}

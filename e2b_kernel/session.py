@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from e2b_code_interpreter import AsyncSandbox
@@ -50,6 +50,7 @@ class SandboxSession:
         *,
         name: str = "default",
         log: logging.Logger | None = None,
+        service_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config if config is not None else SessionConfig()
         self.name = name
@@ -58,6 +59,7 @@ class SandboxSession:
         self.isolation: str = CLOUD_ISOLATION if self.backend == "cloud" else "(starting)"
         self.sandbox: AsyncSandbox | None = None
         self._service: Any = None  # the private local service (backend "local")
+        self._service_factory = service_factory  # default: local.start_in_thread
         self._start_lock = asyncio.Lock()
         self._exec_lock = asyncio.Lock()
         self._busy = False
@@ -97,14 +99,62 @@ class SandboxSession:
     async def _ensure_service(self) -> None:
         if self.backend != "local" or self._service is not None:
             return
-        from .local import start_in_thread  # type: ignore[attr-defined,unused-ignore]
+        factory = self._service_factory
+        if factory is None:
+            from .local import start_in_thread  # type: ignore[attr-defined,unused-ignore]
 
-        # start_in_thread blocks until the server listens; keep the loop free meanwhile.
-        self._service = await asyncio.to_thread(start_in_thread)
+            factory = start_in_thread
+        # Starting blocks until the server listens; keep the loop free meanwhile.
+        try:
+            self._service = await asyncio.to_thread(factory)
+        except Exception as exc:
+            raise SandboxUnavailable(
+                f"The private local E2B service could not start: {exc}"
+            ) from None
         self.isolation = str(self._service.isolation)
         self.log.info(
             "private local E2B service at %s (isolation: %s)", self._service.url, self.isolation
         )
+
+    async def start_backend(self) -> None:
+        """Start the private local service if the backend needs one (sets ``isolation``)."""
+        async with self._start_lock:
+            await self._ensure_service()
+
+    def attach_service(self, service: Any) -> None:
+        """Use an already running local service (for example one adopted after a restart)."""
+        self._service = service
+        self.isolation = str(service.isolation)
+
+    async def detach(self) -> dict[str, Any] | None:
+        """Stop managing the sandbox without killing it; return how to reconnect to it.
+
+        Returns None (and closes normally) when the sandbox cannot outlive this process,
+        which is the case for a local service running inside it.
+        """
+        service = self._service
+        if self.sandbox is None or (
+            service is not None and not getattr(service, "survives_process", False)
+        ):
+            await self.close()
+            return None
+        state: dict[str, Any] = {"sandbox_id": self.sandbox_id, "backend": self.backend}
+        if service is not None:
+            state["service"] = service.to_state()
+            service.release()
+            self._service = None
+        self._closed = True
+        self._drop_sandbox()
+        return state
+
+    async def reattach(self, sandbox_id: str) -> None:
+        """After a kernel restart: reconnect to ``sandbox_id`` and reset its Python state."""
+        try:
+            await self.connect(sandbox_id)
+            await self.restart()
+        except E2BKernelError as exc:
+            self.log.warning("could not keep sandbox %s across the restart: %s", sandbox_id, exc)
+            self._drop_sandbox()
 
     async def start(self) -> None:
         """Create the sandbox (and the private local service when needed); idempotent."""

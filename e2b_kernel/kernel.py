@@ -1,0 +1,327 @@
+"""``E2BKernel``: a Jupyter kernel whose cells all run in one persistent E2B sandbox.
+
+Threads and loops (ipykernel 7): ``do_execute``/``do_complete``/... run on the shell loop in
+the main thread; ``interrupt_request`` and ``do_shutdown`` run on the control thread's own loop.
+The ``SandboxSession`` lives on the shell loop, so the control thread reaches it only through
+``call_soon_threadsafe`` / ``run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import zmq
+from ipykernel.kernelbase import Kernel
+from traitlets import Instance
+
+from . import __version__, restart_state
+from .config import SessionConfig
+from .errors import E2BKernelError, ExecutionInterrupted, error_content
+from .service_host import HostedService
+from .session import SandboxSession
+from .telemetry import execution_span
+
+__all__ = ["E2BKernel", "main"]
+
+_SHUTDOWN_WAIT = 30.0
+
+
+class E2BKernel(Kernel):
+    """Runs every cell in an E2B sandbox through ``SandboxSession``."""
+
+    implementation = "e2b_kernel"
+    implementation_version = __version__
+    language_info = {
+        "name": "python",
+        "version": "3",
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+        "pygments_lexer": "ipython3",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "nbconvert_exporter": "python",
+    }
+    help_links = [{"text": "E2B documentation", "url": "https://e2b.dev/docs"}]
+
+    session_config = Instance(SessionConfig, allow_none=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session_config = SessionConfig(parent=self)
+        # The private local service runs in a helper process so that a restart (a new kernel
+        # process) keeps the sandbox; see service_host.py.
+        self.sandbox_session = SandboxSession(
+            self.session_config, log=self.log, service_factory=HostedService.launch
+        )
+        self._shell_loop: asyncio.AbstractEventLoop | None = None
+        self._start_task: asyncio.Task | None = None
+        self._cell_task: asyncio.Task | None = None
+        self._backend_ready = asyncio.Event()
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register the message handlers, then start the sandbox in the background."""
+        super().start()
+        self.io_loop.add_callback(self._begin_sandbox)
+
+    def _begin_sandbox(self) -> None:
+        self._shell_loop = asyncio.get_running_loop()
+        self._start_task = asyncio.ensure_future(self._start_sandbox())
+
+    async def _start_sandbox(self) -> None:
+        """Create (or, after a restart, reconnect to) the sandbox; errors wait for a cell."""
+        session = self.sandbox_session
+        try:
+            previous = restart_state.take(self._connection_file())
+            if previous:
+                await self._take_over(previous)
+            await session.start_backend()
+            self._backend_ready.set()
+            await session.start()
+            self.log.info(
+                "E2B Python kernel: backend %s, isolation %s, sandbox %s",
+                session.backend,
+                session.isolation,
+                session.sandbox_id,
+            )
+        except E2BKernelError as exc:
+            self.log.error("sandbox start failed: %s", exc)
+            raise
+        finally:
+            self._backend_ready.set()
+
+    async def _take_over(self, previous: dict) -> None:
+        """After a restart: adopt the previous process's service and sandbox, fresh state."""
+        session = self.sandbox_session
+        if previous.get("service"):
+            try:
+                service = await asyncio.to_thread(HostedService.adopt, previous["service"])
+            except Exception as exc:
+                self.log.warning("could not adopt the previous local service: %s", exc)
+                return
+            session.attach_service(service)
+        elif previous.get("backend") != session.backend:
+            return
+        if previous.get("sandbox_id"):
+            await session.reattach(str(previous["sandbox_id"]))
+
+    def _connection_file(self) -> str | None:
+        app = getattr(self, "parent", None)
+        return getattr(app, "abs_connection_file", None) or getattr(app, "connection_file", None)
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]
+        """Shown by front ends at start; never in cell outputs."""
+        session = self.sandbox_session
+        return (
+            f"E2B Python (e2b-kernel {__version__}): every cell runs in one E2B sandbox.\n"
+            f"Backend: {session.backend}. Isolation: {session.isolation}.\n"
+            f"Sandbox: {session.sandbox_id or 'starting'}; template {session.config.template}."
+        )
+
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Wait briefly for the backend so the banner can name its isolation."""
+        try:
+            await asyncio.wait_for(self._backend_ready.wait(), 15)
+        except asyncio.TimeoutError:
+            pass
+        await super().kernel_info_request(stream, ident, parent)
+
+    # ---- execution --------------------------------------------------------------------------
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict | None = None,
+        cell_id: str | None = None,
+    ) -> dict:
+        """Run the cell in the sandbox, publishing its outputs as they arrive."""
+        if not code.strip():
+            return self._ok()
+        self._shell_loop = asyncio.get_running_loop()
+        self._cell_task = asyncio.ensure_future(self._run_cell(code, silent))
+        previous = self._install_sigint()
+        try:
+            await asyncio.wait([self._cell_task])
+        finally:
+            self._restore_sigint(previous)
+        task, self._cell_task = self._cell_task, None
+        if task.cancelled():
+            return self._fail(
+                ExecutionInterrupted("the cell was interrupted; state is kept"), silent
+            )
+        return task.result()
+
+    async def _run_cell(self, code: str, silent: bool) -> dict:
+        error: dict | None = None
+        with execution_span("kernel", self.sandbox_session.sandbox_id) as span:
+            try:
+                if self._start_task is not None and not self._start_task.done():
+                    await asyncio.wait([self._start_task])
+                self._start_task = None
+                async for kind, content in self.sandbox_session.execute(code):
+                    if kind == "error":
+                        error = content
+                    if not silent:
+                        self._publish(kind, content)
+            except E2BKernelError as exc:
+                span.fail(type(exc).__name__)
+                return self._fail(exc, silent)
+            span.sandbox_id = self.sandbox_session.sandbox_id
+            if error is not None:
+                span.fail(str(error.get("ename", "Error")))
+                return {"status": "error", "execution_count": self.execution_count, **error}
+        return self._ok()
+
+    def _publish(self, kind: str, content: dict) -> None:
+        if kind == "execute_result":
+            content = {**content, "execution_count": self.execution_count}
+        elif kind == "display_data":
+            content = {**content, "transient": {}}
+        self.send_response(self.iopub_socket, kind, content)
+
+    def _ok(self) -> dict:
+        return {
+            "status": "ok",
+            "execution_count": self.execution_count,
+            "payload": [],
+            "user_expressions": {},
+        }
+
+    def _fail(self, exc: BaseException, silent: bool) -> dict:
+        content = error_content(exc)
+        if not silent:
+            self.send_response(self.iopub_socket, "error", content)
+        return {"status": "error", "execution_count": self.execution_count, **content}
+
+    # ---- interrupts ---------------------------------------------------------------------------
+
+    def _install_sigint(self) -> Any:
+        """While a cell runs, SIGINT cancels it (signal interrupt_mode) instead of raising."""
+        loop = self._shell_loop
+
+        def on_sigint(_signum: int, _frame: Any) -> None:
+            if loop is not None:
+                loop.call_soon_threadsafe(self._interrupt_cell)
+
+        try:
+            return signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread (e.g. a subshell): message mode still works
+            return None
+
+    @staticmethod
+    def _restore_sigint(previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    def _interrupt_cell(self) -> None:
+        task = self._cell_task
+        if task is not None and not task.done():
+            self.log.info("interrupting the running cell")
+            task.cancel()
+
+    async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Message interrupt_mode: cancel the running cell from the control thread."""
+        if self._shell_loop is not None:
+            self._shell_loop.call_soon_threadsafe(self._interrupt_cell)
+        assert self.session is not None
+        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    # ---- completion, inspection, is_complete --------------------------------------------------
+
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict:
+        """Complete from the sandbox's live namespace (empty while a cell runs)."""
+        cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        return await self.sandbox_session.complete(code, cursor_pos)
+
+    async def do_inspect(
+        self, code: str, cursor_pos: int | None, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict:
+        """Inspect from the sandbox's live namespace (empty while a cell runs)."""
+        cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        return await self.sandbox_session.inspect(code, cursor_pos, detail_level)
+
+    async def do_is_complete(self, code: str) -> dict:
+        """Answered locally, the way IPython does it."""
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        status, indent = TransformerManager().check_complete(code)
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+    # ---- shutdown -----------------------------------------------------------------------------
+
+    async def shutdown_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Reply, then stop the loops only after the control thread has published 'idle'.
+
+        ipykernel 7.4's own handler stops the shell loop at once. The main thread then closes
+        the IOPub thread while the control thread is still about to publish its 'idle' status,
+        and that send blocks forever on the dead IOPub pipe: the process hangs in
+        ``control_thread.join()`` ("Closing control thread"). Stopping the loops from a
+        callback on the control loop runs after ``process_control`` has published, so the
+        race is gone. We also skip ipykernel's child-process termination: the only child is
+        the local service helper, which a restart must keep (it stops itself otherwise).
+        """
+        assert self.session is not None
+        content = await self.do_shutdown(bool(parent["content"].get("restart", False)))
+        self.session.send(stream, "shutdown_reply", content, parent, ident=ident)
+        broadcast = self.session.msg("shutdown_reply", content, parent)
+        self.session.send(self.iopub_socket, broadcast, ident=self._topic("shutdown"))
+        control = self.control_stream
+        if control is not None:
+            control.flush(zmq.POLLOUT)
+            control.io_loop.add_callback(self._stop_loops)
+        else:
+            self._stop_loops()
+
+    def _stop_loops(self) -> None:
+        self.io_loop.add_callback(self.io_loop.stop)
+        shell = self.shell_stream
+        if shell is not None and shell.io_loop is not self.io_loop:
+            shell.io_loop.add_callback(shell.io_loop.stop)
+        if self.control_stream is not None:
+            self.control_stream.io_loop.stop()
+
+    async def do_shutdown(self, restart: bool) -> dict:
+        """Kill the sandbox, or keep it for the restarted kernel process (runs on control)."""
+        loop = self._shell_loop
+        if loop is not None and loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._close_session(restart), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(future), _SHUTDOWN_WAIT)
+            except Exception as exc:
+                self.log.warning("sandbox shutdown did not finish cleanly: %s", exc)
+        else:
+            await self._close_session(restart)
+        return {"status": "ok", "restart": restart}
+
+    async def _close_session(self, restart: bool) -> None:
+        session = self.sandbox_session
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            await asyncio.wait([self._start_task])
+        if restart:
+            state = await session.detach()
+            if state:
+                restart_state.put(self._connection_file(), state)
+                return
+        kept = await session.close(keep=bool(session.config.keep_sandbox))
+        if kept:
+            self.log.warning("kept sandbox %s; reconnect with %%e2b connect %s", kept, kept)
+
+
+def main() -> None:
+    """Launch the kernel (``python -m e2b_kernel -f CONNECTION_FILE``)."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    IPKernelApp.launch_instance(kernel_class=E2BKernel, argv=sys.argv[1:])
