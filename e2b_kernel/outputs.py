@@ -108,7 +108,7 @@ def error_to_content(error: Any) -> dict[str, Any]:
     traceback = split_traceback(str(getattr(error, "traceback", "") or ""), name, value)
     if name == "StdinNotImplementedError":
         # Keep the user's own frame; drop ipykernel's internals and name the real limit.
-        user_part = []
+        user_part: list[str] = []
         for line in traceback[:-1]:
             if _strip_ansi(line).startswith("File ") and user_part:
                 break
