@@ -70,7 +70,9 @@ class CommandsMixin:
             self._parser = build_parser()
         if not line.strip():
             raise UsageError("%e2b needs a command, e.g. %e2b status (see %e2b? for all)")
-        args = self._parser.parse_argstring(line)
+        from .magics import split_line
+
+        args = self._parser.parse_args(split_line(line))
         handler = getattr(self, f"_cmd_{args.command}")
         return handler(args)
 

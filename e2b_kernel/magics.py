@@ -9,13 +9,14 @@ displayed there as they arrive. All named sessions live on that one loop.
 from __future__ import annotations
 
 import atexit
+import shlex
 import sys
 from typing import Any
 
 from IPython.core.display_functions import display
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int
 
 from . import transfer
@@ -42,6 +43,14 @@ class RemoteResult:
 
     def __repr__(self) -> str:
         return str(self.data.get("text/plain", "<remote result>"))
+
+
+def split_line(line: str) -> list[str]:
+    """Split magic arguments as a POSIX shell does: quotes group words and are removed."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:  # e.g. "No closing quotation"
+        raise UsageError(f"cannot split the arguments ({exc}): {line}") from None
 
 
 def parse_env(pairs: list[str], option: str = "--env") -> dict[str, str]:
@@ -107,6 +116,10 @@ class E2BMagics(CommandsMixin, Magics):
             return self.loop.run(coro)
         except (E2BKernelError, transfer.TransferError) as exc:
             raise render_short(exc) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("e2b."):  # an SDK error: its message suffices
+                raise render_short(exc) from None
+            raise
 
     def close_all(self) -> None:
         """Kill every sandbox (keep the ones asked for) and stop the loop; runs at exit."""
@@ -200,14 +213,16 @@ class E2BMagics(CommandsMixin, Magics):
             %%e2b --sandbox scratch --env API_URL=http://x --language bash
             echo "$API_URL"
         """
-        args = parse_argstring(self.e2b_cell, line)
+        args = self.e2b_cell.parser.parse_args(split_line(line))
         env = {**self.env.get(args.sandbox, {}), **parse_env(args.env)}
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
         if (args.inputs or args.outputs) and args.language != "python":
             raise UsageError("-i / -o move Python variables; they need --language python")
-        for name in args.inputs + args.outputs:
-            transfer.check_name(name, "-i" if name in args.inputs else "-o")
+        for option, names in (("-i", args.inputs), ("-o", args.outputs)):
+            for name in names:
+                if not name.isidentifier():
+                    raise UsageError(f"{option} {name!r}: expected a variable name such as df")
         missing = [name for name in args.inputs if name not in self.user_ns]
         if missing:
             raise UsageError(f"-i {missing[0]}: no variable named {missing[0]!r} here")
@@ -275,12 +290,16 @@ class E2BMagics(CommandsMixin, Magics):
         paths = {name: transfer.new_remote_path(name) for name in names}
         stdout = await self._hidden(session, transfer.pull_code(paths, self.transfer_limit), "-o")
         sizes = transfer.read_pull_report(stdout, self.transfer_limit)
-        values = {}
-        for name in sizes:
-            data = await session.sandbox.files.read(paths[name], format="bytes")
-            await session.sandbox.files.remove(paths[name])
-            values[name] = transfer.safe_loads(name, bytes(data), allow_any_type=allow_any_type)
-        return values
+        blobs = {}
+        try:
+            for name in sizes:
+                blobs[name] = bytes(await session.sandbox.files.read(paths[name], format="bytes"))
+        finally:
+            await self._hidden(session, transfer.cleanup_code(list(paths.values())), "-o")
+        return {
+            name: transfer.safe_loads(name, data, allow_any_type=allow_any_type)
+            for name, data in blobs.items()
+        }
 
     @staticmethod
     async def _hidden(session: SandboxSession, code: str, option: str) -> str:

@@ -50,15 +50,13 @@ async def upload(sandbox: Any, local: str, remote: str | None) -> tuple[str, Cop
     if source.is_file():
         await _upload_file(sandbox, source, target, summary)
         return target, summary
-    await sandbox.files.make_dir(target)
-    summary.folders += 1
     for folder, dirnames, filenames in os.walk(source):
         dirnames.sort()
         relative = Path(folder).relative_to(source).as_posix()
         remote_folder = posixpath.normpath(posixpath.join(target, relative))
-        for name in dirnames:
-            await sandbox.files.make_dir(posixpath.join(remote_folder, name))
-            summary.folders += 1
+        summary.folders += 1
+        if not filenames:  # writing a file creates its folders; only empty ones need make_dir
+            await sandbox.files.make_dir(remote_folder)
         for name in sorted(filenames):
             await _upload_file(
                 sandbox, Path(folder) / name, posixpath.join(remote_folder, name), summary

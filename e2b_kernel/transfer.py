@@ -45,13 +45,6 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
-def check_name(name: str, option: str) -> str:
-    """Return ``name`` if it is a plain identifier, else raise naming the option."""
-    if not name.isidentifier():
-        raise TransferError(f"{option} {name!r}: expected a variable name such as df or result")
-    return name
-
-
 def dumps_for_sandbox(name: str, value: Any, limit: int) -> bytes:
     """Pickle a local value for ``-i``, enforcing the size cap."""
     try:
@@ -116,6 +109,19 @@ def pull_code(paths: dict[str, str], limit: int) -> str:
         f"    print({_REPORT_MARK!r} + json.dumps(report))\n"
         f"__e2b_kernel_pull({paths!r}, {int(limit)})\n"
         "del __e2b_kernel_pull\n"
+    )
+
+
+def cleanup_code(paths: list[str]) -> str:
+    """Hidden code that deletes transfer files (missing ones are fine)."""
+    return (
+        "def __e2b_kernel_cleanup(paths):\n"
+        "    import os\n"
+        "    for path in paths:\n"
+        "        if os.path.exists(path):\n"
+        "            os.remove(path)\n"
+        f"__e2b_kernel_cleanup({paths!r})\n"
+        "del __e2b_kernel_cleanup\n"
     )
 
 

@@ -1,0 +1,287 @@
+"""``%%e2b`` and ``%e2b`` inside IPython's ``InteractiveShell`` against the local service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from e2b_kernel.remote_error import E2BRemoteError
+
+
+def run(shell: InteractiveShell, source: str) -> Any:
+    """Run a cell, returning IPython's ExecutionResult."""
+    return shell.run_cell(source, store_history=True)
+
+
+class _Tee:
+    """A stdout that calls ``hook(text)`` for every write, so tests can react mid-cell."""
+
+    def __init__(self, hook: Any) -> None:
+        self.parts: list[str] = []
+        self.hook = hook
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        self.hook(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_output_streams_while_the_cell_still_runs(
+    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cell prints, then waits for a file that only this side creates after *seeing* the
+    # print. Without streaming the cell would time out waiting and report "not released".
+    magics = shell._e2b_magics
+    run(shell, "%%e2b\nimport os")
+
+    def release(text: str) -> None:
+        if "waiting" in text:
+            session = magics.sessions["default"]
+            magics.loop.run(session.sandbox.files.write("/home/user/release", b"go"))
+
+    tee = _Tee(release)
+    monkeypatch.setattr(sys, "stdout", tee)
+    cell = """\
+        %%e2b
+        import os, sys, time
+        print("waiting", flush=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists("/home/user/release") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("released" if os.path.exists("/home/user/release") else "not released")
+        print("to stderr", file=sys.stderr)
+        """
+    result = run(shell, textwrap.dedent(cell))
+    monkeypatch.undo()
+    assert result.error_in_exec is None
+    assert "".join(tee.parts).split() == ["waiting", "released"]
+
+
+def test_stdout_and_stderr_keep_their_order_and_last_value_is_the_result(
+    shell: InteractiveShell,
+) -> None:
+    cell = "%%e2b\nimport sys\nfor i in range(3):\n    print(i, flush=True)\n6 * 7\n"
+    with capture_output() as captured:
+        result = run(shell, cell)
+    assert result.error_in_exec is None
+    assert captured.stdout.startswith("0\n1\n2\n")
+    assert repr(result.result) == "42"
+    with capture_output() as captured:
+        run(shell, "%%e2b\nimport sys\nprint('E', file=sys.stderr, flush=True)")
+    assert captured.stderr == "E\n"
+
+
+def test_rich_output_is_displayed_with_all_mime_types(shell: InteractiveShell) -> None:
+    cell = "%%e2b\nfrom IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\n"
+    with capture_output() as captured:
+        result = run(shell, cell)
+    assert result.error_in_exec is None
+    assert len(captured.outputs) == 1
+    assert captured.outputs[0].data["text/html"] == "<b>bold</b>"
+    assert "text/plain" in captured.outputs[0].data
+
+
+def test_remote_error_is_raised_with_its_name_and_remote_traceback(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run(shell, "%%e2b\ndef f():\n    return 1 / 0\nf()\n")
+    err = result.error_in_exec
+    assert isinstance(err, E2BRemoteError) and isinstance(err, ZeroDivisionError)
+    assert str(err) == "ZeroDivisionError: division by zero"
+    shown = capsys.readouterr().out
+    assert "return 1 / 0" in shown  # the remote frame
+    assert "e2b_kernel" not in shown and "loop_thread" not in shown  # none of ours
+
+
+def test_interrupt_stops_the_remote_cell_and_keeps_state(
+    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(shell, "%%e2b\nkept = 42").error_in_exec is None
+
+    def interrupt(text: str) -> None:
+        if "started" in text:
+            os.kill(os.getpid(), signal.SIGINT)  # what a kernel interrupt delivers
+
+    tee = _Tee(interrupt)
+    monkeypatch.setattr(sys, "stdout", tee)
+    cell = "%%e2b\nimport time\nprint('started', flush=True)\ntime.sleep(120)\nkept = 0\n"
+    result = run(shell, cell)
+    monkeypatch.undo()
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    shown = "".join(tee.parts)
+    assert "state is kept" in shown and "Traceback" not in shown
+    with capture_output() as captured:
+        assert run(shell, "%%e2b\nprint(kept)").error_in_exec is None
+    assert captured.stdout == "42\n"
+
+
+def test_inputs_and_outputs_round_trip_dict_array_and_dataframe(shell: InteractiveShell) -> None:
+    frame = pd.DataFrame({"n": [1, 2, 3], "s": ["a", "b", "c"]})
+    shell.user_ns.update(conf={"k": [1, 2], "nested": {"x": None}}, arr=np.eye(3), frame=frame)
+    cell = """\
+        %%e2b -i conf -i arr -i frame -o conf2 -o arr2 -o frame2
+        conf2 = dict(conf, added=True)
+        arr2 = arr * 2
+        frame2 = frame.assign(n2=frame.n ** 2)
+        """
+    result = run(shell, textwrap.dedent(cell))
+    assert result.error_in_exec is None
+    assert shell.user_ns["conf2"] == {"k": [1, 2], "nested": {"x": None}, "added": True}
+    np.testing.assert_array_equal(shell.user_ns["arr2"], np.eye(3) * 2)
+    pd.testing.assert_frame_equal(shell.user_ns["frame2"], frame.assign(n2=frame.n**2))
+
+
+def test_output_errors_are_clear(shell: InteractiveShell) -> None:
+    missing = run(shell, "%%e2b -o ghost\nx = 1").error_in_exec
+    assert "no variable named 'ghost'" in str(missing)
+    magics = shell._e2b_magics
+    magics.transfer_limit = 1000
+    big = run(shell, "%%e2b -o blob\nblob = b'x' * 5000").error_in_exec
+    assert "exceeds the transfer limit" in str(big) and "-o blob" in str(big)
+
+
+def test_named_sandboxes_are_kept_apart(shell: InteractiveShell) -> None:
+    assert run(shell, "%%e2b --sandbox one\nwho = 'one'").error_in_exec is None
+    with capture_output() as captured:
+        run(shell, "%%e2b --sandbox two\nprint('who' in globals())")
+    assert captured.stdout == "False\n"
+    sessions = shell._e2b_magics.sessions
+    assert sessions["one"].sandbox_id != sessions["two"].sandbox_id
+
+
+def test_env_options_reach_the_cell_as_environment_variables(shell: InteractiveShell) -> None:
+    run(shell, "%e2b env PERSISTENT=yes")
+    cell = "%%e2b --env 'QUOTED=it is \"here\"' --env EMPTY=\nimport os\n" + (
+        "print(os.environ['PERSISTENT'], os.environ['QUOTED'], repr(os.environ['EMPTY']))"
+    )
+    with capture_output() as captured:
+        result = run(shell, cell)
+    assert result.error_in_exec is None
+    assert captured.stdout == "yes it is \"here\" ''\n"
+
+
+def test_bash_language_context(shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        result = run(shell, "%%e2b --language bash --env WHO=bash\necho hello from $WHO")
+    assert result.error_in_exec is None
+    assert "hello from bash" in captured.stdout
+
+
+def test_cell_timeout_interrupts_and_keeps_the_sandbox(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(shell, "%%e2b\nvalue = 'kept'")
+    result = run(shell, "%%e2b --timeout 1\nimport time\ntime.sleep(60)")
+    assert type(result.error_in_exec).__name__ == "ExecutionTimeout"
+    assert "Traceback" not in capsys.readouterr().out
+    with capture_output() as captured:
+        run(shell, "%%e2b\nprint(value)")
+    assert captured.stdout == "kept\n"
+
+
+def test_status_restart_timeout_kill_and_list(
+    shell: InteractiveShell, running_sandbox_ids: Any
+) -> None:
+    run(shell, "%%e2b\nx = 1")
+    sandbox_id = shell._e2b_magics.sessions["default"].sandbox_id
+    with capture_output() as captured:
+        run(shell, "%e2b status")
+    assert sandbox_id in captured.stdout and "backend:" in captured.stdout
+    with capture_output() as captured:
+        run(shell, "%e2b list")
+    assert sandbox_id in captured.stdout
+    run(shell, "%e2b timeout 600")
+    run(shell, "%e2b restart")
+    with capture_output() as captured:
+        run(shell, "%%e2b\nprint('x' in globals())")
+    assert captured.stdout == "False\n"
+    run(shell, "%e2b kill")
+    assert sandbox_id not in running_sandbox_ids()
+
+
+def test_connect_attaches_to_an_existing_sandbox(shell: InteractiveShell) -> None:
+    run(shell, "%%e2b --sandbox first\nshared = 'from first'")
+    first_id = shell._e2b_magics.sessions["first"].sandbox_id
+    run(shell, f"%e2b connect {first_id} --sandbox second")
+    with capture_output() as captured:
+        run(shell, "%%e2b --sandbox second\nprint(shared)")
+    assert captured.stdout == "from first\n"
+
+
+def test_folder_upload_and_download_are_byte_for_byte(
+    shell: InteractiveShell, tmp_path: Path
+) -> None:
+    source = tmp_path / "data"
+    (source / "nested" / "deeper").mkdir(parents=True)
+    (source / "empty").mkdir()
+    files = {
+        "a.txt": b"hello\n",
+        "nested/b.bin": bytes(range(256)) * 40,
+        "nested/deeper/c.csv": "x,y\n1,\u00e9\n".encode(),
+        "zero": b"",
+    }
+    for relative, data in files.items():
+        (source / relative).write_bytes(data)
+    assert run(shell, f"%e2b upload {source} data").error_in_exec is None
+    with capture_output() as captured:
+        run(shell, "%e2b ls data")
+    assert "nested/" in captured.stdout and "a.txt" in captured.stdout
+    back = tmp_path / "back"
+    assert run(shell, f"%e2b download data {back}").error_in_exec is None
+    for relative, data in files.items():
+        assert (back / relative).read_bytes() == data
+    assert (back / "empty").is_dir()
+    single = tmp_path / "single.txt"
+    assert run(shell, f"%e2b download data/a.txt {single}").error_in_exec is None
+    assert single.read_bytes() == b"hello\n"
+
+
+def test_missing_paths_give_one_line_errors(
+    shell: InteractiveShell, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run(shell, f"%e2b upload {tmp_path / 'nope'}").error_in_exec
+    assert "no such local file or folder" in str(err)
+    err = run(shell, "%e2b download /home/user/nope").error_in_exec
+    assert "no such file or folder in the sandbox" in str(err)
+    assert "Traceback" not in capsys.readouterr().out
+
+
+@pytest.mark.timeout(180)
+def test_sandboxes_are_killed_when_python_exits(
+    sdk_env: dict[str, str], running_sandbox_ids: Any, tmp_path: Path
+) -> None:
+    script = """\
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "e2b_kernel")
+        shell.run_cell("%%e2b\\nx = 1")
+        shell.run_cell("%%e2b --sandbox other\\nx = 2")
+        for session in shell._e2b_magics.sessions.values():
+            print(session.sandbox_id)
+        """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env={**os.environ, **sdk_env},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    ids = set(done.stdout.split())
+    assert len(ids) == 2
+    assert not ids & running_sandbox_ids()
