@@ -1,0 +1,124 @@
+"""Unit tests of sandbox-path to host-path mapping (symlinks resolved in sandbox space)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from e2b_kernel.local.paths import SandboxPaths, safe_open, safe_parent
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[SandboxPaths, Path, Path]:
+    home = tmp_path / "home"
+    tmp = tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    return SandboxPaths(home, tmp), home, tmp
+
+
+def test_home_and_tmp_map_to_private_dirs(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, home, tmp = layout
+    assert paths.to_host("/home/user/a/b.txt").host == home / "a" / "b.txt"
+    assert paths.to_host("rel.txt").host == home / "rel.txt"
+    assert paths.to_host("/tmp/x").host == tmp / "x"
+    assert paths.to_host("/home/user/a/b.txt").writable
+
+
+def test_everything_else_is_the_read_only_host(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, _home, _tmp = layout
+    resolved = paths.to_host("/etc/passwd")
+    assert resolved.host == Path("/etc/passwd")
+    assert not resolved.writable
+    with pytest.raises(PermissionError):
+        resolved.require_writable()
+
+
+def test_dotdot_cannot_climb_out_of_a_mount(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, _home, _tmp = layout
+    resolved = paths.to_host("/home/user/../../etc/shadow")
+    assert resolved.sandbox == "/etc/shadow"
+    assert not resolved.writable
+
+
+def test_absolute_symlink_resolves_in_sandbox_space(
+    layout: tuple[SandboxPaths, Path, Path],
+) -> None:
+    paths, home, tmp = layout
+    (home / "to_etc").symlink_to("/etc/passwd")
+    (home / "to_tmp").symlink_to("/tmp/target.txt")
+    etc = paths.to_host("/home/user/to_etc")
+    assert etc.sandbox == "/etc/passwd"
+    assert not etc.writable
+    # "/tmp" inside a sandbox is its private tmp dir, not the host's /tmp.
+    assert paths.to_host("/home/user/to_tmp").host == tmp / "target.txt"
+
+
+def test_relative_symlink_and_directory_links(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, home, _tmp = layout
+    (home / "d").mkdir()
+    (home / "d" / "f").write_text("x")
+    (home / "link").symlink_to("d")
+    (home / "up").symlink_to("../../etc")
+    assert paths.to_host("/home/user/link/f").host == home / "d" / "f"
+    assert paths.to_host("/home/user/up/hosts").sandbox == "/etc/hosts"
+
+
+def test_no_follow_keeps_the_final_link(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, home, _tmp = layout
+    (home / "to_etc").symlink_to("/etc/passwd")
+    resolved = paths.to_host("/home/user/to_etc", follow=False)
+    assert resolved.host == home / "to_etc"
+    assert resolved.writable
+
+
+def test_symlink_loops_are_reported(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, home, _tmp = layout
+    (home / "a").symlink_to("b")
+    (home / "b").symlink_to("a")
+    with pytest.raises(OSError, match="symbolic links"):
+        paths.to_host("/home/user/a")
+
+
+def test_nul_bytes_are_rejected(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, _home, _tmp = layout
+    with pytest.raises(ValueError):
+        paths.to_host("/home/user/a\x00b")
+
+
+def test_safe_open_refuses_a_directory_swapped_for_a_symlink(
+    layout: tuple[SandboxPaths, Path, Path], tmp_path: Path
+) -> None:
+    paths, home, _tmp = layout
+    (home / "d").mkdir()
+    resolved = paths.to_host("/home/user/d/file.txt")
+    # Code in the sandbox swaps the directory for a link to a host directory after resolution.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (home / "d").rmdir()
+    (home / "d").symlink_to(outside)
+    with pytest.raises(OSError):
+        safe_open(resolved, os.O_WRONLY | os.O_CREAT)
+    assert not (outside / "file.txt").exists()
+
+
+def test_safe_open_creates_parents_and_safe_parent_refuses_mount_roots(
+    layout: tuple[SandboxPaths, Path, Path],
+) -> None:
+    paths, home, _tmp = layout
+    fd = safe_open(paths.to_host("/home/user/x/y/z.txt"), os.O_WRONLY | os.O_CREAT, parents=True)
+    os.write(fd, b"ok")
+    os.close(fd)
+    assert (home / "x" / "y" / "z.txt").read_bytes() == b"ok"
+    with pytest.raises(PermissionError):
+        safe_parent(paths.to_host("/home/user"))
+    with pytest.raises(PermissionError):
+        safe_parent(paths.to_host("/etc/hosts"))
+
+
+def test_to_sandbox_maps_back(layout: tuple[SandboxPaths, Path, Path]) -> None:
+    paths, home, tmp = layout
+    assert paths.to_sandbox(home / "a" / "b") == "/home/user/a/b"
+    assert paths.to_sandbox(tmp) == "/tmp"
