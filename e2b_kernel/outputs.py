@@ -57,8 +57,9 @@ def result_to_event(result: Any) -> tuple[str, dict[str, Any]]:
 
 _ANSI = r"(?:\x1b\[[0-9;]*m)*"
 # IPython starts a traceback with a rule of dashes, then "<Name>   Traceback (most recent...)".
-_RULE = re.compile(rf"^({_ANSI}-{{20,}}{_ANSI})(?=[^\n])")
-_HEADER_END = re.compile(r"(Traceback \(most recent call last\)" + _ANSI + r")(?=[^\n])")
+_RESET = r"(?:\x1b\[0?m)?"  # only a reset may close the rule or header; the next colour opens
+_RULE = re.compile(rf"^({_ANSI}-{{20,}}{_RESET})(?=[^\n])")
+_HEADER_END = re.compile(r"(Traceback \(most recent call last\)" + _RESET + r")(?=[^\n])")
 
 
 def split_traceback(text: str, ename: str = "", evalue: str = "") -> list[str]:
