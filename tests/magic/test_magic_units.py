@@ -160,7 +160,7 @@ def test_unpicklable_push_is_a_clear_error() -> None:
 
 def test_pull_report_errors_name_the_variable() -> None:
     mark = "__e2b_kernel_transfer__"
-    with pytest.raises(TransferError, match="-o df: .* exceeds the transfer limit"):
+    with pytest.raises(TransferError, match=r"-o df: .* exceeds the transfer limit"):
         read_pull_report(mark + '{"df": {"status": "too_big", "size": 5000}}\n', 1000)
     with pytest.raises(TransferError, match="no variable named 'y'"):
         read_pull_report(mark + '{"y": {"status": "missing"}}\n', 1000)

@@ -1,0 +1,168 @@
+"""`%load_ext e2b_kernel` inside a real python3 (ipykernel) kernel driven by jupyter_client."""
+
+from __future__ import annotations
+
+import ast
+import os
+import queue
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+TIMEOUT = 90
+
+
+@pytest.fixture
+def kernel(sdk_env: dict[str, str]) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    """A python3 kernel with the extension loaded, pointed at the local service."""
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, **sdk_env})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply, _ = execute(kc, "%load_ext e2b_kernel")
+        assert reply["content"]["status"] == "ok"
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+
+
+def execute(
+    kc: BlockingKernelClient, code: str, on_message: Callable[[dict], None] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``code``; return the reply and this request's IOPub outputs in arrival order."""
+    outputs: list[dict[str, Any]] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
+            outputs.append(msg)
+        if on_message is not None:
+            on_message(msg)
+
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=TIMEOUT)
+    return reply, outputs
+
+
+def stdout_of(outputs: list[dict[str, Any]]) -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
+
+
+def test_streams_in_order_with_rich_output_and_result(kernel: Any) -> None:
+    _, kc = kernel
+    cell = """%%e2b
+import sys
+from IPython.display import HTML, display
+print("one", flush=True)
+print("two", file=sys.stderr, flush=True)
+display(HTML("<i>rich</i>"))
+print("three", flush=True)
+6 * 7
+"""
+    reply, outputs = execute(kc, cell)
+    assert reply["content"]["status"] == "ok"
+    seen = []
+    for msg in outputs:
+        content = msg["content"]
+        if msg["msg_type"] == "stream":
+            seen.extend((content["name"], line) for line in content["text"].splitlines())
+        elif msg["msg_type"] == "display_data":
+            seen.append(("display", content["data"]["text/html"]))
+        else:
+            seen.append((msg["msg_type"], content["data"]["text/plain"]))
+    assert seen == [
+        ("stdout", "one"),
+        ("stderr", "two"),
+        ("display", "<i>rich</i>"),
+        ("stdout", "three"),
+        ("execute_result", "42"),
+    ]
+
+
+def test_remote_error_reaches_the_frontend_with_its_name(kernel: Any) -> None:
+    _, kc = kernel
+    reply, outputs = execute(kc, "%%e2b\ndef explode():\n    raise KeyError('missing')\nexplode()")
+    content = reply["content"]
+    assert content["status"] == "error"
+    assert content["ename"] == "E2BRemoteError"
+    assert content["evalue"] == "KeyError: 'missing'"
+    [error] = [m for m in outputs if m["msg_type"] == "error"]
+    text = "\n".join(error["content"]["traceback"])
+    assert "explode()" in text and "raise KeyError" in text
+    assert "e2b_kernel" not in text and "site-packages" not in text
+
+
+def test_kernel_interrupt_stops_the_remote_cell_and_keeps_state(kernel: Any) -> None:
+    km, kc = kernel
+    assert execute(kc, "%%e2b\nkept = 'still here'")[0]["content"]["status"] == "ok"
+    msg_id = kc.execute("%%e2b\nimport time\nprint('started', flush=True)\ntime.sleep(300)")
+    deadline = time.monotonic() + TIMEOUT
+    interrupted = False
+    error = None
+    while time.monotonic() < deadline:
+        try:
+            msg = kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream" and "started" in msg["content"]["text"] and not interrupted:
+            km.interrupt_kernel()
+            interrupted = True
+        elif msg["msg_type"] == "error":
+            error = msg["content"]
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert interrupted
+    assert error is not None and error["ename"] == "KeyboardInterrupt"
+    assert kc.get_shell_msg(timeout=TIMEOUT)["content"]["status"] == "error"
+    reply, outputs = execute(kc, "%%e2b\nprint(kept)")
+    assert reply["content"]["status"] == "ok"
+    assert stdout_of(outputs) == "still here\n"
+
+
+def test_inputs_and_outputs_round_trip_in_the_kernel(kernel: Any) -> None:
+    _, kc = kernel
+    setup = (
+        "import numpy as np, pandas as pd\n"
+        "conf = {'a': 1, 'b': [1, 2]}\n"
+        "arr = np.arange(10).reshape(2, 5)\n"
+        "frame = pd.DataFrame({'x': [1.5, 2.5], 'y': ['p', 'q']})\n"
+    )
+    assert execute(kc, setup)[0]["content"]["status"] == "ok"
+    cell = (
+        "%%e2b -i conf -i arr -i frame -o conf2 -o arr2 -o frame2\n"
+        "conf2 = {**conf, 'c': 3}\narr2 = arr.T\nframe2 = frame[frame.x > 2]\n"
+    )
+    assert execute(kc, cell)[0]["content"]["status"] == "ok"
+    check = (
+        "print(conf2 == {'a': 1, 'b': [1, 2], 'c': 3}, (arr2 == arr.T).all(),\n"
+        "      frame2.equals(frame[frame.x > 2]))"
+    )
+    _, outputs = execute(kc, check)
+    assert stdout_of(outputs) == "True True True\n"
+
+
+def test_sandboxes_are_killed_when_the_kernel_shuts_down(
+    kernel: Any, running_sandbox_ids: Callable[[], set[str]]
+) -> None:
+    km, kc = kernel
+    execute(kc, "%%e2b\nx = 1")
+    execute(kc, "%%e2b --sandbox second\nx = 2")
+    _, outputs = execute(
+        kc, "print([s.sandbox_id for s in get_ipython()._e2b_magics.sessions.values()])"
+    )
+    ids = set(ast.literal_eval(stdout_of(outputs)))
+    assert len(ids) == 2 and ids <= running_sandbox_ids()
+    km.shutdown_kernel(now=False)  # polite: the kernel process exits and runs atexit
+    assert not ids & running_sandbox_ids()
