@@ -10,15 +10,11 @@ from collections.abc import Iterator
 import pytest
 from e2b import NotFoundException, SandboxException
 from e2b_code_interpreter import AsyncSandbox, OutputMessage, Sandbox
+from interpreter_helpers import sdk_options
 
 from e2b_kernel.local import RunningService
 
 GLOBAL_ENVS = {"GLOBAL_VAR": "global-value", "SHARED_VAR": "from-sandbox"}
-
-
-def sdk_options(service: RunningService) -> dict[str, str]:
-    """Explicit SDK connection options (public SDK API), so module fixtures need no env."""
-    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,158 @@
+"""Abuse of the local code interpreter through the unmodified SDK; the service must keep serving."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2b import TimeoutException
+from e2b_code_interpreter import AsyncSandbox, OutputMessage, Sandbox
+from interpreter_helpers import sdk_options
+
+from e2b_kernel.local import RunningService
+
+INTERRUPT_PROBE = """
+import time
+try:
+    time.sleep(300)
+except KeyboardInterrupt:
+    with open('/home/user/interrupted_at', 'w') as f:
+        f.write(repr(time.time()))
+    raise
+"""
+
+
+@pytest.fixture(scope="module")
+def bystander(local_service: RunningService) -> Iterator[Sandbox]:
+    """Another sandbox that must keep working whatever happens to the others."""
+    sbx = Sandbox.create(timeout=600, **sdk_options(local_service))
+    sbx.run_code("counter = 0")
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
+
+
+@pytest.fixture
+def victim(local_service: RunningService) -> Iterator[Sandbox]:
+    sbx = Sandbox.create(**sdk_options(local_service))
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
+
+
+def assert_still_serving(bystander: Sandbox) -> None:
+    assert bystander.run_code("counter += 1; 1 + 1").text == "2"
+
+
+@pytest.mark.timeout(180)
+def test_client_timeout_interrupts_the_cell_and_keeps_state(
+    victim: Sandbox, bystander: Sandbox
+) -> None:
+    victim.run_code("kept = 'still here'")
+    with pytest.raises(TimeoutException):
+        victim.run_code(INTERRUPT_PROBE, timeout=3)
+    gave_up = time.time()
+    after = victim.run_code("1 + 1", timeout=30)
+    assert after.text == "2"
+    assert victim.run_code("kept").text == "still here"
+    interrupted_at = float(victim.run_code("open('/home/user/interrupted_at').read()").text)
+    # Interrupted as soon as the client dropped the stream (the spec asks for < 1 s; the margin
+    # is for a loaded machine), not when the 300 s sleep would have ended.
+    assert interrupted_at - gave_up < 3.0
+    assert_still_serving(bystander)
+
+
+@pytest.mark.timeout(180)
+def test_cancelled_async_run_code_interrupts_the_cell(local_service: RunningService) -> None:
+    async def scenario() -> None:
+        sbx = await AsyncSandbox.create(**sdk_options(local_service))
+        try:
+            await sbx.run_code("kept = 3")
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(sbx.run_code(INTERRUPT_PROBE), 3)
+            assert (await sbx.run_code("kept * 2", timeout=30)).text == "6"
+            probe = await sbx.run_code("import os; os.path.exists('/home/user/interrupted_at')")
+            assert probe.text == "True"
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(180)
+def test_kill_during_execution_raises_the_sdk_killed_error(
+    local_service: RunningService, bystander: Sandbox
+) -> None:
+    sbx = Sandbox.create(**sdk_options(local_service))
+    started = threading.Event()
+
+    def kill_when_started() -> None:
+        if started.wait(60):
+            Sandbox.kill(sbx.sandbox_id, **sdk_options(local_service))
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+
+    def on_stdout(message: OutputMessage) -> None:
+        if "started" in message.line:
+            started.set()
+
+    try:
+        with pytest.raises(TimeoutException, match="killed while the request was in progress"):
+            sbx.run_code("import time\nprint('started')\ntime.sleep(120)", on_stdout=on_stdout)
+    finally:
+        started.set()
+        killer.join()
+    assert not sbx.is_running()
+    assert_still_serving(bystander)
+
+
+def test_kernel_that_exits_is_restarted(victim: Sandbox, bystander: Sandbox) -> None:
+    victim.run_code("lost = 1")
+    died = victim.run_code("import os; os._exit(1)", timeout=60)
+    assert died.error is not None
+    assert (died.error.name, died.error.value) == ("ContextRestarting", "Context was restarted")
+    assert victim.run_code("1 + 1", timeout=60).text == "2"
+    assert victim.run_code("'lost' in globals()").text == "False"
+    assert_still_serving(bystander)
+
+
+def test_non_utf8_and_unpaired_surrogate_output(victim: Sandbox, bystander: Sandbox) -> None:
+    execution = victim.run_code(
+        "import os, sys\nos.write(1, b'\\xff\\xfe raw bytes\\n')\nsys.stdout.flush()\n"
+        "print('\\udcff lone surrogate')\nprint('after')"
+    )
+    text = "".join(execution.logs.stdout)
+    assert "\ufffd\ufffd raw bytes\n" in text
+    assert "after\n" in text
+    assert victim.run_code("1 + 1").text == "2"
+    assert_still_serving(bystander)
+
+
+@pytest.mark.timeout(300)
+def test_twenty_megabytes_of_output_stream_through(victim: Sandbox, bystander: Sandbox) -> None:
+    received = 0
+    callbacks = 0
+
+    def on_stdout(message: OutputMessage) -> None:
+        nonlocal received, callbacks
+        received += len(message.line.encode())
+        callbacks += 1
+
+    # 20 bursts of 1 MiB: ipykernel sends what was written in each 0.2 s flush interval as one
+    # stream message, so pauses between bursts make several messages, as in E2B.
+    code = (
+        "import sys, time\nline = 'x' * 1023 + '\\n'\n"
+        "for _ in range(20):\n    sys.stdout.write(line * 1024)\n    time.sleep(0.3)"
+    )
+    execution = victim.run_code(code, on_stdout=on_stdout, timeout=240)
+    assert execution.error is None
+    assert received == 20 * 1024 * 1024
+    assert callbacks > 1  # streamed in pieces while it was produced, not one blob at the end
+    assert victim.run_code("1 + 1").text == "2"
+    assert_still_serving(bystander)
