@@ -89,10 +89,9 @@ class ProcessService(process_connect.Process):
                 cwd=cwd,
                 stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
             )
-            host_pid = await self.sandbox.host_pid(proc)
-        except (OSError, ProcessLookupError) as exc:
+        except OSError as exc:
             raise ConnectError(Code.INTERNAL, f"cannot start {config.cmd!r}: {exc}") from None
-        pid = _namespace_pid(host_pid) if self.sandbox.isolated else proc.pid
+        pid = self.sandbox.sandbox_pid(proc)
         managed = Managed(pid, proc, config, request.tag)
         queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
         managed.subscribers.append(queue)
@@ -258,16 +257,6 @@ def _end_event(code: int) -> ProcessEvent.EndEvent:
         status = "signal: killed" if -code == signal.SIGKILL else f"signal: {name}"
         return ProcessEvent.EndEvent(exit_code=-1, exited=False, status=status)
     return ProcessEvent.EndEvent(exit_code=code, exited=True, status=f"exit status {code}")
-
-
-def _namespace_pid(host_pid: int) -> int:
-    """The pid a process has inside its sandbox (last NSpid entry)."""
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{host_pid}/status") as handle:
-            for line in handle:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    return host_pid
 
 
 def _keepalive_interval(ctx: Any) -> float:

@@ -31,7 +31,7 @@ SANDBOX_HOME = "/home/user"
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
-_CD_SCRIPT = 'cd -- "$1" || exit 1; shift; exec "$@"'
+_CD_SCRIPT = r'eval "echo \$\$ >&$2; exec $2>&-"; cd -- "$1" || exit 1; shift 2; exec "$@"'
 
 
 class SandboxStartError(RuntimeError):
@@ -69,6 +69,7 @@ class LocalSandbox:
         self._init_pid: int | None = None
         self._kill_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._children: set[asyncio.subprocess.Process] = set()
+        self._sandbox_pids: dict[int, int] = {}
 
     async def start(self) -> None:
         """Create the directories and cgroups and start the sandbox's init process."""
@@ -139,27 +140,51 @@ class LocalSandbox:
         """Run argv inside the sandbox with exactly env; it dies with the sandbox."""
         if self.killed.is_set():
             raise ProcessLookupError(f"sandbox {self.sandbox_id} was killed")
+        pid_read = pid_write = -1
         if self.isolated:
             assert self._init_pid is not None
+            # The in-sandbox shell reports its pid ($$ inside the pid namespace) on a pipe, then
+            # changes directory there (nsenter's --wd would resolve on the host). bash, because
+            # dash only redirects fds 0-9.
+            pid_read, pid_write = os.pipe()
             full = ["nsenter", "-t", str(self._init_pid), "-U", "-m", "-p", "-n", "-i", "-u"]
-            # nsenter's --wd resolves on the host, so change directory once inside.
-            full += ["-r", "--preserve-credentials", "--", "/bin/sh", "-c", _CD_SCRIPT]
-            full += ["e2bk-cd", cwd, *argv]
+            full += ["-r", "--preserve-credentials", "--", "/bin/bash", "-c", _CD_SCRIPT]
+            full += ["e2bk-cd", cwd, str(pid_write), *argv]
             host_cwd = "/"
         else:
             full = list(argv)
             host_cwd = str(self.paths.to_host(cwd, follow=True).host)
-        proc = await asyncio.create_subprocess_exec(
-            *join_cgroups_argv(self.cgroups.procs_files(), full),
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            env=env,
-            cwd=host_cwd,
-            start_new_session=True,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *join_cgroups_argv(self.cgroups.procs_files(), full),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
+                cwd=host_cwd,
+                start_new_session=True,
+                pass_fds=(pid_write,) if pid_write >= 0 else (),
+            )
+        except BaseException:
+            if pid_read >= 0:
+                os.close(pid_read)
+            raise
+        finally:
+            if pid_write >= 0:
+                os.close(pid_write)
+        if pid_read >= 0:
+            try:
+                raw = await asyncio.to_thread(os.read, pid_read, 64)
+            finally:
+                os.close(pid_read)
+            if raw.strip().isdigit():
+                self._sandbox_pids[proc.pid] = int(raw)
         self._children.add(proc)
         return proc
+
+    def sandbox_pid(self, proc: asyncio.subprocess.Process) -> int:
+        """The pid a spawn() result has inside the sandbox (its own pid without isolation)."""
+        return self._sandbox_pids.get(proc.pid, proc.pid)
 
     async def host_pid(self, proc: asyncio.subprocess.Process) -> int:
         """Host pid of the real process behind a spawn() result (nsenter forks it)."""
