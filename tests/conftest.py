@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,3 +28,23 @@ def sdk_env(local_service: RunningService, monkeypatch: pytest.MonkeyPatch) -> d
     monkeypatch.delenv("E2B_DEBUG", raising=False)
     monkeypatch.delenv("E2B_DOMAIN", raising=False)
     return env
+
+
+@pytest.fixture
+def running_sandbox_ids(sdk_env: dict[str, str]) -> Callable[[], set[str]]:
+    """A function returning the ids of the sandboxes running on the local service now,
+    as the unmodified SDK's ``AsyncSandbox.list()`` reports them."""
+    import asyncio
+
+    from e2b_code_interpreter import AsyncSandbox
+
+    async def fetch() -> set[str]:
+        paginator = AsyncSandbox.list(
+            api_key=sdk_env["E2B_API_KEY"], api_url=sdk_env["E2B_API_URL"]
+        )
+        ids: set[str] = set()
+        while paginator.has_next:
+            ids.update(info.sandbox_id for info in await paginator.next_items())
+        return ids
+
+    return lambda: asyncio.run(fetch())
