@@ -40,13 +40,21 @@ class Context:
         self.sandbox = sandbox
         self.lock = asyncio.Lock()
         self.kernel: Kernel | None = None
+        self.closed = False  # deleted, or the sandbox is gone: never start a kernel again
+        self._lifecycle = asyncio.Lock()  # serializes start/restart/stop of the kernel
         self._spec = LANGUAGES[language]
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.id, "language": self.language, "cwd": self.cwd}
 
-    async def start(self, *, set_cwd: bool = True) -> None:
+    async def start(self) -> None:
         """Start the kernel; the cwd is set by a silent cell so execution_count stays at 0."""
+        async with self._lifecycle:
+            await self._start(set_cwd=True)
+
+    async def _start(self, *, set_cwd: bool) -> None:
+        if self.closed:
+            raise ProcessLookupError(f"context {self.id} was removed")
         kernel = Kernel(self.sandbox, self._spec, f"k{next(_prefix_counter)}")
         # Like E2B (kernels start in the Jupyter server root), the cwd comes only from the
         # silent cell, so a restarted kernel is back in /home/user.
@@ -54,6 +62,8 @@ class Context:
         self.kernel = kernel
         if set_cwd:
             await kernel.run_silent(self._spec.chdir_code(self._kernel_path(self.cwd)))
+        if self.closed:  # removed while starting
+            await self._stop(polite=False)
 
     def _kernel_path(self, path: str) -> str:
         """The path as the kernel sees it: without isolation the sandbox paths live on the host."""
@@ -67,15 +77,27 @@ class Context:
 
     async def restart(self) -> None:
         """A new kernel under the same id; state is gone and the cwd is not set again (as E2B)."""
-        await self.stop()
-        await self.start(set_cwd=False)
+        async with self._lifecycle:
+            await self._stop(polite=True)
+            await self._start(set_cwd=False)
 
     async def ensure_alive(self) -> None:
         """Replace a kernel that died (e.g. `os._exit`) before running more code in it."""
-        if self.kernel is None or self.kernel.died.is_set():
-            await self.restart()
+        async with self._lifecycle:
+            if not self.closed and (self.kernel is None or self.kernel.died.is_set()):
+                await self._stop(polite=False)
+                await self._start(set_cwd=False)
 
-    async def stop(self, *, polite: bool = True) -> None:
+    async def close(self, *, polite: bool = True) -> None:
+        """Stop the kernel for good (context deleted or sandbox gone)."""
+        self.closed = True
+        if self.kernel is not None and not polite:
+            # Kill at once, even while a start or restart holds the lifecycle lock.
+            await self.kernel.stop(polite=False)
+        async with self._lifecycle:
+            await self._stop(polite=polite)
+
+    async def _stop(self, *, polite: bool) -> None:
         kernel, self.kernel = self.kernel, None
         if kernel is not None:
             await kernel.stop(polite=polite)

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import ndjson
 from .contexts import Context, Execution, UnknownLanguage, prepend_env
-from .kernels import KernelStartError, SandboxLike, normalize_language
+from .kernels import SandboxLike, normalize_language
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class CodeInterpreter:
         # A killed sandbox is about to lose all its processes anyway: no polite shutdown then.
         polite = not self.sandbox.killed.is_set()
         await asyncio.gather(
-            *(context.stop(polite=polite) for context in contexts), return_exceptions=True
+            *(context.close(polite=polite) for context in contexts), return_exceptions=True
         )
 
     # ---- ASGI -------------------------------------------------------------------------------
@@ -129,11 +129,14 @@ class CodeInterpreter:
             raise HTTPError(500, str(exc)) from None
         try:
             await context.start()
-        except (KernelStartError, OSError) as exc:
-            await context.stop()
+        except Exception as exc:
+            await context.close(polite=False)
+            if self._closed:
+                raise HTTPError(502, "The sandbox was killed") from None
+            log.warning("sandbox context start failed: %s", exc)
             raise HTTPError(500, f"Failed to create context: {exc}") from None
         if self._closed:
-            await context.stop()
+            await context.close(polite=False)
             raise HTTPError(502, "The sandbox was killed")
         self._contexts[context.id] = context
         return context
@@ -164,7 +167,7 @@ class CodeInterpreter:
         if restart:
             try:
                 await context.restart()
-            except (KernelStartError, OSError):
+            except Exception:
                 log.exception("restarting context %s failed", context_id)
                 raise HTTPError(500, f"Failed to restart context {context_id}") from None
         else:
@@ -172,7 +175,7 @@ class CodeInterpreter:
             for language, default in list(self._defaults.items()):
                 if default is context:
                     del self._defaults[language]
-            await context.stop()
+            await context.close()
         await _reply_json(send, 200, None)
 
     async def _resolve(self, body: dict[str, Any]) -> Context:
@@ -278,7 +281,7 @@ async def _finish_interrupt(execution: Execution, lock: asyncio.Lock) -> None:
 async def _restart_after_death(context: Context) -> None:
     """Give the context a fresh kernel after its kernel died mid-execution; releases the lock."""
     try:
-        await context.restart()
+        await context.ensure_alive()
     except Exception:
         log.exception("restarting context %s after its kernel died failed", context.id)
     finally:
