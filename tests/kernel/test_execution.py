@@ -1,0 +1,180 @@
+"""Execution through a real E2B Python kernel: streaming, outputs, errors, completion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import BACKENDS
+from .harness import Kernel
+
+pytestmark = pytest.mark.timeout(240)
+
+StartKernel = Callable[..., Kernel]
+BackendEnv = Callable[..., dict[str, str]]
+
+
+@pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
+def test_streams_arrive_while_the_cell_runs_in_order(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    assert kernel.value("x = 41\nx + 1") == "42"
+    code = (
+        "import sys, time\n"
+        "print('first', flush=True)\n"
+        "time.sleep(2)\n"
+        "print('second')\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "from IPython.display import display, HTML\n"
+        "display(HTML('<b>shown</b>'))\n"
+        "print('last')\n"
+        "x"
+    )
+    reply, outputs = kernel.run(code)
+    assert reply["status"] == "ok"
+    kinds = [(o.msg_type, o.content.get("name"), o.content.get("text")) for o in outputs]
+    assert kinds == [
+        ("stream", "stdout", "first\n"),
+        ("stream", "stdout", "second\n"),
+        ("stream", "stderr", "to stderr\n"),
+        ("display_data", None, None),
+        ("stream", "stdout", "last\n"),
+        ("execute_result", None, None),
+    ]
+    gap = outputs[1].at - outputs[0].at
+    assert gap > 1.0, f"the first line did not arrive before the sleep ended (gap {gap:.2f} s)"
+    result = outputs[-1].content
+    assert result["execution_count"] == reply["execution_count"]
+    assert result["data"]["text/plain"] == "41"
+
+
+def test_every_mime_type_and_extra_reaches_display_data(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    bundle = {
+        "text/plain": "plain",
+        "text/html": "<i>html</i>",
+        "text/markdown": "**md**",
+        "image/svg+xml": "<svg xmlns='http://www.w3.org/2000/svg'/>",
+        "image/png": (
+            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJ"
+            "RU5ErkJggg=="
+        ),
+        "image/jpeg": "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAP//////////",
+        "application/pdf": "JVBERi0xLjQK",
+        "text/latex": "$x^2$",
+        "application/json": {"a": [1, 2, {"b": None}]},
+        "application/javascript": "console.log('js')",
+        "application/vnd.custom+json": {"k": "v"},
+        "text/x-custom": "custom text",
+    }
+    reply, outputs = kernel.run(
+        f"from IPython.display import display\ndisplay({bundle!r}, raw=True)"
+    )
+    assert reply["status"] == "ok"
+    assert [o.msg_type for o in outputs] == ["display_data"]
+    assert outputs[0].content["data"] == bundle
+
+
+def test_matplotlib_and_pandas_render_inline(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    reply, outputs = kernel.run(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('t')\nplt.show()"
+    )
+    assert reply["status"] == "ok", outputs
+    images = [o for o in outputs if o.msg_type == "display_data"]
+    assert len(images) == 1
+    assert images[0].content["data"]["image/png"].startswith("iVBORw0KGgo")
+    reply, outputs = kernel.run("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': [3, 4]})")
+    assert reply["status"] == "ok", outputs
+    (table,) = [o for o in outputs if o.msg_type == "execute_result"]
+    assert "<table" in table.content["data"]["text/html"]
+    assert "a  b" in table.content["data"]["text/plain"]
+
+
+@pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
+def test_error_is_iopub_error_then_error_reply(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    reply, outputs = kernel.run("def f():\n    return 1 / 0\n\nf()")
+    assert [o.msg_type for o in outputs] == ["error"]
+    error = outputs[0].content
+    assert error["ename"] == "ZeroDivisionError"
+    assert error["evalue"] == "division by zero"
+    assert isinstance(error["traceback"], list) and len(error["traceback"]) > 2
+    assert all("\n" not in line for line in error["traceback"])
+    assert "ZeroDivisionError" in error["traceback"][-1]
+    assert reply["status"] == "error"
+    assert (reply["ename"], reply["evalue"]) == ("ZeroDivisionError", "division by zero")
+    assert reply["traceback"] == error["traceback"]
+
+
+def test_stop_on_error_aborts_queued_cells(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    failing = kernel.send("import time; time.sleep(1); 1/0")
+    queued = kernel.send("queued_ran = True")
+    assert kernel.reply(failing)["status"] == "error"
+    assert kernel.reply(queued)["status"] == "aborted"
+    _, outputs = kernel.run("'queued_ran' in globals()")
+    assert outputs[-1].content["data"]["text/plain"] == "False"
+    kept = kernel.send("1/0", stop_on_error=False)
+    after = kernel.send("after = 1")
+    assert kernel.reply(kept)["status"] == "error"
+    assert kernel.reply(after)["status"] == "ok"
+
+
+def test_input_fails_at_once_naming_the_limit(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    reply, outputs = kernel.run("name = input('name? ')")
+    assert reply["status"] == "error"
+    assert [o.msg_type for o in outputs] == ["error"]
+    assert "no stdin" in outputs[0].content["evalue"]
+    assert "E2B" in outputs[0].content["evalue"]
+
+
+def test_completion_and_inspection_use_the_live_namespace(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    kernel.run("my_special_value = 12345")
+    count_before = kernel.run("1")[0]["execution_count"]
+    reply = kernel.kc.complete("my_spec", 7, reply=True, timeout=60)["content"]
+    assert reply["status"] == "ok"
+    assert reply["matches"] == ["my_special_value"]
+    assert (reply["cursor_start"], reply["cursor_end"]) == (0, 7)
+    reply = kernel.kc.inspect("my_special_value", 3, reply=True, timeout=60)["content"]
+    assert reply["found"] is True
+    assert "12345" in reply["data"]["text/plain"]
+    assert kernel.run("2")[0]["execution_count"] == count_before + 1
+    assert kernel.value("_") == "2"
+
+
+def test_is_complete_is_answered_locally(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    samples = {"x = 1": "complete", "for i in range(3):": "incomplete", "x = )": "invalid"}
+    for code, status in samples.items():
+        msg_id = kernel.kc.is_complete(code)
+        assert kernel.reply(msg_id)["status"] == status, code
+
+
+def test_banner_names_backend_and_isolation_but_outputs_stay_clean(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    banner = kernel.banner()
+    assert "Backend: local" in banner
+    assert "Isolation: bubblewrap" in banner or "NONE" in banner
+    _, outputs = kernel.run("print('only this')")
+    assert [(o.msg_type, o.content.get("text")) for o in outputs] == [("stream", "only this\n")]
