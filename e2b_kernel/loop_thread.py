@@ -13,7 +13,6 @@ interrupted), wait a bounded time for that to finish, and re-raise ``KeyboardInt
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import queue
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -27,6 +26,34 @@ T = TypeVar("T")
 CANCEL_GRACE_SECONDS = 15.0
 
 _ITEM, _DONE, _FAILED = "item", "done", "failed"
+
+
+class _Call:
+    """One coroutine handed to the loop: its task, and whether it has finished."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+        self.finished = threading.Event()
+
+    async def guard(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` as this call's task, flagging the end even on failure."""
+        self.task = asyncio.current_task()
+        try:
+            if self.cancelled:  # cancelled before it started
+                coro.close()
+                raise asyncio.CancelledError
+            return await coro
+        finally:
+            self.finished.set()
+
+    def cancel(self) -> None:
+        """On the loop thread: cancel the task, or mark a call that never started as done."""
+        self.cancelled = True
+        if self.task is not None:
+            self.task.cancel()
+        else:
+            self.finished.set()
 
 
 class LoopThread:
@@ -59,19 +86,13 @@ class LoopThread:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("LoopThread.run() called from its own loop thread")
-        finished = threading.Event()
-
-        async def guarded() -> T:
-            try:
-                return await coro
-            finally:
-                finished.set()
-
-        future = asyncio.run_coroutine_threadsafe(guarded(), self.loop)
+        call = _Call()
         try:
+            # Inside the try: Ctrl-C can land while the call is being scheduled.
+            future = asyncio.run_coroutine_threadsafe(call.guard(coro), self.loop)
             return future.result()
         except KeyboardInterrupt:
-            self._cancel_and_wait(future, finished, grace)
+            self._cancel_and_wait(call, grace)
             raise
 
     def iterate(
@@ -83,7 +104,7 @@ class LoopThread:
         cancels the producing task and waits up to ``grace`` seconds for it to stop.
         """
         items: queue.Queue[tuple[str, Any]] = queue.Queue()
-        finished = threading.Event()
+        call = _Call()
 
         async def pump() -> None:
             try:
@@ -96,35 +117,36 @@ class LoopThread:
             else:
                 items.put((_DONE, None))
             finally:
-                try:
-                    aclose = getattr(agen, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                finally:
-                    finished.set()
+                aclose = getattr(agen, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
-        future = asyncio.run_coroutine_threadsafe(pump(), self.loop)
+        ended = False
         try:
+            asyncio.run_coroutine_threadsafe(call.guard(pump()), self.loop)
             while True:
                 kind, value = items.get()
                 if kind == _ITEM:
                     yield value
-                elif kind == _FAILED:
+                    continue
+                ended = True
+                if kind == _FAILED:
                     raise value
-                else:
-                    return
+                return
         finally:
-            if not finished.is_set():
-                self._cancel_and_wait(future, finished, grace)
+            if ended:
+                call.finished.wait(grace)  # the producer is only closing up
+            elif not call.finished.is_set():
+                self._cancel_and_wait(call, grace)
 
-    @staticmethod
-    def _cancel_and_wait(
-        future: concurrent.futures.Future[Any], finished: threading.Event, grace: float
-    ) -> None:
-        """Cancel the task behind ``future``; wait for it to unwind, a second Ctrl-C skips."""
-        future.cancel()  # thread-safe: the loop cancels the task on its next iteration
+    def _cancel_and_wait(self, call: _Call, grace: float) -> None:
+        """Cancel the call's task; wait for it to unwind (a second Ctrl-C stops waiting)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(call.cancel)
         try:
-            finished.wait(grace)
+            call.finished.wait(grace)
         except KeyboardInterrupt:
             pass
 
