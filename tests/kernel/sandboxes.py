@@ -1,0 +1,50 @@
+"""Look at sandboxes on the test's local service from outside the kernel, through the SDK."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from e2b import Sandbox, SandboxQuery
+
+from e2b_kernel.local import RunningService
+
+
+def new_tag() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _opts(service: RunningService) -> dict[str, str]:
+    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
+
+
+def running_ids(service: RunningService, tag: str) -> list[str]:
+    """Ids of the running sandboxes whose metadata carries ``test=tag``."""
+    paginator = Sandbox.list(query=SandboxQuery(metadata={"test": tag}), **_opts(service))
+    ids: list[str] = []
+    while True:
+        items = paginator.next_items()
+        ids += [
+            i.sandbox_id
+            for i in items
+            if (i.metadata or {}).get("test") == tag and "running" in str(i.state).lower()
+        ]
+        if not paginator.has_next:
+            return ids
+
+
+def wait_for_count(service: RunningService, tag: str, count: int, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = running_ids(service, tag)
+        if len(ids) == count or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.2)
+
+
+def kill(service: RunningService, sandbox_id: str) -> None:
+    Sandbox.kill(sandbox_id, **_opts(service))
+
+
+def set_timeout(service: RunningService, sandbox_id: str, seconds: int) -> None:
+    Sandbox.set_timeout(sandbox_id, seconds, **_opts(service))

@@ -1,0 +1,198 @@
+"""Lifecycle of the kernel's sandbox: interrupts, timeouts, restart, shutdown, loss, keep-alive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from e2b_kernel.local import RunningService
+
+from . import sandboxes
+from .conftest import BACKENDS
+from .harness import Kernel
+
+pytestmark = pytest.mark.timeout(300)
+
+StartKernel = Callable[..., Kernel]
+BackendEnv = Callable[..., dict[str, str]]
+
+
+@pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
+@pytest.mark.parametrize("mode", ["signal", "message"])
+@pytest.mark.parametrize("loop", ["while True:\n    pass", "time.sleep(1000)"])
+def test_interrupt_stops_the_cell_and_keeps_state(
+    start_kernel: StartKernel, backend_env: BackendEnv, mode: str, loop: str
+) -> None:
+    kernel = start_kernel(backend_env(), interrupt_mode=mode)
+    assert kernel.value("kept = 7\nkept") == "7"
+    msg_id = kernel.send(f"import time\nprint('started', flush=True)\n{loop}")
+    kernel.wait_for_stream(msg_id, "started")
+    started = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply = kernel.reply(msg_id, timeout=30)
+    elapsed = time.monotonic() - started
+    print(f"interrupt ({mode}) answered after {elapsed:.2f} s")
+    assert reply["status"] == "error"
+    assert reply["ename"] == "KeyboardInterrupt"
+    # The remote loop really stopped: the same context answers the next cell.
+    assert kernel.value("kept") == "7"
+    assert kernel.km.is_alive()
+
+
+def test_cell_timeout_fails_clearly_and_keeps_the_sandbox(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env(E2B_KERNEL_CELL_TIMEOUT="2"))
+    kernel.run("before = 5")
+    reply, outputs = kernel.run("import time\ntime.sleep(60)")
+    assert reply["status"] == "error"
+    assert reply["ename"] == "ExecutionTimeout"
+    assert [o.msg_type for o in outputs] == ["error"]
+    assert "2 s" in outputs[0].content["evalue"]
+    assert kernel.value("before") == "5"
+
+
+@pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
+def test_restart_gives_fresh_state_and_keeps_files(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    reply, _ = kernel.run("open('kept.txt', 'w').write('still here')\nvariable = 1")
+    assert reply["status"] == "ok"
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.value("open('kept.txt').read()") == "still here"
+    reply, outputs = kernel.run("variable")
+    assert reply["ename"] == "NameError"
+    assert [o.msg_type for o in outputs] == ["error"]
+
+
+def test_shutdown_kills_the_sandbox(
+    start_kernel: StartKernel, local_service: RunningService
+) -> None:
+    tag = sandboxes.new_tag()
+    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
+    kernel = start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}"))
+    kernel.run("1")
+    assert len(sandboxes.running_ids(local_service, tag)) == 1
+    kernel.shutdown()
+    assert sandboxes.wait_for_count(local_service, tag, 0, timeout=20) == []
+
+
+def test_private_backend_shutdown_leaves_no_process(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    import psutil
+
+    kernel = start_kernel(backend_env())
+    kernel.run("1")
+    descendants = psutil.Process(kernel.pid).children(recursive=True)
+    assert descendants, "expected the local service helper and the sandbox processes"
+    kernel.shutdown()
+    _, alive = psutil.wait_procs(descendants, timeout=30)
+    assert alive == []
+
+
+def test_keepalive_across_idle_longer_than_the_sandbox_timeout(
+    start_kernel: StartKernel, local_service: RunningService
+) -> None:
+    tag = sandboxes.new_tag()
+    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
+    kernel = start_kernel(
+        backends_env(env, E2B_KERNEL_SANDBOX_TIMEOUT="3", E2B_KERNEL_METADATA=f"test={tag}")
+    )
+    kernel.run("state = 'alive'")
+    (sandbox_id,) = sandboxes.running_ids(local_service, tag)
+    time.sleep(8)  # the idle period under test: well past the 3 s sandbox timeout
+    assert kernel.value("state") == "'alive'" or kernel.value("state") == "alive"
+    assert sandboxes.running_ids(local_service, tag) == [sandbox_id]
+    # Busy for longer than the timeout is fine too.
+    reply, _ = kernel.run("import time\ntime.sleep(7)\nstate")
+    assert reply["status"] == "ok"
+
+
+def test_sandbox_killed_during_a_cell(
+    start_kernel: StartKernel, local_service: RunningService
+) -> None:
+    tag = sandboxes.new_tag()
+    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
+    kernel = start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}"))
+    kernel.run("lost_value = 1")
+    (sandbox_id,) = sandboxes.running_ids(local_service, tag)
+    msg_id = kernel.send("import time\nprint('started', flush=True)\ntime.sleep(120)")
+    kernel.wait_for_stream(msg_id, "started")
+    sandboxes.kill(local_service, sandbox_id)
+    reply, outputs = kernel.collect(msg_id, timeout=60)
+    assert reply["status"] == "error"
+    assert reply["ename"] == "SandboxLost"
+    assert [o.msg_type for o in outputs] == ["error"]
+    assert "state" in reply["evalue"] and "gone" in reply["evalue"]
+    assert_new_sandbox_said_once(kernel)
+
+
+def test_sandbox_expiry_between_cells(
+    start_kernel: StartKernel, local_service: RunningService
+) -> None:
+    tag = sandboxes.new_tag()
+    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
+    kernel = start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}"))
+    kernel.run("lost_value = 1")
+    (sandbox_id,) = sandboxes.running_ids(local_service, tag)
+    sandboxes.set_timeout(local_service, sandbox_id, 1)
+    assert sandboxes.wait_for_count(local_service, tag, 0, timeout=30) == []
+    reply, outputs = kernel.run("lost_value")
+    assert reply["ename"] == "SandboxLost"
+    assert [o.msg_type for o in outputs] == ["error"]
+    assert "gone" in reply["evalue"]
+    assert_new_sandbox_said_once(kernel)
+
+
+def assert_new_sandbox_said_once(kernel: Kernel) -> None:
+    reply, outputs = kernel.run("'lost_value' in globals()")
+    assert reply["status"] == "ok", outputs
+    notices = [o for o in outputs if o.msg_type == "stream"]
+    assert len(notices) == 1 and "NEW sandbox" in notices[0].content["text"]
+    assert outputs[-1].content["data"]["text/plain"] == "False"
+    _, outputs = kernel.run("1")
+    assert [o.msg_type for o in outputs] == ["execute_result"]
+
+
+def test_missing_key_in_cloud_mode_is_one_clear_error(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env(E2B_KERNEL_BACKEND="cloud"))
+    for _ in range(2):
+        reply, outputs = kernel.run("1 + 1")
+        assert reply["status"] == "error"
+        assert [o.msg_type for o in outputs] == ["error"]
+        assert reply["ename"] == "ConfigurationError"
+        assert "E2B_API_KEY" in reply["evalue"]
+        assert len(reply["traceback"]) == 1
+        assert "File " not in reply["traceback"][0]
+
+
+def test_unreachable_service_is_one_clear_error(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    url = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    env = backend_env(
+        E2B_KERNEL_BACKEND="cloud",
+        E2B_API_KEY="test-key",
+        E2B_API_URL=url,
+        E2B_SANDBOX_URL=url,
+        E2B_CONNECTION_RETRIES="0",
+    )
+    kernel = start_kernel(env)
+    reply, outputs = kernel.run("1 + 1", timeout=180)
+    assert reply["ename"] == "SandboxUnavailable"
+    assert [o.msg_type for o in outputs] == ["error"]
+    assert url in reply["evalue"] or "E2B_API_URL" in reply["evalue"]
+    assert "test-key" not in str(reply)
+
+
+def backends_env(base: dict[str, str], **overrides: str) -> dict[str, str]:
+    from .harness import clean_env
+
+    return {**clean_env(), **base, **overrides}
