@@ -139,16 +139,24 @@ class Kernel:
     def _argv(self) -> list[str]:
         argv = [self.sandbox.python, "-m", self.language.module, "-f", str(self.connection_file)]
         if self.language.name == "python":
-            startup = self.sandbox.socket_dir / "e2b_startup.py"
-            if not startup.exists():
-                # Copied into the socket dir, which the sandbox is guaranteed to see.
-                shutil.copyfile(STARTUP_DIR / "formatters.py", startup)
             argv += [
                 "--InteractiveShell.colors=nocolor",  # E2B's server sends no ANSI colours
                 "--HistoryManager.hist_file=:memory:",
-                f"--IPKernelApp.exec_files={startup}",
             ]
+            argv += [f"--IPKernelApp.exec_files={path}" for path in self._startup_files()]
         return argv
+
+    def _startup_files(self) -> list[Path]:
+        """The start-up files, copied into the socket dir, which the sandbox is sure to see."""
+        copies = []
+        for source in sorted(STARTUP_DIR.glob("*.py")):
+            if source.name == "__init__.py":
+                continue
+            copy = self.sandbox.socket_dir / f"e2b_startup_{source.name}"
+            if not copy.exists():
+                shutil.copyfile(source, copy)
+            copies.append(copy)
+        return copies
 
     async def start(self, cwd: str) -> None:
         """Spawn the kernel in the sandbox and wait until shell and iopub both answer."""

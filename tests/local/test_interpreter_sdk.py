@@ -46,6 +46,11 @@ def test_cwd_is_home_user_and_sandbox_envs_are_visible(sandbox: Sandbox) -> None
     assert leaked.text == "[]"
 
 
+def test_start_up_code_leaves_the_user_namespace_clean(sandbox: Sandbox) -> None:
+    names = sandbox.run_code("[n for n in dir() if 'e2b' in n.lower()]", context=None)
+    assert names.text == "[]"
+
+
 def test_stdout_arrives_while_the_cell_still_runs(sandbox: Sandbox) -> None:
     arrivals: list[tuple[float, str]] = []
 
