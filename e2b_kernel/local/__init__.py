@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Protocol
 
-from .isolation import IsolationUnavailable
+from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
 
 __all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
 
@@ -54,10 +54,12 @@ class _Running:
 class _ThreadService(_Running):
     """The service on a daemon thread with its own event loop."""
 
-    def __init__(self, host: str, port: int, isolation: str, api_key: str | None) -> None:
+    def __init__(
+        self, host: str, port: int, isolation: str, api_key: str | None, limits: dict[str, int]
+    ) -> None:
         from .service import DEFAULT_API_KEY, ServiceCore
 
-        self._core = ServiceCore(host, port, isolation=isolation, api_key=api_key)
+        self._core = ServiceCore(host, port, isolation=isolation, api_key=api_key, **limits)
         self.api_key = api_key or DEFAULT_API_KEY
         self.isolation = self._core.isolation
         self._loop = asyncio.new_event_loop()
@@ -98,9 +100,13 @@ class _ThreadService(_Running):
 class _SubprocessService(_Running):
     """The service as a child process (`python -m e2b_kernel.cli local --port 0`)."""
 
-    def __init__(self, host: str, port: int, isolation: str, api_key: str | None) -> None:
+    def __init__(
+        self, host: str, port: int, isolation: str, api_key: str | None, limits: dict[str, int]
+    ) -> None:
         argv = [sys.executable, "-m", "e2b_kernel.cli", "local", "--host", host]
         argv += ["--port", str(port), "--die-with-parent"]
+        for name, value in limits.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
         if isolation == "none":
             argv.append("--no-isolation")
         elif isolation not in ("auto", "namespaces"):
@@ -159,20 +165,36 @@ class _SubprocessService(_Running):
 
 
 def start_in_thread(
-    host: str = "127.0.0.1", port: int = 0, *, isolation: str = "auto", api_key: str | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    isolation: str = "auto",
+    api_key: str | None = None,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    max_pids: int = DEFAULT_MAX_PIDS,
 ) -> RunningService:
     """Start the service in this process on a daemon thread; returns once it listens.
 
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
+    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
     """
-    return _ThreadService(host, port, isolation, api_key)
+    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
+    return _ThreadService(host, port, isolation, api_key, limits)
 
 
 def start_subprocess(
-    host: str = "127.0.0.1", port: int = 0, *, isolation: str = "auto", api_key: str | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    isolation: str = "auto",
+    api_key: str | None = None,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    max_pids: int = DEFAULT_MAX_PIDS,
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
 
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
+    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
     """
-    return _SubprocessService(host, port, isolation, api_key)
+    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
+    return _SubprocessService(host, port, isolation, api_key, limits)

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from . import ISOLATION_UNAVAILABLE_EXIT
-from .isolation import IsolationUnavailable
+from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -35,6 +35,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--api-key",
         default=os.environ.get("E2B_KERNEL_LOCAL_API_KEY"),
         help="require this API key (default: accept any non-empty key)",
+    )
+    parser.add_argument(
+        "--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory limit per sandbox (MiB)"
+    )
+    parser.add_argument(
+        "--max-pids", type=int, default=DEFAULT_MAX_PIDS, help="process limit per sandbox"
     )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
@@ -58,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
             args.port,
             isolation="none" if args.no_isolation else "auto",
             api_key=args.api_key,
+            memory_mb=args.memory_mb,
+            max_pids=args.max_pids,
         )
+    except ValueError as exc:
+        print(f"e2b-kernel local: {exc}", file=sys.stderr)
+        return 2
     except IsolationUnavailable as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)
         return ISOLATION_UNAVAILABLE_EXIT

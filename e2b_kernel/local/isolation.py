@@ -51,11 +51,16 @@ class Isolation:
         return f"bubblewrap namespaces (user, pid, mount, ipc, uts, net); {limits}"
 
 
-def resolve_isolation(isolation: str) -> Isolation:
+def resolve_isolation(
+    isolation: str, *, memory_mb: int = DEFAULT_MEMORY_MB, max_pids: int = DEFAULT_MAX_PIDS
+) -> Isolation:
     """Turn the requested isolation ("auto", "namespaces" or "none") into a checked policy."""
+    if memory_mb < 64 or max_pids < 16:
+        raise ValueError("sandbox limits must be at least 64 MiB of memory and 16 processes")
     cgroup_version = _writable_cgroup_version()
+    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
     if isolation == "none":
-        return Isolation("none", None, cgroup_version)
+        return Isolation("none", None, cgroup_version, **limits)
     if isolation not in ("auto", "namespaces"):
         raise ValueError(f"unknown isolation {isolation!r}: use 'auto' or 'none'")
     bwrap = shutil.which("bwrap")
@@ -72,7 +77,7 @@ def resolve_isolation(isolation: str) -> Isolation:
             "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run "
             "without isolation with --no-isolation (isolation='none')"
         )
-    return Isolation("namespaces", bwrap, cgroup_version)
+    return Isolation("namespaces", bwrap, cgroup_version, **limits)
 
 
 def _probe_bwrap(bwrap: str) -> str:

@@ -12,7 +12,7 @@ from types import FrameType
 import uvicorn
 
 from .app import ServiceApp
-from .isolation import Isolation, resolve_isolation
+from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, resolve_isolation
 from .registry import Registry
 
 log = logging.getLogger("e2b_kernel.local")
@@ -41,9 +41,10 @@ class ServiceCore:
         *,
         isolation: str = "auto",
         api_key: str | None = None,
-        policy: Isolation | None = None,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        max_pids: int = DEFAULT_MAX_PIDS,
     ) -> None:
-        self.policy = policy or resolve_isolation(isolation)
+        self.policy = resolve_isolation(isolation, memory_mb=memory_mb, max_pids=max_pids)
         self.state_dir = Path(tempfile.mkdtemp(prefix="e2b-kernel-local-"))
         self.registry = Registry(self.policy, self.state_dir)
         self.api_key = api_key

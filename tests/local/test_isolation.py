@@ -1,0 +1,159 @@
+"""Isolation claims, checked from inside sandboxes with commands.run (unmodified SDK)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+from e2b import Sandbox
+from e2b.sandbox.commands.command_handle import CommandExitException
+from local_helpers import host_pids_with, marker, wait_for
+
+from e2b_kernel.local import RunningService, start_in_thread
+
+
+def sdk_options(service: RunningService) -> dict[str, str]:
+    """Explicit connection options, so a module-scoped sandbox needs no patched env."""
+    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
+
+
+@pytest.fixture(scope="module")
+def sbx(local_service: RunningService) -> Iterator[Sandbox]:
+    sandbox = Sandbox.create(timeout=600, **sdk_options(local_service))
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()
+
+
+def _connect_script(service: RunningService) -> str:
+    port = urlparse(service.url).port
+    return (
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', "
+        f"{port}), timeout=5); print('connected')\""
+    )
+
+
+def test_isolation_is_described(local_service: RunningService) -> None:
+    assert local_service.isolation.startswith("bubblewrap namespaces")
+    assert "net" in local_service.isolation
+
+
+def test_no_network_by_default(local_service: RunningService, sbx: Sandbox) -> None:
+    with pytest.raises(CommandExitException) as refused:
+        sbx.commands.run(_connect_script(local_service))
+    assert "ConnectionRefusedError" in refused.value.stderr or "OSError" in refused.value.stderr
+    lines = sbx.commands.run("cat /proc/net/dev").stdout.splitlines()[2:]
+    assert [line.split(":")[0].strip() for line in lines] == ["lo"]
+
+
+def test_allow_internet_access_shares_the_network(local_service: RunningService) -> None:
+    sandbox = Sandbox.create(timeout=60, allow_internet_access=True, **sdk_options(local_service))
+    try:
+        assert sandbox.commands.run(_connect_script(local_service)).stdout == "connected\n"
+        assert sandbox.get_info().allow_internet_access is True
+    finally:
+        sandbox.kill()
+
+
+@pytest.mark.parametrize("target", ["/etc/e2bk-probe", "/work/e2bk-probe", "/usr/e2bk-probe"])
+def test_host_filesystem_is_read_only(sbx: Sandbox, target: str) -> None:
+    with pytest.raises(CommandExitException) as denied:
+        sbx.commands.run(f"touch {target}")
+    assert "Read-only file system" in denied.value.stderr
+    assert not os.path.exists(target)
+
+
+def test_home_and_tmp_are_private_and_writable(sbx: Sandbox) -> None:
+    result = sbx.commands.run("touch /home/user/w /tmp/w && ls /tmp && echo ok")
+    assert result.stdout.endswith("ok\n")
+    assert not os.path.exists("/tmp/w")
+    # The host's /tmp (with the service's state) is not visible inside.
+    assert "e2b-kernel-local" not in result.stdout
+
+
+def test_host_processes_are_invisible_and_unsignallable(sbx: Sandbox) -> None:
+    me = os.getpid()
+    listing = sbx.commands.run("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
+    assert "pytest" not in listing
+    count = int(sbx.commands.run("ls -d /proc/[0-9]* | wc -l").stdout)
+    assert count < 20
+    with pytest.raises(CommandExitException):
+        sbx.commands.run(f"kill -0 {me}")
+
+
+def test_one_sandbox_cannot_see_another(local_service: RunningService, sbx: Sandbox) -> None:
+    other = Sandbox.create(timeout=60, **sdk_options(local_service))
+    try:
+        other.files.write("/home/user/secret.txt", "top secret")
+        [host_home] = glob.glob(f"/tmp/e2b-kernel-local-*/{other.sandbox_id}/home")
+        assert sbx.commands.run("ls /home/user").stdout.count("secret.txt") == 0
+        with pytest.raises(CommandExitException):
+            sbx.commands.run(f"cat {host_home}/secret.txt")
+        with pytest.raises(CommandExitException):
+            sbx.commands.run("ls /home/user/../*/secret.txt")
+    finally:
+        other.kill()
+
+
+def test_service_secrets_do_not_reach_the_sandbox(sbx: Sandbox) -> None:
+    env_dump = sbx.commands.run("cat /proc/1/environ /proc/self/environ | tr '\\0' '\\n'").stdout
+    assert "E2B_API_KEY" not in env_dump
+    assert "E2B_API_KEY" not in sbx.commands.run("env").stdout
+
+
+_FORK_UNTIL_REFUSED = """
+import os, signal, time
+children = []
+try:
+    while len(children) < 200:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+except BlockingIOError:
+    print("refused after", len(children))
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def small_service() -> Iterator[RunningService]:
+    service = start_in_thread(memory_mb=128, max_pids=64)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def test_memory_and_process_limits(small_service: RunningService) -> None:
+    if "cgroups not writable" in small_service.isolation:
+        pytest.skip("cgroups are not writable on this machine, so no limits are applied")
+    assert "memory 128 MiB, 64 processes" in small_service.isolation
+    sandbox = Sandbox.create(timeout=120, **sdk_options(small_service))
+    try:
+        with pytest.raises(CommandExitException) as oom:
+            sandbox.commands.run("python3 -c \"b = bytearray(400 * 1024 * 1024); print('no')\"")
+        assert "no" not in oom.value.stdout
+        forks = sandbox.commands.run(f"python3 -c '{_FORK_UNTIL_REFUSED}'")
+        started = int(forks.stdout.split()[-1])
+        assert 0 < started < 64
+        assert sandbox.commands.run("echo alive").stdout == "alive\n"
+    finally:
+        sandbox.kill()
+
+
+def test_kill_leaves_no_process_behind(local_service: RunningService) -> None:
+    sandbox = Sandbox.create(timeout=60, **sdk_options(local_service))
+    tag = marker()
+    # A daemon that escapes its parent and session must still die with the sandbox.
+    sandbox.commands.run(f"setsid bash -c 'exec -a {tag} sleep 600' >/dev/null 2>&1 &")
+    wait_for(lambda: bool(host_pids_with(tag)), what="the daemon to start")
+    assert sandbox.kill()
+    wait_for(lambda: not host_pids_with(tag), what="the daemon to die with its sandbox")
