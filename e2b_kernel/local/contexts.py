@@ -129,11 +129,21 @@ class Execution:
         self.context = context
         self.code = code
         self.stop = stop  # set by the HTTP layer on client disconnect or sandbox kill
-        self.outcome = "running"  # -> "finished" | "stopped" | "died"
+        self.outcome = "running"  # -> "finished" | "stopped" | "died" | "failed"
         self.kernel: Kernel | None = None
         self.msg_id = ""
 
     async def lines(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            await self.context.ensure_alive()  # the kernel may have died since the last cell
+        except Exception as exc:
+            log.warning("context %s: its kernel could not be restarted: %s", self.context.id, exc)
+            self.outcome = "failed"
+            yield ndjson.error_line(
+                "ContextRestarting", f"Context was restarted, but its kernel failed: {exc}"
+            )
+            yield ndjson.END_OF_EXECUTION
+            return
         kernel = self.kernel = self.context.kernel
         assert kernel is not None
         self.msg_id = kernel.send_execute(self.code, silent=False)

@@ -94,6 +94,8 @@ class CodeInterpreter:
                 await _reply_json(send, 200, [c.to_json() for c in self._contexts.values()])
             elif match := _CONTEXT_PATH.match(path):
                 await self._context_route(method, match.group(1), bool(match.group(2)), send)
+            elif path in ("/execute", "/health", "/contexts"):
+                await _reply_json(send, 405, {"detail": "Method Not Allowed"})
             else:
                 await _reply_json(send, 404, {"detail": "Not Found"})
         except HTTPError as exc:
@@ -234,7 +236,6 @@ class CodeInterpreter:
             return False
         release_now = True
         try:
-            await context.ensure_alive()
             cell = prepend_env(code, context.env_code(env_vars))
             execution = Execution(context, cell, stop)
             async for line in execution.lines():
@@ -255,7 +256,7 @@ class CodeInterpreter:
                     return False
                 release_now = False
                 self._in_background(_restart_after_death(context))
-            elif env_vars:
+            elif env_vars and execution.outcome == "finished":
                 restore = context.restore_env_code(list(env_vars))
                 release_now = False
                 self._in_background(_restore_env(context, restore))
