@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import shlex
 import sys
+import threading
+import weakref
 from typing import Any
 
 from IPython.core.display_functions import display
@@ -83,7 +85,7 @@ class E2BMagics(CommandsMixin, Magics):
         self.sessions: dict[str, SandboxSession] = {}
         self.env: dict[str, dict[str, str]] = {}  # per sandbox name, from %e2b env
         self.keep: set[str] = set()  # sandbox names to keep at exit
-        atexit.register(self.close_all)
+        _at_exit(self)
 
     @property
     def user_ns(self) -> dict[str, Any]:
@@ -366,6 +368,29 @@ def _show(kind: str, content: dict[str, Any]) -> None:
         display(content.get("data", {}), raw=True, metadata=content.get("metadata") or None)
 
 
+def _at_exit(magics: E2BMagics) -> None:
+    """Close the sandboxes of ``magics`` when Python exits (if it is still loaded then).
+
+    Plain ``atexit`` runs too late: by then concurrent.futures has shut its thread pools
+    down, and asyncio (``to_thread``, DNS lookups) cannot use them. ``threading``'s own exit
+    hooks run before that, while the pools still work.
+    """
+    # Imported first so that its exit hook is registered before ours, and so runs after it.
+    import concurrent.futures.thread  # noqa: F401
+
+    ref = weakref.ref(magics)
+
+    def close() -> None:
+        target = ref()
+        if target is not None:
+            target.close_all()
+
+    try:
+        threading._register_atexit(close)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # another Python, or already shutting down
+        atexit.register(close)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%%e2b`` and ``%e2b`` (once per shell)."""
     if getattr(ipython, "_e2b_magics", None) is None:
@@ -379,7 +404,6 @@ def unload_ipython_extension(ipython: Any) -> None:
     if magics is None:
         return
     magics.close_all()
-    atexit.unregister(magics.close_all)
     ipython._e2b_magics = None
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("e2b", None)
