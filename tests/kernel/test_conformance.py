@@ -1,0 +1,76 @@
+"""jupyter_kernel_test conformance for e2b-python, against the private local backend."""
+
+from __future__ import annotations
+
+import os
+import unittest
+from typing import Any
+
+import jupyter_kernel_test
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+_ENV = {"E2B_KERNEL_BACKEND": "local"}
+
+
+class E2BPythonKernelTests(jupyter_kernel_test.KernelTests):
+    """Every applicable jupyter_kernel_test attribute, set."""
+
+    kernel_name = "e2b-python"
+    language_name = "python"
+    file_extension = ".py"
+
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    code_generate_error = "raise ValueError('boom')"
+    code_execute_result = [
+        {"code": "6*7", "result": "42"},
+        {"code": "[1, 2, 3]", "result": "[1, 2, 3]"},
+    ]
+    code_display_data = [
+        {
+            "code": "from IPython.display import HTML, display; display(HTML('<b>x</b>'))",
+            "mime": "text/html",
+        },
+        {
+            "code": "from IPython.display import Math, display; display(Math('x^2'))",
+            "mime": "text/latex",
+        },
+    ]
+    completion_samples = [
+        {"text": "zi", "matches": {"zip"}},
+        {"text": "import sys; sys.getrefcou", "matches": {"getrefcount"}},
+    ]
+    complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n"]
+    incomplete_code_samples = ["print('''hello", "def f(x):\n  x += 1", "for i in x:"]
+    invalid_code_samples = ["import = 7q", "x = )"]
+    code_inspect_sample = "zip"
+
+    saved_env: dict[str, str | None] = {}
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        for name, value in _ENV.items():
+            cls.saved_env[name] = os.environ.get(name)
+            os.environ[name] = value
+        cls.saved_env["E2B_API_KEY"] = os.environ.pop("E2B_API_KEY", None)
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        super().tearDownClass()
+        for name, value in cls.saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def test_pager(self) -> None:
+        raise unittest.SkipTest("E2B's /execute protocol drops execute_reply payloads (pager)")
+
+    def test_clear_output(self) -> None:
+        raise unittest.SkipTest("E2B's /execute protocol drops clear_output messages")
+
+    def test_history(self, *args: Any) -> None:
+        raise unittest.SkipTest("history is not kept: E2B's protocol has no history endpoint")
