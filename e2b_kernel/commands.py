@@ -117,7 +117,7 @@ class CommandsMixin:
     def _cmd_restart(self, args: Any) -> None:
         session = self._started(args.sandbox)
         self.call(session.restart())
-        print(f"restarted Python in sandbox {session.sandbox_id}; files are kept")
+        print(f"restarted Python in sandbox {args.sandbox!r}; files are kept")
 
     def _cmd_timeout(self, args: Any) -> None:
         if args.seconds < 1:

@@ -116,8 +116,10 @@ async def list_dir(sandbox: Any, path: str | None) -> list[str]:
     entries = await sandbox.files.list(folder, depth=1)
     lines = []
     for entry in sorted(entries, key=lambda e: (not _is_dir(e), e.name)):
-        name = entry.name + ("/" if _is_dir(entry) else "")
-        lines.append(f"{getattr(entry, 'size', 0):>12}  {name}")
+        if _is_dir(entry):  # a folder's own size depends on the filesystem: say nothing
+            lines.append(f"{'-':>12}  {entry.name}/")
+        else:
+            lines.append(f"{getattr(entry, 'size', 0):>12}  {entry.name}")
     return lines
 
 
