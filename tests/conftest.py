@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -48,3 +49,22 @@ def running_sandbox_ids(sdk_env: dict[str, str]) -> Callable[[], set[str]]:
         return ids
 
     return lambda: asyncio.run(fetch())
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """An in-memory exporter receiving the spans the real OpenTelemetry SDK records in a test."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # once per process; later calls are no-ops
+        provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()  # a stopped exporter drops later spans
