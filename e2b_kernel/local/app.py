@@ -50,12 +50,14 @@ class ServiceApp:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = MAX_FILE_BYTES + 1024 * 1024 if scope["path"] == "/files" else _SMALL_BODY
-        started = False
+        started = completed = False
 
         async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
+            nonlocal started, completed
             if message["type"] == "http.response.start":
                 started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                completed = True
             await send(message)
 
         try:
@@ -68,6 +70,9 @@ class ServiceApp:
                 message = f"request body too large (limit {limit} bytes)"
                 await error_response(413, message)(scope, receive, send)
         except Exception:
+            if completed:  # e.g. connectrpc answers an internal error, then re-raises
+                log.warning("error after answering %s", scope.get("path"), exc_info=True)
+                return
             if started:
                 raise  # abort the response mid-stream: the client must not see a clean end
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))

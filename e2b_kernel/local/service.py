@@ -29,6 +29,9 @@ class _Server(uvicorn.Server):
         # Open command/execute streams would otherwise hold the graceful shutdown open.
         asyncio.get_event_loop().create_task(self.registry.close())
         super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals after serving, which would kill us before the
+        # state directory is removed; we exit normally (status 0) instead.
+        self._captured_signals.clear()
 
 
 class ServiceCore:

@@ -1,0 +1,99 @@
+"""Starting the service: the CLI's banner, in-process start, and explicit no-isolation mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from e2b import Sandbox
+from local_helpers import host_pids_with, marker, wait_for
+
+from e2b_kernel.local import start_in_thread, start_subprocess
+
+
+def test_cli_banner_and_sigterm_kills_sandboxes() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2b_kernel.cli", "local", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert lines[0].startswith("export E2B_API_URL=http://127.0.0.1:")
+        url = lines[0].split("=", 1)[1].strip()
+        assert lines[1] == f"export E2B_SANDBOX_URL={url}\n"
+        assert lines[2].startswith("export E2B_API_KEY=")
+        assert lines[3].startswith("# isolation: bubblewrap namespaces")
+        key = lines[2].split("=", 1)[1].strip()
+        sandbox = Sandbox.create(api_key=key, api_url=url, sandbox_url=url, timeout=60)
+        tag = marker()
+        sandbox.commands.run(f"exec -a {tag} sleep 600", background=True, timeout=0)
+        wait_for(lambda: bool(host_pids_with(tag)), what="the sandbox process")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        wait_for(lambda: not host_pids_with(tag), what="sandboxes to die with the service")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_rejects_bad_arguments() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "e2b_kernel.cli", "local", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--port must be 0..65535" in done.stderr
+
+
+def test_start_in_thread_and_stop_kills_sandboxes() -> None:
+    service = start_in_thread()
+    try:
+        assert service.url.startswith("http://127.0.0.1:")
+        assert service.sdk_env()["E2B_API_URL"] == service.url
+        sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
+        tag = marker()
+        sandbox.commands.run(f"exec -a {tag} sleep 600", background=True, timeout=0)
+        wait_for(lambda: bool(host_pids_with(tag)), what="the sandbox process")
+    finally:
+        service.stop()
+        service.stop()  # idempotent
+    wait_for(lambda: not host_pids_with(tag), what="sandboxes to die with the service")
+
+
+def test_no_isolation_is_explicit_and_shown() -> None:
+    service = start_subprocess(isolation="none")
+    try:
+        assert service.isolation.startswith("NONE")
+        sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
+        assert sandbox.get_info().metadata["e2b_kernel.isolation"] == "none"
+        result = sandbox.commands.run("pwd; echo $HOME")
+        cwd, home = result.stdout.split()
+        assert cwd == home and os.path.isdir(cwd)  # a private host dir stands in for /home/user
+        sandbox.files.write("/home/user/x.txt", "mapped")
+        assert sandbox.commands.run("cat x.txt").stdout == "mapped"
+        sandbox.kill()
+        assert not os.path.exists(cwd)
+    finally:
+        service.stop()
+
+
+def test_unknown_isolation_value_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown isolation"):
+        start_in_thread(isolation="chroot")
+
+
+def _opts(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "api_key": env["E2B_API_KEY"],
+        "api_url": env["E2B_API_URL"],
+        "sandbox_url": env["E2B_SANDBOX_URL"],
+    }
