@@ -271,7 +271,8 @@ class E2BMagics(CommandsMixin, Magics):
             span.sandbox_id = session.sandbox_id
             if error is not None:
                 span.fail(str(error.get("ename", "Error")))
-                raise remote_error(error, args.sandbox) from None
+        if error is not None:  # raised outside the span, which records the remote name
+            raise remote_error(error, args.sandbox) from None
         return result
 
     async def _push(self, session: SandboxSession, values: dict[str, Any]) -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from e2b_kernel import SandboxExecutor
@@ -28,20 +25,6 @@ CONTRACT = {
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Spans recorded by the real OpenTelemetry SDK during one test."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        trace.set_tracer_provider(TracerProvider())  # once per process; later calls are no-ops
-        provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()
 
 
 def test_result_has_exactly_the_contract_fields(sdk_env: dict[str, str]) -> None:
@@ -197,3 +180,28 @@ def test_bad_requests_fail_before_touching_a_sandbox(
 def test_default_timeout_is_validated() -> None:
     with pytest.raises(ValueError, match="positive"):
         SandboxExecutor(default_timeout=0)
+
+
+def test_a_lost_sandbox_is_a_clear_error_and_the_next_call_says_it_is_new(
+    sdk_env: dict[str, str],
+) -> None:
+    from e2b_code_interpreter import AsyncSandbox
+
+    from e2b_kernel import SandboxLost
+
+    async def scenario() -> tuple[str, dict]:
+        async with SandboxExecutor() as ex:
+            first = await ex.execute({"code": "state = 1"})
+            await AsyncSandbox.kill(
+                first["sandbox_id"], api_key=sdk_env["E2B_API_KEY"], api_url=sdk_env["E2B_API_URL"]
+            )
+            with pytest.raises(SandboxLost) as lost:
+                await ex.execute({"code": "print(state)"})
+            fresh = await ex.execute({"code": "print('state' in globals())"})
+            return str(lost.value), {**fresh, "first": first["sandbox_id"]}
+
+    message, fresh = run(scenario())
+    assert "state" in message and "gone" in message
+    assert fresh["output"] == "False\n"
+    assert fresh["sandbox_id"] != fresh["first"]
+    assert any("NEW sandbox" in line for line in fresh["logs"])  # never silent

@@ -285,3 +285,66 @@ def test_sandboxes_are_killed_when_python_exits(
     ids = set(done.stdout.split())
     assert len(ids) == 2
     assert not ids & running_sandbox_ids()
+
+
+def test_a_lost_sandbox_fails_the_cell_clearly_then_a_new_one_is_announced(
+    shell: InteractiveShell, sdk_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from e2b_code_interpreter import AsyncSandbox
+
+    run(shell, "%%e2b\nstate = 1")
+    old_id = shell._e2b_magics.sessions["default"].sandbox_id
+    asyncio.run(
+        AsyncSandbox.kill(old_id, api_key=sdk_env["E2B_API_KEY"], api_url=sdk_env["E2B_API_URL"])
+    )
+    capsys.readouterr()
+    lost = run(shell, "%%e2b\nprint(state)").error_in_exec
+    assert type(lost).__name__ == "SandboxLost" and "gone" in str(lost)
+    shown = capsys.readouterr().out
+    assert "SandboxLost" in shown and "Traceback" not in shown
+    with capture_output() as captured:
+        assert run(shell, "%%e2b\nprint('state' in globals())").error_in_exec is None
+    assert captured.stdout == "False\n"
+    assert "NEW sandbox" in captured.stderr
+    assert shell._e2b_magics.sessions["default"].sandbox_id != old_id
+
+
+def test_template_applies_only_when_the_sandbox_is_created(shell: InteractiveShell) -> None:
+    run(shell, "%%e2b\n1")
+    err = run(shell, "%%e2b --template some-other-template\n1").error_in_exec
+    assert "--template applies only when a sandbox is created" in str(err)
+
+
+def test_keep_leaves_the_sandbox_running_at_exit(
+    shell: InteractiveShell, running_sandbox_ids: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(shell, "%%e2b --sandbox kept\nx = 1")
+    run(shell, "%%e2b --sandbox dropped\nx = 1")
+    magics = shell._e2b_magics
+    kept_id = magics.sessions["kept"].sandbox_id
+    dropped_id = magics.sessions["dropped"].sandbox_id
+    run(shell, "%e2b keep --sandbox kept")
+    magics.close_all()  # what the exit hook runs
+    assert f"kept sandbox {kept_id}" in capsys.readouterr().out
+    running = running_sandbox_ids()
+    assert kept_id in running and dropped_id not in running
+    # reattach from a fresh extension, then kill it for real
+    shell.run_line_magic("reload_ext", "e2b_kernel")
+    run(shell, f"%e2b connect {kept_id}")
+    with capture_output() as captured:
+        run(shell, "%%e2b\nprint(x)")
+    assert captured.stdout == "1\n"
+    run(shell, "%e2b kill")
+    assert kept_id not in running_sandbox_ids()
+
+
+def test_each_cell_is_one_span(shell: InteractiveShell, spans: Any) -> None:
+    run(shell, "%%e2b\n1")
+    run(shell, "%%e2b\nraise ValueError('no')")
+    finished = [dict(s.attributes or {}) for s in spans.get_finished_spans()]
+    magic = [a for a in finished if a.get("e2b.front_end") == "magic"]
+    assert [a["e2b.success"] for a in magic] == [True, False]
+    assert magic[1]["e2b.error_name"] == "ValueError"
+    assert magic[0]["e2b.sandbox_id"] == shell._e2b_magics.sessions["default"].sandbox_id
