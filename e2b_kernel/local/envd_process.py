@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -39,6 +40,10 @@ from .sandbox import SANDBOX_HOME, LocalSandbox
 _READ_CHUNK = 64 * 1024
 _QUEUE_SIZE = 64
 _DEFAULT_KEEPALIVE = 90.0
+_NO_EVENT = object()
+
+# Set per request by the RPC router: fires when the HTTP client disconnects.
+CLIENT_GONE: contextvars.ContextVar[asyncio.Event] = contextvars.ContextVar("client_gone")
 
 
 @dataclass
@@ -116,6 +121,7 @@ class ProcessService(process_connect.Process):
         timeout_ms = ctx.timeout_ms
         deadline = loop.time() + timeout_ms / 1000 if timeout_ms else None
         keepalive = _keepalive_interval(ctx)
+        gone = CLIENT_GONE.get(None) or asyncio.Event()
         try:
             yield kind(event=_event("start", ProcessEvent.StartEvent(pid=managed.pid)))
             while True:
@@ -125,9 +131,10 @@ class ProcessService(process_connect.Process):
                 if wait <= 0:
                     managed.kill_tree()
                     raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
-                try:
-                    event = await asyncio.wait_for(queue.get(), wait)
-                except asyncio.TimeoutError:
+                event = await _next_event(queue, gone, wait)
+                if gone.is_set():
+                    return  # like envd: the process keeps running without this client
+                if event is _NO_EVENT:
                     if deadline is None or loop.time() < deadline:
                         yield kind(event=_event("keepalive", ProcessEvent.KeepAlive()))
                     continue
@@ -249,6 +256,20 @@ class ProcessService(process_connect.Process):
             raise ConnectError(Code.INVALID_ARGUMENT, f"invalid cwd {cwd!r}: {exc}") from None
         if not resolved.host.is_dir():
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
+
+
+async def _next_event(queue: asyncio.Queue, gone: asyncio.Event, timeout: float) -> Any:
+    """The next queued event, or _NO_EVENT after timeout or once the client is gone."""
+    getter = asyncio.ensure_future(queue.get())
+    watcher = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait({getter, watcher}, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        watcher.cancel()
+        getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return _NO_EVENT
 
 
 def _end_event(code: int) -> ProcessEvent.EndEvent:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from e2b.envd.filesystem.filesystem_connect import FilesystemASGIApplication
 from e2b.envd.process.process_connect import ProcessASGIApplication
 
 from .envd_fs import FilesystemService
-from .envd_process import ProcessService
+from .envd_process import CLIENT_GONE, ProcessService
 from .registry import Entry
 
 _READ_MAX_BYTES = 16 * 1024 * 1024
@@ -24,10 +25,21 @@ class EnvdRpc:
         self._fs_app = FilesystemASGIApplication(self.filesystem, read_max_bytes=_READ_MAX_BYTES)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # connectrpc notices a vanished client only between messages; streams waiting for
+        # output watch this event instead, so they stop holding output back at once.
+        gone = asyncio.Event()
+
+        async def watched_receive() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            return message
+
+        CLIENT_GONE.set(gone)
         if scope["path"].startswith("/process.Process/"):
-            await self._process_app(scope, receive, send)
+            await self._process_app(scope, watched_receive, send)
         else:
-            await self._fs_app(scope, receive, send)
+            await self._fs_app(scope, watched_receive, send)
 
 
 def rpc_app_for(entry: Entry) -> EnvdRpc:

@@ -130,3 +130,16 @@ def test_process_exit_by_signal(sbx: Sandbox) -> None:
     with pytest.raises(CommandExitException) as killed:
         sbx.commands.run("kill -9 $$")
     assert killed.value.exit_code != 0
+
+
+def test_disconnected_client_does_not_stall_the_process(sbx: Sandbox) -> None:
+    handle = sbx.commands.run(
+        "head -c 20000000 /dev/zero | tr '\\0' x; echo; touch /home/user/finished; sleep 600",
+        background=True,
+        timeout=0,
+    )
+    handle.disconnect()
+    # The process keeps running without a client, and its output no longer holds it back.
+    wait_for(lambda: sbx.files.exists("/home/user/finished"), timeout=60, what="the writer")
+    assert handle.pid in [p.pid for p in sbx.commands.list()]
+    assert sbx.commands.kill(handle.pid)
