@@ -75,6 +75,8 @@ class LocalSandbox:
         """Create the directories and cgroups and start the sandbox's init process."""
         self.home_dir.mkdir(parents=True)
         self.tmp_dir.mkdir()
+        # Lets a later service remove the socket dir if this one dies without cleaning up.
+        (self._root / "socket_dir").write_text(str(self.socket_dir))
         self.tmp_dir.chmod(0o1777)
         self.socket_dir.chmod(0o700)
         if self.cgroups.version is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,12 +14,19 @@ from types import FrameType
 import uvicorn
 
 from .app import ServiceApp
-from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, resolve_isolation
+from .isolation import (
+    DEFAULT_MAX_PIDS,
+    DEFAULT_MEMORY_MB,
+    CgroupSet,
+    Isolation,
+    resolve_isolation,
+)
 from .registry import Registry
 
 log = logging.getLogger("e2b_kernel.local")
 
 DEFAULT_API_KEY = "e2b_local_service_key"
+STATE_ROOT = Path(tempfile.gettempdir()) / "e2b-kernel-local"
 
 
 class _Server(uvicorn.Server):
@@ -48,7 +57,9 @@ class ServiceCore:
         max_pids: int = DEFAULT_MAX_PIDS,
     ) -> None:
         self.policy = resolve_isolation(isolation, memory_mb=memory_mb, max_pids=max_pids)
-        self.state_dir = Path(tempfile.mkdtemp(prefix="e2b-kernel-local-"))
+        STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
+        sweep_stale_state(self.policy)
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
         self.registry = Registry(self.policy, self.state_dir)
         self.api_key = api_key
         self.app = ServiceApp(self.registry, api_key=api_key)
@@ -92,3 +103,37 @@ class ServiceCore:
         """Kill every sandbox, then make serve() return."""
         await self.registry.close()
         self.server.should_exit = True
+
+
+def sweep_stale_state(policy: Isolation) -> None:
+    """Remove what services that died without cleaning up (SIGKILL) left behind.
+
+    Their sandboxes died with them (bwrap --die-with-parent), but directories, socket dirs
+    and empty cgroups remain. A service's state dir is named after its pid.
+    """
+    for service_dir in STATE_ROOT.glob("svc-*-*"):
+        try:
+            pid = int(service_dir.name.split("-")[1])
+        except ValueError:
+            continue
+        if _alive(pid):
+            continue
+        for sandbox_dir in service_dir.iterdir():
+            marker = sandbox_dir / "socket_dir"
+            with contextlib.suppress(OSError):
+                shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
+            cgroups = CgroupSet(policy, sandbox_dir.name)
+            cgroups.kill_all()
+            cgroups.remove()
+        shutil.rmtree(service_dir, ignore_errors=True)
+        log.info("removed the leftovers of a dead local service (pid %d)", pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

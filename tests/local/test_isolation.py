@@ -89,7 +89,7 @@ def test_one_sandbox_cannot_see_another(local_service: RunningService, sbx: Sand
     other = Sandbox.create(timeout=60, **sdk_options(local_service))
     try:
         other.files.write("/home/user/secret.txt", "top secret")
-        [host_home] = glob.glob(f"/tmp/e2b-kernel-local-*/{other.sandbox_id}/home")
+        [host_home] = glob.glob(f"/tmp/e2b-kernel-local/svc-*/{other.sandbox_id}/home")
         assert sbx.commands.run("ls /home/user").stdout.count("secret.txt") == 0
         with pytest.raises(CommandExitException):
             sbx.commands.run(f"cat {host_home}/secret.txt")

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from e2b import Sandbox
@@ -97,3 +99,33 @@ def _opts(env: dict[str, str]) -> dict[str, str]:
         "api_url": env["E2B_API_URL"],
         "sandbox_url": env["E2B_SANDBOX_URL"],
     }
+
+
+def test_leftovers_of_a_killed_service_are_swept() -> None:
+    from e2b_kernel.local.service import STATE_ROOT
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
+    stale = STATE_ROOT / f"svc-{dead.pid}-test"
+    socket_dir = Path(tempfile.mkdtemp(prefix="e2bk-"))
+    (stale / "zzzzzzzzzzzzzzzzzzzz" / "home").mkdir(parents=True)
+    (stale / "zzzzzzzzzzzzzzzzzzzz" / "socket_dir").write_text(str(socket_dir))
+    service = start_in_thread()
+    try:
+        assert not stale.exists()
+        assert not socket_dir.exists()
+    finally:
+        service.stop()
+
+
+def test_service_removes_its_state_when_stopped() -> None:
+    from e2b_kernel.local.service import STATE_ROOT
+
+    before = set(STATE_ROOT.glob(f"svc-{os.getpid()}-*"))
+    service = start_in_thread()
+    sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
+    [state] = set(STATE_ROOT.glob(f"svc-{os.getpid()}-*")) - before
+    assert (state / sandbox.sandbox_id / "home").is_dir()
+    service.stop()
+    assert not state.exists()
