@@ -232,10 +232,12 @@ class E2BMagics(CommandsMixin, Magics):
         self.call(session.start())
         if args.inputs:
             values = {name: self.user_ns[name] for name in args.inputs}
-            self.call(self._push(session, values))
+            self.call(transfer.push(session, values, self.transfer_limit))
         result = self._run_streaming(session, cell, args, env)
         if args.outputs:
-            pulled = self.call(self._pull(session, args.outputs, args.unsafe_pickle))
+            pulled = self.call(
+                transfer.pull(session, args.outputs, self.transfer_limit, args.unsafe_pickle)
+            )
             self.user_ns.update(pulled)
         return None if args.quiet else result
 
@@ -274,49 +276,6 @@ class E2BMagics(CommandsMixin, Magics):
         if error is not None:  # raised outside the span, which records the remote name
             raise remote_error(error, args.sandbox) from None
         return result
-
-    async def _push(self, session: SandboxSession, values: dict[str, Any]) -> None:
-        """Send local values into the sandbox's globals (pickles through /tmp files)."""
-        assert session.sandbox is not None
-        paths = {}
-        for name, value in values.items():
-            data = transfer.dumps_for_sandbox(name, value, self.transfer_limit)
-            paths[name] = transfer.new_remote_path(name)
-            await session.sandbox.files.write(paths[name], data)
-        await self._hidden(session, transfer.push_code(paths), "-i")
-
-    async def _pull(
-        self, session: SandboxSession, names: list[str], allow_any_type: bool
-    ) -> dict[str, Any]:
-        """Fetch sandbox globals as pickles and rebuild them here."""
-        assert session.sandbox is not None
-        paths = {name: transfer.new_remote_path(name) for name in names}
-        stdout = await self._hidden(session, transfer.pull_code(paths, self.transfer_limit), "-o")
-        sizes = transfer.read_pull_report(stdout, self.transfer_limit)
-        blobs = {}
-        try:
-            for name in sizes:
-                blobs[name] = bytes(await session.sandbox.files.read(paths[name], format="bytes"))
-        finally:
-            await self._hidden(session, transfer.cleanup_code(list(paths.values())), "-o")
-        return {
-            name: transfer.safe_loads(name, data, allow_any_type=allow_any_type)
-            for name, data in blobs.items()
-        }
-
-    @staticmethod
-    async def _hidden(session: SandboxSession, code: str, option: str) -> str:
-        """Run helper code in the sandbox; return its stdout or raise on a remote error."""
-        stdout = []
-        async for kind, content in session.execute(code):
-            if kind == "stream" and content.get("name") == "stdout":
-                stdout.append(content.get("text", ""))
-            elif kind == "error":
-                raise transfer.TransferError(
-                    f"{option}: the sandbox failed to transfer the variables "
-                    f"({content.get('ename')}: {content.get('evalue')})"
-                )
-        return "".join(stdout)
 
     # ---- %e2b -------------------------------------------------------------------------------
 

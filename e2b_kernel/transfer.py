@@ -17,14 +17,18 @@ import io
 import json
 import pickle
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .session import SandboxSession
 
 __all__ = [
     "DEFAULT_LIMIT_BYTES",
     "TransferError",
     "dumps_for_sandbox",
+    "pull",
     "pull_code",
+    "push",
     "push_code",
     "read_pull_report",
     "safe_loads",
@@ -271,4 +275,44 @@ def safe_loads(name: str, data: bytes, *, allow_any_type: bool = False) -> Any:
         ) from None
 
 
-RunHidden = Callable[[str], Awaitable[str]]
+async def push(session: SandboxSession, values: dict[str, Any], limit: int) -> None:
+    """Send local values into the sandbox's globals (pickles through /tmp files)."""
+    assert session.sandbox is not None
+    paths = {}
+    for name, value in values.items():
+        data = dumps_for_sandbox(name, value, limit)
+        paths[name] = new_remote_path(name)
+        await session.sandbox.files.write(paths[name], data)
+    await _run_hidden(session, push_code(paths), "-i")
+
+
+async def pull(
+    session: SandboxSession, names: list[str], limit: int, allow_any_type: bool = False
+) -> dict[str, Any]:
+    """Fetch sandbox globals as pickles and rebuild them here."""
+    assert session.sandbox is not None
+    paths = {name: new_remote_path(name) for name in names}
+    sizes = read_pull_report(await _run_hidden(session, pull_code(paths, limit), "-o"), limit)
+    blobs = {}
+    try:
+        for name in sizes:
+            blobs[name] = bytes(await session.sandbox.files.read(paths[name], format="bytes"))
+    finally:
+        await _run_hidden(session, cleanup_code(list(paths.values())), "-o")
+    return {
+        name: safe_loads(name, data, allow_any_type=allow_any_type) for name, data in blobs.items()
+    }
+
+
+async def _run_hidden(session: SandboxSession, code: str, option: str) -> str:
+    """Run helper code in the sandbox; return its stdout or raise on a remote error."""
+    stdout = []
+    async for kind, content in session.execute(code):
+        if kind == "stream" and content.get("name") == "stdout":
+            stdout.append(content.get("text", ""))
+        elif kind == "error":
+            raise TransferError(
+                f"{option}: the sandbox failed to transfer the variables "
+                f"({content.get('ename')}: {content.get('evalue')})"
+            )
+    return "".join(stdout)
