@@ -240,3 +240,11 @@ def test_async_sdk_state_streaming_and_contexts(local_service: RunningService) -
             await sbx.kill()
 
     asyncio.run(scenario())
+
+
+def test_pil_image_show_comes_back_as_png(sandbox: Sandbox) -> None:
+    code = "from PIL import Image\nImage.new('RGB', (8, 8), 'red').show()"
+    execution = sandbox.run_code(code, timeout=60)
+    assert execution.error is None, execution.error
+    (result,) = execution.results
+    assert base64.b64decode(result.png).startswith(b"\x89PNG")
