@@ -14,6 +14,7 @@ import grp
 import os
 import posixpath
 import pwd
+import secrets
 import stat
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -23,14 +24,17 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from e2b.envd.filesystem import filesystem_connect
 from e2b.envd.filesystem.filesystem_pb import (
+    CreateWatcherResponse,
     EntryInfo,
     EventType,
     FilesystemEvent,
     FileType,
+    GetWatcherEventsResponse,
     ListDirResponse,
     MakeDirResponse,
     MoveResponse,
     RemoveResponse,
+    RemoveWatcherResponse,
     StatResponse,
     WatchDirResponse,
 )
@@ -66,6 +70,7 @@ class FilesystemService(filesystem_connect.Filesystem):
 
     def __init__(self, sandbox: LocalSandbox) -> None:
         self.sandbox = sandbox
+        self._watchers: dict[str, _Watcher] = {}
 
     def _resolve(self, path: str, *, follow: bool) -> ResolvedPath:
         try:
@@ -73,7 +78,7 @@ class FilesystemService(filesystem_connect.Filesystem):
         except (OSError, ValueError) as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, f"invalid path '{path}': {exc}") from None
 
-    def _entry(self, path: str, host: os.PathLike[str] | str) -> EntryInfo:
+    def entry_info(self, path: str, host: os.PathLike[str] | str) -> EntryInfo:
         info = os.lstat(host)
         is_link = stat.S_ISLNK(info.st_mode)
         target_sandbox = None
@@ -108,7 +113,7 @@ class FilesystemService(filesystem_connect.Filesystem):
         path = _normalise(request.path)
         resolved = self._resolve(path, follow=False)
         try:
-            return StatResponse(entry=self._entry(path, resolved.host))
+            return StatResponse(entry=self.entry_info(path, resolved.host))
         except OSError as exc:
             raise _rpc_error(path, exc) from None
 
@@ -134,7 +139,7 @@ class FilesystemService(filesystem_connect.Filesystem):
         for child in children:
             child_path = posixpath.join(path, child.name)
             with contextlib.suppress(FileNotFoundError):
-                out.append(self._entry(child_path, child.path))
+                out.append(self.entry_info(child_path, child.path))
                 if depth > 1 and child.is_dir(follow_symlinks=False):
                     with contextlib.suppress(PermissionError):
                         self._walk(child_path, child.path, depth - 1, out)
@@ -151,7 +156,7 @@ class FilesystemService(filesystem_connect.Filesystem):
                 os.mkdir(name, 0o755, dir_fd=dir_fd)
             finally:
                 os.close(dir_fd)
-            return MakeDirResponse(entry=self._entry(path, resolved.host))
+            return MakeDirResponse(entry=self.entry_info(path, resolved.host))
         except FileExistsError:
             raise ConnectError(Code.ALREADY_EXISTS, f"directory '{path}' already exists") from None
         except OSError as exc:
@@ -174,7 +179,7 @@ class FilesystemService(filesystem_connect.Filesystem):
                     os.close(dst_fd)
             finally:
                 os.close(src_fd)
-            return MoveResponse(entry=self._entry(destination, dst.host))
+            return MoveResponse(entry=self.entry_info(destination, dst.host))
         except OSError as exc:
             raise _rpc_error(source, exc) from None
 
@@ -200,26 +205,70 @@ class FilesystemService(filesystem_connect.Filesystem):
             raise _rpc_error(path, exc) from None
         return RemoveResponse()
 
-    async def watch_dir(self, request: Any, ctx: Any) -> AsyncIterator[Any]:
-        """Stream create/write/remove events of a directory (by polling snapshots)."""
+    def _watcher(self, request: Any) -> _Watcher:
         path = _normalise(request.path)
         resolved = self._resolve(path, follow=True)
         if not os.path.isdir(resolved.host):
             raise ConnectError(Code.NOT_FOUND, f"directory '{path}' does not exist")
-        before = _snapshot(str(resolved.host), request.recursive)
+        return _Watcher(self, path, str(resolved.host), request.recursive, request.include_entry)
+
+    async def create_watcher(self, request: Any, ctx: Any) -> Any:
+        """Start a polled watcher (the sync SDK's watch_dir); GetWatcherEvents drains it."""
+        watcher = self._watcher(request)
+        watcher_id = secrets.token_hex(8)
+        self._watchers[watcher_id] = watcher
+        return CreateWatcherResponse(watcher_id=watcher_id)
+
+    async def get_watcher_events(self, request: Any, ctx: Any) -> Any:
+        """Events since the last call for this watcher."""
+        watcher = self._watchers.get(request.watcher_id)
+        if watcher is None:
+            raise ConnectError(Code.NOT_FOUND, f"watcher {request.watcher_id!r} not found")
+        return GetWatcherEventsResponse(events=watcher.poll())
+
+    async def remove_watcher(self, request: Any, ctx: Any) -> Any:
+        """Stop a polled watcher."""
+        if self._watchers.pop(request.watcher_id, None) is None:
+            raise ConnectError(Code.NOT_FOUND, f"watcher {request.watcher_id!r} not found")
+        return RemoveWatcherResponse()
+
+    async def watch_dir(self, request: Any, ctx: Any) -> AsyncIterator[Any]:
+        """Stream create/write/remove events of a directory (by polling snapshots)."""
+        watcher = self._watcher(request)
         start = WatchDirResponse.StartEvent()
         yield WatchDirResponse(event=Oneof("start", start))  # type: ignore[arg-type]
         while not self.sandbox.killed.is_set():
             await asyncio.sleep(_WATCH_POLL)  # a poll interval, not a stand-in for a condition
-            after = _snapshot(str(resolved.host), request.recursive)
-            for name, kind in _diff(before, after):
-                event = FilesystemEvent(name=name, type=kind)
-                if request.include_entry and kind != EventType.REMOVE:
-                    with contextlib.suppress(OSError):
-                        child = posixpath.join(path, name)
-                        event.entry = self._entry(child, os.path.join(resolved.host, name))
+            for event in watcher.poll():
                 yield WatchDirResponse(event=Oneof("filesystem", event))  # type: ignore[arg-type]
-            before = after
+
+
+class _Watcher:
+    """Snapshot-diffing watcher of one directory."""
+
+    def __init__(
+        self, service: FilesystemService, path: str, host: str, recursive: bool, entries: bool
+    ) -> None:
+        self.service = service
+        self.path = path
+        self.host = host
+        self.recursive = recursive
+        self.entries = entries
+        self.before = _snapshot(host, recursive)
+
+    def poll(self) -> list[FilesystemEvent]:
+        """Events since the previous poll."""
+        after = _snapshot(self.host, self.recursive)
+        events = []
+        for name, kind in _diff(self.before, after):
+            event = FilesystemEvent(name=name, type=kind)
+            if self.entries and kind != EventType.REMOVE:
+                with contextlib.suppress(OSError):
+                    child = posixpath.join(self.path, name)
+                    event.entry = self.service.entry_info(child, os.path.join(self.host, name))
+            events.append(event)
+        self.before = after
+        return events
 
 
 def _remove_tree(name: str, dir_fd: int) -> None:

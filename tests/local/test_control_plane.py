@@ -199,3 +199,26 @@ def test_kill_is_fast_and_complete() -> None:
     wait_for(lambda: len(host_pids_with(tag)) >= 4, what="four marked processes")
     assert sbx.kill()
     wait_for(lambda: not host_pids_with(tag), what="every process of the killed sandbox to die")
+
+
+def test_auto_resume_on_traffic_to_a_paused_sandbox() -> None:
+    sbx = BaseSandbox.create(timeout=60, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        sbx.files.write("kept.txt", "yes")
+        assert sbx.pause()
+        assert sbx.get_info().state == SandboxState.PAUSED
+        # Traffic to the sandbox itself wakes it, as E2B's proxy does with autoResume.
+        assert sbx.files.read("kept.txt") == "yes"
+        assert sbx.get_info().state == SandboxState.RUNNING
+    finally:
+        sbx.kill()
+
+
+def test_paused_sandbox_without_auto_resume_is_not_running() -> None:
+    sbx = BaseSandbox.create(timeout=60)
+    try:
+        assert sbx.pause()
+        assert not sbx.is_running()
+        assert sbx.get_info().state == SandboxState.PAUSED
+    finally:
+        sbx.kill()

@@ -11,6 +11,7 @@ import pytest
 from e2b import AsyncSandbox, FileType, Sandbox
 from e2b.exceptions import FileNotFoundException, InvalidArgumentException, SandboxException
 from e2b.sandbox.filesystem.filesystem import WriteEntry
+from local_helpers import wait_for
 
 from e2b_kernel.local import RunningService
 
@@ -132,6 +133,44 @@ def test_files_async(local_service: RunningService) -> None:
             assert [e.name for e in await sandbox.files.list("/home/user") if e.name == "a.bin"]
             await sandbox.files.remove("/home/user/a.bin")
             assert not await sandbox.files.exists("/home/user/a.bin")
+        finally:
+            await sandbox.kill()
+
+    asyncio.run(run())
+
+
+def test_watch_dir_reports_changes(sbx: Sandbox) -> None:
+    sbx.files.make_dir("/home/user/watched")
+    handle = sbx.files.watch_dir("/home/user/watched")
+    try:
+        sbx.files.write("/home/user/watched/new.txt", "1")
+        events: list = []
+        wait_for(
+            lambda: bool(events.extend(handle.get_new_events()) or events),
+            what="a filesystem event",
+        )
+        assert any(e.name == "new.txt" and e.type.name == "CREATE" for e in events)
+    finally:
+        handle.stop()
+
+
+def test_watch_dir_async_stream(local_service: RunningService) -> None:
+    async def run() -> None:
+        sandbox = await AsyncSandbox.create(timeout=120, **sdk_options(local_service))
+        try:
+            seen: asyncio.Queue = asyncio.Queue()
+            handle = await sandbox.files.watch_dir("/home/user", on_event=seen.put_nowait)
+            await sandbox.files.write("/home/user/streamed.txt", "1")
+
+            async def streamed_event() -> object:
+                while True:
+                    event = await seen.get()
+                    if event.name == "streamed.txt":
+                        return event
+
+            event = await asyncio.wait_for(streamed_event(), 30)
+            assert event.type.name == "CREATE"
+            await handle.stop()
         finally:
             await sandbox.kill()
 

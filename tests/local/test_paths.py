@@ -122,3 +122,12 @@ def test_to_sandbox_maps_back(layout: tuple[SandboxPaths, Path, Path]) -> None:
     paths, home, tmp = layout
     assert paths.to_sandbox(home / "a" / "b") == "/home/user/a/b"
     assert paths.to_sandbox(tmp) == "/tmp"
+
+
+def test_missing_bubblewrap_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2b_kernel.local import IsolationUnavailable, isolation
+
+    monkeypatch.setattr(isolation.shutil, "which", lambda name: None)
+    with pytest.raises(IsolationUnavailable, match=r"install it.*--no-isolation"):
+        isolation.resolve_isolation("auto")
+    assert isolation.resolve_isolation("none").describe().startswith("NONE")
