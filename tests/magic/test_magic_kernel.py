@@ -7,6 +7,7 @@ import os
 import queue
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,48 @@ def test_sandboxes_are_killed_when_the_kernel_shuts_down(
     assert len(ids) == 2 and ids <= running_sandbox_ids()
     km.shutdown_kernel(now=False)  # polite: the kernel process exits and runs atexit
     assert not ids & running_sandbox_ids()
+
+
+def test_bad_arguments_are_usage_errors_in_the_kernel(kernel: Any) -> None:
+    _, kc = kernel
+    for source, message in [
+        ("%%e2b --nope\n1", "unrecognized arguments: --nope"),
+        ("%e2b timeout soon", "invalid int value: 'soon'"),
+    ]:
+        reply, outputs = execute(kc, source)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "UsageError"
+        assert message in reply["content"]["evalue"]
+        # IPython shows a usage error as one stderr line, not a traceback
+        shown = "".join(m["content"].get("text", "") for m in outputs)
+        assert "UsageError" in shown and message in shown
+        assert "Traceback" not in shown
+
+
+def test_named_sandboxes_are_kept_apart_in_the_kernel(kernel: Any) -> None:
+    _, kc = kernel
+    execute(kc, "%%e2b --sandbox left\nside = 'left'")
+    execute(kc, "%%e2b --sandbox right\nside = 'right'")
+    _, left = execute(kc, "%%e2b --sandbox left\nprint(side)")
+    _, right = execute(kc, "%%e2b --sandbox right\nprint(side)")
+    _, default = execute(kc, "%%e2b\nprint('side' in globals())")
+    assert (stdout_of(left), stdout_of(right), stdout_of(default)) == (
+        "left\n",
+        "right\n",
+        "False\n",
+    )
+
+
+def test_folder_round_trip_in_the_kernel(kernel: Any, tmp_path: Path) -> None:
+    _, kc = kernel
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    payload = {"top.txt": b"top\n", "sub/blob.bin": os.urandom(100_000), "sub/empty": b""}
+    for relative, data in payload.items():
+        (source / relative).write_bytes(data)
+    back = tmp_path / "back"
+    for line in (f"%e2b upload '{source}' copied", f"%e2b download copied '{back}'"):
+        reply, _ = execute(kc, line)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    for relative, data in payload.items():
+        assert (back / relative).read_bytes() == data
