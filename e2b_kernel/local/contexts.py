@@ -153,6 +153,9 @@ class Execution:
         error_written = False
         input_seen = False
         while True:
+            if self.stop.is_set():  # checked first: a flood of output must not hide a disconnect
+                self.outcome = "stopped"
+                return
             try:
                 msg = await next_message(queue, self.stop, kernel.died, timeout=KEEPALIVE_INTERVAL)
             except asyncio.TimeoutError:

@@ -68,6 +68,15 @@ def test_client_timeout_interrupts_the_cell_and_keeps_state(
 
 
 @pytest.mark.timeout(180)
+def test_client_timeout_interrupts_a_flood_of_output(victim: Sandbox, bystander: Sandbox) -> None:
+    victim.run_code("kept = 'yes'")
+    with pytest.raises(TimeoutException):
+        victim.run_code("while True:\n    print('x' * 1000)", timeout=2, on_stdout=lambda m: None)
+    assert victim.run_code("kept", timeout=30).text == "yes"
+    assert_still_serving(bystander)
+
+
+@pytest.mark.timeout(180)
 def test_cancelled_async_run_code_interrupts_the_cell(local_service: RunningService) -> None:
     async def scenario() -> None:
         sbx = await AsyncSandbox.create(**sdk_options(local_service))
