@@ -9,6 +9,7 @@ displayed there as they arrive. All named sessions live on that one loop.
 from __future__ import annotations
 
 import atexit
+import logging
 import shlex
 import sys
 import threading
@@ -29,6 +30,8 @@ from .loop_thread import LoopThread
 from .remote_error import E2BRemoteError, remote_error, render_short
 from .session import SandboxSession
 from .telemetry import execution_span
+
+log = logging.getLogger("e2b_kernel.magics")
 
 __all__ = ["E2BMagics", "E2BRemoteError", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -116,12 +119,8 @@ class E2BMagics(CommandsMixin, Magics):
         """Run a coroutine on the private loop; our errors are shown without our stack."""
         try:
             return self.loop.run(coro)
-        except (E2BKernelError, transfer.TransferError) as exc:
-            raise render_short(exc) from None
         except Exception as exc:
-            if type(exc).__module__.startswith("e2b."):  # an SDK error: its message suffices
-                raise render_short(exc) from None
-            raise
+            raise _shown(exc) from None
 
     def close_all(self) -> None:
         """Kill every sandbox (keep the ones asked for) and stop the loop; runs at exit."""
@@ -267,9 +266,9 @@ class E2BMagics(CommandsMixin, Magics):
                     f"{args.sandbox!r} was interrupted; its state is kept"
                 ]
                 raise
-            except E2BKernelError as exc:
+            except Exception as exc:
                 span.fail(type(exc).__name__)
-                raise render_short(exc) from None
+                raise _shown(exc) from None
             span.sandbox_id = session.sandbox_id
             if error is not None:
                 span.fail(str(error.get("ename", "Error")))
@@ -316,6 +315,14 @@ class E2BMagics(CommandsMixin, Magics):
             %e2b timeout 3600 --sandbox scratch
         """
         return self.run_command(line)
+
+
+def _shown(exc: Exception) -> Exception:
+    """Prepare ``exc`` for the user: one line, no stack of ours (a bug's stack goes to the log)."""
+    expected = (E2BKernelError, transfer.TransferError, UsageError)
+    if not isinstance(exc, expected) and not type(exc).__module__.startswith("e2b."):
+        log.error("unexpected error in %%e2b", exc_info=exc)
+    return exc if isinstance(exc, UsageError) else render_short(exc)
 
 
 def _show(kind: str, content: dict[str, Any]) -> None:

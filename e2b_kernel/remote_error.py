@@ -10,11 +10,13 @@ a builtin exception, the raised object is also an instance of it, so
 from __future__ import annotations
 
 import builtins
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import error_content
 
 __all__ = ["E2BRemoteError", "remote_error", "render_short"]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class E2BRemoteError(Exception):
@@ -64,7 +66,7 @@ def remote_error(content: dict[str, Any], sandbox: str = "") -> E2BRemoteError:
         return E2BRemoteError(ename, evalue, traceback, sandbox)
 
 
-def render_short(exc: BaseException) -> BaseException:
+def render_short(exc: E) -> E:
     """Make IPython show ``exc`` as one ``Name: message`` line, without our stack frames."""
     lines = error_content(exc)["traceback"]
     exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
