@@ -148,11 +148,7 @@ class E2BKernel(Kernel):
             return self._ok()
         self._shell_loop = asyncio.get_running_loop()
         self._cell_task = asyncio.ensure_future(self._run_cell(code, silent))
-        previous = self._install_sigint()
-        try:
-            await asyncio.wait([self._cell_task])
-        finally:
-            self._restore_sigint(previous)
+        await asyncio.wait([self._cell_task])
         task, self._cell_task = self._cell_task, None
         if task.cancelled():
             return self._fail(
@@ -204,23 +200,23 @@ class E2BKernel(Kernel):
 
     # ---- interrupts ---------------------------------------------------------------------------
 
-    def _install_sigint(self) -> Any:
-        """While a cell runs, SIGINT cancels it (signal interrupt_mode) instead of raising."""
+    def pre_handler_hook(self) -> None:
+        """While a shell handler runs, SIGINT cancels the running cell (signal interrupt_mode).
+
+        ipykernel installs ``default_int_handler`` here, which would raise KeyboardInterrupt
+        inside the event loop machinery and can take the kernel down. Instead the handler only
+        schedules a cancellation on the shell loop, like ipykernel's ``_cancel_on_sigint``.
+        """
+        self.saved_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def post_handler_hook(self) -> None:
+        """Put back the handler that was active before the shell handler ran."""
+        signal.signal(signal.SIGINT, self.saved_sigint_handler)
+
+    def _on_sigint(self, _signum: int, _frame: Any) -> None:
         loop = self._shell_loop
-
-        def on_sigint(_signum: int, _frame: Any) -> None:
-            if loop is not None:
-                loop.call_soon_threadsafe(self._interrupt_cell)
-
-        try:
-            return signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main thread (e.g. a subshell): message mode still works
-            return None
-
-    @staticmethod
-    def _restore_sigint(previous: Any) -> None:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._interrupt_cell)
 
     def _interrupt_cell(self) -> None:
         task = self._cell_task

@@ -221,7 +221,9 @@ class SandboxSession:
             raise SandboxLost(reason)
         await self.start()
         assert self.sandbox is not None
-        if self.config.idle == "pause" and self._idle_for() > self.config.sandbox_timeout * 0.8:
+        if self.config.idle == "pause":
+            # Resume it if it paused while idle, and push its timeout out before the cell starts
+            # (connect does both), so it cannot pause under a running cell.
             await self._resume()
         announce, self._announce_new = self._announce_new, False
         return self.sandbox, announce
@@ -249,9 +251,6 @@ class SandboxSession:
             f"The sandbox {self.sandbox_id or ''} was {how}: its Python state and files are "
             "gone. Run the cell again to continue in a new sandbox."
         ).replace("sandbox  was", "sandbox was")
-
-    def _idle_for(self) -> float:
-        return time.monotonic() - self._last_activity
 
     # ---- keep-alive ---------------------------------------------------------------------
 

@@ -48,3 +48,16 @@ def kill(service: RunningService, sandbox_id: str) -> None:
 
 def set_timeout(service: RunningService, sandbox_id: str, seconds: int) -> None:
     Sandbox.set_timeout(sandbox_id, seconds, **_opts(service))
+
+
+def wait_for_state(
+    service: RunningService, sandbox_id: str, state: str, timeout: float = 60
+) -> str:
+    """Poll the sandbox's state until it is ``state`` (or the deadline); return the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = Sandbox.get_info(sandbox_id, **_opts(service))
+        current = str(getattr(info.state, "value", info.state))
+        if current == state or time.monotonic() > deadline:
+            return current
+        time.sleep(0.2)

@@ -31,7 +31,7 @@ def test_interrupt_stops_the_cell_and_keeps_state(
     kernel.wait_for_stream(msg_id, "started")
     started = time.monotonic()
     kernel.km.interrupt_kernel()
-    reply = kernel.reply(msg_id, timeout=30)
+    reply, _ = kernel.collect(msg_id, timeout=30)  # until idle: then nothing is aborted
     elapsed = time.monotonic() - started
     print(f"interrupt ({mode}) answered after {elapsed:.2f} s")
     assert reply["status"] == "error"
@@ -196,3 +196,37 @@ def backends_env(base: dict[str, str], **overrides: str) -> dict[str, str]:
     from .harness import clean_env
 
     return {**clean_env(), **base, **overrides}
+
+
+def test_idle_pause_mode_resumes_with_state(
+    start_kernel: StartKernel, local_service: RunningService
+) -> None:
+    tag = sandboxes.new_tag()
+    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
+    kernel = start_kernel(
+        backends_env(
+            env,
+            E2B_KERNEL_IDLE="pause",
+            E2B_KERNEL_SANDBOX_TIMEOUT="3",
+            E2B_KERNEL_METADATA=f"test={tag}",
+        )
+    )
+    kernel.run("paused_value = 'kept'")
+    (sandbox_id,) = sandboxes.running_ids(local_service, tag)
+    assert sandboxes.wait_for_state(local_service, sandbox_id, "paused") == "paused"
+    assert kernel.value("paused_value") in {"kept", "'kept'"}
+    assert sandboxes.wait_for_state(local_service, sandbox_id, "running", 5) == "running"
+
+
+@pytest.mark.parametrize("mode", ["signal", "message"])
+def test_interrupt_while_idle_is_harmless(
+    start_kernel: StartKernel, backend_env: BackendEnv, mode: str
+) -> None:
+    kernel = start_kernel(backend_env(), interrupt_mode=mode)
+    assert kernel.value("kept = 3\nkept") == "3"
+    for _ in range(3):
+        kernel.km.interrupt_kernel()
+        reply = kernel.kc.complete("ke", 2, reply=True, timeout=60)["content"]
+        assert reply["status"] == "ok"
+    assert kernel.value("kept") == "3"
+    assert kernel.km.is_alive()
