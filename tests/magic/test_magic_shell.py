@@ -348,3 +348,22 @@ def test_each_cell_is_one_span(shell: InteractiveShell, spans: Any) -> None:
     assert [a["e2b.success"] for a in magic] == [True, False]
     assert magic[1]["e2b.error_name"] == "ValueError"
     assert magic[0]["e2b.sandbox_id"] == shell._e2b_magics.sessions["default"].sandbox_id
+
+
+def test_quiet_hides_output_but_not_errors(shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        result = run(shell, "%%e2b --quiet\nprint('hidden')\n'also hidden'")
+    assert result.error_in_exec is None and result.result is None
+    assert captured.stdout == "" and not captured.outputs
+    failed = run(shell, "%%e2b -q\nraise RuntimeError('still raised')").error_in_exec
+    assert isinstance(failed, E2BRemoteError) and "still raised" in str(failed)
+
+
+def test_env_command_lists_and_sets(shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        run(shell, "%e2b env")
+        run(shell, "%e2b env A=1 'B=two words'")
+        run(shell, "%e2b env")
+    lines = captured.stdout.splitlines()
+    assert lines[0].startswith("no variables set")
+    assert lines[-2:] == ["A=1", "B=two words"]
