@@ -103,15 +103,27 @@ def _writable_cgroup_version() -> int | None:
     return None
 
 
+# Host dirs a sandbox never sees: its own /tmp and /home replace them, and /root holds the
+# host user's keys and credentials (sandbox code runs as root mapped to host root).
+HIDDEN_DIRS = ("/tmp", "/home", "/root")
+
+
 def python_bind_paths() -> list[str]:
-    """Host paths of the service's own Python that a sandbox's fresh /tmp would hide."""
+    """Host paths of the service's own Python that the hidden dirs would otherwise hide."""
     # sys.path[0] is the running script's directory, not part of the interpreter.
     candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path[1:]}
     found = set()
     for path in candidates:
-        if path and path.startswith("/tmp/") and os.path.exists(path):
+        path = os.path.realpath(path) if path else ""
+        hidden = any(path.startswith(d + "/") for d in HIDDEN_DIRS)
+        if hidden and os.path.exists(path):
             found.add(path)
-    return sorted(found)
+    # Outermost first; nested entries are already covered by their parent's bind.
+    ordered: list[str] = []
+    for path in sorted(found):
+        if not any(path.startswith(parent + "/") for parent in ordered):
+            ordered.append(path)
+    return ordered
 
 
 def bwrap_argv(
@@ -121,6 +133,7 @@ def bwrap_argv(
     assert policy.bwrap is not None
     argv = [policy.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     argv += ["--bind", str(tmp), "/tmp", "--tmpfs", "/home", "--bind", str(home), "/home/user"]
+    argv += ["--tmpfs", "/root"]
     # Bound after /tmp, so a socket dir under /tmp stays reachable at the same path inside.
     argv += ["--bind", str(socket_dir), str(socket_dir)]
     for path in python_bind_paths():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -157,3 +158,10 @@ def test_kill_leaves_no_process_behind(local_service: RunningService) -> None:
     wait_for(lambda: bool(host_pids_with(tag)), what="the daemon to start")
     assert sandbox.kill()
     wait_for(lambda: not host_pids_with(tag), what="the daemon to die with its sandbox")
+
+
+def test_host_user_dirs_are_hidden(sbx: Sandbox) -> None:
+    # Only the service's own Python (bound back read-only) is visible under /root.
+    visible = sbx.commands.run("find /root -maxdepth 1 -mindepth 1").stdout.split()
+    assert all(os.path.realpath(sys.base_prefix).startswith(p) for p in visible)
+    assert sbx.commands.run("ls -A /home").stdout.split() == ["user"]
