@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -214,12 +214,14 @@ class ControlPlane:
             raise ApiError(400, f"unknown state filter {sorted(unknown)}: use running,paused")
         limit = _int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
         start = _decode_token(query.get("nextToken"))
+        after = _parse_time(query.get("startedAfter"))
         entries = [
             e
             for e in self.registry.entries()
             if (not states or e.state in states)
             and all(e.metadata.get(k) == v for k, v in wanted_meta.items())
             and (not query.get("template") or e.template_id == query.get("template"))
+            and (after is None or e.started_at >= after)
         ]
         if query.get("order") == "desc":
             entries.reverse()
@@ -301,6 +303,16 @@ def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int)
     if not low <= value <= high:
         raise ApiError(400, f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _parse_time(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"startedAfter must be an ISO-8601 time, got {raw!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _decode_token(token: str | None) -> int:

@@ -222,3 +222,22 @@ def test_paused_sandbox_without_auto_resume_is_not_running() -> None:
         assert sbx.get_info().state == SandboxState.PAUSED
     finally:
         sbx.kill()
+
+
+def test_list_started_after_and_template_filters() -> None:
+    tag = uuid.uuid4().hex
+    first = BaseSandbox.create(timeout=60, metadata={"tag": tag})
+    try:
+        cutoff = first.get_info().started_at
+        second = BaseSandbox.create(timeout=60, metadata={"tag": tag})
+        try:
+            wait_for(lambda: second.get_info().started_at > cutoff, what="a later start time")
+            query = SandboxQuery(metadata={"tag": tag}, started_after=cutoff + timedelta(0, 0, 1))
+            later = BaseSandbox.list(query=query).next_items()
+            assert [s.sandbox_id for s in later] == [second.sandbox_id]
+            by_template = SandboxQuery(metadata={"tag": tag}, template="no-such-template")
+            assert BaseSandbox.list(query=by_template).next_items() == []
+        finally:
+            second.kill()
+    finally:
+        first.kill()
