@@ -11,7 +11,7 @@ import secrets
 import shutil
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -248,20 +248,36 @@ class Kernel:
 
     async def _read_iopub(self) -> None:
         assert self.client is not None
-        while True:
-            msg = await self.client.iopub_channel.get_msg()
-            queue = self._routes.get(msg.get("parent_header", {}).get("msg_id", ""))
-            if queue is not None:
-                # Waiting here stops reading iopub while the HTTP client is slower than the
-                # kernel, instead of buffering unbounded output in the service.
-                await queue.put(msg)
+        client = self.client
+        async with self._fatal_on_error("iopub"):
+            while True:
+                msg = await client.iopub_channel.get_msg()
+                queue = self._routes.get(msg.get("parent_header", {}).get("msg_id", ""))
+                if queue is not None:
+                    # Waiting here stops reading iopub while the HTTP client is slower than the
+                    # kernel, instead of buffering unbounded output in the service.
+                    await queue.put(msg)
 
     async def _read_replies(self, get_msg: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        while True:
-            msg = await get_msg()
-            future = self._replies.pop(msg.get("parent_header", {}).get("msg_id", ""), None)
-            if future is not None and not future.done():
-                future.set_result(msg)
+        async with self._fatal_on_error("shell/control"):
+            while True:
+                msg = await get_msg()
+                future = self._replies.pop(msg.get("parent_header", {}).get("msg_id", ""), None)
+                if future is not None and not future.done():
+                    future.set_result(msg)
+
+    @contextlib.asynccontextmanager
+    async def _fatal_on_error(self, channel: str) -> AsyncIterator[None]:
+        """A reader that fails (e.g. a malformed message) makes the kernel unusable: kill it, so
+        executions end with ContextRestarting and the context gets a fresh kernel."""
+        try:
+            yield
+        except Exception:
+            log.exception(
+                "kernel %s: reading its %s channel failed; killing it", self.prefix, channel
+            )
+            if self.process is not None:
+                self._kill_process_group(self.process)
 
     def send_execute(self, code: str, *, silent: bool) -> str:
         """Send an execute_request the way E2B's server does; returns its msg_id, tracked."""
