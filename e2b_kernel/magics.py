@@ -215,6 +215,13 @@ class E2BMagics(CommandsMixin, Magics):
             echo "$API_URL"
         """
         args = self.e2b_cell.parser.parse_args(split_line(line))
+        try:
+            return self._cell(args, cell)
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc, args.sandbox) from None
+
+    def _cell(self, args: Any, cell: str) -> Any:
+        """``%%e2b`` after argument parsing."""
         env = {**self.env.get(args.sandbox, {}), **parse_env(args.env)}
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
@@ -259,12 +266,8 @@ class E2BMagics(CommandsMixin, Magics):
                         result = RemoteResult(content.get("data", {}), content.get("metadata", {}))
                     elif not args.quiet:
                         _show(kind, content)
-            except KeyboardInterrupt as exc:
+            except KeyboardInterrupt:
                 span.fail("KeyboardInterrupt")
-                exc._render_traceback_ = lambda: [  # type: ignore[attr-defined]
-                    "\x1b[0;31mKeyboardInterrupt\x1b[0m: the cell in sandbox "
-                    f"{args.sandbox!r} was interrupted; its state is kept"
-                ]
                 raise
             except Exception as exc:
                 span.fail(type(exc).__name__)
@@ -314,7 +317,18 @@ class E2BMagics(CommandsMixin, Magics):
             %e2b env OPENAI_BASE_URL=http://localhost:8000
             %e2b timeout 3600 --sandbox scratch
         """
-        return self.run_command(line)
+        try:
+            return self.run_command(line)
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc, None) from None
+
+
+def _interrupted(exc: KeyboardInterrupt, sandbox: str | None) -> KeyboardInterrupt:
+    """Show a Ctrl-C as one line that says the sandbox state survived."""
+    where = f"the cell in sandbox {sandbox!r} was" if sandbox else "the command was"
+    line = f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {where} interrupted; the sandbox keeps its state"
+    exc._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+    return exc
 
 
 def _shown(exc: Exception) -> Exception:
