@@ -32,9 +32,11 @@ from e2b.envd.process.process_pb import (
     Signal,
     StartResponse,
     StreamInputResponse,
+    UpdateResponse,
 )
 from protobuf import Oneof
 
+from .envd_pty import Terminal
 from .sandbox import SANDBOX_HOME, LocalSandbox
 
 _READ_CHUNK = 64 * 1024
@@ -57,11 +59,15 @@ class Managed:
     subscribers: list[asyncio.Queue] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     end: ProcessEvent.EndEvent | None = None
+    terminal: Terminal | None = None
+    session_pid: int | None = None  # host pid of a PTY process (it leads its own session)
 
     def kill_tree(self, signum: int = signal.SIGKILL) -> None:
         """Signal the process and everything it started (its own process group)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signum)
+        for group in (self.proc.pid, self.session_pid):
+            if group is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signum)
 
 
 def _event(name: str, value: Any) -> ProcessEvent:
@@ -78,26 +84,37 @@ class ProcessService(process_connect.Process):
 
     async def start(self, request: Any, ctx: Any) -> AsyncIterator[Any]:
         """Start a process; stream start, output and end events."""
-        if request.pty is not None:
-            raise ConnectError(Code.UNIMPLEMENTED, "PTY sessions are not supported locally")
         config = request.process
         if config is None or not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process.cmd is required")
         cwd = config.cwd or SANDBOX_HOME
         self._check_cwd(cwd)
         env = {**self.sandbox.base_env(), **dict(config.envs)}
-        with_stdin = request.stdin is not False
+        argv = [config.cmd, *config.args]
+        terminal = None
+        stdin: int = (
+            asyncio.subprocess.PIPE if request.stdin is not False else asyncio.subprocess.DEVNULL
+        )
+        stdout = stderr = asyncio.subprocess.PIPE
+        if request.pty is not None:
+            size = request.pty.size
+            terminal = Terminal(size.cols if size else 80, size.rows if size else 24)
+            stdin = stdout = stderr = terminal.slave
+            argv = ["setsid", "--ctty", *argv]  # the terminal becomes its controlling tty
         try:
             proc = await self.sandbox.spawn(
-                [config.cmd, *config.args],
-                env=env,
-                cwd=cwd,
-                stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
+                argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr
             )
         except OSError as exc:
+            if terminal is not None:
+                terminal.close()
             raise ConnectError(Code.INTERNAL, f"cannot start {config.cmd!r}: {exc}") from None
         pid = self.sandbox.sandbox_pid(proc)
-        managed = Managed(pid, proc, config, request.tag)
+        managed = Managed(pid, proc, config, request.tag, terminal=terminal)
+        if terminal is not None:
+            terminal.close_slave()
+            with contextlib.suppress(ProcessLookupError):
+                managed.session_pid = await self.sandbox.host_pid(proc)
         queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
         managed.subscribers.append(queue)
         self.processes[pid] = managed
@@ -156,10 +173,19 @@ class ProcessService(process_connect.Process):
                 data = ProcessEvent.DataEvent(output=Oneof(name, chunk))  # type: ignore[arg-type]
                 await self._publish(managed, _event("data", data))
 
+        async def read_terminal(terminal: Terminal) -> None:
+            while chunk := await terminal.read():
+                data = ProcessEvent.DataEvent(output=Oneof("pty", chunk))  # type: ignore[arg-type]
+                await self._publish(managed, _event("data", data))
+
         try:
+            if managed.terminal is not None:
+                await read_terminal(managed.terminal)
             await asyncio.gather(read(proc.stdout, "stdout"), read(proc.stderr, "stderr"))
         finally:
             code = await proc.wait()
+            if managed.terminal is not None:
+                managed.terminal.close()
             managed.end = _end_event(code)
             self.processes.pop(managed.pid, None)
             managed.done.set()
@@ -170,6 +196,15 @@ class ProcessService(process_connect.Process):
     async def _publish(self, managed: Managed, event: ProcessEvent) -> None:
         for queue in list(managed.subscribers):
             await queue.put(event)
+
+    async def update(self, request: Any, ctx: Any) -> Any:
+        """Resize a process's PTY."""
+        managed = self._find(request.process)
+        if managed.terminal is None:
+            raise ConnectError(Code.FAILED_PRECONDITION, "the process has no PTY")
+        if request.pty is not None and request.pty.size is not None:
+            managed.terminal.resize(request.pty.size.cols, request.pty.size.rows)
+        return UpdateResponse()
 
     async def list(self, request: Any, ctx: Any) -> Any:
         """Running processes."""
@@ -224,8 +259,11 @@ class ProcessService(process_connect.Process):
     async def _write_input(self, managed: Managed, data: Any) -> None:
         if data is None or data.input is None:
             return
-        if data.input.field != "stdin":
-            raise ConnectError(Code.UNIMPLEMENTED, "PTY input is not supported locally")
+        if data.input.field == "pty":
+            if managed.terminal is None:
+                raise ConnectError(Code.FAILED_PRECONDITION, "the process has no PTY")
+            await managed.terminal.write(data.input.value)
+            return
         stdin = managed.proc.stdin
         if stdin is None or stdin.is_closing():
             raise ConnectError(Code.FAILED_PRECONDITION, "the process's stdin is not open")

@@ -101,7 +101,7 @@ def test_malformed_connect_rpc(client: httpx.Client, live_id: str) -> None:
     reply = client.post("/filesystem.Filesystem/Stat", content=b"{bad", headers=headers)
     assert reply.status_code in (400, 500) and "code" in reply.json()
     reply = client.post("/process.Process/Update", content=b"{}", headers=headers)
-    assert reply.json()["code"] == "unimplemented"
+    assert reply.json()["code"] == "invalid_argument"
     reply = client.post("/filesystem.Filesystem/Stat", json={"path": ""}, headers=headers)
     assert reply.json()["code"] == "invalid_argument"
 

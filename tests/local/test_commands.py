@@ -143,3 +143,36 @@ def test_disconnected_client_does_not_stall_the_process(sbx: Sandbox) -> None:
     wait_for(lambda: sbx.files.exists("/home/user/finished"), timeout=60, what="the writer")
     assert handle.pid in [p.pid for p in sbx.commands.list()]
     assert sbx.commands.kill(handle.pid)
+
+
+def test_pty_session_async(local_service: RunningService) -> None:
+    from e2b import PtySize
+
+    async def run() -> None:
+        sandbox = await AsyncSandbox.create(timeout=120, **sdk_options(local_service))
+        output = bytearray()
+
+        async def seen(text: bytes) -> None:
+            deadline = asyncio.get_running_loop().time() + 30
+            while text not in output:
+                assert asyncio.get_running_loop().time() < deadline, f"no {text!r} in {output!r}"
+                await asyncio.sleep(0.05)
+
+        try:
+            handle = await sandbox.pty.create(
+                PtySize(cols=100, rows=30), on_data=output.extend, timeout=0
+            )
+            await sandbox.pty.send_stdin(handle.pid, b"stty size; echo pty-$((6*7))\n")
+            await seen(b"pty-42")
+            assert b"30 100" in output
+            assert b"root@sandbox:~# " in output  # an interactive shell prompt
+            await sandbox.pty.resize(handle.pid, PtySize(cols=120, rows=40))
+            await sandbox.pty.send_stdin(handle.pid, b"stty size\n")
+            await seen(b"40 120")
+            await sandbox.pty.send_stdin(handle.pid, b"exit\n")
+            result = await handle.wait()
+            assert result.exit_code == 0
+        finally:
+            await sandbox.kill()
+
+    asyncio.run(run())
