@@ -367,3 +367,13 @@ def test_env_command_lists_and_sets(shell: InteractiveShell) -> None:
     lines = captured.stdout.splitlines()
     assert lines[0].startswith("no variables set")
     assert lines[-2:] == ["A=1", "B=two words"]
+
+
+def test_pulled_types_outside_plain_data_need_unsafe_pickle(shell: InteractiveShell) -> None:
+    cell = "%%e2b {}-o where\nimport pathlib\nwhere = pathlib.PurePosixPath('/home/user')"
+    refused = run(shell, cell.format("")).error_in_exec
+    assert "refusing to load pathlib.PurePosixPath" in str(refused)
+    assert "--unsafe-pickle" in str(refused)
+    assert "where" not in shell.user_ns
+    assert run(shell, cell.format("--unsafe-pickle ")).error_in_exec is None
+    assert str(shell.user_ns["where"]) == "/home/user"
