@@ -123,11 +123,12 @@ class E2BMagics(CommandsMixin, Magics):
             raise _shown(exc) from None
 
     def close_all(self) -> None:
-        """Kill every sandbox (keep the ones asked for) and stop the loop; runs at exit."""
+        """Kill every sandbox, except those kept (``%e2b keep``, E2B_KERNEL_KEEP_SANDBOX=1)."""
         sessions, self.sessions = dict(self.sessions), {}
         for name, session in sessions.items():
             try:
-                kept = self.loop.run(session.close(keep=name in self.keep))
+                keep = name in self.keep or session.config.keep_sandbox
+                kept = self.loop.run(session.close(keep=keep))
             except BaseException as exc:  # at exit nothing may stop the other cleanups
                 print(f"[e2b] could not close sandbox {name!r}: {exc}", file=sys.stderr)
                 continue
