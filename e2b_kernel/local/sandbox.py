@@ -209,13 +209,26 @@ class LocalSandbox:
 
     def pause(self) -> None:
         """Freeze every process of the sandbox (E2B pause keeps memory state)."""
-        self.cgroups.freeze(True)
+        if self.cgroups.version is not None:
+            self.cgroups.freeze(True)
+        elif self.isolated:
+            self._signal_all(signal.SIGSTOP)  # no freezer here: stop each process instead
+        else:
+            raise OSError("pausing without isolation needs a writable cgroup freezer")
         self.paused = True
 
     def resume(self) -> None:
         """Thaw a paused sandbox."""
-        self.cgroups.freeze(False)
+        if self.cgroups.version is not None:
+            self.cgroups.freeze(False)
+        else:
+            self._signal_all(signal.SIGCONT)
         self.paused = False
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.live_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
 
     async def kill(self) -> None:
         """Kill the whole process tree, then remove the sandbox's directories; idempotent."""
@@ -263,8 +276,20 @@ class LocalSandbox:
         log.error("sandbox %s: processes survived kill: %s", self.sandbox_id, self.cgroups.pids())
 
     def live_pids(self) -> list[int]:
-        """Host pids of the sandbox's processes, found through its cgroups."""
-        return self.cgroups.pids()
+        """Host pids of the sandbox's processes (its cgroups, else its pid namespace)."""
+        if self.cgroups.version is not None or self._init_pid is None:
+            return self.cgroups.pids()
+        try:
+            namespace = os.readlink(f"/proc/{self._init_pid}/ns/pid")
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != self._init_pid:
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
+                        found.append(int(entry))
+        return found
 
     @property
     def init_pid(self) -> int | None:
