@@ -6,6 +6,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from e2b import NotFoundException, SandboxException
@@ -248,3 +249,27 @@ def test_pil_image_show_comes_back_as_png(sandbox: Sandbox) -> None:
     assert execution.error is None, execution.error
     (result,) = execution.results
     assert base64.b64decode(result.png).startswith(b"\x89PNG")
+
+
+def _run_intervals(sandbox: Sandbox, contexts: list) -> list[tuple[float, float]]:
+    """Run a 2 s cell in each given context at once; the (start, end) times the kernels saw."""
+    code = "import time\nstart = time.time()\ntime.sleep(2)\n(start, time.time())"
+    with ThreadPoolExecutor(len(contexts)) as pool:
+        runs = [pool.submit(sandbox.run_code, code, context=c, timeout=60) for c in contexts]
+        texts = [run.result().text for run in runs]
+    return sorted(tuple(float(x) for x in text.strip("()").split(",")) for text in texts)
+
+
+def test_contexts_run_in_parallel_but_one_context_runs_one_cell_at_a_time(
+    sandbox: Sandbox,
+) -> None:
+    first = sandbox.create_code_context()
+    second = sandbox.create_code_context()
+    try:
+        earlier, later = _run_intervals(sandbox, [first, second])
+        assert later[0] < earlier[1]  # overlapping: different contexts do not wait for each other
+        earlier, later = _run_intervals(sandbox, [first, first])
+        assert later[0] >= earlier[1]  # serialized on the context's lock
+    finally:
+        sandbox.remove_code_context(first)
+        sandbox.remove_code_context(second)
