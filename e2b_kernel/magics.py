@@ -111,8 +111,11 @@ class E2BMagics(CommandsMixin, Magics):
             if template:
                 current.config.template = template
             return current
-        config = SessionConfig(**({"template": template} if template else {}))
-        self.sessions[name] = SandboxSession(config, name=name)
+        try:
+            config = SessionConfig(**({"template": template} if template else {}))
+            self.sessions[name] = SandboxSession(config, name=name)
+        except Exception as exc:  # e.g. a bad E2B_KERNEL_* value: one line naming the fix
+            raise _shown(exc) from None
         return self.sessions[name]
 
     def call(self, coro: Any) -> Any:

@@ -230,3 +230,13 @@ def test_line_arguments_are_not_dollar_expanded(shell: InteractiveShell) -> None
     shell.run_cell("%e2b env TOKEN=$HOME_LOCAL")
     magics = shell._e2b_magics
     assert magics.env["default"] == {"TOKEN": "$HOME_LOCAL"}
+
+
+def test_bad_configuration_is_one_line_naming_the_variable(
+    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("E2B_KERNEL_SANDBOX_TIMEOUT", "forever")
+    result = shell.run_cell("%%e2b\n1")
+    assert type(result.error_in_exec).__name__ == "ConfigurationError"
+    shown = capsys.readouterr().out
+    assert "E2B_KERNEL_SANDBOX_TIMEOUT" in shown and "Traceback" not in shown
