@@ -311,8 +311,15 @@ async def _run_hidden(session: SandboxSession, code: str, option: str) -> str:
         if kind == "stream" and content.get("name") == "stdout":
             stdout.append(content.get("text", ""))
         elif kind == "error":
+            ename = content.get("ename")
+            hint = ""
+            if option == "-i" and ename in ("AttributeError", "ModuleNotFoundError"):
+                hint = (
+                    "; the sandbox must know the value's type: define classes from this "
+                    "notebook in a %%e2b cell first, or install the module in the sandbox"
+                )
             raise TransferError(
-                f"{option}: the sandbox failed to transfer the variables "
-                f"({content.get('ename')}: {content.get('evalue')})"
+                f"{option}: the sandbox failed to load the variables "
+                f"({ename}: {content.get('evalue')}){hint}"
             )
     return "".join(stdout)
