@@ -319,7 +319,7 @@ async def _run_hidden(session: SandboxSession, code: str, option: str) -> str:
                     "notebook in a %%e2b cell first, or install the module in the sandbox"
                 )
             raise TransferError(
-                f"{option}: the sandbox failed to load the variables "
+                f"{option}: the sandbox failed to move the variables "
                 f"({ename}: {content.get('evalue')}){hint}"
             )
     return "".join(stdout)
