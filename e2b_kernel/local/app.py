@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from .control import ControlPlane, error_response
 from .envd_http import MAX_FILE_BYTES, handle_envd_http
 from .registry import Entry, Registry
+from .sandbox import SandboxKilled
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -65,6 +66,10 @@ class ServiceApp:
             if declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge
             await self._route(scope, _limited(receive, limit), tracking_send, headers)
+        except SandboxKilled:
+            # Returning mid-response makes uvicorn drop the connection: the client sees the
+            # stream break off, as with E2B, and asks /health, which now answers 502.
+            log.info("aborted a response of a killed sandbox: %s", scope.get("path"))
         except BodyTooLarge:
             if not started:
                 message = f"request body too large (limit {limit} bytes)"

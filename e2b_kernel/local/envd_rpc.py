@@ -11,6 +11,7 @@ from e2b.envd.process.process_connect import ProcessASGIApplication
 from .envd_fs import FilesystemService
 from .envd_process import CLIENT_GONE, ProcessService
 from .registry import Entry
+from .sandbox import SandboxKilled
 
 _READ_MAX_BYTES = 16 * 1024 * 1024
 
@@ -19,6 +20,7 @@ class EnvdRpc:
     """Dispatches /process.Process/* and /filesystem.Filesystem/* for one sandbox."""
 
     def __init__(self, entry: Entry) -> None:
+        self.sandbox = entry.sandbox
         self.process = ProcessService(entry.sandbox)
         self.filesystem = FilesystemService(entry.sandbox)
         self._process_app = ProcessASGIApplication(self.process, read_max_bytes=_READ_MAX_BYTES)
@@ -35,11 +37,17 @@ class EnvdRpc:
                 gone.set()
             return message
 
+        async def guarded_send(message: dict[str, Any]) -> None:
+            # Like E2B, a killed sandbox's streams break off instead of ending cleanly.
+            if self.sandbox.killed.is_set() and message["type"] == "http.response.body":
+                raise SandboxKilled(f"sandbox {self.sandbox.sandbox_id} was killed")
+            await send(message)
+
         CLIENT_GONE.set(gone)
         if scope["path"].startswith("/process.Process/"):
-            await self._process_app(scope, watched_receive, send)
+            await self._process_app(scope, watched_receive, guarded_send)
         else:
-            await self._fs_app(scope, watched_receive, send)
+            await self._fs_app(scope, watched_receive, guarded_send)
 
 
 def rpc_app_for(entry: Entry) -> EnvdRpc:

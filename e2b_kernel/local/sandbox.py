@@ -34,6 +34,10 @@ _STOP_TIMEOUT = 10.0
 _CD_SCRIPT = r'eval "echo \$\$ >&$2; exec $2>&-"; cd -- "$1" || exit 1; shift 2; exec "$@"'
 
 
+class SandboxKilled(Exception):
+    """Raised into a response stream when its sandbox is killed (aborts the connection)."""
+
+
 class SandboxStartError(RuntimeError):
     """The sandbox's init process could not be started."""
 

@@ -176,3 +176,14 @@ def test_pty_session_async(local_service: RunningService) -> None:
             await sandbox.kill()
 
     asyncio.run(run())
+
+
+def test_kill_during_a_command_breaks_its_stream(local_service: RunningService) -> None:
+    from e2b.exceptions import SandboxNotRunningException
+
+    sandbox = Sandbox.create(timeout=120, **sdk_options(local_service))
+    handle = sandbox.commands.run("echo ready; sleep 600", background=True, timeout=0)
+    wait_for(lambda: handle.pid in [p.pid for p in sandbox.commands.list()], what="the command")
+    assert sandbox.kill()
+    with pytest.raises(SandboxNotRunningException, match="killed"):
+        handle.wait()
