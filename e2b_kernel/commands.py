@@ -150,7 +150,7 @@ class CommandsMixin:
 
         session = self.session(args.sandbox)
         self.call(session.start())  # the local backend's service exists only once started
-        opts = session._connection_opts()
+        opts = _sdk_options(session)
 
         async def fetch() -> list[Any]:
             paginator = AsyncSandbox.list(**opts)
@@ -197,6 +197,17 @@ class CommandsMixin:
             if type(exc).__module__.startswith("e2b"):
                 raise render_short(exc) from None
             raise
+
+
+def _sdk_options(session: SandboxSession) -> dict[str, Any]:
+    """SDK keyword arguments (URLs, key) that reach the session's backend; never printed."""
+    public = getattr(session, "sdk_opts", None)
+    if callable(public):
+        return dict(public())
+    backend = getattr(session, "_backend", None)  # the core keeps these private so far
+    if backend is not None and callable(getattr(backend, "sdk_opts", None)):
+        return dict(backend.sdk_opts())
+    return dict(session._connection_opts())  # type: ignore[attr-defined]
 
 
 def _time_left(end_at: str | None) -> str:
