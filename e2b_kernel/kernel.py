@@ -88,8 +88,10 @@ class E2BKernel(Kernel):
                 session.sandbox_id,
             )
         except E2BKernelError as exc:
+            # Not raised: the first cell retries the start and shows this error once, cleanly.
             self.log.error("sandbox start failed: %s", exc)
-            raise
+        except Exception:
+            self.log.exception("sandbox start failed")
         finally:
             self._backend_ready.set()
 

@@ -18,27 +18,24 @@ from typing import Any
 
 from e2b_code_interpreter import AsyncSandbox
 
-from . import introspection, outputs
+from . import introspection
+from .backend import Backend
 from .config import SessionConfig
 from .errors import (
-    ConfigurationError,
     E2BKernelError,
     ExecutionTimeout,
     SandboxLost,
     SandboxUnavailable,
 )
 from .sdk_errors import is_sandbox_gone, unavailable_message
+from .streaming import DONE, Event, start_run_code
 
 __all__ = ["Event", "SandboxSession"]
 
-Event = tuple[str, dict]
-
-CLOUD_ISOLATION = "E2B cloud microVM"
 NEW_SANDBOX_NOTICE = (
     "[e2b-kernel] The previous sandbox was lost; this cell runs in a NEW sandbox "
     "with fresh Python state and files.\n"
 )
-_DONE: Event = ("__done__", {})
 
 
 class SandboxSession:
@@ -55,18 +52,16 @@ class SandboxSession:
         self.config = config if config is not None else SessionConfig()
         self.name = name
         self.log = log or logging.getLogger("e2b_kernel.session")
-        self.backend: str = self.config.resolved_backend()
-        self.isolation: str = CLOUD_ISOLATION if self.backend == "cloud" else "(starting)"
+        self._backend = Backend(self.config, self.log, service_factory)
         self.sandbox: AsyncSandbox | None = None
-        self._service: Any = None  # the private local service (backend "local")
-        self._service_factory = service_factory  # default: local.start_in_thread
         self._start_lock = asyncio.Lock()
         self._exec_lock = asyncio.Lock()
         self._busy = False
         self._lost: str | None = None  # why the sandbox is gone; the next execute raises
         self._announce_new = False  # say "new sandbox" once on the next execute
         self._keepalive: asyncio.Task | None = None
-        self._last_activity = time.monotonic()
+        self._run_task: asyncio.Task | None = None  # the running run_code, for the keep-alive
+        self._run_lost = False  # the keep-alive found the sandbox gone during the run
         self._closed = False
 
     @property
@@ -75,56 +70,30 @@ class SandboxSession:
         return self.sandbox.sandbox_id if self.sandbox is not None else None
 
     @property
+    def backend(self) -> str:
+        """ "cloud" or "local"."""
+        return self._backend.name
+
+    @property
+    def isolation(self) -> str:
+        """What isolation the backend gives, in words."""
+        return self._backend.isolation
+
+    @property
     def busy(self) -> bool:
         """True while a cell runs."""
         return self._busy
 
     # ---- connection -------------------------------------------------------------------
 
-    def _connection_opts(self) -> dict[str, Any]:
-        """SDK keyword arguments that pick the backend (never logged: they hold the key)."""
-        if self._service is not None:
-            url = self._service.url
-            return {"api_key": self._service.api_key, "api_url": url, "sandbox_url": url}
-        import os
-
-        if not os.environ.get("E2B_API_KEY"):
-            raise ConfigurationError(
-                "E2B_API_KEY is not set, so the cloud backend cannot create a sandbox. Set "
-                "E2B_API_KEY to your E2B API key, or set E2B_KERNEL_BACKEND=local to run "
-                "sandboxes on this machine."
-            )
-        return {"domain": self.config.domain} if self.config.domain else {}
-
-    async def _ensure_service(self) -> None:
-        if self.backend != "local" or self._service is not None:
-            return
-        factory = self._service_factory
-        if factory is None:
-            from .local import start_in_thread  # type: ignore[attr-defined,unused-ignore]
-
-            factory = start_in_thread
-        # Starting blocks until the server listens; keep the loop free meanwhile.
-        try:
-            self._service = await asyncio.to_thread(factory)
-        except Exception as exc:
-            raise SandboxUnavailable(
-                f"The private local E2B service could not start: {exc}"
-            ) from None
-        self.isolation = str(self._service.isolation)
-        self.log.info(
-            "private local E2B service at %s (isolation: %s)", self._service.url, self.isolation
-        )
-
     async def start_backend(self) -> None:
         """Start the private local service if the backend needs one (sets ``isolation``)."""
         async with self._start_lock:
-            await self._ensure_service()
+            await self._backend.ensure_started()
 
     def attach_service(self, service: Any) -> None:
         """Use an already running local service (for example one adopted after a restart)."""
-        self._service = service
-        self.isolation = str(service.isolation)
+        self._backend.attach(service)
 
     async def detach(self) -> dict[str, Any] | None:
         """Stop managing the sandbox without killing it; return how to reconnect to it.
@@ -132,17 +101,13 @@ class SandboxSession:
         Returns None (and closes normally) when the sandbox cannot outlive this process,
         which is the case for a local service running inside it.
         """
-        service = self._service
-        if self.sandbox is None or (
-            service is not None and not getattr(service, "survives_process", False)
-        ):
+        if self.sandbox is None or not self._backend.outlives_process:
             await self.close()
             return None
         state: dict[str, Any] = {"sandbox_id": self.sandbox_id, "backend": self.backend}
-        if service is not None:
-            state["service"] = service.to_state()
-            service.release()
-            self._service = None
+        service_state = self._backend.hand_over()
+        if service_state is not None:
+            state["service"] = service_state
         self._closed = True
         self._drop_sandbox()
         return state
@@ -163,8 +128,8 @@ class SandboxSession:
                 raise SandboxUnavailable("this sandbox session is closed")
             if self.sandbox is not None:
                 return
-            await self._ensure_service()
-            opts = self._connection_opts()
+            await self._backend.ensure_started()
+            opts = self._backend.sdk_opts()
             lifecycle: Any = None
             if self.config.idle == "pause":
                 lifecycle = {"on_timeout": "pause", "auto_resume": True}
@@ -182,7 +147,6 @@ class SandboxSession:
             except Exception as exc:
                 raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
             self._lost = None
-            self._last_activity = time.monotonic()
             self.log.info(
                 "sandbox %s started (backend %s, template %s)",
                 self.sandbox_id,
@@ -194,8 +158,8 @@ class SandboxSession:
     async def connect(self, sandbox_id: str) -> None:
         """Attach to an existing (running or paused) sandbox instead of creating one."""
         async with self._start_lock:
-            await self._ensure_service()
-            opts = self._connection_opts()
+            await self._backend.ensure_started()
+            opts = self._backend.sdk_opts()
             try:
                 sandbox = await AsyncSandbox.connect(
                     sandbox_id, timeout=self.config.sandbox_timeout, **opts
@@ -208,7 +172,6 @@ class SandboxSession:
                 raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
             self.sandbox = sandbox
             self._lost = None
-            self._last_activity = time.monotonic()
             self.log.info("connected to sandbox %s", sandbox_id)
             self._start_keepalive()
 
@@ -235,9 +198,10 @@ class SandboxSession:
             await self.sandbox.connect(timeout=self.config.sandbox_timeout)
         except Exception as exc:
             if is_sandbox_gone(exc):
+                message = self._lost_message("killed or expired")
                 self._drop_sandbox()
                 self._announce_new = True
-                raise SandboxLost(self._lost_message("expired")) from None
+                raise SandboxLost(message) from None
             raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
 
     def _drop_sandbox(self) -> None:
@@ -247,10 +211,11 @@ class SandboxSession:
             self._keepalive = None
 
     def _lost_message(self, how: str) -> str:
+        name = f"sandbox {self.sandbox_id}" if self.sandbox_id else "sandbox"
         return (
-            f"The sandbox {self.sandbox_id or ''} was {how}: its Python state and files are "
-            "gone. Run the cell again to continue in a new sandbox."
-        ).replace("sandbox  was", "sandbox was")
+            f"The {name} was {how}: its Python state and files are gone. "
+            "Run the cell again to continue in a new sandbox."
+        )
 
     # ---- keep-alive ---------------------------------------------------------------------
 
@@ -283,9 +248,6 @@ class SandboxSession:
                     return
                 self.log.warning("could not refresh the sandbox timeout: %s", exc)
 
-    _run_task: asyncio.Task | None = None
-    _run_lost = False
-
     # ---- execution ------------------------------------------------------------------------
 
     async def execute(
@@ -317,37 +279,7 @@ class SandboxSession:
         env_vars: dict[str, str] | None,
         language: str | None,
     ) -> AsyncIterator[Event]:
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-
-        def on_stdout(message: Any) -> None:
-            queue.put_nowait(("stream", {"name": "stdout", "text": message.line}))
-
-        def on_stderr(message: Any) -> None:
-            queue.put_nowait(("stream", {"name": "stderr", "text": message.line}))
-
-        def on_result(result: Any) -> None:
-            queue.put_nowait(outputs.result_to_event(result))
-
-        def on_error(error: Any) -> None:
-            queue.put_nowait(("error", outputs.error_to_content(error)))
-
-        kwargs: dict[str, Any] = {}
-        if language and language != "python":
-            kwargs["language"] = language
-        task = asyncio.create_task(
-            sandbox.run_code(
-                code,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-                on_result=on_result,
-                on_error=on_error,
-                envs=env_vars or None,
-                timeout=0,  # the SDK's own deadline fires at about 2x; we enforce ours below
-                **kwargs,
-            ),
-            name="e2b-run-code",
-        )
-        task.add_done_callback(lambda _task: queue.put_nowait(_DONE))
+        task, queue = start_run_code(sandbox, code, envs=env_vars, language=language)
         self._run_task, self._run_lost = task, False
         limit = timeout if timeout is not None else self.config.cell_timeout
         deadline = None if not limit else time.monotonic() + limit
@@ -363,13 +295,12 @@ class SandboxSession:
                         "was interrupted; the sandbox and its state are kept. Raise "
                         "E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
                     ) from None
-                if event is _DONE:
+                if event is DONE:
                     break
                 yield event
             await self._finish(sandbox, task)
         finally:
             self._busy = False
-            self._last_activity = time.monotonic()
             self._run_task = None
             if not task.done():
                 task.cancel()
@@ -495,15 +426,19 @@ class SandboxSession:
         sandbox, kept = self.sandbox, None
         self._drop_sandbox()
         if sandbox is not None:
-            if keep and self._service is None:
+            if keep and self._backend.service is None:
                 kept = sandbox.sandbox_id
                 self.log.info("keeping sandbox %s (reconnect with %%e2b connect)", kept)
             else:
+                if keep:
+                    self.log.warning(
+                        "not keeping sandbox %s: the private local service stops with this "
+                        "session; use a separately started `e2b-kernel local` to keep sandboxes",
+                        sandbox.sandbox_id,
+                    )
                 try:
                     await asyncio.wait_for(sandbox.kill(), 15)
                 except Exception as exc:
                     self.log.warning("could not kill sandbox %s: %s", sandbox.sandbox_id, exc)
-        if self._service is not None:
-            service, self._service = self._service, None
-            await asyncio.to_thread(service.stop)
+        await self._backend.stop()
         return kept
