@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0  # seconds of kernel silence before a keepalive line (as E2B)
 INTERRUPT_GRACE = 15.0  # how long an interrupted cell may take to reach idle before we move on
+_ABORTED = ("abort", "aborted")
 _prefix_counter = itertools.count(1)
 
 
@@ -150,6 +151,11 @@ class Execution:
         queue = kernel.queue_for(self.msg_id)
         assert queue is not None
         reply = kernel.reply_for(self.msg_id)
+        # An aborted request (ipykernel's stop_on_error) never shows execute_input on iopub, so
+        # its shell reply is what ends the wait.
+        aborted = asyncio.Event()
+        if reply is not None:
+            reply.add_done_callback(lambda future: _flag_abort(future, aborted))
         error_written = False
         input_seen = False
         while True:
@@ -157,13 +163,21 @@ class Execution:
                 self.outcome = "stopped"
                 return
             try:
-                msg = await next_message(queue, self.stop, kernel.died, timeout=KEEPALIVE_INTERVAL)
+                msg = await next_message(
+                    queue, self.stop, kernel.died, aborted, timeout=KEEPALIVE_INTERVAL
+                )
             except asyncio.TimeoutError:
                 yield ndjson.KEEPALIVE
                 continue
             if msg is None:
                 if self.stop.is_set():
                     self.outcome = "stopped"
+                    return
+                if aborted.is_set():
+                    self.outcome = "finished"
+                    kernel.untrack(self.msg_id)
+                    yield ndjson.error_line("ExecutionAborted", "Execution was aborted")
+                    yield ndjson.END_OF_EXECUTION
                     return
                 self.outcome = "died"
                 kernel.untrack(self.msg_id)
@@ -199,8 +213,6 @@ class Execution:
         except (asyncio.TimeoutError, asyncio.CancelledError):
             return None
         content = msg.get("content", {})
-        if content.get("status") == "abort" or content.get("status") == "aborted":
-            return ndjson.error_line("ExecutionAborted", "Execution was aborted")
         if content.get("status") == "error":
             return ndjson.error_line(
                 content.get("ename", ""), content.get("evalue", ""), content.get("traceback", [])
@@ -228,3 +240,8 @@ class Execution:
                 return
         finally:
             kernel.untrack(self.msg_id)
+
+
+def _flag_abort(reply: asyncio.Future[dict[str, Any]], aborted: asyncio.Event) -> None:
+    if not reply.cancelled() and reply.result().get("content", {}).get("status") in _ABORTED:
+        aborted.set()

@@ -1,0 +1,81 @@
+"""Kernel-level cases the HTTP API cannot provoke (the context lock prevents queued requests)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2b_kernel.local.contexts import Context, Execution
+
+
+class HostSandbox:
+    """The part of LocalSandbox that kernels use, running processes directly on this host."""
+
+    def __init__(self, root: Path) -> None:
+        self.socket_dir = root
+        self.python = sys.executable
+        self.envs: dict[str, str] = {}
+        self.killed = asyncio.Event()
+
+    def base_env(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "HOME": str(self.socket_dir), "LANG": "C.UTF-8"}
+
+    async def spawn(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str = "/",
+        stdin: int | None = asyncio.subprocess.DEVNULL,
+        stdout: int | None = asyncio.subprocess.PIPE,
+        stderr: int | None = asyncio.subprocess.PIPE,
+    ) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            cwd=self.socket_dir,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+
+
+@pytest.mark.timeout(120)
+def test_a_request_aborted_by_stop_on_error_ends_with_execution_aborted(tmp_path: Path) -> None:
+    async def scenario() -> list[list[dict]]:
+        context = Context(HostSandbox(tmp_path), "python", str(tmp_path))
+        await context.start()
+        try:
+            stop = asyncio.Event()
+            failing = Execution(context, "import time; time.sleep(1); 1/0", stop)
+            queued = Execution(context, "'never runs'", stop)
+
+            failing_lines = failing.lines()
+            started = await failing_lines.__anext__()  # execute_input: the kernel is running it
+            assert started["type"] == "number_of_executions"
+
+            async def rest_of_failing() -> list[dict]:
+                return [started] + [line async for line in failing_lines]
+
+            async def all_of_queued() -> list[dict]:
+                return [line async for line in queued.lines()]
+
+            return list(await asyncio.gather(rest_of_failing(), all_of_queued()))
+        finally:
+            await context.close()
+
+    failed, aborted = asyncio.run(scenario())
+    assert [line["type"] for line in failed][-2:] == ["error", "end_of_execution"]
+    assert aborted == [
+        {
+            "type": "error",
+            "name": "ExecutionAborted",
+            "value": "Execution was aborted",
+            "traceback": "",
+        },
+        {"type": "end_of_execution"},
+    ]
