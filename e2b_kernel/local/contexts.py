@@ -146,7 +146,13 @@ class Execution:
             yield ndjson.END_OF_EXECUTION
             return
         kernel = self.kernel = self.context.kernel
-        assert kernel is not None
+        if kernel is None:  # the context was deleted while this request waited for its lock
+            self.outcome = "failed"
+            yield ndjson.error_line(
+                "UnexpectedEndOfExecution", f"Context {self.context.id} was removed"
+            )
+            yield ndjson.END_OF_EXECUTION
+            return
         self.msg_id = kernel.send_execute(self.code, silent=False)
         queue = kernel.queue_for(self.msg_id)
         assert queue is not None

@@ -156,3 +156,47 @@ def test_bash_cell_is_interrupted_by_disconnect(local_service: RunningService) -
         assert after.logs.stdout == ["yes\n"]
     finally:
         sbx.kill()
+
+
+@pytest.mark.timeout(120)
+def test_deleting_a_busy_context_ends_its_running_and_queued_cells(plane: Plane) -> None:
+    context = plane.client.post("/contexts", json={}).json()
+    body = {"code": "", "context_id": context["id"], "language": None, "env_vars": None}
+    running, queued = threading.Event(), threading.Event()
+    outcomes: dict[str, list[dict]] = {}
+
+    def run(name: str, code: str, signal: threading.Event, signal_on: str) -> None:
+        lines: list[dict] = []
+        with plane.client.stream("POST", "/execute", json={**body, "code": code}) as response:
+            if signal_on == "headers":  # headers come before the context's lock is taken
+                signal.set()
+            for line in response.iter_lines():
+                lines.append(json.loads(line))
+                if signal_on == "output" and lines[-1].get("text") == "running\n":
+                    signal.set()
+        outcomes[name] = lines
+        signal.set()
+
+    first = threading.Thread(
+        target=run,
+        args=(
+            "first",
+            "import time\nprint('running', flush=True)\ntime.sleep(60)",
+            running,
+            "output",
+        ),
+    )
+    first.start()
+    assert running.wait(60)
+    second = threading.Thread(target=run, args=("second", "'never'", queued, "headers"))
+    second.start()
+    assert queued.wait(60)
+    reply = plane.client.delete(f"/contexts/{context['id']}")
+    assert (reply.status_code, reply.json()) == (200, None)
+    first.join(60)
+    second.join(60)
+    assert [line["name"] for line in outcomes["first"] if line["type"] == "error"] == [
+        "ContextRestarting"
+    ]
+    assert [line["type"] for line in outcomes["second"]] == ["error", "end_of_execution"]
+    assert outcomes["second"][0]["name"] == "UnexpectedEndOfExecution"
