@@ -230,3 +230,23 @@ def test_interrupt_while_idle_is_harmless(
         assert reply["status"] == "ok"
     assert kernel.value("kept") == "3"
     assert kernel.km.is_alive()
+
+
+def test_invalid_key_is_one_clear_error_without_the_key(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    from e2b_kernel.local import start_subprocess
+
+    service = start_subprocess(api_key="the-right-key")
+    try:
+        overrides = {**service.sdk_env(), "E2B_API_KEY": "a-wrong-key"}
+        env = backend_env(E2B_KERNEL_BACKEND="cloud", **overrides)
+        kernel = start_kernel(env)
+        reply, outputs = kernel.run("1 + 1", timeout=120)
+        assert reply["ename"] == "SandboxUnavailable"
+        assert [o.msg_type for o in outputs] == ["error"]
+        assert "E2B_API_KEY" in reply["evalue"]
+        assert "a-wrong-key" not in str(reply) and "the-right-key" not in str(reply)
+        assert len(reply["traceback"]) == 1
+    finally:
+        service.stop()
