@@ -377,3 +377,10 @@ def test_pulled_types_outside_plain_data_need_unsafe_pickle(shell: InteractiveSh
     assert "where" not in shell.user_ns
     assert run(shell, cell.format("--unsafe-pickle ")).error_in_exec is None
     assert str(shell.user_ns["where"]) == "/home/user"
+
+
+def test_pushing_a_notebook_class_instance_explains_the_fix(shell: InteractiveShell) -> None:
+    run(shell, "class Point:\n    def __init__(self):\n        self.x = 1\n\npoint = Point()")
+    err = run(shell, "%%e2b -i point\npoint.x").error_in_exec
+    assert "-i: the sandbox failed to move the variables (AttributeError" in str(err)
+    assert "define classes from this notebook in a %%e2b cell first" in str(err)
