@@ -185,6 +185,7 @@ class LocalSandbox:
                 os.close(pid_read)
             if raw.strip().isdigit():
                 self._sandbox_pids[proc.pid] = int(raw)
+        self._children = {p for p in self._children if p.returncode is None}
         self._children.add(proc)
         return proc
 
@@ -249,34 +250,38 @@ class LocalSandbox:
                     await asyncio.wait_for(result, 5.0)
             except Exception:
                 log.exception("cleanup of sandbox %s failed", self.sandbox_id)
-        self._kill_processes()
-        await self._wait_for_exit()
+        await self._stop_processes()
         self.cgroups.remove()
         shutil.rmtree(self._root, ignore_errors=True)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
-    def _kill_processes(self) -> None:
+    async def _stop_processes(self) -> None:
+        helpers = [p for p in self._children if p.returncode is None]
+        if self._init is not None:
+            helpers.append(self._init)
+
+        async def helpers_exited() -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in helpers)), _STOP_TIMEOUT)
+
         if self._init_pid is not None:
             # pid 1 of the namespace ignores SIGTERM; SIGKILL makes the kernel kill the rest.
+            # The host-side helpers (outer bwrap, nsenter) then reap their children and exit;
+            # killing them first would leave zombies for the host's init to collect.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._init_pid, signal.SIGKILL)
-        for proc in list(self._children):
+            await helpers_exited()
+        for proc in self._children:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
         self.cgroups.kill_all()
-
-    async def _wait_for_exit(self) -> None:
-        waiters = [p.wait() for p in self._children]
-        if self._init is not None:
-            waiters.append(self._init.wait())
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*waiters), _STOP_TIMEOUT)
+        await helpers_exited()
         for _ in range(200):
             if not self.cgroups.pids():
                 return
             self.cgroups.kill_all()
-            await asyncio.sleep(0.025)
+            await asyncio.sleep(0.025)  # the kernel needs a moment to tear processes down
         log.error("sandbox %s: processes survived kill: %s", self.sandbox_id, self.cgroups.pids())
 
     def live_pids(self) -> list[int]:
