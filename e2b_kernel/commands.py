@@ -83,8 +83,9 @@ class CommandsMixin:
 
     def _cmd_status(self, args: Any) -> None:
         session = self.sessions.get(args.sandbox)
-        if session is None:
+        if session is None or session.sandbox_id is None:
             session = self.session(args.sandbox)
+            self.call(session.start_backend())  # so that the isolation is known
             print(f"sandbox {args.sandbox!r}: not started (created by the first %%e2b cell)")
         info = self.call(session.status())
         left = _time_left(info.get("end_at"))
@@ -149,7 +150,8 @@ class CommandsMixin:
         from e2b_code_interpreter import AsyncSandbox
 
         session = self.session(args.sandbox)
-        self.call(session.start())  # the local backend's service exists only once started
+        # The local backend's private service must run; no sandbox is needed just to list.
+        self.call(session.start_backend())
         opts = _sdk_options(session)
 
         async def fetch() -> list[Any]:
