@@ -141,11 +141,13 @@ class _SubprocessService(_Running):
                 elif line.startswith("# isolation: "):
                     found["isolation"] = line[len("# isolation: ") :].strip()
                     return found
+                elif line.startswith("# error: "):
+                    found["error"] = line[len("# error: ") :].strip()
         finally:
             timer.cancel()
         code = self._proc.wait()
         if code == ISOLATION_UNAVAILABLE_EXIT:
-            raise IsolationUnavailable("sandbox isolation is unavailable (see the error above)")
+            raise IsolationUnavailable(found.get("error", "sandbox isolation is unavailable"))
         raise RuntimeError(f"the local E2B service exited with status {code} before listening")
 
     def stop(self) -> None:

@@ -72,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except IsolationUnavailable as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)
+        print(f"# error: {exc}", flush=True)  # read by start_subprocess()
         return ISOLATION_UNAVAILABLE_EXIT
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"e2b-kernel local: warning: listening on {args.host}, not loopback: anyone who can "
+            "reach this address can run code here (the API key is the only check)",
+            file=sys.stderr,
+        )
     return asyncio.run(_serve(core, args.api_key or DEFAULT_API_KEY))
 
 

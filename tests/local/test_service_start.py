@@ -129,3 +129,13 @@ def test_service_removes_its_state_when_stopped() -> None:
     assert (state / sandbox.sandbox_id / "home").is_dir()
     service.stop()
     assert not state.exists()
+
+
+def test_start_subprocess_without_bubblewrap_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from e2b_kernel.local import IsolationUnavailable
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap anywhere on PATH
+    with pytest.raises(IsolationUnavailable, match=r"install it .*--no-isolation"):
+        start_subprocess()
