@@ -384,3 +384,14 @@ def test_pushing_a_notebook_class_instance_explains_the_fix(shell: InteractiveSh
     err = run(shell, "%%e2b -i point\npoint.x").error_in_exec
     assert "-i: the sandbox failed to move the variables (AttributeError" in str(err)
     assert "define classes from this notebook in a %%e2b cell first" in str(err)
+
+
+def test_status_before_the_first_cell_creates_no_sandbox(
+    shell: InteractiveShell, running_sandbox_ids: Any
+) -> None:
+    before = running_sandbox_ids()
+    with capture_output() as captured:
+        assert run(shell, "%e2b status --sandbox unborn").error_in_exec is None
+    assert "not started" in captured.stdout and "backend:" in captured.stdout
+    assert shell._e2b_magics.sessions["unborn"].sandbox_id is None
+    assert running_sandbox_ids() <= before
