@@ -205,3 +205,18 @@ def test_a_lost_sandbox_is_a_clear_error_and_the_next_call_says_it_is_new(
     assert fresh["output"] == "False\n"
     assert fresh["sandbox_id"] != fresh["first"]
     assert any("NEW sandbox" in line for line in fresh["logs"])  # never silent
+
+
+def test_other_languages_and_use_without_the_context_manager(sdk_env: dict[str, str]) -> None:
+    async def scenario() -> dict:
+        ex = SandboxExecutor()
+        try:
+            return await ex.execute(
+                {"code": 'echo "$WHO says hi"', "language": "bash", "env_vars": {"WHO": "bash"}}
+            )
+        finally:
+            await ex.close()
+            await ex.close()  # idempotent
+
+    result = run(scenario())
+    assert result["success"] and result["output"] == "bash says hi\n"
