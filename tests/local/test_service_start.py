@@ -139,3 +139,24 @@ def test_start_subprocess_without_bubblewrap_names_the_fix(
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap anywhere on PATH
     with pytest.raises(IsolationUnavailable, match=r"install it .*--no-isolation"):
         start_subprocess()
+
+
+def test_an_internal_error_is_a_500_and_the_service_keeps_serving() -> None:
+    from e2b.exceptions import SandboxException
+
+    service = start_in_thread()
+    try:
+        control = service._core.app.control  # type: ignore[attr-defined]
+
+        async def broken(request: object, sandbox_id: str) -> None:
+            raise RuntimeError("a bug")
+
+        working = control.get_info
+        control._routes = [(m, p, broken if h == working else h) for m, p, h in control._routes]
+        sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
+        with pytest.raises(SandboxException, match="500: internal error"):
+            sandbox.get_info()
+        assert sandbox.commands.run("echo alive").stdout == "alive\n"
+        sandbox.kill()
+    finally:
+        service.stop()
