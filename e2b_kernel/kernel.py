@@ -173,6 +173,11 @@ class E2BKernel(Kernel):
             except E2BKernelError as exc:
                 span.fail(type(exc).__name__)
                 return self._fail(exc, silent)
+            except Exception as exc:
+                # A bug of ours must still end the cell with a reply, without internals.
+                self.log.exception("internal error while running a cell")
+                span.fail(type(exc).__name__)
+                return self._fail(exc, silent)
             span.sandbox_id = self.sandbox_session.sandbox_id
             if error is not None:
                 span.fail(str(error.get("ename", "Error")))
