@@ -26,7 +26,8 @@ from .telemetry import execution_span
 
 __all__ = ["E2BKernel", "main"]
 
-_SHUTDOWN_WAIT = 30.0
+# jupyter_client SIGKILLs a kernel 5 s after shutdown_request (shutdown_wait_time): finish first.
+_SHUTDOWN_WAIT = 4.0
 
 
 class E2BKernel(Kernel):
