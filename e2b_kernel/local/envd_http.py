@@ -69,7 +69,8 @@ def _download(request: Request, sandbox: LocalSandbox) -> Response:
     path = sandbox_path(request.query_params.get("path"))
     resolved = _resolve(sandbox, path)
     try:
-        fd = safe_open(resolved, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO made by sandbox code must not block the whole service.
+        fd = safe_open(resolved, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise EnvdError(404, f"path '{path}' does not exist") from None
     except IsADirectoryError:
@@ -77,16 +78,20 @@ def _download(request: Request, sandbox: LocalSandbox) -> Response:
     except OSError as exc:
         raise _os_error(path, exc) from None
     info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise EnvdError(400, f"path '{path}' is a directory")
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise EnvdError(400, f"path '{path}' is {kind}")
+    os.set_blocking(fd, True)
 
     async def chunks() -> AsyncIterator[bytes]:
+        remaining = info.st_size  # exactly Content-Length, even if the file grows meanwhile
         with os.fdopen(fd, "rb") as handle:
-            while block := handle.read(_CHUNK):
+            while remaining > 0 and (block := handle.read(min(_CHUNK, remaining))):
+                remaining -= len(block)
                 yield block
 
-    headers = {"Content-Length": str(info.st_size)} if stat.S_ISREG(info.st_mode) else {}
+    headers = {"Content-Length": str(info.st_size)}
     return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
 
 
@@ -143,11 +148,17 @@ def _open_for_write(sandbox: LocalSandbox, path: str) -> int:
     resolved = _resolve(sandbox, path)
     try:
         resolved.require_writable()
-        return safe_open(resolved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, parents=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
+        fd = safe_open(resolved, flags, parents=True)
     except IsADirectoryError:
         raise EnvdError(400, f"path '{path}' is a directory") from None
     except OSError as exc:
         raise _os_error(path, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise EnvdError(400, f"path '{path}' is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _os_error(path: str, exc: OSError) -> EnvdError:
@@ -159,6 +170,8 @@ def _os_error(path: str, exc: OSError) -> EnvdError:
         return EnvdError(400, f"a parent of '{path}' is not a directory")
     if exc.errno == errno.ENOSPC:
         return EnvdError(507, "not enough disk space")
+    if exc.errno == errno.ENXIO:
+        return EnvdError(400, f"path '{path}' is not a regular file")
     if exc.errno == errno.EISDIR:
         return EnvdError(400, f"path '{path}' is a directory")
     return EnvdError(500, f"cannot access '{path}': {exc.strerror}")

@@ -175,3 +175,14 @@ def test_watch_dir_async_stream(local_service: RunningService) -> None:
             await sandbox.kill()
 
     asyncio.run(run())
+
+
+def test_fifos_and_devices_are_refused_without_blocking(sbx: Sandbox) -> None:
+    sbx.commands.run("mkfifo /home/user/pipe")
+    with pytest.raises(InvalidArgumentException, match="not a regular file"):
+        sbx.files.read("/home/user/pipe")
+    with pytest.raises(InvalidArgumentException, match="not a regular file"):
+        sbx.files.write("/home/user/pipe", "x")
+    with pytest.raises(InvalidArgumentException, match="not a regular file"):
+        sbx.files.read("/dev/zero")
+    assert sbx.files.read("/etc/hostname")  # regular read-only host files still work
