@@ -250,3 +250,20 @@ def test_invalid_key_is_one_clear_error_without_the_key(
         assert len(reply["traceback"]) == 1
     finally:
         service.stop()
+
+
+def test_keep_sandbox_keeps_it_at_shutdown(
+    start_kernel: StartKernel, local_service: RunningService
+) -> None:
+    tag = sandboxes.new_tag()
+    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
+    kernel = start_kernel(
+        backends_env(env, E2B_KERNEL_KEEP_SANDBOX="1", E2B_KERNEL_METADATA=f"test={tag}")
+    )
+    kernel.run("1")
+    (sandbox_id,) = sandboxes.running_ids(local_service, tag)
+    kernel.shutdown()
+    try:
+        assert sandboxes.running_ids(local_service, tag) == [sandbox_id]
+    finally:
+        sandboxes.kill(local_service, sandbox_id)
