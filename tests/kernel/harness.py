@@ -140,7 +140,8 @@ class Kernel:
         assert not alive, "the kernel did not exit after shutdown_request"
 
     def close(self) -> None:
+        """Stop the kernel politely if it still runs (so its sandbox goes at once), then clean."""
         self.kc.stop_channels()
         if self.km.has_kernel:
-            self.km.shutdown_kernel(now=True)
+            self.km.shutdown_kernel(now=not self.km.is_alive())
         self.km.cleanup_resources()
