@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import ndjson
@@ -134,7 +134,7 @@ class Execution:
         self.kernel: Kernel | None = None
         self.msg_id = ""
 
-    async def lines(self) -> AsyncIterator[dict[str, Any]]:
+    async def lines(self) -> AsyncGenerator[dict[str, Any], None]:
         try:
             await self.context.ensure_alive()  # the kernel may have died since the last cell
         except Exception as exc:

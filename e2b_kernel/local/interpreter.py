@@ -238,10 +238,20 @@ class CodeInterpreter:
         try:
             cell = prepend_env(code, context.env_code(env_vars))
             execution = Execution(context, cell, stop)
-            async for line in execution.lines():
-                await send(
-                    {"type": "http.response.body", "body": ndjson.encode(line), "more_body": True}
-                )
+            lines = execution.lines()
+            try:
+                async for line in lines:
+                    body = ndjson.encode(line)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            except Exception:
+                # A server that raises on a vanished client (uvicorn returns silently): treat it
+                # as the disconnect it is, so the cell is still interrupted.
+                await lines.aclose()
+                if execution.kernel is not None:
+                    execution.kernel.interrupt()
+                    release_now = False
+                    self._in_background(_finish_interrupt(execution, context.lock))
+                raise
             if execution.outcome == "stopped":
                 if disconnected.is_set() and not self.sandbox.killed.is_set():
                     assert execution.kernel is not None
