@@ -67,6 +67,7 @@ class Registry:
         self.policy = policy
         self.state_dir = state_dir
         self._entries: dict[str, Entry] = {}
+        self._dying: set[LocalSandbox] = set()  # being killed; close() waits for them too
 
     async def create(
         self,
@@ -150,12 +151,17 @@ class Registry:
         task = entry.expiry_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        await entry.sandbox.kill()
+        self._dying.add(entry.sandbox)
+        try:
+            await entry.sandbox.kill()
+        finally:
+            self._dying.discard(entry.sandbox)
         return True
 
     async def close(self) -> None:
-        """Kill every sandbox (service shutdown)."""
-        await asyncio.gather(*(self.kill(sid) for sid in list(self._entries)))
+        """Kill every sandbox, and wait for kills already under way (service shutdown)."""
+        dying = [sandbox.kill() for sandbox in list(self._dying)]
+        await asyncio.gather(*(self.kill(sid) for sid in list(self._entries)), *dying)
 
     async def _expire_when_due(self, entry: Entry) -> None:
         """Kill (or pause, with autoPause) the sandbox when its end time passes."""

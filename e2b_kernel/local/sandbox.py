@@ -74,6 +74,7 @@ class LocalSandbox:
         self._kill_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._children: set[asyncio.subprocess.Process] = set()
         self._sandbox_pids: dict[int, int] = {}
+        self._teardown: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Create the directories and cgroups and start the sandbox's init process."""
@@ -236,10 +237,16 @@ class LocalSandbox:
                 os.kill(pid, signum)
 
     async def kill(self) -> None:
-        """Kill the whole process tree, then remove the sandbox's directories; idempotent."""
-        if self.killed.is_set():
-            return
-        self.killed.set()
+        """Kill the whole process tree, then remove the sandbox's directories; idempotent.
+
+        Every caller waits for the one teardown; cancelling a caller does not interrupt it.
+        """
+        if self._teardown is None:
+            self.killed.set()
+            self._teardown = asyncio.ensure_future(self._kill())
+        await asyncio.shield(self._teardown)
+
+    async def _kill(self) -> None:
         if self.paused:
             with contextlib.suppress(OSError):
                 self.resume()
@@ -261,8 +268,11 @@ class LocalSandbox:
             helpers.append(self._init)
 
         async def helpers_exited() -> None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in helpers)), _STOP_TIMEOUT)
+            waits = [asyncio.ensure_future(p.wait()) for p in helpers]
+            if waits:
+                await asyncio.wait(waits, timeout=_STOP_TIMEOUT)
+            for wait in waits:
+                wait.cancel()
 
         if self._init_pid is not None:
             # pid 1 of the namespace ignores SIGTERM; SIGKILL makes the kernel kill the rest.

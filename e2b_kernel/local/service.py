@@ -33,10 +33,12 @@ class _Server(uvicorn.Server):
     """uvicorn's server, killing every sandbox as soon as a stop signal arrives."""
 
     registry: Registry
+    closing: asyncio.Task | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Open command/execute streams would otherwise hold the graceful shutdown open.
-        asyncio.get_event_loop().create_task(self.registry.close())
+        if self.closing is None:
+            self.closing = asyncio.get_event_loop().create_task(self.registry.close())
         super().handle_exit(sig, frame)
         # uvicorn re-raises captured signals after serving, which would kill us before the
         # state directory is removed; we exit normally (status 0) instead.
@@ -96,6 +98,8 @@ class ServiceCore:
         try:
             await self.server.serve()
         finally:
+            if self.server.closing is not None:
+                await self.server.closing
             await self.registry.close()
             shutil.rmtree(self.state_dir, ignore_errors=True)
 

@@ -160,3 +160,39 @@ def test_an_internal_error_is_a_500_and_the_service_keeps_serving() -> None:
         sandbox.kill()
     finally:
         service.stop()
+
+
+_ORPHANING_PARENT = """
+import sys
+from e2b import Sandbox
+from e2b_kernel.local import start_subprocess
+service = start_subprocess()
+env = service.sdk_env()
+sandbox = Sandbox.create(
+    api_key=env["E2B_API_KEY"], api_url=env["E2B_API_URL"], sandbox_url=env["E2B_SANDBOX_URL"]
+)
+sandbox.commands.run("exec -a " + sys.argv[1] + " sleep 600", background=True, timeout=0)
+print("ready", flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def test_service_and_sandboxes_die_when_the_parent_is_killed() -> None:
+    tag = marker()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHANING_PARENT, tag],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline() == "ready\n"
+        wait_for(lambda: bool(host_pids_with(tag)), what="the sandbox process")
+        parent.kill()  # SIGKILL: no cleanup code runs in the parent
+        parent.wait()
+        wait_for(lambda: not host_pids_with(tag), what="the orphaned sandbox to die")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
