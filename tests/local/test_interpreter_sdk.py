@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from e2b import NotFoundException, SandboxException
 from e2b_code_interpreter import AsyncSandbox, OutputMessage, Sandbox
+from e2b_code_interpreter.charts import BarChart, LineChart, PieChart, SuperChart
 from interpreter_helpers import sdk_options
 
 from e2b_kernel.local import RunningService
@@ -138,6 +139,39 @@ def test_matplotlib_show_gives_a_png_display_result(sandbox: Sandbox) -> None:
     assert result.is_main_result is False
     assert base64.b64decode(result.png).startswith(b"\x89PNG")
     assert result.text.startswith("<Figure size")
+    assert list(result.formats()) == ["text", "png", "chart"]
+    assert result.extra == {}
+
+
+def test_matplotlib_charts_carry_their_data(sandbox: Sandbox) -> None:
+    code = """
+import matplotlib.pyplot as plt
+plt.plot([1, 2, 3], [4, 5, 6], label="rising")
+plt.title("Line"); plt.xlabel("x"); plt.ylabel("y")
+plt.show()
+plt.bar(["a", "b"], [3, 4], label="group")
+plt.show()
+plt.pie([1, 3], labels=["small", "big"])
+plt.show()
+fig, (left, right) = plt.subplots(1, 2)
+left.plot([1, 2]); right.scatter([1, 2], [3, 4]); fig.suptitle("Both")
+plt.show()
+"""
+    execution = sandbox.run_code(code, timeout=120)
+    assert execution.error is None, execution.error
+    line, bar, pie, both = (result.chart for result in execution.results)
+    assert isinstance(line, LineChart)
+    assert (line.title, line.x_label, line.y_label, line.x_scale) == ("Line", "x", "y", "linear")
+    assert [(e.label, e.points) for e in line.elements] == [("rising", [(1, 4), (2, 5), (3, 6)])]
+    assert isinstance(bar, BarChart)
+    assert [(e.label, e.group, e.value) for e in bar.elements] == [
+        ("a", "group", 3),
+        ("b", "group", 4),
+    ]
+    assert isinstance(pie, PieChart)
+    assert [(e.label, e.angle) for e in pie.elements] == [("small", 90.0), ("big", 270.0)]
+    assert isinstance(both, SuperChart) and both.title == "Both"
+    assert [chart.type.value for chart in both.elements] == ["line", "scatter"]
 
 
 def test_dataframe_gives_html_text_and_data(sandbox: Sandbox) -> None:
