@@ -121,6 +121,29 @@ def test_kill_during_execution_raises_the_sdk_killed_error(
     assert_still_serving(bystander)
 
 
+@pytest.mark.timeout(180)
+def test_kill_during_async_execution_raises_the_sdk_killed_error(
+    local_service: RunningService,
+) -> None:
+    async def scenario() -> None:
+        sbx = await AsyncSandbox.create(**sdk_options(local_service))
+        kills: list[asyncio.Task[bool]] = []
+
+        async def on_stdout(message: OutputMessage) -> None:
+            if "started" in message.line:
+                killing = AsyncSandbox.kill(sbx.sandbox_id, **sdk_options(local_service))
+                kills.append(asyncio.ensure_future(killing))
+
+        with pytest.raises(TimeoutException, match="killed while the request was in progress"):
+            await sbx.run_code(
+                "import time\nprint('started')\ntime.sleep(120)", on_stdout=on_stdout
+            )
+        assert await kills[0] is True
+        assert not await sbx.is_running()
+
+    asyncio.run(scenario())
+
+
 def test_kernel_that_exits_is_restarted(victim: Sandbox, bystander: Sandbox) -> None:
     victim.run_code("lost = 1")
     died = victim.run_code("import os; os._exit(1)", timeout=60)
