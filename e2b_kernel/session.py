@@ -27,6 +27,7 @@ from .errors import (
     SandboxLost,
     SandboxUnavailable,
 )
+from .keepalive import KeepAlive
 from .sdk_errors import is_sandbox_gone, unavailable_message
 from .streaming import DONE, Event, start_run_code
 
@@ -59,7 +60,7 @@ class SandboxSession:
         self._busy = False
         self._lost: str | None = None  # why the sandbox is gone; the next execute raises
         self._announce_new = False  # say "new sandbox" once on the next execute
-        self._keepalive: asyncio.Task | None = None
+        self._keepalive: KeepAlive | None = None
         self._run_task: asyncio.Task | None = None  # the running run_code, for the keep-alive
         self._run_lost = False  # the keep-alive found the sandbox gone during the run
         self._closed = False
@@ -207,7 +208,7 @@ class SandboxSession:
     def _drop_sandbox(self) -> None:
         self.sandbox = None
         if self._keepalive is not None:
-            self._keepalive.cancel()
+            self._keepalive.stop()
             self._keepalive = None
 
     def _lost_message(self, how: str) -> str:
@@ -220,33 +221,19 @@ class SandboxSession:
     # ---- keep-alive ---------------------------------------------------------------------
 
     def _start_keepalive(self) -> None:
-        if self._keepalive is None or self._keepalive.done():
-            self._keepalive = asyncio.create_task(self._keepalive_loop(), name="e2b-keepalive")
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        self._keepalive = KeepAlive(
+            self.sandbox, self.config, busy=lambda: self._busy, on_gone=self._gone, log=self.log
+        )
 
-    async def _keepalive_loop(self) -> None:
-        """Refresh the sandbox timeout while busy (and while idle in keepalive mode)."""
-        interval = self.config.keepalive_interval
-        while self.sandbox is not None:
-            await asyncio.sleep(interval)
-            sandbox = self.sandbox
-            if sandbox is None:
-                return
-            if self.config.idle == "pause" and not self._busy:
-                continue
-            try:
-                await sandbox.set_timeout(self.config.sandbox_timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_sandbox_gone(exc):
-                    self.log.warning("sandbox %s is gone: %s", sandbox.sandbox_id, exc)
-                    if self._run_task is not None and not self._run_task.done():
-                        self._run_lost = True
-                        self._run_task.cancel()
-                    elif self.sandbox is sandbox:
-                        self._lost = self._lost_message("killed or expired")
-                    return
-                self.log.warning("could not refresh the sandbox timeout: %s", exc)
+    def _gone(self, sandbox: AsyncSandbox) -> None:
+        """The keep-alive found the sandbox gone: fail the running cell, or the next one."""
+        if self._run_task is not None and not self._run_task.done():
+            self._run_lost = True
+            self._run_task.cancel()
+        elif self.sandbox is sandbox:
+            self._lost = self._lost_message("killed or expired")
 
     # ---- execution ------------------------------------------------------------------------
 
