@@ -200,3 +200,15 @@ def test_deleting_a_busy_context_ends_its_running_and_queued_cells(plane: Plane)
     ]
     assert [line["type"] for line in outcomes["second"]] == ["error", "end_of_execution"]
     assert outcomes["second"][0]["name"] == "UnexpectedEndOfExecution"
+
+
+def test_language_names_are_normalized_to_the_default_contexts(plane: Plane) -> None:
+    plane.execute("marker = 'default python'")
+    _, lines = plane.execute("marker", language=" Python ")
+    assert [line.get("text") for line in lines if line["type"] == "result"] == ["default python"]
+    _, lines = plane.execute("echo $SHELL_VAR", language="BASH", env_vars={"SHELL_VAR": "set"})
+    assert [line["text"] for line in lines if line["type"] == "stdout"] == ["set\n"]
+    _, lines = plane.execute("echo ${SHELL_VAR:-restored}", language="bash")
+    assert [line["text"] for line in lines if line["type"] == "stdout"] == ["restored\n"]
+    bash = [c for c in plane.client.get("/contexts").json() if c["language"] == "bash"]
+    assert len(bash) == 1  # created lazily once, then remembered
