@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
+from .sandbox import SandboxStartError
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -129,15 +131,20 @@ class ControlPlane:
         envs = _string_map(body, "envVars")
         internet = body.get("allow_internet_access", body.get("allowInternetAccess", False))
         auto_resume = body.get("autoResume") or {}
-        entry = await self.registry.create(
-            template_id=template,
-            timeout=timeout,
-            metadata=metadata,
-            envs=envs,
-            allow_internet=bool(internet),
-            auto_pause=bool(body.get("autoPause", False)),
-            auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
-        )
+        try:
+            entry = await self.registry.create(
+                template_id=template,
+                timeout=timeout,
+                metadata=metadata,
+                envs=envs,
+                allow_internet=bool(internet),
+                auto_pause=bool(body.get("autoPause", False)),
+                auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
+            )
+        except (OSError, SandboxStartError, asyncio.TimeoutError) as exc:
+            log.exception("could not start a sandbox")
+            reason = str(exc) or type(exc).__name__
+            raise ApiError(500, f"could not start the sandbox: {reason}") from None
         if CodeInterpreter is not None:
             try:
                 entry.interpreter = CodeInterpreter(entry.sandbox)

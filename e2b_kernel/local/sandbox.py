@@ -78,20 +78,20 @@ class LocalSandbox:
 
     async def start(self) -> None:
         """Create the directories and cgroups and start the sandbox's init process."""
-        self.home_dir.mkdir(parents=True)
-        self.tmp_dir.mkdir()
-        # Lets a later service remove the socket dir if this one dies without cleaning up.
-        (self._root / "socket_dir").write_text(str(self.socket_dir))
-        self.tmp_dir.chmod(0o1777)
-        self.socket_dir.chmod(0o700)
-        if self.cgroups.version is not None:
-            self.cgroups.create()
-        if self.isolated:
-            try:
+        try:
+            self.home_dir.mkdir(parents=True)
+            self.tmp_dir.mkdir()
+            # Lets a later service remove the socket dir if this one dies without cleaning up.
+            (self._root / "socket_dir").write_text(str(self.socket_dir))
+            self.tmp_dir.chmod(0o1777)
+            self.socket_dir.chmod(0o700)
+            if self.cgroups.version is not None:
+                self.cgroups.create()
+            if self.isolated:
                 await asyncio.wait_for(self._start_init(), _START_TIMEOUT)
-            except Exception:
-                await self.kill()
-                raise
+        except BaseException:
+            await self.kill()  # leave no directories, cgroups or processes behind
+            raise
 
     async def _start_init(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -229,6 +229,10 @@ class LocalSandbox:
             self.cgroups.freeze(False)
         else:
             self._signal_all(signal.SIGCONT)
+            # nsenter mirrors its child's stop onto itself; it lives outside the namespace.
+            for proc in self._children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)
         self.paused = False
 
     def _signal_all(self, signum: int) -> None:

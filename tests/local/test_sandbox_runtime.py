@@ -90,7 +90,25 @@ def test_pause_without_cgroups_stops_every_process(tmp_path: Path) -> None:
             await _until(lambda: _state(host) == "T", "the process to stop")
             sandbox.resume()
             await _until(lambda: _state(host) == "S", "the process to continue")
+            # The host-side nsenter helper mirrors the stop; it must run again too.
+            await _until(lambda: _state(proc.pid) == "S", "the nsenter helper to continue")
         finally:
             await sandbox.kill()
+
+    asyncio.run(run())
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    # A bwrap that cannot run: the init never reports ready.
+    policy = Isolation("namespaces", "/bin/false", None)
+
+    async def run() -> None:
+        sandbox = LocalSandbox("runtimetest3", policy=policy, state_dir=tmp_path)
+        with pytest.raises(Exception, match="did not start"):
+            await sandbox.start()
+        assert sandbox.killed.is_set()
+        assert not sandbox.home_dir.exists() and not sandbox.socket_dir.exists()
 
     asyncio.run(run())
