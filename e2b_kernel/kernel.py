@@ -20,6 +20,7 @@ from traitlets import Instance
 from . import __version__, restart_state
 from .config import SessionConfig
 from .errors import E2BKernelError, ExecutionInterrupted, error_content
+from .history import CellHistory
 from .service_host import HostedService
 from .session import SandboxSession
 from .telemetry import execution_span
@@ -60,6 +61,8 @@ class E2BKernel(Kernel):
         self._start_task: asyncio.Task | None = None
         self._cell_task: asyncio.Task | None = None
         self._backend_ready = asyncio.Event()
+        self.history = CellHistory()
+        self._result_text: str | None = None
 
     # ---- start-up ---------------------------------------------------------------------------
 
@@ -150,9 +153,12 @@ class E2BKernel(Kernel):
         if not code.strip():
             return self._ok()
         self._shell_loop = asyncio.get_running_loop()
+        self._result_text = None
         self._cell_task = asyncio.ensure_future(self._run_cell(code, silent))
         await asyncio.wait([self._cell_task])
         task, self._cell_task = self._cell_task, None
+        if not silent and store_history:
+            self.history.add(self.execution_count, code, self._result_text)
         if task.cancelled():
             return self._fail(
                 ExecutionInterrupted("the cell was interrupted; state is kept"), silent
@@ -188,6 +194,7 @@ class E2BKernel(Kernel):
     def _publish(self, kind: str, content: dict) -> None:
         if kind == "execute_result":
             content = {**content, "execution_count": self.execution_count}
+            self._result_text = content["data"].get("text/plain")
         elif kind == "display_data":
             content = {**content, "transient": {}}
         self.send_response(self.iopub_socket, kind, content)
@@ -252,6 +259,13 @@ class E2BKernel(Kernel):
         """Inspect from the sandbox's live namespace (empty while a cell runs)."""
         cursor_pos = len(code) if cursor_pos is None else cursor_pos
         return await self.sandbox_session.inspect(code, cursor_pos, detail_level)
+
+    async def do_history(  # type: ignore[override]
+        self, hist_access_type: str, output: bool, raw: bool, **query: Any
+    ) -> dict:
+        """History of this kernel process's cells, answered locally."""
+        entries = self.history.query(hist_access_type, output=output, **query)
+        return {"status": "ok", "history": entries}
 
     async def do_is_complete(self, code: str) -> dict:
         """Answered locally, the way IPython does it."""

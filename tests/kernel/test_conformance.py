@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import unittest
-from typing import Any
 
 import jupyter_kernel_test
 import pytest
@@ -46,6 +45,8 @@ class E2BPythonKernelTests(jupyter_kernel_test.KernelTests):
     incomplete_code_samples = ["print('''hello", "def f(x):\n  x += 1", "for i in x:"]
     invalid_code_samples = ["import = 7q", "x = )"]
     code_inspect_sample = "zip"
+    code_history_pattern = "6?7"
+    supported_history_operations = ("tail", "range", "search")
 
     saved_env: dict[str, str | None] = {}
 
@@ -71,6 +72,3 @@ class E2BPythonKernelTests(jupyter_kernel_test.KernelTests):
 
     def test_clear_output(self) -> None:
         raise unittest.SkipTest("E2B's /execute protocol drops clear_output messages")
-
-    def test_history(self, *args: Any) -> None:
-        raise unittest.SkipTest("history is not kept: E2B's protocol has no history endpoint")
