@@ -159,7 +159,9 @@ class LocalSandbox:
             full += ["e2bk-cd", cwd, str(pid_write), *argv]
             host_cwd = "/"
         else:
-            full = list(argv)
+            # Without namespaces nothing else ties the process to the service's life.
+            setpriv = shutil.which("setpriv")
+            full = [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
             host_cwd = str(self.paths.to_host(cwd, follow=True).host)
         try:
             proc = await asyncio.create_subprocess_exec(
