@@ -145,6 +145,22 @@ class SessionConfig(Configurable):
         except TraitError as exc:
             raise ConfigurationError(_explain(exc)) from None
 
+    @classmethod
+    def builtin_defaults(cls, **kwargs: Any) -> SessionConfig:
+        """A config that reads no environment variable (used when the environment is bad)."""
+        values: dict[str, Any] = {
+            "backend": "local",
+            "template": "code-interpreter-v1",
+            "sandbox_timeout": 300,
+            "cell_timeout": None,
+            "idle": "keepalive",
+            "forward_env": [],
+            "metadata": {},
+            "domain": None,
+            "keep_sandbox": False,
+        }
+        return cls(**{**values, **kwargs})
+
     def check(self) -> None:
         """Read and validate every value now, so errors surface at creation."""
         for name in self.trait_names(config=True):

@@ -17,9 +17,9 @@ import zmq
 from ipykernel.kernelbase import Kernel
 from traitlets import Instance
 
-from . import __version__, restart_state
+from . import __version__, introspection, restart_state
 from .config import SessionConfig
-from .errors import E2BKernelError, ExecutionInterrupted, error_content
+from .errors import ConfigurationError, E2BKernelError, ExecutionInterrupted, error_content
 from .history import CellHistory
 from .service_host import HostedService
 from .session import SandboxSession
@@ -51,7 +51,15 @@ class E2BKernel(Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.session_config = SessionConfig(parent=self)
+        self._config_error: ConfigurationError | None = None
+        try:
+            self.session_config = SessionConfig(parent=self)
+        except ConfigurationError as exc:
+            # Do not die at start-up (front ends would only say "kernel died"): every cell
+            # shows this error instead, naming the variable to fix.
+            self.log.error("%s", exc)
+            self._config_error = exc
+            self.session_config = SessionConfig.builtin_defaults()
         # The private local service runs in a helper process so that a restart (a new kernel
         # process) keeps the sandbox; see service_host.py.
         self.sandbox_session = SandboxSession(
@@ -78,6 +86,9 @@ class E2BKernel(Kernel):
     async def _start_sandbox(self) -> None:
         """Create (or, after a restart, reconnect to) the sandbox; errors wait for a cell."""
         session = self.sandbox_session
+        if self._config_error is not None:
+            self._backend_ready.set()
+            return
         try:
             previous = restart_state.take(self._connection_file())
             if previous:
@@ -122,6 +133,10 @@ class E2BKernel(Kernel):
     def banner(self) -> str:  # type: ignore[override]
         """Shown by front ends at start; never in cell outputs."""
         session = self.sandbox_session
+        if self._config_error is not None:
+            return (
+                f"E2B Python (e2b-kernel {__version__}): configuration error: {self._config_error}"
+            )
         return (
             f"E2B Python (e2b-kernel {__version__}): every cell runs in one E2B sandbox.\n"
             f"Backend: {session.backend}. Isolation: {session.isolation}.\n"
@@ -169,6 +184,8 @@ class E2BKernel(Kernel):
         error: dict | None = None
         with execution_span("kernel", self.sandbox_session.sandbox_id) as span:
             try:
+                if self._config_error is not None:
+                    raise self._config_error
                 if self._start_task is not None and not self._start_task.done():
                     await asyncio.wait([self._start_task])
                 self._start_task = None
@@ -251,6 +268,8 @@ class E2BKernel(Kernel):
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict:
         """Complete from the sandbox's live namespace (empty while a cell runs)."""
         cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        if self._config_error is not None:
+            return introspection.empty_complete_reply(cursor_pos)
         return await self.sandbox_session.complete(code, cursor_pos)
 
     async def do_inspect(
@@ -258,6 +277,8 @@ class E2BKernel(Kernel):
     ) -> dict:
         """Inspect from the sandbox's live namespace (empty while a cell runs)."""
         cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        if self._config_error is not None:
+            return introspection.empty_inspect_reply()
         return await self.sandbox_session.inspect(code, cursor_pos, detail_level)
 
     async def do_history(  # type: ignore[override]

@@ -268,3 +268,16 @@ def test_keep_sandbox_keeps_it_at_shutdown(
         assert sandboxes.running_ids(local_service, tag) == [sandbox_id]
     finally:
         sandboxes.kill(local_service, sandbox_id)
+
+
+def test_bad_configuration_is_shown_on_every_cell_and_the_kernel_lives(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env(E2B_KERNEL_SANDBOX_TIMEOUT="soon"))
+    assert "E2B_KERNEL_SANDBOX_TIMEOUT" in kernel.banner()
+    for _ in range(2):
+        reply, outputs = kernel.run("1")
+        assert reply["ename"] == "ConfigurationError"
+        assert "E2B_KERNEL_SANDBOX_TIMEOUT" in reply["evalue"]
+        assert [o.msg_type for o in outputs] == ["error"]
+    assert kernel.kc.complete("x", 1, reply=True, timeout=30)["content"]["matches"] == []

@@ -115,3 +115,10 @@ def test_parsers() -> None:
     assert parse_metadata("a=1,b=x=y") == {"a": "1", "b": "x=y"}
     with pytest.raises(ValueError, match="key=value"):
         parse_metadata("=1")
+
+
+def test_builtin_defaults_ignore_a_broken_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("E2B_KERNEL_SANDBOX_TIMEOUT", "soon")
+    config = SessionConfig.builtin_defaults()
+    assert config.sandbox_timeout == 300
+    assert config.backend == "local"
