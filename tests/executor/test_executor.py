@@ -220,3 +220,31 @@ def test_other_languages_and_use_without_the_context_manager(sdk_env: dict[str, 
 
     result = run(scenario())
     assert result["success"] and result["output"] == "bash says hi\n"
+
+
+@pytest.mark.timeout(120)
+def test_pause_mode_resumes_with_state_after_the_sandbox_paused(sdk_env: dict[str, str]) -> None:
+    import time
+
+    from e2b_code_interpreter import AsyncSandbox
+
+    from e2b_kernel.config import SessionConfig
+
+    async def scenario() -> tuple[str, dict]:
+        config = SessionConfig(idle="pause", sandbox_timeout=2)
+        async with SandboxExecutor(config=config) as ex:
+            first = await ex.execute({"code": "x = 41"})
+            state, deadline = "", time.monotonic() + 60
+            while state != "paused" and time.monotonic() < deadline:
+                await asyncio.sleep(0.25)  # poll the service for the real state
+                info = await AsyncSandbox.get_info(
+                    first["sandbox_id"],
+                    api_key=sdk_env["E2B_API_KEY"],
+                    api_url=sdk_env["E2B_API_URL"],
+                )
+                state = str(getattr(info.state, "value", info.state))
+            return state, await ex.execute({"code": "print(x + 1)"})
+
+    state, after = run(scenario())
+    assert state == "paused"
+    assert after["success"] and after["output"] == "42\n"
