@@ -248,3 +248,14 @@ def test_pause_mode_resumes_with_state_after_the_sandbox_paused(sdk_env: dict[st
     state, after = run(scenario())
     assert state == "paused"
     assert after["success"] and after["output"] == "42\n"
+
+
+def test_the_api_key_never_reaches_the_sandbox(sdk_env: dict[str, str]) -> None:
+    async def scenario() -> dict:
+        async with SandboxExecutor() as ex:
+            code = "import os\nprint(sorted(k for k in os.environ if 'E2B_API' in k))"
+            return await ex.execute({"code": code})
+
+    result = run(scenario())
+    assert result["output"] == "[]\n"
+    assert sdk_env["E2B_API_KEY"] not in repr(result)
