@@ -9,6 +9,7 @@ The ``SandboxSession`` lives on the shell loop, so the control thread reaches it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
 import sys
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["E2BKernel", "main"]
 
 # jupyter_client SIGKILLs a kernel 5 s after shutdown_request (shutdown_wait_time): finish first.
 _SHUTDOWN_WAIT = 4.0
+_QUICK_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_request"})
 
 
 class E2BKernel(Kernel):
@@ -264,6 +266,36 @@ class E2BKernel(Kernel):
         self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 
     # ---- completion, inspection, is_complete --------------------------------------------------
+
+    async def shell_main(self, subshell_id: str | None, msg: Any) -> None:
+        """While a cell runs, answer completion, inspection and is_complete at once.
+
+        ipykernel serializes shell messages behind the running cell. These three never touch
+        the running cell (the session answers empty while busy; is_complete is local), so they
+        are dispatched concurrently, the way ipykernel already does for comm messages.
+        """
+        if subshell_id is None and self._main_asyncio_lock.locked() and self._is_quick(msg):
+            parent = self.get_parent("shell")
+            ident = self._get_shell_context_var(self._shell_parent_ident)
+            try:
+                # A task created inside a copied context runs in its own copy of it, so the
+                # reply's parent never leaks into the running cell (works on Python 3.10).
+                coroutine = self.dispatch_shell(msg, subshell_id=None, concurrent=True)
+                await contextvars.copy_context().run(asyncio.ensure_future, coroutine)
+            finally:
+                self.set_parent(ident, parent, channel="shell")
+            return
+        await super().shell_main(subshell_id, msg)
+
+    def _is_quick(self, msg: Any) -> bool:
+        if self.session is None:
+            return False
+        try:
+            _, frames = self.session.feed_identities(msg, copy=False)
+            header = self.session.deserialize(frames, content=False, copy=False)["header"]
+        except Exception:
+            return False
+        return header.get("msg_type") in _QUICK_REQUESTS
 
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict:
         """Complete from the sandbox's live namespace (empty while a cell runs)."""

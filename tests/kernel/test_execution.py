@@ -178,3 +178,29 @@ def test_banner_names_backend_and_isolation_but_outputs_stay_clean(
     assert "Isolation: bubblewrap" in banner or "NONE" in banner
     _, outputs = kernel.run("print('only this')")
     assert [(o.msg_type, o.content.get("text")) for o in outputs] == [("stream", "only this\n")]
+
+
+def test_completion_while_a_cell_runs_answers_at_once(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    kernel.run("my_special_value = 1")
+    running = kernel.send("import time\nprint('started', flush=True)\ntime.sleep(6)\n'done'")
+    kernel.wait_for_stream(running, "started")
+    complete = kernel.kc.complete("my_spec", 7)
+    inspect = kernel.kc.inspect("my_special_value", 3)
+    is_complete = kernel.kc.is_complete("for x in y:")
+    replies = {}
+    while len(replies) < 4:
+        msg = kernel.kc.get_shell_msg(timeout=60)
+        replies[msg["parent_header"]["msg_id"]] = (len(replies), msg["content"])
+    order = {key: position for key, (position, _) in replies.items()}
+    assert order[running] == 3, "the quick requests should be answered before the cell ends"
+    assert replies[complete][1]["matches"] == []
+    assert replies[complete][1]["status"] == "ok"
+    assert replies[inspect][1]["found"] is False
+    assert replies[is_complete][1]["status"] == "incomplete"
+    assert replies[running][1]["status"] == "ok"
+    # Afterwards completion uses the namespace again.
+    reply = kernel.kc.complete("my_spec", 7, reply=True, timeout=60)["content"]
+    assert reply["matches"] == ["my_special_value"]
