@@ -56,6 +56,7 @@ class CommandsMixin:
     sessions: dict[str, SandboxSession]
     env: dict[str, dict[str, str]]
     keep: set[str]
+    e2b_line: Any  # the %e2b magic, whose docstring is the help
     _parser: MagicArgumentParser | None = None
 
     def session(self, name: str, template: str | None = None) -> SandboxSession:
@@ -70,9 +71,11 @@ class CommandsMixin:
             self._parser = build_parser()
         if not line.strip():
             raise UsageError("%e2b needs a command, e.g. %e2b status (see %e2b? for all)")
-        from .magics import split_line
+        from .magics import parse_line
 
-        args = self._parser.parse_args(split_line(line))
+        args = parse_line(self._parser, line, self.e2b_line.__doc__)
+        if args is None:
+            return None
         handler = getattr(self, f"_cmd_{args.command}")
         return handler(args)
 

@@ -9,6 +9,7 @@ displayed there as they arrive. All named sessions live on that one loop.
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import shlex
 import sys
@@ -56,6 +57,15 @@ def split_line(line: str) -> list[str]:
         return shlex.split(line)
     except ValueError as exc:  # e.g. "No closing quotation"
         raise UsageError(f"cannot split the arguments ({exc}): {line}") from None
+
+
+def parse_line(parser: Any, line: str, help_text: str | None) -> Any:
+    """Parse magic arguments; print ``help_text`` and return None for ``-h`` / ``--help``."""
+    argv = split_line(line)
+    if {"-h", "--help"} & set(argv):
+        print(inspect.cleandoc(help_text or parser.format_help()))
+        return None
+    return parser.parse_args(argv)
 
 
 def parse_env(pairs: list[str], option: str = "--env") -> dict[str, str]:
@@ -218,7 +228,9 @@ class E2BMagics(CommandsMixin, Magics):
             %%e2b --sandbox scratch --env API_URL=http://x --language bash
             echo "$API_URL"
         """
-        args = self.e2b_cell.parser.parse_args(split_line(line))
+        args = parse_line(self.e2b_cell.parser, line, self.e2b_cell.__doc__)
+        if args is None:
+            return None
         try:
             return self._cell(args, cell)
         except KeyboardInterrupt as exc:

@@ -240,3 +240,13 @@ def test_bad_configuration_is_one_line_naming_the_variable(
     assert type(result.error_in_exec).__name__ == "ConfigurationError"
     shown = capsys.readouterr().out
     assert "E2B_KERNEL_SANDBOX_TIMEOUT" in shown and "Traceback" not in shown
+
+
+@pytest.mark.parametrize("source", ["%%e2b -h\n1", "%e2b -h", "%e2b upload -h"])
+def test_dash_h_prints_help_without_exiting(
+    shell: InteractiveShell, source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = shell.run_cell(source)
+    assert result.error_in_exec is None
+    shown = capsys.readouterr().out
+    assert "%e2b" in shown and "Examples" in shown
