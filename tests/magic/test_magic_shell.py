@@ -395,3 +395,15 @@ def test_status_before_the_first_cell_creates_no_sandbox(
     assert "not started" in captured.stdout and "backend:" in captured.stdout
     assert shell._e2b_magics.sessions["unborn"].sandbox_id is None
     assert running_sandbox_ids() <= before
+
+
+def test_plots_arrive_as_png_images(shell: InteractiveShell) -> None:
+    import base64
+
+    cell = "%%e2b\nimport matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()\n"
+    with capture_output() as captured:
+        result = run(shell, cell)
+    assert result.error_in_exec is None
+    images = [o.data["image/png"] for o in captured.outputs if "image/png" in o.data]
+    assert len(images) == 1
+    assert base64.b64decode(images[0]).startswith(b"\x89PNG\r\n\x1a\n")
