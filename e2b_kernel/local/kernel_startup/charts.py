@@ -10,6 +10,7 @@ def _e2b_install_chart_formatter():
     import datetime
     import math
     import sys
+    from typing import Any
 
     from IPython import get_ipython
     from IPython.core.formatters import JSONFormatter
@@ -114,6 +115,7 @@ def _e2b_install_chart_formatter():
         scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
         if not lines and not scatters:
             return {"type": "unknown", "title": title, "elements": []}
+        series: list[tuple[str, Any]]
         if lines:
             kind = "line"
             series = [

@@ -24,8 +24,9 @@ def _e2b_patch_pil():
             display(self)
         return result
 
-    Image.Image.show = show
-    Image.Image.save = save
+    # Patching the class is the point: every image, however created, gets the sandbox behaviour.
+    Image.Image.show = show  # type: ignore[method-assign]
+    Image.Image.save = save  # type: ignore[method-assign]
 
 
 _e2b_patch_pil()
