@@ -4,6 +4,15 @@ Threads and loops (ipykernel 7): ``do_execute``/``do_complete``/... run on the s
 the main thread; ``interrupt_request`` and ``do_shutdown`` run on the control thread's own loop.
 The ``SandboxSession`` lives on the shell loop, so the control thread reaches it only through
 ``call_soon_threadsafe`` / ``run_coroutine_threadsafe``.
+
+Restart: ``jupyter_client`` restarts a kernel by asking the process to shut down with
+``restart: true`` and starting a NEW process with the same connection file. This process then
+keeps the sandbox (and, for the private local backend, the helper process serving it, see
+``service_host``), writes a hand-off file keyed by the connection file (``restart_state``) and
+exits; the new process adopts the service, reconnects to the sandbox and restarts its Python
+context. So a restart gives fresh Python state with files and installed packages kept. A hard
+restart (process killed without ``shutdown_request``) starts a new sandbox; the old one dies by
+its timeout (cloud) or with its helper a few seconds later (local).
 """
 
 from __future__ import annotations
