@@ -19,6 +19,7 @@ __all__ = [
     "empty_inspect_reply",
     "inspect_code",
     "parse_reply",
+    "user_expressions_code",
 ]
 
 MARKER = "\x00e2b-kernel-introspection\x00"
@@ -67,6 +68,14 @@ print(MARKER + json.dumps({"status": "ok", "data": data, "metadata": {}, "found"
 """
 
 
+_USER_EXPRESSIONS = """
+import json
+from IPython import get_ipython
+(expressions,) = ARGS
+print(MARKER + json.dumps(get_ipython().user_expressions(expressions), default=str))
+"""
+
+
 def _wrap(source: str, args: tuple[Any, ...]) -> str:
     namespace = {"__name__": "__e2b_kernel_introspection__", "ARGS": args, "MARKER": MARKER}
     return f"__import__('builtins').exec({source!r}, {namespace!r})"
@@ -80,6 +89,11 @@ def complete_code(code: str, cursor_pos: int) -> str:
 def inspect_code(code: str, cursor_pos: int, detail_level: int) -> str:
     """Return hidden code that prints the ``inspect_reply`` for ``code`` at ``cursor_pos``."""
     return _wrap(_INSPECT, (code, cursor_pos, int(detail_level)))
+
+
+def user_expressions_code(expressions: dict[str, str]) -> str:
+    """Return hidden code that prints IPython's ``user_expressions`` results as JSON."""
+    return _wrap(_USER_EXPRESSIONS, (dict(expressions),))
 
 
 def parse_reply(stdout: str) -> dict[str, Any] | None:

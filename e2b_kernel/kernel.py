@@ -176,8 +176,14 @@ class E2BKernel(Kernel):
         cell_id: str | None = None,
     ) -> dict:
         """Run the cell in the sandbox, publishing its outputs as they arrive."""
-        if not code.strip():
-            return self._ok()
+        reply = await self._execute(code, silent, store_history) if code.strip() else self._ok()
+        if reply["status"] == "ok" and user_expressions and self._config_error is None:
+            reply["user_expressions"] = await self.sandbox_session.user_expressions(
+                user_expressions
+            )
+        return reply
+
+    async def _execute(self, code: str, silent: bool, store_history: bool) -> dict:
         self._shell_loop = asyncio.get_running_loop()
         self._result_text = None
         self._cell_task = asyncio.ensure_future(self._run_cell(code, silent))
@@ -186,10 +192,10 @@ class E2BKernel(Kernel):
         if not silent and store_history:
             self.history.add(self.execution_count, code, self._result_text)
         if task.cancelled():
-            return self._fail(
-                ExecutionInterrupted("the cell was interrupted; state is kept"), silent
-            )
-        return task.result()
+            interrupted = ExecutionInterrupted("the cell was interrupted; state is kept")
+            return self._fail(interrupted, silent)
+        result: dict = task.result()
+        return result
 
     async def _run_cell(self, code: str, silent: bool) -> dict:
         error: dict | None = None

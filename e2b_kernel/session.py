@@ -365,6 +365,13 @@ class SandboxSession:
         reply = introspection.parse_reply(stdout)
         return reply if reply is not None else introspection.empty_inspect_reply()
 
+    async def user_expressions(self, expressions: dict[str, str]) -> dict:
+        """Evaluate Jupyter ``user_expressions`` in the user's namespace ({} on failure)."""
+        if not expressions:
+            return {}
+        stdout = await self._hidden(introspection.user_expressions_code(expressions))
+        return introspection.parse_reply(stdout) or {}
+
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def restart(self) -> None:

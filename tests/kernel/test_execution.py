@@ -204,3 +204,18 @@ def test_completion_while_a_cell_runs_answers_at_once(
     # Afterwards completion uses the namespace again.
     reply = kernel.kc.complete("my_spec", 7, reply=True, timeout=60)["content"]
     assert reply["matches"] == ["my_special_value"]
+
+
+def test_user_expressions_are_evaluated_in_the_sandbox(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    msg_id = kernel.send("base = 21", user_expressions={"double": "base * 2", "bad": "1/0"})
+    reply, outputs = kernel.collect(msg_id)
+    assert reply["status"] == "ok" and outputs == []
+    expressions = reply["user_expressions"]
+    assert expressions["double"]["status"] == "ok"
+    assert expressions["double"]["data"]["text/plain"] == "42"
+    assert expressions["bad"]["status"] == "error"
+    assert expressions["bad"]["ename"] == "ZeroDivisionError"
+    assert kernel.run("1")[0]["execution_count"] == reply["execution_count"] + 1
