@@ -8,6 +8,7 @@ displayed there as they arrive. All named sessions live on that one loop.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import inspect
 import logging
@@ -30,6 +31,7 @@ from .errors import E2BKernelError
 from .loop_thread import LoopThread
 from .remote_error import E2BRemoteError, remote_error, render_short
 from .session import SandboxSession
+from .shared_service import SharedLocalService
 from .telemetry import execution_span
 
 log = logging.getLogger("e2b_kernel.magics")
@@ -98,6 +100,7 @@ class E2BMagics(CommandsMixin, Magics):
         self.sessions: dict[str, SandboxSession] = {}
         self.env: dict[str, dict[str, str]] = {}  # per sandbox name, from %e2b env
         self.keep: set[str] = set()  # sandbox names to keep at exit
+        self.local_service = SharedLocalService()  # used when the backend is local
         _at_exit(self)
 
     @property
@@ -123,7 +126,9 @@ class E2BMagics(CommandsMixin, Magics):
             return current
         try:
             config = SessionConfig(**({"template": template} if template else {}))
-            self.sessions[name] = SandboxSession(config, name=name)
+            self.sessions[name] = SandboxSession(
+                config, name=name, service_factory=self.local_service.factory
+            )
         except Exception as exc:  # e.g. a bad E2B_KERNEL_* value: one line naming the fix
             raise _shown(exc) from None
         return self.sessions[name]
@@ -138,15 +143,29 @@ class E2BMagics(CommandsMixin, Magics):
     def close_all(self) -> None:
         """Kill every sandbox, except those kept (``%e2b keep``, E2B_KERNEL_KEEP_SANDBOX=1)."""
         sessions, self.sessions = dict(self.sessions), {}
-        for name, session in sessions.items():
-            try:
-                keep = name in self.keep or session.config.keep_sandbox
-                kept = self.loop.run(session.close(keep=keep))
-            except BaseException as exc:  # at exit nothing may stop the other cleanups
-                print(f"[e2b] could not close sandbox {name!r}: {exc}", file=sys.stderr)
-                continue
-            if kept:
-                print(f"[e2b] kept sandbox {kept}; reattach with %e2b connect {kept}")
+
+        async def close_each() -> list[Any]:
+            return await asyncio.gather(  # all at once: killing a sandbox can take seconds
+                *(
+                    session.close(keep=name in self.keep or session.config.keep_sandbox)
+                    for name, session in sessions.items()
+                ),
+                return_exceptions=True,
+            )
+
+        try:
+            outcomes = self.loop.run(close_each()) if sessions else []
+        except BaseException as exc:  # at exit nothing may stop the other cleanups
+            outcomes = [exc] * len(sessions)
+        for name, outcome in zip(sessions, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                print(f"[e2b] could not close sandbox {name!r}: {outcome}", file=sys.stderr)
+            elif outcome:
+                print(f"[e2b] kept sandbox {outcome}; reattach with %e2b connect {outcome}")
+        try:
+            self.local_service.stop()
+        except Exception as exc:
+            print(f"[e2b] could not stop the local E2B service: {exc}", file=sys.stderr)
         self.loop.stop()
 
     # ---- %%e2b ------------------------------------------------------------------------------
