@@ -328,13 +328,15 @@ class SandboxSession:
 
     async def _hidden(self, code: str) -> str:
         """Run hidden code in the user's context and return its stdout ('' on any failure)."""
-        if self._busy or self._lost is not None or self._closed:
+        if self._busy or self._exec_lock.locked() or self._lost is not None or self._closed:
             return ""
         if self.sandbox is None:
             try:  # right after start-up the sandbox may still be on its way
                 await asyncio.wait_for(self.start(), 60)
             except Exception as exc:
                 self.log.debug("no sandbox for hidden code: %r", exc)
+                return ""
+            if self._exec_lock.locked():  # a cell started meanwhile: do not wait for it
                 return ""
         chunks: list[str] = []
         async with self._exec_lock:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from e2b_kernel.config import SessionConfig
@@ -20,24 +16,14 @@ from e2b_kernel.telemetry import execution_span
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
-def exporter() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    yield exporter
-    provider.shutdown()
-
-
-def test_execution_span_records_attributes(exporter: InMemorySpanExporter) -> None:
-    exporter.clear()
+def test_execution_span_records_attributes(spans: InMemorySpanExporter) -> None:
+    """Uses the shared ``spans`` fixture (tests/conftest.py): the real OpenTelemetry SDK."""
     with execution_span("kernel", "sbx-1") as record:
         record.fail("NameError")
     with pytest.raises(SandboxLost), execution_span("magic") as record:
         record.sandbox_id = "sbx-2"
         raise SandboxLost("gone")
-    first, second = exporter.get_finished_spans()
+    first, second = spans.get_finished_spans()
     assert first.name == "e2b.execute"
     assert first.attributes is not None and second.attributes is not None
     assert first.attributes["e2b.sandbox_id"] == "sbx-1"
