@@ -29,6 +29,10 @@ log = logging.getLogger("e2b_kernel.local")
 
 SANDBOX_HOME = "/home/user"
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The sandbox's Python is the service's own environment, mounted read-only. Packages a user
+# installs (`%pip install`, `pip install` in a command) go to a folder in the writable home
+# instead, first on the import path, so they survive a kernel restart like on E2B.
+_USER_PACKAGES = f".local/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 _CD_SCRIPT = r'eval "echo \$\$ >&$2; exec $2>&-"; cd -- "$1" || exit 1; shift 2; exec "$@"'
@@ -80,6 +84,7 @@ class LocalSandbox:
         """Create the directories and cgroups and start the sandbox's init process."""
         try:
             self.home_dir.mkdir(parents=True)
+            self._prepare_home()
             self.tmp_dir.mkdir()
             # Lets a later service remove the socket dir if this one dies without cleaning up.
             (self._root / "socket_dir").write_text(str(self.socket_dir))
@@ -92,6 +97,22 @@ class LocalSandbox:
         except BaseException:
             await self.kill()  # leave no directories, cgroups or processes behind
             raise
+
+    def _prepare_home(self) -> None:
+        """Create the user package folder and a profile that puts the sandbox's Python first.
+
+        The folder must exist before Python starts: a missing sys.path entry is cached as
+        absent, and a package installed there later would not import until a restart.
+        Debian's /etc/profile resets PATH for login shells (``commands.run`` uses ``bash -l``),
+        which would hide the sandbox's python and pip; E2B's template also ships a profile.
+        """
+        (self.home_dir / _USER_PACKAGES).mkdir(parents=True)
+        bin_dir = os.path.dirname(self.python)
+        (self.home_dir / ".profile").write_text(
+            "# Written by the local E2B service: the sandbox's Python comes first.\n"
+            f'export PATH="{bin_dir}:$PATH"\n'
+            '[ -f "$HOME/.bashrc" ] && . "$HOME/.bashrc"\n'
+        )
 
     async def _start_init(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -131,6 +152,8 @@ class LocalSandbox:
         path = f"{os.path.dirname(self.python)}:{_SYSTEM_PATH}"
         env = {"PATH": path, "HOME": home, "USER": "user", "LOGNAME": "user"}
         env.update({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "SHELL": "/bin/bash"})
+        packages = f"{home}/{_USER_PACKAGES}"
+        env.update({"PYTHONPATH": packages, "PIP_TARGET": packages, "PIP_UPGRADE": "1"})
         env.update(self.envs)
         return env
 
