@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 
 import pytest
+from wheels import tiny_wheel
 
 from e2b_kernel.local import RunningService
 
@@ -62,9 +64,15 @@ def test_restart_gives_fresh_state_and_keeps_files(
     kernel = start_kernel(backend_env())
     reply, _ = kernel.run("open('kept.txt', 'w').write('still here')\nvariable = 1")
     assert reply["status"] == "ok"
+    wheel_name, wheel = tiny_wheel("keptpkg", value=7)
+    encoded = base64.b64encode(wheel).decode()
+    kernel.run(f"import base64\nopen({wheel_name!r}, 'wb').write(base64.b64decode({encoded!r}))")
+    reply, _ = kernel.run(f"%pip install --no-index {wheel_name}")
+    assert reply["status"] == "ok"
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
     assert kernel.value("open('kept.txt').read()") == "still here"
+    assert kernel.value("import keptpkg; keptpkg.VALUE") == "7"  # installed packages survive
     reply, outputs = kernel.run("variable")
     assert reply["ename"] == "NameError"
     assert [o.msg_type for o in outputs] == ["error"]
