@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "E2BKernelError",
+    "E2BRemoteError",
     "ExecutionTimeout",
     "SandboxExecutor",
     "SandboxLost",
@@ -29,10 +30,12 @@ __all__ = [
 if TYPE_CHECKING:
     from .errors import E2BKernelError, ExecutionTimeout, SandboxLost, SandboxUnavailable
     from .executor import SandboxExecutor
+    from .remote_error import E2BRemoteError
 
 _LAZY = {
     "SandboxExecutor": "executor",
     "E2BKernelError": "errors",
+    "E2BRemoteError": "remote_error",
     "ExecutionTimeout": "errors",
     "SandboxLost": "errors",
     "SandboxUnavailable": "errors",
