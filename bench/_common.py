@@ -36,6 +36,10 @@ def reset_peak_rss(pid: int) -> None:
         pass
 
 
+def quiet(_msg: object) -> None:
+    """An output hook that swallows outputs (execute_interactive prints them by default)."""
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 

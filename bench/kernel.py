@@ -27,6 +27,7 @@ from _common import (
     ms,
     peak_rss_mib,
     print_times_code,
+    quiet,
     reset_peak_rss,
 )
 from jupyter_client.manager import KernelManager
@@ -43,7 +44,7 @@ def start(name: str) -> tuple[KernelManager, object, float]:
     client = manager.client()
     client.start_channels()
     client.wait_for_ready(timeout=120)
-    client.execute_interactive(TRIVIAL, timeout=120)
+    client.execute_interactive(TRIVIAL, timeout=120, output_hook=quiet)
     return manager, client, time.perf_counter() - began
 
 
@@ -115,7 +116,11 @@ def main() -> None:
     for name in ("python3", "e2b-python"):
         manager, client, first = start(name)
         try:
-            rt = median_seconds(lambda c=client: c.execute_interactive(TRIVIAL, timeout=60), 50, 3)
+            rt = median_seconds(
+                lambda c=client: c.execute_interactive(TRIVIAL, timeout=60, output_hook=quiet),
+                50,
+                3,
+            )
             latency = print_latency(client)
             pid = manager.provisioner.process.pid  # type: ignore[union-attr]
             stream = stream_50mb(client, pid)

@@ -25,6 +25,7 @@ from _common import (
     ms,
     peak_rss_mib,
     print_times_code,
+    quiet,
     reset_peak_rss,
 )
 from jupyter_client.manager import start_new_kernel
@@ -37,7 +38,9 @@ MB = 1024 * 1024
 def bare_ipykernel_round_trip(repeat: int) -> float:
     manager, client = start_new_kernel(kernel_name="python3")
     try:
-        return median_seconds(lambda: client.execute_interactive("1+1", timeout=30), repeat)
+        return median_seconds(
+            lambda: client.execute_interactive("1+1", timeout=30, output_hook=quiet), repeat
+        )
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)

@@ -30,6 +30,7 @@ class RunningService(Protocol):
     url: str
     api_key: str
     isolation: str
+    pid: int  # the process serving it (this one for start_in_thread)
 
     def sdk_env(self) -> dict[str, str]: ...
 
@@ -42,6 +43,7 @@ class _Running:
     url: str
     api_key: str
     isolation: str
+    pid: int
 
     def sdk_env(self) -> dict[str, str]:
         """The three variables that point the unmodified SDK at this service."""
@@ -60,6 +62,7 @@ class _ThreadService(_Running):
         from .service import DEFAULT_API_KEY, ServiceCore
 
         self._core = ServiceCore(host, port, isolation=isolation, api_key=api_key, **limits)
+        self.pid = os.getpid()  # the service shares this process
         self.api_key = api_key or DEFAULT_API_KEY
         self.isolation = self._core.isolation
         self._loop = asyncio.new_event_loop()
@@ -122,6 +125,7 @@ class _SubprocessService(_Running):
             env=env,
             text=True,
         )
+        self.pid = self._proc.pid
         self._stopped = False
         found = self._read_banner()
         self.url = found["E2B_API_URL"]
