@@ -120,17 +120,8 @@ def safe_open(
     if resolved.mount_root is None:
         return os.open(resolved.host, flags | os.O_NOFOLLOW, mode)
     parts = [p for p in resolved.relative.split("/") if p]
-    dir_fd = os.open(resolved.mount_root, os.O_RDONLY | os.O_DIRECTORY)
+    dir_fd = _open_parent(resolved.mount_root, parts, create=parents)
     try:
-        for part in parts[:-1]:
-            if parents:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=dir_fd)
-                except FileExistsError:
-                    pass
-            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            os.close(dir_fd)
-            dir_fd = next_fd
         if not parts:
             return os.dup(dir_fd) if flags & (os.O_WRONLY | os.O_RDWR) == 0 else _is_dir(resolved)
         return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
@@ -153,7 +144,17 @@ def safe_parent(resolved: ResolvedPath, *, create: bool = False) -> tuple[int, s
     parts = [p for p in resolved.relative.split("/") if p]
     if not parts:
         raise PermissionError(errno.EBUSY, "cannot change a sandbox mount point", resolved.sandbox)
-    dir_fd = os.open(resolved.mount_root, os.O_RDONLY | os.O_DIRECTORY)
+    return _open_parent(resolved.mount_root, parts, create=create), parts[-1]
+
+
+def _open_parent(mount_root: Path, parts: list[str], *, create: bool) -> int:
+    """Walk from the mount root to the parent of ``parts[-1]``, one ``O_NOFOLLOW`` step at a
+    time, so no symlink (planted by sandbox code) can lead the service outside the mount.
+
+    ``create=True`` makes missing directories on the way. Returns the parent's fd (the root's
+    own fd when ``parts`` is empty); the caller closes it.
+    """
+    dir_fd = os.open(mount_root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for part in parts[:-1]:
             if create:
@@ -167,4 +168,4 @@ def safe_parent(resolved: ResolvedPath, *, create: bool = False) -> tuple[int, s
     except BaseException:
         os.close(dir_fd)
         raise
-    return dir_fd, parts[-1]
+    return dir_fd

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from e2b_kernel.local import RunningService
+
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll condition until it is true; fail with `what` after timeout seconds."""
@@ -37,3 +39,8 @@ def host_pids_with(text: str) -> list[int]:
         if text.encode() in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def sdk_options(service: RunningService) -> dict[str, str]:
+    """Explicit SDK connection options (public SDK API), so module fixtures need no env vars."""
+    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}

@@ -9,14 +9,9 @@ import pytest
 from e2b import AsyncSandbox, Sandbox
 from e2b.exceptions import InvalidArgumentException, TimeoutException
 from e2b.sandbox.commands.command_handle import CommandExitException
-from local_helpers import host_pids_with, marker, wait_for
+from local_helpers import host_pids_with, marker, sdk_options, wait_for
 
 from e2b_kernel.local import RunningService
-
-
-def sdk_options(service: RunningService) -> dict[str, str]:
-    """Explicit connection options, so a module-scoped sandbox needs no patched env."""
-    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
 
 
 @pytest.fixture(scope="module")

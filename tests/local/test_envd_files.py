@@ -5,29 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-from collections.abc import Iterator
 
 import pytest
 from e2b import AsyncSandbox, FileType, Sandbox
 from e2b.exceptions import FileNotFoundException, InvalidArgumentException, SandboxException
 from e2b.sandbox.filesystem.filesystem import WriteEntry
-from local_helpers import wait_for
+from local_helpers import sdk_options, wait_for
 
 from e2b_kernel.local import RunningService
-
-
-def sdk_options(service: RunningService) -> dict[str, str]:
-    """Explicit connection options, so a module-scoped sandbox needs no patched env."""
-    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
-
-
-@pytest.fixture(scope="module")
-def sbx(local_service: RunningService) -> Iterator[Sandbox]:
-    sandbox = Sandbox.create(timeout=600, **sdk_options(local_service))
-    try:
-        yield sandbox
-    finally:
-        sandbox.kill()
 
 
 def test_health_is_running(sbx: Sandbox) -> None:

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from e2b_code_interpreter import OutputMessage, Sandbox
-from interpreter_helpers import sdk_options
+from local_helpers import sdk_options
 
 from e2b_kernel.local import RunningService
 

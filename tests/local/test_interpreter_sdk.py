@@ -12,7 +12,7 @@ import pytest
 from e2b import NotFoundException, SandboxException
 from e2b_code_interpreter import AsyncSandbox, OutputMessage, Sandbox
 from e2b_code_interpreter.charts import BarChart, LineChart, PieChart, SuperChart
-from interpreter_helpers import sdk_options
+from local_helpers import sdk_options
 
 from e2b_kernel.local import RunningService
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from e2b import TimeoutException
 from e2b_code_interpreter import Sandbox
-from interpreter_helpers import sdk_options
+from local_helpers import sdk_options
 
 from e2b_kernel.local import RunningService
 

@@ -11,23 +11,9 @@ from urllib.parse import urlparse
 import pytest
 from e2b import Sandbox
 from e2b.sandbox.commands.command_handle import CommandExitException
-from local_helpers import host_pids_with, marker, wait_for
+from local_helpers import host_pids_with, marker, sdk_options, wait_for
 
 from e2b_kernel.local import RunningService, start_in_thread
-
-
-def sdk_options(service: RunningService) -> dict[str, str]:
-    """Explicit connection options, so a module-scoped sandbox needs no patched env."""
-    return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
-
-
-@pytest.fixture(scope="module")
-def sbx(local_service: RunningService) -> Iterator[Sandbox]:
-    sandbox = Sandbox.create(timeout=600, **sdk_options(local_service))
-    try:
-        yield sandbox
-    finally:
-        sandbox.kill()
 
 
 def _connect_script(service: RunningService) -> str:
