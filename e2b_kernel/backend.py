@@ -26,14 +26,15 @@ class Backend:
         self,
         config: SessionConfig,
         log: logging.Logger,
-        service_factory: Callable[[], Any] | None = None,
+        service_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.config = config
         self.log = log
         self.name: str = config.resolved_backend()
         self.isolation: str = CLOUD_ISOLATION if self.name == "cloud" else "(starting)"
         self.service: Any = None
-        self._factory = service_factory  # default: e2b_kernel.local.start_in_thread
+        # Called as factory(isolation=...); default: e2b_kernel.local.start_in_thread.
+        self._factory = service_factory
 
     async def ensure_started(self) -> None:
         """Start the private local service when the backend is local (no-op otherwise)."""
@@ -45,7 +46,7 @@ class Backend:
 
             factory = start_in_thread
         try:  # starting blocks until the server listens; keep the event loop free meanwhile
-            service = await asyncio.to_thread(factory)
+            service = await asyncio.to_thread(factory, isolation=self.config.local_isolation)
         except Exception as exc:
             raise SandboxUnavailable(
                 f"The private local E2B service could not start: {exc}"

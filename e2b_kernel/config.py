@@ -94,6 +94,12 @@ class SessionConfig(Configurable):
     keep_sandbox = Bool(
         help="Keep the sandbox at shutdown and log its id. Env: E2B_KERNEL_KEEP_SANDBOX=1."
     ).tag(config=True)
+    local_isolation = Enum(
+        ["auto", "none"],
+        help="Isolation of the private local service's sandboxes: 'auto' (Linux namespaces; "
+        "refuse to start where they are impossible) or 'none' (explicitly no isolation, shown "
+        "wherever the backend is). Env: E2B_KERNEL_LOCAL_ISOLATION.",
+    ).tag(config=True)
 
     @default("backend")
     def _backend_default(self) -> str:
@@ -138,6 +144,10 @@ class SessionConfig(Configurable):
     def _keep_sandbox_default(self) -> bool:
         return (_env("E2B_KERNEL_KEEP_SANDBOX") or "").lower() in {"1", "true", "yes", "on"}
 
+    @default("local_isolation")
+    def _local_isolation_default(self) -> str:
+        return (_env("E2B_KERNEL_LOCAL_ISOLATION") or "auto").lower()
+
     def __init__(self, **kwargs: Any) -> None:
         try:
             super().__init__(**kwargs)
@@ -158,6 +168,7 @@ class SessionConfig(Configurable):
             "metadata": {},
             "domain": None,
             "keep_sandbox": False,
+            "local_isolation": "auto",
         }
         return cls(**{**values, **kwargs})
 
@@ -199,6 +210,7 @@ _ENV_OF = {
     "backend": "E2B_KERNEL_BACKEND",
     "idle": "E2B_KERNEL_IDLE",
     "template": "E2B_KERNEL_TEMPLATE",
+    "local_isolation": "E2B_KERNEL_LOCAL_ISOLATION",
 }
 
 

@@ -51,12 +51,12 @@ class HostedService:
         self._lease_fd: int | None = lease_fd
 
     @classmethod
-    def launch(cls, timeout: float = 60.0) -> HostedService:
+    def launch(cls, timeout: float = 60.0, *, isolation: str = "auto") -> HostedService:
         """Start a helper process and hold its lease; blocks until the service listens."""
         fd, lease_path = tempfile.mkstemp(prefix="e2b-kernel-lease-", suffix=".lock")
         fcntl.flock(fd, fcntl.LOCK_EX)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "e2b_kernel.service_host", lease_path],
+            [sys.executable, "-m", "e2b_kernel.service_host", lease_path, isolation],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=None,
@@ -177,13 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     """Serve the local service until the lease has been free for ``GRACE`` seconds."""
     args = sys.argv[1:] if argv is None else argv
     lease_path = args[0]
+    isolation = args[1] if len(args) > 1 else "auto"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .local import start_in_thread  # type: ignore[attr-defined,unused-ignore]
 
     try:
-        service = start_in_thread()
+        service = start_in_thread(isolation=isolation)
     except Exception as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1

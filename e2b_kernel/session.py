@@ -48,7 +48,7 @@ class SandboxSession:
         *,
         name: str = "default",
         log: logging.Logger | None = None,
-        service_factory: Callable[[], Any] | None = None,
+        service_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.config = config if config is not None else SessionConfig()
         self.name = name

@@ -33,13 +33,16 @@ class SharedLocalService:
         self._lock = threading.Lock()
         self._service: Any = None
 
-    def factory(self) -> _View:
-        """A ``service_factory`` for ``SandboxSession``: start (once) and hand out a view."""
+    def factory(self, *, isolation: str = "auto") -> _View:
+        """A ``service_factory`` for ``SandboxSession``: start (once) and hand out a view.
+
+        The first session's ``isolation`` decides; all sessions share that one service.
+        """
         with self._lock:
             if self._service is None:
                 from .local import start_in_thread
 
-                self._service = start_in_thread()
+                self._service = start_in_thread(isolation=isolation)
             return _View(self._service)
 
     def stop(self) -> None:

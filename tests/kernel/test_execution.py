@@ -180,6 +180,14 @@ def test_banner_names_backend_and_isolation_but_outputs_stay_clean(
     assert [(o.msg_type, o.content.get("text")) for o in outputs] == [("stream", "only this\n")]
 
 
+def test_explicit_no_isolation_is_shown_in_the_banner(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env(E2B_KERNEL_LOCAL_ISOLATION="none"))
+    assert "Isolation: NONE" in kernel.banner()
+    assert kernel.value("6 * 7") == "42"
+
+
 def test_completion_while_a_cell_runs_answers_at_once(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:

@@ -13,6 +13,7 @@ ENV_NAMES = [
     "E2B_KERNEL_SANDBOX_TIMEOUT",
     "E2B_KERNEL_CELL_TIMEOUT",
     "E2B_KERNEL_IDLE",
+    "E2B_KERNEL_LOCAL_ISOLATION",
     "E2B_KERNEL_FORWARD_ENV",
     "E2B_KERNEL_METADATA",
     "E2B_KERNEL_KEEP_SANDBOX",
@@ -38,6 +39,7 @@ def test_defaults() -> None:
     assert config.metadata == {}
     assert config.domain is None
     assert config.keep_sandbox is False
+    assert config.local_isolation == "auto"
 
 
 def test_env_vars_set_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,6 +52,7 @@ def test_env_vars_set_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("E2B_KERNEL_METADATA", "team=ml, run = 7")
     monkeypatch.setenv("E2B_KERNEL_KEEP_SANDBOX", "yes")
     monkeypatch.setenv("E2B_DOMAIN", "example.org")
+    monkeypatch.setenv("E2B_KERNEL_LOCAL_ISOLATION", "NONE")
     config = SessionConfig()
     assert config.backend == "local"
     assert config.template == "my-template"
@@ -60,6 +63,7 @@ def test_env_vars_set_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.metadata == {"team": "ml", "run": "7"}
     assert config.keep_sandbox is True
     assert config.domain == "example.org"
+    assert config.local_isolation == "none"
 
 
 def test_explicit_values_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +81,7 @@ def test_explicit_values_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("E2B_KERNEL_CELL_TIMEOUT", "x", "E2B_KERNEL_CELL_TIMEOUT"),
         ("E2B_KERNEL_METADATA", "novalue", "E2B_KERNEL_METADATA"),
         ("E2B_KERNEL_FORWARD_ENV", "HOME,E2B_API_KEY", "E2B_API_KEY"),
+        ("E2B_KERNEL_LOCAL_ISOLATION", "some", "E2B_KERNEL_LOCAL_ISOLATION"),
     ],
 )
 def test_bad_values_name_the_variable(
