@@ -21,6 +21,15 @@ StartKernel = Callable[..., Kernel]
 BackendEnv = Callable[..., dict[str, str]]
 
 
+def start_tagged_kernel(
+    start_kernel: StartKernel, local_service: RunningService, **overrides: str
+) -> tuple[Kernel, str]:
+    """A kernel on the shared service (used as "cloud") whose sandboxes carry a fresh tag."""
+    tag = sandboxes.new_tag()
+    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
+    return start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}", **overrides)), tag
+
+
 @pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
 @pytest.mark.parametrize("mode", ["signal", "message"])
 @pytest.mark.parametrize("loop", ["while True:\n    pass", "time.sleep(1000)"])
@@ -81,9 +90,7 @@ def test_restart_gives_fresh_state_and_keeps_files(
 def test_shutdown_kills_the_sandbox(
     start_kernel: StartKernel, local_service: RunningService
 ) -> None:
-    tag = sandboxes.new_tag()
-    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
-    kernel = start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}"))
+    kernel, tag = start_tagged_kernel(start_kernel, local_service)
     kernel.run("1")
     assert len(sandboxes.running_ids(local_service, tag)) == 1
     kernel.shutdown()
@@ -107,11 +114,7 @@ def test_private_backend_shutdown_leaves_no_process(
 def test_keepalive_across_idle_longer_than_the_sandbox_timeout(
     start_kernel: StartKernel, local_service: RunningService
 ) -> None:
-    tag = sandboxes.new_tag()
-    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
-    kernel = start_kernel(
-        backends_env(env, E2B_KERNEL_SANDBOX_TIMEOUT="4", E2B_KERNEL_METADATA=f"test={tag}")
-    )
+    kernel, tag = start_tagged_kernel(start_kernel, local_service, E2B_KERNEL_SANDBOX_TIMEOUT="4")
     kernel.run("state = 'alive'")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     time.sleep(9)  # the idle period under test: well past the 4 s sandbox timeout
@@ -125,9 +128,7 @@ def test_keepalive_across_idle_longer_than_the_sandbox_timeout(
 def test_sandbox_killed_during_a_cell(
     start_kernel: StartKernel, local_service: RunningService
 ) -> None:
-    tag = sandboxes.new_tag()
-    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
-    kernel = start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}"))
+    kernel, tag = start_tagged_kernel(start_kernel, local_service)
     kernel.run("lost_value = 1")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     msg_id = kernel.send("import time\nprint('started', flush=True)\ntime.sleep(120)")
@@ -144,9 +145,7 @@ def test_sandbox_killed_during_a_cell(
 def test_sandbox_expiry_between_cells(
     start_kernel: StartKernel, local_service: RunningService
 ) -> None:
-    tag = sandboxes.new_tag()
-    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
-    kernel = start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}"))
+    kernel, tag = start_tagged_kernel(start_kernel, local_service)
     kernel.run("lost_value = 1")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     sandboxes.set_timeout(local_service, sandbox_id, 1)
@@ -210,15 +209,8 @@ def backends_env(base: dict[str, str], **overrides: str) -> dict[str, str]:
 def test_idle_pause_mode_resumes_with_state(
     start_kernel: StartKernel, local_service: RunningService
 ) -> None:
-    tag = sandboxes.new_tag()
-    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
-    kernel = start_kernel(
-        backends_env(
-            env,
-            E2B_KERNEL_IDLE="pause",
-            E2B_KERNEL_SANDBOX_TIMEOUT="3",
-            E2B_KERNEL_METADATA=f"test={tag}",
-        )
+    kernel, tag = start_tagged_kernel(
+        start_kernel, local_service, E2B_KERNEL_IDLE="pause", E2B_KERNEL_SANDBOX_TIMEOUT="3"
     )
     kernel.run("paused_value = 'kept'")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
@@ -264,11 +256,7 @@ def test_invalid_key_is_one_clear_error_without_the_key(
 def test_keep_sandbox_keeps_it_at_shutdown(
     start_kernel: StartKernel, local_service: RunningService
 ) -> None:
-    tag = sandboxes.new_tag()
-    env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
-    kernel = start_kernel(
-        backends_env(env, E2B_KERNEL_KEEP_SANDBOX="1", E2B_KERNEL_METADATA=f"test={tag}")
-    )
+    kernel, tag = start_tagged_kernel(start_kernel, local_service, E2B_KERNEL_KEEP_SANDBOX="1")
     kernel.run("1")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     kernel.shutdown()
