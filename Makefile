@@ -2,19 +2,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# One stamp per set of extras: `make demo` needs only the notebook extras.
+DEMO_STAMP := $(VENV)/.installed-notebooks
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[notebooks]'
+	touch $(DEMO_STAMP)
+
+$(TEST_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,notebooks]'
-	touch $(STAMP)
+	touch $(DEMO_STAMP) $(TEST_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m e2b_kernel.demo notebooks/quickstart.ipynb
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check e2b_kernel tests bench examples
 	$(PY) -m ruff format --check e2b_kernel tests bench examples
 	$(PY) -m mypy
@@ -24,7 +31,7 @@ test: lint
 	# Alone, so that its "no sandbox left" check sees only the sandboxes of its own nbval run.
 	$(PY) -m pytest tests/notebooks
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) bench/local_service.py
 	$(PY) bench/kernel.py
 
