@@ -11,7 +11,13 @@ Imports are lazy so that ``python -m e2b_kernel`` (the kernel) and the CLI start
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+# Without any handler, logging prints warnings and our logged stacks through its last-resort
+# handler on sys.stderr, which in a notebook is the cell's output. Our log is for whoever
+# configures logging; users see one-line errors.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
