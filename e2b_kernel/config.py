@@ -17,8 +17,9 @@ from .errors import ConfigurationError
 
 __all__ = ["SECRET_NAMES", "SessionConfig", "parse_metadata", "parse_names"]
 
-# Never forwarded into a sandbox, whatever the configuration says.
-SECRET_NAMES = frozenset({"E2B_API_KEY", "E2B_ACCESS_TOKEN"})
+# Never forwarded into a sandbox, whatever the configuration says (the last one is the key of a
+# separately started `e2b-kernel local` service).
+SECRET_NAMES = frozenset({"E2B_API_KEY", "E2B_ACCESS_TOKEN", "E2B_KERNEL_LOCAL_API_KEY"})
 
 
 def parse_names(text: str) -> list[str]:
@@ -198,7 +199,9 @@ class SessionConfig(Configurable):
     def forwarded_env(self, environ: dict[str, str] | None = None) -> dict[str, str]:
         """Return the named variables that are set locally, to be set in the sandbox."""
         env = os.environ if environ is None else environ
-        return {name: env[name] for name in self.forward_env if name in env}
+        # check() ran at creation, but forward_env may have been assigned since.
+        names = [name for name in self.forward_env if name not in SECRET_NAMES]
+        return {name: env[name] for name in names if name in env}
 
     @property
     def keepalive_interval(self) -> float:

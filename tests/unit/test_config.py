@@ -110,6 +110,15 @@ def test_only_named_and_set_variables_are_forwarded() -> None:
     assert config.forwarded_env({"A": "1", "B": "2", "E2B_API_KEY": "secret"}) == {"A": "1"}
 
 
+@pytest.mark.parametrize("secret", ["E2B_API_KEY", "E2B_ACCESS_TOKEN", "E2B_KERNEL_LOCAL_API_KEY"])
+def test_secrets_are_refused_and_never_forwarded(secret: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{secret} may not be forwarded"):
+        SessionConfig(forward_env=["A", secret])
+    config = SessionConfig(forward_env=["A"])
+    config.forward_env = ["A", secret]  # assigned after the creation-time check
+    assert config.forwarded_env({"A": "1", secret: "hidden"}) == {"A": "1"}
+
+
 def test_keepalive_interval_is_a_fraction_of_the_timeout() -> None:
     assert SessionConfig(sandbox_timeout=6).keepalive_interval == 2
     assert SessionConfig(sandbox_timeout=3600).keepalive_interval == 60
