@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
@@ -102,10 +103,26 @@ class CommandsMixin:
 
     def _cmd_connect(self, args: Any) -> None:
         old = self.sessions.pop(args.sandbox, None)
-        if old is not None:
-            self.call(old.close(keep=True))
         session = self.session(args.sandbox)
-        self.call(session.connect(args.sandbox_id))
+        try:
+            self.call(session.connect(args.sandbox_id))
+        except BaseException:
+            # A mistyped id must not cost the current sandbox: put the old session back.
+            self.sessions.pop(args.sandbox, None)
+            if old is not None:
+                self.sessions[args.sandbox] = old
+            with contextlib.suppress(Exception):  # it holds no sandbox; the error above counts
+                self.loop.run(session.close())
+            raise
+        if old is not None:
+            previous = old.sandbox_id
+            if previous == session.sandbox_id:
+                old.sandbox = None  # the same sandbox, now driven by the new session
+            kept = self.call(old.close(keep=True))
+            if kept:
+                print(f"the previous sandbox {kept} keeps running (%e2b connect {kept} returns)")
+            elif previous not in (None, session.sandbox_id):
+                print(f"the previous sandbox {previous} was killed")
         print(f"connected sandbox {args.sandbox!r} to {session.sandbox_id}")
 
     def _cmd_kill(self, args: Any) -> None:

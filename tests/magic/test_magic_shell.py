@@ -407,3 +407,29 @@ def test_plots_arrive_as_png_images(shell: InteractiveShell) -> None:
     images = [o.data["image/png"] for o in captured.outputs if "image/png" in o.data]
     assert len(images) == 1
     assert base64.b64decode(images[0]).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_connect_to_a_bad_id_keeps_the_current_sandbox(
+    shell: InteractiveShell, running_sandbox_ids: Any
+) -> None:
+    run(shell, "%%e2b --sandbox typo\nkept_value = 41")
+    sandbox_id = shell._e2b_magics.sessions["typo"].sandbox_id
+    with capture_output() as captured:
+        result = run(shell, "%e2b connect no-such-sandbox --sandbox typo")
+    assert result.error_in_exec is not None
+    assert "no-such-sandbox" in str(result.error_in_exec)
+    assert "Traceback" not in captured.stdout + captured.stderr
+    assert shell._e2b_magics.sessions["typo"].sandbox_id == sandbox_id
+    assert sandbox_id in running_sandbox_ids()
+    with capture_output() as captured:
+        run(shell, "%%e2b --sandbox typo\nprint(kept_value + 1)")
+    assert captured.stdout == "42\n"
+
+
+def test_connect_to_the_current_sandbox_keeps_it(shell: InteractiveShell) -> None:
+    run(shell, "%%e2b --sandbox same\nsame_value = 7")
+    sandbox_id = shell._e2b_magics.sessions["same"].sandbox_id
+    assert run(shell, f"%e2b connect {sandbox_id} --sandbox same").error_in_exec is None
+    with capture_output() as captured:
+        run(shell, "%%e2b --sandbox same\nprint(same_value)")
+    assert captured.stdout == "7\n"
