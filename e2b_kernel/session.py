@@ -168,7 +168,8 @@ class SandboxSession:
             except Exception as exc:
                 if is_sandbox_gone(exc):
                     raise SandboxLost(
-                        f"sandbox {sandbox_id} no longer exists (killed or expired)"
+                        f"there is no sandbox {sandbox_id} (mistyped, killed or expired); "
+                        "%e2b list shows the running ones"
                     ) from None
                 raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
             self.sandbox = sandbox
@@ -269,6 +270,12 @@ class SandboxSession:
         task, queue = start_run_code(sandbox, code, envs=env_vars, language=language)
         self._run_task, self._run_lost = task, False
         limit = timeout if timeout is not None else self.config.cell_timeout
+        # Name the setting the user can raise: the one that set this limit.
+        raise_it = (
+            "Allow this cell a longer timeout."
+            if timeout is not None
+            else "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
+        )
         deadline = None if not limit else time.monotonic() + limit
         self._busy = True
         try:
@@ -278,9 +285,8 @@ class SandboxSession:
                     event = await asyncio.wait_for(queue.get(), remaining)
                 except asyncio.TimeoutError:
                     raise ExecutionTimeout(
-                        f"The cell did not finish within the cell timeout of {limit:g} s and "
-                        "was interrupted; the sandbox and its state are kept. Raise "
-                        "E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
+                        f"The cell did not finish within its timeout of {limit:g} s and was "
+                        f"interrupted; the sandbox and its state are kept. {raise_it}"
                     ) from None
                 if event is DONE:
                     break

@@ -187,6 +187,9 @@ def test_cell_timeout_interrupts_and_keeps_the_sandbox(
     run(shell, "%%e2b\nvalue = 'kept'")
     result = run(shell, "%%e2b --timeout 1\nimport time\ntime.sleep(60)")
     assert type(result.error_in_exec).__name__ == "ExecutionTimeout"
+    # The limit came from --timeout, so the message must not send the user to the env variable.
+    assert "timeout of 1 s" in str(result.error_in_exec)
+    assert "E2B_KERNEL_CELL_TIMEOUT" not in str(result.error_in_exec)
     assert "Traceback" not in capsys.readouterr().out
     with capture_output() as captured:
         run(shell, "%%e2b\nprint(value)")
@@ -417,7 +420,7 @@ def test_connect_to_a_bad_id_keeps_the_current_sandbox(
     with capture_output() as captured:
         result = run(shell, "%e2b connect no-such-sandbox --sandbox typo")
     assert result.error_in_exec is not None
-    assert "no-such-sandbox" in str(result.error_in_exec)
+    assert "there is no sandbox no-such-sandbox (mistyped" in str(result.error_in_exec)
     assert "Traceback" not in captured.stdout + captured.stderr
     assert shell._e2b_magics.sessions["typo"].sandbox_id == sandbox_id
     assert sandbox_id in running_sandbox_ids()
