@@ -291,7 +291,7 @@ class SandboxSession:
                 if event is DONE:
                     break
                 yield event
-            await self._finish(sandbox, task)
+            await self._finish(sandbox, task, language)
         finally:
             self._busy = False
             self._run_task = None
@@ -299,7 +299,9 @@ class SandboxSession:
                 task.cancel()
                 await asyncio.wait([task])
 
-    async def _finish(self, sandbox: AsyncSandbox, task: asyncio.Task) -> None:
+    async def _finish(
+        self, sandbox: AsyncSandbox, task: asyncio.Task, language: str | None = None
+    ) -> None:
         """Turn the finished ``run_code`` task into nothing or an E2BKernelError."""
         if task.cancelled():
             if self._run_lost:
@@ -321,6 +323,12 @@ class SandboxSession:
             message = self._lost_message("killed or expired")
             self._mark_lost(sandbox, "killed or expired")
             raise SandboxLost(message)
+        if language not in (None, "python") and "context" in str(exc).lower():
+            # Running it again cannot help: the template has no kernel for that language.
+            raise SandboxUnavailable(
+                f"The sandbox cannot run {language!r} code ({type(exc).__name__}: {exc}). "
+                "Use a language its template provides, such as python or bash."
+            )
         raise SandboxUnavailable(
             f"The connection to sandbox {sandbox.sandbox_id} failed during the cell "
             f"({type(exc).__name__}: {exc}). The sandbox is still running; run the cell again."
@@ -400,9 +408,9 @@ class SandboxSession:
 
     async def set_timeout(self, seconds: int) -> None:
         """Set the sandbox timeout (seconds from now) and keep refreshing to that value."""
-        self.config.sandbox_timeout = int(seconds)
-        if self.sandbox is not None:
+        if self.sandbox is not None:  # first, so a refused value is not kept for refreshes
             await self.sandbox.set_timeout(int(seconds))
+        self.config.sandbox_timeout = int(seconds)
 
     async def status(self) -> dict:
         """Backend, isolation, sandbox id, template and when the sandbox would expire."""

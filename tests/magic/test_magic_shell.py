@@ -436,3 +436,12 @@ def test_connect_to_the_current_sandbox_keeps_it(shell: InteractiveShell) -> Non
     with capture_output() as captured:
         run(shell, "%%e2b --sandbox same\nprint(same_value)")
     assert captured.stdout == "7\n"
+
+
+def test_unknown_language_names_the_fix(shell: InteractiveShell) -> None:
+    with capture_output() as captured:
+        result = run(shell, "%%e2b --language cobol\nDISPLAY 'HI'.")
+    message = str(result.error_in_exec)
+    assert "cannot run 'cobol' code" in message and "python or bash" in message
+    assert "run the cell again" not in message
+    assert "Traceback" not in captured.stdout + captured.stderr
