@@ -248,6 +248,48 @@ class Execution:
             kernel.untrack(self.msg_id)
 
 
+async def settle_aborts(kernel: Kernel | None, timeout: float = INTERRUPT_GRACE) -> None:
+    """Wait until a failed user cell's stop_on_error abort is over, so the next request runs.
+
+    ipykernel 7 aborts execute requests until its shell channel thread posts a "stop aborting"
+    message; under load that can come after the failed cell's idle status, which is when the
+    context lock is released. So wait for the user cells' replies, and after a failure probe
+    with an empty silent cell until one is not aborted.
+    """
+    if kernel is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = list(kernel.user_replies.values())
+    if pending and not await _until_done(kernel, pending, deadline - loop.time()):
+        return
+    while kernel.may_abort and (remaining := deadline - loop.time()) > 0:
+        probe_id = kernel.send_execute("", silent=True)
+        probe = kernel.reply_for(probe_id)
+        assert probe is not None
+        try:
+            if not await _until_done(kernel, [probe], remaining):
+                return
+        finally:
+            kernel.untrack(probe_id)
+        if probe.result().get("content", {}).get("status") not in _ABORTED:
+            kernel.may_abort = False
+    if kernel.may_abort:
+        log.warning("kernel %s still aborts requests %.0f s after an error", kernel.prefix, timeout)
+
+
+async def _until_done(kernel: Kernel, futures: list[asyncio.Future[Any]], timeout: float) -> bool:
+    """Wait for all `futures`; False if the kernel died or `timeout` passed first."""
+    everything = asyncio.ensure_future(asyncio.wait(futures))
+    died = asyncio.ensure_future(kernel.died.wait())
+    try:
+        await asyncio.wait({everything, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (everything, died):
+            task.cancel()
+    return all(future.done() and not future.cancelled() for future in futures)
+
+
 def _flag_abort(reply: asyncio.Future[dict[str, Any]], aborted: asyncio.Event) -> None:
     if not reply.cancelled() and reply.result().get("content", {}).get("status") in _ABORTED:
         aborted.set()

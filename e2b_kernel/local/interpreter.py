@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from . import ndjson
-from .contexts import Context, Execution, UnknownLanguage, prepend_env
+from .contexts import Context, Execution, UnknownLanguage, prepend_env, settle_aborts
 from .kernels import SandboxLike, normalize_language
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,7 @@ class CodeInterpreter:
             return False
         release_now = True
         try:
+            await settle_aborts(context.kernel)  # a previous failed cell must not abort this one
             cell = prepend_env(code, context.env_code(env_vars))
             execution = Execution(context, cell, stop)
             lines = execution.lines()
@@ -303,6 +304,7 @@ async def _restore_env(context: Context, code: str) -> None:
     """Silent cell putting per-call env vars back; the next cell waits for it (the lock)."""
     try:
         if context.kernel is not None:
+            await settle_aborts(context.kernel)  # the cell may have failed: stop_on_error
             await context.kernel.run_silent(code)
     except Exception:
         log.exception("restoring env vars in context %s failed", context.id)

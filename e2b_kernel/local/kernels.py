@@ -116,6 +116,10 @@ class Kernel:
         self.died = asyncio.Event()
         self._routes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Replies to user cells not read yet, and whether one failed since the last settle: then
+        # ipykernel's stop_on_error may still abort the next request (contexts.settle_aborts).
+        self.user_replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.may_abort = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stderr_tail: deque[bytes] = deque(maxlen=40)
 
@@ -262,7 +266,13 @@ class Kernel:
         async with self._fatal_on_error("shell/control"):
             while True:
                 msg = await get_msg()
-                future = self._replies.pop(msg.get("parent_header", {}).get("msg_id", ""), None)
+                parent_id = msg.get("parent_header", {}).get("msg_id", "")
+                user_reply = self.user_replies.pop(parent_id, None)
+                if user_reply is not None and not user_reply.done():
+                    failed = msg.get("content", {}).get("status") == "error"
+                    self.may_abort = self.may_abort or failed
+                    user_reply.set_result(msg)
+                future = self._replies.pop(parent_id, None)
                 if future is not None and not future.done():
                     future.set_result(msg)
 
@@ -294,6 +304,8 @@ class Kernel:
         msg_id: str = msg["header"]["msg_id"]
         self.track(msg_id)
         self.expect_reply(msg_id)
+        if not silent:
+            self.user_replies[msg_id] = asyncio.get_running_loop().create_future()
         self.client.shell_channel.send(msg)
         return msg_id
 

@@ -213,6 +213,44 @@ def test_env_vars_apply_to_one_call_and_are_restored(sandbox: Sandbox) -> None:
     assert after.text == "('default', 'from-sandbox')"
 
 
+# ipykernel 7 stops aborting after an error only when its shell channel thread posts a "stop
+# aborting" message; a loaded machine can run that thread late, after the failed cell's idle.
+# This cell delays that message by a second, so the late case happens every time.
+DELAY_STOP_ABORTING = """
+def _delay_stop_aborting(kernel=get_ipython().kernel):
+    post_stop = kernel._post_dummy_stop_aborting_message
+    loop = kernel.shell_channel_thread.io_loop
+    kernel._post_dummy_stop_aborting_message = (
+        lambda subshell: loop.call_later(1.0, post_stop, subshell)
+    )
+_delay_stop_aborting()
+del _delay_stop_aborting
+"""
+
+
+def test_the_cell_after_an_error_is_not_aborted_when_the_kernel_stops_aborting_late(
+    local_service: RunningService,
+) -> None:
+    sbx = Sandbox.create(**sdk_options(local_service))
+    try:
+        patched = sbx.run_code(DELAY_STOP_ABORTING)
+        assert patched.error is None, patched.error
+        failed = sbx.run_code("1/0", envs={"CALL_VAR": "per-call"})
+        assert failed.error is not None and failed.error.name == "ZeroDivisionError", failed
+        # Both the env restore after the failed cell and this cell ran, neither was aborted.
+        after = sbx.run_code("import os; os.getenv('CALL_VAR', 'restored')")
+        assert after.error is None, after.error
+        assert after.text == "restored", after
+        interrupted = sbx.run_code("raise KeyboardInterrupt")
+        assert interrupted.error is not None, interrupted
+        assert interrupted.error.name == "KeyboardInterrupt", interrupted.error
+        kept = sbx.run_code("'kept'")
+        assert kept.error is None, kept.error
+        assert kept.text == "kept", kept
+    finally:
+        sbx.kill()
+
+
 def test_bash_context(sandbox: Sandbox) -> None:
     execution = sandbox.run_code("pwd; echo $GLOBAL_VAR; export KEEP=1", language="bash")
     assert execution.logs.stdout and "".join(execution.logs.stdout).split() == [
