@@ -126,7 +126,10 @@ class SandboxSession:
         """Create the sandbox (and the private local service when needed); idempotent."""
         async with self._start_lock:
             if self._closed:
-                raise SandboxUnavailable("this sandbox session is closed")
+                raise SandboxUnavailable(
+                    f"this sandbox session ({self.name!r}) is closed; its sandbox was killed or "
+                    "handed over. Create a new session (for example a new SandboxExecutor)."
+                )
             if self.sandbox is not None:
                 return
             await self._backend.ensure_started()

@@ -1,4 +1,4 @@
-"""``SandboxSession.set_timeout`` keeps refreshing with a value only once the sandbox took it."""
+"""``SandboxSession`` without a sandbox service: timeouts and a closed session."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from e2b_kernel.config import SessionConfig
+from e2b_kernel.errors import SandboxUnavailable
 from e2b_kernel.session import SandboxSession
 
 
@@ -29,3 +30,10 @@ def test_without_a_sandbox_the_timeout_applies_to_the_next_one() -> None:
     session = SandboxSession(SessionConfig(backend="local", sandbox_timeout=300))
     asyncio.run(session.set_timeout(42))
     assert session.config.sandbox_timeout == 42
+
+
+def test_a_closed_session_says_how_to_go_on() -> None:
+    session = SandboxSession(SessionConfig(backend="local"), name="executor")
+    asyncio.run(session.close())
+    with pytest.raises(SandboxUnavailable, match=r"'executor'.* is closed.*new SandboxExecutor"):
+        asyncio.run(session.start())
