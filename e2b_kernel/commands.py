@@ -78,7 +78,16 @@ class CommandsMixin:
         if args is None:
             return None
         handler = getattr(self, f"_cmd_{args.command}")
-        return handler(args)
+        try:
+            return handler(args)
+        except UsageError:
+            raise
+        except Exception as exc:
+            if hasattr(exc, "_render_traceback_"):  # already made short by call() or _files()
+                raise
+            from .magics import shown
+
+            raise shown(exc) from None  # e.g. no E2B_API_KEY for %e2b list: one line
 
     def _started(self, name: str) -> SandboxSession:
         session = self.session(name)

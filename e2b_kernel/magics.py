@@ -130,7 +130,7 @@ class E2BMagics(CommandsMixin, Magics):
                 config, name=name, service_factory=self.local_service.factory
             )
         except Exception as exc:  # e.g. a bad E2B_KERNEL_* value: one line naming the fix
-            raise _shown(exc) from None
+            raise shown(exc) from None
         return self.sessions[name]
 
     def call(self, coro: Any) -> Any:
@@ -138,7 +138,7 @@ class E2BMagics(CommandsMixin, Magics):
         try:
             return self.loop.run(coro)
         except Exception as exc:
-            raise _shown(exc) from None
+            raise shown(exc) from None
 
     def close_all(self) -> None:
         """Kill every sandbox, except those kept (``%e2b keep``, E2B_KERNEL_KEEP_SANDBOX=1)."""
@@ -306,7 +306,7 @@ class E2BMagics(CommandsMixin, Magics):
                 raise
             except Exception as exc:
                 span.fail(type(exc).__name__)
-                raise _shown(exc) from None
+                raise shown(exc) from None
             span.sandbox_id = session.sandbox_id
             if error is not None:
                 span.fail(str(error.get("ename", "Error")))
@@ -366,7 +366,7 @@ def _interrupted(exc: KeyboardInterrupt, sandbox: str | None) -> KeyboardInterru
     return exc
 
 
-def _shown(exc: Exception) -> Exception:
+def shown(exc: Exception) -> Exception:
     """Prepare ``exc`` for the user: one line, no stack of ours (a bug's stack goes to the log)."""
     expected = (E2BKernelError, transfer.TransferError, UsageError)
     if not isinstance(exc, expected) and not type(exc).__module__.startswith("e2b."):

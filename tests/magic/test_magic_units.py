@@ -250,3 +250,23 @@ def test_dash_h_prints_help_without_exiting(
     assert result.error_in_exec is None
     shown = capsys.readouterr().out
     assert "%e2b" in shown and "Examples" in shown
+
+
+def test_a_line_command_error_outside_the_loop_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``%e2b list`` on the cloud backend without a key: one line naming the fix, no stack."""
+    from IPython.utils.capture import capture_output
+
+    monkeypatch.setenv("E2B_KERNEL_BACKEND", "cloud")
+    monkeypatch.delenv("E2B_API_KEY", raising=False)
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "e2b_kernel")
+    try:
+        with capture_output() as captured:
+            result = ip.run_cell("%e2b list")
+    finally:
+        ip.run_line_magic("unload_ext", "e2b_kernel")
+    assert type(result.error_in_exec).__name__ == "ConfigurationError"
+    assert "E2B_API_KEY is not set" in captured.stdout
+    assert "commands.py" not in captured.stdout and "Traceback" not in captured.stdout
