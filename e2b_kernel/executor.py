@@ -223,6 +223,8 @@ def _parse_request(
             f"unknown request keys {sorted(unknown)}; allowed: {sorted(_REQUEST_KEYS)}"
         )
     code = request.get("code")
+    if "code" not in request:
+        raise ValueError('request["code"] is missing: it must be a string of source code to run')
     if not isinstance(code, str):
         raise ValueError(f'request["code"] must be a string of source code, got {code!r:.80}')
     timeout = request.get("timeout")

@@ -159,7 +159,10 @@ def test_each_execution_is_one_span(sdk_env: dict[str, str], spans: InMemorySpan
 @pytest.mark.parametrize(
     ("request_", "error", "message"),
     [
-        ({}, ValueError, "must be a string of source code"),
+        ({}, ValueError, "is missing: it must be a string of source code"),
+        ({"code": 1}, ValueError, "must be a string of source code, got 1"),
+        ({"code": "1", "timeout": -1}, ValueError, "positive number"),
+        ({"code": "1", "env_vars": {"E2B_KERNEL_LOCAL_API_KEY": "x"}}, ValueError, "may not"),
         ({"code": "1", "cmd": "x"}, ValueError, "unknown request keys"),
         ({"code": "1", "timeout": -5}, ValueError, "positive number"),
         ({"code": "1", "timeout": "soon"}, TypeError, "number of seconds"),
