@@ -19,7 +19,7 @@ $(TEST_STAMP): pyproject.toml
 	touch $(DEMO_STAMP) $(TEST_STAMP)
 
 demo: $(DEMO_STAMP)
-	$(PY) -m e2b_kernel.demo notebooks/quickstart.ipynb
+	$(PY) -m e2b_kernel.cli.demo notebooks/quickstart.ipynb
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check e2b_kernel tests bench examples

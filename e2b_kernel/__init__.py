@@ -7,6 +7,11 @@ Public API (flat namespace, private modules behind it):
 - The exception hierarchy in :mod:`e2b_kernel.errors`.
 
 Imports are lazy so that ``python -m e2b_kernel`` (the kernel) and the CLI start quickly.
+
+Packages, from the bottom up (the README's "Development" section draws the whole tree):
+``errors``/``config``; ``backends`` (where sandboxes run) and ``core`` (``SandboxSession``);
+the front ends ``kernel``, ``magic``, ``executor`` and ``cli``; and ``local``, the E2B-compatible
+service, which imports nothing from the rest.
 """
 
 from __future__ import annotations
@@ -28,20 +33,28 @@ __all__ = [
     "SandboxExecutor",
     "SandboxLost",
     "SandboxUnavailable",
+    "TransferError",
     "__version__",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
 
 if TYPE_CHECKING:
-    from .errors import E2BKernelError, ExecutionTimeout, SandboxLost, SandboxUnavailable
+    from .errors import (
+        E2BKernelError,
+        E2BRemoteError,
+        ExecutionTimeout,
+        SandboxLost,
+        SandboxUnavailable,
+        TransferError,
+    )
     from .executor import SandboxExecutor
-    from .remote_error import E2BRemoteError
 
 _LAZY = {
     "SandboxExecutor": "executor",
     "E2BKernelError": "errors",
-    "E2BRemoteError": "remote_error",
+    "E2BRemoteError": "errors",
+    "TransferError": "errors",
     "ExecutionTimeout": "errors",
     "SandboxLost": "errors",
     "SandboxUnavailable": "errors",
@@ -59,13 +72,13 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the ``%%e2b`` cell magic and the ``%e2b`` line magic."""
-    from .magics import load_ipython_extension as load
+    from .magic import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Stop the extension's sandboxes and forget its magics."""
-    from .magics import unload_ipython_extension as unload
+    from .magic import unload_ipython_extension as unload
 
     unload(ipython)

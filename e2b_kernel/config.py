@@ -8,6 +8,8 @@ is built, so a bad value fails once with a message naming the variable and the f
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default
@@ -15,11 +17,19 @@ from traitlets.config import Configurable
 
 from .errors import ConfigurationError
 
-__all__ = ["SECRET_NAMES", "SessionConfig", "parse_metadata", "parse_names"]
+__all__ = [
+    "SECRET_NAMES",
+    "SessionConfig",
+    "check_env_vars",
+    "parse_metadata",
+    "parse_names",
+    "parse_pairs",
+]
 
 # Never forwarded into a sandbox, whatever the configuration says (the last one is the key of a
 # separately started `e2b-kernel local` service).
 SECRET_NAMES = frozenset({"E2B_API_KEY", "E2B_ACCESS_TOKEN", "E2B_KERNEL_LOCAL_API_KEY"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def parse_names(text: str) -> list[str]:
@@ -27,17 +37,48 @@ def parse_names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
+    """Turn ``KEY=VALUE`` strings into a dict; the ``ValueError`` names ``what`` and the item.
+
+    The one parser for every ``KEY=VALUE`` the user types: ``E2B_KERNEL_METADATA``,
+    ``%%e2b --env``, ``%e2b env`` and ``e2b-kernel sandboxes --metadata``.
+    """
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} expects KEY=VALUE, got {item.strip()!r}")
+        result[key.strip()] = value
+    return result
+
+
 def parse_metadata(text: str) -> dict[str, str]:
     """Parse ``k=v,k2=v2`` into a dict; raise ``ValueError`` naming a malformed pair."""
-    result: dict[str, str] = {}
-    for pair in text.split(","):
-        if not pair.strip():
-            continue
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected key=value, got {pair.strip()!r}")
-        result[key.strip()] = value.strip()
-    return result
+    pairs = parse_pairs((p for p in text.split(",") if p.strip()), "metadata")
+    return {key: value.strip() for key, value in pairs.items()}
+
+
+def check_env_vars(env: Mapping[str, Any], what: str) -> dict[str, str]:
+    """Validate variables bound for a sandbox: real names, str values, no secret.
+
+    Raises ``ValueError`` naming ``what`` (for example ``--env`` or ``request["env_vars"]``)
+    and the offending name, so each front end shows the same rule in its own words.
+    """
+    checked: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"{what} must map str names to str values, got {key!r}: {value!r}")
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(
+                f"{what}: {key!r} is not a variable name (letters, digits and _, not starting "
+                "with a digit)"
+            )
+        if "\0" in value:
+            raise ValueError(f"{what}: the value of {key} contains a NUL character")
+        if key in SECRET_NAMES:
+            raise ValueError(f"{what}: {key} may not be sent into a sandbox")
+        checked[key] = value
+    return checked
 
 
 def _env(name: str) -> str | None:

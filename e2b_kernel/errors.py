@@ -1,4 +1,4 @@
-"""One exception hierarchy for e2b-kernel, mapped once to Jupyter ``error`` content.
+"""One exception hierarchy for everything e2b-kernel shows a user, mapped once to Jupyter.
 
 ::
 
@@ -7,26 +7,41 @@
     ├── SandboxUnavailable          cannot create or reach a sandbox (auth, network, service)
     ├── SandboxLost                 sandbox killed, expired or not found: its state is gone
     ├── ExecutionTimeout            our own per-cell deadline passed
-    └── ExecutionInterrupted        the cell was interrupted (shown as KeyboardInterrupt)
+    ├── ExecutionInterrupted        the cell was interrupted (shown as KeyboardInterrupt)
+    ├── TransferError               a variable or file could not be moved (%%e2b -i/-o, %e2b upload)
+    └── E2BRemoteError              code in the sandbox raised; carries the remote traceback
+
+IPython shows an exception through its ``_render_traceback_()`` when the class has one. Every
+class here renders as one ``Name: message`` line (the remote error as the sandbox's own
+traceback), so no stack frame of ours ever reaches a notebook.
 """
 
 from __future__ import annotations
 
+import builtins
 import traceback as _traceback
+from typing import Any
 
 __all__ = [
     "ConfigurationError",
     "E2BKernelError",
+    "E2BRemoteError",
     "ExecutionInterrupted",
     "ExecutionTimeout",
     "SandboxLost",
     "SandboxUnavailable",
+    "TransferError",
     "error_content",
+    "remote_error",
 ]
 
 
 class E2BKernelError(Exception):
     """Base of every error e2b-kernel raises on purpose; the message is meant for users."""
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a Python traceback: one coloured line."""
+        return list(error_content(self)["traceback"])
 
 
 class ConfigurationError(E2BKernelError):
@@ -49,6 +64,62 @@ class ExecutionInterrupted(E2BKernelError):
     """The cell was interrupted by the user."""
 
 
+class TransferError(E2BKernelError):
+    """A variable or file could not be moved; the message names it and says what to do."""
+
+
+class E2BRemoteError(E2BKernelError):
+    """An exception raised by code running in a sandbox, re-raised here by ``%%e2b``.
+
+    The message keeps the remote name (``E2BRemoteError: ZeroDivisionError: division by
+    zero``). When the remote name is a builtin exception, the raised object is also an
+    instance of it, so ``except ZeroDivisionError`` works around a ``%%e2b`` cell.
+    """
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str], sandbox: str = "") -> None:
+        super().__init__(f"{ename}: {evalue}" if evalue else ename)
+        self.ename = ename
+        self.evalue = evalue
+        self.remote_traceback = list(traceback)
+        self.sandbox = sandbox
+
+    def __str__(self) -> str:
+        # KeyError and friends would otherwise repr() the message.
+        return str(self.args[0]) if self.args else self.ename
+
+    def _render_traceback_(self) -> list[str]:
+        """The remote traceback, as the sandbox's IPython formatted it."""
+        return self.remote_traceback or [str(self)]
+
+
+_REMOTE_CLASSES: dict[str, type[E2BRemoteError]] = {}
+
+
+def _remote_class(ename: str) -> type[E2BRemoteError]:
+    """``E2BRemoteError`` mixed with the builtin exception of that name, if there is one."""
+    builtin = getattr(builtins, ename, None)
+    if not (isinstance(builtin, type) and issubclass(builtin, Exception)):
+        return E2BRemoteError
+    if ename not in _REMOTE_CLASSES:
+        try:
+            # Same __name__ so the Jupyter error's ename stays "E2BRemoteError".
+            _REMOTE_CLASSES[ename] = type("E2BRemoteError", (E2BRemoteError, builtin), {})
+        except TypeError:  # incompatible layout: plain E2BRemoteError is still correct
+            _REMOTE_CLASSES[ename] = E2BRemoteError
+    return _REMOTE_CLASSES[ename]
+
+
+def remote_error(content: dict[str, Any], sandbox: str = "") -> E2BRemoteError:
+    """Build the exception for a Jupyter ``error`` content received from the sandbox."""
+    ename = str(content.get("ename") or "Error")
+    evalue = str(content.get("evalue") or "")
+    traceback = [str(line) for line in content.get("traceback") or []]
+    try:
+        return _remote_class(ename)(ename, evalue, traceback, sandbox)
+    except TypeError:  # a builtin whose constructor wants other arguments
+        return E2BRemoteError(ename, evalue, traceback, sandbox)
+
+
 _ENAMES: dict[type, str] = {ExecutionInterrupted: "KeyboardInterrupt"}
 
 
@@ -61,7 +132,7 @@ def error_content(exc: BaseException) -> dict:
     if isinstance(exc, E2BKernelError):
         ename = _ENAMES.get(type(exc), type(exc).__name__)
         evalue = str(exc)
-    elif isinstance(exc, (KeyboardInterrupt,)):
+    elif isinstance(exc, KeyboardInterrupt):
         ename, evalue = "KeyboardInterrupt", str(exc) or "interrupted"
     else:
         ename = type(exc).__name__

@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypedDict
 
-from .config import SECRET_NAMES, SessionConfig
+from .config import SessionConfig, check_env_vars
+from .core import SandboxSession
+from .core.outputs import strip_ansi
 from .errors import ExecutionTimeout
-from .session import SandboxSession
-from .telemetry import execution_span
 
 __all__ = ["ExecutionRecord", "ExecutionResult", "SandboxExecutor"]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _REQUEST_KEYS = frozenset({"code", "timeout", "env_vars", "language"})
 
 
@@ -138,25 +136,20 @@ class SandboxExecutor:
         logs: list[str] = []
         pending = {"stdout": "", "stderr": ""}
         started = time.perf_counter()
-        with execution_span("executor", self._session.sandbox_id) as span:
-            try:
-                async for kind, content in self._session.execute(
-                    code, timeout=timeout, env_vars=env_vars, language=language
-                ):
-                    _collect(kind, content, record, logs, pending)
-            except ExecutionTimeout as exc:
-                record.error = {
-                    "name": "TimeoutError",
-                    "value": str(exc),
-                    "traceback": [f"TimeoutError: {exc}"],
-                }
-            for name, rest in pending.items():
-                if rest:
-                    logs.append(f"[{name}] {rest}")
-            span.sandbox_id = self._session.sandbox_id
-            if record.error is not None:
-                span.fail(record.error["name"])
-            span.attributes["e2b.language"] = language or "python"
+        try:
+            async for kind, content in self._session.execute(
+                code, timeout=timeout, env_vars=env_vars, language=language, front_end="executor"
+            ):
+                _collect(kind, content, record, logs, pending)
+        except ExecutionTimeout as exc:
+            record.error = {
+                "name": "TimeoutError",
+                "value": str(exc),
+                "traceback": [f"TimeoutError: {exc}"],
+            }
+        for name, rest in pending.items():
+            if rest:
+                logs.append(f"[{name}] {rest}")
         return ExecutionResult(
             output=record.stdout,
             error=_error_text(record.error),
@@ -190,7 +183,7 @@ def _collect(
         record.error = {
             "name": str(content.get("ename", "Error")),
             "value": str(content.get("evalue", "")),
-            "traceback": [_ANSI.sub("", line) for line in content.get("traceback", [])],
+            "traceback": [strip_ansi(line) for line in content.get("traceback", [])],
         }
 
 
@@ -231,17 +224,9 @@ def _parse_request(
     timeout = default_timeout if timeout is None else _check_timeout(timeout, 'request["timeout"]')
     env_vars = request.get("env_vars") or None
     if env_vars is not None:
-        if not isinstance(env_vars, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
-        ):
+        if not isinstance(env_vars, Mapping):
             raise ValueError('request["env_vars"] must map str names to str values')
-        bad = [k for k, v in env_vars.items() if not k or "=" in k or "\0" in k + v]
-        if bad:
-            raise ValueError(f"invalid environment variables (empty, '=' or NUL): {bad}")
-        secret = SECRET_NAMES.intersection(env_vars)
-        if secret:
-            raise ValueError(f"{', '.join(sorted(secret))} may not be sent into a sandbox")
-        env_vars = dict(env_vars)
+        env_vars = check_env_vars(env_vars, 'request["env_vars"]')
     language = request.get("language")
     if language is not None and not isinstance(language, str):
         raise ValueError(f'request["language"] must be a string such as "python", got {language!r}')

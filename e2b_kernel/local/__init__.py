@@ -104,17 +104,27 @@ class _SubprocessService(_Running):
     """The service as a child process (`python -m e2b_kernel.cli local --port 0`)."""
 
     def __init__(
-        self, host: str, port: int, isolation: str, api_key: str | None, limits: dict[str, int]
+        self,
+        host: str,
+        port: int,
+        isolation: str,
+        api_key: str | None,
+        limits: dict[str, int],
+        lease: str | None = None,
     ) -> None:
-        argv = [sys.executable, "-m", "e2b_kernel.cli", "local", "--host", host]
-        argv += ["--port", str(port), "--die-with-parent"]
+        argv = [sys.executable, "-m", "e2b_kernel.local", "--host", host]
+        argv += ["--port", str(port)]
+        # Tied to this process, or (with a lease) to whoever holds the lease, in a session of
+        # its own so that a SIGINT for this process's group never reaches it.
+        argv += ["--lease", lease] if lease else ["--die-with-parent"]
         for name, value in limits.items():
             argv += [f"--{name.replace('_', '-')}", str(value)]
         if isolation == "none":
             argv.append("--no-isolation")
         elif isolation not in ("auto", "namespaces"):
             raise ValueError(f"unknown isolation {isolation!r}: use 'auto' or 'none'")
-        env = dict(os.environ)
+        # The caller's cloud key is no business of the service's.
+        env = {k: v for k, v in os.environ.items() if k != "E2B_API_KEY"}
         if api_key is not None:
             env["E2B_KERNEL_LOCAL_API_KEY"] = api_key  # not on argv, where `ps` shows it
         self._proc = subprocess.Popen(
@@ -124,6 +134,7 @@ class _SubprocessService(_Running):
             stderr=None,
             env=env,
             text=True,
+            start_new_session=lease is not None,
         )
         self.pid = self._proc.pid
         self._stopped = False
@@ -131,6 +142,8 @@ class _SubprocessService(_Running):
         self.url = found["E2B_API_URL"]
         self.api_key = found["E2B_API_KEY"]
         self.isolation = found["isolation"]
+        if lease:
+            self._close_banner()  # nobody reads it any more; the service must not block on it
 
     def _read_banner(self) -> dict[str, str]:
         assert self._proc.stdout is not None
@@ -166,6 +179,9 @@ class _SubprocessService(_Running):
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        self._close_banner()
+
+    def _close_banner(self) -> None:
         if self._proc.stdout is not None:
             self._proc.stdout.close()
 
@@ -196,11 +212,14 @@ def start_subprocess(
     api_key: str | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
     max_pids: int = DEFAULT_MAX_PIDS,
+    lease: str | None = None,
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
 
+    With ``lease`` (a file the caller holds an exclusive ``flock`` on) it lives instead until
+    nobody has held the lease for ``lease.GRACE`` seconds, then removes the file.
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
     ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
     """
     limits = {"memory_mb": memory_mb, "max_pids": max_pids}
-    return _SubprocessService(host, port, isolation, api_key, limits)
+    return _SubprocessService(host, port, isolation, api_key, limits, lease)

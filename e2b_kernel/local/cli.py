@@ -44,6 +44,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
+    # A kernel's private service: stop once no process holds this lease (see lease.py).
+    parser.add_argument("--lease", metavar="FILE", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,10 +82,11 @@ def run(args: argparse.Namespace) -> int:
             "reach this address can run code here (the API key is the only check)",
             file=sys.stderr,
         )
-    return asyncio.run(_serve(core, args.api_key or DEFAULT_API_KEY))
+    return asyncio.run(_serve(core, args.api_key or DEFAULT_API_KEY, args.lease))
 
 
-async def _serve(core: object, api_key: str) -> int:
+async def _serve(core: object, api_key: str, lease: str | None) -> int:
+    from .lease import serve_while_leased
     from .service import ServiceCore
 
     assert isinstance(core, ServiceCore)
@@ -98,6 +101,9 @@ async def _serve(core: object, api_key: str) -> int:
     print(f"export E2B_SANDBOX_URL={url}")
     print(f"export E2B_API_KEY={api_key}")
     print(f"# isolation: {core.isolation}", flush=True)
+    if lease is not None:
+        await serve_while_leased(lease, task)
+        await core.shutdown()
     await task
     return 0
 

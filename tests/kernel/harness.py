@@ -13,9 +13,9 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-import e2b_kernel
+from e2b_kernel.cli.install import kernelspec_dir
 
-KERNELSPEC_DIR = Path(e2b_kernel.__file__).parent / "kernelspec"
+KERNELSPEC_DIR = kernelspec_dir()
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -27,7 +27,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 def write_kernelspec(root: Path, interrupt_mode: str) -> KernelSpecManager:
     """A private copy of the e2b-python kernelspec with the given interrupt mode."""
-    spec = json.loads((KERNELSPEC_DIR / "kernel.json").read_text())
+    spec = json.loads(KERNELSPEC_DIR.joinpath("kernel.json").read_text())
     spec["interrupt_mode"] = interrupt_mode
     folder = root / "kernels" / "e2b-python"
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 _SCRIPT = textwrap.dedent(
     """
     from IPython.testing.globalipapp import start_ipython
-    from e2b_kernel.session import SandboxSession
+    from e2b_kernel.core import SandboxSession
 
     async def broken_start(self):
         raise RuntimeError("internal bug")

@@ -16,7 +16,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from e2b_kernel.remote_error import E2BRemoteError
+from e2b_kernel.errors import E2BRemoteError
 
 
 def run(shell: InteractiveShell, source: str) -> Any:

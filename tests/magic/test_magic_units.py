@@ -14,10 +14,11 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from e2b_kernel.loop_thread import LoopThread
-from e2b_kernel.magics import parse_env
-from e2b_kernel.remote_error import E2BRemoteError, remote_error
-from e2b_kernel.transfer import TransferError, dumps_for_sandbox, read_pull_report, safe_loads
+from e2b_kernel.core import hidden
+from e2b_kernel.errors import E2BRemoteError, TransferError, remote_error
+from e2b_kernel.magic.arguments import parse_env
+from e2b_kernel.magic.loop_thread import LoopThread
+from e2b_kernel.magic.transfer import dumps_for_sandbox, read_pull_report, safe_loads
 
 
 @pytest.fixture
@@ -159,7 +160,7 @@ def test_unpicklable_push_is_a_clear_error() -> None:
 
 
 def test_pull_report_errors_name_the_variable() -> None:
-    mark = "__e2b_kernel_transfer__"
+    mark = hidden.MARKER
     with pytest.raises(TransferError, match=r"-o df: .* exceeds the transfer limit"):
         read_pull_report(mark + '{"df": {"status": "too_big", "size": 5000}}\n', 1000)
     with pytest.raises(TransferError, match="no variable named 'y'"):

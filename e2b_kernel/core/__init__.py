@@ -1,0 +1,15 @@
+"""The core every front end shares: one ``SandboxSession`` per sandbox.
+
+- :mod:`.session`: lifecycle (background start, keep-alive, loss, restart, shutdown), streaming
+  execution with its telemetry span, hidden code, files and connection options;
+- :mod:`.streaming`, :mod:`.outputs`: ``run_code`` callbacks as Jupyter-shaped events
+  (the mapping is pure);
+- :mod:`.keepalive`, :mod:`.sdk_errors`, :mod:`.telemetry`;
+- :mod:`.hidden`, :mod:`.introspection`: code run in the user's context on our behalf.
+
+Nothing here imports a front end (kernel, magic, executor, cli).
+"""
+
+from .session import NEW_SANDBOX_NOTICE, Event, HiddenResult, SandboxSession
+
+__all__ = ["NEW_SANDBOX_NOTICE", "Event", "HiddenResult", "SandboxSession"]

@@ -1,0 +1,131 @@
+"""Pure functions that turn E2B ``Result`` / ``ExecutionError`` objects into Jupyter content.
+
+E2B's ``/execute`` protocol flattens a Jupyter MIME bundle into named fields (spec section 3.3)
+and joins traceback lines into one string (section 3.6). These functions undo both as well as
+the protocol allows:
+
+- every named field goes back to its MIME type, and ``extra`` (all other MIME types) is merged
+  in unchanged. E2B's derived ``data`` (``e2b/data``) and ``chart`` (``e2b/chart``) fields are
+  left out: they are not what the code displayed, and nbformat only accepts JSON values for
+  ``*json`` MIME types, so a notebook holding them could not be saved.
+- a traceback string is split back into a list of lines, ANSI colour codes kept.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = [
+    "FIELD_MIME_TYPES",
+    "error_to_content",
+    "result_to_bundle",
+    "split_traceback",
+    "strip_ansi",
+]
+
+# E2B Result field -> Jupyter MIME type, in E2B's own order (Result.formats()).
+FIELD_MIME_TYPES: dict[str, str] = {
+    "text": "text/plain",
+    "html": "text/html",
+    "markdown": "text/markdown",
+    "svg": "image/svg+xml",
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "pdf": "application/pdf",
+    "latex": "text/latex",
+    "json": "application/json",
+    "javascript": "application/javascript",
+}
+
+
+def result_to_bundle(result: Any) -> dict[str, Any]:
+    """Return the Jupyter MIME bundle (``data``) of an E2B ``Result``.
+
+    Images stay base64 text as Jupyter expects; JSON stays a dict.
+    """
+    bundle: dict[str, Any] = {}
+    for field, mime in FIELD_MIME_TYPES.items():
+        value = getattr(result, field, None)
+        if value is not None and value != "":
+            bundle[mime] = value
+    extra = getattr(result, "extra", None) or {}
+    for mime, value in extra.items():
+        bundle.setdefault(str(mime), value)
+    return bundle
+
+
+def result_to_event(result: Any) -> tuple[str, dict[str, Any]]:
+    """Return ``("execute_result" | "display_data", content)`` for an E2B ``Result``."""
+    kind = "execute_result" if getattr(result, "is_main_result", False) else "display_data"
+    return kind, {"data": result_to_bundle(result), "metadata": {}}
+
+
+_ANSI = r"(?:\x1b\[[0-9;]*m)*"
+# IPython starts a traceback with a rule of dashes, then "<Name>   Traceback (most recent...)".
+_RESET = r"(?:\x1b\[0?m)?"  # only a reset may close the rule or header; the next colour opens
+_RULE = re.compile(rf"^({_ANSI}-{{20,}}{_RESET})(?=[^\n])")
+_HEADER_END = re.compile(r"(Traceback \(most recent call last\)" + _RESET + r")(?=[^\n])")
+
+
+def split_traceback(text: str, ename: str = "", evalue: str = "") -> list[str]:
+    """Split E2B's joined traceback string back into Jupyter's list of lines.
+
+    The server joins IPython's traceback entries with ``""``, which glues the dash rule, the
+    header and the final ``Name: value`` line onto their neighbours; those joints are restored.
+    """
+    if not text:
+        return []
+    text = _RULE.sub(r"\1\n", text, count=1)
+    text = _HEADER_END.sub(r"\1\n", text, count=1)
+    if ename:
+        text = _unglue_tail(text, ename, evalue)
+    lines = text.split("\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _unglue_tail(text: str, ename: str, evalue: str) -> str:
+    """Put the final ``Name: value`` line on its own line when it is glued to the previous."""
+    tail = f"{ename}: {evalue}".rstrip() if evalue else ename
+    matches = list(re.finditer(_ANSI + re.escape(ename) + _ANSI + ":?", text))
+    match = matches[-1] if matches else None
+    if match is None or match.start() == 0 or text[match.start() - 1] == "\n":
+        return text
+    if strip_ansi(text[match.start() :]).rstrip() != tail:
+        return text
+    return text[: match.start()] + "\n" + text[match.start() :]
+
+
+_ANSI_SEQUENCE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without ANSI escape sequences (colours, cursor moves)."""
+    return _ANSI_SEQUENCE.sub("", text)
+
+
+STDIN_MESSAGE = (
+    "input() is not available: E2B sandboxes have no stdin (the /execute protocol cannot "
+    "send input requests). Put the value in the code, or pass it as an environment variable."
+)
+
+
+def error_to_content(error: Any) -> dict[str, Any]:
+    """Return Jupyter ``error`` content for an E2B ``ExecutionError``."""
+    name = str(getattr(error, "name", "") or "Error")
+    value = str(getattr(error, "value", "") or "")
+    traceback = split_traceback(str(getattr(error, "traceback", "") or ""), name, value)
+    if name == "StdinNotImplementedError":
+        # Keep the user's own frame; drop ipykernel's internals and name the real limit.
+        user_part: list[str] = []
+        for line in traceback[:-1]:
+            if strip_ansi(line).startswith("File ") and user_part:
+                break
+            user_part.append(line)
+        value = STDIN_MESSAGE
+        traceback = [*user_part, f"{name}: {value}"]
+    if not traceback:
+        traceback = [f"{name}: {value}" if value else name]
+    return {"ename": name, "evalue": value, "traceback": traceback}

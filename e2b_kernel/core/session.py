@@ -1,0 +1,549 @@
+"""``SandboxSession``: one persistent E2B sandbox, driven through the unmodified E2B SDK.
+
+The session turns ``AsyncSandbox.run_code`` callbacks into Jupyter-shaped events that are
+yielded *while the cell runs* (callbacks -> ``asyncio.Queue`` -> async generator). It owns the
+sandbox's lifecycle: background creation, keep-alive (refresh the sandbox timeout while busy,
+and while idle unless idle mode is ``pause``), loss detection, restart and shutdown.
+
+All methods must be called on one event loop (the loop the session was started on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import IO, Any
+
+from e2b_code_interpreter import AsyncSandbox
+
+from ..backends import Backend, ServiceHandle
+from ..config import SessionConfig
+from ..errors import (
+    E2BKernelError,
+    ExecutionTimeout,
+    SandboxLost,
+    SandboxUnavailable,
+)
+from . import introspection
+from .hidden import parse_reply
+from .keepalive import KeepAlive
+from .sdk_errors import is_sandbox_gone, unavailable_message
+from .streaming import DONE, Event, start_run_code
+from .telemetry import execution_span
+
+__all__ = ["Event", "HiddenResult", "SandboxSession"]
+
+NEW_SANDBOX_NOTICE = (
+    "[e2b-kernel] The previous sandbox was lost; this cell runs in a NEW sandbox "
+    "with fresh Python state and files.\n"
+)
+
+
+class HiddenResult:
+    """What hidden code printed, and the remote error it raised (Jupyter content) if any."""
+
+    def __init__(self, stdout: str, error: dict[str, Any] | None) -> None:
+        self.stdout = stdout
+        self.error = error
+
+    def reply(self) -> dict[str, Any] | None:
+        """The marked JSON reply the hidden code printed (see :mod:`.hidden`)."""
+        return parse_reply(self.stdout)
+
+
+class SandboxSession:
+    """One sandbox and its default Python context, shared by the kernel, magic and executor."""
+
+    def __init__(
+        self,
+        config: SessionConfig | None = None,
+        *,
+        name: str = "default",
+        log: logging.Logger | None = None,
+        service_factory: Callable[..., ServiceHandle] | None = None,
+    ) -> None:
+        self.config = config if config is not None else SessionConfig()
+        self.name = name
+        self.log = log or logging.getLogger("e2b_kernel.session")
+        self._backend = Backend(self.config, self.log, service_factory)
+        self.sandbox: AsyncSandbox | None = None
+        self._start_lock = asyncio.Lock()
+        self._exec_lock = asyncio.Lock()
+        self._busy = False
+        self._lost: str | None = None  # why the sandbox is gone; the next execute raises
+        self._announce_new = False  # say "new sandbox" once on the next execute
+        self._keepalive: KeepAlive | None = None
+        self._run_task: asyncio.Task | None = None  # the running run_code, for the keep-alive
+        self._run_lost = False  # the keep-alive found the sandbox gone during the run
+        self._closed = False
+
+    @property
+    def sandbox_id(self) -> str | None:
+        """The id of the current sandbox, if there is one."""
+        return self.sandbox.sandbox_id if self.sandbox is not None else None
+
+    @property
+    def backend(self) -> str:
+        """ "cloud" or "local"."""
+        return self._backend.name
+
+    @property
+    def isolation(self) -> str:
+        """What isolation the backend gives, in words."""
+        return self._backend.isolation
+
+    @property
+    def busy(self) -> bool:
+        """True while a cell runs."""
+        return self._busy
+
+    # ---- connection -------------------------------------------------------------------
+
+    async def start_backend(self) -> None:
+        """Start the private local service if the backend needs one (sets ``isolation``)."""
+        async with self._start_lock:
+            await self._backend.ensure_started()
+
+    def attach_service(self, service: ServiceHandle) -> None:
+        """Use an already running local service (for example one adopted after a restart)."""
+        self._backend.attach(service)
+
+    async def detach(self) -> dict[str, Any] | None:
+        """Stop managing the sandbox without killing it; return how to reconnect to it.
+
+        Returns None (and closes normally) when the sandbox cannot outlive this process,
+        which is the case for a local service running inside it.
+        """
+        if self.sandbox is None or not self._backend.outlives_process:
+            await self.close()
+            return None
+        state: dict[str, Any] = {"sandbox_id": self.sandbox_id, "backend": self.backend}
+        service_state = self._backend.hand_over()
+        if service_state is not None:
+            state["service"] = service_state
+        self._closed = True
+        self._drop_sandbox()
+        return state
+
+    def release(self) -> None:
+        """Stop managing the sandbox without killing it: another session now drives it."""
+        self._drop_sandbox()
+
+    def sdk_options(self) -> dict[str, Any]:
+        """SDK keyword arguments (URLs, key) that reach this session's backend; never log them."""
+        return self._backend.sdk_opts()
+
+    async def list_sandboxes(self) -> list[Any]:
+        """Every running sandbox this session's backend can see (``SandboxInfo`` objects)."""
+        await self.start_backend()  # a local backend's service must run; no sandbox needed
+        paginator = AsyncSandbox.list(**self.sdk_options())
+        found: list[Any] = []
+        while paginator.has_next:
+            found.extend(await paginator.next_items())
+        return found
+
+    async def reattach(self, sandbox_id: str) -> None:
+        """After a kernel restart: reconnect to ``sandbox_id`` and reset its Python state."""
+        try:
+            await self.connect(sandbox_id)
+            await self.restart()
+        except E2BKernelError as exc:
+            self.log.warning("could not keep sandbox %s across the restart: %s", sandbox_id, exc)
+            self._drop_sandbox()
+
+    async def start(self) -> None:
+        """Create the sandbox (and the private local service when needed); idempotent."""
+        async with self._start_lock:
+            if self._closed:
+                raise SandboxUnavailable(
+                    f"this sandbox session ({self.name!r}) is closed; its sandbox was killed or "
+                    "handed over. Create a new session (for example a new SandboxExecutor)."
+                )
+            if self.sandbox is not None:
+                return
+            await self._backend.ensure_started()
+            opts = self._backend.sdk_opts()
+            lifecycle: Any = None
+            if self.config.idle == "pause":
+                lifecycle = {"on_timeout": "pause", "auto_resume": True}
+            try:
+                self.sandbox = await AsyncSandbox.create(
+                    template=self.config.template,
+                    timeout=self.config.sandbox_timeout,
+                    metadata=dict(self.config.metadata) or None,
+                    envs=self.config.forwarded_env() or None,
+                    lifecycle=lifecycle,
+                    **opts,
+                )
+            except E2BKernelError:
+                raise
+            except Exception as exc:
+                raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
+            self._lost = None
+            self.log.info(
+                "sandbox %s started (backend %s, template %s)",
+                self.sandbox_id,
+                self.backend,
+                self.config.template,
+            )
+            self._start_keepalive()
+
+    async def connect(self, sandbox_id: str) -> None:
+        """Attach to an existing (running or paused) sandbox instead of creating one."""
+        async with self._start_lock:
+            await self._backend.ensure_started()
+            opts = self._backend.sdk_opts()
+            try:
+                sandbox = await AsyncSandbox.connect(
+                    sandbox_id, timeout=self.config.sandbox_timeout, **opts
+                )
+            except Exception as exc:
+                if is_sandbox_gone(exc):
+                    raise SandboxLost(
+                        f"there is no sandbox {sandbox_id} (mistyped, killed or expired); "
+                        "%e2b list shows the running ones"
+                    ) from None
+                raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
+            self.sandbox = sandbox
+            self._lost = None
+            self.log.info("connected to sandbox %s", sandbox_id)
+            self._start_keepalive()
+
+    async def _ready_sandbox(self) -> tuple[AsyncSandbox, bool]:
+        """Return the sandbox to run in, and whether it is new after a loss."""
+        if self._lost is not None:
+            reason, self._lost = self._lost, None
+            self._drop_sandbox()
+            self._announce_new = True
+            raise SandboxLost(reason)
+        await self.start()
+        assert self.sandbox is not None
+        if self.config.idle == "pause":
+            # Resume it if it paused while idle, and push its timeout out before the cell starts
+            # (connect does both), so it cannot pause under a running cell.
+            await self._resume()
+        announce, self._announce_new = self._announce_new, False
+        return self.sandbox, announce
+
+    async def _resume(self) -> None:
+        """Resume a sandbox that may have paused while idle (connect resumes it)."""
+        assert self.sandbox is not None
+        try:
+            await self.sandbox.connect(timeout=self.config.sandbox_timeout)
+        except Exception as exc:
+            if is_sandbox_gone(exc):
+                message = self._lost_message("killed or expired")
+                self._drop_sandbox()
+                self._announce_new = True
+                raise SandboxLost(message) from None
+            raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
+
+    def _drop_sandbox(self) -> None:
+        self.sandbox = None
+        if self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
+
+    def _lost_message(self, how: str) -> str:
+        name = f"sandbox {self.sandbox_id}" if self.sandbox_id else "sandbox"
+        return (
+            f"The {name} was {how}: its Python state and files are gone. "
+            "Run the cell again to continue in a new sandbox."
+        )
+
+    # ---- keep-alive ---------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        self._keepalive = KeepAlive(
+            self.sandbox, self.config, busy=lambda: self._busy, on_gone=self._gone, log=self.log
+        )
+
+    def _gone(self, sandbox: AsyncSandbox) -> None:
+        """The keep-alive found the sandbox gone: fail the running cell, or the next one."""
+        if self._run_task is not None and not self._run_task.done():
+            self._run_lost = True
+            self._run_task.cancel()
+        elif self.sandbox is sandbox:
+            self._lost = self._lost_message("killed or expired")
+
+    # ---- execution ------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        env_vars: dict[str, str] | None = None,
+        language: str | None = None,
+        front_end: str = "api",
+    ) -> AsyncIterator[Event]:
+        """Run ``code`` and yield Jupyter-shaped events as they arrive.
+
+        Raises ``SandboxLost``, ``SandboxUnavailable``, ``ExecutionTimeout`` or
+        ``ConfigurationError`` for infrastructure failures. Cancelling the consumer interrupts
+        the remote cell (the stream is closed, so the server interrupts the kernel). Each
+        execution is one ``e2b.execute`` span, tagged with ``front_end``.
+        """
+        with execution_span(front_end, self.sandbox_id) as span:
+            span.attributes["e2b.language"] = language or "python"
+            async with self._exec_lock:
+                sandbox, announce = await self._ready_sandbox()
+                span.sandbox_id = sandbox.sandbox_id
+                if announce:
+                    yield ("stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
+                async for event in self._run(sandbox, code, timeout, env_vars, language):
+                    if event[0] == "error":
+                        span.fail(str(event[1].get("ename", "Error")))
+                    yield event
+
+    async def _run(
+        self,
+        sandbox: AsyncSandbox,
+        code: str,
+        timeout: float | None,
+        env_vars: dict[str, str] | None,
+        language: str | None,
+    ) -> AsyncIterator[Event]:
+        task, queue = start_run_code(sandbox, code, envs=env_vars, language=language)
+        self._run_task, self._run_lost = task, False
+        limit = timeout if timeout is not None else self.config.cell_timeout
+        # Name the setting the user can raise: the one that set this limit.
+        raise_it = (
+            "Allow this cell a longer timeout."
+            if timeout is not None
+            else "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
+        )
+        deadline = None if not limit else time.monotonic() + limit
+        self._busy = True
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    event = await asyncio.wait_for(queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    raise ExecutionTimeout(
+                        f"The cell did not finish within its timeout of {limit:g} s and was "
+                        f"interrupted; the sandbox and its state are kept. {raise_it}"
+                    ) from None
+                if event is DONE:
+                    break
+                yield event
+            await self._finish(sandbox, task, language)
+        finally:
+            self._busy = False
+            self._run_task = None
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def _finish(
+        self, sandbox: AsyncSandbox, task: asyncio.Task, language: str | None = None
+    ) -> None:
+        """Turn the finished ``run_code`` task into nothing or an E2BKernelError."""
+        if task.cancelled():
+            if self._run_lost:
+                self._mark_lost(sandbox)
+            raise SandboxLost(self._lost_message("killed or expired"))
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, E2BKernelError):
+            raise exc
+        self.log.warning("run_code failed: %r", exc)
+        gone = is_sandbox_gone(exc)
+        if not gone:
+            try:
+                gone = not await asyncio.wait_for(sandbox.is_running(), 10)
+            except Exception:
+                gone = False
+        if gone:
+            message = self._lost_message("killed or expired")
+            self._mark_lost(sandbox)
+            raise SandboxLost(message)
+        if language not in (None, "python") and "context" in str(exc).lower():
+            # Running it again cannot help: the template has no kernel for that language.
+            raise SandboxUnavailable(
+                f"The sandbox cannot run {language!r} code ({type(exc).__name__}: {exc}). "
+                "Use a language its template provides, such as python or bash."
+            )
+        raise SandboxUnavailable(
+            f"The connection to sandbox {sandbox.sandbox_id} failed during the cell "
+            f"({type(exc).__name__}: {exc}). The sandbox is still running; run the cell again."
+        )
+
+    def _mark_lost(self, sandbox: AsyncSandbox) -> None:
+        """Forget a lost sandbox: the next execute creates a new one and says so once."""
+        if self.sandbox is sandbox:
+            self._drop_sandbox()
+            self._announce_new = True
+
+    async def run_hidden(self, code: str) -> HiddenResult:
+        """Run hidden code in the user's context after any running cell; nothing is shown.
+
+        Raises ``SandboxLost``/``SandboxUnavailable`` as ``execute`` does; a remote exception
+        is returned in ``HiddenResult.error``.
+        """
+        async with self._exec_lock:
+            sandbox, _ = await self._ready_sandbox()
+            return await self._run_hidden_now(sandbox, code)
+
+    async def _run_hidden_now(self, sandbox: AsyncSandbox, code: str) -> HiddenResult:
+        chunks: list[str] = []
+        errors: list[dict[str, Any]] = []
+        task, queue = start_run_code(sandbox, code, envs=None, language=None)
+        self._busy = True
+        try:
+            while (event := await queue.get()) is not DONE:
+                if event[0] == "stream" and event[1].get("name") == "stdout":
+                    chunks.append(str(event[1].get("text", "")))
+                elif event[0] == "error":
+                    errors.append(event[1])
+            await self._finish(sandbox, task)
+        finally:
+            self._busy = False
+        return HiddenResult("".join(chunks), errors[0] if errors else None)
+
+    async def _reply_if_idle(self, code: str) -> dict[str, Any] | None:
+        """Hidden code for a front end's quick question: never waits for a running cell.
+
+        Returns the hidden code's marked reply, or None when busy or on any failure.
+        """
+        if self._busy or self._exec_lock.locked() or self._lost is not None or self._closed:
+            return None
+        if self.sandbox is None:
+            try:  # right after start-up the sandbox may still be on its way
+                await asyncio.wait_for(self.start(), 60)
+            except Exception as exc:
+                self.log.debug("no sandbox for hidden code: %r", exc)
+                return None
+            if self._exec_lock.locked():  # a cell started meanwhile: do not wait for it
+                return None
+        async with self._exec_lock:
+            sandbox = self.sandbox
+            if sandbox is None:
+                return None
+            try:
+                result = await asyncio.wait_for(self._run_hidden_now(sandbox, code), 30)
+            except Exception as exc:
+                self.log.debug("hidden code failed: %r", exc)
+                return None
+        return result.reply()
+
+    async def complete(self, code: str, cursor_pos: int) -> dict:
+        """Jupyter ``complete_reply`` fields from IPython's completer in the sandbox."""
+        reply = await self._reply_if_idle(introspection.complete_code(code, cursor_pos))
+        return reply if reply is not None else introspection.empty_complete_reply(cursor_pos)
+
+    async def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict:
+        """Jupyter ``inspect_reply`` fields from IPython's inspector in the sandbox."""
+        reply = await self._reply_if_idle(
+            introspection.inspect_code(code, cursor_pos, detail_level)
+        )
+        return reply if reply is not None else introspection.empty_inspect_reply()
+
+    async def user_expressions(self, expressions: dict[str, str]) -> dict:
+        """Evaluate Jupyter ``user_expressions`` in the user's namespace ({} on failure)."""
+        if not expressions:
+            return {}
+        reply = await self._reply_if_idle(introspection.user_expressions_code(expressions))
+        return reply or {}
+
+    # ---- files ---------------------------------------------------------------------------
+
+    async def _files(self) -> Any:
+        """The started sandbox's file API (the SDK's ``Filesystem``)."""
+        await self.start()
+        assert self.sandbox is not None
+        return self.sandbox.files
+
+    async def write_file(self, path: str, data: bytes | IO[bytes]) -> None:
+        """Write ``data`` to ``path`` in the sandbox, creating folders as needed."""
+        await (await self._files()).write(path, data)
+
+    async def read_file(self, path: str) -> bytes:
+        """The bytes of the sandbox file at ``path``."""
+        return bytes(await (await self._files()).read(path, format="bytes"))
+
+    async def make_dir(self, path: str) -> None:
+        """Create a folder (and its parents) in the sandbox."""
+        await (await self._files()).make_dir(path)
+
+    async def path_info(self, path: str) -> Any | None:
+        """The SDK's ``EntryInfo`` for ``path``, or None when nothing is there."""
+        files = await self._files()
+        if not await files.exists(path):
+            return None
+        return await files.get_info(path)
+
+    async def list_dir(self, path: str) -> list[Any]:
+        """The entries (``EntryInfo``) directly inside a sandbox folder."""
+        return list(await (await self._files()).list(path, depth=1))
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def restart(self) -> None:
+        """Fresh Python state in the same sandbox; files and installed packages are kept."""
+        sandbox, _ = await self._ready_sandbox()
+        async with self._exec_lock:
+            try:
+                contexts = await sandbox.list_code_contexts()
+                default = next((c for c in contexts if c.language == "python"), None)
+                if default is None:
+                    return  # the default context is created lazily by the next execute
+                await sandbox.restart_code_context(default)
+            except Exception as exc:
+                if is_sandbox_gone(exc):
+                    self._mark_lost(sandbox)
+                    raise SandboxLost(self._lost_message("killed or expired")) from None
+                raise SandboxUnavailable(f"could not restart the Python context: {exc}") from None
+
+    async def set_timeout(self, seconds: int) -> None:
+        """Set the sandbox timeout (seconds from now) and keep refreshing to that value."""
+        if self.sandbox is not None:  # first, so a refused value is not kept for refreshes
+            await self.sandbox.set_timeout(int(seconds))
+        self.config.sandbox_timeout = int(seconds)
+
+    async def status(self) -> dict:
+        """Backend, isolation, sandbox id, template and when the sandbox would expire."""
+        info: dict[str, Any] = {
+            "backend": self.backend,
+            "isolation": self.isolation,
+            "sandbox_id": self.sandbox_id,
+            "template": self.config.template,
+            "end_at": None,
+            "idle": self.config.idle,
+        }
+        if self.sandbox is not None:
+            try:
+                details = await self.sandbox.get_info()
+                info["end_at"] = details.end_at.isoformat() if details.end_at else None
+            except Exception as exc:
+                info["error"] = str(exc)
+        return info
+
+    async def close(self, *, keep: bool = False) -> str | None:
+        """Kill the sandbox (or keep it and return its id) and stop the private service."""
+        self._closed = True
+        sandbox, kept = self.sandbox, None
+        self._drop_sandbox()
+        if sandbox is not None:
+            if keep and self._backend.service is None:
+                kept = sandbox.sandbox_id
+                self.log.info("keeping sandbox %s (reconnect with %%e2b connect)", kept)
+            else:
+                if keep:
+                    self.log.warning(
+                        "not keeping sandbox %s: the private local service stops with this "
+                        "session; use a separately started `e2b-kernel local` to keep sandboxes",
+                        sandbox.sandbox_id,
+                    )
+                try:
+                    await asyncio.wait_for(sandbox.kill(), 15)
+                except Exception as exc:
+                    self.log.warning("could not kill sandbox %s: %s", sandbox.sandbox_id, exc)
+        await self._backend.stop()
+        return kept

@@ -1,0 +1,407 @@
+"""``E2BKernel``: a Jupyter kernel whose cells all run in one persistent E2B sandbox.
+
+Threads and loops (ipykernel 7): ``do_execute``/``do_complete``/... run on the shell loop in
+the main thread; ``interrupt_request`` and ``do_shutdown`` run on the control thread's own loop.
+The ``SandboxSession`` lives on the shell loop, so the control thread reaches it only through
+``call_soon_threadsafe`` / ``run_coroutine_threadsafe``.
+
+Restart: ``jupyter_client`` restarts a kernel by asking the process to shut down with
+``restart: true`` and starting a NEW process with the same connection file. This process then
+keeps the sandbox (and, for the private local backend, the helper process serving it, see
+``backends.hosted``), writes a hand-off file keyed by the connection file (``restart_state``) and
+exits; the new process adopts the service, reconnects to the sandbox and restarts its Python
+context. So a restart gives fresh Python state with files and installed packages kept. A hard
+restart (process killed without ``shutdown_request``) starts a new sandbox; the old one dies by
+its timeout (cloud) or with its helper a few seconds later (local).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import signal
+import sys
+from typing import Any
+
+import zmq
+from ipykernel.kernelbase import Kernel
+from traitlets import Instance
+
+from .. import __version__
+from ..backends import HostedService, restart_state
+from ..config import SessionConfig
+from ..core import SandboxSession, introspection
+from ..errors import ConfigurationError, E2BKernelError, ExecutionInterrupted, error_content
+from .history import CellHistory
+
+__all__ = ["E2BKernel", "main"]
+
+# jupyter_client SIGKILLs a kernel 5 s after shutdown_request (shutdown_wait_time): finish first.
+_SHUTDOWN_WAIT = 4.0
+_QUICK_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_request"})
+
+
+class E2BKernel(Kernel):
+    """Runs every cell in an E2B sandbox through ``SandboxSession``."""
+
+    implementation = "e2b_kernel"
+    implementation_version = __version__
+    language_info = {
+        "name": "python",
+        "version": "3",
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+        "pygments_lexer": "ipython3",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "nbconvert_exporter": "python",
+    }
+    help_links = [{"text": "E2B documentation", "url": "https://e2b.dev/docs"}]
+
+    session_config = Instance(SessionConfig, allow_none=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._config_error: ConfigurationError | None = None
+        try:
+            self.session_config = SessionConfig(parent=self)
+        except ConfigurationError as exc:
+            # Do not die at start-up (front ends would only say "kernel died"): every cell
+            # shows this error instead, naming the variable to fix.
+            self.log.error("%s", exc)
+            self._config_error = exc
+            self.session_config = SessionConfig.builtin_defaults()
+        # The private local service runs in a helper process so that a restart (a new kernel
+        # process) keeps the sandbox; see backends/hosted.py.
+        self.sandbox_session = SandboxSession(
+            self.session_config, log=self.log, service_factory=HostedService.launch
+        )
+        self._shell_loop: asyncio.AbstractEventLoop | None = None
+        self._start_task: asyncio.Task | None = None
+        self._cell_task: asyncio.Task | None = None
+        self._backend_ready = asyncio.Event()
+        self.history = CellHistory()
+        self._result_text: str | None = None
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register the message handlers, then start the sandbox in the background."""
+        super().start()
+        self.io_loop.add_callback(self._begin_sandbox)
+
+    def _begin_sandbox(self) -> None:
+        self._shell_loop = asyncio.get_running_loop()
+        self._start_task = asyncio.ensure_future(self._start_sandbox())
+
+    async def _start_sandbox(self) -> None:
+        """Create (or, after a restart, reconnect to) the sandbox; errors wait for a cell."""
+        session = self.sandbox_session
+        if self._config_error is not None:
+            self._backend_ready.set()
+            return
+        try:
+            previous = restart_state.take(self._connection_file())
+            if previous:
+                await self._take_over(previous)
+            await session.start_backend()
+            self._backend_ready.set()
+            await session.start()
+            self.log.info(
+                "E2B Python kernel: backend %s, isolation %s, sandbox %s",
+                session.backend,
+                session.isolation,
+                session.sandbox_id,
+            )
+        except E2BKernelError as exc:
+            # Not raised: the first cell retries the start and shows this error once, cleanly.
+            self.log.error("sandbox start failed: %s", exc)
+        except Exception:
+            self.log.exception("sandbox start failed")
+        finally:
+            self._backend_ready.set()
+
+    async def _take_over(self, previous: dict) -> None:
+        """After a restart: adopt the previous process's service and sandbox, fresh state."""
+        session = self.sandbox_session
+        if previous.get("service"):
+            try:
+                service = await asyncio.to_thread(HostedService.adopt, previous["service"])
+            except Exception as exc:
+                self.log.warning("could not adopt the previous local service: %s", exc)
+                return
+            session.attach_service(service)
+        elif previous.get("backend") != session.backend:
+            return
+        if previous.get("sandbox_id"):
+            await session.reattach(str(previous["sandbox_id"]))
+
+    def _connection_file(self) -> str | None:
+        app = getattr(self, "parent", None)
+        return getattr(app, "abs_connection_file", None) or getattr(app, "connection_file", None)
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]
+        """Shown by front ends at start; never in cell outputs."""
+        session = self.sandbox_session
+        if self._config_error is not None:
+            return (
+                f"E2B Python (e2b-kernel {__version__}): configuration error: {self._config_error}"
+            )
+        return (
+            f"E2B Python (e2b-kernel {__version__}): every cell runs in one E2B sandbox.\n"
+            f"Backend: {session.backend}. Isolation: {session.isolation}.\n"
+            f"Sandbox: {session.sandbox_id or 'starting'}; template {session.config.template}."
+        )
+
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Wait briefly for the backend so the banner can name its isolation."""
+        try:
+            await asyncio.wait_for(self._backend_ready.wait(), 15)
+        except asyncio.TimeoutError:
+            pass
+        await super().kernel_info_request(stream, ident, parent)
+
+    # ---- execution --------------------------------------------------------------------------
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict | None = None,
+        cell_id: str | None = None,
+    ) -> dict:
+        """Run the cell in the sandbox, publishing its outputs as they arrive."""
+        reply = await self._execute(code, silent, store_history) if code.strip() else self._ok()
+        if reply["status"] == "ok" and user_expressions and self._config_error is None:
+            reply["user_expressions"] = await self.sandbox_session.user_expressions(
+                user_expressions
+            )
+        return reply
+
+    async def _execute(self, code: str, silent: bool, store_history: bool) -> dict:
+        self._shell_loop = asyncio.get_running_loop()
+        self._result_text = None
+        self._cell_task = asyncio.ensure_future(self._run_cell(code, silent))
+        await asyncio.wait([self._cell_task])
+        task, self._cell_task = self._cell_task, None
+        if not silent and store_history:
+            self.history.add(self.execution_count, code, self._result_text)
+        if task.cancelled():
+            interrupted = ExecutionInterrupted("the cell was interrupted; state is kept")
+            return self._fail(interrupted, silent)
+        result: dict = task.result()
+        return result
+
+    async def _run_cell(self, code: str, silent: bool) -> dict:
+        error: dict | None = None
+        try:
+            if self._config_error is not None:
+                raise self._config_error
+            if self._start_task is not None and not self._start_task.done():
+                await asyncio.wait([self._start_task])
+            self._start_task = None
+            async for kind, content in self.sandbox_session.execute(code, front_end="kernel"):
+                if kind == "error":
+                    error = content
+                if not silent:
+                    self._publish(kind, content)
+        except E2BKernelError as exc:
+            return self._fail(exc, silent)
+        except Exception as exc:
+            # A bug of ours must still end the cell with a reply, without internals.
+            self.log.exception("internal error while running a cell")
+            return self._fail(exc, silent)
+        if error is not None:
+            return {"status": "error", "execution_count": self.execution_count, **error}
+        return self._ok()
+
+    def _publish(self, kind: str, content: dict) -> None:
+        if kind == "execute_result":
+            content = {**content, "execution_count": self.execution_count}
+            self._result_text = content["data"].get("text/plain")
+        elif kind == "display_data":
+            content = {**content, "transient": {}}
+        self.send_response(self.iopub_socket, kind, content)
+
+    def _ok(self) -> dict:
+        return {
+            "status": "ok",
+            "execution_count": self.execution_count,
+            "payload": [],
+            "user_expressions": {},
+        }
+
+    def _fail(self, exc: BaseException, silent: bool) -> dict:
+        content = error_content(exc)
+        if not silent:
+            self.send_response(self.iopub_socket, "error", content)
+        return {"status": "error", "execution_count": self.execution_count, **content}
+
+    # ---- interrupts ---------------------------------------------------------------------------
+
+    def pre_handler_hook(self) -> None:
+        """While a shell handler runs, SIGINT cancels the running cell (signal interrupt_mode).
+
+        ipykernel installs ``default_int_handler`` here, which would raise KeyboardInterrupt
+        inside the event loop machinery and can take the kernel down. Instead the handler only
+        schedules a cancellation on the shell loop, like ipykernel's ``_cancel_on_sigint``.
+        """
+        self.saved_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def post_handler_hook(self) -> None:
+        """Put back the handler that was active before the shell handler ran."""
+        signal.signal(signal.SIGINT, self.saved_sigint_handler)
+
+    def _on_sigint(self, _signum: int, _frame: Any) -> None:
+        loop = self._shell_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._interrupt_cell)
+
+    def _interrupt_cell(self) -> None:
+        task = self._cell_task
+        if task is not None and not task.done():
+            self.log.info("interrupting the running cell")
+            task.cancel()
+
+    async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Message interrupt_mode: cancel the running cell from the control thread."""
+        if self._shell_loop is not None:
+            self._shell_loop.call_soon_threadsafe(self._interrupt_cell)
+        assert self.session is not None
+        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    # ---- completion, inspection, is_complete --------------------------------------------------
+
+    async def shell_main(self, subshell_id: str | None, msg: Any) -> None:
+        """While a cell runs, answer completion, inspection and is_complete at once.
+
+        ipykernel serializes shell messages behind the running cell. These three never touch
+        the running cell (the session answers empty while busy; is_complete is local), so they
+        are dispatched concurrently, the way ipykernel already does for comm messages.
+        """
+        if subshell_id is None and self._main_asyncio_lock.locked() and self._is_quick(msg):
+            parent = self.get_parent("shell")
+            ident = self._get_shell_context_var(self._shell_parent_ident)
+            try:
+                # A task created inside a copied context runs in its own copy of it, so the
+                # reply's parent never leaks into the running cell (works on Python 3.10).
+                coroutine = self.dispatch_shell(msg, subshell_id=None, concurrent=True)
+                await contextvars.copy_context().run(asyncio.ensure_future, coroutine)
+            finally:
+                self.set_parent(ident, parent, channel="shell")
+            return
+        await super().shell_main(subshell_id, msg)
+
+    def _is_quick(self, msg: Any) -> bool:
+        if self.session is None:
+            return False
+        try:
+            _, frames = self.session.feed_identities(msg, copy=False)
+            header = self.session.deserialize(frames, content=False, copy=False)["header"]
+        except Exception:
+            return False
+        return header.get("msg_type") in _QUICK_REQUESTS
+
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict:
+        """Complete from the sandbox's live namespace (empty while a cell runs)."""
+        cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        if self._config_error is not None:
+            return introspection.empty_complete_reply(cursor_pos)
+        return await self.sandbox_session.complete(code, cursor_pos)
+
+    async def do_inspect(
+        self, code: str, cursor_pos: int | None, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict:
+        """Inspect from the sandbox's live namespace (empty while a cell runs)."""
+        cursor_pos = len(code) if cursor_pos is None else cursor_pos
+        if self._config_error is not None:
+            return introspection.empty_inspect_reply()
+        return await self.sandbox_session.inspect(code, cursor_pos, detail_level)
+
+    async def do_history(  # type: ignore[override]
+        self, hist_access_type: str, output: bool, raw: bool, **query: Any
+    ) -> dict:
+        """History of this kernel process's cells, answered locally."""
+        entries = self.history.query(hist_access_type, output=output, **query)
+        return {"status": "ok", "history": entries}
+
+    async def do_is_complete(self, code: str) -> dict:
+        """Answered locally, the way IPython does it."""
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        status, indent = TransformerManager().check_complete(code)
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+    # ---- shutdown -----------------------------------------------------------------------------
+
+    async def shutdown_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Reply, then stop the loops only after the control thread has published 'idle'.
+
+        ipykernel 7.4's own handler stops the shell loop at once. The main thread then closes
+        the IOPub thread while the control thread is still about to publish its 'idle' status,
+        and that send blocks forever on the dead IOPub pipe: the process hangs in
+        ``control_thread.join()`` ("Closing control thread"). Stopping the loops from a
+        callback on the control loop runs after ``process_control`` has published, so the
+        race is gone. We also skip ipykernel's child-process termination: the only child is
+        the local service helper, which a restart must keep (it stops itself otherwise).
+        """
+        assert self.session is not None
+        content = await self.do_shutdown(bool(parent["content"].get("restart", False)))
+        self.session.send(stream, "shutdown_reply", content, parent, ident=ident)
+        broadcast = self.session.msg("shutdown_reply", content, parent)
+        self.session.send(self.iopub_socket, broadcast, ident=self._topic("shutdown"))
+        control = self.control_stream
+        if control is not None:
+            control.flush(zmq.POLLOUT)
+            control.io_loop.add_callback(self._stop_loops)
+        else:
+            self._stop_loops()
+
+    def _stop_loops(self) -> None:
+        self.io_loop.add_callback(self.io_loop.stop)
+        shell = self.shell_stream
+        if shell is not None and shell.io_loop is not self.io_loop:
+            shell.io_loop.add_callback(shell.io_loop.stop)
+        if self.control_stream is not None:
+            self.control_stream.io_loop.stop()
+
+    async def do_shutdown(self, restart: bool) -> dict:
+        """Kill the sandbox, or keep it for the restarted kernel process (runs on control)."""
+        loop = self._shell_loop
+        if loop is not None and loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._close_session(restart), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(future), _SHUTDOWN_WAIT)
+            except Exception as exc:
+                self.log.warning("sandbox shutdown did not finish cleanly: %s", exc)
+        else:
+            await self._close_session(restart)
+        return {"status": "ok", "restart": restart}
+
+    async def _close_session(self, restart: bool) -> None:
+        session = self.sandbox_session
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            await asyncio.wait([self._start_task])
+        if restart:
+            state = await session.detach()
+            if state:
+                restart_state.put(self._connection_file(), state)
+                return
+        kept = await session.close(keep=bool(session.config.keep_sandbox))
+        if kept:
+            self.log.warning("kept sandbox %s; reconnect with %%e2b connect %s", kept, kept)
+
+
+def main() -> None:
+    """Launch the kernel (``python -m e2b_kernel -f CONNECTION_FILE``)."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    IPKernelApp.launch_instance(kernel_class=E2BKernel, argv=sys.argv[1:])

@@ -1,0 +1,89 @@
+"""What ``%%e2b`` and ``%e2b`` show: streamed events, the cell's result, and failures.
+
+:func:`for_user` is the one place that turns any failure into what the user sees:
+
+- a ``UsageError`` stays as IPython shows it;
+- our own errors (``E2BKernelError``, including remote errors and transfer errors) render
+  themselves as one line, or as the remote traceback;
+- a Ctrl-C becomes :class:`CellInterrupted`, one line saying the sandbox kept its state;
+- an SDK or I/O error becomes a one-line ``SandboxRequestFailed``;
+- anything else is a bug of ours: logged with its stack, shown as one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from IPython.core.display_functions import display
+from IPython.core.error import UsageError
+
+from ..core.sdk_errors import is_sdk_error
+from ..errors import E2BKernelError, error_content
+
+log = logging.getLogger("e2b_kernel.magic")
+
+__all__ = ["CellInterrupted", "RemoteResult", "SandboxRequestFailed", "for_user", "show_event"]
+
+
+class SandboxRequestFailed(E2BKernelError):
+    """A request to the sandbox failed: an SDK or I/O error, shown by its own name and message."""
+
+    def __init__(self, original: BaseException) -> None:
+        content = error_content(original)
+        super().__init__(content["evalue"])
+        self.ename = str(content["ename"])
+        self._lines = list(content["traceback"])
+
+    def _render_traceback_(self) -> list[str]:
+        return list(self._lines)
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``%%e2b``/``%e2b``: still a KeyboardInterrupt, shown as one line."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {self}"]
+
+
+# ipykernel reports a cell's ename as the exception's class name: it must stay the builtin one.
+CellInterrupted.__name__ = CellInterrupted.__qualname__ = "KeyboardInterrupt"
+
+
+def for_user(exc: BaseException, sandbox: str | None = None) -> BaseException:
+    """The exception to raise to the user for ``exc`` (see the module docstring)."""
+    if isinstance(exc, (UsageError, E2BKernelError, CellInterrupted)):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        where = f"the cell in sandbox {sandbox!r} was" if sandbox else "the command was"
+        return CellInterrupted(f"{where} interrupted; the sandbox keeps its state")
+    if not isinstance(exc, Exception):
+        return exc  # SystemExit and friends are not ours to reword
+    if not (is_sdk_error(exc) or isinstance(exc, OSError)):
+        log.error("unexpected error in %%e2b", exc_info=exc)
+    return SandboxRequestFailed(exc)
+
+
+class RemoteResult:
+    """The value of a cell's last expression, as the sandbox rendered it (its MIME bundle)."""
+
+    def __init__(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self.data = data
+        self.metadata = metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return self.data, self.metadata
+
+    def __repr__(self) -> str:
+        return str(self.data.get("text/plain", "<remote result>"))
+
+
+def show_event(kind: str, content: dict[str, Any]) -> None:
+    """Write a stream chunk or display a rich output, here and now."""
+    if kind == "stream":
+        stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
+        stream.write(str(content.get("text", "")))
+        stream.flush()
+    elif kind == "display_data":
+        display(content.get("data", {}), raw=True, metadata=content.get("metadata") or None)

@@ -1,0 +1,144 @@
+"""The package's layers, read from its import statements (no module is imported).
+
+- ``errors`` and ``config`` sit at the bottom; ``backends`` and ``core`` import no front end;
+- ``local`` (the E2B-compatible service) imports nothing else of ``e2b_kernel``, and the rest
+  reaches it only through the functions that start it;
+- no import cycle exists between modules (imports under ``if TYPE_CHECKING:`` do not count).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "e2b_kernel"
+FRONT_ENDS = ("e2b_kernel.kernel", "e2b_kernel.magic", "e2b_kernel.executor", "e2b_kernel.cli")
+LOCAL_ENTRY_POINTS = {"start_in_thread", "start_subprocess"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def imports_of(name: str) -> list[tuple[str, set[str]]]:
+    """(imported module, names taken from it) for every e2b_kernel import of module ``name``."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    edges: list[tuple[str, set[str]]] = []
+    for node in _runtime_imports(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            edges += [(a.name, set()) for a in node.names if a.name.startswith("e2b_kernel")]
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join([*anchor, *([base] if base else [])])
+        if not base.startswith("e2b_kernel"):
+            continue
+        names = {a.name for a in node.names}
+        submodules = {n for n in names if f"{base}.{n}" in MODULES}
+        edges += [(f"{base}.{n}", set()) for n in submodules]
+        if names - submodules:
+            edges.append((base, names - submodules))
+    return edges
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize("layer", ["e2b_kernel.core", "e2b_kernel.backends"])
+def test_core_layers_import_no_front_end(layer: str) -> None:
+    bad = [
+        (module, target)
+        for module in MODULES
+        if _within(module, layer)
+        for target, _ in imports_of(module)
+        if any(_within(target, front) for front in FRONT_ENDS)
+    ]
+    assert bad == []
+
+
+def test_errors_and_config_are_the_bottom() -> None:
+    assert [t for t, _ in imports_of("e2b_kernel.errors")] == []
+    assert [t for t, _ in imports_of("e2b_kernel.config")] == ["e2b_kernel.errors"]
+
+
+def test_local_imports_nothing_else_of_the_package() -> None:
+    bad = [
+        (module, target)
+        for module in MODULES
+        if _within(module, "e2b_kernel.local")
+        for target, _ in imports_of(module)
+        if not _within(target, "e2b_kernel.local")
+    ]
+    assert bad == []
+
+
+def test_the_rest_reaches_local_only_through_its_start_functions() -> None:
+    bad = [
+        (module, target, names)
+        for module in MODULES
+        if not _within(module, "e2b_kernel.local")
+        for target, names in imports_of(module)
+        if _within(target, "e2b_kernel.local")
+        and (target != "e2b_kernel.local" or not names <= LOCAL_ENTRY_POINTS)
+    ]
+    assert bad == []
+
+
+def test_no_import_cycles() -> None:
+    graph = {m: {t for t, _ in imports_of(m) if t in MODULES and t != m} for m in MODULES}
+    state: dict[str, str] = {}
+    cycles: list[list[str]] = []
+
+    def walk(module: str, stack: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                walk(target, [*stack, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module, [module])
+    assert cycles == []
+
+
+def test_the_checker_sees_a_cycle_and_a_layer_breach() -> None:
+    """The rules above are not vacuous: the parser finds real edges of this package."""
+    targets = {t for t, _ in imports_of("e2b_kernel.magic.magics")}
+    assert "e2b_kernel.core" in targets and "e2b_kernel.magic.commands" in targets
+    assert ("e2b_kernel.local", {"start_in_thread"}) in imports_of("e2b_kernel.backends.handles")
