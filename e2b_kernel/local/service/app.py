@@ -167,4 +167,3 @@ def _limited(receive: Any, limit: int) -> Any:
         return message
 
     return limited_receive
-

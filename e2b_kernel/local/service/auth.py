@@ -46,9 +46,7 @@ def require_api_key(given: str | None, expected: str) -> None:
         raise ServiceError(401, "Invalid API key: set E2B_API_KEY to the service's key")
 
 
-def file_signature(
-    path: str, operation: str, user: str, token: str, expiration: int | None
-) -> str:
+def file_signature(path: str, operation: str, user: str, token: str, expiration: int | None) -> str:
     """envd's v1 signature of a file URL (the SDK computes the same in get_signature)."""
     raw = f"{path}:{operation}:{user}:{token}"
     if expiration is not None:

@@ -49,14 +49,18 @@ def rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _by_method(handlers: Mapping[str, Handler]) -> Handler:
-    """One route's endpoint: dispatch on the method, 405 in E2B's shape for any other."""
+def _by_method(plane: object, handlers: Mapping[str, str]) -> Handler:
+    """One route's endpoint: dispatch on the method, 405 in E2B's shape for any other.
+
+    Handlers are looked up by name on each call, so a test can replace one on the instance.
+    """
 
     async def endpoint(request: Request) -> Response:
-        handler = handlers.get(request.method)
-        if handler is None:
+        name = handlers.get(request.method)
+        if name is None:
             path = request.url.path
             raise ServiceError(405, f"method {request.method} is not allowed on {path}")
+        handler: Handler = getattr(plane, name)
         return await handler(request)
 
     return endpoint
@@ -94,20 +98,20 @@ class ControlPlane:
         self.isolation_none = registry.policy.mode == "none"
         sandbox = "/sandboxes/{sandbox_id}"
         routes = {
-            "/v2/sandboxes": {"POST": self.create, "GET": self.list_v2},
-            "/sandboxes": {"GET": self.list_v2},
-            "/v2" + sandbox + "/connect": {"POST": self.connect},
-            sandbox + "/connect": {"POST": self.connect},
-            sandbox + "/resume": {"POST": self.connect},
-            sandbox: {"GET": self.get_info, "DELETE": self.kill},
-            sandbox + "/timeout": {"POST": self.set_timeout},
-            sandbox + "/refreshes": {"POST": self.refresh},
-            sandbox + "/pause": {"POST": self.pause},
-            sandbox + "/metrics": {"GET": self.metrics},
+            "/v2/sandboxes": {"POST": "create", "GET": "list_v2"},
+            "/sandboxes": {"GET": "list_v2"},
+            "/v2" + sandbox + "/connect": {"POST": "connect"},
+            sandbox + "/connect": {"POST": "connect"},
+            sandbox + "/resume": {"POST": "connect"},
+            sandbox: {"GET": "get_info", "DELETE": "kill"},
+            sandbox + "/timeout": {"POST": "set_timeout"},
+            sandbox + "/refreshes": {"POST": "refresh"},
+            sandbox + "/pause": {"POST": "pause"},
+            sandbox + "/metrics": {"GET": "metrics"},
         }
         self.router = Router(
             # Every method reaches _by_method, which answers 405 in E2B's shape itself.
-            [Route(path, _by_method(h), methods=_ALL_METHODS) for path, h in routes.items()],
+            [Route(p, _by_method(self, h), methods=_ALL_METHODS) for p, h in routes.items()],
             redirect_slashes=False,
             default=_no_route,
         )

@@ -101,8 +101,11 @@ def check_rpc_message(route: str, message: bytes) -> None:
             check_env_names(process.get("envs"), "process.envs", connect=True)
             check_path(process.get("cwd"), "process.cwd", connect=True)
             args = process.get("args")
-            check_strings([process.get("cmd"), *(args if isinstance(args, list) else [])],
-                          "process.cmd/args", connect=True)
+            check_strings(
+                [process.get("cmd"), *(args if isinstance(args, list) else [])],
+                "process.cmd/args",
+                connect=True,
+            )
 
 
 def check_interpreter_body(path: str, body: bytes) -> None:
