@@ -14,9 +14,10 @@ import re
 import subprocess
 import sys
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
+from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 __all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
 
@@ -57,13 +58,13 @@ class _ThreadService(_Running):
     """The service on a daemon thread with its own event loop."""
 
     def __init__(
-        self, host: str, port: int, isolation: str, api_key: str | None, limits: dict[str, int]
+        self, host: str, port: int, isolation: str, api_key: str | None, limits: dict[str, Any]
     ) -> None:
-        from .service import DEFAULT_API_KEY, ServiceCore
+        from .service import ServiceCore
 
         self._core = ServiceCore(host, port, isolation=isolation, api_key=api_key, **limits)
         self.pid = os.getpid()  # the service shares this process
-        self.api_key = api_key or DEFAULT_API_KEY
+        self.api_key = self._core.api_key  # random per start unless one was given
         self.isolation = self._core.isolation
         self._loop = asyncio.new_event_loop()
         self._stopped = False
@@ -101,7 +102,7 @@ class _ThreadService(_Running):
 
 
 class _SubprocessService(_Running):
-    """The service as a child process (`python -m e2b_kernel.cli local --port 0`)."""
+    """The service as a child process (`python -m e2b_kernel.local --port 0`)."""
 
     def __init__(
         self,
@@ -109,7 +110,7 @@ class _SubprocessService(_Running):
         port: int,
         isolation: str,
         api_key: str | None,
-        limits: dict[str, int],
+        limits: dict[str, Any],
         lease: str | None = None,
     ) -> None:
         argv = [sys.executable, "-m", "e2b_kernel.local", "--host", host]
@@ -194,13 +195,22 @@ def start_in_thread(
     api_key: str | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
     max_pids: int = DEFAULT_MAX_PIDS,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> RunningService:
     """Start the service in this process on a daemon thread; returns once it listens.
 
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
     ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
+    ``api_key``: the key clients must send; a random one (``.api_key``) when not given.
+    ``header_timeout`` (s) and ``max_connections`` bound idle and half-open connections.
     """
-    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
+    limits = {
+        "memory_mb": memory_mb,
+        "max_pids": max_pids,
+        "header_timeout": header_timeout,
+        "max_connections": max_connections,
+    }
     return _ThreadService(host, port, isolation, api_key, limits)
 
 
@@ -212,6 +222,8 @@ def start_subprocess(
     api_key: str | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
     max_pids: int = DEFAULT_MAX_PIDS,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     lease: str | None = None,
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
@@ -220,6 +232,13 @@ def start_subprocess(
     nobody has held the lease for ``lease.GRACE`` seconds, then removes the file.
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
     ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
+    ``api_key``: the key clients must send; a random one (``.api_key``) when not given.
+    ``header_timeout`` (s) and ``max_connections`` bound idle and half-open connections.
     """
-    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
+    limits = {
+        "memory_mb": memory_mb,
+        "max_pids": max_pids,
+        "header_timeout": header_timeout,
+        "max_connections": max_connections,
+    }
     return _SubprocessService(host, port, isolation, api_key, limits, lease)

@@ -18,6 +18,7 @@ import sys
 
 from . import ISOLATION_UNAVAILABLE_EXIT
 from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
+from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 _PR_SET_PDEATHSIG = 1
 
@@ -34,13 +35,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("E2B_KERNEL_LOCAL_API_KEY"),
-        help="require this API key (default: accept any non-empty key)",
+        help="the API key clients must send (default: $E2B_KERNEL_LOCAL_API_KEY, else a "
+        "random key per start, printed in the export lines)",
     )
     parser.add_argument(
         "--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory limit per sandbox (MiB)"
     )
     parser.add_argument(
         "--max-pids", type=int, default=DEFAULT_MAX_PIDS, help="process limit per sandbox"
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help="seconds a connection may take to send a request head before it is closed",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections beyond which idle ones are closed",
     )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
@@ -55,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.die_with_parent:
         _die_with_parent()
-    from .service import DEFAULT_API_KEY, ServiceCore
+    from .service import ServiceCore
 
     if not 0 <= args.port <= 65535:
         print(f"e2b-kernel local: --port must be 0..65535, got {args.port}", file=sys.stderr)
@@ -68,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             memory_mb=args.memory_mb,
             max_pids=args.max_pids,
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
         )
     except ValueError as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)
@@ -82,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
             "reach this address can run code here (the API key is the only check)",
             file=sys.stderr,
         )
-    return asyncio.run(_serve(core, args.api_key or DEFAULT_API_KEY, args.lease))
+    return asyncio.run(_serve(core, args.lease))
 
 
-async def _serve(core: object, api_key: str, lease: str | None) -> int:
+async def _serve(core: object, lease: str | None) -> int:
     from .lease import serve_while_leased
     from .service import ServiceCore
 
@@ -99,7 +115,7 @@ async def _serve(core: object, api_key: str, lease: str | None) -> int:
     url = core.url()
     print(f"export E2B_API_URL={url}")
     print(f"export E2B_SANDBOX_URL={url}")
-    print(f"export E2B_API_KEY={api_key}")
+    print(f"export E2B_API_KEY={core.api_key}")  # stdout only: the key is never logged
     print(f"# isolation: {core.isolation}", flush=True)
     if lease is not None:
         await serve_while_leased(lease, task)

@@ -43,6 +43,8 @@ class Entry:
     end_at: datetime
     auto_pause: bool = False
     auto_resume: bool = False
+    access_token: str | None = None  # envdAccessToken: X-Access-Token on envd and /execute
+    traffic_token: str | None = None  # trafficAccessToken: required on its other ports
     interpreter: Any = None  # the sandbox's CodeInterpreter ASGI app, when available
     envd_rpc: Any = None  # the sandbox's Connect-RPC ASGI app, made on first use
     timeout_seconds: int = DEFAULT_TIMEOUT
@@ -79,6 +81,8 @@ class Registry:
         allow_internet: bool,
         auto_pause: bool = False,
         auto_resume: bool = False,
+        access_token: str | None = None,
+        traffic_token: str | None = None,
     ) -> Entry:
         """Start a sandbox and register it; it expires `timeout` seconds from now."""
         sandbox_id = new_sandbox_id()
@@ -100,6 +104,8 @@ class Registry:
             auto_pause=auto_pause,
             auto_resume=auto_resume,
             timeout_seconds=timeout,
+            access_token=access_token,
+            traffic_token=traffic_token,
         )
         self._entries[sandbox_id] = entry
         entry.expiry_task = asyncio.create_task(self._expire_when_due(entry))

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from e2b_kernel.local import RunningService
 
@@ -44,3 +45,13 @@ def host_pids_with(text: str) -> list[int]:
 def sdk_options(service: RunningService) -> dict[str, str]:
     """Explicit SDK connection options (public SDK API), so module fixtures need no env vars."""
     return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
+
+
+def sandbox_headers(sandbox: Any, port: int = 49983) -> dict[str, str]:
+    """Raw-HTTP headers for one of a sandbox's ports, with its envd access token as the SDK
+    sends it (every local sandbox is secured, as on E2B)."""
+    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": str(port)}
+    token = sandbox._envd_access_token  # the SDK keeps it private; raw clients need it too
+    if token:
+        headers["X-Access-Token"] = token
+    return headers

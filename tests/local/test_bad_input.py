@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from e2b import Sandbox
+from local_helpers import sandbox_headers
 
 from e2b_kernel.local import RunningService
 
@@ -20,13 +21,18 @@ def client(local_service: RunningService) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def live_id(local_service: RunningService) -> Iterator[str]:
+def live(local_service: RunningService) -> Iterator[Sandbox]:
     opts = {"api_key": local_service.api_key, "api_url": local_service.url}
     sandbox = Sandbox.create(timeout=300, sandbox_url=local_service.url, **opts)
     try:
-        yield sandbox.sandbox_id
+        yield sandbox
     finally:
         sandbox.kill()
+
+
+@pytest.fixture(scope="module")
+def live_id(live: Sandbox) -> str:
+    return live.sandbox_id
 
 
 def _envd(sandbox_id: str, port: int = 49983) -> dict[str, str]:
@@ -89,15 +95,16 @@ def test_closed_port_and_health(client: httpx.Client, live_id: str) -> None:
     assert "port is not open" in closed.json()["message"]
 
 
-def test_envd_files_bad_requests(client: httpx.Client, live_id: str) -> None:
-    _assert_error(client.get("/files", headers=_envd(live_id)), 400, "path")
-    upload = client.post("/files?path=a.txt", headers=_envd(live_id), files={"other": b"x"})
+def test_envd_files_bad_requests(client: httpx.Client, live: Sandbox) -> None:
+    envd = sandbox_headers(live)
+    _assert_error(client.get("/files", headers=envd), 400, "path")
+    upload = client.post("/files?path=a.txt", headers=envd, files={"other": b"x"})
     _assert_error(upload, 400, "'file'")
-    _assert_error(client.get("/nope", headers=_envd(live_id)), 404, "no such envd endpoint")
+    _assert_error(client.get("/nope", headers=envd), 404, "no such envd endpoint")
 
 
-def test_malformed_connect_rpc(client: httpx.Client, live_id: str) -> None:
-    headers = {**_envd(live_id), "Content-Type": "application/json"}
+def test_malformed_connect_rpc(client: httpx.Client, live: Sandbox) -> None:
+    headers = {**sandbox_headers(live), "Content-Type": "application/json"}
     reply = client.post("/filesystem.Filesystem/Stat", content=b"{bad", headers=headers)
     assert reply.status_code in (400, 500) and "code" in reply.json()
     reply = client.post("/process.Process/Update", content=b"{}", headers=headers)

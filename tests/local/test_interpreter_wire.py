@@ -10,7 +10,7 @@ import httpx
 import pytest
 from e2b import TimeoutException
 from e2b_code_interpreter import Sandbox
-from local_helpers import sdk_options
+from local_helpers import sandbox_headers, sdk_options
 
 from e2b_kernel.local import RunningService
 
@@ -18,8 +18,8 @@ from e2b_kernel.local import RunningService
 class Plane:
     """Raw HTTP client for one sandbox's port-49999 plane."""
 
-    def __init__(self, service: RunningService, sandbox_id: str) -> None:
-        headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": "49999"}
+    def __init__(self, service: RunningService, sandbox: Sandbox) -> None:
+        headers = sandbox_headers(sandbox, 49999)
         self.client = httpx.Client(base_url=service.url, headers=headers, timeout=120)
 
     def execute(self, code: str, **fields: object) -> tuple[bytes, list[dict]]:
@@ -33,7 +33,7 @@ class Plane:
 @pytest.fixture(scope="module")
 def plane(local_service: RunningService) -> Iterator[Plane]:
     sbx = Sandbox.create(timeout=600, **sdk_options(local_service))
-    wire = Plane(local_service, sbx.sandbox_id)
+    wire = Plane(local_service, sbx)
     try:
         yield wire
     finally:

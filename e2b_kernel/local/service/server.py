@@ -13,19 +13,21 @@ from types import FrameType
 
 import uvicorn
 
-from .app import ServiceApp
-from .isolation import (
+from ..isolation import (
     DEFAULT_MAX_PIDS,
     DEFAULT_MEMORY_MB,
     CgroupSet,
     Isolation,
     resolve_isolation,
 )
-from .registry import Registry
+from ..registry import Registry
+from .app import ServiceApp
+from .auth import new_api_key
+from .connections import GuardedH11Protocol
+from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("e2b_kernel.local")
 
-DEFAULT_API_KEY = "e2b_local_service_key"
 STATE_ROOT = Path(tempfile.gettempdir()) / "e2b-kernel-local"
 
 
@@ -57,14 +59,19 @@ class ServiceCore:
         api_key: str | None = None,
         memory_mb: int = DEFAULT_MEMORY_MB,
         max_pids: int = DEFAULT_MAX_PIDS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        if header_timeout <= 0 or max_connections < 1:
+            raise ValueError("--header-timeout and --max-connections must be positive")
         self.policy = resolve_isolation(isolation, memory_mb=memory_mb, max_pids=max_pids)
         STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
         sweep_stale_state(self.policy)
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
         self.registry = Registry(self.policy, self.state_dir)
-        self.api_key = api_key
-        self.app = ServiceApp(self.registry, api_key=api_key)
+        # A fresh random key per start unless one is given: no fixed key anyone could guess.
+        self.api_key = api_key or new_api_key()
+        self.app = ServiceApp(self.registry, api_key=self.api_key)
         config = uvicorn.Config(
             self.app,
             host=host,
@@ -74,7 +81,13 @@ class ServiceCore:
             log_config=None,  # leave the host program's logging alone (in-process use)
             timeout_graceful_shutdown=5,
             ws="none",
+            http=GuardedH11Protocol,  # header-read deadline and connection bound
+            timeout_keep_alive=5,
         )
+        config.guard_settings = {  # type: ignore[attr-defined]  # read by GuardedH11Protocol
+            "header_timeout": header_timeout,
+            "max_connections": max_connections,
+        }
         self.server = _Server(config)
         self.server.registry = self.registry
         self.host = host
@@ -101,7 +114,7 @@ class ServiceCore:
             if self.server.closing is not None:
                 await self.server.closing
             await self.registry.close()
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self.state_dir, ignore_errors=True)
 
     async def shutdown(self) -> None:
         """Kill every sandbox, then make serve() return."""

@@ -1,28 +1,32 @@
 """The service's single ASGI app: routes each request to a plane by E2B's proxy headers.
 
-No ``E2b-Sandbox-Port`` header means the control plane; port 49983 is the sandbox's envd
-(plain HTTP plus Connect-RPC); 49999 is its code interpreter; anything else is answered as
-E2B's proxy answers a closed port. Unknown, killed or paused sandboxes get the proxy's 502.
+No ``E2b-Sandbox-Port`` header means the control plane (API key required); port 49983 is the
+sandbox's envd (plain HTTP plus Connect-RPC, access token required); 49999 is its code
+interpreter; anything else is answered as E2B's proxy answers a closed port. Unknown, killed
+or paused sandboxes get the proxy's 502. A signed /files URL (``download_url()``) carries no
+sandbox header: its signature names the sandbox.
+
+Errors are ServiceError wherever they arise, answered here, once, in E2B's shape.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qsl
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from .control import ControlPlane, error_response
-from .envd_http import MAX_FILE_BYTES, handle_envd_http
-from .registry import Entry, Registry
-from .sandbox import SandboxKilled
+from ..envd_http import MAX_FILE_BYTES
+from ..registry import Entry, Registry
+from ..sandbox import SandboxKilled
+from .auth import TRAFFIC_TOKEN_HEADER, file_operation, find_signer, require_api_key, same_secret
+from .control import ControlPlane
+from .envd import ENVD_PORT, EnvdPlane
+from .errors import ServiceError, port_not_open, proxy_not_found
+from .interpreter_front import InterpreterPlane
 
 log = logging.getLogger("e2b_kernel.local")
 
-ENVD_PORT = 49983
 INTERPRETER_PORT = 49999
-_RPC_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")
 _SMALL_BODY = 16 * 1024 * 1024
 
 
@@ -30,18 +34,15 @@ class BodyTooLarge(Exception):
     """The request body passed the limit for its route."""
 
 
-def proxy_error(sandbox_id: str, message: str) -> JSONResponse:
-    """E2B's proxy error: 502 with the sandbox id (no retries)."""
-    body = {"sandboxId": sandbox_id, "message": message, "code": 502}
-    return JSONResponse(body, 502, headers={"Should-Retry": "false"})
-
-
 class ServiceApp:
     """ASGI callable for the whole service."""
 
-    def __init__(self, registry: Registry, *, api_key: str | None = None) -> None:
+    def __init__(self, registry: Registry, *, api_key: str) -> None:
         self.registry = registry
-        self.control = ControlPlane(registry, api_key=api_key)
+        self.api_key = api_key
+        self.control = ControlPlane(registry)
+        self.envd = EnvdPlane()
+        self.interpreter = InterpreterPlane()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -70,10 +71,12 @@ class ServiceApp:
             # Returning mid-response makes uvicorn drop the connection: the client sees the
             # stream break off, as with E2B, and asks /health, which now answers 502.
             log.info("aborted a response of a killed sandbox: %s", scope.get("path"))
-        except BodyTooLarge:
-            if not started:
-                message = f"request body too large (limit {limit} bytes)"
-                await error_response(413, message)(scope, receive, send)
+        except (BodyTooLarge, ServiceError) as exc:
+            if started:
+                return  # nothing sensible can follow a started answer; the client sees it end
+            if isinstance(exc, BodyTooLarge):
+                exc = ServiceError(413, f"request body too large (limit {limit} bytes)")
+            await exc.response()(scope, receive, send)
         except Exception:
             if completed:  # e.g. connectrpc answers an internal error, then re-raises
                 log.warning("error after answering %s", scope.get("path"), exc_info=True)
@@ -81,27 +84,35 @@ class ServiceApp:
             if started:
                 raise  # abort the response mid-stream: the client must not see a clean end
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-            response = error_response(500, "internal error in the local E2B service (logged)")
-            await response(scope, receive, send)
+            error = ServiceError(500, "internal error in the local E2B service (logged)")
+            await error.response()(scope, receive, send)
 
     async def _route(self, scope: dict, receive: Any, send: Any, headers: dict[str, str]) -> None:
         port = headers.get("e2b-sandbox-port")
         if port is None:
-            response = await self.control.handle(Request(scope, receive))
-            await response(scope, receive, send)
+            entry = self._signed_url_entry(scope)
+            if entry is not None:
+                await self.envd(entry, scope, receive, send)
+                return
+            require_api_key(headers.get("x-api-key"), self.api_key)
+            await self.control(scope, receive, send)
             return
         sandbox_id = headers.get("e2b-sandbox-id", "")
         entry = self._live_entry(sandbox_id)
         if entry is None:
-            await proxy_error(sandbox_id, "The sandbox was not found")(scope, receive, send)
-            return
+            raise proxy_not_found(sandbox_id)
         if port == str(ENVD_PORT):
-            await self._envd(entry, scope, receive, send)
-        elif port == str(INTERPRETER_PORT) and entry.interpreter is not None:
-            await entry.interpreter(scope, receive, send)
-        else:
-            message = "The sandbox is running but port is not open"
-            await proxy_error(sandbox_id, message)(scope, receive, send)
+            await self.envd(entry, scope, receive, send)
+            return
+        # E2B's proxy guards every port but envd's with the traffic token, when there is one.
+        if entry.traffic_token is not None and not same_secret(
+            headers.get(TRAFFIC_TOKEN_HEADER), entry.traffic_token
+        ):
+            raise ServiceError(401, "missing or invalid E2B-Traffic-Access-Token")
+        if port == str(INTERPRETER_PORT) and entry.interpreter is not None:
+            await self.interpreter(entry, scope, receive, send)
+            return
+        raise port_not_open(sandbox_id)
 
     def _live_entry(self, sandbox_id: str) -> Entry | None:
         entry = self.registry.get(sandbox_id)
@@ -113,14 +124,21 @@ class ServiceApp:
             self.registry.resume(entry, None)  # E2B's proxy resumes on traffic (autoResume)
         return entry
 
-    async def _envd(self, entry: Entry, scope: dict, receive: Any, send: Any) -> None:
-        if scope["path"].startswith(_RPC_PREFIXES):
-            from .envd_rpc import rpc_app_for
-
-            await rpc_app_for(entry)(scope, receive, send)
-            return
-        response: Response = await handle_envd_http(Request(scope, receive), entry.sandbox)
-        await response(scope, receive, send)
+    def _signed_url_entry(self, scope: dict) -> Entry | None:
+        """The sandbox whose token signed this /files URL, for URLs without sandbox headers."""
+        if scope["path"] != "/files":
+            return None
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        if "signature" not in query:
+            return None
+        candidates = [(e, e.access_token) for e in self.registry.entries() if e.access_token]
+        signer = find_signer(candidates, query, file_operation(scope["method"]))
+        if signer is None:
+            raise ServiceError(401, "invalid signature")
+        entry = self._live_entry(signer.sandbox_id)
+        if entry is None:
+            raise proxy_not_found(signer.sandbox_id)
+        return entry
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

@@ -1,4 +1,8 @@
-"""The control plane (spec section 1): create, connect, kill, timeout, info, list, pause."""
+"""The control plane (spec section 1): create, connect, kill, timeout, info, list, pause.
+
+Requests reach it through ServiceApp once it has checked the API key; a starlette Router
+picks the handler, and every failure is a ServiceError, answered in E2B's shape by the app.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,22 @@ import base64
 import json
 import logging
 import os
-import re
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
 
-from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
-from .sandbox import SandboxStartError
+from ..registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
+from ..sandbox import SandboxStartError
+from .auth import new_token
+from .errors import ServiceError, not_found
+from .guards import check_env_names, check_json_depth
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -28,24 +36,12 @@ MAX_JSON_BODY = 1024 * 1024
 ISOLATION_METADATA_KEY = "e2b_kernel.isolation"
 
 try:  # The code-interpreter plane is built alongside; without it port 49999 is "not open".
-    from .interpreter import CodeInterpreter
+    from ..interpreter import CodeInterpreter
 except ImportError:  # pragma: no cover - only while interpreter.py does not exist yet
     CodeInterpreter = None  # type: ignore[assignment,misc]
 
-
-class ApiError(Exception):
-    """An error answered in E2B's control-plane shape {"code", "message"}."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    """E2B's JSON error; statuses the SDK would retry get Should-Retry: false."""
-    headers = {"Should-Retry": "false"} if status in (429, 502, 503, 504) else None
-    return JSONResponse({"code": status, "message": message}, status, headers=headers)
+Handler = Callable[[Request], Awaitable[Response]]
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 
 
 def rfc3339(moment: datetime) -> str:
@@ -53,65 +49,90 @@ def rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def not_found(sandbox_id: str) -> ApiError:
-    """E2B's message for a sandbox that does not exist (or was killed)."""
-    return ApiError(404, f"Sandbox \"{sandbox_id}\" doesn't exist or you don't have access to it")
+def _by_method(plane: object, handlers: Mapping[str, str]) -> Handler:
+    """One route's endpoint: dispatch on the method, 405 in E2B's shape for any other.
+
+    Handlers are looked up by name on each call, so a test can replace one on the instance.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        name = handlers.get(request.method)
+        if name is None:
+            path = request.url.path
+            raise ServiceError(405, f"method {request.method} is not allowed on {path}")
+        handler: Handler = getattr(plane, name)
+        return await handler(request)
+
+    return endpoint
+
+
+async def _no_route(scope: Scope, receive: Receive, send: Send) -> None:
+    raise ServiceError(404, f"no such endpoint: {scope['method']} {scope['path']}")
+
+
+async def disk_usage(entry: Entry) -> tuple[int, int]:
+    """(bytes used by /home/user and /tmp, bytes of the disk they live on).
+
+    The seam for the sandbox agent: once it reports disk usage, ask it here instead. Until
+    then the walk runs on a worker thread, never on the event loop.
+    """
+    sandbox = entry.sandbox
+
+    def measure() -> tuple[int, int]:
+        total = shutil.disk_usage(sandbox.home_dir).total
+        return _dir_size(sandbox.home_dir) + _dir_size(sandbox.tmp_dir), total
+
+    return await asyncio.to_thread(measure)
+
+
+async def disk_total(entry: Entry) -> int:
+    """Size of the sandbox's disk in bytes (statvfs off the loop; the agent's seam too)."""
+    return await asyncio.to_thread(lambda: shutil.disk_usage(entry.sandbox.home_dir).total)
 
 
 class ControlPlane:
     """Handlers for every control-plane route; `handle` dispatches a request."""
 
-    def __init__(self, registry: Registry, *, api_key: str | None) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.api_key = api_key
         self.isolation_none = registry.policy.mode == "none"
-        self._routes: list[tuple[str, re.Pattern[str], Callable[..., Awaitable[Response]]]] = [
-            ("POST", re.compile(r"/v2/sandboxes"), self.create),
-            ("GET", re.compile(r"/v2/sandboxes"), self.list_v2),
-            ("GET", re.compile(r"/sandboxes"), self.list_v2),
-            ("POST", re.compile(r"/(?:v2/)?sandboxes/([^/]+)/connect"), self.connect),
-            ("POST", re.compile(r"/sandboxes/([^/]+)/resume"), self.connect),
-            ("DELETE", re.compile(r"/sandboxes/([^/]+)"), self.kill),
-            ("POST", re.compile(r"/sandboxes/([^/]+)/timeout"), self.set_timeout),
-            ("POST", re.compile(r"/sandboxes/([^/]+)/refreshes"), self.refresh),
-            ("GET", re.compile(r"/sandboxes/([^/]+)"), self.get_info),
-            ("POST", re.compile(r"/sandboxes/([^/]+)/pause"), self.pause),
-            ("GET", re.compile(r"/sandboxes/([^/]+)/metrics"), self.metrics),
-        ]
+        sandbox = "/sandboxes/{sandbox_id}"
+        routes = {
+            "/v2/sandboxes": {"POST": "create", "GET": "list_v2"},
+            "/sandboxes": {"GET": "list_v2"},
+            "/v2" + sandbox + "/connect": {"POST": "connect"},
+            sandbox + "/connect": {"POST": "connect"},
+            sandbox + "/resume": {"POST": "connect"},
+            sandbox: {"GET": "get_info", "DELETE": "kill"},
+            sandbox + "/timeout": {"POST": "set_timeout"},
+            sandbox + "/refreshes": {"POST": "refresh"},
+            sandbox + "/pause": {"POST": "pause"},
+            sandbox + "/metrics": {"GET": "metrics"},
+        }
+        self.router = Router(
+            # Every method reaches _by_method, which answers 405 in E2B's shape itself.
+            [Route(p, _by_method(self, h), methods=_ALL_METHODS) for p, h in routes.items()],
+            redirect_slashes=False,
+            default=_no_route,
+        )
 
-    async def handle(self, request: Request) -> Response:
-        """Authenticate, route and answer one control-plane request."""
-        key = request.headers.get("x-api-key", "")
-        if not key.strip() or (self.api_key is not None and key != self.api_key):
-            return error_response(401, "Invalid API key: set E2B_API_KEY to the service's key")
-        path = request.url.path.rstrip("/") or "/"
-        allowed = []
-        for method, pattern, handler in self._routes:
-            match = pattern.fullmatch(path)
-            if match is None:
-                continue
-            allowed.append(method)
-            if method == request.method:
-                try:
-                    return await handler(request, *match.groups())
-                except ApiError as exc:
-                    return error_response(exc.status, exc.message)
-        if allowed:
-            return error_response(405, f"method {request.method} is not allowed on {path}")
-        return error_response(404, f"no such endpoint: {request.method} {path}")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"].rstrip("/") or "/"  # the old router ignored a trailing slash
+        await self.router({**scope, "path": path}, receive, send)
 
     async def _json(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
         if len(raw) > MAX_JSON_BODY:
-            raise ApiError(413, f"request body too large (limit {MAX_JSON_BODY} bytes)")
+            raise ServiceError(413, f"request body too large (limit {MAX_JSON_BODY} bytes)")
         if not raw.strip():
             return {}
+        check_json_depth(raw)  # json.loads would recurse until RecursionError (a 500)
         try:
             body = json.loads(raw)
         except ValueError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+            raise ServiceError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise ApiError(400, "request body must be a JSON object")
+            raise ServiceError(400, "request body must be a JSON object")
         return body
 
     def _entry(self, sandbox_id: str) -> Entry:
@@ -125,10 +146,13 @@ class ControlPlane:
         body = await self._json(request)
         template = body.get("templateID", "base")
         if not isinstance(template, str) or not template:
-            raise ApiError(400, "templateID must be a non-empty string")
+            raise ServiceError(400, "templateID must be a non-empty string")
         timeout = _timeout(body, "timeout", default=DEFAULT_TIMEOUT)
         metadata = _string_map(body, "metadata")
         envs = _string_map(body, "envVars")
+        check_env_names(envs, "envVars")  # execve refuses them deep inside the sandbox start
+        network = body.get("network") or {}
+        public = not isinstance(network, dict) or network.get("allowPublicTraffic", True)
         internet = body.get("allow_internet_access", body.get("allowInternetAccess", False))
         auto_resume = body.get("autoResume") or {}
         try:
@@ -140,11 +164,14 @@ class ControlPlane:
                 allow_internet=bool(internet),
                 auto_pause=bool(body.get("autoPause", False)),
                 auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
+                # As E2B today, every sandbox is secured (the SDK's `secure` is ignored).
+                access_token=new_token(),
+                traffic_token=None if public is not False else new_token(),
             )
         except (OSError, SandboxStartError, asyncio.TimeoutError) as exc:
             log.exception("could not start a sandbox")
             reason = str(exc) or type(exc).__name__
-            raise ApiError(500, f"could not start the sandbox: {reason}") from None
+            raise ServiceError(500, f"could not start the sandbox: {reason}") from None
         if CodeInterpreter is not None:
             try:
                 entry.interpreter = CodeInterpreter(entry.sandbox)
@@ -154,61 +181,68 @@ class ControlPlane:
                 log.exception("sandbox %s: code interpreter failed to start", entry.sandbox_id)
                 await self.registry.kill(entry.sandbox_id)
                 message = f"the sandbox's code interpreter failed to start: {exc}"
-                raise ApiError(500, message) from None
+                raise ServiceError(500, message) from None
         log.info("created sandbox %s (template %s)", entry.sandbox_id, template)
         return JSONResponse(self._sandbox_json(entry), 201)
 
-    async def connect(self, request: Request, sandbox_id: str) -> Response:
+    async def connect(self, request: Request) -> Response:
         """POST /v2/sandboxes/{id}/connect: 200 if running, 201 if resumed from paused."""
+        sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
         timeout = _timeout(body, "timeout", default=None)
         entry = self.registry.get(sandbox_id)
         if entry is None:
-            raise ApiError(404, f"Paused sandbox {sandbox_id} not found")
+            raise ServiceError(404, f"Paused sandbox {sandbox_id} not found")
         if entry.sandbox.paused:
             self.registry.resume(entry, timeout)
             return JSONResponse(self._sandbox_json(entry), 201)
         self.registry.extend(entry, timeout if timeout is not None else entry.timeout_seconds)
         return JSONResponse(self._sandbox_json(entry), 200)
 
-    async def kill(self, request: Request, sandbox_id: str) -> Response:
+    async def kill(self, request: Request) -> Response:
         """DELETE /sandboxes/{id}: 204, or 404 when unknown or already killed."""
+        sandbox_id = request.path_params["sandbox_id"]
         if not await self.registry.kill(sandbox_id):
             raise not_found(sandbox_id)
         log.info("killed sandbox %s", sandbox_id)
         return Response(status_code=204)
 
-    async def set_timeout(self, request: Request, sandbox_id: str) -> Response:
+    async def set_timeout(self, request: Request) -> Response:
         """POST /sandboxes/{id}/timeout {"timeout": s}: the sandbox now ends s seconds from now."""
+        sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
         timeout = _timeout(body, "timeout", default=None)
         if timeout is None:
-            raise ApiError(400, 'the body must be {"timeout": <seconds>}')
+            raise ServiceError(400, 'the body must be {"timeout": <seconds>}')
         self.registry.set_timeout(self._entry(sandbox_id), timeout)
         return Response(status_code=204)
 
-    async def refresh(self, request: Request, sandbox_id: str) -> Response:
+    async def refresh(self, request: Request) -> Response:
         """POST /sandboxes/{id}/refreshes {"duration": s}: extend the sandbox's life."""
+        sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
         duration = _timeout(body, "duration", default=None)
         entry = self._entry(sandbox_id)
         self.registry.extend(entry, duration if duration is not None else entry.timeout_seconds)
         return Response(status_code=204)
 
-    async def get_info(self, request: Request, sandbox_id: str) -> Response:
+    async def get_info(self, request: Request) -> Response:
         """GET /sandboxes/{id}: SandboxDetail."""
-        return JSONResponse(self._detail_json(self._entry(sandbox_id)))
+        sandbox_id = request.path_params["sandbox_id"]
+        entry = self._entry(sandbox_id)
+        return JSONResponse(self._detail_json(entry, await disk_total(entry)))
 
-    async def pause(self, request: Request, sandbox_id: str) -> Response:
+    async def pause(self, request: Request) -> Response:
         """POST /sandboxes/{id}/pause: 204, or 409 when it is already paused."""
+        sandbox_id = request.path_params["sandbox_id"]
         await self._json(request)
         entry = self._entry(sandbox_id)
         try:
             paused = self.registry.pause(entry)
         except OSError as exc:
-            raise ApiError(500, f"cannot pause this sandbox: {exc}") from None
+            raise ServiceError(500, f"cannot pause this sandbox: {exc}") from None
         if not paused:
-            raise ApiError(409, f"Sandbox {sandbox_id} is already paused")
+            raise ServiceError(409, f"Sandbox {sandbox_id} is already paused")
         return Response(status_code=204)
 
     async def list_v2(self, request: Request) -> Response:
@@ -218,7 +252,7 @@ class ControlPlane:
         states = {s for s in query.get("state", "").split(",") if s}
         unknown = states - {"running", "paused"}
         if unknown:
-            raise ApiError(400, f"unknown state filter {sorted(unknown)}: use running,paused")
+            raise ServiceError(400, f"unknown state filter {sorted(unknown)}: use running,paused")
         limit = _int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
         start = _decode_token(query.get("nextToken"))
         after = _parse_time(query.get("startedAfter"))
@@ -236,12 +270,17 @@ class ControlPlane:
         headers = {}
         if start + limit < len(entries):
             headers["x-next-token"] = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
-        return JSONResponse([self._detail_json(e) for e in page], headers=headers)
+        totals = await asyncio.gather(*(disk_total(e) for e in page))
+        body = [self._detail_json(e, total) for e, total in zip(page, totals, strict=True)]
+        return JSONResponse(body, headers=headers)
 
-    async def metrics(self, request: Request, sandbox_id: str) -> Response:
+    async def metrics(self, request: Request) -> Response:
         """GET /sandboxes/{id}/metrics: one current sample from the sandbox's cgroups."""
+        sandbox_id = request.path_params["sandbox_id"]
         entry = self._entry(sandbox_id)
-        return JSONResponse([_metric_sample(entry, self.registry.policy.memory_mb)])
+        used, total = await disk_usage(entry)
+        sample = _metric_sample(entry, self.registry.policy.memory_mb, used, total)
+        return JSONResponse([sample])
 
     def _sandbox_json(self, entry: Entry) -> dict[str, Any]:
         return {
@@ -250,12 +289,12 @@ class ControlPlane:
             "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION,
             "alias": entry.template_id,
-            "envdAccessToken": None,
-            "trafficAccessToken": None,
+            "envdAccessToken": entry.access_token,
+            "trafficAccessToken": entry.traffic_token,
             "domain": None,
         }
 
-    def _detail_json(self, entry: Entry) -> dict[str, Any]:
+    def _detail_json(self, entry: Entry, disk_bytes: int) -> dict[str, Any]:
         metadata = dict(entry.metadata)
         if self.isolation_none:
             metadata[ISOLATION_METADATA_KEY] = "none"
@@ -269,7 +308,7 @@ class ControlPlane:
             "envdVersion": ENVD_VERSION,
             "cpuCount": os.cpu_count() or 1,
             "memoryMB": self.registry.policy.memory_mb,
-            "diskSizeMB": shutil.disk_usage(entry.sandbox.home_dir).total // (1024 * 1024),
+            "diskSizeMB": disk_bytes // (1024 * 1024),
             "state": entry.state,
             "metadata": metadata,
             "allowInternetAccess": entry.sandbox.allow_internet,
@@ -285,9 +324,9 @@ def _timeout(body: dict[str, Any], name: str, *, default: int | None) -> Any:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"{name} must be an integer number of seconds, got {value!r}")
+        raise ServiceError(400, f"{name} must be an integer number of seconds, got {value!r}")
     if value < 0 or value > MAX_TIMEOUT:
-        raise ApiError(400, f"{name} must be between 0 and {MAX_TIMEOUT} seconds, got {value}")
+        raise ServiceError(400, f"{name} must be between 0 and {MAX_TIMEOUT} seconds, got {value}")
     return value
 
 
@@ -296,7 +335,7 @@ def _string_map(body: dict[str, Any], name: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise ApiError(400, f"{name} must be an object of string values")
+        raise ServiceError(400, f"{name} must be an object of string values")
     return dict(value)
 
 
@@ -306,9 +345,9 @@ def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int)
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
+        raise ServiceError(400, f"{name} must be an integer, got {raw!r}") from None
     if not low <= value <= high:
-        raise ApiError(400, f"{name} must be between {low} and {high}, got {value}")
+        raise ServiceError(400, f"{name} must be between {low} and {high}, got {value}")
     return value
 
 
@@ -318,7 +357,7 @@ def _parse_time(raw: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, f"startedAfter must be an ISO-8601 time, got {raw!r}") from None
+        raise ServiceError(400, f"startedAfter must be an ISO-8601 time, got {raw!r}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
@@ -328,13 +367,12 @@ def _decode_token(token: str | None) -> int:
     try:
         return max(0, int(base64.urlsafe_b64decode(token.encode()).decode()))
     except ValueError:
-        raise ApiError(400, "nextToken is not a token this service issued") from None
+        raise ServiceError(400, "nextToken is not a token this service issued") from None
 
 
-def _metric_sample(entry: Entry, memory_mb: int) -> dict[str, Any]:
+def _metric_sample(entry: Entry, memory_mb: int, disk_used: int, disk_total: int) -> dict[str, Any]:
     now = utcnow()
     used = _memory_used(entry)
-    disk = shutil.disk_usage(entry.sandbox.home_dir)
     return {
         "timestamp": rfc3339(now),
         "timestampUnix": int(now.timestamp()),
@@ -343,8 +381,8 @@ def _metric_sample(entry: Entry, memory_mb: int) -> dict[str, Any]:
         "memUsed": used,
         "memTotal": memory_mb * 1024 * 1024,
         "memCache": 0,
-        "diskUsed": _dir_size(entry.sandbox.home_dir) + _dir_size(entry.sandbox.tmp_dir),
-        "diskTotal": disk.total,
+        "diskUsed": disk_used,
+        "diskTotal": disk_total,
     }
 
 

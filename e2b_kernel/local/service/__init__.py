@@ -1,0 +1,23 @@
+"""The service itself: its HTTP app, the planes' front doors, credentials and server.
+
+``server.ServiceCore`` builds and serves one instance; ``app.ServiceApp`` routes requests;
+``control`` is the control plane; ``envd`` and ``interpreter_front`` check requests before
+the sandbox planes; ``auth`` holds the credentials; ``guards`` the input checks;
+``connections`` uvicorn's protocol with a header deadline and a connection bound.
+
+The server is loaded on first use, so importing ``e2b_kernel.local`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["STATE_ROOT", "ServiceCore", "sweep_stale_state"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(name)

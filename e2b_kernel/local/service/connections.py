@@ -1,0 +1,91 @@
+"""uvicorn's h11 protocol with a header-read deadline and a bound on open connections.
+
+uvicorn closes idle keep-alive connections, but a connection that sends part of a request
+head (or nothing) and then waits is held forever: 1,500 of them would hold 1,500 sockets
+and, with limit_concurrency, turn every real request away. Here each connection must
+deliver a complete request head within `header_timeout` seconds of connecting or of its
+previous response, and past `max_connections` the oldest connection still waiting for a
+request head is closed to make room (a connection mid-request is never dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+
+log = logging.getLogger("e2b_kernel.local")
+
+
+class GuardedH11Protocol(H11Protocol):
+    """One HTTP/1.1 connection; settings come from `guard_settings` on the uvicorn Config."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        settings = getattr(config, "guard_settings", {})
+        self.header_timeout: float = settings.get("header_timeout", DEFAULT_HEADER_TIMEOUT)
+        self.max_connections: int = settings.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._waiting_since = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+        if len(self.connections) > self.max_connections:
+            self._evict_one()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if not self.waiting_for_head():
+            self._disarm_header_deadline()  # a request head arrived: its handler owns time
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_deadline()  # the next request head must come in time too
+
+    def waiting_for_head(self) -> bool:
+        """True while no request is in progress on this connection."""
+        return self.conn.their_state is h11.IDLE and (
+            self.cycle is None or self.cycle.response_complete
+        )
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._waiting_since = self.loop.time()
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._deadline_passed)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._header_deadline = None
+        if self.waiting_for_head() and not self.transport.is_closing():
+            self.transport.close()
+
+    def _evict_one(self) -> None:
+        """Close the connection that has waited longest for a request head (maybe this one)."""
+        idle = [
+            c
+            for c in self.connections
+            if isinstance(c, GuardedH11Protocol)
+            and c.waiting_for_head()
+            and not c.transport.is_closing()
+        ]
+        if not idle:
+            return
+        oldest = min(idle, key=lambda c: c._waiting_since)
+        log.debug("more than %d open connections: closing an idle one", self.max_connections)
+        oldest._disarm_header_deadline()
+        oldest.transport.close()

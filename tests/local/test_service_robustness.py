@@ -1,0 +1,164 @@
+"""The service under hostile input: half-open connections, bad input, heavy requests."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from e2b import InvalidArgumentException, Sandbox
+from local_helpers import sandbox_headers, sdk_options
+
+from e2b_kernel.local import RunningService
+
+DEEP = b"[" * 50_000 + b"]" * 50_000
+
+
+@pytest.fixture(scope="module")
+def sbx(local_service: RunningService) -> Iterator[Sandbox]:
+    sandbox = Sandbox.create(timeout=600, **sdk_options(local_service))
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()
+
+
+def _health_seconds(service: RunningService, sandbox: Sandbox) -> float:
+    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49983"}
+    started = time.monotonic()
+    reply = httpx.get(f"{service.url}/health", headers=headers, timeout=30)
+    assert reply.status_code == 204
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(120)
+def test_half_open_connections_are_closed_and_health_still_answers(
+    local_service: RunningService, sbx: Sandbox
+) -> None:
+    address = urlsplit(local_service.url)
+    held: list[socket.socket] = []
+    selector = selectors.DefaultSelector()
+    try:
+        for _ in range(1500):
+            conn = socket.create_connection((address.hostname, address.port), timeout=10)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # a request head never ended
+            conn.setblocking(False)
+            selector.register(conn, selectors.EVENT_READ)
+            held.append(conn)
+        assert _health_seconds(local_service, sbx) < 1.0
+        open_ones = set(held)
+        deadline = time.monotonic() + 20  # the header timeout is 5 s by default
+        while open_ones and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.5):
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)
+                try:
+                    data = conn.recv(4096)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    selector.unregister(conn)
+                    open_ones.discard(conn)
+        assert not open_ones, f"{len(open_ones)} half-open connections still held"
+        assert _health_seconds(local_service, sbx) < 1.0
+    finally:
+        selector.close()
+        for conn in held:
+            conn.close()
+
+
+def test_deeply_nested_json_is_400(local_service: RunningService, sbx: Sandbox) -> None:
+    json_type = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=local_service.url, timeout=60) as http:
+        control = http.post(
+            "/v2/sandboxes",
+            content=b'{"metadata": ' + DEEP + b"}",
+            headers={"X-API-Key": local_service.api_key, **json_type},
+        )
+        assert control.status_code == 400 and control.json()["code"] == 400
+        execute = http.post(
+            "/execute",
+            content=b'{"code": ' + DEEP + b"}",
+            headers={**sandbox_headers(sbx, 49999), **json_type},
+        )
+        assert execute.status_code == 400 and execute.json()["code"] == 400
+        rpc = http.post(
+            "/filesystem.Filesystem/Stat",
+            content=b'{"path": ' + DEEP + b"}",
+            headers={**sandbox_headers(sbx), **json_type},
+        )
+        assert rpc.status_code == 400 and rpc.json()["code"] == "invalid_argument"
+    assert sbx.commands.run("echo alive").stdout == "alive\n"
+
+
+@pytest.mark.parametrize("name", ["A=B", "A\0B"])
+def test_bad_env_var_names_are_400(local_service: RunningService, sbx: Sandbox, name: str) -> None:
+    reply = httpx.post(
+        f"{local_service.url}/v2/sandboxes",
+        json={"envVars": {name: "x"}},
+        headers={"X-API-Key": local_service.api_key},
+        timeout=60,
+    )
+    assert reply.status_code == 400 and "environment variable" in reply.json()["message"]
+    with pytest.raises(InvalidArgumentException):
+        sbx.commands.run("true", envs={name: "x"})
+    execute = httpx.post(
+        f"{local_service.url}/execute",
+        json={"code": "1", "env_vars": {name: "x"}},
+        headers=sandbox_headers(sbx, 49999),
+        timeout=60,
+    )
+    assert execute.status_code == 400 and execute.json()["code"] == 400
+
+
+def test_file_names_over_255_bytes_are_400(sbx: Sandbox) -> None:
+    long_path = "/home/user/" + "n" * 300
+    for call in (
+        lambda: sbx.files.write(long_path, "x"),
+        lambda: sbx.files.read(long_path),
+        lambda: sbx.files.make_dir(long_path),
+        lambda: sbx.files.get_info(long_path),
+    ):
+        with pytest.raises(InvalidArgumentException, match="255 bytes"):
+            call()
+
+
+@pytest.mark.timeout(300)
+def test_a_heavy_metrics_walk_does_not_stall_another_sandbox(
+    local_service: RunningService, sbx: Sandbox
+) -> None:
+    heavy = Sandbox.create(timeout=300, **sdk_options(local_service))
+    try:
+        made = heavy.commands.run(
+            "mkdir -p ~/many && cd ~/many && seq 150000 | xargs touch && echo done",
+            timeout=240,
+        )
+        assert made.stdout == "done\n"
+        stop = threading.Event()
+        walks = []
+
+        def walk() -> None:
+            while not stop.is_set():
+                walks.append(heavy.get_metrics())
+
+        walker = threading.Thread(target=walk)
+        walker.start()
+        latencies = []
+        deadline = time.monotonic() + 120
+        try:
+            # Probe throughout several whole walks, not just the start of one.
+            while len(walks) < 3 and time.monotonic() < deadline:
+                latencies.append(_health_seconds(local_service, sbx))
+        finally:
+            stop.set()
+            walker.join(timeout=120)
+        assert len(walks) >= 3, "the metrics calls did not finish"
+        slowest = max(latencies)
+        assert slowest < 0.1, f"another sandbox's health took {slowest * 1000:.0f} ms"
+    finally:
+        heavy.kill()
