@@ -69,6 +69,17 @@ class Backend:
             )
         return {"domain": self.config.domain} if self.config.domain else {}
 
+    def service_lost(self) -> bool:
+        """True when the local service has died; it is then forgotten, so that the next
+        ``ensure_started`` starts a fresh one."""
+        service = self.service
+        if service is None or service.alive():
+            return False
+        self.log.warning("the private local E2B service (pid %d) has stopped", service.pid)
+        self.service = None
+        service.stop()  # reaps it and removes what it left (its lease file)
+        return True
+
     @property
     def outlives_process(self) -> bool:
         """Whether sandboxes can outlive this process (false for an in-process service)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import psutil
+
 __all__ = ["InProcessService", "ServiceHandle", "SharedLocalService", "SharedView"]
 
 
@@ -37,6 +39,13 @@ class ServiceHandle:
     def sdk_env(self) -> dict[str, str]:
         """The same, as the SDK's environment variables."""
         return {"E2B_API_URL": self.url, "E2B_SANDBOX_URL": self.url, "E2B_API_KEY": self.api_key}
+
+    def alive(self) -> bool:
+        """Whether the process serving it still runs (a zombie does not)."""
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
     def stop(self) -> None:
         """Stop the service; it kills its sandboxes. Idempotent."""

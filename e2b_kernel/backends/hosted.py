@@ -7,6 +7,9 @@ that lease file for its whole life: the service stops, killing its sandboxes, on
 held the lease for a few seconds (see ``e2b_kernel.local.lease``). On restart the old process
 exits and the new one takes the same lease, found through the restart state
 (``restart_state``). So a SIGKILLed kernel leaves nothing behind for long.
+
+The service removes its lease file when it stops, and ``stop()`` does too. Only a service that
+was itself SIGKILLed leaves one: each launch sweeps those (free lease, dead service).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import fcntl
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -25,6 +29,8 @@ from .handles import ServiceHandle
 __all__ = ["HostedService"]
 
 _STOP_TIMEOUT = 20.0
+LEASE_DIR = Path(tempfile.gettempdir()) / "e2b-kernel-leases"
+_UNCLAIMED_AGE = 120.0  # a lease file with no service pid yet is still being launched
 
 
 class HostedService(ServiceHandle):
@@ -43,7 +49,8 @@ class HostedService(ServiceHandle):
         """Take a new lease and start a helper that serves while it is held."""
         from ..local import start_subprocess
 
-        fd, lease_path = tempfile.mkstemp(prefix="e2b-kernel-lease-", suffix=".lock")
+        sweep_stale_leases()
+        fd, lease_path = tempfile.mkstemp(prefix="lease-", suffix=".lock", dir=_lease_dir())
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             child = start_subprocess(isolation=isolation, lease=lease_path)
@@ -52,6 +59,7 @@ class HostedService(ServiceHandle):
             with contextlib.suppress(OSError):
                 os.unlink(lease_path)
             raise
+        os.write(fd, str(child.pid).encode())  # lets a later sweep tell a dead service
         info = {"url": child.url, "api_key": child.api_key, "isolation": child.isolation}
         hosted = cls({**info, "pid": child.pid}, lease_path, fd)
         hosted._child = child
@@ -76,6 +84,8 @@ class HostedService(ServiceHandle):
                 time.sleep(0.05)  # the previous process is exiting; its lock goes with it
         if not psutil.pid_exists(int(state["pid"])):
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(lease_path)  # it died without removing its lease
             raise RuntimeError("the local service of the previous kernel process has exited")
         return cls(state, lease_path, fd)
 
@@ -110,3 +120,35 @@ class HostedService(ServiceHandle):
         if self._lease_fd is not None:
             os.close(self._lease_fd)
             self._lease_fd = None
+
+
+def _lease_dir() -> Path:
+    LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
+    return LEASE_DIR
+
+
+def sweep_stale_leases() -> list[Path]:
+    """Remove lease files that nobody holds and whose service is dead; return them."""
+    removed = []
+    # Also the lease files of earlier versions, which lived directly in the temp folder.
+    legacy = Path(tempfile.gettempdir()).glob("e2b-kernel-lease-*.lock")
+    for path in [*_lease_dir().glob("lease-*.lock"), *legacy]:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a kernel still lives
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            if text.isdigit():
+                stale = not psutil.pid_exists(int(text))
+            else:
+                stale = time.time() - os.fstat(fd).st_mtime > _UNCLAIMED_AGE
+            if stale:
+                path.unlink()
+                removed.append(path)
+        except (BlockingIOError, OSError):
+            pass
+        finally:
+            os.close(fd)
+    return removed

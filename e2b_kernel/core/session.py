@@ -233,8 +233,8 @@ class SandboxSession:
         try:
             await self.sandbox.connect(timeout=self.config.sandbox_timeout)
         except Exception as exc:
-            if is_sandbox_gone(exc):
-                message = self._lost_message("killed or expired")
+            if is_sandbox_gone(exc) or self._backend.service_lost():
+                message = self._lost_message(self._how_lost())
                 self._drop_sandbox()
                 self._announce_new = True
                 raise SandboxLost(message) from None
@@ -245,6 +245,12 @@ class SandboxSession:
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
+
+    def _how_lost(self) -> str:
+        """How a sandbox that cannot be reached any more was lost, in words."""
+        if self._backend.service is None and self.backend == "local":
+            return "lost with the private local E2B service, which stopped"
+        return "killed or expired"
 
     def _lost_message(self, how: str) -> str:
         name = f"sandbox {self.sandbox_id}" if self.sandbox_id else "sandbox"
@@ -354,14 +360,14 @@ class SandboxSession:
         if isinstance(exc, E2BKernelError):
             raise exc
         self.log.warning("run_code failed: %r", exc)
-        gone = is_sandbox_gone(exc)
+        gone = is_sandbox_gone(exc) or self._backend.service_lost()
         if not gone:
             try:
                 gone = not await asyncio.wait_for(sandbox.is_running(), 10)
             except Exception:
                 gone = False
         if gone:
-            message = self._lost_message("killed or expired")
+            message = self._lost_message(self._how_lost())
             self._mark_lost(sandbox)
             raise SandboxLost(message)
         if language not in (None, "python") and "context" in str(exc).lower():
@@ -496,9 +502,10 @@ class SandboxSession:
                     return  # the default context is created lazily by the next execute
                 await sandbox.restart_code_context(default)
             except Exception as exc:
-                if is_sandbox_gone(exc):
+                if is_sandbox_gone(exc) or self._backend.service_lost():
+                    message = self._lost_message(self._how_lost())
                     self._mark_lost(sandbox)
-                    raise SandboxLost(self._lost_message("killed or expired")) from None
+                    raise SandboxLost(message) from None
                 raise SandboxUnavailable(f"could not restart the Python context: {exc}") from None
 
     async def set_timeout(self, seconds: int) -> None:
