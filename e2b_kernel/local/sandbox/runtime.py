@@ -22,8 +22,8 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from .isolation import CgroupSet, Isolation, bwrap_argv, join_cgroups_argv
-from .paths import SandboxPaths
+from ..isolation import CgroupSet, Isolation, bwrap_argv, join_cgroups_argv
+from ..paths import SandboxPaths
 
 log = logging.getLogger("e2b_kernel.local")
 

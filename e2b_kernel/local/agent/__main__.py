@@ -1,0 +1,24 @@
+"""Run the agent: ``python -I -m e2b_agent --listen-fd N [--switch-user | --pdeathsig]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from . import processes, server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="e2b_agent")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--switch-user", action="store_true", help="inside a sandbox")
+    parser.add_argument("--pdeathsig", action="store_true", help="on the host: die with parent")
+    args = parser.parse_args()
+    processes.Settings.switch_user = args.switch_user
+    processes.Settings.pdeathsig = args.pdeathsig
+    os.set_inheritable(args.listen_fd, False)
+    server.load_ops()
+    server.serve(args.listen_fd)
+
+
+main()
