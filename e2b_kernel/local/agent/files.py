@@ -61,15 +61,17 @@ class _Config:
     """How sandbox paths meet the filesystem the agent sees (set once at agent start)."""
 
     roots: list[tuple[str, str]] = []  # (sandbox prefix, host dir), longest prefix first
-    switch_ids: bool = os.getuid() == 0
+    switch_ids: bool = False  # on only inside a sandbox (__main__ --switch-user)
 
 
 def configure(*, roots: dict[str, str] | None = None, switch_ids: bool | None = None) -> None:
     """Set the path map (isolation "none": {"/home/user": dir, "/tmp": dir}) and whether
-    requests switch to the user's ids (default: when the agent runs as root without a map)."""
+    requests switch to the user's ids (inside a sandbox; never on the host, where uid 1000 is
+    somebody else)."""
     mapped = dict(roots or {})
     _Config.roots = sorted(mapped.items(), key=lambda item: -len(item[0]))
-    _Config.switch_ids = (os.getuid() == 0 and not mapped) if switch_ids is None else switch_ids
+    if switch_ids is not None:
+        _Config.switch_ids = switch_ids
 
 
 # --- paths -------------------------------------------------------------------------------
@@ -98,6 +100,25 @@ def host_path(sandbox: str) -> str:
         if sandbox == prefix or sandbox.startswith(prefix + "/"):
             return root + sandbox[len(prefix) :]
     return sandbox
+
+
+def _require_writable(path: str, *, follow: bool) -> None:
+    """Isolation "none" only: refuse changes outside the mapped dirs, as the sandbox's
+    read-only view would (inside a sandbox the mounts themselves refuse them)."""
+    if not _Config.roots:
+        return
+    host = host_path(path)
+    if follow:
+        real = os.path.realpath(host)
+    else:  # the entry itself may be a link: check where its parent really is
+        real = os.path.join(os.path.realpath(os.path.dirname(host)), os.path.basename(host))
+    for _prefix, root in _Config.roots:
+        root = os.path.realpath(root)
+        # The mapped dir itself can be written through (opening it gives EISDIR) but never
+        # removed or renamed.
+        if real.startswith(root + "/") or (follow and real == root):
+            return
+    raise AgentError(errno.EROFS, f"read-only file system: {path}")
 
 
 def _to_sandbox(host: str) -> str:
@@ -295,6 +316,7 @@ def write_op(conn: Conn, request: dict) -> None:
     if not isinstance(metadata, dict):
         raise AgentError(errno.EINVAL, "metadata must be an object of strings")
     with as_user(user), _errors(path):
+        _require_writable(path, follow=True)
         _make_parents(path)
         fd = _open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     failure: AgentError | None = None
@@ -329,7 +351,8 @@ def _recv_exact(conn: Conn, size: int) -> bytes:
     while size > 0:
         chunk = conn.recv_bytes(min(size, _CHUNK))
         if not chunk:
-            raise AgentError(errno.EPIPE, "the client stopped before the end of the file")
+            # The client gave up (its upload broke off): end quietly, the file stays short.
+            raise BrokenPipeError(errno.EPIPE, "the client stopped before the end of the file")
         parts.append(chunk)
         size -= len(chunk)
     return b"".join(parts)
@@ -358,6 +381,7 @@ def mkdir_op(conn: Conn, request: dict) -> None:
     with as_user(user), _errors(path):
         if os.path.lexists(host_path(path)):
             raise AgentError(errno.EEXIST, f"already exists: {path}")
+        _require_writable(path, follow=False)
         _make_parents(path)
         os.mkdir(host_path(path), 0o755)
         entry = entry_info(path)
@@ -373,6 +397,8 @@ def rename_op(conn: Conn, request: dict) -> None:
     with as_user(user), _errors(source):
         if not os.path.lexists(host_path(source)):
             raise AgentError(errno.ENOENT, f"no such file or directory: {source}")
+        _require_writable(source, follow=False)
+        _require_writable(destination, follow=False)
         _make_parents(destination)
         os.rename(host_path(source), host_path(destination))
         entry = entry_info(destination)
@@ -386,6 +412,10 @@ def remove_op(conn: Conn, request: dict) -> None:
     path = sandbox_path(request.get("path"), user)
     host = host_path(path)
     with as_user(user), _errors(path):
+        if not os.path.lexists(host):
+            conn.reply()
+            return
+        _require_writable(path, follow=False)
         try:
             if stat.S_ISDIR(os.lstat(host).st_mode):
                 shutil.rmtree(host)  # fd-based on Linux: a swapped-in link is not followed
