@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
 from .sandbox import SandboxStartError
+from .sandbox.file_ops import FileOps
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -241,7 +242,7 @@ class ControlPlane:
     async def metrics(self, request: Request, sandbox_id: str) -> Response:
         """GET /sandboxes/{id}/metrics: one current sample from the sandbox's cgroups."""
         entry = self._entry(sandbox_id)
-        return JSONResponse([_metric_sample(entry, self.registry.policy.memory_mb)])
+        return JSONResponse([await _metric_sample(entry, self.registry.policy.memory_mb)])
 
     def _sandbox_json(self, entry: Entry) -> dict[str, Any]:
         return {
@@ -331,10 +332,10 @@ def _decode_token(token: str | None) -> int:
         raise ApiError(400, "nextToken is not a token this service issued") from None
 
 
-def _metric_sample(entry: Entry, memory_mb: int) -> dict[str, Any]:
+async def _metric_sample(entry: Entry, memory_mb: int) -> dict[str, Any]:
+    disk_used, disk_total = await _disk_usage(entry)
     now = utcnow()
     used = _memory_used(entry)
-    disk = shutil.disk_usage(entry.sandbox.home_dir)
     return {
         "timestamp": rfc3339(now),
         "timestampUnix": int(now.timestamp()),
@@ -343,8 +344,8 @@ def _metric_sample(entry: Entry, memory_mb: int) -> dict[str, Any]:
         "memUsed": used,
         "memTotal": memory_mb * 1024 * 1024,
         "memCache": 0,
-        "diskUsed": _dir_size(entry.sandbox.home_dir) + _dir_size(entry.sandbox.tmp_dir),
-        "diskTotal": disk.total,
+        "diskUsed": disk_used,
+        "diskTotal": disk_total,
     }
 
 
@@ -361,12 +362,9 @@ def _memory_used(entry: Entry) -> int:
     return 0
 
 
-def _dir_size(root: os.PathLike[str]) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
+async def _disk_usage(entry: Entry) -> tuple[int, int]:
+    """/home/user + /tmp usage, measured by the sandbox's agent (the walk loads only it)."""
+    try:
+        return await FileOps(entry.sandbox.agent).disk_usage()
+    except (OSError, ConnectionError):
+        return 0, 0  # the sandbox is going away; the sample still answers

@@ -154,7 +154,8 @@ def handle(sock: socket.socket) -> None:
         elif not isinstance(exc, OSError):  # a failure mid-stream: the client sees EOF
             traceback.print_exc(file=sys.stderr)
     finally:
-        for fd in fds:  # a handler that keeps an fd dup()s it or takes it out of conn.fds
+        # A handler that keeps an fd takes it out of conn.fds (then closing it is its job).
+        for fd in conn.fds if conn is not None else fds:
             try:
                 os.close(fd)
             except OSError:
