@@ -94,7 +94,8 @@ class Command:
         fd = os.memfd_create("e2b-data", os.MFD_CLOEXEC)
         os.write(fd, text.encode())
         os.lseek(fd, 0, os.SEEK_SET)
-        self.argv += ["--ro-bind-data", self.fd(fd), dest]
+        # bwrap makes data files 0600 (root's only): passwd, group and hostname are public.
+        self.argv += ["--perms", "0644", "--ro-bind-data", self.fd(fd), dest]
 
     def close(self) -> None:
         for fd in self.fds:
