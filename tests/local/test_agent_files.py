@@ -1,6 +1,7 @@
 """The agent's file ops, driven over a real agent connection (server.handle on a socketpair).
 
-The agent is configured as with isolation "none": /home/user and /tmp map to temp dirs.
+The agent is configured as with isolation "none": /home/user and /tmp map to temp dirs. The
+last tests go through the unmodified SDK to an isolated sandbox of the local service.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2b import Sandbox
+from e2b.exceptions import FileNotFoundException, SandboxException
 
 from e2b_kernel.local.agent import files, server
 
@@ -310,3 +313,55 @@ def test_without_isolation_changes_stay_in_the_mapped_dirs(
     assert outside.read_text() == "host"
     assert call("fs.remove", path="evil") == {"ok": True}  # the link itself is in home
     assert outside.exists()
+
+
+# --- through the unmodified SDK, against an isolated sandbox --------------------------------
+
+
+def test_sdk_files_see_what_commands_see(sbx: Sandbox) -> None:
+    sbx.commands.run("echo from-a-command > /tmp/a && mkdir -p /home/user/cmd/sub")
+    assert sbx.files.read("/tmp/a") == "from-a-command\n"
+    assert [e.name for e in sbx.files.list("/home/user/cmd")] == ["sub"]
+    sbx.files.write("/tmp/b", "from-the-api")
+    assert sbx.commands.run("cat /tmp/b").stdout == "from-the-api"
+    # Files written for the default user belong to it, as if a command of that user wrote them.
+    assert sbx.commands.run("stat -c %U:%G /tmp/b").stdout.strip() == "user:user"
+    assert sbx.files.get_info("/tmp/b").owner == "user"
+    sbx.files.write("/tmp/c", "as root", user="root")
+    assert sbx.commands.run("stat -c %U /tmp/c").stdout.strip() == "root"
+
+
+def test_sdk_host_files_are_out_of_reach(sbx: Sandbox) -> None:
+    # The host's /root (with its .gitconfig, keys, ...) is not the sandbox's /root.
+    host_root = set(os.listdir("/root"))
+    with pytest.raises(FileNotFoundException):
+        sbx.files.read("/root/.gitconfig")
+    inside = {e.name for e in sbx.files.list("/root", user="root")}
+    assert inside == set(sbx.commands.run("ls -A /root", user="root").stdout.split())
+    assert inside != host_root
+    # A link planted in /home/user leads to the sandbox's masked shadow, never the host's.
+    sbx.commands.run("ln -sf /etc/shadow /home/user/shadow-link")
+    try:
+        leaked = sbx.files.read("/home/user/shadow-link", format="bytes", user="root")
+    except SandboxException:
+        leaked = b""  # refused is fine too
+    assert b"root:" not in bytes(leaked)
+    # A link to the project folder finds nothing: the sandbox does not see it.
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sbx.commands.run(f"ln -sf {project}/pyproject.toml /home/user/project-link")
+    with pytest.raises(FileNotFoundException):
+        sbx.files.read("/home/user/project-link")
+
+
+def test_sdk_relative_paths_use_the_users_home(sbx: Sandbox) -> None:
+    assert sbx.files.write("rel.txt", "u").path == "/home/user/rel.txt"
+    assert sbx.files.write("rel.txt", "r", user="root").path == "/root/rel.txt"
+    assert sbx.commands.run("cat /root/rel.txt", user="root").stdout == "r"
+    with pytest.raises(SandboxException):
+        sbx.files.read("/root/rel.txt")  # /root is root's, as for a command of user
+
+
+def test_sdk_deep_listing_is_walked_in_the_sandbox(sbx: Sandbox) -> None:
+    entries = sbx.files.list("/usr", depth=4)  # many lines from the agent, one reply
+    assert len(entries) > 1000 and all(e.path.startswith("/usr/") for e in entries)
+    assert not any(e.path.startswith("/usr/../") for e in entries)
