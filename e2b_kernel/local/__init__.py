@@ -16,7 +16,12 @@ import sys
 import threading
 from typing import Protocol
 
-from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
+from .isolation import (
+    DEFAULT_DISK_MB,
+    DEFAULT_MAX_PIDS,
+    DEFAULT_MEMORY_MB,
+    IsolationUnavailable,
+)
 
 __all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
 
@@ -178,13 +183,15 @@ def start_in_thread(
     api_key: str | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
     max_pids: int = DEFAULT_MAX_PIDS,
+    disk_mb: int = DEFAULT_DISK_MB,
 ) -> RunningService:
     """Start the service in this process on a daemon thread; returns once it listens.
 
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
-    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
+    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable);
+    ``disk_mb`` caps each sandbox's /home/user + /tmp.
     """
-    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
+    limits = {"memory_mb": memory_mb, "max_pids": max_pids, "disk_mb": disk_mb}
     return _ThreadService(host, port, isolation, api_key, limits)
 
 
@@ -196,11 +203,13 @@ def start_subprocess(
     api_key: str | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
     max_pids: int = DEFAULT_MAX_PIDS,
+    disk_mb: int = DEFAULT_DISK_MB,
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
 
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
-    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
+    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable);
+    ``disk_mb`` caps each sandbox's /home/user + /tmp.
     """
-    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
+    limits = {"memory_mb": memory_mb, "max_pids": max_pids, "disk_mb": disk_mb}
     return _SubprocessService(host, port, isolation, api_key, limits)

@@ -17,7 +17,12 @@ import signal
 import sys
 
 from . import ISOLATION_UNAVAILABLE_EXIT
-from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
+from .isolation import (
+    DEFAULT_DISK_MB,
+    DEFAULT_MAX_PIDS,
+    DEFAULT_MEMORY_MB,
+    IsolationUnavailable,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -42,6 +47,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-pids", type=int, default=DEFAULT_MAX_PIDS, help="process limit per sandbox"
     )
+    parser.add_argument(
+        "--disk", "--disk-mb", dest="disk_mb", type=int, default=DEFAULT_DISK_MB,
+        help="disk cap per sandbox for /home/user + /tmp (MiB)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
 
@@ -66,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             memory_mb=args.memory_mb,
             max_pids=args.max_pids,
+            disk_mb=args.disk_mb,
         )
     except ValueError as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)

@@ -142,6 +142,8 @@ class ControlPlane:
                 auto_pause=bool(body.get("autoPause", False)),
                 auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
             )
+        except ValueError as exc:  # e.g. metadata e2b.disk_mb out of range
+            raise ApiError(400, str(exc)) from None
         except (OSError, SandboxStartError, asyncio.TimeoutError) as exc:
             log.exception("could not start a sandbox")
             reason = str(exc) or type(exc).__name__

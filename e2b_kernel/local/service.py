@@ -15,6 +15,7 @@ import uvicorn
 
 from .app import ServiceApp
 from .isolation import (
+    DEFAULT_DISK_MB,
     DEFAULT_MAX_PIDS,
     DEFAULT_MEMORY_MB,
     CgroupSet,
@@ -22,6 +23,7 @@ from .isolation import (
     resolve_isolation,
 )
 from .registry import Registry
+from .sandbox.disk import unmount_disk
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -57,8 +59,11 @@ class ServiceCore:
         api_key: str | None = None,
         memory_mb: int = DEFAULT_MEMORY_MB,
         max_pids: int = DEFAULT_MAX_PIDS,
+        disk_mb: int = DEFAULT_DISK_MB,
     ) -> None:
-        self.policy = resolve_isolation(isolation, memory_mb=memory_mb, max_pids=max_pids)
+        self.policy = resolve_isolation(
+            isolation, memory_mb=memory_mb, max_pids=max_pids, disk_mb=disk_mb
+        )
         STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
         sweep_stale_state(self.policy)
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
@@ -126,6 +131,8 @@ def sweep_stale_state(policy: Isolation) -> None:
             marker = sandbox_dir / "socket_dir"
             with contextlib.suppress(OSError):
                 shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
+            with contextlib.suppress(OSError):  # its capped disk (a tmpfs) is still mounted
+                unmount_disk(sandbox_dir / "disk")
             cgroups = CgroupSet(policy, sandbox_dir.name)
             cgroups.kill_all()
             cgroups.remove()

@@ -15,11 +15,14 @@ import fcntl
 import os
 import random
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import staging
 
+# Shared by every local service on this host: uid-range locks and staged mounts.
+RUNTIME_ROOT = Path(tempfile.gettempdir()) / "e2b-kernel-local"
 AGENT_PARENT = "/opt/e2b"  # the agent package is bound at /opt/e2b/e2b_agent
 AGENT_PACKAGE = "e2b_agent"
 SOCKETS_INSIDE = "/run/e2b"  # kernel connection files (read-only) and sockets/ (the kernels')

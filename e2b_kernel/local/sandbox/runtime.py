@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..isolation import CgroupSet, Isolation, join_cgroups_argv
 from ..paths import SandboxPaths
-from . import bwrap, disk, network, seccomp
+from . import bwrap, disk, network, seccomp, staging
 from .agent_client import AgentClient
 from .process import DEVNULL, PIPE, AgentProcess
 
@@ -112,11 +112,17 @@ class LocalSandbox:
         try:
             self._root.mkdir(mode=0o700, parents=True)
             if self.isolated:
-                self._uids = bwrap.UidRange(self._root.parent.parent / "uid-slots")
+                self._uids = bwrap.UidRange(bwrap.RUNTIME_ROOT / "uid-slots")
                 # bwrap runs as the sandbox's uid and must reach the disk and run dirs by path:
                 # the dirs above them let anyone through but list nothing (0711).
-                for path in (self._root.parent.parent, self._root.parent, self._root):
-                    path.chmod(0o711)
+                for path in (bwrap.RUNTIME_ROOT, self._root.parent, self._root):
+                    if path == bwrap.RUNTIME_ROOT or path.is_relative_to(bwrap.RUNTIME_ROOT):
+                        path.chmod(0o711)
+                if not staging.reachable_by_anyone(str(self.disk_dir)):
+                    raise SandboxStartError(
+                        f"the state dir {self._root.parent} must be under a path every user "
+                        f"can pass through (such as {bwrap.RUNTIME_ROOT})"
+                    )
             self.disk_dir.mkdir(mode=0o755)
             if self.isolated:
                 self.disk_capped = await disk.mount_disk(self.disk_dir, self.disk_mb)
@@ -219,7 +225,7 @@ class LocalSandbox:
             agent_dir=AGENT_DIR,
             seccomp_fd=seccomp_fd,
             allow_internet=self.allow_internet,
-            stage_root=self._root.parent.parent,
+            stage_root=bwrap.RUNTIME_ROOT,
         )
         agent = self._agent_argv(
             listen_fd, bwrap.AGENT_PARENT, bwrap.AGENT_PACKAGE, "--switch-user"
