@@ -166,6 +166,7 @@ def host_view(
         if os.path.isdir(f"/sys/{name}"):
             cmd.bind(f"/sys/{name}", f"/sys/{name}")
     cmd.argv += ["--proc", "/proc", "--dev", "/dev"]
+    cmd.argv += ["--perms", "0755", "--dir", "/run"]  # bwrap would make it 0700
     cmd.bind(sockets, SOCKETS_INSIDE, read_only=False)
     cmd.argv += ["--dir", "/var/tmp", "--symlink", "/run", "/var/run"]
     cmd.argv += ["--remount-ro", "/"]
