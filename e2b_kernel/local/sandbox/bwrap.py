@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import staging
+from . import network, staging
 
 # Shared by every local service on this host: uid-range locks and staged mounts.
 RUNTIME_ROOT = Path(tempfile.gettempdir()) / "e2b-kernel-local"
@@ -128,7 +128,13 @@ def _is_python_dir(path: str) -> bool:
 
 
 def host_view(
-    cmd: Command, *, disk: Path, sockets: Path, agent_dir: Path, stage_root: Path
+    cmd: Command,
+    *,
+    disk: Path,
+    sockets: Path,
+    agent_dir: Path,
+    stage_root: Path,
+    allow_internet: bool,
 ) -> None:
     """Mounts: a read-only runtime, generated identity files, the sandbox's own dirs."""
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
@@ -141,6 +147,8 @@ def host_view(
     cmd.data(PASSWD, "/etc/passwd")
     cmd.data(GROUP, "/etc/group")
     cmd.data("sandbox\n", "/etc/hostname")
+    if allow_internet:  # the host's may name a resolver on its own loopback
+        cmd.data(network.RESOLV_CONF, "/etc/resolv.conf")
     for path in _MASKED_FILES:
         if os.path.exists(path):
             cmd.argv += ["--ro-bind", "/dev/null", path]
@@ -185,7 +193,6 @@ def sandbox_command(
 ) -> tuple[Command, dict[str, int]]:
     """The full command (setpriv to uid U, then bwrap) and the fds the service keeps:
     ``block`` (write a byte once the id maps are written) and ``info`` (bwrap's JSON)."""
-    del allow_internet  # the net namespace is always private; pasta adds a user-mode network
     uid = str(uid_range.base)
     cmd = Command(["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"])
     cmd.argv += ["--inh-caps=-all", "--no-new-privs", "--", bwrap]
@@ -202,6 +209,13 @@ def sandbox_command(
         cmd.argv += ["--cap-add", cap]
     cmd.argv += ["--seccomp", cmd.fd(seccomp_fd)]
     cmd.argv += ["--die-with-parent", "--new-session"]
-    host_view(cmd, disk=disk, sockets=sockets, agent_dir=agent_dir, stage_root=stage_root)
+    host_view(
+        cmd,
+        disk=disk,
+        sockets=sockets,
+        agent_dir=agent_dir,
+        stage_root=stage_root,
+        allow_internet=allow_internet,
+    )
     cmd.argv += ["--chdir", "/", "--setenv", "PATH", "/usr/bin:/bin", "--"]
     return cmd, {"block": block_write, "info": info_read}

@@ -132,7 +132,7 @@ class LocalSandbox:
             await asyncio.wait_for(self._start_agent(), _START_TIMEOUT)
             if self.allow_internet and self.isolated:
                 assert self._init_pid is not None
-                self._network = await network.connect(self._init_pid, self._root / "pasta.pid")
+                self._network = await network.connect(self._init_pid)
         except BaseException:
             await self.kill()  # leave no directories, cgroups or processes behind
             raise
