@@ -357,8 +357,11 @@ def test_sdk_relative_paths_use_the_users_home(sbx: Sandbox) -> None:
     assert sbx.files.write("rel.txt", "u").path == "/home/user/rel.txt"
     assert sbx.files.write("rel.txt", "r", user="root").path == "/root/rel.txt"
     assert sbx.commands.run("cat /root/rel.txt", user="root").stdout == "r"
-    with pytest.raises(SandboxException):
-        sbx.files.read("/root/rel.txt")  # /root is root's, as for a command of user
+    # As user, the API is allowed exactly what a command of user is allowed.
+    sbx.commands.run("chmod 600 /root/rel.txt", user="root")
+    with pytest.raises(SandboxException, match="permission denied"):
+        sbx.files.read("/root/rel.txt")
+    assert sbx.files.read("/root/rel.txt", user="root") == "r"
 
 
 def test_sdk_deep_listing_is_walked_in_the_sandbox(sbx: Sandbox) -> None:
