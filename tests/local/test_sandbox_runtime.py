@@ -48,7 +48,8 @@ def test_spawn_env_cwd_pid_and_kill(state_dir: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("E2B_API_KEY", "must-not-leak")
 
     async def run() -> None:
-        sandbox = LocalSandbox("runtimetest1", policy=resolve_isolation("auto"), state_dir=state_dir)
+        policy = resolve_isolation("auto")
+        sandbox = LocalSandbox("runtimetest1", policy=policy, state_dir=state_dir)
         await sandbox.start()
         cleaned: list[str] = []
         sandbox.on_kill(lambda: cleaned.append("sync"))
@@ -77,8 +78,10 @@ def test_spawn_env_cwd_pid_and_kill(state_dir: Path, monkeypatch: pytest.MonkeyP
         assert sandbox.killed.is_set()
         assert sorted(cleaned) == ["async", "sync"]
         assert await proc.wait() != 0
-        for host in live:
-            await _until(lambda: _state(host) in ("Z", "gone"), "the sandbox processes to die")
+        await _until(
+            lambda: all(_state(host) in ("Z", "gone") for host in live),
+            "the sandbox processes to die",
+        )
         assert not sandbox.home_dir.exists() and not sandbox.socket_dir.exists()
         with pytest.raises(ProcessLookupError):
             await sandbox.spawn(["true"], env={})
