@@ -36,6 +36,7 @@ AGENT_CAPS = (
     "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL",
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
 )  # fmt: skip
+_PACKAGE_DIRS = ("site-packages", "dist-packages")
 _SYS_DIRS = ("block", "bus", "class", "dev", "devices")
 _MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")
 _MASKED_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
@@ -122,9 +123,10 @@ def python_dirs() -> list[str]:
 
 
 def _is_python_dir(path: str) -> bool:
-    base = os.path.basename(path)
+    """The interpreter's prefixes and package dirs; not source trees added to sys.path."""
     prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    return path in prefixes or base in ("site-packages", "dist-packages") or "python" in base
+    inside = any(path.startswith(prefix + "/") for prefix in prefixes)
+    return path in prefixes or inside or os.path.basename(path) in _PACKAGE_DIRS
 
 
 def host_view(
