@@ -38,6 +38,7 @@ from protobuf import Oneof
 
 from .envd_pty import Terminal
 from .sandbox import SANDBOX_HOME, LocalSandbox
+from .sandbox.agent_client import AgentCallError
 from .sandbox.process import AgentProcess
 
 _READ_CHUNK = 64 * 1024
@@ -85,7 +86,8 @@ class ProcessService(process_connect.Process):
         if config is None or not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process.cmd is required")
         cwd = config.cwd or SANDBOX_HOME
-        self._check_cwd(cwd)
+        if not self.sandbox.isolated:
+            self._check_cwd(cwd)  # inside a sandbox the agent checks it, in the sandbox's view
         user = request_user(ctx)
         env = {**self.sandbox.base_env(user), **dict(config.envs)}
         argv = [config.cmd, *config.args]
@@ -109,6 +111,12 @@ class ProcessService(process_connect.Process):
                 user=user,
                 pty=terminal is not None,  # the terminal becomes its controlling tty
             )
+        except AgentCallError as exc:
+            if terminal is not None:
+                terminal.close()
+            if exc.strerror and exc.strerror.startswith("cwd "):
+                raise ConnectError(Code.INVALID_ARGUMENT, exc.strerror) from None
+            raise ConnectError(Code.INTERNAL, exc.strerror or str(exc)) from None
         except OSError as exc:
             if terminal is not None:
                 terminal.close()

@@ -63,7 +63,8 @@ def _check(request: dict) -> tuple[list[str], dict[str, str], str, str, bool]:
 
 
 def _exec_child(command: list[str], env: dict, cwd: str, stdio: list[int], tty: bool, err: int):
-    """In the forked child: set up and exec; on failure report the errno on ``err``."""
+    """In the forked child: set up and exec; on failure write "errno:stage" to ``err``."""
+    stage = "setup"
     try:
         # Python ignores these; an ignored disposition would survive exec into the command.
         for signum in (signal.SIGPIPE, signal.SIGXFSZ):
@@ -73,14 +74,16 @@ def _exec_child(command: list[str], env: dict, cwd: str, stdio: list[int], tty: 
             os.dup2(fd, target)
         if tty:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        stage = "cwd"
         os.chdir(cwd)
+        stage = "exec"
         os.closerange(3, err)
         os.closerange(err + 1, os.sysconf("SC_OPEN_MAX"))
         os.execvpe(command[0], command, env)
     except OSError as exc:
-        os.write(err, f"{exc.errno or errno.EIO}".encode())
+        os.write(err, f"{exc.errno or errno.EIO}:{stage}".encode())
     except BaseException:
-        os.write(err, f"{errno.EIO}".encode())
+        os.write(err, f"{errno.EIO}:{stage}".encode())
     os._exit(127)
 
 
@@ -114,9 +117,13 @@ def spawn(conn: Conn, request: dict) -> None:
         os.close(err_read)
     if failure:
         _reap(pid)
-        code = int(failure) if failure.isdigit() else errno.EIO
-        where = f"{argv[0]!r} in {cwd!r}"
-        raise AgentError(code, f"cannot start {where}: {os.strerror(code)}")
+        number, _, stage = failure.decode(errors="replace").partition(":")
+        code = int(number) if number.isdigit() else errno.EIO
+        if stage == "cwd" and code in (errno.ENOENT, errno.ENOTDIR):
+            raise AgentError(code, f"cwd '{cwd}' does not exist")
+        if stage == "cwd":
+            raise AgentError(code, f"cannot change to cwd '{cwd}': {os.strerror(code)}")
+        raise AgentError(code, f"cannot start {argv[0]!r}: {os.strerror(code)}")
     try:
         conn.reply(pid=pid)
     finally:
