@@ -177,7 +177,9 @@ def host_view(
             cmd.bind(f"/sys/{name}", f"/sys/{name}")
     cmd.argv += ["--proc", "/proc", "--dev", "/dev"]
     cmd.argv += ["--perms", "0755", "--dir", "/run"]  # bwrap would make it 0700
-    cmd.bind(sockets, SOCKETS_INSIDE, read_only=False)
+    # Connection files read-only (only the service writes them); the kernels' sockets rw.
+    cmd.bind(sockets, SOCKETS_INSIDE)
+    cmd.bind(sockets / "sockets", f"{SOCKETS_INSIDE}/sockets", read_only=False)
     cmd.argv += ["--dir", "/var/tmp", "--symlink", "/run", "/var/run"]
     cmd.argv += ["--remount-ro", "/"]
 
