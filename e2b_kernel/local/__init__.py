@@ -16,7 +16,12 @@ import sys
 import threading
 from typing import Any, Protocol
 
-from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
+from .isolation import (
+    DEFAULT_DISK_MB,
+    DEFAULT_MAX_PIDS,
+    DEFAULT_MEMORY_MB,
+    IsolationUnavailable,
+)
 from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 __all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
@@ -197,11 +202,13 @@ def start_in_thread(
     max_pids: int = DEFAULT_MAX_PIDS,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    disk_mb: int = DEFAULT_DISK_MB,
 ) -> RunningService:
     """Start the service in this process on a daemon thread; returns once it listens.
 
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
-    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
+    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable);
+    ``disk_mb`` caps each sandbox's /home/user + /tmp.
     ``api_key``: the key clients must send; a random one (``.api_key``) when not given.
     ``header_timeout`` (s) and ``max_connections`` bound idle and half-open connections.
     """
@@ -210,6 +217,7 @@ def start_in_thread(
         "max_pids": max_pids,
         "header_timeout": header_timeout,
         "max_connections": max_connections,
+        "disk_mb": disk_mb,
     }
     return _ThreadService(host, port, isolation, api_key, limits)
 
@@ -224,6 +232,7 @@ def start_subprocess(
     max_pids: int = DEFAULT_MAX_PIDS,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    disk_mb: int = DEFAULT_DISK_MB,
     lease: str | None = None,
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
@@ -231,7 +240,8 @@ def start_subprocess(
     With ``lease`` (a file the caller holds an exclusive ``flock`` on) it lives instead until
     nobody has held the lease for ``lease.GRACE`` seconds, then removes the file.
     Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
-    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable).
+    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable);
+    ``disk_mb`` caps each sandbox's /home/user + /tmp.
     ``api_key``: the key clients must send; a random one (``.api_key``) when not given.
     ``header_timeout`` (s) and ``max_connections`` bound idle and half-open connections.
     """
@@ -240,5 +250,6 @@ def start_subprocess(
         "max_pids": max_pids,
         "header_timeout": header_timeout,
         "max_connections": max_connections,
+        "disk_mb": disk_mb,
     }
     return _SubprocessService(host, port, isolation, api_key, limits, lease)

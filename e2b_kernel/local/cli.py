@@ -17,7 +17,12 @@ import signal
 import sys
 
 from . import ISOLATION_UNAVAILABLE_EXIT
-from .isolation import DEFAULT_MAX_PIDS, DEFAULT_MEMORY_MB, IsolationUnavailable
+from .isolation import (
+    DEFAULT_DISK_MB,
+    DEFAULT_MAX_PIDS,
+    DEFAULT_MEMORY_MB,
+    IsolationUnavailable,
+)
 from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 _PR_SET_PDEATHSIG = 1
@@ -56,6 +61,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_CONNECTIONS,
         help="open connections beyond which idle ones are closed",
     )
+    parser.add_argument(
+        "--disk",
+        "--disk-mb",
+        dest="disk_mb",
+        type=int,
+        default=DEFAULT_DISK_MB,
+        help="disk cap per sandbox for /home/user + /tmp (MiB)",
+    )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     # A kernel's private service: stop once no process holds this lease (see lease.py).
@@ -84,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             max_pids=args.max_pids,
             header_timeout=args.header_timeout,
             max_connections=args.max_connections,
+            disk_mb=args.disk_mb,
         )
     except ValueError as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)

@@ -1,23 +1,19 @@
-"""envd's ``filesystem.Filesystem`` Connect-RPC service over one sandbox's paths.
+"""envd's ``filesystem.Filesystem`` Connect-RPC service, run by the sandbox's agent.
 
-Paths are resolved in sandbox space (see paths.py); every change goes through directory file
-descriptors opened without following symlinks, so code in the sandbox cannot redirect a
-service-side write to the host.
+Every call goes to the agent inside the sandbox (``sandbox/file_ops.py``), which resolves paths
+and symlinks in the sandbox's own view, as the requesting user. This module only translates
+between protobuf messages and the agent's plain answers, and errnos into Connect codes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import errno
-import grp
-import os
-import posixpath
-import pwd
 import secrets
-import stat
-from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from connectrpc.code import Code
@@ -41,28 +37,97 @@ from e2b.envd.filesystem.filesystem_pb import (
 from protobuf import Oneof
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
-from .paths import SANDBOX_HOME, ResolvedPath, safe_parent
+from .envd_process import CLIENT_GONE
 from .sandbox import LocalSandbox
+from .sandbox.agent_client import AgentClient, AgentGone, AgentStream
+from .sandbox.file_ops import FileOps
 
-_WATCH_POLL = 0.2
+USERS = ("user", "root")
+_KEEPALIVE = 50.0  # envd's keepalive interval on WatchDir
+_MAX_PENDING_EVENTS = 10_000  # a polled watcher nobody drains keeps at most this many
+_FILE_TYPES = {"file": FileType.FILE, "dir": FileType.DIRECTORY}
+_EVENT_TYPES = {
+    "create": EventType.CREATE,
+    "write": EventType.WRITE,
+    "remove": EventType.REMOVE,
+    "rename": EventType.RENAME,
+    "chmod": EventType.CHMOD,
+}
 
 
-def _normalise(path: str) -> str:
-    if not path:
-        raise ConnectError(Code.INVALID_ARGUMENT, "path is required")
-    return posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
+def user_from_authorization(header: str | None) -> str:
+    """The user of envd's ``Authorization: Basic base64("name:")`` header (default "user")."""
+    if not header:
+        return "user"
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return "user"
+    try:
+        name = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        raise ConnectError(Code.UNAUTHENTICATED, "malformed Authorization header") from None
+    return check_user(name or "user", Code.UNAUTHENTICATED)
+
+
+def check_user(name: str, code: Any) -> str:
+    if name not in USERS:
+        raise ConnectError(code, f"invalid user '{name}': this sandbox has 'user' and 'root'")
+    return name
+
+
+def entry_message(entry: dict[str, Any]) -> EntryInfo:
+    """EntryInfo from the agent's entry fields."""
+    seconds, nanos = divmod(int(entry["mtime_ns"]), 1_000_000_000)
+    return EntryInfo(
+        name=entry["name"],
+        type=_FILE_TYPES.get(entry["type"], FileType.UNSPECIFIED),
+        path=entry["path"],
+        size=int(entry["size"]),
+        mode=int(entry["mode"]),
+        permissions=entry["permissions"],
+        owner=entry["owner"],
+        group=entry["group"],
+        modified_time=Timestamp(seconds=seconds, nanos=nanos),
+        symlink_target=entry.get("symlink_target"),
+        is_symlink=bool(entry.get("is_symlink")),
+    )
 
 
 def _rpc_error(path: str, exc: OSError) -> ConnectError:
-    if isinstance(exc, FileNotFoundError):
+    code = exc.errno
+    if isinstance(exc, AgentGone):
+        return ConnectError(Code.UNAVAILABLE, "the sandbox is not running")
+    if code == errno.ENOENT:
         return ConnectError(Code.NOT_FOUND, f"path '{path}' does not exist")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY):
-        return ConnectError(Code.PERMISSION_DENIED, f"permission denied: '{path}' is read-only")
-    if exc.errno == errno.ENOTDIR:
+    if code == errno.EEXIST:
+        return ConnectError(Code.ALREADY_EXISTS, f"path '{path}' already exists")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY):
+        return ConnectError(Code.PERMISSION_DENIED, f"permission denied: '{path}' ({exc.strerror})")
+    if code == errno.ENOTDIR:
         return ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' is not a directory")
-    if exc.errno == errno.ELOOP:
-        return ConnectError(Code.INVALID_ARGUMENT, f"too many symlinks resolving '{path}'")
+    if code == errno.EISDIR:
+        return ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' is a directory")
+    if code in (errno.ELOOP, errno.EINVAL, errno.ENAMETOOLONG, errno.EXDEV):
+        return ConnectError(Code.INVALID_ARGUMENT, f"invalid path '{path}': {exc.strerror}")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return ConnectError(Code.RESOURCE_EXHAUSTED, "not enough disk space")
     return ConnectError(Code.INTERNAL, f"cannot access '{path}': {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ConnectionError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise _rpc_error(path, exc) from None
+        raise ConnectError(Code.UNAVAILABLE, f"the sandbox agent failed: {exc}") from None
+
+
+def _path(raw: str) -> str:
+    if not raw:
+        raise ConnectError(Code.INVALID_ARGUMENT, "path is required")
+    return raw
 
 
 class FilesystemService(filesystem_connect.Filesystem):
@@ -70,153 +135,63 @@ class FilesystemService(filesystem_connect.Filesystem):
 
     def __init__(self, sandbox: LocalSandbox) -> None:
         self.sandbox = sandbox
-        self._watchers: dict[str, _Watcher] = {}
+        self._watchers: dict[str, _PolledWatcher] = {}
 
-    def _resolve(self, path: str, *, follow: bool) -> ResolvedPath:
-        try:
-            return self.sandbox.paths.to_host(path, follow=follow)
-        except (OSError, ValueError) as exc:
-            raise ConnectError(Code.INVALID_ARGUMENT, f"invalid path '{path}': {exc}") from None
-
-    def entry_info(self, path: str, host: os.PathLike[str] | str) -> EntryInfo:
-        info = os.lstat(host)
-        is_link = stat.S_ISLNK(info.st_mode)
-        target_sandbox = None
-        shown = info
-        if is_link:
-            resolved = self._resolve(path, follow=True)
-            target_sandbox = resolved.sandbox
-            with contextlib.suppress(OSError):
-                shown = os.stat(resolved.host)
-        kind = FileType.UNSPECIFIED
-        if stat.S_ISDIR(shown.st_mode):
-            kind = FileType.DIRECTORY
-        elif stat.S_ISREG(shown.st_mode) or stat.S_ISLNK(shown.st_mode):
-            kind = FileType.FILE
-        modified = datetime.fromtimestamp(info.st_mtime, timezone.utc)
-        return EntryInfo(
-            name=posixpath.basename(path) or "/",
-            type=kind,
-            path=path,
-            size=shown.st_size,
-            mode=stat.S_IMODE(shown.st_mode),
-            permissions=stat.filemode(shown.st_mode),
-            owner=_user_name(info.st_uid),
-            group=_group_name(info.st_gid),
-            modified_time=Timestamp.from_datetime(modified),
-            symlink_target=target_sandbox,
-            is_symlink=is_link,
-        )
+    @property
+    def ops(self) -> FileOps:
+        agent: AgentClient = self.sandbox.agent
+        return FileOps(agent)
 
     async def stat(self, request: Any, ctx: Any) -> Any:
         """Entry info of one path (a final symlink is described, not followed)."""
-        path = _normalise(request.path)
-        resolved = self._resolve(path, follow=False)
-        try:
-            return StatResponse(entry=self.entry_info(path, resolved.host))
-        except OSError as exc:
-            raise _rpc_error(path, exc) from None
+        user = _user(ctx)
+        with _mapped(request.path):
+            entry = await self.ops.stat(_path(request.path), user)
+        return StatResponse(entry=entry_message(entry))
 
     async def list_dir(self, request: Any, ctx: Any) -> Any:
-        """Entries of a directory down to `depth` levels (0 means 1)."""
-        path = _normalise(request.path)
-        depth = max(1, request.depth)
-        resolved = self._resolve(path, follow=True)
-        if not os.path.exists(resolved.host):
-            raise ConnectError(Code.NOT_FOUND, f"path '{path}' does not exist")
-        if not os.path.isdir(resolved.host):
-            raise ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' is not a directory")
-        entries: list[EntryInfo] = []
-        try:
-            self._walk(path, str(resolved.host), depth, entries)
-        except OSError as exc:
-            raise _rpc_error(path, exc) from None
-        return ListDirResponse(entries=entries)
-
-    def _walk(self, path: str, host: str, depth: int, out: list[EntryInfo]) -> None:
-        with os.scandir(host) as listing:
-            children = sorted(listing, key=lambda item: item.name)
-        for child in children:
-            child_path = posixpath.join(path, child.name)
-            with contextlib.suppress(FileNotFoundError):
-                out.append(self.entry_info(child_path, child.path))
-                if depth > 1 and child.is_dir(follow_symlinks=False):
-                    with contextlib.suppress(PermissionError):
-                        self._walk(child_path, child.path, depth - 1, out)
+        """Entries of a directory down to `depth` levels (0 means 1), walked in the agent."""
+        user = _user(ctx)
+        with _mapped(request.path):
+            entries = await self.ops.list(_path(request.path), user, max(1, request.depth))
+        return ListDirResponse(entries=[entry_message(e) for e in entries])
 
     async def make_dir(self, request: Any, ctx: Any) -> Any:
         """Create a directory and its parents; ALREADY_EXISTS when it is there."""
-        path = _normalise(request.path)
-        resolved = self._resolve(path, follow=True)
-        if os.path.lexists(resolved.host):
-            raise ConnectError(Code.ALREADY_EXISTS, f"directory '{path}' already exists")
-        try:
-            dir_fd, name = safe_parent(resolved, create=True)
-            try:
-                os.mkdir(name, 0o755, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
-            return MakeDirResponse(entry=self.entry_info(path, resolved.host))
-        except FileExistsError:
-            raise ConnectError(Code.ALREADY_EXISTS, f"directory '{path}' already exists") from None
-        except OSError as exc:
-            raise _rpc_error(path, exc) from None
+        user = _user(ctx)
+        with _mapped(request.path):
+            entry = await self.ops.make_dir(_path(request.path), user)
+        return MakeDirResponse(entry=entry_message(entry))
 
     async def move(self, request: Any, ctx: Any) -> Any:
         """Rename a file or directory (the destination's parents are created)."""
-        source, destination = _normalise(request.source), _normalise(request.destination)
-        src = self._resolve(source, follow=False)
-        dst = self._resolve(destination, follow=False)
-        if not os.path.lexists(src.host):
-            raise ConnectError(Code.NOT_FOUND, f"path '{source}' does not exist")
-        try:
-            src_fd, src_name = safe_parent(src)
-            try:
-                dst_fd, dst_name = safe_parent(dst, create=True)
-                try:
-                    os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-                finally:
-                    os.close(dst_fd)
-            finally:
-                os.close(src_fd)
-            return MoveResponse(entry=self.entry_info(destination, dst.host))
-        except OSError as exc:
-            raise _rpc_error(source, exc) from None
+        user = _user(ctx)
+        with _mapped(request.source):
+            entry = await self.ops.rename(_path(request.source), _path(request.destination), user)
+        return MoveResponse(entry=entry_message(entry))
 
     async def remove(self, request: Any, ctx: Any) -> Any:
         """Remove a file or a whole directory tree; a missing path is not an error."""
-        path = _normalise(request.path)
-        resolved = self._resolve(path, follow=False)
-        if not os.path.lexists(resolved.host):
-            return RemoveResponse()
-        try:
-            dir_fd, name = safe_parent(resolved)
-            try:
-                info = os.lstat(name, dir_fd=dir_fd)
-                if stat.S_ISDIR(info.st_mode):
-                    await asyncio.to_thread(_remove_tree, name, dir_fd)
-                else:
-                    os.unlink(name, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _rpc_error(path, exc) from None
+        user = _user(ctx)
+        with _mapped(request.path):
+            await self.ops.remove(_path(request.path), user)
         return RemoveResponse()
 
-    def _watcher(self, request: Any) -> _Watcher:
-        path = _normalise(request.path)
-        resolved = self._resolve(path, follow=True)
-        if not os.path.isdir(resolved.host):
-            raise ConnectError(Code.NOT_FOUND, f"directory '{path}' does not exist")
-        return _Watcher(self, path, str(resolved.host), request.recursive, request.include_entry)
+    async def _open_watch(self, request: Any, ctx: Any) -> AgentStream:
+        user = _user(ctx)
+        with _mapped(request.path):
+            return await self.ops.watch(
+                _path(request.path),
+                user,
+                recursive=request.recursive,
+                entries=request.include_entry,
+            )
 
     async def create_watcher(self, request: Any, ctx: Any) -> Any:
         """Start a polled watcher (the sync SDK's watch_dir); GetWatcherEvents drains it."""
-        watcher = self._watcher(request)
+        stream = await self._open_watch(request, ctx)
         watcher_id = secrets.token_hex(8)
-        self._watchers[watcher_id] = watcher
+        self._watchers[watcher_id] = _PolledWatcher(stream)
         return CreateWatcherResponse(watcher_id=watcher_id)
 
     async def get_watcher_events(self, request: Any, ctx: Any) -> Any:
@@ -224,103 +199,89 @@ class FilesystemService(filesystem_connect.Filesystem):
         watcher = self._watchers.get(request.watcher_id)
         if watcher is None:
             raise ConnectError(Code.NOT_FOUND, f"watcher {request.watcher_id!r} not found")
-        return GetWatcherEventsResponse(events=watcher.poll())
+        return GetWatcherEventsResponse(events=watcher.drain())
 
     async def remove_watcher(self, request: Any, ctx: Any) -> Any:
         """Stop a polled watcher."""
-        if self._watchers.pop(request.watcher_id, None) is None:
+        watcher = self._watchers.pop(request.watcher_id, None)
+        if watcher is None:
             raise ConnectError(Code.NOT_FOUND, f"watcher {request.watcher_id!r} not found")
+        await watcher.stop()
         return RemoveWatcherResponse()
 
     async def watch_dir(self, request: Any, ctx: Any) -> AsyncIterator[Any]:
-        """Stream create/write/remove events of a directory (by polling snapshots)."""
-        watcher = self._watcher(request)
-        start = WatchDirResponse.StartEvent()
-        yield WatchDirResponse(event=Oneof("start", start))  # type: ignore[arg-type]
-        while not self.sandbox.killed.is_set():
-            await asyncio.sleep(_WATCH_POLL)  # a poll interval, not a stand-in for a condition
-            for event in watcher.poll():
-                yield WatchDirResponse(event=Oneof("filesystem", event))  # type: ignore[arg-type]
+        """Stream the agent's inotify events, with keepalives, until the client goes."""
+        stream = await self._open_watch(request, ctx)
+        gone = CLIENT_GONE.get(None) or asyncio.Event()
+        try:
+            start = WatchDirResponse.StartEvent()
+            yield WatchDirResponse(event=Oneof("start", start))  # type: ignore[arg-type]
+            while not gone.is_set():
+                event = await _next_event(stream, gone)
+                if event is _KEEPALIVE_TICK:
+                    keepalive = WatchDirResponse.KeepAlive()
+                    yield WatchDirResponse(event=Oneof("keepalive", keepalive))  # type: ignore[arg-type]
+                elif event is None:
+                    return  # the sandbox is gone
+                else:
+                    message = Oneof("filesystem", event)
+                    yield WatchDirResponse(event=message)  # type: ignore[arg-type]
+        finally:
+            await stream.close()  # the agent sees the hang-up and drops its watches
 
 
-class _Watcher:
-    """Snapshot-diffing watcher of one directory."""
+_KEEPALIVE_TICK: Any = object()
 
-    def __init__(
-        self, service: FilesystemService, path: str, host: str, recursive: bool, entries: bool
-    ) -> None:
-        self.service = service
-        self.path = path
-        self.host = host
-        self.recursive = recursive
-        self.entries = entries
-        self.before = _snapshot(host, recursive)
 
-    def poll(self) -> list[FilesystemEvent]:
-        """Events since the previous poll."""
-        after = _snapshot(self.host, self.recursive)
-        events = []
-        for name, kind in _diff(self.before, after):
-            event = FilesystemEvent(name=name, type=kind)
-            if self.entries and kind != EventType.REMOVE:
-                with contextlib.suppress(OSError):
-                    child = posixpath.join(self.path, name)
-                    event.entry = self.service.entry_info(child, os.path.join(self.host, name))
-            events.append(event)
-        self.before = after
+async def _next_event(stream: AgentStream, gone: asyncio.Event) -> Any:
+    """The next event, _KEEPALIVE_TICK after a quiet interval, None at the agent's EOF."""
+    read = asyncio.ensure_future(stream.read_json())
+    stop = asyncio.ensure_future(gone.wait())
+    try:
+        done, _pending = await asyncio.wait(
+            {read, stop}, timeout=_KEEPALIVE, return_when="FIRST_COMPLETED"
+        )
+    finally:
+        stop.cancel()
+    if read not in done:
+        read.cancel()  # readline keeps a partial line buffered, so nothing is lost
+        return None if gone.is_set() else _KEEPALIVE_TICK
+    try:
+        line = read.result()
+    except (OSError, ValueError):
+        return None
+    return None if line is None else _event_message(line)
+
+
+def _event_message(line: dict[str, Any]) -> FilesystemEvent:
+    event = FilesystemEvent(name=line["name"], type=_EVENT_TYPES[line["type"]])
+    if "entry" in line:
+        event.entry = entry_message(line["entry"])
+    return event
+
+
+class _PolledWatcher:
+    """A watch whose events wait in memory until GetWatcherEvents collects them."""
+
+    def __init__(self, stream: AgentStream) -> None:
+        self.stream = stream
+        self.events: list[FilesystemEvent] = []
+        self.task = asyncio.ensure_future(self._collect())
+
+    async def _collect(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while (line := await self.stream.read_json()) is not None:
+                if len(self.events) < _MAX_PENDING_EVENTS:
+                    self.events.append(_event_message(line))
+
+    def drain(self) -> list[FilesystemEvent]:
+        events, self.events = self.events, []
         return events
 
-
-def _remove_tree(name: str, dir_fd: int) -> None:
-    """Remove a directory tree below dir_fd without ever following a symlink."""
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    try:
-        with os.scandir(fd) as listing:
-            children = list(listing)
-        for child in children:
-            if child.is_dir(follow_symlinks=False):
-                _remove_tree(child.name, fd)
-            else:
-                os.unlink(child.name, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
+    async def stop(self) -> None:
+        self.task.cancel()
+        await self.stream.close()
 
 
-def _snapshot(root: str, recursive: bool) -> dict[str, tuple[float, int]]:
-    found: dict[str, tuple[float, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            with contextlib.suppress(OSError):
-                info = os.lstat(full)
-                found[os.path.relpath(full, root)] = (info.st_mtime, info.st_size)
-        if not recursive:
-            break
-    return found
-
-
-def _diff(before: dict, after: dict) -> list[tuple[str, Any]]:
-    events: list[tuple[str, Any]] = []
-    for name in sorted(after.keys() - before.keys()):
-        events.append((name, EventType.CREATE))
-    for name in sorted(after.keys() & before.keys()):
-        if after[name] != before[name]:
-            events.append((name, EventType.WRITE))
-    for name in sorted(before.keys() - after.keys()):
-        events.append((name, EventType.REMOVE))
-    return events
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+def _user(ctx: Any) -> str:
+    return user_from_authorization(ctx.request_headers.get("authorization"))

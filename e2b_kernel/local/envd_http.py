@@ -1,23 +1,32 @@
-"""envd's plain HTTP endpoints (spec 2.1): /health, /files (upload, download) and /envs."""
+"""envd's plain HTTP endpoints (spec 2.1): /health, /files (upload, download) and /envs.
+
+File contents stream between the HTTP connection and the sandbox's agent chunk by chunk, in
+both directions, so no file is ever held whole in memory or spooled to the host's disk, and
+the service never opens a sandbox file itself (see ``sandbox/file_ops.py``).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import errno
-import os
 import posixpath
-import stat
 import zlib
-from collections.abc import AsyncIterator
+from typing import Any
 
-from starlette.datastructures import UploadFile
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .paths import SANDBOX_HOME, ResolvedPath, safe_open
 from .sandbox import LocalSandbox
+from .sandbox.agent_client import AgentGone
+from .sandbox.file_ops import FileOps, FileWriter
 
 MAX_FILE_BYTES = 100 * 1024 * 1024
-_CHUNK = 256 * 1024
+USERS = ("user", "root")
+_INFLATE_STEP = 1024 * 1024
 
 
 class EnvdError(Exception):
@@ -43,153 +52,242 @@ async def handle_envd_http(request: Request, sandbox: LocalSandbox) -> Response:
         if path == "/envs" and method == "GET":
             return JSONResponse(sandbox.envs)
         if path == "/files" and method == "GET":
-            return _download(request, sandbox)
+            return await _download(request, FileOps(sandbox.agent))
         if path == "/files" and method == "POST":
-            return await _upload(request, sandbox)
+            return await _upload(request, FileOps(sandbox.agent))
     except EnvdError as exc:
         return envd_error(exc.status, exc.message)
     return envd_error(404, f"no such envd endpoint: {method} {path}")
 
 
-def sandbox_path(raw: str | None) -> str:
-    """Normalise a requested path (relative ones are under /home/user)."""
-    if raw is None or raw == "":
+def _required(raw: str | None) -> str:
+    if not raw:
         raise EnvdError(400, "the path query parameter is required")
-    return posixpath.normpath(posixpath.join(SANDBOX_HOME, raw))
+    return raw
 
 
-def _resolve(sandbox: LocalSandbox, path: str) -> ResolvedPath:
+def request_user(request: Request) -> str:
+    """envd's user: ``?username=``, else a Basic ``user:`` Authorization header, else user."""
+    name = request.query_params.get("username")
+    header = request.headers.get("authorization", "")
+    if not name and header.lower().startswith("basic "):
+        try:
+            name = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            raise EnvdError(401, "malformed Authorization header") from None
+    name = name or "user"
+    if name not in USERS:
+        raise EnvdError(401, f"invalid user '{name}': this sandbox has 'user' and 'root'")
+    return name
+
+
+@contextlib.contextmanager
+def _mapped(path: str) -> Any:
+    """Agent refusals (errnos) as envd's HTTP errors."""
     try:
-        return sandbox.paths.to_host(path)
-    except (OSError, ValueError) as exc:
-        raise EnvdError(400, f"invalid path '{path}': {exc}") from None
-
-
-def _download(request: Request, sandbox: LocalSandbox) -> Response:
-    path = sandbox_path(request.query_params.get("path"))
-    resolved = _resolve(sandbox, path)
-    try:
-        # O_NONBLOCK: opening a FIFO made by sandbox code must not block the whole service.
-        fd = safe_open(resolved, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise EnvdError(404, f"path '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise EnvdError(400, f"path '{path}' is a directory") from None
-    except OSError as exc:
+        yield
+    except AgentGone:
+        raise EnvdError(502, "the sandbox is not running") from None
+    except OSError as exc:  # ConnectionError included: the agent hung up mid-stream
+        if exc.errno is None:
+            raise EnvdError(502, f"the sandbox agent failed: {exc}") from None
         raise _os_error(path, exc) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise EnvdError(400, f"path '{path}' is {kind}")
-    os.set_blocking(fd, True)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        remaining = info.st_size  # exactly Content-Length, even if the file grows meanwhile
-        with os.fdopen(fd, "rb") as handle:
-            while remaining > 0 and (block := handle.read(min(_CHUNK, remaining))):
-                remaining -= len(block)
-                yield block
-
-    headers = {"Content-Length": str(info.st_size)}
-    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
 
 
-async def _upload(request: Request, sandbox: LocalSandbox) -> Response:
-    content_type = request.headers.get("content-type", "")
+async def _download(request: Request, ops: FileOps) -> Response:
+    path = _required(request.query_params.get("path"))
+    with _mapped(path):
+        size, chunks = await ops.read(path, request_user(request))
+    headers = {"Content-Length": str(size)}
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
+
+
+async def _upload(request: Request, ops: FileOps) -> Response:
+    user = request_user(request)
     metadata = {
         k[len("x-metadata-") :].lower(): v
         for k, v in request.headers.items()
         if k.lower().startswith("x-metadata-")
     }
     query_path = request.query_params.get("path")
-    written = []
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=10000, max_fields=10000)
-        try:
-            files = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
-            if not files:
-                raise EnvdError(400, "the multipart body has no part named 'file'")
-            for upload in files:
-                target = query_path if (query_path and len(files) == 1) else upload.filename
-                path = sandbox_path(target)
-                fd = _open_for_write(sandbox, path)
-                with os.fdopen(fd, "wb") as handle:
-                    while block := await upload.read(_CHUNK):
-                        handle.write(block)
-                _set_metadata(sandbox, path, metadata)
-                written.append(_entry(path, metadata))
-        finally:
-            await form.close()
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        written = await _upload_multipart(request, ops, user, query_path, metadata)
     else:
-        path = sandbox_path(query_path)
-        gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
-        inflater = zlib.decompressobj(wbits=31) if gzipped else None
-        fd = _open_for_write(sandbox, path)
-        total = 0
-        with os.fdopen(fd, "wb") as handle:
-            try:
-                async for block in request.stream():
-                    data = inflater.decompress(block) if inflater else block
-                    total += len(data)
-                    if total > MAX_FILE_BYTES:
-                        raise EnvdError(413, f"file larger than {MAX_FILE_BYTES} bytes")
-                    handle.write(data)
-                if inflater:
-                    handle.write(inflater.flush())
-            except zlib.error as exc:
-                raise EnvdError(400, f"the gzip body is corrupt: {exc}") from None
-        _set_metadata(sandbox, path, metadata)
-        written.append(_entry(path, metadata))
+        path = _required(query_path)
+        with _mapped(path):
+            async with ops.writer(path, user, metadata) as writer:
+                await _copy_body(request, writer)
+                entry = await writer.finish()
+        written = [_written(entry, metadata)]
     return JSONResponse(written)
 
 
-def _open_for_write(sandbox: LocalSandbox, path: str) -> int:
-    resolved = _resolve(sandbox, path)
+async def _copy_body(request: Request, writer: FileWriter) -> None:
+    """The raw (possibly gzip-encoded) body into the writer, inflating as it streams."""
+    gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
+    inflater = zlib.decompressobj(wbits=31) if gzipped else None
+    total = 0
     try:
-        resolved.require_writable()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
-        fd = safe_open(resolved, flags, parents=True)
-    except IsADirectoryError:
-        raise EnvdError(400, f"path '{path}' is a directory") from None
-    except OSError as exc:
-        raise _os_error(path, exc) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise EnvdError(400, f"path '{path}' is not a regular file")
-    os.set_blocking(fd, True)
-    return fd
+        async for block in request.stream():
+            if inflater is None:
+                total = _checked(total, block)
+                await writer.write(block)
+                continue
+            while block:  # max_length bounds what one small compressed block inflates to
+                data = inflater.decompress(block, _INFLATE_STEP)
+                block = inflater.unconsumed_tail
+                total = _checked(total, data)
+                await writer.write(data)
+        if inflater is not None:
+            data = inflater.flush()
+            _checked(total, data)
+            await writer.write(data)
+    except zlib.error as exc:
+        raise EnvdError(400, f"the gzip body is corrupt: {exc}") from None
+
+
+def _checked(total: int, data: bytes) -> int:
+    total += len(data)
+    if total > MAX_FILE_BYTES:
+        raise EnvdError(413, f"file larger than {MAX_FILE_BYTES} bytes")
+    return total
+
+
+async def _upload_multipart(
+    request: Request, ops: FileOps, user: str, query_path: str | None, metadata: dict[str, str]
+) -> list[dict[str, object]]:
+    """Each part named ``file`` streams into its own file as the body arrives.
+
+    The SDK sends ``?path=`` only with a single file; it then wins over the part's filename.
+    """
+    _kind, options = parse_options_header(request.headers["content-type"])
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise EnvdError(400, "the multipart body has no boundary")
+    parts = _PartEvents()
+    parser = MultipartParser(boundary, parts.callbacks())
+    written: list[dict[str, object]] = []
+    writer: FileWriter | None = None
+    size = 0
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            async for chunk in request.stream():
+                try:
+                    parser.write(chunk)
+                except FormParserError as exc:
+                    raise EnvdError(400, f"invalid multipart body: {exc}") from None
+                for kind, value in parts.take():
+                    if kind == "file":
+                        path = query_path if (query_path and not written) else value
+                        path = _required(path)
+                        with _mapped(path):
+                            writer = await stack.enter_async_context(
+                                ops.writer(path, user, metadata)
+                            )
+                        size = 0
+                    elif kind == "data" and writer is not None:
+                        size = _checked(size, value)
+                        with _mapped(writer.path):
+                            await writer.write(value)
+                    elif kind == "end" and writer is not None:
+                        with _mapped(writer.path):
+                            entry = await writer.finish()
+                        written.append(_written(entry, metadata))
+                        writer = None
+            parser.finalize()
+    except FormParserError as exc:
+        raise EnvdError(400, f"invalid multipart body: {exc}") from None
+    if writer is not None:
+        raise EnvdError(400, "the multipart body ended in the middle of a file")
+    if not written:
+        raise EnvdError(400, "the multipart body has no part named 'file'")
+    return written
+
+
+class _PartEvents:
+    """python-multipart's callbacks, queued as ("file", path) / ("data", bytes) / ("end", "")
+    so that the async side can write each chunk to the agent between parser calls."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._header = b""
+        self._value = b""
+        self._disposition = b""
+        self._is_file = False
+
+    def callbacks(self) -> Any:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+        }
+
+    def take(self) -> list[tuple[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+    def _begin(self) -> None:
+        self._disposition, self._is_file = b"", False
+
+    def _field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._header = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _kind, options = parse_options_header(self._disposition)
+        # Only parts named "file" carry files (envd's form field); others are ignored.
+        self._is_file = options.get(b"name") == b"file"
+        if self._is_file:
+            filename = options.get(b"filename", b"").decode("utf-8", "replace")
+            self.events.append(("file", filename))
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file and end > start:
+            self.events.append(("data", bytes(data[start:end])))
+
+    def _end(self) -> None:
+        if self._is_file:
+            self.events.append(("end", ""))
 
 
 def _os_error(path: str, exc: OSError) -> EnvdError:
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return EnvdError(403, f"permission denied: '{path}' is not writable (read-only)")
-    if exc.errno == errno.ELOOP:
-        return EnvdError(400, f"path '{path}' goes through a symlink that changed; retry")
-    if exc.errno == errno.ENOTDIR:
-        return EnvdError(400, f"a parent of '{path}' is not a directory")
-    if exc.errno == errno.ENOSPC:
-        return EnvdError(507, "not enough disk space")
-    if exc.errno == errno.ENXIO:
-        return EnvdError(400, f"path '{path}' is not a regular file")
-    if exc.errno == errno.EISDIR:
+    code = exc.errno
+    if code == errno.ENOENT:
+        return EnvdError(404, f"path '{path}' does not exist")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY):
+        return EnvdError(403, f"permission denied: '{path}' ({exc.strerror})")
+    if code == errno.EISDIR:
         return EnvdError(400, f"path '{path}' is a directory")
+    if code == errno.ENXIO:
+        return EnvdError(400, f"path '{path}' is not a regular file")
+    if code == errno.ENOTDIR:
+        return EnvdError(400, f"a parent of '{path}' is not a directory")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return EnvdError(507, "not enough disk space")
+    if code in (errno.ELOOP, errno.EINVAL, errno.ENAMETOOLONG):
+        return EnvdError(400, f"invalid path '{path}': {exc.strerror}")
+    if code in (errno.ENOTSUP, errno.E2BIG, errno.ERANGE):
+        return EnvdError(400, f"cannot store the metadata of '{path}': {exc.strerror}")
     return EnvdError(500, f"cannot access '{path}': {exc.strerror}")
 
 
-def _set_metadata(sandbox: LocalSandbox, path: str, metadata: dict[str, str]) -> None:
-    if not metadata:
-        return
-    host = sandbox.paths.to_host(path).host
-    for key, value in metadata.items():
-        try:
-            os.setxattr(host, f"user.e2b.{key}", value.encode(), follow_symlinks=False)
-        except OSError as exc:
-            raise EnvdError(400, f"cannot store metadata {key!r}: {exc.strerror}") from None
-
-
-def _entry(path: str, metadata: dict[str, str]) -> dict[str, object]:
-    entry: dict[str, object] = {"path": path, "name": posixpath.basename(path), "type": "file"}
+def _written(entry: dict[str, Any], metadata: dict[str, str]) -> dict[str, object]:
+    written: dict[str, object] = {
+        "path": entry["path"],
+        "name": posixpath.basename(entry["path"]),
+        "type": "file",
+    }
     if metadata:
-        entry["metadata"] = metadata
-    return entry
+        written["metadata"] = metadata
+    return written

@@ -9,9 +9,9 @@ deadline kills it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import contextvars
-import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,6 +38,8 @@ from protobuf import Oneof
 
 from .envd_pty import Terminal
 from .sandbox import SANDBOX_HOME, LocalSandbox
+from .sandbox.agent_client import AgentCallError
+from .sandbox.process import AgentProcess
 
 _READ_CHUNK = 64 * 1024
 _QUEUE_SIZE = 64
@@ -53,21 +55,17 @@ class Managed:
     """A process started through Start, with its output subscribers."""
 
     pid: int  # as seen inside the sandbox
-    proc: asyncio.subprocess.Process
+    proc: AgentProcess
     config: ProcessConfig
     tag: str | None
     subscribers: list[asyncio.Queue] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     end: ProcessEvent.EndEvent | None = None
     terminal: Terminal | None = None
-    session_pid: int | None = None  # host pid of a PTY process (it leads its own session)
 
-    def kill_tree(self, signum: int = signal.SIGKILL) -> None:
+    async def kill_tree(self, signum: int = signal.SIGKILL) -> None:
         """Signal the process and everything it started (its own process group)."""
-        for group in (self.proc.pid, self.session_pid):
-            if group is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(group, signum)
+        await self.proc.signal(signum, group=True)
 
 
 def _event(name: str, value: Any) -> ProcessEvent:
@@ -88,8 +86,10 @@ class ProcessService(process_connect.Process):
         if config is None or not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process.cmd is required")
         cwd = config.cwd or SANDBOX_HOME
-        self._check_cwd(cwd)
-        env = {**self.sandbox.base_env(), **dict(config.envs)}
+        if not self.sandbox.isolated:
+            self._check_cwd(cwd)  # inside a sandbox the agent checks it, in the sandbox's view
+        user = request_user(ctx)
+        env = {**self.sandbox.base_env(user), **dict(config.envs)}
         argv = [config.cmd, *config.args]
         terminal = None
         stdin: int = (
@@ -100,11 +100,23 @@ class ProcessService(process_connect.Process):
             size = request.pty.size
             terminal = Terminal(size.cols if size else 80, size.rows if size else 24)
             stdin = stdout = stderr = terminal.slave
-            argv = ["setsid", "--ctty", *argv]  # the terminal becomes its controlling tty
         try:
             proc = await self.sandbox.spawn(
-                argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                user=user,
+                pty=terminal is not None,  # the terminal becomes its controlling tty
             )
+        except AgentCallError as exc:
+            if terminal is not None:
+                terminal.close()
+            if exc.strerror and exc.strerror.startswith("cwd "):
+                raise ConnectError(Code.INVALID_ARGUMENT, exc.strerror) from None
+            raise ConnectError(Code.INTERNAL, exc.strerror or str(exc)) from None
         except OSError as exc:
             if terminal is not None:
                 terminal.close()
@@ -113,8 +125,6 @@ class ProcessService(process_connect.Process):
         managed = Managed(pid, proc, config, request.tag, terminal=terminal)
         if terminal is not None:
             terminal.close_slave()
-            with contextlib.suppress(ProcessLookupError):
-                managed.session_pid = await self.sandbox.host_pid(proc)
         queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
         managed.subscribers.append(queue)
         self.processes[pid] = managed
@@ -146,7 +156,7 @@ class ProcessService(process_connect.Process):
                 if deadline is not None:
                     wait = min(wait, deadline - loop.time())
                 if wait <= 0:
-                    managed.kill_tree()
+                    await managed.kill_tree()
                     raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
                 event = await _next_event(queue, gone, wait)
                 if gone.is_set():
@@ -223,7 +233,7 @@ class ProcessService(process_connect.Process):
         )
         if signum is None:
             raise ConnectError(Code.INVALID_ARGUMENT, f"unsupported signal {request.signal!r}")
-        managed.kill_tree(signum)
+        await managed.kill_tree(signum)
         return SendSignalResponse()
 
     async def send_input(self, request: Any, ctx: Any) -> Any:
@@ -316,6 +326,22 @@ def _end_event(code: int) -> ProcessEvent.EndEvent:
         status = "signal: killed" if -code == signal.SIGKILL else f"signal: {name}"
         return ProcessEvent.EndEvent(exit_code=-1, exited=False, status=status)
     return ProcessEvent.EndEvent(exit_code=code, exited=True, status=f"exit status {code}")
+
+
+def request_user(ctx: Any) -> str:
+    """The user a request runs as: envd reads it from ``Authorization: Basic base64(user:)``
+    (the SDK's ``user=``); "user" when absent."""
+    raw = ctx.request_headers.get("authorization") or ""
+    scheme, _, value = raw.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return "user"
+    try:
+        name = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
+    except (ValueError, UnicodeDecodeError):
+        raise ConnectError(Code.INVALID_ARGUMENT, "invalid Authorization header") from None
+    if name not in ("user", "root"):
+        raise ConnectError(Code.INVALID_ARGUMENT, f"unknown user {name!r}: use 'user' or 'root'")
+    return name
 
 
 def _keepalive_interval(ctx: Any) -> float:

@@ -14,12 +14,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MEMORY_MB = 2048
 DEFAULT_MAX_PIDS = 256
+DEFAULT_DISK_MB = 2048  # /home/user + /tmp + /root of one sandbox (a tmpfs, so RAM-backed)
+# cpu.shares of the group holding every sandbox, against 1024 for each of the service's own
+# threads at the top: a busy sandbox cannot starve the service.
+SANDBOXES_CPU_SHARES = 512
 _V1_ROOT = Path("/sys/fs/cgroup")
 _V2_MARKER = _V1_ROOT / "cgroup.controllers"
 _GROUP_PARENT = "e2b-kernel"
@@ -38,6 +41,7 @@ class Isolation:
     cgroup_version: int | None  # 1, 2, or None when cgroups are not writable
     memory_mb: int = DEFAULT_MEMORY_MB
     max_pids: int = DEFAULT_MAX_PIDS
+    disk_mb: int = DEFAULT_DISK_MB
 
     def describe(self) -> str:
         """Human description shown on start lines, in logs and in RunningService.isolation."""
@@ -48,17 +52,27 @@ class Isolation:
             limits += f"{self.cgroup_version})"
         if self.mode == "none":
             return f"NONE (--no-isolation: sandbox code runs on this host as this user); {limits}"
-        return f"bubblewrap namespaces (user, pid, mount, ipc, uts, net); {limits}"
+        disk = f"disk {self.disk_mb} MiB" if os.geteuid() == 0 else "no disk cap (not root)"
+        return (
+            "bubblewrap namespaces (user, pid, mount, ipc, uts, net), unprivileged ids, "
+            f"no capabilities, seccomp; {limits}; {disk}"
+        )
 
 
 def resolve_isolation(
-    isolation: str, *, memory_mb: int = DEFAULT_MEMORY_MB, max_pids: int = DEFAULT_MAX_PIDS
+    isolation: str,
+    *,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    max_pids: int = DEFAULT_MAX_PIDS,
+    disk_mb: int = DEFAULT_DISK_MB,
 ) -> Isolation:
     """Turn the requested isolation ("auto", "namespaces" or "none") into a checked policy."""
-    if memory_mb < 64 or max_pids < 16:
-        raise ValueError("sandbox limits must be at least 64 MiB of memory and 16 processes")
+    if memory_mb < 64 or max_pids < 16 or disk_mb < 16:
+        raise ValueError(
+            "sandbox limits must be at least 64 MiB of memory, 16 processes and 16 MiB of disk"
+        )
     cgroup_version = _writable_cgroup_version()
-    limits = {"memory_mb": memory_mb, "max_pids": max_pids}
+    limits = {"memory_mb": memory_mb, "max_pids": max_pids, "disk_mb": disk_mb}
     if isolation == "none":
         return Isolation("none", None, cgroup_version, **limits)
     if isolation not in ("auto", "namespaces"):
@@ -103,49 +117,6 @@ def _writable_cgroup_version() -> int | None:
     return None
 
 
-# Host dirs a sandbox never sees: its own /tmp and /home replace them, and /root holds the
-# host user's keys and credentials (sandbox code runs as root mapped to host root).
-HIDDEN_DIRS = ("/tmp", "/home", "/root")
-
-
-def python_bind_paths() -> list[str]:
-    """Host paths of the service's own Python that the hidden dirs would otherwise hide."""
-    # sys.path[0] is the running script's directory, not part of the interpreter.
-    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path[1:]}
-    found = set()
-    for path in candidates:
-        path = os.path.realpath(path) if path else ""
-        hidden = any(path.startswith(d + "/") for d in HIDDEN_DIRS)
-        if hidden and os.path.exists(path):
-            found.add(path)
-    # Outermost first; nested entries are already covered by their parent's bind.
-    ordered: list[str] = []
-    for path in sorted(found):
-        if not any(path.startswith(parent + "/") for parent in ordered):
-            ordered.append(path)
-    return ordered
-
-
-def bwrap_argv(
-    policy: Isolation, *, home: Path, tmp: Path, socket_dir: Path, allow_internet: bool
-) -> list[str]:
-    """The bwrap command line of a sandbox's init process (before the init command)."""
-    assert policy.bwrap is not None
-    argv = [policy.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    argv += ["--bind", str(tmp), "/tmp", "--tmpfs", "/home", "--bind", str(home), "/home/user"]
-    argv += ["--tmpfs", "/root"]
-    # Bound after /tmp, so a socket dir under /tmp stays reachable at the same path inside.
-    argv += ["--bind", str(socket_dir), str(socket_dir)]
-    for path in python_bind_paths():
-        argv += ["--ro-bind", path, path]
-    argv += ["--unshare-all"]
-    if allow_internet:
-        argv += ["--share-net"]
-    argv += ["--die-with-parent", "--new-session", "--chdir", "/home/user"]
-    argv += ["--hostname", "sandbox"]
-    return argv
-
-
 class CgroupSet:
     """The cgroups of one sandbox: limits, membership, freezing and teardown."""
 
@@ -155,6 +126,8 @@ class CgroupSet:
         if self.version == 1:
             self._dirs = {c: _V1_ROOT / c / _GROUP_PARENT / name for c in ("memory", "pids")}
             self._dirs["freezer"] = _V1_ROOT / "freezer" / _GROUP_PARENT / name
+            if os.access(_V1_ROOT / "cpu", os.W_OK):
+                self._dirs["cpu"] = _V1_ROOT / "cpu" / _GROUP_PARENT / name
         elif self.version == 2:
             self._dirs = {"unified": _V1_ROOT / _GROUP_PARENT / name}
         else:
@@ -166,13 +139,19 @@ class CgroupSet:
             parent = _V1_ROOT / _GROUP_PARENT
             parent.mkdir(exist_ok=True)
             with contextlib.suppress(OSError):
-                (parent / "cgroup.subtree_control").write_text("+memory +pids")
+                (parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
+            with contextlib.suppress(OSError):  # weight 1..10000, 100 is a normal group's
+                (parent / "cpu.weight").write_text(str(SANDBOXES_CPU_SHARES * 100 // 1024))
         for directory in self._dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
         memory = self._policy.memory_mb * 1024 * 1024
         if self.version == 1:
             (self._dirs["memory"] / "memory.limit_in_bytes").write_text(str(memory))
             (self._dirs["pids"] / "pids.max").write_text(str(self._policy.max_pids))
+            if "cpu" in self._dirs:
+                shares = self._dirs["cpu"].parent / "cpu.shares"
+                with contextlib.suppress(OSError):
+                    shares.write_text(str(SANDBOXES_CPU_SHARES))
         elif self.version == 2:
             (self._dirs["unified"] / "memory.max").write_text(str(memory))
             (self._dirs["unified"] / "pids.max").write_text(str(self._policy.max_pids))

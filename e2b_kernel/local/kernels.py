@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 import shutil
-import signal
+import stat
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,10 +27,29 @@ READY_TIMEOUT = 90.0
 ROUTE_QUEUE_SIZE = 16
 
 
+class SandboxProcess(Protocol):
+    """What kernels use of a spawned process (an AgentProcess, or asyncio's Process)."""
+
+    pid: int
+    returncode: int | None
+    stderr: asyncio.StreamReader | None
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 class SandboxLike(Protocol):
-    """The part of `LocalSandbox` (interface B) that kernels need."""
+    """The part of `LocalSandbox` (interface B) that kernels need.
+
+    ``socket_dir`` (host path) holds the connection files; only the service writes there.
+    ``kernel_socket_dir`` (host path, under it) is where kernels bind their ipc sockets, and
+    ``sandbox_socket_dir`` is ``socket_dir`` as the sandbox sees it.
+    """
 
     socket_dir: Path
+    kernel_socket_dir: Path
+    sandbox_socket_dir: str
     python: str
     envs: dict[str, str]
     killed: asyncio.Event
@@ -46,7 +65,7 @@ class SandboxLike(Protocol):
         stdin: int | None = ...,
         stdout: int | None = ...,
         stderr: int | None = ...,
-    ) -> asyncio.subprocess.Process: ...
+    ) -> SandboxProcess: ...
 
 
 class KernelStartError(RuntimeError):
@@ -112,7 +131,8 @@ class Kernel:
         self.language = language
         self.prefix = prefix  # short unique name for the connection file and ipc sockets
         self.client: AsyncKernelClient | None = None
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: SandboxProcess | None = None
+        self._socket_fds: list[int] = []
         self.died = asyncio.Event()
         self._routes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -127,27 +147,34 @@ class Kernel:
     def connection_file(self) -> Path:
         return self.sandbox.socket_dir / f"{self.prefix}.json"
 
+    def _inside(self, name: str) -> str:
+        """A file of the socket dir as the kernel (in the sandbox) sees it."""
+        return f"{self.sandbox.sandbox_socket_dir}/{name}"
+
     def _write_connection_file(self) -> None:
         ports = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
         info: dict[str, Any] = {name: index + 1 for index, name in enumerate(ports)}
         info.update(
-            ip=str(self.sandbox.socket_dir / self.prefix),
+            ip=self._inside(f"{self.sandbox.kernel_socket_dir.name}/{self.prefix}"),
             key=secrets.token_hex(32),
             transport="ipc",
             signature_scheme="hmac-sha256",
             kernel_name=self.language.name,
         )
+        # Root-owned in a dir only the service writes: the sandbox reads it, cannot replace it.
         self.connection_file.write_text(json.dumps(info))
-        self.connection_file.chmod(0o600)
+        self.connection_file.chmod(0o644)
 
     def _argv(self) -> list[str]:
-        argv = [self.sandbox.python, "-m", self.language.module, "-f", str(self.connection_file)]
+        connection = self._inside(self.connection_file.name)
+        argv = [self.sandbox.python, "-m", self.language.module, "-f", connection]
         if self.language.name == "python":
             argv += [
                 "--InteractiveShell.colors=nocolor",  # E2B's server sends no ANSI colours
                 "--HistoryManager.hist_file=:memory:",
             ]
-            argv += [f"--IPKernelApp.exec_files={path}" for path in self._startup_files()]
+            startup = [self._inside(path.name) for path in self._startup_files()]
+            argv += [f"--IPKernelApp.exec_files={path}" for path in startup]
         return argv
 
     def _startup_files(self) -> list[Path]:
@@ -159,6 +186,7 @@ class Kernel:
             copy = self.sandbox.socket_dir / f"e2b_startup_{source.name}"
             if not copy.exists():
                 shutil.copyfile(source, copy)
+                copy.chmod(0o644)
             copies.append(copy)
         return copies
 
@@ -176,7 +204,12 @@ class Kernel:
             stderr=asyncio.subprocess.PIPE,
         )
         self._spawn_task(self._watch_process())
-        client = AsyncKernelClient()
+        try:
+            urls = await self._socket_urls()
+        except BaseException:
+            await self.stop(polite=False)
+            raise
+        client = _PinnedKernelClient(urls)
         client.load_connection_file(str(self.connection_file))
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
         self.client = client
@@ -188,6 +221,40 @@ class Kernel:
         except BaseException:
             await self.stop()
             raise
+
+    async def _socket_urls(self) -> dict[str, str]:
+        """Open the kernel's sockets safely and return the zmq URLs that reach them.
+
+        The socket dir is writable by sandbox code, which could put a symlink to a host socket
+        where the kernel's socket should be. Each socket is opened with O_PATH|O_NOFOLLOW
+        relative to the dir, checked to be a socket, and reached through /proc/self/fd/N, which
+        names that very inode; the fds stay open for the kernel's life (zmq reconnects).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        names = {channel: f"{self.prefix}-{port}" for channel, port in _CHANNEL_PORTS.items()}
+        directory = os.open(self.sandbox.kernel_socket_dir, os.O_PATH | os.O_DIRECTORY)
+        try:
+            urls = {}
+            for channel, name in names.items():
+                while True:
+                    fd = _open_socket(directory, name)
+                    if fd is not None:
+                        break
+                    if self.died.is_set():
+                        raise KernelStartError(
+                            f"the kernel exited during start-up: {self.diagnostics()}"
+                        )
+                    if loop.time() > deadline:
+                        raise KernelStartError(
+                            f"the kernel did not open its sockets within {READY_TIMEOUT:.0f} s"
+                        )
+                    await asyncio.sleep(0.02)  # the kernel binds them as it starts
+                self._socket_fds.append(fd)
+                urls[channel] = f"ipc:///proc/self/fd/{fd}"
+            return urls
+        finally:
+            os.close(directory)
 
     def _spawn_task(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -360,22 +427,49 @@ class Kernel:
         self._cleanup_files()
 
     @staticmethod
-    def _kill_process_group(process: asyncio.subprocess.Process) -> None:
-        """SIGKILL the spawn's process group: the kernel itself may be a child of a wrapper
-        (nsenter), and killing only the wrapper would leave the kernel running."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(process.pid) == process.pid:
-                os.killpg(process.pid, signal.SIGKILL)
-                return
+    def _kill_process_group(process: SandboxProcess) -> None:
+        """SIGKILL the kernel; an agent process's kill() ends its whole process group."""
         with contextlib.suppress(ProcessLookupError):
             process.kill()
 
     def _cleanup_files(self) -> None:
+        for fd in self._socket_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._socket_fds.clear()
         with contextlib.suppress(OSError):
             self.connection_file.unlink()
+        directory = self.sandbox.kernel_socket_dir
         for port in range(1, 6):
-            with contextlib.suppress(OSError):
-                (self.sandbox.socket_dir / f"{self.prefix}-{port}").unlink()
+            with contextlib.suppress(OSError):  # unlink never follows a symlink
+                (directory / f"{self.prefix}-{port}").unlink()
+
+
+# Every channel: stop_channels() touches stdin and hb too, which makes their sockets.
+_CHANNEL_PORTS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5}
+
+
+def _open_socket(directory: int, name: str) -> int | None:
+    """An O_PATH fd on the unix socket ``name`` in ``directory``; None while it is absent."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KernelStartError(f"{name} in the kernel socket dir is not a socket")
+    return fd
+
+
+class _PinnedKernelClient(AsyncKernelClient):
+    """A kernel client that connects to given URLs (sockets pinned by fd), not to paths."""
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        super().__init__()
+        self._pinned_urls = urls
+
+    def _make_url(self, channel: str) -> str:
+        return self._pinned_urls[channel]
 
 
 def is_idle(msg: dict[str, Any]) -> bool:

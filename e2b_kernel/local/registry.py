@@ -27,6 +27,20 @@ def new_sandbox_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
 
 
+def _disk_mb(metadata: dict[str, str]) -> int | None:
+    """The per-sandbox disk cap from metadata ``e2b.disk_mb`` (MiB), if given."""
+    raw = metadata.get("e2b.disk_mb")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"metadata e2b.disk_mb must be a number of MiB, got {raw!r}") from None
+    if not 16 <= value <= 1024 * 1024:
+        raise ValueError("metadata e2b.disk_mb must be between 16 and 1048576 MiB")
+    return value
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)
@@ -92,8 +106,11 @@ class Registry:
             state_dir=self.state_dir,
             envs=envs,
             allow_internet=allow_internet,
+            disk_mb=_disk_mb(metadata),
         )
         await sandbox.start()
+        # A sandbox whose agent died is gone: "not found" at once, cleaned up by the sandbox.
+        sandbox.on_gone(lambda: self._forget(sandbox_id))
         now = utcnow()
         entry = Entry(
             sandbox=sandbox,
@@ -163,6 +180,11 @@ class Registry:
         finally:
             self._dying.discard(entry.sandbox)
         return True
+
+    def _forget(self, sandbox_id: str) -> None:
+        entry = self._entries.pop(sandbox_id, None)
+        if entry is not None and entry.expiry_task is not None:
+            entry.expiry_task.cancel()
 
     async def close(self) -> None:
         """Kill every sandbox, and wait for kills already under way (service shutdown)."""

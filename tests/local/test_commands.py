@@ -160,7 +160,7 @@ def test_pty_session_async(local_service: RunningService) -> None:
             await sandbox.pty.send_stdin(handle.pid, b"stty size; echo pty-$((6*7))\n")
             await seen(b"pty-42")
             assert b"30 100" in output
-            assert b"root@sandbox:~# " in output  # an interactive shell prompt
+            assert b"user@sandbox:~$ " in output  # an interactive shell prompt, as user (E2B)
             await sandbox.pty.resize(handle.pid, PtySize(cols=120, rows=40))
             await sandbox.pty.send_stdin(handle.pid, b"stty size\n")
             await seen(b"40 120")

@@ -16,6 +16,9 @@ class HostSandbox:
 
     def __init__(self, root: Path) -> None:
         self.socket_dir = root
+        self.kernel_socket_dir = root / "sockets"
+        self.kernel_socket_dir.mkdir(exist_ok=True)
+        self.sandbox_socket_dir = str(root)
         self.python = sys.executable
         self.envs: dict[str, str] = {}
         self.killed = asyncio.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -29,6 +30,11 @@ def test_isolation_is_described(local_service: RunningService) -> None:
     assert "net" in local_service.isolation
 
 
+def _host_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
+    return [line.split()[3].split("/")[0] for line in out.stdout.splitlines()]
+
+
 def test_no_network_by_default(local_service: RunningService, sbx: Sandbox) -> None:
     with pytest.raises(CommandExitException) as refused:
         sbx.commands.run(_connect_script(local_service))
@@ -37,11 +43,16 @@ def test_no_network_by_default(local_service: RunningService, sbx: Sandbox) -> N
     assert [line.split(":")[0].strip() for line in lines] == ["lo"]
 
 
-def test_allow_internet_access_shares_the_network(local_service: RunningService) -> None:
+def test_internet_access_never_reaches_the_service(local_service: RunningService) -> None:
     sandbox = Sandbox.create(timeout=60, allow_internet_access=True, **sdk_options(local_service))
     try:
-        assert sandbox.commands.run(_connect_script(local_service)).stdout == "connected\n"
         assert sandbox.get_info().allow_internet_access is True
+        assert "default via" in sandbox.commands.run("ip route").stdout  # a user-mode network
+        # Neither its own loopback, nor the host's addresses, nor the gateway lead to the host.
+        for host in ["127.0.0.1", "10.0.2.2", *_host_addresses()]:
+            script = _connect_script(local_service).replace("127.0.0.1", host)
+            with pytest.raises(CommandExitException):
+                sandbox.commands.run(script)
     finally:
         sandbox.kill()
 
@@ -76,7 +87,7 @@ def test_one_sandbox_cannot_see_another(local_service: RunningService, sbx: Sand
     other = Sandbox.create(timeout=60, **sdk_options(local_service))
     try:
         other.files.write("/home/user/secret.txt", "top secret")
-        [host_home] = glob.glob(f"/tmp/e2b-kernel-local/svc-*/{other.sandbox_id}/home")
+        [host_home] = glob.glob(f"/tmp/e2b-kernel-local/svc-*/{other.sandbox_id}/disk/home")
         assert sbx.commands.run("ls /home/user").stdout.count("secret.txt") == 0
         with pytest.raises(CommandExitException):
             sbx.commands.run(f"cat {host_home}/secret.txt")
@@ -148,6 +159,6 @@ def test_kill_leaves_no_process_behind(local_service: RunningService) -> None:
 
 def test_host_user_dirs_are_hidden(sbx: Sandbox) -> None:
     # Only the service's own Python (bound back read-only) is visible under /root.
-    visible = sbx.commands.run("find /root -maxdepth 1 -mindepth 1").stdout.split()
+    visible = sbx.commands.run("find /root -maxdepth 1 -mindepth 1", user="root").stdout.split()
     assert all(os.path.realpath(sys.base_prefix).startswith(p) for p in visible)
     assert sbx.commands.run("ls -A /home").stdout.split() == ["user"]

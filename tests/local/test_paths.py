@@ -1,13 +1,15 @@
-"""Unit tests of sandbox-path to host-path mapping (symlinks resolved in sandbox space)."""
+"""Sandbox-path to host-path mapping for isolation "none" (symlinks resolved in sandbox space).
+
+File operations do not use it: they run in the agent (see test_agent_files.py).
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from e2b_kernel.local.paths import SandboxPaths, safe_open, safe_parent
+from e2b_kernel.local.paths import SandboxPaths
 
 
 @pytest.fixture
@@ -86,36 +88,6 @@ def test_nul_bytes_are_rejected(layout: tuple[SandboxPaths, Path, Path]) -> None
     paths, _home, _tmp = layout
     with pytest.raises(ValueError):
         paths.to_host("/home/user/a\x00b")
-
-
-def test_safe_open_refuses_a_directory_swapped_for_a_symlink(
-    layout: tuple[SandboxPaths, Path, Path], tmp_path: Path
-) -> None:
-    paths, home, _tmp = layout
-    (home / "d").mkdir()
-    resolved = paths.to_host("/home/user/d/file.txt")
-    # Code in the sandbox swaps the directory for a link to a host directory after resolution.
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (home / "d").rmdir()
-    (home / "d").symlink_to(outside)
-    with pytest.raises(OSError):
-        safe_open(resolved, os.O_WRONLY | os.O_CREAT)
-    assert not (outside / "file.txt").exists()
-
-
-def test_safe_open_creates_parents_and_safe_parent_refuses_mount_roots(
-    layout: tuple[SandboxPaths, Path, Path],
-) -> None:
-    paths, home, _tmp = layout
-    fd = safe_open(paths.to_host("/home/user/x/y/z.txt"), os.O_WRONLY | os.O_CREAT, parents=True)
-    os.write(fd, b"ok")
-    os.close(fd)
-    assert (home / "x" / "y" / "z.txt").read_bytes() == b"ok"
-    with pytest.raises(PermissionError):
-        safe_parent(paths.to_host("/home/user"))
-    with pytest.raises(PermissionError):
-        safe_parent(paths.to_host("/etc/hosts"))
 
 
 def test_to_sandbox_maps_back(layout: tuple[SandboxPaths, Path, Path]) -> None:

@@ -126,7 +126,7 @@ def test_service_removes_its_state_when_stopped() -> None:
     service = start_in_thread()
     sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
     [state] = set(STATE_ROOT.glob(f"svc-{os.getpid()}-*")) - before
-    assert (state / sandbox.sandbox_id / "home").is_dir()
+    assert (state / sandbox.sandbox_id / "disk" / "home").is_dir()
     service.stop()
     assert not state.exists()
 

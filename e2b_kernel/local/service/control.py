@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
 from ..sandbox import SandboxStartError
+from ..sandbox.file_ops import FileOps
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
@@ -73,16 +74,12 @@ async def _no_route(scope: Scope, receive: Receive, send: Send) -> None:
 async def disk_usage(entry: Entry) -> tuple[int, int]:
     """(bytes used by /home/user and /tmp, bytes of the disk they live on).
 
-    The seam for the sandbox agent: once it reports disk usage, ask it here instead. Until
-    then the walk runs on a worker thread, never on the event loop.
+    Measured by the sandbox's agent, so the walk loads only that sandbox.
     """
-    sandbox = entry.sandbox
-
-    def measure() -> tuple[int, int]:
-        total = shutil.disk_usage(sandbox.home_dir).total
-        return _dir_size(sandbox.home_dir) + _dir_size(sandbox.tmp_dir), total
-
-    return await asyncio.to_thread(measure)
+    try:
+        return await FileOps(entry.sandbox.agent).disk_usage()
+    except (OSError, ConnectionError):
+        return 0, 0  # the sandbox is going away; the sample still answers
 
 
 async def disk_total(entry: Entry) -> int:
@@ -168,6 +165,8 @@ class ControlPlane:
                 access_token=new_token(),
                 traffic_token=None if public is not False else new_token(),
             )
+        except ValueError as exc:  # e.g. metadata e2b.disk_mb out of range
+            raise ServiceError(400, str(exc)) from None
         except (OSError, SandboxStartError, asyncio.TimeoutError) as exc:
             log.exception("could not start a sandbox")
             reason = str(exc) or type(exc).__name__
@@ -397,14 +396,3 @@ def _memory_used(entry: Entry) -> int:
             except (OSError, ValueError):
                 continue
     return 0
-
-
-def _dir_size(root: os.PathLike[str]) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total

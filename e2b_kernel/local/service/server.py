@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from ..isolation import (
+    DEFAULT_DISK_MB,
     DEFAULT_MAX_PIDS,
     DEFAULT_MEMORY_MB,
     CgroupSet,
@@ -21,6 +22,7 @@ from ..isolation import (
     resolve_isolation,
 )
 from ..registry import Registry
+from ..sandbox.disk import unmount_disk
 from .app import ServiceApp
 from .auth import new_api_key
 from .connections import GuardedH11Protocol
@@ -61,10 +63,13 @@ class ServiceCore:
         max_pids: int = DEFAULT_MAX_PIDS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        disk_mb: int = DEFAULT_DISK_MB,
     ) -> None:
         if header_timeout <= 0 or max_connections < 1:
             raise ValueError("--header-timeout and --max-connections must be positive")
-        self.policy = resolve_isolation(isolation, memory_mb=memory_mb, max_pids=max_pids)
+        self.policy = resolve_isolation(
+            isolation, memory_mb=memory_mb, max_pids=max_pids, disk_mb=disk_mb
+        )
         STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
         sweep_stale_state(self.policy)
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
@@ -139,6 +144,8 @@ def sweep_stale_state(policy: Isolation) -> None:
             marker = sandbox_dir / "socket_dir"
             with contextlib.suppress(OSError):
                 shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
+            with contextlib.suppress(OSError):  # its capped disk (a tmpfs) is still mounted
+                unmount_disk(sandbox_dir / "disk")
             cgroups = CgroupSet(policy, sandbox_dir.name)
             cgroups.kill_all()
             cgroups.remove()

@@ -1,0 +1,49 @@
+"""The sandbox's disk: one tmpfs, capped, holding its /home/user, /tmp and /root.
+
+Mounted by the service (host root) in the service's own mount namespace, under the sandbox's
+0700 state dir; bwrap binds its subdirectories. Writes past the cap fail with ENOSPC inside,
+and ``df`` there shows the cap. A service that is not host root cannot mount: the dirs are then
+plain directories of the host disk, without a cap (``describe`` says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+DEFAULT_DISK_MB = 2048
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def can_cap_disk() -> bool:
+    """Whether this service may mount a tmpfs (it runs as host root)."""
+    return os.geteuid() == 0
+
+
+async def mount_disk(path: Path, size_mb: int) -> bool:
+    """Mount a tmpfs of size_mb at path (an empty dir); False when not possible here."""
+    if not can_cap_disk():
+        return False
+    proc = await asyncio.create_subprocess_exec(
+        "mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755,nosuid,nodev",
+        "e2b-sandbox-disk", str(path),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise OSError(f"cannot mount the sandbox disk: {err.decode(errors='replace').strip()}")
+    return True
+
+
+def unmount_disk(path: Path) -> None:
+    """Detach the tmpfs (its memory is freed once nothing uses it); no error if not mounted."""
+    if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        if code not in (22, 2):  # EINVAL: not a mount point; ENOENT: already removed
+            raise OSError(code, os.strerror(code), str(path))

@@ -1,0 +1,142 @@
+"""Outbound network for sandboxes with internet access: slirp4netns, a user-mode stack.
+
+The sandbox always has its own network namespace. With internet access, ``slirp4netns``, run
+by the service, gives that namespace a tap device (10.0.2.100, gateway 10.0.2.2, DNS
+10.0.2.3) whose connections it re-makes as ordinary sockets on the host. The gateway is not
+mapped to the host's loopback (``--disable-host-loopback``), no port is forwarded into the
+sandbox, slirp4netns itself runs in its own empty mount namespace with its capabilities
+dropped and a seccomp filter, and every address of the host is made unreachable by
+``prohibit`` routes inside the namespace, so the sandbox cannot reach the service or any
+host-local port. ``nsenter`` is used only by the service to add those routes; no sandbox
+process is ever started with it.
+
+(pasta would do as well, but it refuses to run as root and /dev/net/tun is root-only on some
+hosts, such as this project's CI.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+
+RESOLV_CONF = "nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+_READY_TIMEOUT = 10.0
+
+
+class NetworkError(OSError):
+    """The user-mode network could not be set up."""
+
+
+class Network:
+    """A running slirp4netns for one sandbox; closing our end of its exit pipe stops it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, exit_fd: int) -> None:
+        self._proc = proc
+        self._exit_fd = exit_fd
+
+    async def close(self) -> None:
+        if self._exit_fd >= 0:
+            os.close(self._exit_fd)
+            self._exit_fd = -1
+        try:
+            await asyncio.wait_for(self._proc.wait(), 5.0)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+
+
+def available() -> bool:
+    return shutil.which("slirp4netns") is not None and shutil.which("ip") is not None
+
+
+async def _run(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def host_addresses() -> list[str]:
+    """Every address of every host interface (v4 and v6), as ip(8) lists them."""
+    code, out = await _run("ip", "-o", "addr", "show")
+    if code != 0:
+        raise NetworkError(f"cannot list host addresses: {out.strip()}")
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        for family in ("inet", "inet6"):
+            if family in parts:
+                found.append(parts[parts.index(family) + 1].split("/")[0])
+    return found
+
+
+async def connect(init_pid: int) -> Network:
+    """Give the sandbox whose pid 1 is init_pid outbound access; host addresses prohibited."""
+    slirp = shutil.which("slirp4netns")
+    if slirp is None:
+        raise NetworkError(
+            "internet access needs slirp4netns (Debian/Ubuntu: apt-get install slirp4netns)"
+        )
+    ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
+    exit_read, exit_write = os.pipe2(os.O_CLOEXEC)
+    argv = [slirp, "--configure", "--mtu=65520", "--disable-host-loopback"]
+    argv += ["--enable-sandbox", "--enable-seccomp"]
+    argv += [f"--ready-fd={ready_write}", f"--exit-fd={exit_read}", str(init_pid), "tap0"]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            pass_fds=(ready_write, exit_read),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except BaseException:
+        for fd in (ready_read, ready_write, exit_read, exit_write):
+            os.close(fd)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(ready_write)
+        with contextlib.suppress(OSError):
+            os.close(exit_read)
+    network = Network(proc, exit_write)
+    try:
+        try:
+            # It writes "1" once the tap device is up and configured (EOF if it dies first).
+            ready = await asyncio.wait_for(
+                asyncio.to_thread(os.read, ready_read, 1), _READY_TIMEOUT
+            )
+        finally:
+            os.close(ready_read)
+        if ready != b"1":
+            assert proc.stderr is not None
+            err = (await proc.stderr.read()).decode(errors="replace").strip()
+            raise NetworkError(f"slirp4netns could not set up the sandbox network: {err}")
+        await _fence_host(f"/proc/{init_pid}/ns/net")
+    except BaseException:
+        await network.close()
+        raise
+    return network
+
+
+async def _fence_host(netns: str) -> None:
+    """Prohibit routes to every host address, so no host-local port is reachable."""
+    for address in await host_addresses():
+        if address.startswith("127.") or address == "::1":
+            continue  # the namespace's own loopback, not the host's
+        family = "-6" if ":" in address else "-4"
+        suffix = "/128" if ":" in address else "/32"
+        code, out = await _run(
+            "nsenter", f"--net={netns}", "ip", family, "route", "replace",
+            "prohibit", address + suffix,
+        )  # fmt: skip
+        if code != 0 and family == "-4":
+            raise NetworkError(f"cannot fence off host address {address}: {out.strip()}")
