@@ -4,8 +4,8 @@
 the sandbox (its files and installed packages), so the service cannot live inside the kernel
 process. The kernel starts ``e2b-kernel local --lease FILE`` and holds an exclusive ``flock`` on
 that lease file for its whole life: the service stops, killing its sandboxes, once nobody has
-held the lease for a few seconds (see ``e2b_kernel.local.lease``). On restart the old process
-exits and the new one takes the same lease, found through the restart state
+held the lease for a few seconds (see ``e2b_kernel.local.service.lease``). On restart the old
+process exits and the new one takes the same lease, found through the restart state
 (``restart_state``). So a SIGKILLed kernel leaves nothing behind for long.
 
 The service removes its lease file when it stops, and ``stop()`` does too. Only a service that

@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any, Protocol
 
-from .isolation import (
+from .sandbox.isolation import (
     DEFAULT_DISK_MB,
     DEFAULT_MAX_PIDS,
     DEFAULT_MEMORY_MB,

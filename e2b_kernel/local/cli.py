@@ -17,7 +17,7 @@ import signal
 import sys
 
 from . import ISOLATION_UNAVAILABLE_EXIT
-from .isolation import (
+from .sandbox.isolation import (
     DEFAULT_DISK_MB,
     DEFAULT_MAX_PIDS,
     DEFAULT_MEMORY_MB,
@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(core: object, lease: str | None) -> int:
-    from .lease import serve_while_leased
     from .service import ServiceCore
+    from .service.lease import serve_while_leased
 
     assert isinstance(core, ServiceCore)
     task = asyncio.create_task(core.serve())

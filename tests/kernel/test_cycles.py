@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from e2b_kernel.local import RunningService
-from e2b_kernel.local.lease import GRACE
+from e2b_kernel.local.service.lease import GRACE
 
 from . import sandboxes
 from .harness import Kernel, clean_env

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2b_kernel.local.contexts import Context, Execution
+from e2b_kernel.local.interpreter.contexts import Context, Execution
 
 
 class HostSandbox:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from e2b_code_interpreter.models import Execution, Result, parse_output
 
-from e2b_kernel.local import ndjson
+from e2b_kernel.local.interpreter import ndjson
 
 
 def _msg(msg_type: str, content: dict) -> dict:

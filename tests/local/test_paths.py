@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2b_kernel.local.paths import SandboxPaths
+from e2b_kernel.local.sandbox.paths import SandboxPaths
 
 
 @pytest.fixture
@@ -97,7 +97,8 @@ def test_to_sandbox_maps_back(layout: tuple[SandboxPaths, Path, Path]) -> None:
 
 
 def test_missing_bubblewrap_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from e2b_kernel.local import IsolationUnavailable, isolation
+    from e2b_kernel.local import IsolationUnavailable
+    from e2b_kernel.local.sandbox import isolation
 
     monkeypatch.setattr(isolation.shutil, "which", lambda name: None)
     with pytest.raises(IsolationUnavailable, match=r"install it.*--no-isolation"):

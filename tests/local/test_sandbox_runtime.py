@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from e2b_kernel.local.isolation import Isolation, resolve_isolation
 from e2b_kernel.local.sandbox import LocalSandbox
 from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
+from e2b_kernel.local.sandbox.isolation import Isolation, resolve_isolation
 
 
 @pytest.fixture

@@ -27,10 +27,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..isolation import CgroupSet, Isolation, join_cgroups_argv
-from ..paths import SandboxPaths
 from . import bwrap, disk, network, seccomp, staging
 from .agent_client import AgentClient
+from .isolation import CgroupSet, Isolation, join_cgroups_argv
+from .paths import SandboxPaths
 from .process import DEVNULL, PIPE, AgentProcess
 
 log = logging.getLogger("e2b_kernel.local")

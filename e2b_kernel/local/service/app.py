@@ -15,14 +15,14 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..envd_http import MAX_FILE_BYTES
-from ..registry import Entry, Registry
+from ..envd.http import MAX_FILE_BYTES
 from ..sandbox import SandboxKilled
 from .auth import TRAFFIC_TOKEN_HEADER, file_operation, find_signer, require_api_key, same_secret
 from .control import ControlPlane
 from .envd import ENVD_PORT, EnvdPlane
 from .errors import ServiceError, port_not_open, proxy_not_found
 from .interpreter_front import InterpreterPlane
+from .registry import Entry, Registry
 
 log = logging.getLogger("e2b_kernel.local")
 

@@ -22,12 +22,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from ..registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
+from ..interpreter import CodeInterpreter
 from ..sandbox import SandboxStartError
 from ..sandbox.file_ops import FileOps
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
+from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -36,10 +37,6 @@ CLIENT_ID = "local"
 MAX_JSON_BODY = 1024 * 1024
 ISOLATION_METADATA_KEY = "e2b_kernel.isolation"
 
-try:  # The code-interpreter plane is built alongside; without it port 49999 is "not open".
-    from ..interpreter import CodeInterpreter
-except ImportError:  # pragma: no cover - only while interpreter.py does not exist yet
-    CodeInterpreter = None  # type: ignore[assignment,misc]
 
 Handler = Callable[[Request], Awaitable[Response]]
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
@@ -171,16 +168,15 @@ class ControlPlane:
             log.exception("could not start a sandbox")
             reason = str(exc) or type(exc).__name__
             raise ServiceError(500, f"could not start the sandbox: {reason}") from None
-        if CodeInterpreter is not None:
-            try:
-                entry.interpreter = CodeInterpreter(entry.sandbox)
-                entry.sandbox.on_kill(entry.interpreter.shutdown)
-                await entry.interpreter.start()
-            except Exception as exc:
-                log.exception("sandbox %s: code interpreter failed to start", entry.sandbox_id)
-                await self.registry.kill(entry.sandbox_id)
-                message = f"the sandbox's code interpreter failed to start: {exc}"
-                raise ServiceError(500, message) from None
+        try:
+            entry.interpreter = CodeInterpreter(entry.sandbox)
+            entry.sandbox.on_kill(entry.interpreter.shutdown)
+            await entry.interpreter.start()
+        except Exception as exc:
+            log.exception("sandbox %s: code interpreter failed to start", entry.sandbox_id)
+            await self.registry.kill(entry.sandbox_id)
+            message = f"the sandbox's code interpreter failed to start: {exc}"
+            raise ServiceError(500, message) from None
         log.info("created sandbox %s (template %s)", entry.sandbox_id, template)
         return JSONResponse(self._sandbox_json(entry), 201)
 

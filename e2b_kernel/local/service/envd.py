@@ -2,7 +2,7 @@
 
 As envd does: /health is open; /files takes the X-Access-Token header or a valid signed URL;
 every other route (the Connect-RPC services, /envs) needs the header. Then the request goes
-on to envd_http (plain HTTP) or envd_rpc (Connect-RPC), which do the work.
+on to ``envd.http`` (plain HTTP) or ``envd.rpc`` (Connect-RPC), which do the work.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from starlette.requests import Request
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..envd_http import handle_envd_http
-from ..registry import Entry
+from ..envd.http import handle_envd_http
 from .auth import ACCESS_TOKEN_HEADER, check_signed_url, file_operation, same_secret
 from .bodies import read_body, read_first_envelope
 from .errors import ServiceError
 from .guards import check_path, check_rpc_message
+from .registry import Entry
 
 ENVD_PORT = 49983
 _ENTRY = "e2b.entry"  # scope key: the sandbox this request is for
@@ -86,7 +86,7 @@ class EnvdPlane:
         await self._plain(scope, receive, send)
 
     async def _rpc(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from ..envd_rpc import rpc_app_for  # imports the SDK's generated Connect code
+        from ..envd.rpc import rpc_app_for  # imports the SDK's generated Connect code
 
         entry: Entry = scope[_ENTRY]
         require_access_token(scope, entry, connect=True)

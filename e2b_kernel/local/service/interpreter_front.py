@@ -11,11 +11,11 @@ from __future__ import annotations
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from ..registry import Entry
 from .auth import ACCESS_TOKEN_HEADER
 from .bodies import read_body
 from .envd import _ENTRY, _Asgi, _header, require_access_token
 from .guards import check_interpreter_body
+from .registry import Entry
 
 
 class InterpreterPlane:

@@ -13,7 +13,8 @@ from types import FrameType
 
 import uvicorn
 
-from ..isolation import (
+from ..sandbox.disk import unmount_disk
+from ..sandbox.isolation import (
     DEFAULT_DISK_MB,
     DEFAULT_MAX_PIDS,
     DEFAULT_MEMORY_MB,
@@ -21,11 +22,10 @@ from ..isolation import (
     Isolation,
     resolve_isolation,
 )
-from ..registry import Registry
-from ..sandbox.disk import unmount_disk
 from .app import ServiceApp
 from .auth import new_api_key
 from .connections import GuardedH11Protocol
+from .registry import Registry
 from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("e2b_kernel.local")

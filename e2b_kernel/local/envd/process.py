@@ -36,10 +36,10 @@ from e2b.envd.process.process_pb import (
 )
 from protobuf import Oneof
 
-from .envd_pty import Terminal
-from .sandbox import SANDBOX_HOME, LocalSandbox
-from .sandbox.agent_client import AgentCallError
-from .sandbox.process import AgentProcess
+from ..sandbox import SANDBOX_HOME, LocalSandbox
+from ..sandbox.agent_client import AgentCallError
+from ..sandbox.process import AgentProcess
+from .pty import Terminal
 
 _READ_CHUNK = 64 * 1024
 _QUEUE_SIZE = 64

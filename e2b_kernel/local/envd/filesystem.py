@@ -37,10 +37,10 @@ from e2b.envd.filesystem.filesystem_pb import (
 from protobuf import Oneof
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
-from .envd_process import CLIENT_GONE
-from .sandbox import LocalSandbox
-from .sandbox.agent_client import AgentClient, AgentGone, AgentStream
-from .sandbox.file_ops import FileOps
+from ..sandbox import LocalSandbox
+from ..sandbox.agent_client import AgentClient, AgentGone, AgentStream
+from ..sandbox.file_ops import FileOps
+from .process import CLIENT_GONE
 
 USERS = ("user", "root")
 _KEEPALIVE = 50.0  # envd's keepalive interval on WatchDir

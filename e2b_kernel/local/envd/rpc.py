@@ -8,10 +8,10 @@ from typing import Any
 from e2b.envd.filesystem.filesystem_connect import FilesystemASGIApplication
 from e2b.envd.process.process_connect import ProcessASGIApplication
 
-from .envd_fs import FilesystemService
-from .envd_process import CLIENT_GONE, ProcessService
-from .registry import Entry
-from .sandbox import SandboxKilled
+from ..sandbox import SandboxKilled
+from ..service.registry import Entry
+from .filesystem import FilesystemService
+from .process import CLIENT_GONE, ProcessService
 
 _READ_MAX_BYTES = 16 * 1024 * 1024
 

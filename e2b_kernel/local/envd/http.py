@@ -20,9 +20,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .sandbox import LocalSandbox
-from .sandbox.agent_client import AgentGone
-from .sandbox.file_ops import FileOps, FileWriter
+from ..sandbox import LocalSandbox
+from ..sandbox.agent_client import AgentGone
+from ..sandbox.file_ops import FileOps, FileWriter
 
 MAX_FILE_BYTES = 100 * 1024 * 1024
 USERS = ("user", "root")

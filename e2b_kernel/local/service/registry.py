@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .isolation import Isolation
-from .sandbox import LocalSandbox
+from ..sandbox import LocalSandbox
+from ..sandbox.isolation import Isolation
 
 log = logging.getLogger("e2b_kernel.local")
 
