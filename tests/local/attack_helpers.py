@@ -120,19 +120,37 @@ def state_roots() -> list[Path]:
     return [root for root in dict.fromkeys(roots) if root.is_dir()]
 
 
-def host_paths_of(name: str, max_entries: int = 200_000) -> list[Path]:
-    """Host paths, under the service's state folders, of files called name (bounded walk)."""
-    found: list[Path] = []
+def sandbox_roots(sandbox_id: str) -> list[Path]:
+    """Host folders named after a sandbox: from its processes' command lines and the mounts."""
+    texts = [Path("/proc/self/mountinfo").read_text()]
+    for pid in host_pids_with(sandbox_id):
+        try:
+            texts.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    roots = set()
+    for word in " ".join(texts).split():
+        if word.startswith("/") and f"/{sandbox_id}" in word:
+            roots.add(Path(word.split(f"/{sandbox_id}")[0]) / sandbox_id)
+    return sorted(root for root in roots if root.is_dir())
+
+
+def host_paths_of(name: str, sandbox_id: str, max_entries: int = 200_000) -> list[Path]:
+    """Host paths of the files called name that belong to a sandbox (bounded walk)."""
+    found: set[Path] = set()
     seen = 0
     deadline = time.monotonic() + 20
-    for root in state_roots():
+    roots = sandbox_roots(sandbox_id)
+    for state in state_roots():
+        roots += [state / sandbox_id, *state.glob(f"*/{sandbox_id}")]
+    for root in dict.fromkeys(r for r in roots if r.is_dir()):
         for folder, dirs, files in os.walk(root):
             seen += len(dirs) + len(files)
             if name in files:
-                found.append(Path(folder) / name)
+                found.add(Path(folder) / name)
             if seen > max_entries or time.monotonic() > deadline:
-                return found
-    return found
+                return sorted(found)
+    return sorted(found)
 
 
 def host_addresses() -> list[str]:

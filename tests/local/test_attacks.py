@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -256,21 +257,30 @@ def test_writes_never_reach_the_host_filesystem(fresh: Callable[..., Sandbox], u
 
 @pytest.mark.parametrize("place", ["caller-home", "project", "root", "host-tmp"])
 def test_host_folders_are_invisible(
-    box: Sandbox, host_markers: dict[str, Path], place: str
+    fresh: Callable[..., Sandbox], host_markers: dict[str, Path], place: str
 ) -> None:
     path = host_markers[place]
-    secret = path.read_text()
-    command = f"cat {path}; ls -A {path.parent}; grep -rls '{secret.split()[-1]}' {path.parent}"
-    output = sh(box, f'timeout 20 sh -c "{command}" 2>/dev/null', user="root")[1]
-    assert path.name not in output and secret.strip() not in output, output[:2000]
+    secret = path.read_text().split()[-1]
+    # What covers the host folder inside (a tmpfs, a private bind) must not be removable.
+    uncover = f"umount -l {path.parent}; umount -l {path.parent}; umount -l /tmp"
+    look = f"cat {path}; ls -A {path.parent}; grep -rls {secret} {path.parent}"
+    output = sh(fresh(), f"{uncover}; timeout 20 sh -c '{look}' 2>/dev/null", user="root")[1]
+    assert path.name not in output and secret not in output, output[:2000]
+
+
+def _python_paths() -> list[Path]:
+    """The Python environment the sandbox runs, bound read-only inside by design."""
+    return [Path(p) for p in {sys.prefix, sys.base_prefix} for p in (p, os.path.realpath(p))]
 
 
 def test_caller_home_and_project_folder_are_not_mounted(box: Sandbox) -> None:
     # Not even empty: a visible folder tells the caller's layout and may be writable.
     for folder in {Path.home(), PROJECT_ROOT}:
+        # Only the mount points leading to the bound Python environment may show.
+        allowed = {p.relative_to(folder).parts[0] for p in _python_paths() if folder in p.parents}
         listing = sh(box, f"ls -A {folder}", user="root")[1].split()
-        host = os.listdir(folder)
-        assert not set(listing) & set(host), f"{folder} is visible inside: {listing[:20]}"
+        shown = (set(listing) & set(os.listdir(folder))) - allowed
+        assert not shown, f"{folder} is visible inside: {sorted(shown)[:20]}"
 
 
 @pytest.mark.parametrize("path", ["/etc/shadow", "/etc/gshadow"])
@@ -293,11 +303,13 @@ def test_host_ssh_keys_are_invisible(box: Sandbox) -> None:
         assert key.read_text(errors="replace").strip() not in output, f"{key} is readable inside"
 
 
-def test_service_state_is_invisible(box: Sandbox) -> None:
+def test_service_state_is_invisible(fresh: Callable[..., Sandbox]) -> None:
     roots = state_roots()
     assert roots, "the service's state folder was not found on the host"
+    sandbox = fresh()
     for root in roots:
-        code, output = sh(box, f"ls -A {root}", user="root")
+        uncover = f"umount -l /tmp; umount -l {root.parent}; umount -l {root}"
+        code, output = sh(sandbox, f"{uncover}; ls -A {root}", user="root")
         assert code != 0 or output.strip() == "", f"{root} is visible inside: {output[:500]}"
 
 
@@ -320,7 +332,7 @@ def test_another_sandbox_is_unreachable_by_any_path(
 ) -> None:
     victim_box, name, secret = victim
     _, victim_pid = tagged_process(victim_box)
-    host_files = host_paths_of(name)
+    host_files = host_paths_of(name, victim_box.sandbox_id)
     print("victim's file on the host:", host_files)
     attacker = fresh()
     paths = [str(p) for p in host_files] + [
@@ -334,14 +346,22 @@ def test_another_sandbox_is_unreachable_by_any_path(
         for user in ("user", "root"):
             output = sh(attacker, f"cat {path}", user=user)[1]
             assert secret not in output, f"{path} read as {user}"
+        if "*" not in path:
+            assert secret not in (served(attacker, path) or ""), f"files API served {path}"
+    uncover = "umount -l /tmp; umount -l /home/user; umount -l /home"
+    for path in paths:
+        output = sh(attacker, f"{uncover}; cat {path}", user="root")[1]
+        assert secret not in output, f"{path} read after {uncover!r}"
 
 
 def test_another_sandbox_is_unreachable_through_symlinks(
     fresh: Callable[..., Sandbox], victim: tuple[Sandbox, str, str]
 ) -> None:
-    _, name, secret = victim
-    host_files = host_paths_of(name)
+    victim_box, name, secret = victim
+    _, victim_pid = tagged_process(victim_box)
+    host_files = host_paths_of(name, victim_box.sandbox_id)
     assert host_files, "the victim's file was not found under the service's state folders"
+    host_files.append(Path(f"/proc/{victim_pid}/root/home/user/{name}"))
     attacker = fresh()
     for index, target in enumerate(host_files + [f.parent for f in host_files]):
         link = f"/home/user/link{index}"
@@ -363,10 +383,12 @@ def _list_or_empty(box: Sandbox, path: str, depth: int = 1) -> list:
 def test_other_sandboxes_homes_are_not_listed(
     fresh: Callable[..., Sandbox], victim: tuple[Sandbox, str, str]
 ) -> None:
-    _, name, _ = victim
+    victim_box, name, _ = victim
+    _, victim_pid = tagged_process(victim_box)
     attacker = fresh()
     assert sh(attacker, "ls -A /home", user="root")[1].split() == ["user"]
-    for root in ["/", "/tmp", "/home", "/run"]:
+    roots = ["/", "/tmp", "/home", "/run", f"/proc/{victim_pid}/root/home/user"]
+    for root in roots + [str(r) for r in state_roots()]:
         entries = _list_or_empty(attacker, root, depth=4)
         assert name not in {e.name for e in entries}, root
 
@@ -380,9 +402,19 @@ def test_files_api_does_not_serve_host_files(
     box: Sandbox, host_markers: dict[str, Path], place: str
 ) -> None:
     path = host_markers[place]
-    assert served(box, str(path)) != path.read_text()
-    listed = [e.name for e in _list_or_empty(box, str(path.parent))]
-    assert path.name not in listed
+    spellings = [
+        str(path),
+        f"/{path}",
+        f"/home/user/../..{path}",
+        f"/proc/self/root{path}",
+        f"/proc/1/root{path}",
+        f"/proc/thread-self/root{path}",
+    ]
+    for spelling in spellings:
+        assert served(box, spelling) != path.read_text(), f"files API served {spelling}"
+        folder = spelling.rsplit("/", 1)[0]
+        listed = [e.name for e in _list_or_empty(box, folder)]
+        assert path.name not in listed, f"files API listed {folder}"
 
 
 def test_files_api_reads_no_host_dotfiles(box: Sandbox) -> None:
@@ -402,12 +434,14 @@ def test_files_api_lists_no_host_entries_under_root(
     assert len(entries) < 200, f"{len(entries)} entries under /root, e.g. {entries[:5]}"
 
 
+@pytest.mark.parametrize("via", ["", "/proc/1/root", "/proc/self/root"])
 @pytest.mark.parametrize("place", ["host-tmp", "root", "shadow"])
 def test_files_api_never_follows_a_symlink_to_the_host(
-    box: Sandbox, host_markers: dict[str, Path], place: str
+    box: Sandbox, host_markers: dict[str, Path], place: str, via: str
 ) -> None:
-    target = Path("/etc/shadow") if place == "shadow" else host_markers[place]
-    host = target.read_text()
+    real = Path("/etc/shadow") if place == "shadow" else host_markers[place]
+    host = real.read_text()
+    target = f"{via}{real}"
     link = f"/home/user/to-{place}-{uuid.uuid4().hex[:6]}"
     sh(box, f"ln -s {target} {link}")
     content = served(box, link)
@@ -583,11 +617,13 @@ def test_internet_sandbox_cannot_call_the_service_api(
     sandbox = fresh(allow_internet_access=True)
     port = urlparse(local_service.url).port
     code = (
-        "import urllib.request\n"
+        "import urllib.error, urllib.request\n"
         "for host in ['127.0.0.1', 'localhost']:\n"
         "    try:\n"
         f"        r = urllib.request.urlopen(f'http://{{host}}:{port}/sandboxes', timeout=3)\n"
         "        print('REACHED', host, r.status)\n"
+        "    except urllib.error.HTTPError as exc:\n"
+        "        print('REACHED', host, exc.code)\n"
         "    except Exception as exc:\n"
         "        print('refused', host, type(exc).__name__)\n"
     )
@@ -693,8 +729,11 @@ def test_heavy_walk_does_not_delay_another_sandbox(
     walked: list[int] = []
 
     def walk() -> None:
-        for _ in range(3):
+        until = time.monotonic() + 10
+        for _ in range(5):
             walked.append(len(_list_or_empty(walker, "/usr", depth=30)))
+            if time.monotonic() > until:
+                return
 
     latencies: list[float] = []
     with httpx.Client(base_url=local_service.url, headers=headers, timeout=30) as client:
@@ -708,12 +747,19 @@ def test_heavy_walk_does_not_delay_another_sandbox(
             latencies.append(time.monotonic() - started)
         thread.join(timeout=60)
     print(f"entries walked {walked}; {len(latencies)} health checks, max {max(latencies):.3f} s")
-    assert walked and max(walked) > 1000, f"the walk did not run: {walked}"
+    assert len(latencies) >= 20, "too few health checks ran during the walk to judge"
     assert max(latencies) < 0.1
 
 
 # --------------------------------------------------------------------------------------------
 # a dead sandbox is reported gone
+
+
+def _kill_all(box: Sandbox, user: str) -> None:
+    try:
+        box.commands.run("kill -9 -1", user=user, timeout=10)  # type: ignore[arg-type]
+    except Exception:
+        pass  # the command kills itself, so its stream ends in some error
 
 
 def _reported_gone(service: RunningService, box: Sandbox) -> bool:
@@ -735,7 +781,7 @@ def test_kill_all_as_root_leaves_the_sandbox_reported_gone(
     local_service: RunningService, fresh: Callable[..., Sandbox]
 ) -> None:
     sandbox = fresh()
-    sh(sandbox, "kill -9 -1", user="root", timeout=10)
+    _kill_all(sandbox, "root")
     wait_for(lambda: _reported_gone(local_service, sandbox), timeout=5, what="reported gone")
     assert sandbox.sandbox_id not in {s.sandbox_id for s in _listed(local_service)}
 
@@ -745,7 +791,7 @@ def test_kill_all_as_user_leaves_a_working_or_gone_sandbox(
 ) -> None:
     # uid 1000 cannot kill the agent: the sandbox lives on and must work; if it died, it is gone.
     sandbox = fresh()
-    sh(sandbox, "kill -9 -1", user="user", timeout=10)
+    _kill_all(sandbox, "user")
     wait_for(
         lambda: _works(sandbox) or _reported_gone(local_service, sandbox),
         timeout=5,
