@@ -316,6 +316,9 @@ def test_service_state_is_invisible(fresh: Callable[..., Sandbox]) -> None:
 # --------------------------------------------------------------------------------------------
 # other sandboxes
 
+# What hides the host's /tmp and /home inside must not be removable from inside.
+UNCOVER = "umount -l /tmp; umount -l /home/user; umount -l /home"
+
 
 @pytest.fixture
 def victim(fresh: Callable[..., Sandbox]) -> tuple[Sandbox, str, str]:
@@ -348,10 +351,9 @@ def test_another_sandbox_is_unreachable_by_any_path(
             assert secret not in output, f"{path} read as {user}"
         if "*" not in path:
             assert secret not in (served(attacker, path) or ""), f"files API served {path}"
-    uncover = "umount -l /tmp; umount -l /home/user; umount -l /home"
     for path in paths:
-        output = sh(attacker, f"{uncover}; cat {path}", user="root")[1]
-        assert secret not in output, f"{path} read after {uncover!r}"
+        output = sh(attacker, f"{UNCOVER}; cat {path}", user="root")[1]
+        assert secret not in output, f"{path} read after {UNCOVER!r}"
 
 
 def test_another_sandbox_is_unreachable_through_symlinks(
@@ -368,6 +370,8 @@ def test_another_sandbox_is_unreachable_through_symlinks(
         sh(attacker, f"ln -sfn {target} {link}")
         file_link = link if target.name == name else f"{link}/{name}"
         assert secret not in sh(attacker, f"cat {file_link}", user="root")[1], target
+        uncovered = sh(attacker, f"{UNCOVER}; cat {file_link}", user="root")[1]
+        assert secret not in uncovered, f"{target} read after {UNCOVER!r}"
         assert secret not in (served(attacker, file_link) or ""), f"files API followed {target}"
         listed = [e.name for e in _list_or_empty(attacker, link)]
         assert name not in listed, f"files API listed {target}"
@@ -391,6 +395,9 @@ def test_other_sandboxes_homes_are_not_listed(
     for root in roots + [str(r) for r in state_roots()]:
         entries = _list_or_empty(attacker, root, depth=4)
         assert name not in {e.name for e in entries}, root
+    for root in state_roots():
+        found = sh(attacker, f"{UNCOVER}; timeout 20 find {root} -name {name}", user="root")[1]
+        assert name not in found, f"found under {root} after {UNCOVER!r}: {found}"
 
 
 # --------------------------------------------------------------------------------------------
