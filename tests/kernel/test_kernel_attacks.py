@@ -67,23 +67,6 @@ def test_cell_ids_never_map_to_host_root(kernel: Kernel) -> None:
         assert not outside <= 0 < outside + count, uid_map
 
 
-MOUNT_CELL = """
-import ctypes, json, subprocess
-libc = ctypes.CDLL(None, use_errno=True)
-out = {}
-for cmd in ['mount -o remount,rw,bind /', 'umount -l /tmp', 'umount -l /root', 'unshare -Ur true']:
-    out[cmd] = subprocess.run(['sh', '-c', cmd], capture_output=True).returncode
-out['mount(2)'] = libc.mount(b'none', b'/', None, 32 | 4096, None)
-out['unshare(CLONE_NEWUSER)'] = libc.unshare(0x10000000)
-print(json.dumps(out))
-"""
-
-
-def test_cell_cannot_remount_unmount_or_unshare(kernel: Kernel) -> None:
-    results = cell_json(kernel, MOUNT_CELL)
-    assert {name: rc for name, rc in results.items() if rc == 0} == {}, results
-
-
 @pytest.fixture
 def host_markers() -> Iterator[list[Path]]:
     """Host-only files in the project folder, the caller's home and the host /tmp."""
@@ -111,3 +94,21 @@ def test_cell_sees_no_host_files(kernel: Kernel, host_markers: list[Path]) -> No
     assert found["seen"] == []
     host_shadow = Path("/etc/shadow").read_text() if os.access("/etc/shadow", os.R_OK) else ""
     assert not host_shadow.strip() or host_shadow.strip() not in found["shadow"]
+
+
+# Last: on today's weak sandbox this cell unmounts /tmp and /root for the module's kernel.
+MOUNT_CELL = """
+import ctypes, json, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+for cmd in ['mount -o remount,rw,bind /', 'umount -l /tmp', 'umount -l /root', 'unshare -Ur true']:
+    out[cmd] = subprocess.run(['sh', '-c', cmd], capture_output=True).returncode
+out['mount(2)'] = libc.mount(b'none', b'/', None, 32 | 4096, None)
+out['unshare(CLONE_NEWUSER)'] = libc.unshare(0x10000000)
+print(json.dumps(out))
+"""
+
+
+def test_cell_cannot_remount_unmount_or_unshare(kernel: Kernel) -> None:
+    results = cell_json(kernel, MOUNT_CELL)
+    assert {name: rc for name, rc in results.items() if rc == 0} == {}, results
