@@ -4,7 +4,9 @@ Prints, measured in one run on this machine:
 - create -> first ``run_code`` result, median of 10;
 - ``run_code("1+1")`` round trip against a bare jupyter_client ``execute`` in a plain ipykernel;
 - latency from ``print`` inside the sandbox to the SDK's ``on_stdout`` callback;
-- throughput of 50 MB of stdout and the service's peak memory while streaming it.
+- throughput of 50 MB of stdout and the service's peak memory while streaming it;
+- host memory per idle sandbox (a started Python context, nothing running): the growth of the
+  host's used memory over several such sandboxes, divided by their number.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,6 +49,39 @@ def bare_ipykernel_round_trip(repeat: int) -> float:
         manager.shutdown_kernel(now=True)
 
 
+def settled(sample: Callable[[], int], limit_s: float = 10.0) -> int:
+    """A reading once two in a row, 0.2 s apart, differ by less than 1 MiB (start-up is over)."""
+    previous = sample()
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        current = sample()
+        if abs(current - previous) < MB:
+            return current
+        previous = current
+    return previous
+
+
+def idle_sandbox_memory_mib(sandbox_class: type, count: int = 5) -> float:
+    """Host memory (MiB) that one idle sandbox with a started Python context costs."""
+    import psutil
+
+    def used() -> int:
+        os.sync()
+        return psutil.virtual_memory().total - psutil.virtual_memory().available
+
+    before = used()
+    sandboxes = [sandbox_class.create(timeout=300) for _ in range(count)]
+    try:
+        for sandbox in sandboxes:
+            sandbox.run_code("1+1")
+        after = settled(used)
+    finally:
+        for sandbox in sandboxes:
+            sandbox.kill()
+    return (after - before) / count / MB
+
+
 def main() -> None:
     service = start_subprocess()
     os.environ.update(service.sdk_env())
@@ -59,6 +95,8 @@ def main() -> None:
             sandbox.run_code("1+1")
             create_to_result.append(time.perf_counter() - start)
             sandbox.kill()
+
+        idle_mib = idle_sandbox_memory_mib(Sandbox)
 
         sandbox = Sandbox.create(timeout=600)
         sdk_rt = median_seconds(lambda: sandbox.run_code("1+1"), repeat=50, warmup=3)
@@ -110,6 +148,7 @@ def main() -> None:
         f"{received / MB / stream_s:.1f} MB/s"
     )
     print(f"service peak RSS while streaming: {rss_peak:.1f} MiB (before: {rss_before:.1f} MiB)")
+    print(f"host memory per idle sandbox (mean of 5): {idle_mib:.1f} MiB")
 
 
 if __name__ == "__main__":
