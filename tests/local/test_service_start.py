@@ -131,6 +131,19 @@ def test_service_removes_its_state_when_stopped() -> None:
     assert not state.exists()
 
 
+def test_a_stopped_service_leaves_no_mount_behind() -> None:
+    """Its sandboxes' capped disks and its staged copy of the Python are all unmounted."""
+    service = start_subprocess()
+    sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
+    assert sandbox.commands.run("echo ok").stdout == "ok\n"
+    mounts_before = Path("/proc/self/mounts").read_text()
+    assert f"svc-{service.pid}-" in mounts_before  # the disk: the check below can see mounts
+    service.stop()
+    mounts = Path("/proc/self/mounts").read_text()
+    assert f"svc-{service.pid}-" not in mounts
+    assert f"stage-{service.pid}" not in mounts
+
+
 def test_start_subprocess_without_bubblewrap_names_the_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

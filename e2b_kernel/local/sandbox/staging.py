@@ -57,6 +57,15 @@ def source_for(path: str, stage_root: Path) -> str:
         return str(target)
 
 
+def release_all(stage_root: Path) -> None:
+    """Unmount this process's staged copies (at service shutdown; sandboxes are gone by then)."""
+    with _lock:
+        _staged.clear()
+        own = stage_root / f"stage-{os.getpid()}"
+        if own.is_dir():
+            _unmount_dir(own)
+
+
 def _mount(source: str | None, target: str, flags: int) -> None:
     src = os.fsencode(source) if source is not None else None
     if _libc.mount(src, os.fsencode(target), None, flags, None) != 0:
@@ -75,9 +84,13 @@ def _sweep(stage_root: Path) -> None:
             continue
         except ProcessLookupError:
             pass
-        for target in own.iterdir():
-            _libc.umount2(os.fsencode(str(target)), _MNT_DETACH)
-            with contextlib.suppress(OSError):
-                target.rmdir()  # fails, harmlessly, if something is still mounted there
+        _unmount_dir(own)
+
+
+def _unmount_dir(own: Path) -> None:
+    for target in own.iterdir():
+        _libc.umount2(os.fsencode(str(target)), _MNT_DETACH)
         with contextlib.suppress(OSError):
-            own.rmdir()
+            target.rmdir()  # fails, harmlessly, if something is still mounted there
+    with contextlib.suppress(OSError):
+        own.rmdir()

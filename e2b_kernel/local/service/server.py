@@ -13,6 +13,8 @@ from types import FrameType
 
 import uvicorn
 
+from ..sandbox import staging
+from ..sandbox.bwrap import RUNTIME_ROOT
 from ..sandbox.disk import unmount_disk
 from ..sandbox.isolation import (
     DEFAULT_DISK_MB,
@@ -120,6 +122,8 @@ class ServiceCore:
                 await self.server.closing
             await self.registry.close()
             await asyncio.to_thread(shutil.rmtree, self.state_dir, ignore_errors=True)
+            # Unmount the staged Python copies: no mount of ours outlives the service.
+            await asyncio.to_thread(staging.release_all, RUNTIME_ROOT)
 
     async def shutdown(self) -> None:
         """Kill every sandbox, then make serve() return."""
