@@ -24,11 +24,10 @@ from starlette.types import Receive, Scope, Send
 
 from ..interpreter import CodeInterpreter
 from ..sandbox import SandboxStartError
-from ..sandbox.file_ops import FileOps
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
-from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
+from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -66,17 +65,6 @@ def _by_method(plane: object, handlers: Mapping[str, str]) -> Handler:
 
 async def _no_route(scope: Scope, receive: Receive, send: Send) -> None:
     raise ServiceError(404, f"no such endpoint: {scope['method']} {scope['path']}")
-
-
-async def disk_usage(entry: Entry) -> tuple[int, int]:
-    """(bytes used by /home/user and /tmp, bytes of the disk they live on).
-
-    Measured by the sandbox's agent, so the walk loads only that sandbox.
-    """
-    try:
-        return await FileOps(entry.sandbox.agent).disk_usage()
-    except (OSError, ConnectionError):
-        return 0, 0  # the sandbox is going away; the sample still answers
 
 
 async def disk_total(entry: Entry) -> int:
@@ -270,12 +258,19 @@ class ControlPlane:
         return JSONResponse(body, headers=headers)
 
     async def metrics(self, request: Request) -> Response:
-        """GET /sandboxes/{id}/metrics: one current sample from the sandbox's cgroups."""
+        """GET /sandboxes/{id}/metrics?start=&end=: the samples taken in that range."""
         sandbox_id = request.path_params["sandbox_id"]
         entry = self._entry(sandbox_id)
-        used, total = await disk_usage(entry)
-        sample = _metric_sample(entry, self.registry.policy.memory_mb, used, total)
-        return JSONResponse([sample])
+        query = request.query_params
+        start = _int_param(query.get("start"), "start", default=-1, low=0, high=2**40)
+        end = _int_param(query.get("end"), "end", default=-1, low=0, high=2**40)
+        if start >= 0 and end >= 0 and start > end:
+            raise ServiceError(400, f"start ({start}) must not be after end ({end})")
+        assert entry.metrics is not None
+        samples = await entry.metrics.between(
+            start if start >= 0 else None, end if end >= 0 else None
+        )
+        return JSONResponse(samples)
 
     def _sandbox_json(self, entry: Entry) -> dict[str, Any]:
         return {
@@ -363,32 +358,3 @@ def _decode_token(token: str | None) -> int:
         return max(0, int(base64.urlsafe_b64decode(token.encode()).decode()))
     except ValueError:
         raise ServiceError(400, "nextToken is not a token this service issued") from None
-
-
-def _metric_sample(entry: Entry, memory_mb: int, disk_used: int, disk_total: int) -> dict[str, Any]:
-    now = utcnow()
-    used = _memory_used(entry)
-    return {
-        "timestamp": rfc3339(now),
-        "timestampUnix": int(now.timestamp()),
-        "cpuCount": os.cpu_count() or 1,
-        "cpuUsedPct": 0.0,
-        "memUsed": used,
-        "memTotal": memory_mb * 1024 * 1024,
-        "memCache": 0,
-        "diskUsed": disk_used,
-        "diskTotal": disk_total,
-    }
-
-
-def _memory_used(entry: Entry) -> int:
-    cgroups = entry.sandbox.cgroups
-    for name in ("memory.usage_in_bytes", "memory.current"):
-        for procs in cgroups.procs_files():
-            path = os.path.join(os.path.dirname(procs), name)
-            try:
-                with open(path) as handle:
-                    return int(handle.read().strip())
-            except (OSError, ValueError):
-                continue
-    return 0

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..sandbox import LocalSandbox
 from ..sandbox.isolation import Isolation
+from .metrics import MetricsSampler
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -61,6 +62,7 @@ class Entry:
     traffic_token: str | None = None  # trafficAccessToken: required on its other ports
     interpreter: Any = None  # the sandbox's CodeInterpreter ASGI app, when available
     envd_rpc: Any = None  # the sandbox's Connect-RPC ASGI app, made on first use
+    metrics: MetricsSampler | None = None  # its sampled metric history
     timeout_seconds: int = DEFAULT_TIMEOUT
     deadline_changed: asyncio.Event = field(default_factory=asyncio.Event)
     expiry_task: asyncio.Task | None = None
@@ -125,8 +127,14 @@ class Registry:
             traffic_token=traffic_token,
         )
         self._entries[sandbox_id] = entry
+        self._start_metrics(entry)
         entry.expiry_task = asyncio.create_task(self._expire_when_due(entry))
         return entry
+
+    def _start_metrics(self, entry: Entry) -> None:
+        entry.metrics = MetricsSampler(entry.sandbox, self.policy.memory_mb * 1024 * 1024)
+        entry.metrics.start()
+        entry.sandbox.on_kill(entry.metrics.stop)
 
     def get(self, sandbox_id: str) -> Entry | None:
         """The live (running or paused) entry with this id, or None."""
