@@ -24,10 +24,13 @@ from starlette.types import Receive, Scope, Send
 
 from ..interpreter import CodeInterpreter
 from ..sandbox import SandboxStartError
+from ..sandbox.fs_snapshot import restore
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
 from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry
+from .snapshot_store import Snapshot
+from .snapshots import SnapshotRoutes, filesystem_pause, reset_processes, wants_memory
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -91,9 +94,20 @@ class ControlPlane:
             sandbox + "/pause": {"POST": "pause"},
             sandbox + "/metrics": {"GET": "metrics"},
         }
+        self.snapshot_routes = SnapshotRoutes(self)
+        snapshot_routes = {
+            sandbox + "/snapshots": {"POST": "create_snapshot"},
+            sandbox + "/fork": {"POST": "fork"},
+            "/snapshots": {"GET": "list_snapshots"},
+            "/templates/{template_id}": {"DELETE": "delete_snapshot"},
+        }
         self.router = Router(
             # Every method reaches _by_method, which answers 405 in E2B's shape itself.
-            [Route(p, _by_method(self, h), methods=_ALL_METHODS) for p, h in routes.items()],
+            [Route(p, _by_method(self, h), methods=_ALL_METHODS) for p, h in routes.items()]
+            + [
+                Route(p, _by_method(self.snapshot_routes, h), methods=_ALL_METHODS)
+                for p, h in snapshot_routes.items()
+            ],
             redirect_slashes=False,
             default=_no_route,
         )
@@ -129,7 +143,7 @@ class ControlPlane:
         template = body.get("templateID", "base")
         if not isinstance(template, str) or not template:
             raise ServiceError(400, "templateID must be a non-empty string")
-        timeout = _timeout(body, "timeout", default=DEFAULT_TIMEOUT)
+        timeout = timeout_field(body, "timeout", default=DEFAULT_TIMEOUT)
         metadata = _string_map(body, "metadata")
         envs = _string_map(body, "envVars")
         check_env_names(envs, "envVars")  # execve refuses them deep inside the sandbox start
@@ -137,18 +151,46 @@ class ControlPlane:
         public = not isinstance(network, dict) or network.get("allowPublicTraffic", True)
         internet = body.get("allow_internet_access", body.get("allowInternetAccess", False))
         auto_resume = body.get("autoResume") or {}
+        entry = await self.start_sandbox(
+            template_id=template,
+            timeout=timeout,
+            metadata=metadata,
+            envs=envs,
+            allow_internet=bool(internet),
+            auto_pause=bool(body.get("autoPause", False)),
+            auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
+            traffic=public is not False,
+        )
+        return JSONResponse(self._sandbox_json(entry), 201)
+
+    async def start_sandbox(
+        self,
+        *,
+        template_id: str,
+        timeout: int,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+        allow_internet: bool,
+        auto_pause: bool = False,
+        auto_resume: bool = False,
+        traffic: bool = True,
+        snapshot: Snapshot | None = None,
+    ) -> Entry:
+        """Start a sandbox with its code interpreter; from a snapshot when the template names
+        one (its files are restored inside the new sandbox before anything runs there)."""
+        snapshot = snapshot or self.registry.snapshots.find(template_id)
         try:
             entry = await self.registry.create(
-                template_id=template,
+                template_id=template_id,
                 timeout=timeout,
                 metadata=metadata,
                 envs=envs,
-                allow_internet=bool(internet),
-                auto_pause=bool(body.get("autoPause", False)),
-                auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
+                allow_internet=allow_internet,
+                auto_pause=auto_pause,
+                auto_resume=auto_resume,
                 # As E2B today, every sandbox is secured (the SDK's `secure` is ignored).
                 access_token=new_token(),
-                traffic_token=None if public is not False else new_token(),
+                traffic_token=None if traffic else new_token(),
             )
         except ValueError as exc:  # e.g. metadata e2b.disk_mb out of range
             raise ServiceError(400, str(exc)) from None
@@ -157,26 +199,30 @@ class ControlPlane:
             reason = str(exc) or type(exc).__name__
             raise ServiceError(500, f"could not start the sandbox: {reason}") from None
         try:
+            if snapshot is not None:
+                await restore(entry.sandbox, snapshot.path)
             entry.interpreter = CodeInterpreter(entry.sandbox)
             entry.sandbox.on_kill(entry.interpreter.shutdown)
             await entry.interpreter.start()
         except Exception as exc:
-            log.exception("sandbox %s: code interpreter failed to start", entry.sandbox_id)
+            log.exception("sandbox %s: start failed", entry.sandbox_id)
             await self.registry.kill(entry.sandbox_id)
             message = f"the sandbox's code interpreter failed to start: {exc}"
             raise ServiceError(500, message) from None
-        log.info("created sandbox %s (template %s)", entry.sandbox_id, template)
-        return JSONResponse(self._sandbox_json(entry), 201)
+        log.info("created sandbox %s (template %s)", entry.sandbox_id, template_id)
+        return entry
 
     async def connect(self, request: Request) -> Response:
         """POST /v2/sandboxes/{id}/connect: 200 if running, 201 if resumed from paused."""
         sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
-        timeout = _timeout(body, "timeout", default=None)
+        timeout = timeout_field(body, "timeout", default=None)
         entry = self.registry.get(sandbox_id)
         if entry is None:
             raise ServiceError(404, f"Paused sandbox {sandbox_id} not found")
         if entry.sandbox.paused:
+            if wants_memory(body) is False:  # on_resume="reboot": cold boot from the disk
+                await reset_processes(entry)
             self.registry.resume(entry, timeout)
             return JSONResponse(self._sandbox_json(entry), 201)
         self.registry.extend(entry, timeout if timeout is not None else entry.timeout_seconds)
@@ -194,7 +240,7 @@ class ControlPlane:
         """POST /sandboxes/{id}/timeout {"timeout": s}: the sandbox now ends s seconds from now."""
         sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
-        timeout = _timeout(body, "timeout", default=None)
+        timeout = timeout_field(body, "timeout", default=None)
         if timeout is None:
             raise ServiceError(400, 'the body must be {"timeout": <seconds>}')
         self.registry.set_timeout(self._entry(sandbox_id), timeout)
@@ -204,7 +250,7 @@ class ControlPlane:
         """POST /sandboxes/{id}/refreshes {"duration": s}: extend the sandbox's life."""
         sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
-        duration = _timeout(body, "duration", default=None)
+        duration = timeout_field(body, "duration", default=None)
         entry = self._entry(sandbox_id)
         self.registry.extend(entry, duration if duration is not None else entry.timeout_seconds)
         return Response(status_code=204)
@@ -218,10 +264,13 @@ class ControlPlane:
     async def pause(self, request: Request) -> Response:
         """POST /sandboxes/{id}/pause: 204, or 409 when it is already paused."""
         sandbox_id = request.path_params["sandbox_id"]
-        await self._json(request)
+        body = await self._json(request)
         entry = self._entry(sandbox_id)
         try:
-            paused = self.registry.pause(entry)
+            if wants_memory(body) is False:  # keep_memory=False / mode="filesystem"
+                paused = await filesystem_pause(self.registry, entry)
+            else:  # left out means E2B's default, a full pause: the freezer keeps memory
+                paused = self.registry.pause(entry)
         except OSError as exc:
             raise ServiceError(500, f"cannot pause this sandbox: {exc}") from None
         if not paused:
@@ -236,8 +285,8 @@ class ControlPlane:
         unknown = states - {"running", "paused"}
         if unknown:
             raise ServiceError(400, f"unknown state filter {sorted(unknown)}: use running,paused")
-        limit = _int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
-        start = _decode_token(query.get("nextToken"))
+        limit = int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
+        start = decode_token(query.get("nextToken"))
         after = _parse_time(query.get("startedAfter"))
         entries = [
             e
@@ -262,8 +311,8 @@ class ControlPlane:
         sandbox_id = request.path_params["sandbox_id"]
         entry = self._entry(sandbox_id)
         query = request.query_params
-        start = _int_param(query.get("start"), "start", default=-1, low=0, high=2**40)
-        end = _int_param(query.get("end"), "end", default=-1, low=0, high=2**40)
+        start = int_param(query.get("start"), "start", default=-1, low=0, high=2**40)
+        end = int_param(query.get("end"), "end", default=-1, low=0, high=2**40)
         if start >= 0 and end >= 0 and start > end:
             raise ServiceError(400, f"start ({start}) must not be after end ({end})")
         assert entry.metrics is not None
@@ -301,6 +350,7 @@ class ControlPlane:
             "diskSizeMB": disk_bytes // (1024 * 1024),
             "state": entry.state,
             "metadata": metadata,
+            **({"pauseMode": entry.pause_mode} if entry.sandbox.paused else {}),
             "allowInternetAccess": entry.sandbox.allow_internet,
             "lifecycle": {
                 "autoResume": entry.auto_resume,
@@ -309,7 +359,7 @@ class ControlPlane:
         }
 
 
-def _timeout(body: dict[str, Any], name: str, *, default: int | None) -> Any:
+def timeout_field(body: dict[str, Any], name: str, *, default: int | None) -> Any:
     value = body.get(name)
     if value is None:
         return default
@@ -329,7 +379,7 @@ def _string_map(body: dict[str, Any], name: str) -> dict[str, str]:
     return dict(value)
 
 
-def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
+def int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
     try:
@@ -351,7 +401,7 @@ def _parse_time(raw: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _decode_token(token: str | None) -> int:
+def decode_token(token: str | None) -> int:
     if not token:
         return 0
     try:

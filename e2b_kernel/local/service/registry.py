@@ -15,6 +15,7 @@ from typing import Any
 from ..sandbox import LocalSandbox
 from ..sandbox.isolation import Isolation
 from .metrics import MetricsSampler
+from .snapshot_store import SnapshotStore
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -63,6 +64,7 @@ class Entry:
     interpreter: Any = None  # the sandbox's CodeInterpreter ASGI app, when available
     envd_rpc: Any = None  # the sandbox's Connect-RPC ASGI app, made on first use
     metrics: MetricsSampler | None = None  # its sampled metric history
+    pause_mode: str = "full"  # how it was last paused: "full" (frozen) or "filesystem"
     timeout_seconds: int = DEFAULT_TIMEOUT
     deadline_changed: asyncio.Event = field(default_factory=asyncio.Event)
     expiry_task: asyncio.Task | None = None
@@ -86,6 +88,7 @@ class Registry:
         self.state_dir = state_dir
         self._entries: dict[str, Entry] = {}
         self._dying: set[LocalSandbox] = set()  # being killed; close() waits for them too
+        self.snapshots = SnapshotStore(state_dir / "snapshots")
 
     async def create(
         self,
@@ -166,6 +169,7 @@ class Registry:
         if entry.sandbox.paused:
             return False
         entry.sandbox.pause()
+        entry.pause_mode = "full"
         entry.deadline_changed.set()
         return True
 
