@@ -28,6 +28,7 @@ from ..sandbox.fs_snapshot import restore
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
+from .pool import Ready, WarmPool
 from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry
 from .snapshot_store import Snapshot
 from .snapshots import SnapshotRoutes, filesystem_pause, reset_processes, wants_memory
@@ -94,6 +95,8 @@ class ControlPlane:
             sandbox + "/pause": {"POST": "pause"},
             sandbox + "/metrics": {"GET": "metrics"},
         }
+        self.pool = WarmPool(registry.pool_size, self._ready_sandbox)
+        registry.pool = self.pool
         self.snapshot_routes = SnapshotRoutes(self)
         snapshot_routes = {
             sandbox + "/snapshots": {"POST": "create_snapshot"},
@@ -179,8 +182,12 @@ class ControlPlane:
         """Start a sandbox with its code interpreter; from a snapshot when the template names
         one (its files are restored inside the new sandbox before anything runs there)."""
         snapshot = snapshot or self.registry.snapshots.find(template_id)
+        ready = None
+        if self.registry.poolable(metadata, allow_internet):
+            ready = self.pool.take()
         try:
             entry = await self.registry.create(
+                prepared=ready[0] if ready else None,
                 template_id=template_id,
                 timeout=timeout,
                 metadata=metadata,
@@ -201,9 +208,13 @@ class ControlPlane:
         try:
             if snapshot is not None:
                 await restore(entry.sandbox, snapshot.path)
-            entry.interpreter = CodeInterpreter(entry.sandbox)
-            entry.sandbox.on_kill(entry.interpreter.shutdown)
-            await entry.interpreter.start()
+            if ready is not None:  # its kernel runs already: give it the caller's env vars
+                entry.interpreter = ready[1]
+                await entry.interpreter.apply_sandbox_envs(envs)
+            else:
+                entry.interpreter = CodeInterpreter(entry.sandbox)
+                entry.sandbox.on_kill(entry.interpreter.shutdown)
+                await entry.interpreter.start()
         except Exception as exc:
             log.exception("sandbox %s: start failed", entry.sandbox_id)
             await self.registry.kill(entry.sandbox_id)
@@ -211,6 +222,18 @@ class ControlPlane:
             raise ServiceError(500, message) from None
         log.info("created sandbox %s (template %s)", entry.sandbox_id, template_id)
         return entry
+
+    async def _ready_sandbox(self) -> Ready:
+        """A started sandbox with a started code interpreter, for the warm pool."""
+        sandbox = self.registry.new_sandbox({})
+        await sandbox.start()
+        try:
+            interpreter = CodeInterpreter(sandbox)
+            await interpreter.start()
+        except BaseException:
+            await sandbox.kill()
+            raise
+        return sandbox, interpreter
 
     async def connect(self, request: Request) -> Response:
         """POST /v2/sandboxes/{id}/connect: 200 if running, 201 if resumed from paused."""
