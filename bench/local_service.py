@@ -126,7 +126,8 @@ def main() -> None:
         f"Python {platform.python_version()}, isolation: {service.isolation}"
     )
     print(
-        f"create -> first run_code result (median of 10): {ms(statistics.median(create_to_result))}"
+        f"create -> first result, 10 back to back (pool of 1 drained): "
+        f"{ms(statistics.median(create_to_result))}"
     )
     print(f"create -> first result, pool on  (median of 5):   {ms(pooled)}  (target <= 150 ms)")
     print(f"create -> first result, pool off (median of 5):   {ms(cold)}")
