@@ -2,6 +2,7 @@
 
 Prints, measured in one run on this machine:
 - create -> first ``run_code`` result, median of 10;
+- the same with the warm pool on (size 1, refilled between creates) and off, side by side;
 - ``run_code("1+1")`` round trip against a bare jupyter_client ``execute`` in a plain ipykernel;
 - latency from ``print`` inside the sandbox to the SDK's ``on_stdout`` callback;
 - throughput of 50 MB of stdout and the service's peak memory while streaming it;
@@ -33,7 +34,7 @@ from _common import (
 )
 from jupyter_client.manager import start_new_kernel
 
-from e2b_kernel.local import start_subprocess
+from e2b_kernel.local import start_in_thread, start_subprocess
 
 MB = 1024 * 1024
 
@@ -82,7 +83,36 @@ def idle_sandbox_memory_mib(sandbox_class: type, count: int = 5) -> float:
     return (after - before) / count / MB
 
 
+def pool_on_off(repeat: int = 5) -> tuple[float, float]:
+    """Median create -> first result with the pool (waiting for its refill between creates,
+    as a service between requests would be) and without it. Both services run in this
+    process, so both pay the same client-side costs."""
+    from e2b_code_interpreter import Sandbox
+
+    medians = []
+    for size in (1, 0):
+        service = start_in_thread(pool_size=size)
+        pool = service._core.registry.pool  # type: ignore[attr-defined]
+        opts = {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
+        try:
+            times = []
+            for _ in range(repeat):
+                deadline = time.monotonic() + 60
+                while pool.ready_count < size and time.monotonic() < deadline:
+                    time.sleep(0.05)  # polling the refill, a wait condition with a deadline
+                start = time.perf_counter()
+                sandbox = Sandbox.create(timeout=120, envs={"BENCH": "1"}, **opts)
+                sandbox.run_code("1+1")
+                times.append(time.perf_counter() - start)
+                sandbox.kill()
+            medians.append(statistics.median(times))
+        finally:
+            service.stop()
+    return medians[0], medians[1]
+
+
 def main() -> None:
+    pooled, cold = pool_on_off()
     service = start_subprocess()
     os.environ.update(service.sdk_env())
     from e2b_code_interpreter import Sandbox
@@ -134,8 +164,12 @@ def main() -> None:
         f"Python {platform.python_version()}, isolation: {service.isolation}"
     )
     print(
-        f"create -> first run_code result (median of 10): {ms(statistics.median(create_to_result))}"
+        f"create -> first result, 10 back to back (pool of 1 drained): "
+        f"{ms(statistics.median(create_to_result))}"
     )
+    print(f"create -> first result, pool on  (median of 5):   {ms(pooled)}  (target <= 150 ms)")
+    print(f"create -> first result, pool off (median of 5):   {ms(cold)}")
+    print(f"ratio pool off / pool on: {cold / pooled:.1f}x")
     print(f"run_code('1+1') round trip (median of 50):       {ms(sdk_rt)}")
     print(f"bare ipykernel execute round trip (median of 50): {ms(bare_rt)}")
     print(f"ratio run_code / bare ipykernel: {sdk_rt / bare_rt:.2f}x (target <= 1.5x)")

@@ -203,6 +203,7 @@ def start_in_thread(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     disk_mb: int = DEFAULT_DISK_MB,
+    pool_size: int = 1,
 ) -> RunningService:
     """Start the service in this process on a daemon thread; returns once it listens.
 
@@ -218,6 +219,7 @@ def start_in_thread(
         "header_timeout": header_timeout,
         "max_connections": max_connections,
         "disk_mb": disk_mb,
+        "pool_size": pool_size,
     }
     return _ThreadService(host, port, isolation, api_key, limits)
 
@@ -234,6 +236,7 @@ def start_subprocess(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     disk_mb: int = DEFAULT_DISK_MB,
     lease: str | None = None,
+    pool_size: int = 1,
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
 
@@ -251,5 +254,6 @@ def start_subprocess(
         "header_timeout": header_timeout,
         "max_connections": max_connections,
         "disk_mb": disk_mb,
+        "pool_size": pool_size,
     }
     return _SubprocessService(host, port, isolation, api_key, limits, lease)

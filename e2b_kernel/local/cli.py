@@ -69,6 +69,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_DISK_MB,
         help="disk cap per sandbox for /home/user + /tmp (MiB)",
     )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=1,
+        help="ready sandboxes kept warm so create is fast (default 1; 0 turns the pool off)",
+    )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     # A kernel's private service: stop once no process holds this lease (see lease.py).
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             header_timeout=args.header_timeout,
             max_connections=args.max_connections,
             disk_mb=args.disk_mb,
+            pool_size=args.pool_size,
         )
     except ValueError as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)

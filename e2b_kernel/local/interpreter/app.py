@@ -61,6 +61,15 @@ class CodeInterpreter:
         """Start the default python context (cwd /home/user) before the sandbox is announced."""
         await self._default_context("python")
 
+    async def apply_sandbox_envs(self, envs: dict[str, str]) -> None:
+        """Set sandbox-level env vars in kernels that are already running (a pooled sandbox
+        gets its caller's envs after its python kernel started), silently, as at start."""
+        if not envs:
+            return
+        for context in list(self._contexts.values()):
+            if context.kernel is not None:
+                await context.kernel.run_silent(context.env_code(envs))
+
     async def shutdown(self) -> None:
         """Stop every kernel; idempotent."""
         self._closed = True

@@ -128,6 +128,9 @@ class CgroupSet:
             self._dirs["freezer"] = _V1_ROOT / "freezer" / _GROUP_PARENT / name
             if os.access(_V1_ROOT / "cpu", os.W_OK):
                 self._dirs["cpu"] = _V1_ROOT / "cpu" / _GROUP_PARENT / name
+            # cpuacct may be its own hierarchy: its usage counter feeds the cpuUsedPct metric.
+            if os.access(_V1_ROOT / "cpuacct", os.W_OK) and not _same_mount("cpu", "cpuacct"):
+                self._dirs["cpuacct"] = _V1_ROOT / "cpuacct" / _GROUP_PARENT / name
         elif self.version == 2:
             self._dirs = {"unified": _V1_ROOT / _GROUP_PARENT / name}
         else:
@@ -155,6 +158,27 @@ class CgroupSet:
         elif self.version == 2:
             (self._dirs["unified"] / "memory.max").write_text(str(memory))
             (self._dirs["unified"] / "pids.max").write_text(str(self._policy.max_pids))
+
+    def memory_used(self) -> int:
+        """Bytes charged to the sandbox's memory group (0 when there is none)."""
+        for key, name in (("memory", "memory.usage_in_bytes"), ("unified", "memory.current")):
+            if key in self._dirs:
+                with contextlib.suppress(OSError, ValueError):
+                    return int((self._dirs[key] / name).read_text())
+        return 0
+
+    def cpu_usage_ns(self) -> int | None:
+        """CPU time used by every process of the sandbox so far, in ns (None: not counted)."""
+        for key in ("cpuacct", "cpu"):
+            if key in self._dirs:
+                with contextlib.suppress(OSError, ValueError):
+                    return int((self._dirs[key] / "cpuacct.usage").read_text())
+        if "unified" in self._dirs:
+            with contextlib.suppress(OSError, ValueError):
+                for line in (self._dirs["unified"] / "cpu.stat").read_text().splitlines():
+                    if line.startswith("usage_usec "):
+                        return int(line.split()[1]) * 1000
+        return None
 
     def procs_files(self) -> list[str]:
         """The cgroup.procs files a new process writes its pid to before it execs."""
@@ -191,6 +215,14 @@ class CgroupSet:
         for directory in self._dirs.values():
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+
+def _same_mount(first: str, second: str) -> bool:
+    """Whether two v1 controllers share one hierarchy (cpu,cpuacct mounted together)."""
+    try:
+        return os.path.samefile(_V1_ROOT / first, _V1_ROOT / second)
+    except OSError:
+        return False
 
 
 def join_cgroups_argv(procs_files: list[str], argv: list[str]) -> list[str]:

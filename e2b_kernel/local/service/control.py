@@ -24,11 +24,14 @@ from starlette.types import Receive, Scope, Send
 
 from ..interpreter import CodeInterpreter
 from ..sandbox import SandboxStartError
-from ..sandbox.file_ops import FileOps
+from ..sandbox.fs_snapshot import restore
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
-from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry, utcnow
+from .pool import Ready, WarmPool
+from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry
+from .snapshot_store import Snapshot
+from .snapshots import SnapshotRoutes, filesystem_pause, reset_processes, wants_memory
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -68,17 +71,6 @@ async def _no_route(scope: Scope, receive: Receive, send: Send) -> None:
     raise ServiceError(404, f"no such endpoint: {scope['method']} {scope['path']}")
 
 
-async def disk_usage(entry: Entry) -> tuple[int, int]:
-    """(bytes used by /home/user and /tmp, bytes of the disk they live on).
-
-    Measured by the sandbox's agent, so the walk loads only that sandbox.
-    """
-    try:
-        return await FileOps(entry.sandbox.agent).disk_usage()
-    except (OSError, ConnectionError):
-        return 0, 0  # the sandbox is going away; the sample still answers
-
-
 async def disk_total(entry: Entry) -> int:
     """Size of the sandbox's disk in bytes (statvfs off the loop; the agent's seam too)."""
     return await asyncio.to_thread(lambda: shutil.disk_usage(entry.sandbox.home_dir).total)
@@ -103,9 +95,22 @@ class ControlPlane:
             sandbox + "/pause": {"POST": "pause"},
             sandbox + "/metrics": {"GET": "metrics"},
         }
+        self.pool = WarmPool(registry.pool_size, self._ready_sandbox)
+        registry.pool = self.pool
+        self.snapshot_routes = SnapshotRoutes(self)
+        snapshot_routes = {
+            sandbox + "/snapshots": {"POST": "create_snapshot"},
+            sandbox + "/fork": {"POST": "fork"},
+            "/snapshots": {"GET": "list_snapshots"},
+            "/templates/{template_id}": {"DELETE": "delete_snapshot"},
+        }
         self.router = Router(
             # Every method reaches _by_method, which answers 405 in E2B's shape itself.
-            [Route(p, _by_method(self, h), methods=_ALL_METHODS) for p, h in routes.items()],
+            [Route(p, _by_method(self, h), methods=_ALL_METHODS) for p, h in routes.items()]
+            + [
+                Route(p, _by_method(self.snapshot_routes, h), methods=_ALL_METHODS)
+                for p, h in snapshot_routes.items()
+            ],
             redirect_slashes=False,
             default=_no_route,
         )
@@ -141,7 +146,7 @@ class ControlPlane:
         template = body.get("templateID", "base")
         if not isinstance(template, str) or not template:
             raise ServiceError(400, "templateID must be a non-empty string")
-        timeout = _timeout(body, "timeout", default=DEFAULT_TIMEOUT)
+        timeout = timeout_field(body, "timeout", default=DEFAULT_TIMEOUT)
         metadata = _string_map(body, "metadata")
         envs = _string_map(body, "envVars")
         check_env_names(envs, "envVars")  # execve refuses them deep inside the sandbox start
@@ -149,18 +154,50 @@ class ControlPlane:
         public = not isinstance(network, dict) or network.get("allowPublicTraffic", True)
         internet = body.get("allow_internet_access", body.get("allowInternetAccess", False))
         auto_resume = body.get("autoResume") or {}
+        entry = await self.start_sandbox(
+            template_id=template,
+            timeout=timeout,
+            metadata=metadata,
+            envs=envs,
+            allow_internet=bool(internet),
+            auto_pause=bool(body.get("autoPause", False)),
+            auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
+            traffic=public is not False,
+        )
+        return JSONResponse(self._sandbox_json(entry), 201)
+
+    async def start_sandbox(
+        self,
+        *,
+        template_id: str,
+        timeout: int,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+        allow_internet: bool,
+        auto_pause: bool = False,
+        auto_resume: bool = False,
+        traffic: bool = True,
+        snapshot: Snapshot | None = None,
+    ) -> Entry:
+        """Start a sandbox with its code interpreter; from a snapshot when the template names
+        one (its files are restored inside the new sandbox before anything runs there)."""
+        snapshot = snapshot or self.registry.snapshots.find(template_id)
+        ready = None
+        if self.registry.poolable(metadata, allow_internet):
+            ready = self.pool.take()
         try:
             entry = await self.registry.create(
-                template_id=template,
+                prepared=ready[0] if ready else None,
+                template_id=template_id,
                 timeout=timeout,
                 metadata=metadata,
                 envs=envs,
-                allow_internet=bool(internet),
-                auto_pause=bool(body.get("autoPause", False)),
-                auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
+                allow_internet=allow_internet,
+                auto_pause=auto_pause,
+                auto_resume=auto_resume,
                 # As E2B today, every sandbox is secured (the SDK's `secure` is ignored).
                 access_token=new_token(),
-                traffic_token=None if public is not False else new_token(),
+                traffic_token=None if traffic else new_token(),
             )
         except ValueError as exc:  # e.g. metadata e2b.disk_mb out of range
             raise ServiceError(400, str(exc)) from None
@@ -169,26 +206,46 @@ class ControlPlane:
             reason = str(exc) or type(exc).__name__
             raise ServiceError(500, f"could not start the sandbox: {reason}") from None
         try:
-            entry.interpreter = CodeInterpreter(entry.sandbox)
-            entry.sandbox.on_kill(entry.interpreter.shutdown)
-            await entry.interpreter.start()
+            if snapshot is not None:
+                await restore(entry.sandbox, snapshot.path)
+            if ready is not None:  # its kernel runs already: give it the caller's env vars
+                entry.interpreter = ready[1]
+                await entry.interpreter.apply_sandbox_envs(envs)
+            else:
+                entry.interpreter = CodeInterpreter(entry.sandbox)
+                entry.sandbox.on_kill(entry.interpreter.shutdown)
+                await entry.interpreter.start()
         except Exception as exc:
-            log.exception("sandbox %s: code interpreter failed to start", entry.sandbox_id)
+            log.exception("sandbox %s: start failed", entry.sandbox_id)
             await self.registry.kill(entry.sandbox_id)
             message = f"the sandbox's code interpreter failed to start: {exc}"
             raise ServiceError(500, message) from None
-        log.info("created sandbox %s (template %s)", entry.sandbox_id, template)
-        return JSONResponse(self._sandbox_json(entry), 201)
+        log.info("created sandbox %s (template %s)", entry.sandbox_id, template_id)
+        return entry
+
+    async def _ready_sandbox(self) -> Ready:
+        """A started sandbox with a started code interpreter, for the warm pool."""
+        sandbox = self.registry.new_sandbox({})
+        await sandbox.start()
+        try:
+            interpreter = CodeInterpreter(sandbox)
+            await interpreter.start()
+        except BaseException:
+            await sandbox.kill()
+            raise
+        return sandbox, interpreter
 
     async def connect(self, request: Request) -> Response:
         """POST /v2/sandboxes/{id}/connect: 200 if running, 201 if resumed from paused."""
         sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
-        timeout = _timeout(body, "timeout", default=None)
+        timeout = timeout_field(body, "timeout", default=None)
         entry = self.registry.get(sandbox_id)
         if entry is None:
             raise ServiceError(404, f"Paused sandbox {sandbox_id} not found")
         if entry.sandbox.paused:
+            if wants_memory(body) is False:  # on_resume="reboot": cold boot from the disk
+                await reset_processes(entry)
             self.registry.resume(entry, timeout)
             return JSONResponse(self._sandbox_json(entry), 201)
         self.registry.extend(entry, timeout if timeout is not None else entry.timeout_seconds)
@@ -206,7 +263,7 @@ class ControlPlane:
         """POST /sandboxes/{id}/timeout {"timeout": s}: the sandbox now ends s seconds from now."""
         sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
-        timeout = _timeout(body, "timeout", default=None)
+        timeout = timeout_field(body, "timeout", default=None)
         if timeout is None:
             raise ServiceError(400, 'the body must be {"timeout": <seconds>}')
         self.registry.set_timeout(self._entry(sandbox_id), timeout)
@@ -216,7 +273,7 @@ class ControlPlane:
         """POST /sandboxes/{id}/refreshes {"duration": s}: extend the sandbox's life."""
         sandbox_id = request.path_params["sandbox_id"]
         body = await self._json(request)
-        duration = _timeout(body, "duration", default=None)
+        duration = timeout_field(body, "duration", default=None)
         entry = self._entry(sandbox_id)
         self.registry.extend(entry, duration if duration is not None else entry.timeout_seconds)
         return Response(status_code=204)
@@ -230,10 +287,13 @@ class ControlPlane:
     async def pause(self, request: Request) -> Response:
         """POST /sandboxes/{id}/pause: 204, or 409 when it is already paused."""
         sandbox_id = request.path_params["sandbox_id"]
-        await self._json(request)
+        body = await self._json(request)
         entry = self._entry(sandbox_id)
         try:
-            paused = self.registry.pause(entry)
+            if wants_memory(body) is False:  # keep_memory=False / mode="filesystem"
+                paused = await filesystem_pause(self.registry, entry)
+            else:  # left out means E2B's default, a full pause: the freezer keeps memory
+                paused = self.registry.pause(entry)
         except OSError as exc:
             raise ServiceError(500, f"cannot pause this sandbox: {exc}") from None
         if not paused:
@@ -248,8 +308,8 @@ class ControlPlane:
         unknown = states - {"running", "paused"}
         if unknown:
             raise ServiceError(400, f"unknown state filter {sorted(unknown)}: use running,paused")
-        limit = _int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
-        start = _decode_token(query.get("nextToken"))
+        limit = int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
+        start = decode_token(query.get("nextToken"))
         after = _parse_time(query.get("startedAfter"))
         entries = [
             e
@@ -270,12 +330,19 @@ class ControlPlane:
         return JSONResponse(body, headers=headers)
 
     async def metrics(self, request: Request) -> Response:
-        """GET /sandboxes/{id}/metrics: one current sample from the sandbox's cgroups."""
+        """GET /sandboxes/{id}/metrics?start=&end=: the samples taken in that range."""
         sandbox_id = request.path_params["sandbox_id"]
         entry = self._entry(sandbox_id)
-        used, total = await disk_usage(entry)
-        sample = _metric_sample(entry, self.registry.policy.memory_mb, used, total)
-        return JSONResponse([sample])
+        query = request.query_params
+        start = int_param(query.get("start"), "start", default=-1, low=0, high=2**40)
+        end = int_param(query.get("end"), "end", default=-1, low=0, high=2**40)
+        if start >= 0 and end >= 0 and start > end:
+            raise ServiceError(400, f"start ({start}) must not be after end ({end})")
+        assert entry.metrics is not None
+        samples = await entry.metrics.between(
+            start if start >= 0 else None, end if end >= 0 else None
+        )
+        return JSONResponse(samples)
 
     def _sandbox_json(self, entry: Entry) -> dict[str, Any]:
         return {
@@ -306,6 +373,7 @@ class ControlPlane:
             "diskSizeMB": disk_bytes // (1024 * 1024),
             "state": entry.state,
             "metadata": metadata,
+            **({"pauseMode": entry.pause_mode} if entry.sandbox.paused else {}),
             "allowInternetAccess": entry.sandbox.allow_internet,
             "lifecycle": {
                 "autoResume": entry.auto_resume,
@@ -314,7 +382,7 @@ class ControlPlane:
         }
 
 
-def _timeout(body: dict[str, Any], name: str, *, default: int | None) -> Any:
+def timeout_field(body: dict[str, Any], name: str, *, default: int | None) -> Any:
     value = body.get(name)
     if value is None:
         return default
@@ -334,7 +402,7 @@ def _string_map(body: dict[str, Any], name: str) -> dict[str, str]:
     return dict(value)
 
 
-def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
+def int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
     try:
@@ -356,39 +424,10 @@ def _parse_time(raw: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _decode_token(token: str | None) -> int:
+def decode_token(token: str | None) -> int:
     if not token:
         return 0
     try:
         return max(0, int(base64.urlsafe_b64decode(token.encode()).decode()))
     except ValueError:
         raise ServiceError(400, "nextToken is not a token this service issued") from None
-
-
-def _metric_sample(entry: Entry, memory_mb: int, disk_used: int, disk_total: int) -> dict[str, Any]:
-    now = utcnow()
-    used = _memory_used(entry)
-    return {
-        "timestamp": rfc3339(now),
-        "timestampUnix": int(now.timestamp()),
-        "cpuCount": os.cpu_count() or 1,
-        "cpuUsedPct": 0.0,
-        "memUsed": used,
-        "memTotal": memory_mb * 1024 * 1024,
-        "memCache": 0,
-        "diskUsed": disk_used,
-        "diskTotal": disk_total,
-    }
-
-
-def _memory_used(entry: Entry) -> int:
-    cgroups = entry.sandbox.cgroups
-    for name in ("memory.usage_in_bytes", "memory.current"):
-        for procs in cgroups.procs_files():
-            path = os.path.join(os.path.dirname(procs), name)
-            try:
-                with open(path) as handle:
-                    return int(handle.read().strip())
-            except (OSError, ValueError):
-                continue
-    return 0

@@ -14,6 +14,8 @@ from typing import Any
 
 from ..sandbox import LocalSandbox
 from ..sandbox.isolation import Isolation
+from .metrics import MetricsSampler
+from .snapshot_store import SnapshotStore
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -61,6 +63,8 @@ class Entry:
     traffic_token: str | None = None  # trafficAccessToken: required on its other ports
     interpreter: Any = None  # the sandbox's CodeInterpreter ASGI app, when available
     envd_rpc: Any = None  # the sandbox's Connect-RPC ASGI app, made on first use
+    metrics: MetricsSampler | None = None  # its sampled metric history
+    pause_mode: str = "full"  # how it was last paused: "full" (frozen) or "filesystem"
     timeout_seconds: int = DEFAULT_TIMEOUT
     deadline_changed: asyncio.Event = field(default_factory=asyncio.Event)
     expiry_task: asyncio.Task | None = None
@@ -79,11 +83,14 @@ class Entry:
 class Registry:
     """Every live sandbox of one service, with expiry timers."""
 
-    def __init__(self, policy: Isolation, state_dir: Path) -> None:
+    def __init__(self, policy: Isolation, state_dir: Path, pool_size: int = 1) -> None:
         self.policy = policy
+        self.pool_size = pool_size
+        self.pool: Any = None  # the WarmPool, set up by the control plane (pool.py)
         self.state_dir = state_dir
         self._entries: dict[str, Entry] = {}
         self._dying: set[LocalSandbox] = set()  # being killed; close() waits for them too
+        self.snapshots = SnapshotStore(state_dir / "snapshots")
 
     async def create(
         self,
@@ -97,18 +104,17 @@ class Registry:
         auto_resume: bool = False,
         access_token: str | None = None,
         traffic_token: str | None = None,
+        prepared: LocalSandbox | None = None,
     ) -> Entry:
-        """Start a sandbox and register it; it expires `timeout` seconds from now."""
-        sandbox_id = new_sandbox_id()
-        sandbox = LocalSandbox(
-            sandbox_id,
-            policy=self.policy,
-            state_dir=self.state_dir,
-            envs=envs,
-            allow_internet=allow_internet,
-            disk_mb=_disk_mb(metadata),
-        )
-        await sandbox.start()
+        """Start a sandbox (or adopt a `prepared` one from the warm pool) and register it;
+        it expires `timeout` seconds from now."""
+        if prepared is not None:
+            sandbox = prepared
+            sandbox.envs = dict(envs)  # every process it starts from now on gets them
+        else:
+            sandbox = self.new_sandbox(envs, allow_internet, _disk_mb(metadata))
+            await sandbox.start()
+        sandbox_id = sandbox.sandbox_id
         # A sandbox whose agent died is gone: "not found" at once, cleaned up by the sandbox.
         sandbox.on_gone(lambda: self._forget(sandbox_id))
         now = utcnow()
@@ -125,8 +131,32 @@ class Registry:
             traffic_token=traffic_token,
         )
         self._entries[sandbox_id] = entry
+        self._start_metrics(entry)
         entry.expiry_task = asyncio.create_task(self._expire_when_due(entry))
         return entry
+
+    def new_sandbox(
+        self, envs: dict[str, str], allow_internet: bool = False, disk_mb: int | None = None
+    ) -> LocalSandbox:
+        """A sandbox object with a fresh id, not started yet."""
+        return LocalSandbox(
+            new_sandbox_id(),
+            policy=self.policy,
+            state_dir=self.state_dir,
+            envs=envs,
+            allow_internet=allow_internet,
+            disk_mb=disk_mb,
+        )
+
+    @staticmethod
+    def poolable(metadata: dict[str, str], allow_internet: bool) -> bool:
+        """Whether a pooled sandbox (no network, the default disk) fits this request."""
+        return not allow_internet and _disk_mb(metadata) is None
+
+    def _start_metrics(self, entry: Entry) -> None:
+        entry.metrics = MetricsSampler(entry.sandbox, self.policy.memory_mb * 1024 * 1024)
+        entry.metrics.start()
+        entry.sandbox.on_kill(entry.metrics.stop)
 
     def get(self, sandbox_id: str) -> Entry | None:
         """The live (running or paused) entry with this id, or None."""
@@ -158,6 +188,7 @@ class Registry:
         if entry.sandbox.paused:
             return False
         entry.sandbox.pause()
+        entry.pause_mode = "full"
         entry.deadline_changed.set()
         return True
 
@@ -188,6 +219,8 @@ class Registry:
 
     async def close(self) -> None:
         """Kill every sandbox, and wait for kills already under way (service shutdown)."""
+        if self.pool is not None:
+            await self.pool.close()
         dying = [sandbox.kill() for sandbox in list(self._dying)]
         await asyncio.gather(*(self.kill(sid) for sid in list(self._entries)), *dying)
 

@@ -27,6 +27,7 @@ from ..sandbox.isolation import (
 from .app import ServiceApp
 from .auth import new_api_key
 from .connections import GuardedH11Protocol
+from .pool import DEFAULT_POOL_SIZE
 from .registry import Registry
 from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
@@ -66,6 +67,7 @@ class ServiceCore:
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         disk_mb: int = DEFAULT_DISK_MB,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         if header_timeout <= 0 or max_connections < 1:
             raise ValueError("--header-timeout and --max-connections must be positive")
@@ -75,7 +77,9 @@ class ServiceCore:
         STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
         sweep_stale_state(self.policy)
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
-        self.registry = Registry(self.policy, self.state_dir)
+        if pool_size < 0:
+            raise ValueError(f"--pool-size must be 0 or more, got {pool_size}")
+        self.registry = Registry(self.policy, self.state_dir, pool_size=pool_size)
         # A fresh random key per start unless one is given: no fixed key anyone could guess.
         self.api_key = api_key or new_api_key()
         self.app = ServiceApp(self.registry, api_key=self.api_key)
@@ -115,6 +119,7 @@ class ServiceCore:
 
     async def serve(self) -> None:
         """Serve until asked to exit; every sandbox is killed on the way out."""
+        self.registry.pool.start()  # warm sandboxes start while the server comes up
         try:
             await self.server.serve()
         finally:

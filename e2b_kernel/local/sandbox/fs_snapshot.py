@@ -1,0 +1,132 @@
+"""Filesystem snapshots of a sandbox, made and restored INSIDE the sandbox.
+
+A snapshot is a tar of /home/user and /tmp. The service never walks sandbox files itself (a
+symlink there could point anywhere on the host): the agent starts a small Python process in
+the sandbox that writes the tar to a file descriptor the service opened in its own state dir,
+and a new sandbox's agent starts one that reads it back. What one machine cannot do is kept
+out: memory and running processes are not in a snapshot (see docs/local-service.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .process import DEVNULL, PIPE
+
+if TYPE_CHECKING:
+    from .runtime import LocalSandbox
+
+# Run with `python -I -S`: stdlib only. argv: mode, then (prefix, dir) pairs.
+# Sockets and other special files are skipped by tarfile itself; restore uses the "tar"
+# filter, which refuses absolute names, ".." and links that leave the target dir.
+_SCRIPT = r"""
+import os, sys, tarfile
+mode, pairs = sys.argv[1], sys.argv[2:]
+roots = list(zip(pairs[::2], pairs[1::2]))
+if mode == "archive":
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+        for prefix, root in roots:
+            for top, dirs, files in os.walk(root):
+                rel = os.path.relpath(top, root)
+                for name in [None, *sorted(dirs), *sorted(files)]:
+                    path = top if name is None else os.path.join(top, name)
+                    if name is not None and name in dirs and not os.path.islink(path):
+                        continue  # a directory is added when the walk enters it
+                    arc = os.path.normpath(os.path.join(prefix, rel, name or ""))
+                    try:
+                        tar.add(path, arcname=arc, recursive=False)
+                    except OSError as exc:  # unreadable for the user: left out, said so
+                        print(f"skipped {path}: {exc.strerror}", file=sys.stderr)
+else:
+    with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+        for member in tar:
+            for prefix, root in roots:
+                if member.name == prefix or member.name.startswith(prefix + "/"):
+                    member.name = member.name[len(prefix):].lstrip("/") or "."
+                    if member.name == ".":
+                        break  # the root dir itself already exists, with its own mode
+                    tar.extract(member, root, filter="tar")
+                    break
+"""
+
+
+class SnapshotError(RuntimeError):
+    """Archiving or restoring a sandbox's files failed."""
+
+
+def _roots(sandbox: LocalSandbox) -> list[str]:
+    """(tar prefix, dir as the sandbox's processes see it) pairs, flattened for argv."""
+    if sandbox.isolated:
+        return ["home", "/home/user", "tmp", "/tmp"]
+    return ["home", str(sandbox.home_dir), "tmp", str(sandbox.tmp_dir)]
+
+
+async def archive(sandbox: LocalSandbox, target: Path) -> int:
+    """Write a tar of the sandbox's /home/user and /tmp to target; return its size.
+
+    The tar is made by a process inside the sandbox, as its user (inside root has no
+    capabilities, so it could read no more); what the user cannot read is left out.
+    """
+    fd = await asyncio.to_thread(os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        await _run(sandbox, ["archive", *_roots(sandbox)], stdin=DEVNULL, stdout=fd, user="user")
+    finally:
+        os.close(fd)
+    return (await asyncio.to_thread(os.stat, target)).st_size
+
+
+async def restore(sandbox: LocalSandbox, source: Path) -> None:
+    """Unpack a snapshot into a (fresh) sandbox, inside it.
+
+    It runs as the sandbox's user: without CAP_CHOWN nobody inside could give files back to
+    another owner, and /home/user is the user's. Files that were root's come back as the
+    user's (documented).
+    """
+    fd = await asyncio.to_thread(os.open, source, os.O_RDONLY)
+    try:
+        await _run(sandbox, ["restore", *_roots(sandbox)], stdin=fd, stdout=DEVNULL, user="user")
+    finally:
+        os.close(fd)
+
+
+async def _run(
+    sandbox: LocalSandbox, args: list[str], *, stdin: int, stdout: int, user: str
+) -> None:
+    argv = [sandbox.python, "-I", "-S", "-c", _SCRIPT, *args]
+    env = sandbox.base_env(user)
+    proc = await sandbox.spawn(
+        argv, env=env, cwd="/", stdin=stdin, stdout=stdout, stderr=PIPE, user=user
+    )
+    assert proc.stderr is not None
+    errors = await proc.stderr.read()
+    code = await proc.wait()
+    if code != 0:
+        text = errors.decode(errors="replace").strip()[-1000:]
+        raise SnapshotError(f"{args[0]} of the sandbox's files failed ({code}): {text}")
+
+
+def drop_processes(sandbox: LocalSandbox) -> None:
+    """SIGKILL every process of the sandbox but its agent (and bwrap's init above it).
+
+    What a filesystem-only pause or a reboot-on-resume leaves: files, and no processes.
+    """
+    keep = {pid for pid in (sandbox.agent_pid, sandbox.init_pid) if pid is not None}
+    if sandbox.init_pid is not None:
+        keep |= set(_children(sandbox.init_pid))  # the agent, pid 2 of the namespace
+    for pid in sandbox.live_pids():
+        if pid not in keep:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]

@@ -1,0 +1,88 @@
+"""A warm pool of ready sandboxes, so `create` answers in E2B's time rather than a cold start.
+
+Every local template is the same runtime (the service's own Python, bound read-only), so one
+pool serves them all: each pooled sandbox has its namespaces, its agent and its code
+interpreter's python kernel already running, and has never been handed to anyone. `create`
+takes one (never reused: a sandbox leaves the pool once and dies with its caller), gives it the
+caller's env vars (also inside the running kernel), and a background task starts a
+replacement. Sandboxes that need a different start (internet access, their own disk size)
+are started cold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..sandbox import LocalSandbox
+
+log = logging.getLogger("e2b_kernel.local")
+
+DEFAULT_POOL_SIZE = 1
+
+Ready = tuple[LocalSandbox, Any]  # a started sandbox and its started CodeInterpreter
+
+
+class WarmPool:
+    """Up to `size` ready sandboxes; `take` is instant, the refill runs in the background."""
+
+    def __init__(self, size: int, make: Callable[[], Awaitable[Ready]]) -> None:
+        if size < 0:
+            raise ValueError(f"--pool-size must be 0 or more, got {size}")
+        self.size = size
+        self._make = make
+        self._ready: list[Ready] = []
+        self._filling: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def ready_count(self) -> int:
+        """How many sandboxes wait in the pool now."""
+        return len(self._ready)
+
+    def start(self) -> None:
+        """Begin filling (call on the service's loop)."""
+        self._refill()
+
+    def take(self) -> Ready | None:
+        """A ready sandbox, or None (pool off, empty, or closed); a refill follows."""
+        while self._ready:
+            sandbox, interpreter = self._ready.pop(0)
+            if not sandbox.killed.is_set():  # its agent may have died while it waited
+                self._refill()
+                return sandbox, interpreter
+        self._refill()
+        return None
+
+    def _refill(self) -> None:
+        if self._closed or self.size == 0:
+            return
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.ensure_future(self._fill())
+
+    async def _fill(self) -> None:
+        # One at a time: a pool start must not compete with the caller's own creates for
+        # the machine's few cores more than one sandbox start does.
+        while not self._closed and len(self._ready) < self.size:
+            try:
+                ready = await self._make()
+            except Exception:
+                log.exception("the warm pool could not start a sandbox; it stays short")
+                return
+            if self._closed:
+                await ready[0].kill()
+                return
+            self._ready.append(ready)
+
+    async def close(self) -> None:
+        """Stop refilling and kill every pooled sandbox."""
+        self._closed = True
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._filling
+        ready, self._ready = self._ready, []
+        await asyncio.gather(*(sandbox.kill() for sandbox, _ in ready), return_exceptions=True)
