@@ -20,6 +20,10 @@ from .jupyter_server import loopback_jupyter_server
 pytestmark = pytest.mark.timeout(240)
 
 StartKernel = Callable[..., Kernel]
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJ"
+    "RU5ErkJggg=="
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +93,7 @@ def test_display_updates_keep_their_display_id_and_metadata(kernel: Kernel) -> N
         "from IPython.display import display, Image\n"
         "h = display('old', display_id=True)\n"
         "h.update('new')\n"
-        "png = ('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJ'\n"
-        "       'RU5ErkJggg==')\n"
+        f"png = {PNG!r}\n"
         "import base64\n"
         "display(Image(data=base64.b64decode(png), width=40))"
     )
