@@ -90,7 +90,11 @@ class JupyterEndpoint:
         except httpx.HTTPError as exc:
             return f"no answer from {self.describe()} ({type(exc).__name__})"
         if response.status_code != 200:
-            return f"HTTP {response.status_code} from port {JUPYTER_PORT}: {response.text[:120]}"
+            try:  # E2B's proxy explains itself: "The sandbox is running but port is not open"
+                detail = str(response.json().get("message") or response.text)
+            except (ValueError, AttributeError):
+                detail = response.text
+            return f"HTTP {response.status_code} from port {JUPYTER_PORT}: {detail[:120]}"
         try:
             version = response.json().get("version")
         except ValueError:

@@ -33,6 +33,7 @@ from .keepalive import KeepAlive
 from .sdk_errors import is_sandbox_gone, unavailable_message
 from .streaming import DONE, Event, start_run_code
 from .telemetry import execution_span
+from .text_plain import install_code as text_plain_carrier_code
 
 __all__ = ["Event", "HiddenResult", "SandboxSession"]
 
@@ -83,6 +84,8 @@ class SandboxSession:
         # that chose it, shown by ``status``.
         self.transport = "execute"
         self.transport_reason = "not chosen yet"
+        # The sandbox whose Python context has the text/plain carrier (see .text_plain).
+        self._carrier_in: str | None = None
 
     @property
     def sandbox_id(self) -> str | None:
@@ -367,6 +370,8 @@ class SandboxSession:
                 span.sandbox_id = sandbox.sandbox_id
                 if announce:
                     yield ("stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
+                if language in (None, "python") and front_end != "executor":
+                    await self._install_carrier(sandbox)
                 async for event in self._run(sandbox, code, timeout, env_vars, language):
                     if event[0] == "error":
                         span.fail(str(event[1].get("ename", "Error")))
@@ -479,6 +484,24 @@ class SandboxSession:
             self._busy = False
         return HiddenResult("".join(chunks), errors[0] if errors else None)
 
+    async def _install_carrier(self, sandbox: AsyncSandbox) -> None:
+        """Once per Python context: keep the quotes of str results (a notebook user's view;
+        ``SandboxExecutor`` keeps E2B's own ``text``)."""
+        if self._carrier_in == sandbox.sandbox_id:
+            return
+        try:
+            result = await asyncio.wait_for(
+                self._run_hidden_now(sandbox, text_plain_carrier_code()), 30
+            )
+        except E2BKernelError:
+            raise
+        except Exception as exc:
+            self.log.warning("could not install the text/plain carrier: %r", exc)
+            return
+        if result.error is not None:
+            self.log.warning("the text/plain carrier failed: %s", result.error.get("evalue"))
+        self._carrier_in = sandbox.sandbox_id
+
     async def _reply_if_idle(self, code: str) -> dict[str, Any] | None:
         """Hidden code for a front end's quick question: never waits for a running cell.
 
@@ -567,6 +590,7 @@ class SandboxSession:
                 if default is None:
                     return  # the default context is created lazily by the next execute
                 await sandbox.restart_code_context(default)
+                self._carrier_in = None  # fresh Python state: install it again
             except Exception as exc:
                 if is_sandbox_gone(exc) or self._backend.service_lost():
                     message = self._lost_message(self._how_lost())

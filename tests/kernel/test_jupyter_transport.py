@@ -164,3 +164,24 @@ def test_restart_gives_fresh_state_and_keeps_files(
     reply, outputs = kernel.run("variable")
     assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
     kernel.shutdown()
+
+
+def test_auto_chooses_jupyter_when_the_server_answers(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    kernel = start_kernel(jupyter_env(E2B_KERNEL_TRANSPORT="auto"))
+    assert "Transport: jupyter (auto: the sandbox's Jupyter Server answers" in kernel.banner()
+
+
+def test_auto_falls_back_to_execute_and_str_results_keep_their_quotes_there(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    env = jupyter_env(E2B_KERNEL_TRANSPORT="auto")
+    del env["E2B_KERNEL_JUPYTER_URL"]  # the local sandbox serves no port 8888 (yet)
+    kernel = start_kernel(env)
+    banner = kernel.banner()
+    assert "Transport: execute (auto: the sandbox's Jupyter Server does not answer" in banner
+    assert kernel.value("'a'") == "'a'"
+    assert kernel.value('"it\'s"') == '"it\'s"'
+    _, outputs = kernel.run("from IPython.display import display\ndisplay('shown')")
+    assert of_type(outputs, "display_data")[0]["data"] == {"text/plain": "'shown'"}
