@@ -136,6 +136,20 @@ class SessionConfig(Configurable):
     keep_sandbox = Bool(
         help="Keep the sandbox at shutdown and log its id. Env: E2B_KERNEL_KEEP_SANDBOX=1."
     ).tag(config=True)
+    transport = Enum(
+        ["auto", "jupyter", "execute"],
+        help="How cells reach the sandbox: 'jupyter' (the sandbox's own Jupyter Server on port "
+        "8888, every Jupyter message relayed), 'execute' (E2B's /execute; no stdin, comms, "
+        "clear_output or display updates), or 'auto' (jupyter when the sandbox's Jupyter Server "
+        "answers, else execute). Env: E2B_KERNEL_TRANSPORT.",
+    ).tag(config=True)
+    jupyter_url = Unicode(
+        None,
+        allow_none=True,
+        help="Reach the Jupyter Server of the jupyter transport at this base URL instead of the "
+        "sandbox's port 8888 (development and tests: a server started on loopback). "
+        "Env: E2B_KERNEL_JUPYTER_URL.",
+    ).tag(config=True)
     local_isolation = Enum(
         ["auto", "none"],
         help="Isolation of the private local service's sandboxes: 'auto' (Linux namespaces; "
@@ -186,6 +200,15 @@ class SessionConfig(Configurable):
     def _keep_sandbox_default(self) -> bool:
         return (_env("E2B_KERNEL_KEEP_SANDBOX") or "").lower() in {"1", "true", "yes", "on"}
 
+    @default("transport")
+    def _transport_default(self) -> str:
+        return (_env("E2B_KERNEL_TRANSPORT") or "auto").lower()
+
+    @default("jupyter_url")
+    def _jupyter_url_default(self) -> str | None:
+        url = _env("E2B_KERNEL_JUPYTER_URL")
+        return url.rstrip("/") if url else None
+
     @default("local_isolation")
     def _local_isolation_default(self) -> str:
         return (_env("E2B_KERNEL_LOCAL_ISOLATION") or "auto").lower()
@@ -211,6 +234,8 @@ class SessionConfig(Configurable):
             "domain": None,
             "keep_sandbox": False,
             "local_isolation": "auto",
+            "transport": "auto",
+            "jupyter_url": None,
         }
         return cls(**{**values, **kwargs})
 
@@ -255,6 +280,7 @@ _ENV_OF = {
     "idle": "E2B_KERNEL_IDLE",
     "template": "E2B_KERNEL_TEMPLATE",
     "local_isolation": "E2B_KERNEL_LOCAL_ISOLATION",
+    "transport": "E2B_KERNEL_TRANSPORT",
 }
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import text_plain
+
 __all__ = [
     "FIELD_MIME_TYPES",
     "error_to_content",
@@ -52,7 +54,7 @@ def result_to_bundle(result: Any) -> dict[str, Any]:
     extra = getattr(result, "extra", None) or {}
     for mime, value in extra.items():
         bundle.setdefault(str(mime), value)
-    return bundle
+    return text_plain.restore(bundle)
 
 
 def result_to_event(result: Any) -> tuple[str, dict[str, Any]]:

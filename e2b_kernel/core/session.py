@@ -28,10 +28,12 @@ from ..errors import (
 )
 from . import introspection
 from .hidden import parse_reply
+from .jupyter_server import JupyterEndpoint, endpoint_for
 from .keepalive import KeepAlive
 from .sdk_errors import is_sandbox_gone, unavailable_message
 from .streaming import DONE, Event, start_run_code
 from .telemetry import execution_span
+from .text_plain import install_code as text_plain_carrier_code
 
 __all__ = ["Event", "HiddenResult", "SandboxSession"]
 
@@ -78,6 +80,12 @@ class SandboxSession:
         self._run_task: asyncio.Task | None = None  # the running run_code, for the keep-alive
         self._run_lost = False  # the keep-alive found the sandbox gone during the run
         self._closed = False
+        # How cells reach the sandbox ("jupyter" or "execute") and why; set by the front end
+        # that chose it, shown by ``status``.
+        self.transport = "execute"
+        self.transport_reason = "not chosen yet"
+        # The sandbox whose Python context has the text/plain carrier (see .text_plain).
+        self._carrier_in: str | None = None
 
     @property
     def sandbox_id(self) -> str | None:
@@ -144,11 +152,13 @@ class SandboxSession:
             found.extend(await paginator.next_items())
         return found
 
-    async def reattach(self, sandbox_id: str) -> None:
-        """After a kernel restart: reconnect to ``sandbox_id`` and reset its Python state."""
+    async def reattach(self, sandbox_id: str, *, reset: bool = True) -> None:
+        """After a kernel restart: reconnect to ``sandbox_id`` and (``reset``) reset its Python
+        state; a front end that restarts its own remote kernel passes ``reset=False``."""
         try:
             await self.connect(sandbox_id)
-            await self.restart()
+            if reset:
+                await self.restart()
         except E2BKernelError as exc:
             self.log.warning("could not keep sandbox %s across the restart: %s", sandbox_id, exc)
             self._drop_sandbox()
@@ -175,6 +185,9 @@ class SandboxSession:
                     metadata=dict(self.config.metadata) or None,
                     envs=self.config.forwarded_env() or None,
                     lifecycle=lifecycle,
+                    # The sandbox's Jupyter Server (port 8888) has no token: without the
+                    # traffic token no one who learns the sandbox id can reach its ports.
+                    network={"allow_public_traffic": False},
                     **opts,
                 )
             except E2BKernelError:
@@ -240,6 +253,62 @@ class SandboxSession:
                 raise SandboxLost(message) from None
             raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
 
+    async def ready(self) -> bool:
+        """Make sure a sandbox runs (starting or resuming it); True if it is new after a loss.
+
+        For front ends that run code by their own transport. Raises ``SandboxLost`` once when
+        the previous sandbox was found gone while idle, as ``execute`` does.
+        """
+        _, announce = await self._ready_sandbox()
+        return announce
+
+    def jupyter_endpoint(self) -> JupyterEndpoint:
+        """Where the current sandbox's Jupyter Server is (URL and headers; never log these)."""
+        if self.sandbox is None:
+            raise SandboxUnavailable("the sandbox is not started")
+        return endpoint_for(self.sandbox, self.config.jupyter_url)
+
+    async def code_context_ids(self, language: str = "python") -> list[str]:
+        """Ids of the sandbox's ``/execute`` contexts of ``language`` ([] when unknown).
+
+        On E2B each context is a kernel of the sandbox's Jupyter Server with the same id, so a
+        front end that speaks Jupyter can share the namespace of ``Sandbox.run_code``.
+        """
+        if self.sandbox is None:
+            return []
+        try:
+            contexts = await asyncio.wait_for(self.sandbox.list_code_contexts(), 30)
+        except Exception as exc:
+            self.log.debug("could not list code contexts: %r", exc)
+            return []
+        return [str(c.id) for c in contexts if c.language == language]
+
+    def hold_busy(self, busy: bool) -> None:
+        """A front end's own transport runs a cell (keep-alive refreshes while busy)."""
+        self._busy = busy
+
+    async def confirm_lost(self) -> str | None:
+        """After a transport's connection died: if the sandbox is gone, forget it (the next
+        ``ready`` starts a new one and says so) and return the message for the user."""
+        sandbox = self.sandbox
+        if sandbox is None:
+            return None
+        if self._lost is not None:
+            message, self._lost = self._lost, None
+            self._mark_lost(sandbox)
+            return message
+        gone = self._backend.service_lost()
+        if not gone:
+            try:
+                gone = not await asyncio.wait_for(sandbox.is_running(), 10)
+            except Exception as exc:
+                gone = is_sandbox_gone(exc)
+        if not gone:
+            return None
+        message = self._lost_message(self._how_lost())
+        self._mark_lost(sandbox)
+        return message
+
     def _drop_sandbox(self) -> None:
         self.sandbox = None
         if self._keepalive is not None:
@@ -301,6 +370,8 @@ class SandboxSession:
                 span.sandbox_id = sandbox.sandbox_id
                 if announce:
                     yield ("stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
+                if language in (None, "python") and front_end != "executor":
+                    await self._install_carrier(sandbox)
                 async for event in self._run(sandbox, code, timeout, env_vars, language):
                     if event[0] == "error":
                         span.fail(str(event[1].get("ename", "Error")))
@@ -413,6 +484,24 @@ class SandboxSession:
             self._busy = False
         return HiddenResult("".join(chunks), errors[0] if errors else None)
 
+    async def _install_carrier(self, sandbox: AsyncSandbox) -> None:
+        """Once per Python context: keep the quotes of str results (a notebook user's view;
+        ``SandboxExecutor`` keeps E2B's own ``text``)."""
+        if self._carrier_in == sandbox.sandbox_id:
+            return
+        try:
+            result = await asyncio.wait_for(
+                self._run_hidden_now(sandbox, text_plain_carrier_code()), 30
+            )
+        except E2BKernelError:
+            raise
+        except Exception as exc:
+            self.log.warning("could not install the text/plain carrier: %r", exc)
+            return
+        if result.error is not None:
+            self.log.warning("the text/plain carrier failed: %s", result.error.get("evalue"))
+        self._carrier_in = sandbox.sandbox_id
+
     async def _reply_if_idle(self, code: str) -> dict[str, Any] | None:
         """Hidden code for a front end's quick question: never waits for a running cell.
 
@@ -501,6 +590,7 @@ class SandboxSession:
                 if default is None:
                     return  # the default context is created lazily by the next execute
                 await sandbox.restart_code_context(default)
+                self._carrier_in = None  # fresh Python state: install it again
             except Exception as exc:
                 if is_sandbox_gone(exc) or self._backend.service_lost():
                     message = self._lost_message(self._how_lost())
@@ -523,6 +613,8 @@ class SandboxSession:
             "template": self.config.template,
             "end_at": None,
             "idle": self.config.idle,
+            "transport": self.transport,
+            "transport_reason": self.transport_reason,
         }
         if self.sandbox is not None:
             try:

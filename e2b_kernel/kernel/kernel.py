@@ -33,6 +33,7 @@ from ..config import SessionConfig
 from ..core import SandboxSession, introspection
 from ..errors import ConfigurationError, E2BKernelError, ExecutionInterrupted, error_content
 from .history import CellHistory
+from .jupyter_transport import JupyterTransport
 
 __all__ = ["E2BKernel", "main"]
 
@@ -41,8 +42,9 @@ _SHUTDOWN_WAIT = 4.0
 _QUICK_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_request"})
 
 
-class E2BKernel(Kernel):
-    """Runs every cell in an E2B sandbox through ``SandboxSession``."""
+class E2BKernel(JupyterTransport, Kernel):
+    """Runs every cell in an E2B sandbox: relayed to the sandbox's own Jupyter kernel (the
+    ``jupyter`` transport), or through ``SandboxSession.execute`` (the ``execute`` transport)."""
 
     implementation = "e2b_kernel"
     implementation_version = __version__
@@ -81,6 +83,7 @@ class E2BKernel(Kernel):
         self._backend_ready = asyncio.Event()
         self.history = CellHistory()
         self._result_text: str | None = None
+        self._init_transport()
 
     # ---- start-up ---------------------------------------------------------------------------
 
@@ -94,11 +97,28 @@ class E2BKernel(Kernel):
         self._start_task = asyncio.ensure_future(self._start_sandbox())
 
     async def _start_sandbox(self) -> None:
-        """Create (or, after a restart, reconnect to) the sandbox; errors wait for a cell."""
-        session = self.sandbox_session
-        if self._config_error is not None:
+        """Create (or, after a restart, reconnect to) the sandbox, then choose the transport;
+        errors wait for a cell."""
+        started = False
+        try:
+            if self._config_error is None:
+                started = await self._start_session()
+        finally:
             self._backend_ready.set()
-            return
+        try:
+            if self._config_error is None:
+                await self._choose_transport(started)
+            else:
+                self.transport, self.transport_reason = "execute", "configuration error"
+        except Exception:
+            self.log.exception("could not choose the transport")
+            self.transport = self.transport or "execute"
+        finally:
+            self._transport_chosen.set()
+
+    async def _start_session(self) -> bool:
+        """Start the backend and the sandbox; True when the sandbox runs."""
+        session = self.sandbox_session
         try:
             previous = restart_state.take(self._connection_file())
             if previous:
@@ -112,13 +132,13 @@ class E2BKernel(Kernel):
                 session.isolation,
                 session.sandbox_id,
             )
+            return True
         except E2BKernelError as exc:
             # Not raised: the first cell retries the start and shows this error once, cleanly.
             self.log.error("sandbox start failed: %s", exc)
         except Exception:
             self.log.exception("sandbox start failed")
-        finally:
-            self._backend_ready.set()
+        return False
 
     async def _take_over(self, previous: dict) -> None:
         """After a restart: adopt the previous process's service and sandbox, fresh state."""
@@ -133,7 +153,10 @@ class E2BKernel(Kernel):
         elif previous.get("backend") != session.backend:
             return
         if previous.get("sandbox_id"):
-            await session.reattach(str(previous["sandbox_id"]))
+            # On the jupyter transport the remote kernel itself is restarted (REST) once found.
+            relayed = previous.get("transport") == "jupyter"
+            self._previous_kernel_id = previous.get("jupyter_kernel_id") if relayed else None
+            await session.reattach(str(previous["sandbox_id"]), reset=not relayed)
 
     def _connection_file(self) -> str | None:
         app = getattr(self, "parent", None)
@@ -150,6 +173,7 @@ class E2BKernel(Kernel):
         return (
             f"E2B Python (e2b-kernel {__version__}): every cell runs in one E2B sandbox.\n"
             f"Backend: {session.backend}. Isolation: {session.isolation}.\n"
+            f"Transport: {self.transport or 'choosing'} ({self.transport_reason or 'starting'}).\n"
             f"Sandbox: {session.sandbox_id or 'starting'}; template {session.config.template}."
         )
 
@@ -262,6 +286,8 @@ class E2BKernel(Kernel):
             loop.call_soon_threadsafe(self._interrupt_cell)
 
     def _interrupt_cell(self) -> None:
+        if self._interrupt_remote():
+            return
         task = self._cell_task
         if task is not None and not task.done():
             self.log.info("interrupting the running cell")
@@ -274,6 +300,12 @@ class E2BKernel(Kernel):
         assert self.session is not None
         self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 
+    async def dispatch_control(self, msg: Any) -> None:
+        """On the jupyter transport, control requests (but interrupt and shutdown) are relayed."""
+        if self.transport == "jupyter" and self._relay_control(msg):
+            return
+        await super().dispatch_control(msg)
+
     # ---- completion, inspection, is_complete --------------------------------------------------
 
     async def shell_main(self, subshell_id: str | None, msg: Any) -> None:
@@ -283,6 +315,9 @@ class E2BKernel(Kernel):
         the running cell (the session answers empty while busy; is_complete is local), so they
         are dispatched concurrently, the way ipykernel already does for comm messages.
         """
+        if subshell_id is None and await self._wait_for_transport() == "jupyter":
+            if await self._relay_shell(msg):
+                return
         if subshell_id is None and self._main_asyncio_lock.locked() and self._is_quick(msg):
             parent = self.get_parent("shell")
             ident = self._get_shell_context_var(self._shell_parent_ident)
@@ -391,10 +426,13 @@ class E2BKernel(Kernel):
             self._start_task.cancel()
             await asyncio.wait([self._start_task])
         if restart:
+            relay_state = self._transport_state()
+            await self._close_transport(keep_kernel=True)
             state = await session.detach()
             if state:
-                restart_state.put(self._connection_file(), state)
+                restart_state.put(self._connection_file(), {**state, **relay_state})
                 return
+        await self._close_transport(keep_kernel=False)
         kept = await session.close(keep=bool(session.config.keep_sandbox))
         if kept:
             self.log.warning("kept sandbox %s; reconnect with %%e2b connect %s", kept, kept)

@@ -176,6 +176,7 @@ class CommandsMixin:
         print(f"isolation:  {info.get('isolation')}")
         print(f"sandbox:    {info.get('sandbox_id') or '-'}  (name {args.sandbox!r})")
         print(f"template:   {info.get('template')}")
+        print(f"transport:  {info.get('transport')} ({info.get('transport_reason')})")
         print(f"time left:  {left}")
         if info.get("error"):
             print(f"warning:    {info['error']}")

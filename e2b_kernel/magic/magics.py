@@ -86,10 +86,11 @@ class E2BMagics(CommandsMixin, Magics):
                 current.config.template = template
             return current
         config = SessionConfig(**({"template": template} if template else {}))
-        self.sessions[name] = SandboxSession(
-            config, name=name, service_factory=self.local_service.factory
-        )
-        return self.sessions[name]
+        session = SandboxSession(config, name=name, service_factory=self.local_service.factory)
+        # The magic has one transport today; `%e2b status` says so rather than "not chosen".
+        session.transport_reason = "the %%e2b magic runs cells through E2B's /execute"
+        self.sessions[name] = session
+        return session
 
     def call(self, coro: Any) -> Any:
         """Run a coroutine on the private loop and return its result."""

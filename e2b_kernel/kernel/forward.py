@@ -1,0 +1,202 @@
+"""The ``jupyter`` transport's local half: routes messages between the front end and the relay.
+
+Requests from the front end (shell, control, stdin) go to the remote kernel as they are; the
+remote kernel's messages come back re-signed with the local connection's key
+(``Session.send_raw`` signs the untouched parts). A reply goes to whoever sent its request:
+the request's ZMQ identities are kept by ``msg_id`` until the reply comes. An
+``input_request`` goes to the identities of the ``execute_request`` that asked for input,
+as ipykernel does it.
+
+The only content we change is ``kernel_info_reply``'s banner (it says how cells are run).
+Everything runs on the shell loop (main thread), except control replies, which are handed to
+the control thread's loop that owns the control stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_client.session import Session
+
+from ..core.jupyter_server import JupyterEndpoint
+from .relay import KernelChannels, Parts
+
+__all__ = ["JupyterForwarder", "Route"]
+
+
+@dataclass
+class Route:
+    """Where the reply to one request goes."""
+
+    channel: str
+    idents: list[bytes]
+    stream: Any
+    header: dict[str, Any]
+    started: bool = False  # the remote kernel published 'busy' for it
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class JupyterForwarder:
+    """Relays one local kernel connection to one remote kernel over :class:`KernelChannels`."""
+
+    def __init__(
+        self,
+        session: Session,
+        endpoint: JupyterEndpoint,
+        kernel_id: str,
+        *,
+        iopub: Any,
+        stdin: Any,
+        send_control: Callable[[Any, Parts, list[bytes]], None],
+        banner: Callable[[], str],
+        on_busy: Callable[[bool], None],
+        on_closed: Callable[[str], None],
+        cell_timeout: float | None,
+        log: logging.Logger,
+    ) -> None:
+        self.session = session
+        self.endpoint = endpoint
+        self.kernel_id = kernel_id
+        self.log = log
+        self._iopub = iopub
+        self._stdin = stdin
+        self._send_control = send_control
+        self._banner = banner
+        self._on_busy = on_busy
+        self._on_closed_cb = on_closed
+        self._cell_timeout = cell_timeout
+        self._routes: dict[str, Route] = {}
+        self.closed_reason: str | None = None
+        self._interrupting: asyncio.Future | None = None
+        self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
+
+    @property
+    def up(self) -> bool:
+        return self.closed_reason is None
+
+    async def open(self) -> None:
+        await self.channels.open()
+
+    async def close(self) -> None:
+        self.closed_reason = self.closed_reason or "closed"
+        self._cancel_timers()
+        await self.channels.close()
+
+    # ---- front end -> remote ------------------------------------------------------------------
+
+    def forward(self, channel: str, idents: list[bytes], stream: Any, parts: Parts) -> None:
+        """Send one request (its parts after the signature) to the remote kernel."""
+        header = json.loads(parts[0])
+        if channel in ("shell", "control"):
+            self._routes[header["msg_id"]] = Route(channel, idents, stream, header)
+        self.channels.send(channel, parts)
+
+    # ---- remote -> front end ------------------------------------------------------------------
+
+    def _from_remote(self, channel: str, parts: Parts) -> None:
+        header = json.loads(parts[0])
+        msg_type = str(header.get("msg_type", ""))
+        parent_id = json.loads(parts[1] or b"{}").get("msg_id")
+        if channel == "iopub":
+            if msg_type == "status":
+                self._track_status(parent_id, json.loads(parts[3]).get("execution_state"))
+            topic = f"kernel.{self.kernel_id}.{msg_type}".encode()
+            self.session.send_raw(self._iopub, parts, ident=[topic])
+            return
+        route = self._routes.get(parent_id) if parent_id else None
+        if route is None:
+            self.log.debug("no route for %s %s (parent %s)", channel, msg_type, parent_id)
+            return
+        if channel == "stdin":
+            self.session.send_raw(self._stdin, parts, ident=route.idents)
+            return
+        if msg_type.endswith("_reply"):
+            self._routes.pop(parent_id, None)
+            self._stop_timer(route)
+            if msg_type == "kernel_info_reply":
+                parts = self._with_banner(parts)
+        if route.channel == "control":
+            self._send_control(route.stream, parts, route.idents)
+        else:
+            self.session.send_raw(route.stream, parts, ident=route.idents)
+
+    def _with_banner(self, parts: Parts) -> Parts:
+        content = json.loads(parts[3])
+        remote = str(content.get("banner", "")).strip()
+        content["banner"] = self._banner() + (f"\n\nRemote kernel: {remote}" if remote else "")
+        return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
+
+    # ---- busy cells: keep-alive and per-cell timeout --------------------------------------------
+
+    def _track_status(self, parent_id: str | None, state: str | None) -> None:
+        route = self._routes.get(parent_id) if parent_id else None
+        if route is None or route.header.get("msg_type") != "execute_request":
+            return
+        if state == "busy" and not route.started:
+            route.started = True
+            self._on_busy(True)
+            if self._cell_timeout:
+                loop = asyncio.get_running_loop()
+                route.timer = loop.call_later(self._cell_timeout, self._timed_out, route)
+        elif state == "idle":
+            self._stop_timer(route)
+            if not any(r.started for r in self._routes.values() if r is not route):
+                self._on_busy(False)
+
+    def _timed_out(self, route: Route) -> None:
+        route.timer = None
+        limit = self._cell_timeout or 0
+        self.publish(
+            route.header,
+            "stream",
+            {
+                "name": "stderr",
+                "text": f"[e2b-kernel] The cell did not finish within its timeout of {limit:g} s "
+                "and is being interrupted; the sandbox and its state are kept. Raise "
+                "E2B_KERNEL_CELL_TIMEOUT to allow longer cells.\n",
+            },
+        )
+        self._interrupting = asyncio.ensure_future(self.interrupt())
+
+    def _stop_timer(self, route: Route) -> None:
+        if route.timer is not None:
+            route.timer.cancel()
+            route.timer = None
+
+    def _cancel_timers(self) -> None:
+        for route in self._routes.values():
+            self._stop_timer(route)
+
+    # ---- interrupt, loss ----------------------------------------------------------------------
+
+    async def interrupt(self) -> None:
+        """Interrupt the remote kernel through the Jupyter Server's REST API."""
+        try:
+            await self.endpoint.interrupt(self.kernel_id)
+        except Exception as exc:
+            self.log.warning("could not interrupt the remote kernel: %s", exc)
+
+    def publish(self, parent: dict[str, Any], msg_type: str, content: dict[str, Any]) -> None:
+        """Publish one IOPub message of our own (a notice, an error) for request ``parent``."""
+        self.session.send(
+            self._iopub,
+            msg_type,
+            content,
+            parent={"header": parent},
+            ident=[f"kernel.{self.kernel_id}.{msg_type}".encode()],
+        )
+
+    def _closed(self, reason: str) -> None:
+        self.closed_reason = reason
+        self._cancel_timers()
+        self._on_closed_cb(reason)
+
+    def take_pending(self) -> list[Route]:
+        """The requests still waiting for a reply (after a loss); they are forgotten here."""
+        routes, self._routes = list(self._routes.values()), {}
+        return routes

@@ -1,0 +1,291 @@
+"""The kernel's ``jupyter`` transport: choose it, open the relay, and route the three channels.
+
+On this transport the kernel runs no request handler of its own except interrupt, shutdown
+and heartbeat: shell, control and stdin messages go to the sandbox's remote ipykernel through
+:class:`~.forward.JupyterForwarder`, and all its messages come back. The hooks used are
+ipykernel 7.4's ``shell_main`` (shell), ``dispatch_control`` (control) and the stdin socket.
+
+Requests that arrive before the remote kernel is ready wait (in order) for the transport to be
+chosen and the relay to open; none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from zmq.eventloop.zmqstream import ZMQStream
+
+from ..core import NEW_SANDBOX_NOTICE, SandboxSession
+from ..core.jupyter_server import JupyterEndpoint, JupyterServerError, choose_transport
+from ..errors import E2BKernelError, SandboxLost, SandboxUnavailable, error_content
+from .forward import JupyterForwarder, Route
+from .relay import Parts
+
+__all__ = ["JupyterTransport"]
+
+
+class JupyterTransport:
+    """Mixin for ``E2BKernel``: everything the ``jupyter`` transport adds to the kernel."""
+
+    # Provided by E2BKernel / ipykernel's Kernel.
+    sandbox_session: SandboxSession
+    session: Any
+    log: Any
+    iopub_socket: Any
+    stdin_socket: Any
+    control_stream: Any
+    shell_stream: Any
+    io_loop: Any
+
+    def _init_transport(self) -> None:
+        self.transport: str | None = None  # "jupyter" or "execute" once chosen
+        self.transport_reason = ""
+        self._transport_chosen = asyncio.Event()
+        self._forwarder: JupyterForwarder | None = None
+        self._relay_lock = asyncio.Lock()
+        self._previous_kernel_id: str | None = None  # the remote kernel before a restart
+        self._own_kernel_id: str | None = None  # a remote kernel we started (deleted at the end)
+        self._stdin_stream: ZMQStream | None = None
+        self._background: set[asyncio.Future] = set()  # referenced until done
+
+    # ---- choosing ---------------------------------------------------------------------------
+
+    async def _choose_transport(self, sandbox_started: bool) -> None:
+        session = self.sandbox_session
+        setting = str(session.config.transport)
+        endpoint = session.jupyter_endpoint() if sandbox_started and setting != "execute" else None
+        try:
+            if setting == "jupyter" and endpoint is None:
+                name, why = "jupyter", "E2B_KERNEL_TRANSPORT=jupyter"
+            else:
+                name, why = await choose_transport(setting, endpoint)
+        except JupyterServerError as exc:
+            # Forced, but the server does not answer: stay on jupyter, so every request shows
+            # this error (nothing switches silently); the next request tries again.
+            name, why = "jupyter", str(exc)
+        self.transport, self.transport_reason = name, why
+        session.transport, session.transport_reason = name, why
+        self.log.info("E2B Python kernel: transport %s (%s)", name, why)
+        if name == "jupyter":
+            # Outside shell handlers ipykernel ignores SIGINT; on this transport no local handler
+            # runs a cell, so SIGINT (interrupt_mode signal) must always reach us.
+            signal.signal(signal.SIGINT, self._on_sigint)  # type: ignore[attr-defined]
+            self._stdin_stream = ZMQStream(self.stdin_socket, self.io_loop)
+            self._stdin_stream.on_recv(self._relay_stdin, copy=False)
+            if endpoint is not None:
+                try:
+                    async with self._relay_lock:
+                        await self._ensure_forwarder({})
+                except E2BKernelError as exc:
+                    self.log.warning("the remote kernel is not ready yet: %s", exc)
+
+    async def _wait_for_transport(self) -> str:
+        await self._transport_chosen.wait()
+        return str(self.transport)
+
+    # ---- the relay ----------------------------------------------------------------------------
+
+    async def _ensure_forwarder(self, header: dict[str, Any]) -> JupyterForwarder:
+        """The open relay, (re)opened when needed; announces a new sandbox to ``header``."""
+        if self._forwarder is not None and self._forwarder.up:
+            return self._forwarder
+        if self._forwarder is not None:
+            await self._forwarder.close()
+            self._forwarder = None
+        session = self.sandbox_session
+        announce = await session.ready()
+        endpoint = session.jupyter_endpoint()
+        try:
+            kernel_id = await self._pick_remote_kernel(endpoint)
+            forwarder = JupyterForwarder(
+                self.session,
+                endpoint,
+                kernel_id,
+                iopub=self.iopub_socket,
+                stdin=self.stdin_socket,
+                send_control=self._send_control,
+                banner=lambda: self.banner,  # type: ignore[attr-defined]
+                on_busy=session.hold_busy,
+                on_closed=self._relay_closed,
+                cell_timeout=session.config.cell_timeout,
+                log=self.log,
+            )
+            await forwarder.open()
+        except (JupyterServerError, OSError) as exc:
+            raise SandboxUnavailable(
+                f"The sandbox's Jupyter Server cannot be reached ({exc}). "
+                "Run the cell again, or set E2B_KERNEL_TRANSPORT=execute."
+            ) from None
+        except Exception as exc:  # websockets' handshake errors, among others
+            raise SandboxUnavailable(
+                f"The kernel channels of the sandbox's Jupyter Server did not open "
+                f"({type(exc).__name__}: {exc}). Run the cell again."
+            ) from None
+        self._forwarder = forwarder
+        if announce and header:
+            forwarder.publish(header, "stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
+        return forwarder
+
+    async def _pick_remote_kernel(self, endpoint: JupyterEndpoint) -> str:
+        """The remote kernel: the one before a restart (restarted), the sandbox's default
+        ``/execute`` context (one namespace with ``Sandbox.run_code``), or a new one."""
+        kernels = {str(k.get("id")) for k in await endpoint.list_kernels()}
+        previous, self._previous_kernel_id = self._previous_kernel_id, None
+        if previous in kernels:
+            await endpoint.restart(previous)  # fresh Python state; files and packages stay
+            self.log.info("restarted remote kernel %s", previous)
+            return previous
+        for context_id in await self.sandbox_session.code_context_ids("python"):
+            if context_id in kernels:
+                self.log.info("using the default Python context's kernel %s", context_id)
+                return context_id
+        kernel_id = await endpoint.start_kernel()
+        self._own_kernel_id = kernel_id
+        self.log.info("started remote kernel %s", kernel_id)
+        return kernel_id
+
+    def _split(self, msg: list[Any]) -> tuple[list[bytes], Parts, dict[str, Any]]:
+        """Identities, parts after the signature, and header; raises if the signature is bad."""
+        idents, frames = self.session.feed_identities(msg, copy=False)
+        parsed = self.session.deserialize(frames, content=False, copy=False)
+        parts = [bytes(f.bytes) if hasattr(f, "bytes") else bytes(f) for f in frames[1:]]
+        return [bytes(i) for i in idents], parts, dict(parsed["header"])
+
+    def _shell_reply_stream(self) -> Any:
+        if getattr(self, "_supports_kernel_subshells", False):
+            manager = self.shell_channel_thread.manager  # type: ignore[attr-defined]
+            return manager.get_subshell_to_shell_channel_socket(None)
+        return self.shell_stream
+
+    async def _relay_shell(self, msg: list[Any]) -> bool:
+        """Forward one shell message; False when it must be answered locally instead."""
+        try:
+            idents, parts, header = self._split(msg)
+        except Exception:
+            self.log.error("invalid shell message", exc_info=True)
+            return True
+        stream = self._shell_reply_stream()
+        async with self._relay_lock:  # FIFO: requests keep their order while the relay opens
+            try:
+                forwarder = await self._ensure_forwarder(header)
+            except E2BKernelError as exc:
+                if header.get("msg_type") == "kernel_info_request":
+                    return False  # answered locally; its banner names the problem
+                self._fail_route(Route("shell", idents, stream, header), exc)
+                return True
+            forwarder.forward("shell", idents, stream, parts)
+        return True
+
+    def _relay_control(self, msg: list[Any]) -> bool:
+        """Forward one control message from the control thread; False to handle it locally."""
+        try:
+            idents, parts, header = self._split(msg)
+        except Exception:
+            return False
+        if header.get("msg_type") in ("shutdown_request", "interrupt_request"):
+            return False
+        forwarder = self._forwarder
+        loop = getattr(self, "_shell_loop", None)
+        if forwarder is None or not forwarder.up or loop is None:
+            return False
+        loop.call_soon_threadsafe(forwarder.forward, "control", idents, self.control_stream, parts)
+        return True
+
+    def _relay_stdin(self, msg: list[Any]) -> None:
+        forwarder = self._forwarder
+        if forwarder is None or not forwarder.up:
+            return
+        try:
+            idents, parts, _ = self._split(msg)
+        except Exception:
+            self.log.error("invalid stdin message", exc_info=True)
+            return
+        forwarder.forward("stdin", idents, None, parts)
+
+    def _send_control(self, stream: Any, parts: Parts, idents: list[bytes]) -> None:
+        # The control stream belongs to the control thread: send from its loop.
+        stream.io_loop.add_callback(self.session.send_raw, stream, parts, ident=idents)
+
+    def _interrupt_remote(self) -> bool:
+        """Interrupt through the REST API; False when this transport is not in use."""
+        forwarder = self._forwarder
+        if self.transport != "jupyter" or forwarder is None:
+            return False
+        self.log.info("interrupting the remote kernel")
+        self._in_background(forwarder.interrupt())
+        return True
+
+    # ---- loss -----------------------------------------------------------------------------------
+
+    def _relay_closed(self, reason: str) -> None:
+        self.log.warning("the kernel channels closed: %s", reason)
+        self._in_background(self._after_relay_closed(reason))
+
+    def _in_background(self, coroutine: Any) -> None:
+        future = asyncio.ensure_future(coroutine)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+    async def _after_relay_closed(self, reason: str) -> None:
+        forwarder = self._forwarder
+        if forwarder is None:
+            return
+        session = self.sandbox_session
+        message = await session.confirm_lost()
+        exc: E2BKernelError
+        if message is not None:
+            exc = SandboxLost(message)
+        else:
+            exc = SandboxUnavailable(
+                f"The connection to the sandbox's Jupyter kernel failed ({reason}). The sandbox "
+                "is still running; run the cell again."
+            )
+        session.hold_busy(False)
+        for route in forwarder.take_pending():
+            self._fail_route(route, exc)
+
+    def _fail_route(self, route: Route, exc: E2BKernelError) -> None:
+        """Answer a request that cannot reach the remote kernel: busy, error, reply, idle."""
+        header = route.header
+        msg_type = str(header.get("msg_type", "unknown_request"))
+        content = error_content(exc)
+        parent = {"header": header}
+        topic = b"kernel.e2b."
+        self.session.send(
+            self.iopub_socket, "status", {"execution_state": "busy"}, parent, ident=topic
+        )
+        if msg_type == "execute_request":
+            self.session.send(self.iopub_socket, "error", content, parent, ident=topic + b"error")
+        reply_type = msg_type.replace("_request", "_reply")
+        reply = {"status": "error", "execution_count": 0, **content}
+        if route.channel == "control":
+            msg = self.session.msg(reply_type, reply, parent)
+            frames = self.session.serialize(msg)
+            self._send_control(route.stream, [bytes(f) for f in frames[2:]], route.idents)
+        else:
+            self.session.send(route.stream, reply_type, reply, parent, ident=route.idents)
+        self.session.send(
+            self.iopub_socket, "status", {"execution_state": "idle"}, parent, ident=topic
+        )
+
+    # ---- restart and shutdown ------------------------------------------------------------------
+
+    def _transport_state(self) -> dict[str, Any]:
+        """What the restarted kernel process needs to keep using the same remote kernel."""
+        state: dict[str, Any] = {"transport": self.transport}
+        if self._forwarder is not None:
+            state["jupyter_kernel_id"] = self._forwarder.kernel_id
+        return state
+
+    async def _close_transport(self, keep_kernel: bool) -> None:
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is None:
+            return
+        await forwarder.close()
+        if not keep_kernel and self._own_kernel_id is not None:
+            try:  # our own kernel in a server that may outlive the sandbox (development)
+                await asyncio.wait_for(forwarder.endpoint.delete(self._own_kernel_id), 2)
+            except Exception as exc:
+                self.log.debug("could not delete remote kernel: %r", exc)

@@ -1,0 +1,174 @@
+"""One WebSocket to a Jupyter Server's kernel channels, carrying Jupyter messages both ways.
+
+Messages travel as their serialized parts ``[header, parent_header, metadata, content,
+*buffers]`` (bytes), never re-encoded on the ``v1.kernel.websocket.jupyter.org`` subprotocol:
+what the remote ipykernel sent is what the local front end gets, buffers included. Servers that
+do not offer v1 get jupyter_server's older JSON protocol (binary frames when there are buffers).
+
+Sends are queued in order and written by one task, so messages sent before the socket is open
+wait for it instead of being lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import struct
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from ..core.jupyter_server import JupyterEndpoint
+
+__all__ = ["V1_PROTOCOL", "KernelChannels", "decode", "encode"]
+
+V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
+Parts = list[bytes]
+_FIELDS = ("header", "parent_header", "metadata", "content")
+
+
+# ---- codecs (pure) ---------------------------------------------------------------------------
+
+
+def encode(protocol: str | None, channel: str, parts: Parts) -> bytes | str:
+    """One WebSocket message for ``parts`` on ``channel``."""
+    if protocol == V1_PROTOCOL:
+        # 8-byte little-endian count, offsets of channel and each part, then the bytes.
+        chunks = [channel.encode(), *parts]
+        offsets = [8 * (len(chunks) + 2)]
+        for chunk in chunks:
+            offsets.append(offsets[-1] + len(chunk))
+        head = struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets)
+        return head + b"".join(chunks)
+    msg: dict[str, Any] = dict(zip(_FIELDS, map(json.loads, parts[:4]), strict=True))
+    msg["channel"] = channel
+    buffers = parts[4:]
+    if not buffers:
+        return json.dumps(msg)
+    # Legacy binary form: big-endian count and offsets, the JSON, then the buffers.
+    msg["buffers"] = []
+    chunks = [json.dumps(msg).encode(), *buffers]
+    offsets = [4 * (len(chunks) + 1)]
+    for chunk in chunks[:-1]:
+        offsets.append(offsets[-1] + len(chunk))
+    return struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets) + b"".join(chunks)
+
+
+def decode(protocol: str | None, data: bytes | str) -> tuple[str, Parts]:
+    """``(channel, parts)`` of one WebSocket message."""
+    if protocol == V1_PROTOCOL:
+        assert isinstance(data, bytes)
+        count = struct.unpack_from("<Q", data)[0]
+        offsets = struct.unpack_from(f"<{count}Q", data, 8)
+        channel = data[offsets[0] : offsets[1]].decode()
+        return channel, [data[a:b] for a, b in itertools.pairwise(offsets[1:])]
+    buffers: list[bytes] = []
+    if isinstance(data, bytes):
+        count = struct.unpack_from("!I", data)[0]
+        bounds = [*struct.unpack_from(f"!{count}I", data, 4), len(data)]
+        chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+        data, buffers = chunks[0].decode(), chunks[1:]
+    msg = json.loads(data)
+    parts = [json.dumps(msg.get(name) or {}).encode() for name in _FIELDS]
+    return str(msg.get("channel") or "shell"), parts + buffers
+
+
+# ---- the connection --------------------------------------------------------------------------
+
+
+class KernelChannels:
+    """The WebSocket to one remote kernel: ordered sends, and a callback per message received.
+
+    ``on_message(channel, parts)`` runs on the loop that called :meth:`open`; ``on_closed``
+    runs once when the socket ends without :meth:`close` having been called.
+    """
+
+    def __init__(
+        self,
+        endpoint: JupyterEndpoint,
+        kernel_id: str,
+        on_message: Callable[[str, Parts], None],
+        on_closed: Callable[[str], None],
+        log: logging.Logger,
+    ) -> None:
+        self.endpoint = endpoint
+        self.kernel_id = kernel_id
+        self.protocol: str | None = None
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._log = log
+        self._outbox: asyncio.Queue[tuple[str, Parts]] = asyncio.Queue()
+        self._ws: ClientConnection | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+
+    def send(self, channel: str, parts: Parts) -> None:
+        """Queue a message; it is written in order once the socket is open."""
+        self._outbox.put_nowait((channel, parts))
+
+    async def open(self) -> None:
+        """Connect (preferring the v1 subprotocol) and start relaying."""
+        # A session id of our own: the server tells its connections to one kernel apart by it.
+        path = f"api/kernels/{self.kernel_id}/channels?session_id={uuid.uuid4().hex}"
+        self._ws = await connect(
+            self.endpoint.ws_url(path),
+            additional_headers=self.endpoint.headers,
+            subprotocols=[Subprotocol(V1_PROTOCOL)],
+            max_size=None,  # outputs (images, widget buffers) may be large
+            open_timeout=30,
+        )
+        self.protocol = self._ws.subprotocol
+        self._log.info(
+            "kernel channels open: kernel %s at %s, protocol %s",
+            self.kernel_id,
+            self.endpoint.describe(),
+            self.protocol or "legacy JSON",
+        )
+        self._tasks = [
+            asyncio.ensure_future(self._write(self._ws)),
+            asyncio.ensure_future(self._read(self._ws)),
+        ]
+
+    async def _write(self, ws: ClientConnection) -> None:
+        while True:
+            channel, parts = await self._outbox.get()
+            try:
+                await ws.send(encode(self.protocol, channel, parts))
+            except ConnectionClosed:
+                return  # the reader reports the loss
+
+    async def _read(self, ws: ClientConnection) -> None:
+        reason = "the connection closed"
+        try:
+            async for data in ws:
+                try:
+                    channel, parts = decode(self.protocol, data)
+                except Exception:
+                    self._log.warning("dropped a malformed kernel message", exc_info=True)
+                    continue
+                self._on_message(channel, parts)
+        except ConnectionClosed as exc:
+            reason = f"the connection closed ({exc})"
+        except Exception as exc:  # a bug in a callback must not pass silently
+            self._log.exception("relay reader failed")
+            reason = f"the relay failed ({type(exc).__name__})"
+        if not self._closing:
+            self._on_closed(reason)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        if self._ws is not None:
+            try:
+                await asyncio.wait_for(self._ws.close(), 2)
+            except Exception:
+                pass
+        if self._tasks:
+            await asyncio.wait(self._tasks)

@@ -1,0 +1,187 @@
+"""The jupyter transport through a real kernel process: every Jupyter message survives the relay.
+
+The remote kernel lives in a real Jupyter Server (the loopback stand-in for a sandbox's port
+8888, see ``jupyter_server.py``); the sandbox itself runs on the private local backend. When the
+local service proxies sandbox ports, only the ``jupyter_env`` fixture changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import Kernel, Output, clean_env
+from .jupyter_server import loopback_jupyter_server
+
+pytestmark = pytest.mark.timeout(240)
+
+StartKernel = Callable[..., Kernel]
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJ"
+    "RU5ErkJggg=="
+)
+
+
+@pytest.fixture(scope="module")
+def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., dict]]:
+    """Kernel environments whose transport is the jupyter one, pointed at a live server."""
+    root = tmp_path_factory.mktemp("jupyter")
+    with loopback_jupyter_server(root / "home", clean_env()) as url:
+
+        def build(**overrides: str) -> dict[str, str]:
+            env = clean_env(
+                JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+                E2B_KERNEL_BACKEND="local",
+                E2B_KERNEL_TRANSPORT="jupyter",
+                E2B_KERNEL_JUPYTER_URL=url,
+            )
+            env.update(overrides)
+            return env
+
+        yield build
+
+
+@pytest.fixture(scope="module")
+def kernel(
+    jupyter_env: Callable[..., dict], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Kernel]:
+    """One kernel for the protocol tests of this module (each starts a sandbox otherwise)."""
+    started = Kernel(tmp_path_factory.mktemp("kernel"), jupyter_env())
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def of_type(outputs: list[Output], msg_type: str) -> list[dict[str, Any]]:
+    return [o.content for o in outputs if o.msg_type == msg_type]
+
+
+def test_banner_names_the_transport_and_the_remote_kernel(kernel: Kernel) -> None:
+    info = kernel.kc.kernel_info(reply=True, timeout=60)["content"]
+    assert "Transport: jupyter" in info["banner"]
+    assert info["language_info"]["name"] == "python"
+    assert info["language_info"]["version"].count(".") == 2  # the remote kernel's, exactly
+
+
+def test_str_results_keep_their_exact_text_plain(kernel: Kernel) -> None:
+    assert kernel.value("'a'") == "'a'"
+    assert kernel.value('"it\'s"') == '"it\'s"'
+    assert kernel.value("'''x\\ny'''") == "'x\\ny'"
+
+
+def test_execution_counts_advance_by_one_per_cell(kernel: Kernel) -> None:
+    counts = [kernel.run("1")[0]["execution_count"] for _ in range(3)]
+    assert counts[1] == counts[0] + 1 and counts[2] == counts[1] + 1
+
+
+def test_clear_output_is_relayed(kernel: Kernel) -> None:
+    reply, outputs = kernel.run(
+        "from IPython.display import clear_output\n"
+        "for i in range(3):\n    clear_output(wait=True)\n    print(i)"
+    )
+    assert reply["status"] == "ok"
+    assert of_type(outputs, "clear_output") == [{"wait": True}] * 3
+
+
+def test_display_updates_keep_their_display_id_and_metadata(kernel: Kernel) -> None:
+    reply, outputs = kernel.run(
+        "from IPython.display import display, Image\n"
+        "h = display('old', display_id=True)\n"
+        "h.update('new')\n"
+        f"png = {PNG!r}\n"
+        "import base64\n"
+        "display(Image(data=base64.b64decode(png), width=40))"
+    )
+    assert reply["status"] == "ok", outputs
+    shown, image = of_type(outputs, "display_data")
+    (update,) = of_type(outputs, "update_display_data")
+    display_id = shown["transient"]["display_id"]
+    assert update["transient"]["display_id"] == display_id
+    assert shown["data"]["text/plain"] == "'old'" and update["data"]["text/plain"] == "'new'"
+    assert image["metadata"] == {"image/png": {"width": 40}}
+
+
+def test_input_and_getpass_go_through_stdin(kernel: Kernel) -> None:
+    for code, password in (("input('name? ')", False), ("getpass.getpass('name? ')", True)):
+        msg_id = kernel.send(f"import getpass\n{code}", allow_stdin=True)
+        request = kernel.kc.get_stdin_msg(timeout=60)
+        assert request["parent_header"]["msg_id"] == msg_id
+        assert request["content"] == {"prompt": "name? ", "password": password}
+        kernel.kc.input("Ada")
+        reply, outputs = kernel.collect(msg_id)
+        assert reply["status"] == "ok", outputs
+        assert of_type(outputs, "execute_result")[0]["data"]["text/plain"] == "'Ada'"
+
+
+def test_completion_and_inspection_come_from_the_live_namespace(kernel: Kernel) -> None:
+    kernel.run("relay_variable_42 = {'k': 1}")
+    completion = kernel.kc.complete("relay_vari", 10, reply=True, timeout=60)["content"]
+    assert "relay_variable_42" in completion["matches"]
+    inspection = kernel.kc.inspect("relay_variable_42", 17, reply=True, timeout=60)["content"]
+    assert inspection["found"] and "dict" in inspection["data"]["text/plain"]
+
+
+def test_a_widget_opens_a_comm_and_client_updates_reach_the_kernel(kernel: Kernel) -> None:
+    reply, outputs = kernel.run("import ipywidgets\ns = ipywidgets.IntSlider(value=1)\ns")
+    assert reply["status"] == "ok", outputs
+    opens = [o for o in of_type(outputs, "comm_open") if o["target_name"] == "jupyter.widget"]
+    slider = next(o for o in opens if o["data"]["state"].get("_model_name") == "IntSliderModel")
+    update = {"method": "update", "state": {"value": 7}, "buffer_paths": []}
+    message = kernel.kc.session.msg("comm_msg", {"comm_id": slider["comm_id"], "data": update})
+    kernel.kc.shell_channel.send(message)
+    assert kernel.value("s.value") == "7"
+
+
+@pytest.mark.parametrize("mode", ["signal", "message"])
+def test_interrupt_stops_the_remote_cell_within_a_second(
+    mode: str, start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    kernel = start_kernel(jupyter_env(), interrupt_mode=mode)
+    msg_id = kernel.send("import time\nkept = 7\nprint('started', flush=True)\ntime.sleep(60)")
+    kernel.wait_for_stream(msg_id, "started")
+    started = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply, _ = kernel.collect(msg_id, timeout=30)
+    elapsed = time.monotonic() - started
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert elapsed < 1.0, f"interrupt took {elapsed:.2f} s"
+    assert kernel.value("kept") == "7"
+
+
+def test_restart_gives_fresh_state_and_keeps_files(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict], tmp_path: Path
+) -> None:
+    kernel = start_kernel(jupyter_env())
+    assert kernel.value("open('kept.txt', 'w').write('still here')\nvariable = 1\nvariable") == "1"
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.value("open('kept.txt').read()") == "'still here'"
+    reply, outputs = kernel.run("variable")
+    assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
+    kernel.shutdown()
+
+
+def test_auto_chooses_jupyter_when_the_server_answers(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    kernel = start_kernel(jupyter_env(E2B_KERNEL_TRANSPORT="auto"))
+    assert "Transport: jupyter (auto: the sandbox's Jupyter Server answers" in kernel.banner()
+
+
+def test_auto_falls_back_to_execute_and_str_results_keep_their_quotes_there(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    env = jupyter_env(E2B_KERNEL_TRANSPORT="auto")
+    del env["E2B_KERNEL_JUPYTER_URL"]  # the local sandbox serves no port 8888 (yet)
+    kernel = start_kernel(env)
+    banner = kernel.banner()
+    assert "Transport: execute (auto: the sandbox's Jupyter Server does not answer" in banner
+    assert kernel.value("'a'") == "'a'"
+    assert kernel.value('"it\'s"') == '"it\'s"'
+    _, outputs = kernel.run("from IPython.display import display\ndisplay('shown')")
+    assert of_type(outputs, "display_data")[0]["data"] == {"text/plain": "'shown'"}
