@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from .handles import InProcessService, ServiceHandle
 __all__ = ["CLOUD_ISOLATION", "Backend"]
 
 CLOUD_ISOLATION = "E2B cloud microVM"
+_DYING_GRACE = 2.0  # seconds a service that broke a connection may take to be seen dead
 
 
 class Backend:
@@ -69,15 +71,22 @@ class Backend:
             )
         return {"domain": self.config.domain} if self.config.domain else {}
 
-    def service_lost(self) -> bool:
+    async def service_lost(self) -> bool:
         """True when the local service has died; it is then forgotten, so that the next
         ``ensure_started`` starts a fresh one."""
         service = self.service
-        if service is None or service.alive():
+        if service is None:
             return False
+        # Asked because a connection to it just broke: a service that is being killed can still
+        # look alive for a moment, so give it that moment before believing it.
+        deadline = time.monotonic() + _DYING_GRACE
+        while await asyncio.to_thread(service.alive):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
         self.log.warning("the private local E2B service (pid %d) has stopped", service.pid)
         self.service = None
-        service.stop()  # reaps it and removes what it left (its lease file)
+        await asyncio.to_thread(service.stop)  # reaps it and removes its lease file
         return True
 
     @property

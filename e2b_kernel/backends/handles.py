@@ -12,8 +12,10 @@ The SDK reaches any of them with the same three settings (:meth:`ServiceHandle.s
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -41,10 +43,21 @@ class ServiceHandle:
         return {"E2B_API_URL": self.url, "E2B_SANDBOX_URL": self.url, "E2B_API_KEY": self.api_key}
 
     def alive(self) -> bool:
-        """Whether the process serving it still runs (a zombie does not)."""
+        """Whether the service still runs and accepts connections.
+
+        A killed service closes its sockets before its process turns into a zombie, so the
+        process check alone can still say "running" for a moment after the connection broke.
+        """
         try:
-            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                return False
         except psutil.NoSuchProcess:
+            return False
+        address = urlsplit(self.url)
+        try:
+            with socket.create_connection((address.hostname, address.port or 80), timeout=2):
+                return True
+        except OSError:
             return False
 
     def stop(self) -> None:

@@ -246,7 +246,7 @@ class SandboxSession:
         try:
             await self.sandbox.connect(timeout=self.config.sandbox_timeout)
         except Exception as exc:
-            if is_sandbox_gone(exc) or self._backend.service_lost():
+            if is_sandbox_gone(exc) or await self._backend.service_lost():
                 message = self._lost_message(self._how_lost())
                 self._drop_sandbox()
                 self._announce_new = True
@@ -297,7 +297,7 @@ class SandboxSession:
             message, self._lost = self._lost, None
             self._mark_lost(sandbox)
             return message
-        gone = self._backend.service_lost()
+        gone = await self._backend.service_lost()
         if not gone:
             try:
                 gone = not await asyncio.wait_for(sandbox.is_running(), 10)
@@ -431,7 +431,7 @@ class SandboxSession:
         if isinstance(exc, E2BKernelError):
             raise exc
         self.log.warning("run_code failed: %r", exc)
-        gone = is_sandbox_gone(exc) or self._backend.service_lost()
+        gone = is_sandbox_gone(exc) or await self._backend.service_lost()
         if not gone:
             try:
                 gone = not await asyncio.wait_for(sandbox.is_running(), 10)
@@ -592,7 +592,7 @@ class SandboxSession:
                 await sandbox.restart_code_context(default)
                 self._carrier_in = None  # fresh Python state: install it again
             except Exception as exc:
-                if is_sandbox_gone(exc) or self._backend.service_lost():
+                if is_sandbox_gone(exc) or await self._backend.service_lost():
                     message = self._lost_message(self._how_lost())
                     self._mark_lost(sandbox)
                     raise SandboxLost(message) from None

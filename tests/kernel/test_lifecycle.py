@@ -80,7 +80,7 @@ def test_restart_gives_fresh_state_and_keeps_files(
     assert reply["status"] == "ok"
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
-    assert kernel.value("open('kept.txt').read()") == "still here"
+    assert kernel.value("open('kept.txt').read()") == "'still here'"  # quoted, as on python3
     assert kernel.value("import keptpkg; keptpkg.VALUE") == "7"  # installed packages survive
     reply, outputs = kernel.run("variable")
     assert reply["ename"] == "NameError"

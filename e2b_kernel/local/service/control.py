@@ -7,7 +7,6 @@ picks the handler, and every failure is a ServiceError, answered in E2B's shape 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -28,8 +27,9 @@ from ..sandbox.fs_snapshot import restore
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
+from .params import decode_token, encode_token, int_param, timeout_field
 from .pool import Ready, WarmPool
-from .registry import DEFAULT_TIMEOUT, MAX_TIMEOUT, Entry, Registry
+from .registry import DEFAULT_TIMEOUT, Entry, Registry
 from .snapshot_store import Snapshot
 from .snapshots import SnapshotRoutes, filesystem_pause, reset_processes, wants_memory
 
@@ -324,7 +324,7 @@ class ControlPlane:
         page = entries[start : start + limit]
         headers = {}
         if start + limit < len(entries):
-            headers["x-next-token"] = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
+            headers["x-next-token"] = encode_token(start + limit)
         totals = await asyncio.gather(*(disk_total(e) for e in page))
         body = [self._detail_json(e, total) for e, total in zip(page, totals, strict=True)]
         return JSONResponse(body, headers=headers)
@@ -382,17 +382,6 @@ class ControlPlane:
         }
 
 
-def timeout_field(body: dict[str, Any], name: str, *, default: int | None) -> Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ServiceError(400, f"{name} must be an integer number of seconds, got {value!r}")
-    if value < 0 or value > MAX_TIMEOUT:
-        raise ServiceError(400, f"{name} must be between 0 and {MAX_TIMEOUT} seconds, got {value}")
-    return value
-
-
 def _string_map(body: dict[str, Any], name: str) -> dict[str, str]:
     value = body.get(name) or {}
     if not isinstance(value, dict) or not all(
@@ -400,18 +389,6 @@ def _string_map(body: dict[str, Any], name: str) -> dict[str, str]:
     ):
         raise ServiceError(400, f"{name} must be an object of string values")
     return dict(value)
-
-
-def int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ServiceError(400, f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ServiceError(400, f"{name} must be between {low} and {high}, got {value}")
-    return value
 
 
 def _parse_time(raw: str | None) -> datetime | None:
@@ -422,12 +399,3 @@ def _parse_time(raw: str | None) -> datetime | None:
     except ValueError:
         raise ServiceError(400, f"startedAfter must be an ISO-8601 time, got {raw!r}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def decode_token(token: str | None) -> int:
-    if not token:
-        return 0
-    try:
-        return max(0, int(base64.urlsafe_b64decode(token.encode()).decode()))
-    except ValueError:
-        raise ServiceError(400, "nextToken is not a token this service issued") from None

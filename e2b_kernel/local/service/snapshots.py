@@ -10,7 +10,6 @@ kept (``mode="full"``) gets a 400 that says so, instead of a snapshot missing wh
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..sandbox.fs_snapshot import SnapshotError, drop_processes
 from .errors import ServiceError
+from .params import decode_token, encode_token, int_param, timeout_field
 from .registry import Entry, Registry
 
 MEMORY_REFUSED = (
@@ -103,15 +103,13 @@ class SnapshotRoutes:
 
     async def list_snapshots(self, request: Request) -> Response:
         """GET /snapshots?sandboxID=&name=&limit=&nextToken=: 200 [SnapshotInfo], paged."""
-        from .control import decode_token, int_param
-
         query = request.query_params
         limit = int_param(query.get("limit"), "limit", default=100, low=1, high=1000)
         start = decode_token(query.get("nextToken"))
         found = self.registry.snapshots.listing(query.get("sandboxID"), query.get("name"))
         headers = {}
         if start + limit < len(found):
-            headers["x-next-token"] = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
+            headers["x-next-token"] = encode_token(start + limit)
         return JSONResponse([s.to_json() for s in found[start : start + limit]], headers=headers)
 
     async def delete_snapshot(self, request: Request) -> Response:
@@ -127,8 +125,6 @@ class SnapshotRoutes:
         The source's files are archived once; each fork is a new sandbox restored from them,
         with the source's template, metadata and env vars, and fresh processes.
         """
-        from .control import timeout_field
-
         entry = self.control._entry(request.path_params["sandbox_id"])
         body = await self.control._json(request)
         count = body.get("count", 1)
