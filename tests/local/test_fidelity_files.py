@@ -68,17 +68,25 @@ async def _async_metadata() -> None:
         await sbx.kill()
 
 
+NESTED = 40  # nested folders made in the burst, each with a file written at once
+
+
 def _burst_command(root: str) -> str:
+    # Each file is written right after its folders appear, before any watch on them can
+    # exist: only a rescan of a new folder reports it.
     return (
-        f"mkdir -p {root}/n1/n2 && echo deep > {root}/n1/n2/f.txt && "
-        f"for i in $(seq {BURST}); do echo $i > {root}/b$i; done && touch {root}/done"
+        f"for i in $(seq {NESTED}); do mkdir -p {root}/n$i/deep && echo x > {root}/n$i/deep/f;"
+        f" done; for i in $(seq {BURST}); do echo $i > {root}/b$i; done; "
+        f"echo later > {root}/n1/deep/later.txt; touch {root}/done"
     )
 
 
 def _expected(events: list[tuple[str, FilesystemEventType]]) -> None:
     created = {name for name, kind in events if kind == FilesystemEventType.CREATE}
-    assert {"n1", "n1/n2", "n1/n2/f.txt"} <= created, sorted(created)[:20]
+    nested = {f"n{i}/deep/f" for i in range(1, NESTED + 1)}
+    assert nested <= created, sorted(nested - created)[:10]
     assert {f"b{i}" for i in range(1, BURST + 1)} <= created
+    assert "n1/deep/later.txt" in created  # a folder added later is watched too
 
 
 def test_recursive_watch_sees_nested_folders_and_bursts_sync() -> None:
