@@ -4,7 +4,8 @@ Prints, measured in one run on this machine:
 - median round trip of a trivial cell on ``e2b-python`` against ``python3`` (target <= 2x);
 - that round trip minus a raw ``run_code`` on the same kind of sandbox (our overhead, <= 2 ms);
 - latency from ``print`` in the sandbox to the ``stream`` message;
-- kernel start to first cell result, against ``python3``;
+- kernel start to first cell result, against ``python3`` (target <= 1.2x; the pool's ready
+  sandbox is what makes it reachable, so it is reported as measured, never asserted);
 - time and kernel peak memory to stream 50 MB of stdout.
 """
 
@@ -146,7 +147,7 @@ def main() -> None:
     print(f"print -> stream message latency: e2b-python {ms(e2b[2])}, python3 {ms(py[2])}")
     print(
         f"kernel start -> first result: e2b-python {e2b[0]:.2f} s, python3 {py[0]:.2f} s, "
-        f"ratio {e2b[0] / py[0]:.1f}x"
+        f"ratio {e2b[0] / py[0]:.2f}x (target <= 1.2x)"
     )
     for name, (_first, _rt, _lat, (secs, peak, received)) in results.items():
         print(

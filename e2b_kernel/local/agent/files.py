@@ -204,7 +204,27 @@ def entry_info(path: str) -> dict:
         "mtime_ns": info.st_mtime_ns,
         "symlink_target": target,
         "is_symlink": is_link,
+        "metadata": _metadata(host),
     }
+
+
+_XATTR_PREFIX = "user.e2b."
+
+
+def _metadata(host: str) -> dict[str, str]:
+    """The file's ``user.e2b.*`` extended attributes, as envd surfaces them (keys without the
+    prefix). They live on the inode, so a rename keeps them; a link shows its own (none)."""
+    try:
+        names = os.listxattr(host, follow_symlinks=False)
+    except OSError:
+        return {}  # a filesystem without xattrs, or a race with a removal: no metadata
+    found = {}
+    for name in names:
+        if name.startswith(_XATTR_PREFIX):
+            with contextlib.suppress(OSError):
+                raw = os.getxattr(host, name, follow_symlinks=False)
+                found[name[len(_XATTR_PREFIX) :]] = raw.decode("utf-8", "replace")
+    return found
 
 
 # --- ops -----------------------------------------------------------------------------------
@@ -336,7 +356,7 @@ def write_op(conn: Conn, request: dict) -> None:
         try:
             with as_user(user), _errors(path):
                 for key, value in metadata.items():
-                    os.setxattr(host_path(path), f"user.e2b.{key}", str(value).encode())
+                    os.setxattr(host_path(path), f"{_XATTR_PREFIX}{key}", str(value).encode())
                 entry = entry_info(path)
         except AgentError as exc:
             failure = exc

@@ -78,22 +78,31 @@ class Inotify:
         wd = _check(_libc.inotify_add_watch(self.fd, os.fsencode(path), mask), "watch", path)
         self._dirs[wd] = relative
 
-    def _add_below(self, path: str, relative: str) -> None:
-        """Watch every directory below path, not following symlinks (as envd's walk)."""
+    def _add_below(self, path: str, relative: str, found: list[str] | None = None) -> None:
+        """Watch every directory below path, not following symlinks (as envd's walk).
+
+        With ``found``, every entry met is appended to it: a directory that was created or
+        moved in before its watch existed may already hold files (``mkdir -p a/b; touch
+        a/b/f`` in one burst), and their events happened where nobody watched.
+        """
         try:
             with os.scandir(path) as listing:
-                children = [c for c in listing if c.is_dir(follow_symlinks=False)]
+                children = [(c, c.is_dir(follow_symlinks=False)) for c in listing]
         except OSError:
             return  # vanished or unreadable meanwhile: nothing to watch there
-        for child in children:
+        for child, is_dir in sorted(children, key=lambda item: item[0].name):
             child_relative = posixpath.join(relative, child.name) if relative else child.name
+            if found is not None:
+                found.append(child_relative)
+            if not is_dir:
+                continue
             try:
                 self._add(child.path, child_relative, only_dir=True)
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
                     continue
                 raise
-            self._add_below(child.path, child_relative)
+            self._add_below(child.path, child_relative, found)
 
     def read(self) -> list[tuple[str, str]]:
         """Pending events as (name relative to the root, kind); [] when none are queued."""
@@ -118,14 +127,22 @@ class Inotify:
             relative = posixpath.join(base, name) if name else base
             if mask & (IN_DELETE_SELF | IN_MOVE_SELF) and base:
                 continue  # a subdirectory's own removal was reported by its parent already
-            if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
-                full = os.path.join(self.root, relative)
-                try:
-                    self._add(full, relative, only_dir=True)
-                    self._add_below(full, relative)
-                except OSError:
-                    pass  # removed again before we could watch it
             for bits, kind in _KINDS:
                 if mask & bits:
                     events.append((relative, kind))
+            if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                events += self._watch_new_dir(relative)
         return events
+
+    def _watch_new_dir(self, relative: str) -> list[tuple[str, str]]:
+        """Watch a directory that just appeared, and report what it already holds as
+        created: those entries were made before the watch existed, so the kernel will
+        never tell us about them."""
+        full = os.path.join(self.root, relative)
+        found: list[str] = []
+        try:
+            self._add(full, relative, only_dir=True)
+            self._add_below(full, relative, found)
+        except OSError:
+            return []  # removed again before we could watch it
+        return [(name, "create") for name in found]

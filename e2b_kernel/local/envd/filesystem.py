@@ -90,6 +90,7 @@ def entry_message(entry: dict[str, Any]) -> EntryInfo:
         modified_time=Timestamp(seconds=seconds, nanos=nanos),
         symlink_target=entry.get("symlink_target"),
         is_symlink=bool(entry.get("is_symlink")),
+        metadata=dict(entry.get("metadata") or {}),
     )
 
 

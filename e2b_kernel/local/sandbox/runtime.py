@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from . import bwrap, disk, network, seccomp, staging
+from . import bwrap, disk, egress, network, seccomp, staging
 from .agent_client import AgentClient
 from .isolation import CgroupSet, Isolation, join_cgroups_argv
 from .paths import SandboxPaths
@@ -99,6 +99,7 @@ class LocalSandbox:
         self._init_pid: int | None = None
         self._stderr_tail: deque[bytes] = deque(maxlen=20)
         self._network: network.Network | None = None
+        self._egress: egress.EgressTable | None = None
         self._kill_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._gone_callbacks: list[Callable[[], None]] = []
         self._children: set[AgentProcess] = set()
@@ -136,6 +137,20 @@ class LocalSandbox:
         except BaseException:
             await self.kill()  # leave no directories, cgroups or processes behind
             raise
+
+    async def set_egress(self, rules: egress.EgressRules) -> None:
+        """Install (or replace) the allowOut/denyOut rules in the sandbox's network
+        namespace. Only a sandbox started with its user-mode network has one to filter."""
+        if self._network is None or self._init_pid is None:
+            if not rules.filters:
+                return  # nothing refused, nothing to install
+            raise egress.EgressError(
+                "this sandbox has no network to filter: create it with allow_internet_access"
+                " or with network options"
+            )
+        if self._egress is None:
+            self._egress = egress.EgressTable(f"/proc/{self._init_pid}/ns/net")
+        await self._egress.apply(rules)
 
     def _owner(self, inside_uid: int) -> int:
         """The host uid of an inside uid (-1: leave as is, without isolation)."""

@@ -23,10 +23,12 @@ from starlette.types import Receive, Scope, Send
 
 from ..interpreter import CodeInterpreter
 from ..sandbox import SandboxStartError
+from ..sandbox.egress import EgressError
 from ..sandbox.fs_snapshot import restore
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
+from .network_opts import NetworkOptions, from_create, update_network
 from .params import decode_token, encode_token, int_param, timeout_field
 from .pool import Ready, WarmPool
 from .registry import DEFAULT_TIMEOUT, Entry, Registry
@@ -94,6 +96,7 @@ class ControlPlane:
             sandbox + "/refreshes": {"POST": "refresh"},
             sandbox + "/pause": {"POST": "pause"},
             sandbox + "/metrics": {"GET": "metrics"},
+            sandbox + "/network": {"PUT": "update_network"},
         }
         self.pool = WarmPool(registry.pool_size, self._ready_sandbox)
         registry.pool = self.pool
@@ -153,13 +156,15 @@ class ControlPlane:
         network = body.get("network") or {}
         public = not isinstance(network, dict) or network.get("allowPublicTraffic", True)
         internet = body.get("allow_internet_access", body.get("allowInternetAccess", False))
+        options = from_create(body, bool(internet))
         auto_resume = body.get("autoResume") or {}
         entry = await self.start_sandbox(
             template_id=template,
             timeout=timeout,
             metadata=metadata,
             envs=envs,
-            allow_internet=bool(internet),
+            allow_internet=options.needs_stack,
+            network=options,
             auto_pause=bool(body.get("autoPause", False)),
             auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
             traffic=public is not False,
@@ -178,10 +183,14 @@ class ControlPlane:
         auto_resume: bool = False,
         traffic: bool = True,
         snapshot: Snapshot | None = None,
+        network: NetworkOptions | None = None,
     ) -> Entry:
         """Start a sandbox with its code interpreter; from a snapshot when the template names
         one (its files are restored inside the new sandbox before anything runs there)."""
         snapshot = snapshot or self.registry.snapshots.find(template_id)
+        if snapshot is None and self.registry.snapshots.is_missing_reference(template_id):
+            # E2B's answer for a template (a snapshot is one) that does not exist.
+            raise ServiceError(404, f"template '{template_id}' not found")
         ready = None
         if self.registry.poolable(metadata, allow_internet):
             ready = self.pool.take()
@@ -205,6 +214,15 @@ class ControlPlane:
             log.exception("could not start a sandbox")
             reason = str(exc) or type(exc).__name__
             raise ServiceError(500, f"could not start the sandbox: {reason}") from None
+        entry.network = network
+        if network is not None and network.needs_stack:
+            # Before the 201: no code of the caller's runs before its rules hold.
+            try:
+                await entry.sandbox.set_egress(network.rules)
+            except (EgressError, OSError) as exc:
+                await self.registry.kill(entry.sandbox_id)
+                status = 400 if isinstance(exc, EgressError) else 500
+                raise ServiceError(status, f"cannot apply the network options: {exc}") from None
         try:
             if snapshot is not None:
                 await restore(entry.sandbox, snapshot.path)
@@ -250,6 +268,10 @@ class ControlPlane:
             return JSONResponse(self._sandbox_json(entry), 201)
         self.registry.extend(entry, timeout if timeout is not None else entry.timeout_seconds)
         return JSONResponse(self._sandbox_json(entry), 200)
+
+    async def update_network(self, request: Request) -> Response:
+        """PUT /sandboxes/{id}/network: replace the sandbox's egress rules (204)."""
+        return await update_network(self, request)
 
     async def kill(self, request: Request) -> Response:
         """DELETE /sandboxes/{id}: 204, or 404 when unknown or already killed."""
@@ -374,12 +396,19 @@ class ControlPlane:
             "state": entry.state,
             "metadata": metadata,
             **({"pauseMode": entry.pause_mode} if entry.sandbox.paused else {}),
-            "allowInternetAccess": entry.sandbox.allow_internet,
+            "allowInternetAccess": (
+                entry.network.internet if entry.network else entry.sandbox.allow_internet
+            ),
+            **({"network": shown} if (shown := _network_json(entry)) else {}),
             "lifecycle": {
                 "autoResume": entry.auto_resume,
                 "onTimeout": "pause" if entry.auto_pause else "kill",
             },
         }
+
+
+def _network_json(entry: Entry) -> dict[str, Any] | None:
+    return entry.network.to_json() if entry.network is not None else None
 
 
 def _string_map(body: dict[str, Any], name: str) -> dict[str, str]:

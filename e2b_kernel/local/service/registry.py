@@ -66,6 +66,7 @@ class Entry:
     metrics: MetricsSampler | None = None  # its sampled metric history
     pause_mode: str = "full"  # how it was last paused: "full" (frozen) or "filesystem"
     timeout_seconds: int = DEFAULT_TIMEOUT
+    network: Any = None  # its NetworkOptions (network_opts.py), reported by get_info
     deadline_changed: asyncio.Event = field(default_factory=asyncio.Event)
     expiry_task: asyncio.Task | None = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import string
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 NAMESPACE = "local"  # stands in for E2B's team slug in snapshot names
 _ALPHABET = string.ascii_lowercase + string.digits
+# What an unnamed snapshot's id looks like (take() makes them so).
+_SNAPSHOT_ID = re.compile(r"snap[a-z0-9]{16}")
 
 
 def _now() -> datetime:
@@ -57,11 +60,24 @@ class SnapshotStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._items: dict[str, Snapshot] = {}
+        self._deleted: set[str] = set()  # every form of a deleted snapshot's names
 
     def find(self, wanted: str) -> Snapshot | None:
         """The snapshot a template id names, if it names one."""
         return self._items.get(wanted) or next(
             (s for s in self._items.values() if s.matches(wanted)), None
+        )
+
+    def is_missing_reference(self, wanted: str) -> bool:
+        """Whether a template id that names no snapshot still means one: a deleted
+        snapshot's id or name, an unnamed snapshot's id form, or this service's namespace.
+        E2B answers such a create with 404 (the template does not exist), so the service
+        must not start a plain sandbox instead. Other unknown template names stay lenient:
+        a local service has no template builds, and they get the one local image."""
+        return (
+            wanted in self._deleted
+            or _SNAPSHOT_ID.fullmatch(wanted) is not None
+            or wanted.startswith(NAMESPACE + "/")
         )
 
     def listing(self, sandbox_id: str | None, name: str | None) -> list[Snapshot]:
@@ -100,5 +116,8 @@ class SnapshotStore:
         if snapshot is None:
             return False
         del self._items[snapshot.snapshot_id]
+        for name in [snapshot.snapshot_id, *snapshot.names]:
+            bare = name.split("/", 1)[-1]
+            self._deleted |= {name, bare, bare.split(":", 1)[0]}
         await asyncio.to_thread(snapshot.path.unlink, missing_ok=True)
         return True

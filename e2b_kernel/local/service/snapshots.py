@@ -152,6 +152,7 @@ class SnapshotRoutes:
                 auto_resume=source.auto_resume,
                 traffic=source.traffic_token is None,
                 snapshot=snapshot,
+                network=source.network,  # a fork keeps its source's egress rules
             )
         except ServiceError as exc:
             return {"error": {"code": exc.status, "message": str(exc)}}

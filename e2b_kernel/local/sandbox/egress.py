@@ -1,0 +1,175 @@
+"""Egress rules of a sandbox (E2B's ``network.allowOut`` / ``denyOut``), as policy routing.
+
+E2B filters a sandbox's outbound traffic by destination: a destination matching ``denyOut``
+is refused unless it also matches ``allowOut`` (allowed entries always win), and with no
+``denyOut`` everything goes out. ``allow_internet_access=False`` counts as denying
+0.0.0.0/0.
+
+Here the sandbox's outbound traffic leaves through slirp4netns (see network.py), so the
+rules live in the sandbox's own network namespace, as ``ip rule`` entries the SERVICE (host
+root) adds with ``nsenter --net``: sandbox processes have no capabilities there and cannot
+change them. Rules are looked up in priority order, so allowed prefixes get lower numbers
+("lookup main": routed normally) than denied ones ("prohibit": connect() fails at once with
+EACCES inside the sandbox). The host fence of network.py (``prohibit`` routes for every host
+address in the main table) still applies to allowed destinations, since they are looked up
+in that table: allowing 0.0.0.0/0 never opens the host.
+
+Only the ``ip`` tool is needed (no nftables or iptables, which many hosts and CI images
+lack). Domain names in ``allowOut`` are resolved once, when the rules are applied, and their
+addresses allowed; the DNS forwarder is then allowed as well, as E2B allows its DNS servers.
+Wildcard domains cannot be resolved and are stored but not enforced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+DNS_FORWARDER = "10.0.2.3"  # slirp4netns's, the sandbox's only nameserver
+ALL_TRAFFIC = "0.0.0.0/0"
+MAX_ENTRIES = 256  # per list: each entry is one rule in the namespace
+_ALLOW_BASE = 1000  # rule priorities: allowed < denied < the main table (32766)
+_DENY_BASE = 5000
+_GUARD_PRIORITY = 900  # a deny-all held while the rules are swapped (fail closed)
+_RESOLVE_TIMEOUT = 3.0
+
+
+class EgressError(ValueError):
+    """The rules are malformed (the API answers 400)."""
+
+
+@dataclass
+class EgressRules:
+    """What the caller asked for, as E2B's API fields."""
+
+    allow_out: list[str] = field(default_factory=list)
+    deny_out: list[str] = field(default_factory=list)
+    dns_servers: list[str] | None = None  # None: E2B's default, 8.8.8.8
+
+    @property
+    def filters(self) -> bool:
+        """Whether anything is refused at all (with no deny entry everything goes out)."""
+        return bool(self.deny_out)
+
+    def to_json(self) -> dict[str, list[str]]:
+        body = {"allowOut": list(self.allow_out), "denyOut": list(self.deny_out)}
+        if self.dns_servers is not None:
+            body["dnsServers"] = list(self.dns_servers)
+        return body
+
+
+def parse(body: dict, *, internet: bool) -> EgressRules:
+    """Rules from a create or update body's network fields; EgressError when malformed."""
+    allow = _string_list(body, "allowOut")
+    deny = _string_list(body, "denyOut")
+    dns = body.get("dnsServers")
+    if dns is not None:
+        dns = _string_list(body, "dnsServers")
+        for server in dns:
+            _network(server, "dnsServers")
+    for entry in deny:
+        _network(entry, "denyOut")  # E2B: domain names are not supported for deny rules
+    for entry in allow:
+        if not _is_domain(entry):
+            _network(entry, "allowOut")
+    if not internet and ALL_TRAFFIC not in deny:
+        deny.append(ALL_TRAFFIC)
+    return EgressRules(allow, deny, dns)
+
+
+def _string_list(body: dict, name: str) -> list[str]:
+    value = body.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise EgressError(f"{name} must be a list of non-empty strings")
+    if len(value) > MAX_ENTRIES:
+        raise EgressError(f"{name} has {len(value)} entries; at most {MAX_ENTRIES} are allowed")
+    return list(value)
+
+
+def _network(entry: str, name: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise EgressError(f"{name}: {entry!r} is not an IP address or CIDR block") from None
+
+
+def _is_domain(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return True
+    return False
+
+
+async def _resolve(domain: str) -> list[str]:
+    """A domain's IPv4 addresses now (none when it does not resolve, or is a wildcard)."""
+    if domain.startswith("*"):
+        return []
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(domain, None, family=socket.AF_INET), _RESOLVE_TIMEOUT
+        )
+    except (OSError, asyncio.TimeoutError):
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def plan(rules: EgressRules) -> tuple[list[str], list[str]]:
+    """The (allowed, denied) IPv4 prefixes to install, domains resolved."""
+    allowed: list[str] = []
+    domains = [entry for entry in rules.allow_out if _is_domain(entry)]
+    for entry in rules.allow_out:
+        if not _is_domain(entry):
+            allowed.append(str(_network(entry, "allowOut")))
+    for addresses in await asyncio.gather(*(_resolve(d) for d in domains)):
+        allowed += [f"{a}/32" for a in addresses]
+    if domains:
+        dns = rules.dns_servers if rules.dns_servers is not None else ["8.8.8.8"]
+        allowed += [f"{DNS_FORWARDER}/32", *(f"{s}/32" for s in dns)]
+    denied = [str(_network(entry, "denyOut")) for entry in rules.deny_out]
+    v4 = [p for p in dict.fromkeys(allowed) if ":" not in p]
+    return v4, [p for p in dict.fromkeys(denied) if ":" not in p]
+
+
+class EgressTable:
+    """The rules installed in one sandbox's network namespace (the service's side)."""
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns  # /proc/<pid>/ns/net
+        self._installed: list[int] = []  # priorities of our rules
+
+    async def apply(self, rules: EgressRules) -> None:
+        """Replace every rule at once: one ``ip -batch`` run, behind a deny-all guard so
+        that no destination is open for an instant that either rule set refuses."""
+        allowed, denied = await plan(rules) if rules.filters else ([], [])
+        lines = [f"rule add to {ALL_TRAFFIC} prohibit priority {_GUARD_PRIORITY}"]
+        lines += [f"rule del priority {p}" for p in self._installed]
+        new: list[int] = []
+        for index, prefix in enumerate(allowed):
+            new.append(_ALLOW_BASE + index)
+            lines.append(f"rule add to {prefix} lookup main priority {new[-1]}")
+        for index, prefix in enumerate(denied):
+            new.append(_DENY_BASE + index)
+            lines.append(f"rule add to {prefix} prohibit priority {new[-1]}")
+        lines.append(f"rule del priority {_GUARD_PRIORITY}")
+        code, out = await _ip_batch(self.netns, lines)
+        if code != 0:
+            with contextlib.suppress(OSError):  # never leave the guard: it blocks everything
+                await _ip_batch(self.netns, [f"rule del priority {_GUARD_PRIORITY}"])
+            raise OSError(f"cannot apply the sandbox's egress rules: {out.strip()}")
+        self._installed = new
+
+
+async def _ip_batch(netns: str, lines: list[str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--net={netns}", "ip", "-4", "-force", "-batch", "-",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate(("\n".join(lines) + "\n").encode())
+    return proc.returncode or 0, out.decode(errors="replace")

@@ -1,0 +1,105 @@
+"""E2B's sandbox network options: ``network`` on create, ``PUT /sandboxes/{id}/network``.
+
+The egress lists (``allowOut`` / ``denyOut`` / ``dnsServers`` and ``allow_internet_access``)
+are enforced in the sandbox's network namespace (sandbox/egress.py). ``allowPublicTraffic``
+becomes the traffic access token (control.py), and ``maskRequestHost`` is kept and reported.
+What cannot be done here (an egress SOCKS proxy, per-host request transforms) is refused
+with a 400 that says so, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..sandbox.egress import EgressError, EgressRules, parse
+from .errors import ServiceError
+
+UNSUPPORTED = {
+    "egressProxy": "an egress proxy",
+    "rules": "per-host request transform rules",
+}
+
+
+@dataclass
+class NetworkOptions:
+    """A sandbox's network settings as the caller gave them (reported by get_info)."""
+
+    internet: bool  # allow_internet_access as asked (False denies 0.0.0.0/0)
+    rules: EgressRules = field(default_factory=EgressRules)
+    given: bool = False  # whether the caller sent network options at all
+    shown: dict[str, Any] = field(default_factory=dict)  # the fields as the caller sent them
+
+    @property
+    def needs_stack(self) -> bool:
+        """Whether the sandbox needs its user-mode network: internet, or some allowed
+        destination (allowed entries win even over allow_internet_access=False)."""
+        return self.internet or bool(self.rules.allow_out)
+
+    def to_json(self) -> dict[str, Any] | None:
+        return dict(self.shown) if self.given else None
+
+
+_SHOWN = (
+    "allowOut",
+    "denyOut",
+    "dnsServers",
+    "allowPublicTraffic",
+    "maskRequestHost",
+    "httpsPorts",
+)
+
+
+def _shown(network: dict[str, Any], keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    shown = {k: v for k, v in (keep or {}).items() if k not in ("allowOut", "denyOut")}
+    shown.pop("dnsServers", None)
+    shown |= {k: network[k] for k in _SHOWN if network.get(k) is not None}
+    shown.setdefault("allowOut", [])
+    shown.setdefault("denyOut", [])
+    return shown
+
+
+def _refuse_unsupported(network: dict[str, Any]) -> None:
+    for name, what in UNSUPPORTED.items():
+        if network.get(name):
+            raise ServiceError(400, f"the local E2B service does not support {what} ({name})")
+
+
+def from_create(body: dict[str, Any], internet: bool) -> NetworkOptions:
+    """The options of a create body (its ``network`` object and allow_internet_access)."""
+    network = body.get("network")
+    if network is None:
+        return NetworkOptions(internet, parse({}, internet=internet))
+    if not isinstance(network, dict):
+        raise ServiceError(400, "network must be an object")
+    _refuse_unsupported(network)
+    try:
+        rules = parse(network, internet=internet)
+    except EgressError as exc:
+        raise ServiceError(400, str(exc)) from None
+    return NetworkOptions(internet, rules, True, _shown(network))
+
+
+async def update_network(control: Any, request: Request) -> Response:
+    """PUT /sandboxes/{id}/network: replace every egress rule at once (omitted = cleared);
+    204, 404 for an unknown sandbox, 400 for malformed rules or a sandbox with no network."""
+    entry = control._entry(request.path_params["sandbox_id"])
+    body = await control._json(request)
+    _refuse_unsupported(body)
+    internet = body.get("allow_internet_access", True)
+    if not isinstance(internet, bool):
+        raise ServiceError(400, "allow_internet_access must be a boolean")
+    try:
+        rules = parse(body, internet=internet)
+        await entry.sandbox.set_egress(rules)
+    except EgressError as exc:
+        raise ServiceError(400, str(exc)) from None
+    except OSError as exc:
+        raise ServiceError(500, str(exc)) from None
+    old: NetworkOptions | None = entry.network
+    # allowPublicTraffic and maskRequestHost are not part of an update: they stay.
+    entry.network = NetworkOptions(internet, rules, True, _shown(body, old.shown if old else None))
+    return Response(status_code=204)

@@ -1,0 +1,161 @@
+"""Network options through the unmodified SDK (sync and async): ``allow_out`` / ``deny_out``
+on create and ``update_network`` decide, inside the sandbox, which destinations are reached.
+
+The target is a small HTTP server in a network namespace this test creates, behind a veth
+pair with addresses of the test's own choosing (a free 10.x /24); the sandbox reaches it
+through its user-mode network (slirp4netns) as it would an internet host. Only those
+addresses are ever contacted, and everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from e2b import AsyncSandbox, Sandbox
+from e2b.exceptions import SandboxException
+from local_helpers import wait_for
+
+from e2b_kernel.local import RunningService
+
+PORT = 8099
+# Connects to each address given and prints "<address> ok" or "<address> err <errno>".
+PROBE = """import socket, sys
+for host in sys.argv[2:]:
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, int(sys.argv[1])))
+        print(host, "ok")
+    except OSError as exc:
+        print(host, "err", exc.errno)
+"""
+
+
+@dataclass
+class Target:
+    """Two addresses of one HTTP server, reachable from the host only through the veth."""
+
+    first: str
+    second: str
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def _free_subnet() -> str:
+    used = (
+        subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+        + subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+    )
+    for _ in range(20):
+        subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+        if f"{subnet}." not in used:
+            return subnet
+    pytest.skip("no free 10.x /24 for the test's network namespace")
+
+
+@pytest.fixture(scope="module")
+def target(local_service: RunningService) -> Iterator[Target]:
+    if os.geteuid() != 0 or shutil.which("ip") is None or local_service.isolation == "none":
+        pytest.skip("needs root, ip(8) and isolated sandboxes (a user-mode network)")
+    tag = uuid.uuid4().hex[:6]
+    netns, host_end, far_end = f"e2bkt-{tag}", f"e2bkt{tag}a", f"e2bkt{tag}b"
+    subnet = _free_subnet()
+    server = None
+    try:
+        _ip("netns", "add", netns)
+        _ip("link", "add", host_end, "type", "veth", "peer", "name", far_end)
+        _ip("link", "set", far_end, "netns", netns)
+        _ip("addr", "add", f"{subnet}.1/24", "dev", host_end)
+        _ip("link", "set", host_end, "up")
+        for last in (2, 3):
+            _ip("-n", netns, "addr", "add", f"{subnet}.{last}/24", "dev", far_end)
+        _ip("-n", netns, "link", "set", far_end, "up")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "http.server",
+             "--bind", "0.0.0.0", str(PORT)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def listening() -> bool:
+            with socket.socket() as probe:
+                probe.settimeout(1)
+                return probe.connect_ex((f"{subnet}.2", PORT)) == 0
+
+        wait_for(listening, 15, "the test's HTTP server")
+        yield Target(f"{subnet}.2", f"{subnet}.3")
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)
+
+
+def _reached(output: str) -> dict[str, bool]:
+    return {line.split()[0]: line.split()[1] == "ok" for line in output.splitlines()}
+
+
+def _probe(sbx: Sandbox, target: Target) -> dict[str, bool]:
+    sbx.files.write("/tmp/probe.py", PROBE)
+    result = sbx.commands.run(f"python3 /tmp/probe.py {PORT} {target.first} {target.second}")
+    return _reached(result.stdout)
+
+
+def test_deny_out_allow_out_and_update_network_sync(
+    target: Target, sdk_env: dict[str, str]
+) -> None:
+    sbx = Sandbox.create(
+        timeout=120, allow_internet_access=True, network={"deny_out": [target.second]}
+    )
+    try:
+        assert _probe(sbx, target) == {target.first: True, target.second: False}
+        assert sbx.get_info().network == {"allow_out": [], "deny_out": [target.second]}
+
+        # Allowed entries win over denied ones: everything but the first address is refused.
+        sbx.update_network({"allow_out": [target.first], "deny_out": ["0.0.0.0/0"]})
+        assert _probe(sbx, target) == {target.first: True, target.second: False}
+        sbx.update_network({"allow_out": [f"{target.second}/32"], "deny_out": ["0.0.0.0/0"]})
+        assert _probe(sbx, target) == {target.first: False, target.second: True}
+        sbx.update_network({})  # every rule cleared
+        assert _probe(sbx, target) == {target.first: True, target.second: True}
+
+        with pytest.raises(SandboxException, match="400"):
+            sbx.update_network({"deny_out": ["example.com"]})  # E2B: no domains in deny
+    finally:
+        sbx.kill()
+
+
+def test_allow_out_without_internet_and_update_async(
+    target: Target, sdk_env: dict[str, str]
+) -> None:
+    async def scenario() -> None:
+        # allow_internet_access=False denies 0.0.0.0/0, but allowed entries still win.
+        sbx = await AsyncSandbox.create(
+            timeout=120, allow_internet_access=False, network={"allow_out": [target.first]}
+        )
+        try:
+            await sbx.files.write("/tmp/probe.py", PROBE)
+            run = f"python3 /tmp/probe.py {PORT} {target.first} {target.second}"
+            reached = _reached((await sbx.commands.run(run)).stdout)
+            assert reached == {target.first: True, target.second: False}
+            assert (await sbx.get_info()).allow_internet_access is False
+
+            await sbx.update_network({"deny_out": [target.first]})
+            reached = _reached((await sbx.commands.run(run)).stdout)
+            assert reached == {target.first: False, target.second: True}
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())
