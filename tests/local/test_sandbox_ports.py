@@ -27,17 +27,18 @@ ECHO_SERVER = textwrap.dedent(
     import asyncio
     from websockets.asyncio.server import serve
 
+    PROTOCOL = "v1.kernel.websocket.jupyter.org"
+
     async def echo(ws):
         async for message in ws:
             await ws.send(message)
 
     async def main():
-        async with serve(echo, "127.0.0.1", 8765, subprotocols=[%r], max_size=None) as server:
+        async with serve(echo, "127.0.0.1", 8765, subprotocols=[PROTOCOL], max_size=None) as server:
             await server.serve_forever()
 
     asyncio.run(main())
     """
-    % JUPYTER_SUBPROTOCOL
 )
 
 
