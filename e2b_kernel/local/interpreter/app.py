@@ -17,6 +17,7 @@ from typing import Any
 from . import ndjson
 from .contexts import Context, Execution, UnknownLanguage, prepend_env, settle_aborts
 from .kernels import SandboxLike, normalize_language
+from .server_kernel import write_kernelspec
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,14 @@ class CodeInterpreter:
             on_kill(self.shutdown)
 
     async def start(self) -> None:
-        """Start the default python context (cwd /home/user) before the sandbox is announced."""
+        """Start the default python context (cwd /home/user) before the sandbox is announced.
+
+        With a Jupyter Server in the sandbox, its ``python3`` kernelspec is written first: the
+        default context is one of its kernels (``server_kernel.py``).
+        """
+        spec_root = getattr(self.sandbox, "kernelspec_dir", None)
+        if getattr(self.sandbox, "jupyter", None) is not None and spec_root is not None:
+            write_kernelspec(self.sandbox, spec_root)
         await self._default_context("python")
 
     async def shutdown(self) -> None:

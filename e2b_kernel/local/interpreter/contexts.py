@@ -12,6 +12,7 @@ from typing import Any
 
 from . import ndjson
 from .kernels import LANGUAGES, Kernel, SandboxLike, is_idle, next_message
+from .server_kernel import ServerKernel
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,14 @@ class Context:
     async def _start(self, *, set_cwd: bool) -> None:
         if self.closed:
             raise ProcessLookupError(f"context {self.id} was removed")
-        kernel = Kernel(self.sandbox, self._spec, f"k{next(_prefix_counter)}")
+        prefix = f"k{next(_prefix_counter)}"
+        # As on E2B, python contexts are kernels of the sandbox's Jupyter Server when it has
+        # one, so /execute and port 8888 share their namespaces; otherwise a kernel of our own.
+        server = getattr(self.sandbox, "jupyter", None)
+        if self.language == "python" and server is not None:
+            kernel: Kernel = ServerKernel(self.sandbox, self._spec, prefix, server)
+        else:
+            kernel = Kernel(self.sandbox, self._spec, prefix)
         # Like E2B (kernels start in the Jupyter server root), the cwd comes only from the
         # silent cell, so a restarted kernel is back in /home/user.
         await kernel.start("/home/user")

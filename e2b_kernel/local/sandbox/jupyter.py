@@ -16,6 +16,7 @@ sandbox has no network of its own, so there is no server (it would take the host
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 from collections import deque
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
+from .agent_client import AgentCallError
+from .file_ops import FileOps
 from .process import DEVNULL, PIPE, AgentProcess
 
 if TYPE_CHECKING:
@@ -50,6 +53,7 @@ class JupyterServer:
         self.process: AgentProcess | None = None
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._log_tail: deque[bytes] = deque(maxlen=30)
+        self._listening = False
 
     def argv(self) -> list[str]:
         return [
@@ -109,11 +113,35 @@ class JupyterServer:
     async def ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Wait until the server listens; JupyterUnavailable if it died or took too long."""
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            await asyncio.wait_for(self._wait_listening(), timeout)
         except asyncio.TimeoutError:
             raise JupyterUnavailable(
                 f"the Jupyter Server did not start within {timeout:.0f} s: {self.diagnostics()}"
             ) from None
+
+    async def _wait_listening(self) -> None:
+        await asyncio.shield(self._ready)
+        if self._listening:
+            return
+        # jupyter_server logs its URL just before its io loop runs the callback that binds
+        # the port, so the line is followed by a brief window where connecting is refused:
+        # probe until a connection is accepted (backing off; normally once or twice).
+        delay = 0.005
+        while True:
+            try:
+                stream = await self.sandbox.agent.call("connect", port=JUPYTER_PORT)
+            except AgentCallError as exc:
+                if exc.errno != errno.ECONNREFUSED or self.process is None:
+                    raise
+                if self.process.returncode is not None:
+                    message = f"the Jupyter Server exited: {self.diagnostics()}"
+                    raise JupyterUnavailable(message) from None
+                await asyncio.sleep(delay)  # the probe's back-off, inside ready()'s deadline
+                delay = min(delay * 2, 0.2)
+                continue
+            await stream.close()
+            self._listening = True
+            return
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One REST call through the agent's tunnel; (status, parsed JSON or None)."""
@@ -138,3 +166,19 @@ class JupyterServer:
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
         return status, json.loads(payload) if payload.strip() else None
+
+    async def read_runtime_file(self, name: str, limit: int) -> bytes:
+        """A file of the runtime dir (a kernel's connection file), read by the agent inside,
+        so symlinks resolve as the sandbox sees them; refused past ``limit`` bytes."""
+        size, chunks = await FileOps(self.sandbox.agent).read(f"{self.runtime_dir}/{name}")
+        data = bytearray()
+        async for chunk in chunks:  # read to the end, so the agent's stream is closed
+            if len(data) <= limit:
+                data += chunk
+        if size > limit or len(data) > limit:
+            raise ValueError(f"{name} is larger than {limit} bytes")
+        return bytes(data)
+
+    def live_pids(self) -> list[int]:
+        """Host pids of the sandbox's processes (a server kernel finds its process here)."""
+        return self.sandbox.live_pids()
