@@ -73,7 +73,12 @@ def test_http_server_in_the_sandbox_is_reachable(
 ) -> None:
     sandbox.files.write("/home/user/site/hello.txt", "hello from the sandbox")
     sandbox.commands.run("cd site && python -m http.server 3000", background=True)
-    with httpx.Client(base_url=local_service.url) as http:
+    # The SDK's own URL for a sandbox port: E2B_SANDBOX_URL (the service) for every port.
+    url = sandbox.connection_config.get_sandbox_url(
+        sandbox.sandbox_id, sandbox.sandbox_domain, 3000
+    )
+    assert url == local_service.url
+    with httpx.Client(base_url=url) as http:
         listing = _wait_open(http, "/", _routing(sandbox, 3000))
         assert listing.status_code == 200, listing.text
         assert "hello.txt" in listing.text  # http.server's directory listing

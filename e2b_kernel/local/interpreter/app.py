@@ -59,15 +59,27 @@ class CodeInterpreter:
             on_kill(self.shutdown)
 
     async def start(self) -> None:
-        """Start the default python context (cwd /home/user) before the sandbox is announced.
+        """Start the default python context (cwd /home/user) as the sandbox is announced.
 
-        With a Jupyter Server in the sandbox, its ``python3`` kernelspec is written first: the
-        default context is one of its kernels (``server_kernel.py``).
+        With a Jupyter Server in the sandbox, the default context is one of its kernels
+        (``server_kernel.py``): its ``python3`` kernelspec is written first, and the context
+        starts in the background, so create does not wait for the server to come up; the
+        first /execute waits for it (it takes the same lock). Without one, the kernel is ours
+        and create waits for it, as before.
         """
         spec_root = getattr(self.sandbox, "kernelspec_dir", None)
-        if getattr(self.sandbox, "jupyter", None) is not None and spec_root is not None:
-            write_kernelspec(self.sandbox, spec_root)
-        await self._default_context("python")
+        if getattr(self.sandbox, "jupyter", None) is None or spec_root is None:
+            await self._default_context("python")
+            return
+        write_kernelspec(self.sandbox, spec_root)
+        self._in_background(self._start_default_quietly())
+
+    async def _start_default_quietly(self) -> None:
+        try:
+            await self._default_context("python")
+        except Exception as exc:  # the first /execute tries again and reports it
+            text = exc.text if isinstance(exc, HTTPError) else str(exc)
+            log.warning("the default python context did not start in the background: %s", text)
 
     async def shutdown(self) -> None:
         """Stop every kernel; idempotent."""
