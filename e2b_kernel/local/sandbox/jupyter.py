@@ -37,6 +37,8 @@ JUPYTER_PORT = 8888
 # The line jupyter_server logs once it listens (its readiness, read rather than polled).
 _READY_MARK = b"is running at"
 READY_TIMEOUT = 90.0  # a loaded shared machine can be slow to import jupyter_server
+# Server extensions the shared Python environment may hold that E2B's template has not.
+_NOT_ON_E2B = ("jupyterlab", "jupyter_lsp", "notebook_shim", "notebook", "nbclassic", "voila")
 
 
 class JupyterUnavailable(RuntimeError):
@@ -71,6 +73,12 @@ class JupyterServer:
             "--ServerApp.allow_remote_access=True",
             "--KernelManager.transport=ipc",
             "--FileContentsManager.delete_to_trash=False",
+            # As E2B's template: heavy output must not be cut by the server's rate limit.
+            "--ServerApp.iopub_data_rate_limit=1000000000",
+            # E2B's template installs jupyter-server alone; the front-end extensions that the
+            # shared Python environment may hold (JupyterLab...) would cost ~40 MiB and a
+            # second of start-up per sandbox, for nothing E2B serves.
+            *[f"--ServerApp.jpserver_extensions={name}=False" for name in _NOT_ON_E2B],
         ]  # fmt: skip
 
     async def start(self) -> None:
