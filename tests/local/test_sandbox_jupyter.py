@@ -106,7 +106,32 @@ def test_run_code_and_port_8888_share_one_namespace(
     kernels = jupyter.get("/api/kernels").json()
     assert len(kernels) == 1  # the default python context is the server's kernel
     kernel_id = kernels[0]["id"]
+    # ... and its id, as E2B's /contexts lists it, is that kernel's.
+    assert kernel_id in {context.id for context in sandbox.list_code_contexts()}
     seen = _execute_over_8888(local_service, sandbox, kernel_id, "shared_value")
     assert seen["text/plain"] == "42"
     _execute_over_8888(local_service, sandbox, kernel_id, "from_jupyter = 'set over 8888'")
     assert sandbox.run_code("from_jupyter.upper()").text.strip("'") == "SET OVER 8888"
+
+
+def test_a_python_context_is_a_server_kernel_with_its_id(
+    local_service: RunningService, sandbox: Sandbox, jupyter: httpx.Client
+) -> None:
+    """As on E2B, a context's id is its kernel's id on 8888, and a restart keeps it."""
+    context = sandbox.create_code_context()
+    try:
+        kernel_ids = {kernel["id"] for kernel in jupyter.get("/api/kernels").json()}
+        assert context.id in kernel_ids
+        sessions = jupyter.get("/api/sessions").json()
+        assert context.id in {session["kernel"]["id"] for session in sessions}
+        sandbox.run_code("kept = 1", context=context)
+        sandbox.restart_code_context(context)
+        assert context.id in {kernel["id"] for kernel in jupyter.get("/api/kernels").json()}
+        after = sandbox.run_code("'kept' in globals()", context=context)
+        assert after.text == "False"  # fresh state under the same id
+        seen = _execute_over_8888(local_service, sandbox, context.id, "restarted = 2; restarted")
+        assert seen["text/plain"] == "2"
+        assert sandbox.run_code("restarted * 21", context=context).text == "42"
+    finally:
+        sandbox.remove_code_context(context)
+    assert context.id not in {kernel["id"] for kernel in jupyter.get("/api/kernels").json()}

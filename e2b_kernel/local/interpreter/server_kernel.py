@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,29 +77,58 @@ class ServerKernel(Kernel):
     """A kernel started by the sandbox's Jupyter Server and driven over its ipc sockets."""
 
     def __init__(
-        self, sandbox: SandboxLike, language: Language, prefix: str, server: JupyterServerLike
+        self,
+        sandbox: SandboxLike,
+        language: Language,
+        prefix: str,
+        server: JupyterServerLike,
+        kernel_id: str | None = None,
     ) -> None:
+        """``kernel_id``: restart that kernel of the server (same id) instead of a new one."""
         super().__init__(sandbox, language, prefix)
         self.server = server
-        self.kernel_id: str | None = None
+        self.kernel_id = kernel_id
+        self.forget = True  # stop() removes the kernel from the server (not when restarting)
         self._names: dict[str, str] = {}
 
     async def _launch(self, cwd: str) -> dict[str, Any]:
         # cwd: kernels of the server start in its root, /home/user, as on E2B.
         await self.server.ready()
-        try:
-            status, model = await self.server.request("POST", "/api/kernels", {"name": KERNEL_NAME})
-        except OSError as exc:
-            raise KernelStartError(
-                f"the Jupyter Server did not answer: {exc}; {self.server.diagnostics()}"
-            ) from None
-        kernel_id = model.get("id") if isinstance(model, dict) else None
-        if status != 201 or not isinstance(kernel_id, str) or not _KERNEL_ID.match(kernel_id):
-            raise KernelStartError(f"the Jupyter Server did not start a kernel: {status} {model}")
+        kernel_id = await self._restart() if self.kernel_id else None
+        kernel_id = kernel_id or await self._new_session()
         self.kernel_id = kernel_id
         info = await self._connection_info(kernel_id)
         self.process = _PidfdProcess.find(self.server.live_pids(), f"kernel-{kernel_id}.json")
         return info
+
+    async def _new_session(self) -> str:
+        """A kernel in a new session, as E2B's server makes a context (random path and name)."""
+        body = {
+            "path": str(uuid.uuid4()),
+            "name": str(uuid.uuid4()),
+            "type": "notebook",
+            "kernel": {"name": KERNEL_NAME},
+        }
+        status, model = await self._call("POST", "/api/sessions", body)
+        kernel = model.get("kernel") if isinstance(model, dict) else None
+        kernel_id = kernel.get("id") if isinstance(kernel, dict) else None
+        if status != 201 or not isinstance(kernel_id, str) or not _KERNEL_ID.match(kernel_id):
+            raise KernelStartError(f"the Jupyter Server did not start a kernel: {status} {model}")
+        return kernel_id
+
+    async def _restart(self) -> str | None:
+        """Restart our kernel under its id (E2B restarts a context so); None if it is gone."""
+        assert self.kernel_id is not None
+        status, _ = await self._call("POST", f"/api/kernels/{self.kernel_id}/restart")
+        return self.kernel_id if status == 200 else None
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        try:
+            return await self.server.request(method, path, body)
+        except OSError as exc:
+            raise KernelStartError(
+                f"the Jupyter Server did not answer: {exc}; {self.server.diagnostics()}"
+            ) from None
 
     async def _connection_info(self, kernel_id: str) -> dict[str, Any]:
         """The kernel's connection file, read through the agent as the sandbox sees it."""
@@ -133,8 +163,8 @@ class ServerKernel(Kernel):
         end a running cell with KeyboardInterrupt instead of E2B's ContextRestarting.
         """
         await super().stop(polite=polite)
-        kernel_id, self.kernel_id = self.kernel_id, None
-        if kernel_id is not None and not self.sandbox.killed.is_set():
+        kernel_id = self.kernel_id
+        if self.forget and kernel_id is not None and not self.sandbox.killed.is_set():
             with contextlib.suppress(Exception):
                 request = self.server.request("DELETE", f"/api/kernels/{kernel_id}")
                 await asyncio.wait_for(request, 10.0 if polite else 2.0)
