@@ -135,3 +135,19 @@ def test_a_python_context_is_a_server_kernel_with_its_id(
     finally:
         sandbox.remove_code_context(context)
     assert context.id not in {kernel["id"] for kernel in jupyter.get("/api/kernels").json()}
+
+
+def test_a_restart_over_8888_is_taken_as_is_by_run_code(
+    local_service: RunningService, sandbox: Sandbox, jupyter: httpx.Client
+) -> None:
+    """A front end restarting the kernel through the REST API (as a relay kernel does) gets
+    fresh state, and /execute then uses that very kernel without restarting it again."""
+    context = sandbox.create_code_context()
+    try:
+        sandbox.run_code("before = 1", context=context)
+        assert jupyter.post(f"/api/kernels/{context.id}/restart").status_code == 200
+        _execute_over_8888(local_service, sandbox, context.id, "after = 5")
+        assert sandbox.run_code("after", context=context).text == "5"
+        assert sandbox.run_code("'before' in globals()", context=context).text == "False"
+    finally:
+        sandbox.remove_code_context(context)

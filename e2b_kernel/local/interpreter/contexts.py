@@ -55,7 +55,7 @@ class Context:
         async with self._lifecycle:
             await self._start(set_cwd=True)
 
-    async def _start(self, *, set_cwd: bool) -> None:
+    async def _start(self, *, set_cwd: bool, attach: bool = False) -> None:
         if self.closed:
             raise ProcessLookupError(f"context {self.id} was removed")
         prefix = f"k{next(_prefix_counter)}"
@@ -65,7 +65,9 @@ class Context:
         server = getattr(self.sandbox, "jupyter", None)
         if self.language == "python" and server is not None:
             restarting = self._server_kernel_id
-            kernel: Kernel = ServerKernel(self.sandbox, self._spec, prefix, server, restarting)
+            kernel: Kernel = ServerKernel(
+                self.sandbox, self._spec, prefix, server, restarting, attach=attach
+            )
         else:
             kernel = Kernel(self.sandbox, self._spec, prefix)
         # Like E2B (kernels start in the Jupyter server root), the cwd comes only from the
@@ -102,7 +104,8 @@ class Context:
         async with self._lifecycle:
             if not self.closed and (self.kernel is None or self.kernel.died.is_set()):
                 await self._stop(polite=False, forget=False)
-                await self._start(set_cwd=False)
+                # A server kernel restarted by a client of port 8888 is taken as it is.
+                await self._start(set_cwd=False, attach=True)
 
     async def close(self, *, polite: bool = True) -> None:
         """Stop the kernel for good (context deleted or sandbox gone)."""

@@ -83,23 +83,43 @@ class ServerKernel(Kernel):
         prefix: str,
         server: JupyterServerLike,
         kernel_id: str | None = None,
+        *,
+        attach: bool = False,
     ) -> None:
-        """``kernel_id``: restart that kernel of the server (same id) instead of a new one."""
+        """``kernel_id``: restart that kernel of the server (same id) instead of a new one;
+        with ``attach``, first take it as it runs if it has a live process (it was restarted
+        by a client of port 8888, e.g. a notebook's restart)."""
         super().__init__(sandbox, language, prefix)
         self.server = server
         self.kernel_id = kernel_id
+        self.attach = attach
         self.forget = True  # stop() removes the kernel from the server (not when restarting)
         self._names: dict[str, str] = {}
 
     async def _launch(self, cwd: str) -> dict[str, Any]:
         # cwd: kernels of the server start in its root, /home/user, as on E2B.
         await self.server.ready()
+        if self.attach and self.kernel_id:
+            attached = await self._attach(self.kernel_id)
+            if attached is not None:
+                return attached
         kernel_id = await self._restart() if self.kernel_id else None
         kernel_id = kernel_id or await self._new_session()
         self.kernel_id = kernel_id
         info = await self._connection_info(kernel_id)
         self.process = _PidfdProcess.find(self.server.live_pids(), f"kernel-{kernel_id}.json")
         return info
+
+    async def _attach(self, kernel_id: str) -> dict[str, Any] | None:
+        """The running kernel's connection info, if the server has it with a live process."""
+        status, _ = await self._call("GET", f"/api/kernels/{kernel_id}")
+        if status != 200:
+            return None
+        try:
+            self.process = _PidfdProcess.find(self.server.live_pids(), f"kernel-{kernel_id}.json")
+        except KernelStartError:
+            return None  # dead and not restarted (yet): restart it ourselves
+        return await self._connection_info(kernel_id)
 
     async def _new_session(self) -> str:
         """A kernel in a new session, as E2B's server makes a context (random path and name)."""
