@@ -41,6 +41,12 @@ def connect(conn: Conn, request: dict) -> None:
         back = threading.Thread(target=_pump, args=(upstream, conn.sock), daemon=True)
         back.start()
         _pump(conn.sock, upstream)
+        # The service never half-closes: its EOF means it is done. Close the port's side
+        # completely, so a server that ignores a half-close cannot keep this thread forever.
+        try:
+            upstream.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         back.join()
     finally:
         upstream.close()
