@@ -43,6 +43,17 @@ def jupyter(local_service: RunningService, sandbox: Sandbox) -> Iterator[httpx.C
         yield http
 
 
+def test_port_8888_answers_as_soon_as_create_returns(local_service: RunningService) -> None:
+    """On E2B the template's server is up when create returns: no caller sees it closed."""
+    sbx = Sandbox.create(timeout=120, **sdk_options(local_service))
+    try:
+        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8888"}
+        status = httpx.get(f"{local_service.url}/api/status", headers=headers, timeout=120)
+        assert status.status_code == 200, status.text
+    finally:
+        sbx.kill()
+
+
 def test_port_8888_serves_jupyter_without_a_token(jupyter: httpx.Client) -> None:
     status = jupyter.get("/api/status")
     assert status.status_code == 200

@@ -34,6 +34,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from ..sandbox.agent_client import AgentCallError, AgentGone, AgentStream
+from ..sandbox.jupyter import JUPYTER_PORT
 from .errors import ServiceError, port_not_open, proxy_not_found
 from .registry import Entry
 
@@ -60,6 +61,13 @@ _CHUNK = 65536
 
 async def open_tunnel(entry: Entry, port: int) -> AgentStream:
     """A byte stream to 127.0.0.1:port inside the sandbox, or E2B's proxy error."""
+    jupyter = getattr(entry.sandbox, "jupyter", None)
+    if port == JUPYTER_PORT and jupyter is not None:
+        # On E2B the template's Jupyter Server already listens when create returns; here it
+        # starts behind create, so its first callers wait for it rather than see a closed
+        # port. If it failed, the connect below answers as for any closed port.
+        with contextlib.suppress(Exception):
+            await jupyter.ready()
     try:
         return await entry.sandbox.agent.call("connect", port=port)
     except AgentGone:
