@@ -47,9 +47,15 @@ def test_port_8888_answers_as_soon_as_create_returns(local_service: RunningServi
     """On E2B the template's server is up when create returns: no caller sees it closed."""
     sbx = Sandbox.create(timeout=120, **sdk_options(local_service))
     try:
+        # The default python context is listed from the start, as on E2B ...
+        contexts = sbx.list_code_contexts()
+        assert [context.language for context in contexts] == ["python"]
         headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8888"}
         status = httpx.get(f"{local_service.url}/api/status", headers=headers, timeout=120)
         assert status.status_code == 200, status.text
+        # ... and it is the one kernel of port 8888.
+        kernels = httpx.get(f"{local_service.url}/api/kernels", headers=headers).json()
+        assert [kernel["id"] for kernel in kernels] == [contexts[0].id]
     finally:
         sbx.kill()
 

@@ -53,6 +53,7 @@ class CodeInterpreter:
         self._defaults: dict[str, Context] = {}
         self._default_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._default_started: asyncio.Future[None] | None = None  # its background start
         self._closed = False
         on_kill = getattr(sandbox, "on_kill", None)
         if on_kill is not None:
@@ -72,7 +73,9 @@ class CodeInterpreter:
             await self._default_context("python")
             return
         write_kernelspec(self.sandbox, spec_root)
-        self._in_background(self._start_default_quietly())
+        self._default_started = asyncio.ensure_future(self._start_default_quietly())
+        self._background.add(self._default_started)
+        self._default_started.add_done_callback(self._background.discard)
 
     async def _start_default_quietly(self) -> None:
         try:
@@ -111,6 +114,9 @@ class CodeInterpreter:
                     send, 200, await self._create_context(await self._json_body(receive))
                 )
             elif path == "/contexts" and method == "GET":
+                if self._default_started is not None:
+                    # E2B lists the default context from the start: wait for its start.
+                    await asyncio.shield(self._default_started)
                 await _reply_json(send, 200, [c.to_json() for c in self._contexts.values()])
             elif match := _CONTEXT_PATH.match(path):
                 await self._context_route(method, match.group(1), bool(match.group(2)), send)
