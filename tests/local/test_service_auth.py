@@ -118,7 +118,8 @@ def test_restricted_public_traffic_needs_the_traffic_token(local_service: Runnin
         assert sandbox.run_code("1 + 1").text == "2"  # the SDK sends the traffic token
         headers = sandbox_headers(sandbox, 49999)
         reply = httpx.post(f"{local_service.url}/execute", json={"code": "1"}, headers=headers)
-        _refused(reply)
+        assert reply.status_code == 403, reply.text  # E2B's proxy: 403, missing or wrong
+        assert "traffic access token" in reply.json()["message"]
         # envd is not behind the traffic token, as on E2B.
         assert sandbox.commands.run("echo envd").stdout == "envd\n"
     finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-# Importing the op modules registers their handlers with the server.
-from . import files, processes, server
+# Importing the op modules registers their handlers with the server (ports: the connect op).
+from . import files, ports, processes, server  # noqa: F401
 
 
 def main() -> None:

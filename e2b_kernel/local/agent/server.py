@@ -88,6 +88,10 @@ class Conn:
             raise AgentError(errno.EINVAL, "expected a JSON object")
         return value
 
+    def has_pending(self) -> bool:
+        """Whether bytes the client sent after its request line are buffered here."""
+        return bool(self._pending)
+
     def recv_bytes(self, n: int) -> bytes:
         """Up to n raw bytes from the client; b"" at EOF."""
         if self._pending:

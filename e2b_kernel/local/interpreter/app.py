@@ -17,6 +17,7 @@ from typing import Any
 from . import ndjson
 from .contexts import Context, Execution, UnknownLanguage, prepend_env, settle_aborts
 from .kernels import SandboxLike, normalize_language
+from .server_kernel import write_kernelspec
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,36 @@ class CodeInterpreter:
         self._defaults: dict[str, Context] = {}
         self._default_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._default_started: asyncio.Future[None] | None = None  # its background start
         self._closed = False
         on_kill = getattr(sandbox, "on_kill", None)
         if on_kill is not None:
             on_kill(self.shutdown)
 
     async def start(self) -> None:
-        """Start the default python context (cwd /home/user) before the sandbox is announced."""
-        await self._default_context("python")
+        """Start the default python context (cwd /home/user) as the sandbox is announced.
+
+        With a Jupyter Server in the sandbox, the default context is one of its kernels
+        (``server_kernel.py``): its ``python3`` kernelspec is written first, and the context
+        starts in the background, so create does not wait for the server to come up; the
+        first /execute waits for it (it takes the same lock). Without one, the kernel is ours
+        and create waits for it, as before.
+        """
+        spec_root = getattr(self.sandbox, "kernelspec_dir", None)
+        if getattr(self.sandbox, "jupyter", None) is None or spec_root is None:
+            await self._default_context("python")
+            return
+        write_kernelspec(self.sandbox, spec_root)
+        self._default_started = asyncio.ensure_future(self._start_default_quietly())
+        self._background.add(self._default_started)
+        self._default_started.add_done_callback(self._background.discard)
+
+    async def _start_default_quietly(self) -> None:
+        try:
+            await self._default_context("python")
+        except Exception as exc:  # the first /execute tries again and reports it
+            text = exc.text if isinstance(exc, HTTPError) else str(exc)
+            log.warning("the default python context did not start in the background: %s", text)
 
     async def apply_sandbox_envs(self, envs: dict[str, str]) -> None:
         """Set sandbox-level env vars in kernels that are already running (a pooled sandbox
@@ -100,6 +123,9 @@ class CodeInterpreter:
                     send, 200, await self._create_context(await self._json_body(receive))
                 )
             elif path == "/contexts" and method == "GET":
+                if self._default_started is not None:
+                    # E2B lists the default context from the start: wait for its start.
+                    await asyncio.shield(self._default_started)
                 await _reply_json(send, 200, [c.to_json() for c in self._contexts.values()])
             elif match := _CONTEXT_PATH.match(path):
                 await self._context_route(method, match.group(1), bool(match.group(2)), send)

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import ndjson
 from .kernels import LANGUAGES, Kernel, SandboxLike, is_idle, next_message
+from .server_kernel import ServerKernel
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Context:
         self.closed = False  # deleted, or the sandbox is gone: never start a kernel again
         self._lifecycle = asyncio.Lock()  # serializes start/restart/stop of the kernel
         self._spec = LANGUAGES[language]
+        self._server_kernel_id: str | None = None  # our kernel's id in the Jupyter Server
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.id, "language": self.language, "cwd": self.cwd}
@@ -53,14 +55,29 @@ class Context:
         async with self._lifecycle:
             await self._start(set_cwd=True)
 
-    async def _start(self, *, set_cwd: bool) -> None:
+    async def _start(self, *, set_cwd: bool, attach: bool = False) -> None:
         if self.closed:
             raise ProcessLookupError(f"context {self.id} was removed")
-        kernel = Kernel(self.sandbox, self._spec, f"k{next(_prefix_counter)}")
+        prefix = f"k{next(_prefix_counter)}"
+        # As on E2B, python contexts are kernels of the sandbox's Jupyter Server when it has
+        # one, so /execute and port 8888 share their namespaces, and the context's id is the
+        # kernel's id there (a restart keeps both); otherwise a kernel of our own.
+        server = getattr(self.sandbox, "jupyter", None)
+        if self.language == "python" and server is not None:
+            restarting = self._server_kernel_id
+            kernel: Kernel = ServerKernel(
+                self.sandbox, self._spec, prefix, server, restarting, attach=attach
+            )
+        else:
+            kernel = Kernel(self.sandbox, self._spec, prefix)
         # Like E2B (kernels start in the Jupyter server root), the cwd comes only from the
         # silent cell, so a restarted kernel is back in /home/user.
         await kernel.start("/home/user")
         self.kernel = kernel
+        if isinstance(kernel, ServerKernel) and kernel.kernel_id is not None:
+            if self._server_kernel_id is None:
+                self.id = kernel.kernel_id  # first start: not registered under an id yet
+            self._server_kernel_id = kernel.kernel_id
         if set_cwd:
             await kernel.run_silent(self._spec.chdir_code(self._kernel_path(self.cwd)))
         if self.closed:  # removed while starting
@@ -79,15 +96,16 @@ class Context:
     async def restart(self) -> None:
         """A new kernel under the same id; state is gone and the cwd is not set again (as E2B)."""
         async with self._lifecycle:
-            await self._stop(polite=True)
+            await self._stop(polite=True, forget=False)
             await self._start(set_cwd=False)
 
     async def ensure_alive(self) -> None:
         """Replace a kernel that died (e.g. `os._exit`) before running more code in it."""
         async with self._lifecycle:
             if not self.closed and (self.kernel is None or self.kernel.died.is_set()):
-                await self._stop(polite=False)
-                await self._start(set_cwd=False)
+                await self._stop(polite=False, forget=False)
+                # A server kernel restarted by a client of port 8888 is taken as it is.
+                await self._start(set_cwd=False, attach=True)
 
     async def close(self, *, polite: bool = True) -> None:
         """Stop the kernel for good (context deleted or sandbox gone)."""
@@ -98,8 +116,11 @@ class Context:
         async with self._lifecycle:
             await self._stop(polite=polite)
 
-    async def _stop(self, *, polite: bool) -> None:
+    async def _stop(self, *, polite: bool, forget: bool = True) -> None:
+        """Stop the kernel; ``forget=False`` keeps a server kernel's id for its restart."""
         kernel, self.kernel = self.kernel, None
+        if isinstance(kernel, ServerKernel):
+            kernel.forget = forget
         if kernel is not None:
             await kernel.stop(polite=polite)
 

@@ -14,9 +14,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.connect import KernelConnectionInfo
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,9 @@ class Kernel:
         self.connection_file.write_text(json.dumps(info))
         self.connection_file.chmod(0o644)
 
-    def _argv(self) -> list[str]:
-        connection = self._inside(self.connection_file.name)
+    def _argv(self, connection: str | None = None) -> list[str]:
+        """The kernel's command line (``connection``: the connection file, as seen inside)."""
+        connection = connection or self._inside(self.connection_file.name)
         argv = [self.sandbox.python, "-m", self.language.module, "-f", connection]
         if self.language.name == "python":
             argv += [
@@ -191,18 +193,8 @@ class Kernel:
         return copies
 
     async def start(self, cwd: str) -> None:
-        """Spawn the kernel in the sandbox and wait until shell and iopub both answer."""
-        self._write_connection_file()
-        env = self.sandbox.base_env()
-        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        self.process = await self.sandbox.spawn(
-            self._argv(),
-            env=env,
-            cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        """Start the kernel in the sandbox and wait until shell and iopub both answer."""
+        info = await self._launch(cwd)
         self._spawn_task(self._watch_process())
         try:
             urls = await self._socket_urls()
@@ -210,7 +202,7 @@ class Kernel:
             await self.stop(polite=False)
             raise
         client = _PinnedKernelClient(urls)
-        client.load_connection_file(str(self.connection_file))
+        client.load_connection_info(cast(KernelConnectionInfo, info))
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
         self.client = client
         self._spawn_task(self._read_iopub())
@@ -222,6 +214,26 @@ class Kernel:
             await self.stop()
             raise
 
+    async def _launch(self, cwd: str) -> dict[str, Any]:
+        """Spawn the kernel process through the agent; its connection info."""
+        self._write_connection_file()
+        env = self.sandbox.base_env()
+        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        self.process = await self.sandbox.spawn(
+            self._argv(),
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        info: dict[str, Any] = json.loads(self.connection_file.read_text())
+        return info
+
+    def socket_names(self) -> dict[str, str]:
+        """The kernel's ipc socket file names in the kernel socket dir, by channel."""
+        return {channel: f"{self.prefix}-{port}" for channel, port in _CHANNEL_PORTS.items()}
+
     async def _socket_urls(self) -> dict[str, str]:
         """Open the kernel's sockets safely and return the zmq URLs that reach them.
 
@@ -232,7 +244,7 @@ class Kernel:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT
-        names = {channel: f"{self.prefix}-{port}" for channel, port in _CHANNEL_PORTS.items()}
+        names = self.socket_names()
         directory = os.open(self.sandbox.kernel_socket_dir, os.O_PATH | os.O_DIRECTORY)
         try:
             urls = {}

@@ -30,6 +30,7 @@ from pathlib import Path
 from . import bwrap, disk, egress, network, seccomp, staging
 from .agent_client import AgentClient
 from .isolation import CgroupSet, Isolation, join_cgroups_argv
+from .jupyter import JupyterServer
 from .paths import SandboxPaths
 from .process import DEVNULL, PIPE, AgentProcess
 
@@ -105,6 +106,10 @@ class LocalSandbox:
         self._children: set[AgentProcess] = set()
         self._teardown: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The Jupyter Server on port 8888 (sandbox/jupyter.py); None without isolation.
+        self.jupyter: JupyterServer | None = None
+        # Kernelspecs the service writes for that server (read-only inside, on JUPYTER_PATH).
+        self.kernelspec_dir = self.socket_dir / "jupyter"
 
     # ----- start -----
 
@@ -134,6 +139,13 @@ class LocalSandbox:
             if self.allow_internet and self.isolated:
                 assert self._init_pid is not None
                 self._network = await network.connect(self._init_pid)
+            if self.isolated:  # in the background: create does not wait for it to listen
+                self.jupyter = JupyterServer(
+                    self,
+                    runtime_dir=f"{self.sandbox_socket_dir}/{self.kernel_socket_dir.name}",
+                    kernel_path=f"{self.sandbox_socket_dir}/{self.kernelspec_dir.name}",
+                )
+                await self.jupyter.start()
         except BaseException:
             await self.kill()  # leave no directories, cgroups or processes behind
             raise
@@ -164,6 +176,7 @@ class LocalSandbox:
             (self.disk_dir / "root", 0o711, root),  # uid 1000 passes to a Python in /root
             (self.socket_dir, 0o755, -1),
             (self.kernel_socket_dir, 0o700, user),
+            (self.kernelspec_dir, 0o755, -1),
         ):
             path.mkdir()
             path.chmod(mode)  # not through mkdir's mode, which the umask trims

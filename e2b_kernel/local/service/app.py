@@ -2,8 +2,11 @@
 
 No ``E2b-Sandbox-Port`` header means the control plane (API key required); port 49983 is the
 sandbox's envd (plain HTTP plus Connect-RPC, access token required); 49999 is its code
-interpreter; anything else is answered as E2B's proxy answers a closed port. Unknown, killed
-or paused sandboxes get the proxy's 502. A signed /files URL (``download_url()``) carries no
+interpreter; any other port is relayed, HTTP and WebSocket, to that port inside the sandbox
+(``proxy.py``), and a closed one answers as E2B's proxy does. A host of E2B's form
+``{port}-{sandbox_id}.localhost`` routes like the headers, so a browser can open a sandbox
+port with no DNS set up (``*.localhost`` is loopback). Unknown, killed or paused sandboxes
+get the proxy's 502. A signed /files URL (``download_url()``) carries no
 sandbox header: its signature names the sandbox.
 
 Errors are ServiceError wherever they arise, answered here, once, in E2B's shape.
@@ -12,6 +15,7 @@ Errors are ServiceError wherever they arise, answered here, once, in E2B's shape
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,12 +26,15 @@ from .control import ControlPlane
 from .envd import ENVD_PORT, EnvdPlane
 from .errors import ServiceError, port_not_open, proxy_not_found
 from .interpreter_front import InterpreterPlane
+from .proxy import proxy_http, proxy_websocket
 from .registry import Entry, Registry
 
 log = logging.getLogger("e2b_kernel.local")
 
 INTERPRETER_PORT = 49999
 _SMALL_BODY = 16 * 1024 * 1024
+# E2B's host form, {port}-{sandbox_id}.{domain}, with the loopback domain `localhost`.
+_PORT_HOST = re.compile(r"^(\d{1,5})-([a-z0-9]+)\.localhost(?::\d+)?$")
 
 
 class BodyTooLarge(Exception):
@@ -48,17 +55,22 @@ class ServiceApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = MAX_FILE_BYTES + 1024 * 1024 if scope["path"] == "/files" else _SMALL_BODY
+        _route_by_host(headers)
+        large = scope["path"] == "/files" or _proxied(headers.get("e2b-sandbox-port"))
+        limit = MAX_FILE_BYTES + 1024 * 1024 if large else _SMALL_BODY
         started = completed = False
 
         async def tracking_send(message: dict[str, Any]) -> None:
             nonlocal started, completed
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.accept", "websocket.http.response.start"):
                 started = True
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
+            elif kind.endswith("http.response.body") and not message.get("more_body"):
+                completed = True
+            elif kind == "websocket.close":
                 completed = True
             await send(message)
 
@@ -105,14 +117,17 @@ class ServiceApp:
             await self.envd(entry, scope, receive, send)
             return
         # E2B's proxy guards every port but envd's with the traffic token, when there is one.
-        if entry.traffic_token is not None and not same_secret(
-            headers.get(TRAFFIC_TOKEN_HEADER), entry.traffic_token
-        ):
-            raise ServiceError(401, "missing or invalid E2B-Traffic-Access-Token")
+        if entry.traffic_token is not None:
+            _check_traffic_token(headers.get(TRAFFIC_TOKEN_HEADER), entry)
         if port == str(INTERPRETER_PORT) and entry.interpreter is not None:
+            if scope["type"] != "http":
+                raise port_not_open(sandbox_id)  # the code interpreter serves no WebSocket
             await self.interpreter(entry, scope, receive, send)
             return
-        raise port_not_open(sandbox_id)
+        if not _proxied(port):
+            raise port_not_open(sandbox_id)
+        relay = proxy_http if scope["type"] == "http" else proxy_websocket
+        await relay(entry, int(port), scope, receive, send)
 
     def _live_entry(self, sandbox_id: str) -> Entry | None:
         entry = self.registry.get(sandbox_id)
@@ -151,6 +166,35 @@ class ServiceApp:
                 finally:
                     await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _proxied(port: str | None) -> bool:
+    """Whether a routed port is one the proxy relays into the sandbox."""
+    if port is None or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    return int(port) not in (ENVD_PORT, INTERPRETER_PORT)
+
+
+def _route_by_host(headers: dict[str, str]) -> None:
+    """Turn a ``{port}-{id}.localhost`` host into E2B's routing headers (headers win)."""
+    if "e2b-sandbox-port" in headers:
+        return
+    match = _PORT_HOST.match(headers.get("host", "").lower())
+    if match is not None:
+        headers["e2b-sandbox-port"], headers["e2b-sandbox-id"] = match.groups()
+
+
+def _check_traffic_token(given: str | None, entry: Entry) -> None:
+    """E2B's proxy answer on a restricted sandbox: 403, missing or invalid token alike."""
+    assert entry.traffic_token is not None
+    if not given:
+        detail = f"Token header '{TRAFFIC_TOKEN_HEADER}' is missing"
+    elif not same_secret(given, entry.traffic_token):
+        detail = f"Provided token in header '{TRAFFIC_TOKEN_HEADER}' is invalid"
+    else:
+        return
+    message = f"Sandbox is secured with traffic access token. {detail}"
+    raise ServiceError(403, message, sandbox_id=entry.sandbox_id)
 
 
 def _limited(receive: Any, limit: int) -> Any:

@@ -48,6 +48,11 @@ class GuardedH11Protocol(H11Protocol):
         if not self.waiting_for_head():
             self._disarm_header_deadline()  # a request head arrived: its handler owns time
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # The WebSocket protocol takes the connection over: no request head is due any more.
+        self._disarm_header_deadline()
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():

@@ -91,7 +91,9 @@ class ServiceCore:
             log_level="warning",
             log_config=None,  # leave the host program's logging alone (in-process use)
             timeout_graceful_shutdown=5,
-            ws="none",
+            # Sandbox ports relay WebSockets (service/proxy.py); websockets' sans-I/O core.
+            ws="websockets-sansio",
+            ws_max_size=64 * 1024 * 1024,
             http=GuardedH11Protocol,  # header-read deadline and connection bound
             timeout_keep_alive=5,
         )

@@ -1,0 +1,192 @@
+"""The Jupyter Server every sandbox runs on port 8888, as E2B's code-interpreter template does.
+
+Like every sandbox process it is started by the agent, as user 1000, with the sandbox's own
+environment: root dir /home/user, no token, no browser, no XSRF check, any origin (API
+clients and browsers reach it through the service's proxy, which already checks the traffic
+token when the sandbox is restricted). Its kernels use ``ipc`` transport with their
+connection files and sockets in the sandbox's sockets dir (``JUPYTER_RUNTIME_DIR``), where
+the service can open them safely (``interpreter/server_kernel.py``) and make one of them the
+default ``python`` context of ``/execute``, so both share one namespace, as on E2B.
+
+The server starts in the background: ``create`` does not wait for it; callers that need it
+(the code interpreter's first context) wait for ``ready()``. Without namespace isolation the
+sandbox has no network of its own, so there is no server (it would take the host's 8888).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from .agent_client import AgentCallError
+from .file_ops import FileOps
+from .process import DEVNULL, PIPE, AgentProcess
+
+if TYPE_CHECKING:
+    from .runtime import LocalSandbox
+
+log = logging.getLogger("e2b_kernel.local")
+
+JUPYTER_PORT = 8888
+# The line jupyter_server logs once it listens (its readiness, read rather than polled).
+_READY_MARK = b"is running at"
+READY_TIMEOUT = 90.0  # a loaded shared machine can be slow to import jupyter_server
+# Server extensions the shared Python environment may hold that E2B's template has not.
+_NOT_ON_E2B = ("jupyterlab", "jupyter_lsp", "notebook_shim", "notebook", "nbclassic", "voila")
+
+
+class JupyterUnavailable(RuntimeError):
+    """The sandbox's Jupyter Server exited or did not come up in time."""
+
+
+class JupyterServer:
+    """One sandbox's Jupyter Server process and a small REST client for it."""
+
+    def __init__(self, sandbox: LocalSandbox, runtime_dir: str, kernel_path: str) -> None:
+        self.sandbox = sandbox
+        self.runtime_dir = runtime_dir  # as the sandbox sees it: connection files, ipc sockets
+        self.kernel_path = kernel_path  # JUPYTER_PATH entry with the kernelspecs the service writes
+        self.process: AgentProcess | None = None
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._log_tail: deque[bytes] = deque(maxlen=30)
+        self._listening = False
+
+    def argv(self) -> list[str]:
+        return [
+            self.sandbox.python, "-m", "jupyter_server",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={JUPYTER_PORT}",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.root_dir=/home/user",
+            "--ServerApp.open_browser=False",
+            "--IdentityProvider.token=",
+            "--ServerApp.password=",
+            "--ServerApp.disable_check_xsrf=True",
+            "--ServerApp.allow_origin=*",
+            # Reached through the proxy with the caller's Host (e.g. 8888-<id>.localhost).
+            "--ServerApp.allow_remote_access=True",
+            "--KernelManager.transport=ipc",
+            "--FileContentsManager.delete_to_trash=False",
+            # As E2B's template: heavy output must not be cut by the server's rate limit.
+            "--ServerApp.iopub_data_rate_limit=1000000000",
+            # E2B's template installs jupyter-server alone; the front-end extensions that the
+            # shared Python environment may hold (JupyterLab...) would cost ~40 MiB and a
+            # second of start-up per sandbox, for nothing E2B serves.
+            *[f"--ServerApp.jpserver_extensions={name}=False" for name in _NOT_ON_E2B],
+        ]  # fmt: skip
+
+    async def start(self) -> None:
+        """Spawn the server through the agent; readiness is reported by ``ready()``."""
+        env = self.sandbox.base_env()
+        env["JUPYTER_RUNTIME_DIR"] = self.runtime_dir
+        env["JUPYTER_PATH"] = self.kernel_path
+        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        self.process = await self.sandbox.spawn(
+            self.argv(), env=env, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE
+        )
+        task = asyncio.ensure_future(self._watch(self.process))
+
+        def stop_watching() -> None:
+            task.cancel()
+
+        self.sandbox.on_kill(stop_watching)
+
+    async def _watch(self, process: AgentProcess) -> None:
+        """Read the server's log: its ready line, and a tail for error messages."""
+        assert process.stderr is not None
+        pending = b""
+        while chunk := await process.stderr.read(65536):
+            self._log_tail.append(chunk[-2000:])
+            if not self._ready.done():
+                pending = (pending + chunk)[-4096:]
+                if _READY_MARK in pending:
+                    self._ready.set_result(None)
+        code = await process.wait()
+        if not self._ready.done():
+            self._ready.set_exception(
+                JupyterUnavailable(f"the Jupyter Server exited ({code}): {self.diagnostics()}")
+            )
+        elif not self.sandbox.killed.is_set():
+            log.warning("sandbox %s: its Jupyter Server exited (%s)", self.sandbox.sandbox_id, code)
+
+    def diagnostics(self) -> str:
+        return b"".join(self._log_tail).decode("utf-8", "replace")[-1500:]
+
+    async def ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until the server listens; JupyterUnavailable if it died or took too long."""
+        try:
+            await asyncio.wait_for(self._wait_listening(), timeout)
+        except asyncio.TimeoutError:
+            raise JupyterUnavailable(
+                f"the Jupyter Server did not start within {timeout:.0f} s: {self.diagnostics()}"
+            ) from None
+
+    async def _wait_listening(self) -> None:
+        await asyncio.shield(self._ready)
+        if self._listening:
+            return
+        # jupyter_server logs its URL just before its io loop runs the callback that binds
+        # the port, so the line is followed by a brief window where connecting is refused:
+        # probe until a connection is accepted (backing off; normally once or twice).
+        delay = 0.005
+        while True:
+            try:
+                stream = await self.sandbox.agent.call("connect", port=JUPYTER_PORT)
+            except AgentCallError as exc:
+                if exc.errno != errno.ECONNREFUSED or self.process is None:
+                    raise
+                if self.process.returncode is not None:
+                    message = f"the Jupyter Server exited: {self.diagnostics()}"
+                    raise JupyterUnavailable(message) from None
+                await asyncio.sleep(delay)  # the probe's back-off, inside ready()'s deadline
+                delay = min(delay * 2, 0.2)
+                continue
+            await stream.close()
+            self._listening = True
+            return
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One REST call through the agent's tunnel; (status, parsed JSON or None)."""
+        stream = await self.sandbox.agent.call("connect", port=JUPYTER_PORT)
+        async with stream:
+            conn = h11.Connection(h11.CLIENT)
+            data = b"" if body is None else json.dumps(body).encode()
+            headers = [("host", f"127.0.0.1:{JUPYTER_PORT}"), ("connection", "close")]
+            headers += [("content-type", "application/json"), ("content-length", str(len(data)))]
+            out = conn.send(h11.Request(method=method, target=path, headers=headers)) or b""
+            out += (conn.send(h11.Data(data=data)) or b"") if data else b""
+            await stream.write(out + (conn.send(h11.EndOfMessage()) or b""))
+            status, payload = 0, bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.read_chunk())
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    payload += event.data
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+        return status, json.loads(payload) if payload.strip() else None
+
+    async def read_runtime_file(self, name: str, limit: int) -> bytes:
+        """A file of the runtime dir (a kernel's connection file), read by the agent inside,
+        so symlinks resolve as the sandbox sees them; refused past ``limit`` bytes."""
+        size, chunks = await FileOps(self.sandbox.agent).read(f"{self.runtime_dir}/{name}")
+        data = bytearray()
+        async for chunk in chunks:  # read to the end, so the agent's stream is closed
+            if len(data) <= limit:
+                data += chunk
+        if size > limit or len(data) > limit:
+            raise ValueError(f"{name} is larger than {limit} bytes")
+        return bytes(data)
+
+    def live_pids(self) -> list[int]:
+        """Host pids of the sandbox's processes (a server kernel finds its process here)."""
+        return self.sandbox.live_pids()

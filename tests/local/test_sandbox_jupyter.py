@@ -1,0 +1,170 @@
+"""The Jupyter Server inside every local sandbox, as E2B's code-interpreter template runs one:
+port 8888, no token, root /home/user, reached through the service's sandbox-port proxy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from e2b_code_interpreter import Sandbox
+from jupyter_client.jsonutil import json_default
+from jupyter_client.session import Session
+from jupyter_server.services.kernels.connection.base import (
+    deserialize_msg_from_ws_v1,
+    serialize_msg_to_ws_v1,
+)
+from local_helpers import sdk_options, wait_for
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
+
+from e2b_kernel.local import RunningService
+
+JUPYTER_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+
+
+@pytest.fixture(scope="module")
+def sandbox(local_service: RunningService) -> Iterator[Sandbox]:
+    sbx = Sandbox.create(timeout=300, **sdk_options(local_service))
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
+
+
+@pytest.fixture(scope="module")
+def jupyter(local_service: RunningService, sandbox: Sandbox) -> Iterator[httpx.Client]:
+    """An HTTP client for port 8888 of the sandbox, once the server answers."""
+    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8888"}
+    with httpx.Client(base_url=local_service.url, headers=headers, timeout=60) as http:
+        wait_for(lambda: http.get("/api/status").status_code == 200, 90, "Jupyter on 8888")
+        yield http
+
+
+def test_port_8888_answers_as_soon_as_create_returns(local_service: RunningService) -> None:
+    """On E2B the template's server is up when create returns: no caller sees it closed."""
+    sbx = Sandbox.create(timeout=120, **sdk_options(local_service))
+    try:
+        # The default python context is listed from the start, as on E2B ...
+        contexts = sbx.list_code_contexts()
+        assert [context.language for context in contexts] == ["python"]
+        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8888"}
+        status = httpx.get(f"{local_service.url}/api/status", headers=headers, timeout=120)
+        assert status.status_code == 200, status.text
+        # ... and it is the one kernel of port 8888.
+        kernels = httpx.get(f"{local_service.url}/api/kernels", headers=headers).json()
+        assert [kernel["id"] for kernel in kernels] == [contexts[0].id]
+    finally:
+        sbx.kill()
+
+
+def test_port_8888_serves_jupyter_without_a_token(jupyter: httpx.Client) -> None:
+    status = jupyter.get("/api/status")
+    assert status.status_code == 200
+    assert {"started", "kernels", "connections"} <= set(status.json())
+    kernels = jupyter.get("/api/kernels")
+    assert kernels.status_code == 200
+    assert isinstance(kernels.json(), list)
+    specs = jupyter.get("/api/kernelspecs").json()
+    assert "python3" in specs["kernelspecs"]
+
+
+def test_its_root_is_the_sandbox_home(sandbox: Sandbox, jupyter: httpx.Client) -> None:
+    sandbox.files.write("/home/user/seen_by_jupyter.txt", "contents")
+    model = jupyter.get("/api/contents/seen_by_jupyter.txt").json()
+    assert model["content"] == "contents"
+    # An API client needs no XSRF token: it can write, too.
+    put = jupyter.put(
+        "/api/contents/from_jupyter.txt",
+        json={"type": "file", "format": "text", "content": "written over 8888"},
+    )
+    assert put.status_code in (200, 201), put.text
+    assert sandbox.files.read("/home/user/from_jupyter.txt") == "written over 8888"
+
+
+def _execute_over_8888(
+    local_service: RunningService, sandbox: Sandbox, kernel_id: str, code: str
+) -> dict[str, Any]:
+    """Run code in a kernel of port 8888 as a Jupyter front end does (WebSocket, v1 protocol);
+    the execute_result's data, or {} when there is none."""
+    session = Session()
+    request = session.msg("execute_request", {"code": code, "silent": False})
+
+    def pack(part: Any) -> bytes:
+        return json.dumps(part, default=json_default).encode()
+
+    url = local_service.url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8888"}
+    offered = [Subprotocol(JUPYTER_SUBPROTOCOL)]
+    with ws_connect(url, additional_headers=headers, subprotocols=offered) as ws:
+        assert ws.subprotocol == JUPYTER_SUBPROTOCOL  # the binary-safe protocol survived
+        ws.send(serialize_msg_to_ws_v1(request, "shell", pack))
+        data: dict[str, Any] = {}
+        while True:
+            frame = ws.recv(timeout=60)
+            assert isinstance(frame, bytes)
+            channel, parts = deserialize_msg_from_ws_v1(frame)
+            header, parent, content = (json.loads(parts[i]) for i in (0, 1, 3))
+            if parent.get("msg_id") != request["header"]["msg_id"]:
+                continue
+            if header["msg_type"] == "execute_result":
+                data = content["data"]
+            if channel == "shell" and header["msg_type"] == "execute_reply":
+                assert content["status"] == "ok", content
+                return data
+
+
+def test_run_code_and_port_8888_share_one_namespace(
+    local_service: RunningService, sandbox: Sandbox, jupyter: httpx.Client
+) -> None:
+    sandbox.run_code("shared_value = 6 * 7")
+    kernels = jupyter.get("/api/kernels").json()
+    assert len(kernels) == 1  # the default python context is the server's kernel
+    kernel_id = kernels[0]["id"]
+    # ... and its id, as E2B's /contexts lists it, is that kernel's.
+    assert kernel_id in {context.id for context in sandbox.list_code_contexts()}
+    seen = _execute_over_8888(local_service, sandbox, kernel_id, "shared_value")
+    assert seen["text/plain"] == "42"
+    _execute_over_8888(local_service, sandbox, kernel_id, "from_jupyter = 'set over 8888'")
+    assert sandbox.run_code("from_jupyter.upper()").text.strip("'") == "SET OVER 8888"
+
+
+def test_a_python_context_is_a_server_kernel_with_its_id(
+    local_service: RunningService, sandbox: Sandbox, jupyter: httpx.Client
+) -> None:
+    """As on E2B, a context's id is its kernel's id on 8888, and a restart keeps it."""
+    context = sandbox.create_code_context()
+    try:
+        kernel_ids = {kernel["id"] for kernel in jupyter.get("/api/kernels").json()}
+        assert context.id in kernel_ids
+        sessions = jupyter.get("/api/sessions").json()
+        assert context.id in {session["kernel"]["id"] for session in sessions}
+        sandbox.run_code("kept = 1", context=context)
+        sandbox.restart_code_context(context)
+        assert context.id in {kernel["id"] for kernel in jupyter.get("/api/kernels").json()}
+        after = sandbox.run_code("'kept' in globals()", context=context)
+        assert after.text == "False"  # fresh state under the same id
+        seen = _execute_over_8888(local_service, sandbox, context.id, "restarted = 2; restarted")
+        assert seen["text/plain"] == "2"
+        assert sandbox.run_code("restarted * 21", context=context).text == "42"
+    finally:
+        sandbox.remove_code_context(context)
+    assert context.id not in {kernel["id"] for kernel in jupyter.get("/api/kernels").json()}
+
+
+def test_a_restart_over_8888_is_taken_as_is_by_run_code(
+    local_service: RunningService, sandbox: Sandbox, jupyter: httpx.Client
+) -> None:
+    """A front end restarting the kernel through the REST API (as a relay kernel does) gets
+    fresh state, and /execute then uses that very kernel without restarting it again."""
+    context = sandbox.create_code_context()
+    try:
+        sandbox.run_code("before = 1", context=context)
+        assert jupyter.post(f"/api/kernels/{context.id}/restart").status_code == 200
+        _execute_over_8888(local_service, sandbox, context.id, "after = 5")
+        assert sandbox.run_code("after", context=context).text == "5"
+        assert sandbox.run_code("'before' in globals()", context=context).text == "False"
+    finally:
+        sandbox.remove_code_context(context)

@@ -1,0 +1,224 @@
+"""Sandbox ports through the local service, as E2B's proxy serves them: HTTP and WebSocket to
+a server inside the sandbox, the closed-port error, and the traffic token of restricted
+sandboxes. The unmodified SDK starts the servers; raw clients reach them with E2B's routing
+headers or E2B's host form with the domain ``localhost``."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from e2b import AsyncSandbox, Sandbox
+from e2b.exceptions import SandboxUnreachableException, format_sandbox_unavailable_exception
+from local_helpers import sdk_options, wait_for
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
+
+from e2b_kernel.local import RunningService
+
+JUPYTER_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+# An echo server on port 8765 inside the sandbox; it keeps the frame type and picks the
+# Jupyter subprotocol when offered (the sandbox's Python has `websockets`, as the service's).
+ECHO_SERVER = textwrap.dedent(
+    """
+    import asyncio
+    from websockets.asyncio.server import serve
+
+    PROTOCOL = "v1.kernel.websocket.jupyter.org"
+
+    async def echo(ws):
+        async for message in ws:
+            await ws.send(message)
+
+    async def main():
+        async with serve(echo, "127.0.0.1", 8765, subprotocols=[PROTOCOL], max_size=None) as server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _routing(sandbox: Sandbox | AsyncSandbox, port: int) -> dict[str, str]:
+    return {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": str(port)}
+
+
+def _wait_open(http: httpx.Client, url: str, headers: dict[str, str]) -> httpx.Response:
+    """GET until the server in the sandbox listens (502 'port is not open' until then)."""
+    answers: list[httpx.Response] = []
+
+    def answered() -> bool:
+        answers.append(http.get(url, headers=headers))
+        return answers[-1].status_code != 502
+
+    wait_for(answered, 30, "the server in the sandbox to listen")
+    return answers[-1]
+
+
+@pytest.fixture(scope="module")
+def sandbox(local_service: RunningService) -> Iterator[Sandbox]:
+    """A sandbox whose SDK domain is `localhost`, so get_host() names a loopback host."""
+    sbx = Sandbox.create(timeout=300, domain="localhost", **sdk_options(local_service))
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
+
+
+def test_http_server_in_the_sandbox_is_reachable(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    sandbox.files.write("/home/user/site/hello.txt", "hello from the sandbox")
+    sandbox.commands.run("cd site && python -m http.server 3000", background=True)
+    # The SDK's own URL for a sandbox port: E2B_SANDBOX_URL (the service) for every port.
+    url = sandbox.connection_config.get_sandbox_url(
+        sandbox.sandbox_id, sandbox.sandbox_domain, 3000
+    )
+    assert url == local_service.url
+    with httpx.Client(base_url=url) as http:
+        listing = _wait_open(http, "/", _routing(sandbox, 3000))
+        assert listing.status_code == 200, listing.text
+        assert "hello.txt" in listing.text  # http.server's directory listing
+        # E2B's host form, {port}-{id}.{domain}, as the SDK builds it.
+        assert sandbox.get_host(3000) == f"3000-{sandbox.sandbox_id}.localhost"
+        by_host = http.get("/hello.txt", headers={"Host": sandbox.get_host(3000)})
+        assert by_host.status_code == 200
+        assert by_host.text == "hello from the sandbox"
+
+
+def test_request_and_response_bodies_stream_through(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    server = textwrap.dedent(
+        """
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        class Echo(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                size = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(size) if size else self._chunked()
+                self.send_response(201)
+                self.send_header("X-Seen-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _chunked(self):
+                data = b""
+                while (size := int(self.rfile.readline().strip(), 16)):
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return data
+
+        HTTPServer(("127.0.0.1", 3001), Echo).serve_forever()
+        """
+    )
+    sandbox.files.write("/home/user/echo_http.py", server)
+    sandbox.commands.run("python echo_http.py", background=True)
+    payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(payload), 65536):
+            yield payload[start : start + 65536]
+
+    with httpx.Client(base_url=local_service.url, timeout=60) as http:
+        _wait_open(http, "/", _routing(sandbox, 3001))
+        fixed = http.post("/upload", content=payload, headers=_routing(sandbox, 3001))
+        assert fixed.status_code == 201
+        assert fixed.content == payload
+        chunked = http.post("/upload", content=chunks(), headers=_routing(sandbox, 3001))
+        assert chunked.status_code == 201
+        assert chunked.headers["x-seen-length"] == str(len(payload))
+        assert chunked.content == payload
+
+
+def test_websocket_server_in_the_sandbox(local_service: RunningService, sandbox: Sandbox) -> None:
+    sandbox.files.write("/home/user/echo_ws.py", ECHO_SERVER)
+    sandbox.commands.run("python echo_ws.py", background=True)
+    with httpx.Client(base_url=local_service.url) as http:
+        _wait_open(http, "/", _routing(sandbox, 8765))  # a plain GET: the server says 426
+    url = local_service.url.replace("http://", "ws://") + "/echo"
+    headers = _routing(sandbox, 8765)
+    offered = [Subprotocol(JUPYTER_SUBPROTOCOL)]
+    with ws_connect(url, additional_headers=headers, subprotocols=offered, max_size=None) as ws:
+        assert ws.subprotocol == JUPYTER_SUBPROTOCOL
+        ws.send("text frame ✓")
+        assert ws.recv() == "text frame ✓"
+        ws.send(b"\x00\x01binary\xff")
+        assert ws.recv() == b"\x00\x01binary\xff"
+        big = bytes(range(256)) * 8192  # 2 MiB: more than one read of the tunnel
+        ws.send(big)
+        assert ws.recv() == big
+
+
+def test_closed_port_is_e2b_port_not_open(local_service: RunningService, sandbox: Sandbox) -> None:
+    reply = httpx.get(f"{local_service.url}/", headers=_routing(sandbox, 3999))
+    assert reply.status_code == 502
+    body = reply.json()
+    assert body["sandboxId"] == sandbox.sandbox_id
+    assert body["message"] == "The sandbox is running but port is not open"
+    # The SDK's own mapping of the proxy's 502 makes it SandboxUnreachableException.
+    error = format_sandbox_unavailable_exception(body["message"])
+    assert isinstance(error, SandboxUnreachableException)
+    with pytest.raises(Exception) as refused:
+        url = local_service.url.replace("http://", "ws://")
+        ws_connect(url, additional_headers=_routing(sandbox, 3999)).close()
+    assert "502" in str(refused.value)
+
+
+def test_restricted_sandbox_needs_the_traffic_token(local_service: RunningService) -> None:
+    restricted = Sandbox.create(
+        timeout=120, network={"allow_public_traffic": False}, **sdk_options(local_service)
+    )
+    try:
+        token = restricted.traffic_access_token
+        assert token
+        restricted.commands.run("python -m http.server 3002", background=True)
+        headers = _routing(restricted, 3002)
+        with httpx.Client(base_url=local_service.url) as http:
+            allowed = {**headers, "E2B-Traffic-Access-Token": token}
+            assert _wait_open(http, "/", allowed).status_code == 200
+            missing = http.get("/", headers=headers)
+            assert missing.status_code == 403
+            assert missing.json() == {
+                "sandboxId": restricted.sandbox_id,
+                "message": "Sandbox is secured with traffic access token. "
+                "Token header 'e2b-traffic-access-token' is missing",
+                "code": 403,
+            }
+            wrong = http.get("/", headers={**headers, "E2B-Traffic-Access-Token": "x" * 64})
+            assert wrong.status_code == 403
+            assert "is invalid" in wrong.json()["message"]
+        url = local_service.url.replace("http://", "ws://")
+        with pytest.raises(Exception) as refused:
+            ws_connect(url, additional_headers=headers).close()
+        assert "403" in str(refused.value)
+    finally:
+        restricted.kill()
+
+
+def test_async_sdk_server_reachable(local_service: RunningService) -> None:
+    async def scenario() -> None:
+        sbx = await AsyncSandbox.create(timeout=120, **sdk_options(local_service))
+        try:
+            await sbx.commands.run("python -m http.server 3003", background=True)
+            async with httpx.AsyncClient(base_url=local_service.url) as http:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while True:
+                    reply = await http.get("/", headers=_routing(sbx, 3003))
+                    if reply.status_code != 502 or loop.time() > deadline:
+                        break
+                    await asyncio.sleep(0.05)  # poll interval of a bounded wait for listen()
+                assert reply.status_code == 200
+                assert "Directory listing" in reply.text
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())
