@@ -78,6 +78,11 @@ class Context:
             if self._server_kernel_id is None:
                 self.id = kernel.kernel_id  # first start: not registered under an id yet
             self._server_kernel_id = kernel.kernel_id
+        envs = self.sandbox_envs()
+        if envs:
+            # A kernel of the Jupyter Server inherits the server's environment, which may
+            # predate the sandbox's env vars (a warm-pool sandbox gets them at create).
+            await kernel.run_silent(self.env_code(envs))
         if set_cwd:
             await kernel.run_silent(self._spec.chdir_code(self._kernel_path(self.cwd)))
         if self.closed:  # removed while starting

@@ -139,16 +139,25 @@ class LocalSandbox:
             if self.allow_internet and self.isolated:
                 assert self._init_pid is not None
                 self._network = await network.connect(self._init_pid)
-            if self.isolated:  # in the background: create does not wait for it to listen
-                self.jupyter = JupyterServer(
-                    self,
-                    runtime_dir=f"{self.sandbox_socket_dir}/{self.kernel_socket_dir.name}",
-                    kernel_path=f"{self.sandbox_socket_dir}/{self.kernelspec_dir.name}",
-                )
-                await self.jupyter.start()
+            await self.start_jupyter()
         except BaseException:
             await self.kill()  # leave no directories, cgroups or processes behind
             raise
+
+    async def start_jupyter(self) -> None:
+        """Start (again, after its processes were dropped) the sandbox's Jupyter Server.
+
+        In the background: the caller does not wait for it to listen (``jupyter.ready()``
+        does). None without isolation, where it would take the host's port 8888.
+        """
+        if not self.isolated:
+            return
+        self.jupyter = JupyterServer(
+            self,
+            runtime_dir=f"{self.sandbox_socket_dir}/{self.kernel_socket_dir.name}",
+            kernel_path=f"{self.sandbox_socket_dir}/{self.kernelspec_dir.name}",
+        )
+        await self.jupyter.start()
 
     async def set_egress(self, rules: egress.EgressRules) -> None:
         """Install (or replace) the allowOut/denyOut rules in the sandbox's network

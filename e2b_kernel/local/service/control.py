@@ -262,9 +262,10 @@ class ControlPlane:
         if entry is None:
             raise ServiceError(404, f"Paused sandbox {sandbox_id} not found")
         if entry.sandbox.paused:
-            if wants_memory(body) is False:  # on_resume="reboot": cold boot from the disk
-                await reset_processes(entry)
             self.registry.resume(entry, timeout)
+            if wants_memory(body) is False:  # on_resume="reboot": cold boot from the disk
+                # After the thaw: the agent that starts the fresh services must be running.
+                await reset_processes(entry)
             return JSONResponse(self._sandbox_json(entry), 201)
         self.registry.extend(entry, timeout if timeout is not None else entry.timeout_seconds)
         return JSONResponse(self._sandbox_json(entry), 200)

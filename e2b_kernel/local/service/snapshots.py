@@ -53,14 +53,17 @@ async def filesystem_pause(registry: Registry, entry: Entry) -> bool:
 
 
 async def reset_processes(entry: Entry) -> None:
-    """End the sandbox's processes and give it a fresh, lazily started code interpreter."""
+    """End the sandbox's processes, as a reboot would, and start its services afresh: the
+    Jupyter Server (as the template's boot does) and a code interpreter whose kernels start
+    on first use."""
     old = entry.interpreter
     if old is not None:
         from ..interpreter import CodeInterpreter
 
         await old.shutdown()
-        entry.interpreter = CodeInterpreter(entry.sandbox)  # kernels start on first use
+        entry.interpreter = CodeInterpreter(entry.sandbox)
     drop_processes(entry.sandbox)
+    await entry.sandbox.start_jupyter()
 
 
 def snapshot_error(exc: Exception) -> ServiceError:
