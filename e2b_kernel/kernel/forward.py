@@ -7,7 +7,11 @@ the request's ZMQ identities are kept by ``msg_id`` until the reply comes. An
 ``input_request`` goes to the identities of the ``execute_request`` that asked for input,
 as ipykernel does it.
 
-The only content we change is ``kernel_info_reply``'s banner (it says how cells are run).
+The only content we change: ``kernel_info_reply``'s banner (it says how cells are run), and
+E2B's derived ``e2b/data`` and ``e2b/chart`` MIME types, which E2B's kernel startup adds to
+tables and plots: they are not what the code displayed, a ``python3`` notebook never has them,
+and nbformat refuses to save their JSON values under non-JSON MIME types (the ``execute``
+transport leaves them out too, see ``core.outputs``).
 Everything runs on the shell loop (main thread), except control replies, which are handed to
 the control thread's loop that owns the control stream.
 """
@@ -27,6 +31,20 @@ from ..core.jupyter_server import JupyterEndpoint
 from .relay import KernelChannels, Parts
 
 __all__ = ["JupyterForwarder", "Route"]
+
+_RICH_OUTPUTS = frozenset({"display_data", "execute_result", "update_display_data"})
+_E2B_FIELDS = ("e2b/data", "e2b/chart")
+
+
+def _without_e2b_fields(parts: Parts) -> Parts:
+    """The message without E2B's derived MIME types (untouched when it has none)."""
+    if not any(field.encode() in parts[3] for field in _E2B_FIELDS):
+        return parts
+    content = json.loads(parts[3])
+    for key in ("data", "metadata"):
+        for field_name in _E2B_FIELDS:
+            (content.get(key) or {}).pop(field_name, None)
+    return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
 
 @dataclass
@@ -105,6 +123,8 @@ class JupyterForwarder:
         if channel == "iopub":
             if msg_type == "status":
                 self._track_status(parent_id, json.loads(parts[3]).get("execution_state"))
+            if msg_type in _RICH_OUTPUTS:
+                parts = _without_e2b_fields(parts)
             topic = f"kernel.{self.kernel_id}.{msg_type}".encode()
             self.session.send_raw(self._iopub, parts, ident=[topic])
             return

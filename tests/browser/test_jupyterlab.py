@@ -133,6 +133,13 @@ def test_launcher_runs_cells_on_e2b_python(jupyterlab: str, tmp_path: Path) -> N
             run_cell(page, "import matplotlib.pyplot as plt; plt.plot([1, 3, 2]); plt.show()")
             page.locator(".jp-OutputArea-output img").first.wait_for()
             status.wait_for()
+
+            # Widgets need the jupyter transport: their comms reach JupyterLab's manager.
+            run_cell(page, "import ipywidgets as w; w.IntSlider(value=3, description='n')")
+            page.locator(".jp-OutputArea-output .widget-slider").first.wait_for()
+            run_cell(page, "from tqdm.auto import tqdm\nfor _ in tqdm(range(3)): pass")
+            page.locator(".jp-OutputArea-output .widget-hprogress").first.wait_for()
+            status.wait_for()
             page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)
         finally:
             browser.close()
