@@ -38,7 +38,9 @@ def connect(conn: Conn, request: dict) -> None:
         pending = conn.recv_bytes(_CHUNK) if conn.has_pending() else b""
         if pending:
             upstream.sendall(pending)
-        back = threading.Thread(target=_pump, args=(upstream, conn.sock), daemon=True)
+        back = threading.Thread(
+            target=_pump, args=(upstream, conn.sock), kwargs={"quick_ack": True}, daemon=True
+        )
         back.start()
         _pump(conn.sock, upstream)
         # The service never half-closes: its EOF means it is done. Close the port's side
@@ -52,10 +54,18 @@ def connect(conn: Conn, request: dict) -> None:
         upstream.close()
 
 
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    """Copy source to target until EOF, then half-close target so the peer sees the end."""
+def _pump(source: socket.socket, target: socket.socket, *, quick_ack: bool = False) -> None:
+    """Copy source to target until EOF, then half-close target so the peer sees the end.
+
+    ``quick_ack``: acknowledge the port's data at once. Servers that leave Nagle's algorithm
+    on (tornado's WebSocket, so Jupyter Server's kernel channels) hold each small write until
+    the previous one is acknowledged, and Linux delays acknowledgements by up to 40 ms: every
+    message burst of a cell would wait that long. The option does not stick, hence per read.
+    """
     try:
         while chunk := source.recv(_CHUNK):
+            if quick_ack:
+                source.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             target.sendall(chunk)
     except OSError:
         pass  # a reset on either side ends this direction; the other ends on its own EOF
