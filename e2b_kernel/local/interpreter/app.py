@@ -77,6 +77,12 @@ class CodeInterpreter:
         self._background.add(self._default_started)
         self._default_started.add_done_callback(self._background.discard)
 
+    async def warm(self) -> None:
+        """Wait until the default context's kernel runs (a warm-pool sandbox is only ready
+        then: its first cell must not wait for the Jupyter Server and a kernel to start)."""
+        if self._default_started is not None:
+            await asyncio.shield(self._default_started)
+
     async def _start_default_quietly(self) -> None:
         try:
             await self._default_context("python")

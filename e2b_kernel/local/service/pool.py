@@ -69,6 +69,7 @@ class WarmPool:
         while not self._closed and len(self._ready) < self.size:
             try:
                 ready = await self._make()
+                await ready[1].warm()
             except Exception:
                 log.exception("the warm pool could not start a sandbox; it stays short")
                 return
