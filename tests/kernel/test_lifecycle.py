@@ -302,3 +302,22 @@ def test_bad_configuration_is_shown_on_every_cell_and_the_kernel_lives(
         assert "E2B_KERNEL_SANDBOX_TIMEOUT" in reply["evalue"]
         assert [o.msg_type for o in outputs] == ["error"]
     assert kernel.kc.complete("x", 1, reply=True, timeout=30)["content"]["matches"] == []
+
+
+@ON_BOTH_TRANSPORTS
+def test_secrets_reach_neither_the_sandbox_nor_the_front_end(
+    start_kernel: StartKernel, local_service: RunningService, transport: str
+) -> None:
+    kernel, _ = start_tagged_kernel(start_kernel, local_service, transport)
+    key = local_service.api_key
+    banner = kernel.banner()
+    assert f"Transport: {transport}" in banner
+    reply, outputs = kernel.run(
+        "import os\n"
+        f"print(sorted(k for k, v in os.environ.items() if {key!r} in v))\n"
+        "print(sorted(k for k in os.environ if 'TRAFFIC' in k.upper()))"
+    )
+    assert reply["status"] == "ok", outputs
+    printed = "".join(o.content["text"] for o in outputs if o.msg_type == "stream")
+    assert printed == "[]\n[]\n", outputs
+    assert key not in banner and key not in str(reply)
