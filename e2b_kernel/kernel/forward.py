@@ -50,6 +50,7 @@ class JupyterForwarder:
         endpoint: JupyterEndpoint,
         kernel_id: str,
         *,
+        sandbox_id: str | None = None,
         iopub: Any,
         stdin: Any,
         send_control: Callable[[Any, Parts, list[bytes]], None],
@@ -62,6 +63,7 @@ class JupyterForwarder:
         self.session = session
         self.endpoint = endpoint
         self.kernel_id = kernel_id
+        self.sandbox_id = sandbox_id  # the sandbox whose Jupyter Server this relay reaches
         self.log = log
         self._iopub = iopub
         self._stdin = stdin

@@ -96,16 +96,22 @@ class JupyterTransport:
         """
         if self._loss_check is not None:  # the relay closed: is the sandbox gone? wait for it
             await asyncio.wait([self._loss_check])
-        if self._forwarder is not None and self._forwarder.up:
-            if header.get("msg_type") == "execute_request" and self._pauses_when_idle():
-                await self.sandbox_session.ready()
-            if self._forwarder.up:
-                return self._forwarder
-        if self._forwarder is not None:
-            await self._forwarder.close()
-            self._forwarder = None
         session = self.sandbox_session
-        announce = await session.ready()
+        announce: bool | None = None
+        forwarder_up = self._forwarder is not None and self._forwarder.up
+        if forwarder_up and header.get("msg_type") == "execute_request":
+            if self._pauses_when_idle():
+                try:
+                    announce = await session.ready()
+                except E2BKernelError:
+                    await self._drop_forwarder()  # its sandbox is gone
+                    raise
+        if forwarder_up and self._forwarder is not None and self._forwarder.up and not announce:
+            if self._forwarder.sandbox_id == session.sandbox_id:
+                return self._forwarder
+        await self._drop_forwarder()
+        if announce is None:
+            announce = await session.ready()
         endpoint = session.jupyter_endpoint()
         try:
             kernel_id = await self._pick_remote_kernel(endpoint)
@@ -113,6 +119,7 @@ class JupyterTransport:
                 self.session,
                 endpoint,
                 kernel_id,
+                sandbox_id=session.sandbox_id,
                 iopub=self.iopub_socket,
                 stdin=self.stdin_socket,
                 send_control=self._send_control,
@@ -139,6 +146,11 @@ class JupyterTransport:
         if announce and header:
             forwarder.publish(header, "stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
         return forwarder
+
+    async def _drop_forwarder(self) -> None:
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            await forwarder.close()
 
     def _pauses_when_idle(self) -> bool:
         return str(self.sandbox_session.config.idle) == "pause"
