@@ -35,12 +35,20 @@ from .streaming import DONE, Event, start_run_code
 from .telemetry import execution_span
 from .text_plain import install_code as text_plain_carrier_code
 
-__all__ = ["Event", "HiddenResult", "SandboxSession"]
+__all__ = ["Event", "HiddenResult", "SandboxSession", "cell_timeout_message"]
 
 NEW_SANDBOX_NOTICE = (
     "[e2b-kernel] The previous sandbox was lost; this cell runs in a NEW sandbox "
     "with fresh Python state and files.\n"
 )
+
+
+def cell_timeout_message(limit: float, raise_it: str) -> str:
+    """The ``ExecutionTimeout`` message; ``raise_it`` names the setting that set ``limit``."""
+    return (
+        f"The cell did not finish within its timeout of {limit:g} s and was "
+        f"interrupted; the sandbox and its state are kept. {raise_it}"
+    )
 
 
 class HiddenResult:
@@ -287,6 +295,11 @@ class SandboxSession:
         """A front end's own transport runs a cell (keep-alive refreshes while busy)."""
         self._busy = busy
 
+    def report_lost(self, message: str) -> None:
+        """A front end found the sandbox gone while idle: the next ``ready`` raises
+        ``SandboxLost(message)`` once, then starts a new sandbox and says so."""
+        self._lost = message
+
     async def confirm_lost(self) -> str | None:
         """After a transport's connection died: if the sandbox is gone, forget it (the next
         ``ready`` starts a new one and says so) and return the message for the user."""
@@ -297,17 +310,30 @@ class SandboxSession:
             message, self._lost = self._lost, None
             self._mark_lost(sandbox)
             return message
-        gone = await self._backend.service_lost()
-        if not gone:
-            try:
-                gone = not await asyncio.wait_for(sandbox.is_running(), 10)
-            except Exception as exc:
-                gone = is_sandbox_gone(exc)
-        if not gone:
+        if not await self._is_gone(sandbox):
             return None
         message = self._lost_message(self._how_lost())
         self._mark_lost(sandbox)
         return message
+
+    async def _is_gone(self, sandbox: AsyncSandbox) -> bool:
+        """Asked of the control plane: a paused sandbox is not gone (the next cell resumes it);
+        a killed or expired one is unknown there."""
+        if await self._backend.service_lost():
+            return True
+        try:
+            info = await asyncio.wait_for(sandbox.get_info(), 10)
+        except Exception as exc:
+            if is_sandbox_gone(exc):
+                return True
+            self.log.debug("could not ask for the sandbox's state: %r", exc)
+        else:
+            if str(getattr(info, "state", "")).lower().endswith("paused"):
+                return False
+        try:
+            return not await asyncio.wait_for(sandbox.is_running(), 10)
+        except Exception as exc:
+            return is_sandbox_gone(exc)
 
     def _drop_sandbox(self) -> None:
         self.sandbox = None
@@ -402,10 +428,7 @@ class SandboxSession:
                 try:
                     event = await asyncio.wait_for(queue.get(), remaining)
                 except asyncio.TimeoutError:
-                    raise ExecutionTimeout(
-                        f"The cell did not finish within its timeout of {limit:g} s and was "
-                        f"interrupted; the sandbox and its state are kept. {raise_it}"
-                    ) from None
+                    raise ExecutionTimeout(cell_timeout_message(limit or 0, raise_it)) from None
                 if event is DONE:
                     break
                 yield event

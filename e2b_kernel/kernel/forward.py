@@ -22,12 +22,14 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jupyter_client.session import Session
 
 from ..core.jupyter_server import JupyterEndpoint
+from ..core.session import cell_timeout_message
+from ..errors import ExecutionTimeout, error_content
 from .relay import KernelChannels, Parts
 
 __all__ = ["JupyterForwarder", "Route"]
@@ -55,8 +57,6 @@ class Route:
     idents: list[bytes]
     stream: Any
     header: dict[str, Any]
-    started: bool = False  # the remote kernel published 'busy' for it
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class JupyterForwarder:
@@ -68,6 +68,7 @@ class JupyterForwarder:
         endpoint: JupyterEndpoint,
         kernel_id: str,
         *,
+        sandbox_id: str | None = None,
         iopub: Any,
         stdin: Any,
         send_control: Callable[[Any, Parts, list[bytes]], None],
@@ -80,6 +81,7 @@ class JupyterForwarder:
         self.session = session
         self.endpoint = endpoint
         self.kernel_id = kernel_id
+        self.sandbox_id = sandbox_id  # the sandbox whose Jupyter Server this relay reaches
         self.log = log
         self._iopub = iopub
         self._stdin = stdin
@@ -89,6 +91,9 @@ class JupyterForwarder:
         self._on_closed_cb = on_closed
         self._cell_timeout = cell_timeout
         self._routes: dict[str, Route] = {}
+        self._running: set[str] = set()  # execute requests between 'busy' and 'idle'
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # per-cell timeouts by msg_id
+        self._timed_out_ids: set[str] = set()  # interrupted by their timeout
         self.closed_reason: str | None = None
         self._interrupting: asyncio.Future | None = None
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
@@ -120,6 +125,8 @@ class JupyterForwarder:
         header = json.loads(parts[0])
         msg_type = str(header.get("msg_type", ""))
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
+        if parent_id in self._timed_out_ids:
+            parts = self._as_timeout(parent_id, msg_type, parts)
         if channel == "iopub":
             if msg_type == "status":
                 self._track_status(parent_id, json.loads(parts[3]).get("execution_state"))
@@ -137,7 +144,6 @@ class JupyterForwarder:
             return
         if msg_type.endswith("_reply"):
             self._routes.pop(parent_id, None)
-            self._stop_timer(route)
             if msg_type == "kernel_info_reply":
                 parts = self._with_banner(parts)
         if route.channel == "control":
@@ -154,43 +160,61 @@ class JupyterForwarder:
     # ---- busy cells: keep-alive and per-cell timeout --------------------------------------------
 
     def _track_status(self, parent_id: str | None, state: str | None) -> None:
-        route = self._routes.get(parent_id) if parent_id else None
-        if route is None or route.header.get("msg_type") != "execute_request":
+        """Busy from an execute request's 'busy' to its 'idle' (its reply may come first)."""
+        if parent_id is None:
             return
-        if state == "busy" and not route.started:
-            route.started = True
-            self._on_busy(True)
-            if self._cell_timeout:
-                loop = asyncio.get_running_loop()
-                route.timer = loop.call_later(self._cell_timeout, self._timed_out, route)
-        elif state == "idle":
-            self._stop_timer(route)
-            if not any(r.started for r in self._routes.values() if r is not route):
+        if state == "idle":
+            timer = self._timers.pop(parent_id, None)
+            if timer is not None:
+                timer.cancel()
+            self._running.discard(parent_id)
+            if not self._running:
                 self._on_busy(False)
+            return
+        route = self._routes.get(parent_id)
+        if state != "busy" or route is None or route.header.get("msg_type") != "execute_request":
+            return
+        if parent_id in self._running:
+            return
+        self._running.add(parent_id)
+        self._on_busy(True)
+        if self._cell_timeout:
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self._cell_timeout, self._timed_out, parent_id)
+            self._timers[parent_id] = timer
 
-    def _timed_out(self, route: Route) -> None:
-        route.timer = None
-        limit = self._cell_timeout or 0
-        self.publish(
-            route.header,
-            "stream",
-            {
-                "name": "stderr",
-                "text": f"[e2b-kernel] The cell did not finish within its timeout of {limit:g} s "
-                "and is being interrupted; the sandbox and its state are kept. Raise "
-                "E2B_KERNEL_CELL_TIMEOUT to allow longer cells.\n",
-            },
-        )
+    def _timed_out(self, msg_id: str) -> None:
+        """Interrupt the cell; its remote KeyboardInterrupt is shown as ``ExecutionTimeout``."""
+        self._timers.pop(msg_id, None)
+        self.log.info("cell %s timed out; interrupting the remote kernel", msg_id)
+        self._timed_out_ids.add(msg_id)
         self._interrupting = asyncio.ensure_future(self.interrupt())
 
-    def _stop_timer(self, route: Route) -> None:
-        if route.timer is not None:
-            route.timer.cancel()
-            route.timer = None
+    def _timeout_content(self) -> dict[str, Any]:
+        limit = self._cell_timeout or 0
+        raise_it = "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
+        message = cell_timeout_message(limit, raise_it)
+        return error_content(ExecutionTimeout(message))
+
+    def _as_timeout(self, parent_id: str, msg_type: str, parts: Parts) -> Parts:
+        """A timed-out cell's remote error and error reply, with the timeout's content."""
+        content = json.loads(parts[3])
+        if msg_type == "error":
+            content = self._timeout_content()
+        elif msg_type == "execute_reply":
+            self._timed_out_ids.discard(parent_id)
+            if content.get("status") != "error":
+                return parts  # it finished just before the interrupt landed
+            content = {**content, **self._timeout_content()}
+        else:
+            return parts
+        return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
     def _cancel_timers(self) -> None:
-        for route in self._routes.values():
-            self._stop_timer(route)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._running.clear()
 
     # ---- interrupt, loss ----------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class JupyterTransport:
         self._own_kernel_id: str | None = None  # a remote kernel we started (deleted at the end)
         self._stdin_stream: ZMQStream | None = None
         self._background: set[asyncio.Future] = set()  # referenced until done
+        self._loss_check: asyncio.Future | None = None  # after the relay closed by itself
 
     # ---- choosing ---------------------------------------------------------------------------
 
@@ -88,14 +89,29 @@ class JupyterTransport:
     # ---- the relay ----------------------------------------------------------------------------
 
     async def _ensure_forwarder(self, header: dict[str, Any]) -> JupyterForwarder:
-        """The open relay, (re)opened when needed; announces a new sandbox to ``header``."""
-        if self._forwarder is not None and self._forwarder.up:
-            return self._forwarder
-        if self._forwarder is not None:
-            await self._forwarder.close()
-            self._forwarder = None
+        """The open relay, (re)opened when needed; announces a new sandbox to ``header``.
+
+        In idle mode ``pause`` every cell first resumes the sandbox (it may have paused while
+        idle) and pushes its timeout out, as the execute transport does.
+        """
+        if self._loss_check is not None:  # the relay closed: is the sandbox gone? wait for it
+            await asyncio.wait([self._loss_check])
         session = self.sandbox_session
-        announce = await session.ready()
+        announce: bool | None = None
+        forwarder_up = self._forwarder is not None and self._forwarder.up
+        if forwarder_up and header.get("msg_type") == "execute_request":
+            if self._pauses_when_idle():
+                try:
+                    announce = await session.ready()
+                except E2BKernelError:
+                    await self._drop_forwarder()  # its sandbox is gone
+                    raise
+        if forwarder_up and self._forwarder is not None and self._forwarder.up and not announce:
+            if self._forwarder.sandbox_id == session.sandbox_id:
+                return self._forwarder
+        await self._drop_forwarder()
+        if announce is None:
+            announce = await session.ready()
         endpoint = session.jupyter_endpoint()
         try:
             kernel_id = await self._pick_remote_kernel(endpoint)
@@ -103,6 +119,7 @@ class JupyterTransport:
                 self.session,
                 endpoint,
                 kernel_id,
+                sandbox_id=session.sandbox_id,
                 iopub=self.iopub_socket,
                 stdin=self.stdin_socket,
                 send_control=self._send_control,
@@ -114,11 +131,13 @@ class JupyterTransport:
             )
             await forwarder.open()
         except (JupyterServerError, OSError) as exc:
+            await self._raise_if_lost()
             raise SandboxUnavailable(
                 f"The sandbox's Jupyter Server cannot be reached ({exc}). "
                 "Run the cell again, or set E2B_KERNEL_TRANSPORT=execute."
             ) from None
         except Exception as exc:  # websockets' handshake errors, among others
+            await self._raise_if_lost()
             raise SandboxUnavailable(
                 f"The kernel channels of the sandbox's Jupyter Server did not open "
                 f"({type(exc).__name__}: {exc}). Run the cell again."
@@ -127,6 +146,20 @@ class JupyterTransport:
         if announce and header:
             forwarder.publish(header, "stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
         return forwarder
+
+    async def _drop_forwarder(self) -> None:
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            await forwarder.close()
+
+    def _pauses_when_idle(self) -> bool:
+        return str(self.sandbox_session.config.idle) == "pause"
+
+    async def _raise_if_lost(self) -> None:
+        """The relay cannot open: ``SandboxLost`` when that is because the sandbox is gone."""
+        message = await self.sandbox_session.confirm_lost()
+        if message is not None:
+            raise SandboxLost(message)
 
     async def _pick_remote_kernel(self, endpoint: JupyterEndpoint) -> str:
         """The remote kernel: the one before a restart (restarted), the sandbox's default
@@ -221,7 +254,9 @@ class JupyterTransport:
 
     def _relay_closed(self, reason: str) -> None:
         self.log.warning("the kernel channels closed: %s", reason)
-        self._in_background(self._after_relay_closed(reason))
+        self._loss_check = asyncio.ensure_future(self._after_relay_closed(reason))
+        self._background.add(self._loss_check)
+        self._loss_check.add_done_callback(self._background.discard)
 
     def _in_background(self, coroutine: Any) -> None:
         future = asyncio.ensure_future(coroutine)
@@ -233,17 +268,23 @@ class JupyterTransport:
         if forwarder is None:
             return
         session = self.sandbox_session
-        message = await session.confirm_lost()
+        try:
+            message = await session.confirm_lost()
+        finally:
+            self._loss_check = None
+        pending = forwarder.take_pending()
         exc: E2BKernelError
         if message is not None:
             exc = SandboxLost(message)
+            if not pending:
+                session.report_lost(message)  # lost while idle: the next cell says so
         else:
             exc = SandboxUnavailable(
                 f"The connection to the sandbox's Jupyter kernel failed ({reason}). The sandbox "
                 "is still running; run the cell again."
             )
         session.hold_busy(False)
-        for route in forwarder.take_pending():
+        for route in pending:
             self._fail_route(route, exc)
 
     def _fail_route(self, route: Route, exc: E2BKernelError) -> None:

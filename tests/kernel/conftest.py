@@ -12,11 +12,30 @@ from e2b_kernel.local import RunningService
 from .harness import Kernel, clean_env
 
 BACKENDS = ["private-local", "service"]
+# How cells reach the sandbox. Both backends serve Jupyter on port 8888, so ``auto`` (a test
+# that does not ask for a transport) is ``jupyter``; a test for behaviour of one transport only
+# pins it with ``pytest.mark.parametrize("transport", [...], indirect=True)``.
+TRANSPORTS = ["execute", "jupyter"]
 
 
 @pytest.fixture
-def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., dict[str, str]]:
-    """Build a kernel environment for the parametrized backend, plus overrides."""
+def transport(request: pytest.FixtureRequest) -> str:
+    """``E2B_KERNEL_TRANSPORT`` of the kernels a test starts (``auto`` unless parametrized)."""
+    return str(getattr(request, "param", "auto"))
+
+
+def with_transport(env: dict[str, str], transport: str) -> dict[str, str]:
+    """``env`` with ``E2B_KERNEL_TRANSPORT`` set (left to its default for ``auto``)."""
+    if transport != "auto":
+        env.setdefault("E2B_KERNEL_TRANSPORT", transport)
+    return env
+
+
+@pytest.fixture
+def backend_env(
+    request: pytest.FixtureRequest, tmp_path: Path, transport: str
+) -> Callable[..., dict[str, str]]:
+    """Build a kernel environment for the parametrized backend and transport, plus overrides."""
     backend = getattr(request, "param", "private-local")
 
     def build(**overrides: str) -> dict[str, str]:
@@ -28,7 +47,7 @@ def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[...,
         else:
             env["E2B_KERNEL_BACKEND"] = "local"
         env.update(overrides)
-        return env
+        return with_transport(env, transport)
 
     return build
 

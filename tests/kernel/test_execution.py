@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from jupyter_client.manager import start_new_kernel
 
 from .conftest import BACKENDS
 from .harness import Kernel
@@ -13,6 +15,22 @@ pytestmark = pytest.mark.timeout(240)
 
 StartKernel = Callable[..., Kernel]
 BackendEnv = Callable[..., dict[str, str]]
+# Tests not parametrized run on the default transport (``auto``: jupyter on both backends).
+EXECUTE_ONLY = pytest.mark.parametrize("transport", ["execute"], indirect=True)
+
+
+def python3_error(code: str) -> dict[str, Any]:
+    """The ``error`` content the stock ``python3`` kernel publishes for ``code``."""
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        msg_id = kc.execute(code)
+        while True:
+            msg = kc.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "error":
+                return dict(msg["content"])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 @pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
@@ -97,19 +115,32 @@ def test_matplotlib_and_pandas_render_inline(
     assert "a  b" in table.content["data"]["text/plain"]
 
 
-@pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
+@pytest.mark.parametrize(
+    ("backend_env", "transport"),
+    [("private-local", "execute"), ("private-local", "jupyter"), ("service", "jupyter")],
+    indirect=True,
+)
 def test_error_is_iopub_error_then_error_reply(
-    start_kernel: StartKernel, backend_env: BackendEnv
+    start_kernel: StartKernel, backend_env: BackendEnv, transport: str
 ) -> None:
+    code = "def f():\n    return 1 / 0\n\nf()"
     kernel = start_kernel(backend_env())
-    reply, outputs = kernel.run("def f():\n    return 1 / 0\n\nf()")
+    reply, outputs = kernel.run(code)
     assert [o.msg_type for o in outputs] == ["error"]
     error = outputs[0].content
     assert error["ename"] == "ZeroDivisionError"
     assert error["evalue"] == "division by zero"
     assert isinstance(error["traceback"], list) and len(error["traceback"]) > 2
-    assert all("\n" not in line for line in error["traceback"])
     assert "ZeroDivisionError" in error["traceback"][-1]
+    if transport == "execute":
+        # E2B's /execute sends the traceback as one text: it comes back one line per entry.
+        assert all("\n" not in line for line in error["traceback"])
+    else:
+        # Relayed as the remote ipykernel sent it: python3's shape, one entry per frame
+        # (entries hold newlines), not re-split.
+        expected = python3_error(code)
+        shape = [line.count("\n") for line in expected["traceback"]]
+        assert [line.count("\n") for line in error["traceback"]] == shape
     assert reply["status"] == "error"
     assert (reply["ename"], reply["evalue"]) == ("ZeroDivisionError", "division by zero")
     assert reply["traceback"] == error["traceback"]
@@ -131,6 +162,7 @@ def test_stop_on_error_aborts_queued_cells(
     assert kernel.reply(after)["status"] == "ok"
 
 
+@EXECUTE_ONLY  # on jupyter, input() works: tests/kernel/test_jupyter_transport.py
 def test_input_fails_at_once_naming_the_limit(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:
@@ -188,6 +220,9 @@ def test_explicit_no_isolation_is_shown_in_the_banner(
     assert kernel.value("6 * 7") == "42"
 
 
+# Execute only: the jupyter transport relays completion to the remote ipykernel, which answers
+# it after the running cell, exactly as python3 does (its replies are then real completions).
+@EXECUTE_ONLY
 def test_completion_while_a_cell_runs_answers_at_once(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:

@@ -1,8 +1,8 @@
 """The jupyter transport through a real kernel process: every Jupyter message survives the relay.
 
-The remote kernel lives in a real Jupyter Server (the loopback stand-in for a sandbox's port
-8888, see ``jupyter_server.py``); the sandbox itself runs on the private local backend. When the
-local service proxies sandbox ports, only the ``jupyter_env`` fixture changes.
+The remote kernel lives in the sandbox's own Jupyter Server (port 8888), reached through the
+local service's port proxy exactly as on E2B, on both backends: the private local service and
+the shared one used as "cloud".
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from e2b_kernel.local import RunningService
+
+from .conftest import BACKENDS
 from .harness import Kernel, Output, clean_env
-from .jupyter_server import loopback_jupyter_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,23 +28,26 @@ PNG = (
 )
 
 
-@pytest.fixture(scope="module")
-def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., dict]]:
-    """Kernel environments whose transport is the jupyter one, pointed at a live server."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def jupyter_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., dict]]:
+    """Kernel environments whose transport is the jupyter one, on the parametrized backend."""
     root = tmp_path_factory.mktemp("jupyter")
-    with loopback_jupyter_server(root / "home", clean_env()) as url:
 
-        def build(**overrides: str) -> dict[str, str]:
-            env = clean_env(
-                JUPYTER_RUNTIME_DIR=str(root / "runtime"),
-                E2B_KERNEL_BACKEND="local",
-                E2B_KERNEL_TRANSPORT="jupyter",
-                E2B_KERNEL_JUPYTER_URL=url,
-            )
-            env.update(overrides)
-            return env
+    def build(**overrides: str) -> dict[str, str]:
+        env = clean_env(
+            JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+            E2B_KERNEL_BACKEND="local",
+            E2B_KERNEL_TRANSPORT="jupyter",
+        )
+        if request.param == "service":
+            service: RunningService = request.getfixturevalue("local_service")
+            env.update(service.sdk_env(), E2B_KERNEL_BACKEND="cloud")
+        env.update(overrides)
+        return env
 
-        yield build
+    yield build
 
 
 @pytest.fixture(scope="module")
@@ -174,13 +179,21 @@ def test_auto_chooses_jupyter_when_the_server_answers(
 
 
 def test_auto_falls_back_to_execute_and_str_results_keep_their_quotes_there(
-    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+    start_kernel: StartKernel, tmp_path: Path
 ) -> None:
-    env = jupyter_env(E2B_KERNEL_TRANSPORT="auto")
-    del env["E2B_KERNEL_JUPYTER_URL"]  # the local sandbox serves no port 8888 (yet)
+    # Without isolation the local service starts no Jupyter Server in the sandbox (it would
+    # take the host's port 8888): port 8888 answers E2B's "port is not open", as on E2B for a
+    # template that serves no Jupyter.
+    env = clean_env(
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        E2B_KERNEL_BACKEND="local",
+        E2B_KERNEL_LOCAL_ISOLATION="none",
+        E2B_KERNEL_TRANSPORT="auto",
+    )
     kernel = start_kernel(env)
     banner = kernel.banner()
     assert "Transport: execute (auto: the sandbox's Jupyter Server does not answer" in banner
+    assert "port is not open" in banner
     assert kernel.value("'a'") == "'a'"
     assert kernel.value('"it\'s"') == '"it\'s"'
     _, outputs = kernel.run("from IPython.display import display\ndisplay('shown')")

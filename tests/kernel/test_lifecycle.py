@@ -12,25 +12,34 @@ from wheels import tiny_wheel
 from e2b_kernel.local import RunningService
 
 from . import sandboxes
-from .conftest import BACKENDS
+from .conftest import TRANSPORTS, with_transport
 from .harness import Kernel
 
 pytestmark = pytest.mark.timeout(300)
 
 StartKernel = Callable[..., Kernel]
 BackendEnv = Callable[..., dict[str, str]]
+# Every lifecycle behaviour runs on both transports; the shared service (used as "cloud") runs
+# on the jupyter transport only where a test is parametrized over backends, to keep the time.
+ON_BOTH_TRANSPORTS = pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+BACKEND_TRANSPORTS = pytest.mark.parametrize(
+    ("backend_env", "transport"),
+    [("private-local", "execute"), ("private-local", "jupyter"), ("service", "jupyter")],
+    indirect=True,
+)
 
 
 def start_tagged_kernel(
-    start_kernel: StartKernel, local_service: RunningService, **overrides: str
+    start_kernel: StartKernel, local_service: RunningService, transport: str, **overrides: str
 ) -> tuple[Kernel, str]:
     """A kernel on the shared service (used as "cloud") whose sandboxes carry a fresh tag."""
     tag = sandboxes.new_tag()
     env = {**local_service.sdk_env(), "E2B_KERNEL_BACKEND": "cloud"}
-    return start_kernel(backends_env(env, E2B_KERNEL_METADATA=f"test={tag}", **overrides)), tag
+    env = backends_env(env, E2B_KERNEL_METADATA=f"test={tag}", **overrides)
+    return start_kernel(with_transport(env, transport)), tag
 
 
-@pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
+@BACKEND_TRANSPORTS
 @pytest.mark.parametrize("mode", ["signal", "message"])
 @pytest.mark.parametrize("loop", ["while True:\n    pass", "time.sleep(1000)"])
 def test_interrupt_stops_the_cell_and_keeps_state(
@@ -50,9 +59,11 @@ def test_interrupt_stops_the_cell_and_keeps_state(
     assert kernel.value("kept") == "7"
     stopped = time.monotonic() - started
     print(f"interrupt ({mode}): reply after {elapsed:.2f} s, next cell done after {stopped:.2f} s")
+    assert elapsed < 1.0, f"the interrupted cell ended after {elapsed:.2f} s"
     assert kernel.km.is_alive()
 
 
+@ON_BOTH_TRANSPORTS
 def test_cell_timeout_fails_clearly_and_keeps_the_sandbox(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:
@@ -66,7 +77,7 @@ def test_cell_timeout_fails_clearly_and_keeps_the_sandbox(
     assert kernel.value("before") == "5"
 
 
-@pytest.mark.parametrize("backend_env", BACKENDS, indirect=True)
+@BACKEND_TRANSPORTS
 def test_restart_gives_fresh_state_and_keeps_files(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:
@@ -87,16 +98,18 @@ def test_restart_gives_fresh_state_and_keeps_files(
     assert [o.msg_type for o in outputs] == ["error"]
 
 
+@ON_BOTH_TRANSPORTS
 def test_shutdown_kills_the_sandbox(
-    start_kernel: StartKernel, local_service: RunningService
+    start_kernel: StartKernel, local_service: RunningService, transport: str
 ) -> None:
-    kernel, tag = start_tagged_kernel(start_kernel, local_service)
+    kernel, tag = start_tagged_kernel(start_kernel, local_service, transport)
     kernel.run("1")
     assert len(sandboxes.running_ids(local_service, tag)) == 1
     kernel.shutdown()
     assert sandboxes.wait_for_count(local_service, tag, 0, timeout=20) == []
 
 
+@ON_BOTH_TRANSPORTS
 def test_private_backend_shutdown_leaves_no_process(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:
@@ -111,10 +124,13 @@ def test_private_backend_shutdown_leaves_no_process(
     assert alive == []
 
 
+@ON_BOTH_TRANSPORTS
 def test_keepalive_across_idle_longer_than_the_sandbox_timeout(
-    start_kernel: StartKernel, local_service: RunningService
+    start_kernel: StartKernel, local_service: RunningService, transport: str
 ) -> None:
-    kernel, tag = start_tagged_kernel(start_kernel, local_service, E2B_KERNEL_SANDBOX_TIMEOUT="4")
+    kernel, tag = start_tagged_kernel(
+        start_kernel, local_service, transport, E2B_KERNEL_SANDBOX_TIMEOUT="4"
+    )
     kernel.run("state = 'alive'")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     time.sleep(9)  # the idle period under test: well past the 4 s sandbox timeout
@@ -125,10 +141,11 @@ def test_keepalive_across_idle_longer_than_the_sandbox_timeout(
     assert reply["status"] == "ok"
 
 
+@ON_BOTH_TRANSPORTS
 def test_sandbox_killed_during_a_cell(
-    start_kernel: StartKernel, local_service: RunningService
+    start_kernel: StartKernel, local_service: RunningService, transport: str
 ) -> None:
-    kernel, tag = start_tagged_kernel(start_kernel, local_service)
+    kernel, tag = start_tagged_kernel(start_kernel, local_service, transport)
     kernel.run("lost_value = 1")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     msg_id = kernel.send("import time\nprint('started', flush=True)\ntime.sleep(120)")
@@ -142,10 +159,11 @@ def test_sandbox_killed_during_a_cell(
     assert_new_sandbox_said_once(kernel)
 
 
+@ON_BOTH_TRANSPORTS
 def test_sandbox_expiry_between_cells(
-    start_kernel: StartKernel, local_service: RunningService
+    start_kernel: StartKernel, local_service: RunningService, transport: str
 ) -> None:
-    kernel, tag = start_tagged_kernel(start_kernel, local_service)
+    kernel, tag = start_tagged_kernel(start_kernel, local_service, transport)
     kernel.run("lost_value = 1")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     sandboxes.set_timeout(local_service, sandbox_id, 1)
@@ -206,11 +224,16 @@ def backends_env(base: dict[str, str], **overrides: str) -> dict[str, str]:
     return {**clean_env(), **base, **overrides}
 
 
+@ON_BOTH_TRANSPORTS
 def test_idle_pause_mode_resumes_with_state(
-    start_kernel: StartKernel, local_service: RunningService
+    start_kernel: StartKernel, local_service: RunningService, transport: str
 ) -> None:
     kernel, tag = start_tagged_kernel(
-        start_kernel, local_service, E2B_KERNEL_IDLE="pause", E2B_KERNEL_SANDBOX_TIMEOUT="3"
+        start_kernel,
+        local_service,
+        transport,
+        E2B_KERNEL_IDLE="pause",
+        E2B_KERNEL_SANDBOX_TIMEOUT="3",
     )
     kernel.run("paused_value = 'kept'")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
@@ -219,6 +242,7 @@ def test_idle_pause_mode_resumes_with_state(
     assert sandboxes.wait_for_state(local_service, sandbox_id, "running", 5) == "running"
 
 
+@ON_BOTH_TRANSPORTS
 @pytest.mark.parametrize("mode", ["signal", "message"])
 def test_interrupt_while_idle_is_harmless(
     start_kernel: StartKernel, backend_env: BackendEnv, mode: str
@@ -254,9 +278,11 @@ def test_invalid_key_is_one_clear_error_without_the_key(
 
 
 def test_keep_sandbox_keeps_it_at_shutdown(
-    start_kernel: StartKernel, local_service: RunningService
+    start_kernel: StartKernel, local_service: RunningService, transport: str
 ) -> None:
-    kernel, tag = start_tagged_kernel(start_kernel, local_service, E2B_KERNEL_KEEP_SANDBOX="1")
+    kernel, tag = start_tagged_kernel(
+        start_kernel, local_service, transport, E2B_KERNEL_KEEP_SANDBOX="1"
+    )
     kernel.run("1")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
     kernel.shutdown()
@@ -277,3 +303,22 @@ def test_bad_configuration_is_shown_on_every_cell_and_the_kernel_lives(
         assert "E2B_KERNEL_SANDBOX_TIMEOUT" in reply["evalue"]
         assert [o.msg_type for o in outputs] == ["error"]
     assert kernel.kc.complete("x", 1, reply=True, timeout=30)["content"]["matches"] == []
+
+
+@ON_BOTH_TRANSPORTS
+def test_secrets_reach_neither_the_sandbox_nor_the_front_end(
+    start_kernel: StartKernel, local_service: RunningService, transport: str
+) -> None:
+    kernel, _ = start_tagged_kernel(start_kernel, local_service, transport)
+    key = local_service.api_key
+    banner = kernel.banner()
+    assert f"Transport: {transport}" in banner
+    reply, outputs = kernel.run(
+        "import os\n"
+        f"print(sorted(k for k, v in os.environ.items() if {key!r} in v))\n"
+        "print(sorted(k for k in os.environ if 'TRAFFIC' in k.upper()))"
+    )
+    assert reply["status"] == "ok", outputs
+    printed = "".join(o.content["text"] for o in outputs if o.msg_type == "stream")
+    assert printed == "[]\n[]\n", outputs
+    assert key not in banner and key not in str(reply)

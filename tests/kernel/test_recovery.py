@@ -12,6 +12,7 @@ import pytest
 
 from e2b_kernel.backends.hosted import LEASE_DIR
 
+from .conftest import TRANSPORTS
 from .harness import Kernel, clean_env
 
 StartKernel = Callable[..., Kernel]
@@ -53,14 +54,19 @@ def wait_dead(process: psutil.Process, timeout: float) -> bool:
     return False
 
 
-def private_env(tmp_path: Path) -> dict[str, str]:
-    return clean_env(E2B_KERNEL_BACKEND="local", JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+def private_env(tmp_path: Path, transport: str = "auto") -> dict[str, str]:
+    return clean_env(
+        E2B_KERNEL_BACKEND="local",
+        E2B_KERNEL_TRANSPORT=transport,
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+    )
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_service_killed_mid_cell_is_a_lost_sandbox_then_a_new_one(
-    start_kernel: StartKernel, tmp_path: Path
+    start_kernel: StartKernel, tmp_path: Path, transport: str
 ) -> None:
-    kernel = start_kernel(private_env(tmp_path))
+    kernel = start_kernel(private_env(tmp_path, transport))
     reply, _ = kernel.run("lost_value = 1")
     assert reply["status"] == "ok"
     service = private_service(kernel)
@@ -88,10 +94,11 @@ def test_service_killed_mid_cell_is_a_lost_sandbox_then_a_new_one(
     assert outputs[-1].content["data"]["text/plain"] == "2"
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_service_killed_while_idle_is_a_lost_sandbox_on_the_next_cell(
-    start_kernel: StartKernel, tmp_path: Path
+    start_kernel: StartKernel, tmp_path: Path, transport: str
 ) -> None:
-    kernel = start_kernel(private_env(tmp_path))
+    kernel = start_kernel(private_env(tmp_path, transport))
     kernel.run("lost_value = 1")
     service = private_service(kernel)
     service.send_signal(signal.SIGKILL)
