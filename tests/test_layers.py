@@ -26,6 +26,20 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
+def _parse(source: str) -> ast.AST:
+    """ast.parse, again after CPython 3.11's "AST constructor recursion depth mismatch".
+
+    That SystemError is a CPython bug (its recursion counter is shared with other threads),
+    which services left running in this worker's threads by earlier tests can trigger.
+    """
+    for _ in range(3):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            continue
+    return ast.parse(source)
+
+
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
@@ -55,7 +69,7 @@ def imports_of(name: str) -> list[tuple[str, set[str]]]:
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     edges: list[tuple[str, set[str]]] = []
-    for node in _runtime_imports(ast.parse(path.read_text())):
+    for node in _runtime_imports(_parse(path.read_text())):
         if isinstance(node, ast.Import):
             edges += [(a.name, set()) for a in node.names if a.name.startswith("e2b_kernel")]
             continue

@@ -69,10 +69,14 @@ class WarmPool:
         while not self._closed and len(self._ready) < self.size:
             try:
                 ready = await self._make()
-                await ready[1].warm()
             except Exception:
                 log.exception("the warm pool could not start a sandbox; it stays short")
                 return
+            try:
+                await ready[1].warm()
+            except BaseException:  # closed (cancelled) while its kernel started: no leftover
+                await asyncio.shield(ready[0].kill())
+                raise
             if self._closed:
                 await ready[0].kill()
                 return
