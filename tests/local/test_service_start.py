@@ -132,7 +132,9 @@ def test_service_removes_its_state_when_stopped() -> None:
 
 
 def test_a_stopped_service_leaves_no_mount_behind() -> None:
-    """Its sandboxes' capped disks and its staged copy of the Python are all unmounted."""
+    """Its sandboxes' capped disks and its staged copy of the Python are all unmounted, and
+    the host's temp folder keeps its mode (the service makes its own folders passable)."""
+    tmp_mode = os.stat(tempfile.gettempdir()).st_mode
     service = start_subprocess()
     sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
     assert sandbox.commands.run("echo ok").stdout == "ok\n"
@@ -142,6 +144,7 @@ def test_a_stopped_service_leaves_no_mount_behind() -> None:
     mounts = Path("/proc/self/mounts").read_text()
     assert f"svc-{service.pid}-" not in mounts
     assert f"stage-{service.pid}" not in mounts
+    assert os.stat(tempfile.gettempdir()).st_mode == tmp_mode
 
 
 def test_start_subprocess_without_bubblewrap_names_the_fix(
