@@ -31,7 +31,15 @@ roots = list(zip(pairs[::2], pairs[1::2]))
 if mode == "archive":
     with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
         for prefix, root in roots:
+            device = os.lstat(root).st_dev
             for top, dirs, files in os.walk(root):
+                # Only the sandbox's own disk: never a mount inside it (the read-only Python
+                # environment is bound at its host path, which may lie under /tmp).
+                dirs[:] = [
+                    d for d in dirs
+                    if os.path.islink(os.path.join(top, d))
+                    or os.lstat(os.path.join(top, d)).st_dev == device
+                ]
                 rel = os.path.relpath(top, root)
                 for name in [None, *sorted(dirs), *sorted(files)]:
                     path = top if name is None else os.path.join(top, name)
