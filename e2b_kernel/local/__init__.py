@@ -22,7 +22,7 @@ from .sandbox.isolation import (
     DEFAULT_MEMORY_MB,
     IsolationUnavailable,
 )
-from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_SIZE
 
 __all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
 
@@ -203,7 +203,7 @@ def start_in_thread(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     disk_mb: int = DEFAULT_DISK_MB,
-    pool_size: int = 1,
+    pool_size: int = DEFAULT_POOL_SIZE,
 ) -> RunningService:
     """Start the service in this process on a daemon thread; returns once it listens.
 
@@ -236,7 +236,7 @@ def start_subprocess(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     disk_mb: int = DEFAULT_DISK_MB,
     lease: str | None = None,
-    pool_size: int = 1,
+    pool_size: int = DEFAULT_POOL_SIZE,
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
 

@@ -23,7 +23,7 @@ from .sandbox.isolation import (
     DEFAULT_MEMORY_MB,
     IsolationUnavailable,
 )
-from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_SIZE
 
 _PR_SET_PDEATHSIG = 1
 
@@ -72,7 +72,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pool-size",
         type=int,
-        default=1,
+        default=DEFAULT_POOL_SIZE,
         help="ready sandboxes kept warm so create is fast (default 1; 0 turns the pool off)",
     )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")

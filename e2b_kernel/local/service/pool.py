@@ -21,7 +21,6 @@ from ..sandbox import LocalSandbox
 
 log = logging.getLogger("e2b_kernel.local")
 
-DEFAULT_POOL_SIZE = 1
 
 Ready = tuple[LocalSandbox, Any]  # a started sandbox and its started CodeInterpreter
 

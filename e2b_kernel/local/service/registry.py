@@ -15,6 +15,7 @@ from typing import Any
 from ..sandbox import LocalSandbox
 from ..sandbox.isolation import Isolation
 from .metrics import MetricsSampler
+from .settings import DEFAULT_POOL_SIZE
 from .snapshot_store import SnapshotStore
 
 log = logging.getLogger("e2b_kernel.local")
@@ -84,7 +85,9 @@ class Entry:
 class Registry:
     """Every live sandbox of one service, with expiry timers."""
 
-    def __init__(self, policy: Isolation, state_dir: Path, pool_size: int = 1) -> None:
+    def __init__(
+        self, policy: Isolation, state_dir: Path, pool_size: int = DEFAULT_POOL_SIZE
+    ) -> None:
         self.policy = policy
         self.pool_size = pool_size
         self.pool: Any = None  # the WarmPool, set up by the control plane (pool.py)

@@ -27,9 +27,8 @@ from ..sandbox.isolation import (
 from .app import ServiceApp
 from .auth import new_api_key
 from .connections import GuardedH11Protocol
-from .pool import DEFAULT_POOL_SIZE
 from .registry import Registry
-from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_SIZE
 
 log = logging.getLogger("e2b_kernel.local")
 
