@@ -32,10 +32,13 @@ from ..core.session import cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
 from .relay import KernelChannels, Parts
 
-__all__ = ["JupyterForwarder", "Route"]
+__all__ = ["JupyterForwarder", "Route", "send_reply"]
 
 _RICH_OUTPUTS = frozenset({"display_data", "execute_result", "update_display_data"})
 _E2B_FIELDS = ("e2b/data", "e2b/chart")
+# The remote kernel sends a cell's reply before its 'idle', but the Jupyter Server relays the
+# two from different sockets: after 'idle', the reply may still be this long on its way.
+_REPLY_AFTER_IDLE_GRACE = 2.0
 
 
 def _without_e2b_fields(parts: Parts) -> Parts:
@@ -57,6 +60,21 @@ class Route:
     idents: list[bytes]
     stream: Any
     header: dict[str, Any]
+
+
+def send_reply(
+    session: Session,
+    route: Route,
+    content: dict[str, Any],
+    send_control: Callable[[Any, Parts, list[bytes]], None],
+) -> None:
+    """Answer ``route``'s request with a reply of our own (control replies via its thread)."""
+    reply_type = str(route.header.get("msg_type", "unknown_request")).replace("_request", "_reply")
+    if route.channel == "control":
+        msg = session.msg(reply_type, content, route.header)
+        send_control(route.stream, [bytes(f) for f in session.serialize(msg)[2:]], route.idents)
+    else:
+        session.send(route.stream, reply_type, content, route.header, ident=route.idents)
 
 
 class JupyterForwarder:
@@ -170,6 +188,9 @@ class JupyterForwarder:
             self._running.discard(parent_id)
             if not self._running:
                 self._on_busy(False)
+            if parent_id in self._routes:
+                loop = asyncio.get_running_loop()
+                loop.call_later(_REPLY_AFTER_IDLE_GRACE, self._reply_if_missing, parent_id)
             return
         route = self._routes.get(parent_id)
         if state != "busy" or route is None or route.header.get("msg_type") != "execute_request":
@@ -182,6 +203,26 @@ class JupyterForwarder:
             loop = asyncio.get_running_loop()
             timer = loop.call_later(self._cell_timeout, self._timed_out, parent_id)
             self._timers[parent_id] = timer
+
+    def _reply_if_missing(self, msg_id: str) -> None:
+        """A request the remote kernel finished without a reply gets an error reply.
+
+        ipykernel drops the reply when a SIGINT lands in its handler outside the cell's code
+        (an interrupt just as a cell ends); the front end would otherwise wait forever.
+        """
+        route = self._routes.pop(msg_id, None)
+        if route is None or not self.up:
+            return
+        msg_type = str(route.header.get("msg_type", "unknown_request"))
+        self.log.warning("the remote kernel sent no reply to %s %s", msg_type, msg_id)
+        content = {
+            "status": "error",
+            "execution_count": 0,
+            "ename": "KeyboardInterrupt",
+            "evalue": "the remote kernel was interrupted before it could reply",
+            "traceback": [],
+        }
+        send_reply(self.session, route, content, self._send_control)
 
     def _timed_out(self, msg_id: str) -> None:
         """Interrupt the cell; its remote KeyboardInterrupt is shown as ``ExecutionTimeout``."""
@@ -217,6 +258,13 @@ class JupyterForwarder:
         self._running.clear()
 
     # ---- interrupt, loss ----------------------------------------------------------------------
+
+    @property
+    def cell_in_flight(self) -> bool:
+        """An execute request was sent and has not finished (queued, running or awaiting input)."""
+        if self._running:
+            return True
+        return any(r.header.get("msg_type") == "execute_request" for r in self._routes.values())
 
     async def interrupt(self) -> None:
         """Interrupt the remote kernel through the Jupyter Server's REST API."""

@@ -20,7 +20,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from ..core import NEW_SANDBOX_NOTICE, SandboxSession
 from ..core.jupyter_server import JupyterEndpoint, JupyterServerError, choose_transport
 from ..errors import E2BKernelError, SandboxLost, SandboxUnavailable, error_content
-from .forward import JupyterForwarder, Route
+from .forward import JupyterForwarder, Route, send_reply
 from .relay import Parts
 
 __all__ = ["JupyterTransport"]
@@ -241,13 +241,19 @@ class JupyterTransport:
         # The control stream belongs to the control thread: send from its loop.
         stream.io_loop.add_callback(self.session.send_raw, stream, parts, ident=idents)
 
-    def _interrupt_remote(self) -> bool:
+    async def _interrupt_remote(self) -> bool:
         """Interrupt through the REST API; False when this transport is not in use."""
         forwarder = self._forwarder
         if self.transport != "jupyter" or forwarder is None:
             return False
+        if not forwarder.cell_in_flight:
+            # Idle, an interrupt changes nothing (as on python3), but the remote SIGINT lands
+            # a network round trip later: inside the next request's handler it would abort
+            # that request without a reply. So an idle interrupt never leaves this process.
+            self.log.info("interrupt while idle: nothing to interrupt")
+            return True
         self.log.info("interrupting the remote kernel")
-        self._in_background(forwarder.interrupt())
+        await forwarder.interrupt()
         return True
 
     # ---- loss -----------------------------------------------------------------------------------
@@ -299,14 +305,8 @@ class JupyterTransport:
         )
         if msg_type == "execute_request":
             self.session.send(self.iopub_socket, "error", content, parent, ident=topic + b"error")
-        reply_type = msg_type.replace("_request", "_reply")
         reply = {"status": "error", "execution_count": 0, **content}
-        if route.channel == "control":
-            msg = self.session.msg(reply_type, reply, parent)
-            frames = self.session.serialize(msg)
-            self._send_control(route.stream, [bytes(f) for f in frames[2:]], route.idents)
-        else:
-            self.session.send(route.stream, reply_type, reply, parent, ident=route.idents)
+        send_reply(self.session, route, reply, self._send_control)
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "idle"}, parent, ident=topic
         )

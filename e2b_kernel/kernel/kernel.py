@@ -39,6 +39,7 @@ __all__ = ["E2BKernel", "main"]
 
 # jupyter_client SIGKILLs a kernel 5 s after shutdown_request (shutdown_wait_time): finish first.
 _SHUTDOWN_WAIT = 4.0
+INTERRUPT_REPLY_WAIT = 5.0  # seconds an interrupt_reply waits for the remote interrupt to be sent
 _QUICK_REQUESTS = frozenset({"complete_request", "inspect_request", "is_complete_request"})
 
 
@@ -286,7 +287,11 @@ class E2BKernel(JupyterTransport, Kernel):
             loop.call_soon_threadsafe(self._interrupt_cell)
 
     def _interrupt_cell(self) -> None:
-        if self._interrupt_remote():
+        self._in_background(self._interrupt())
+
+    async def _interrupt(self) -> None:
+        """Interrupt the running cell: the remote kernel's (jupyter) or our cell task (execute)."""
+        if await self._interrupt_remote():
             return
         task = self._cell_task
         if task is not None and not task.done():
@@ -294,9 +299,18 @@ class E2BKernel(JupyterTransport, Kernel):
             task.cancel()
 
     async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
-        """Message interrupt_mode: cancel the running cell from the control thread."""
-        if self._shell_loop is not None:
-            self._shell_loop.call_soon_threadsafe(self._interrupt_cell)
+        """Message interrupt_mode, on the control thread: reply once the interrupt was sent.
+
+        As on ipykernel, whose reply follows its SIGINT: a client that waits for the reply
+        knows the interrupt reached the kernel.
+        """
+        loop = self._shell_loop
+        if loop is not None and not loop.is_closed():
+            sent = asyncio.run_coroutine_threadsafe(self._interrupt(), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(sent), INTERRUPT_REPLY_WAIT)
+            except Exception as exc:  # the reply still goes; the interrupt may yet land
+                self.log.warning("interrupt not confirmed: %r", exc)
         assert self.session is not None
         self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 

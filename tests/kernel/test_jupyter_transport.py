@@ -158,6 +158,47 @@ def test_interrupt_stops_the_remote_cell_within_a_second(
     assert kernel.value("kept") == "7"
 
 
+def test_interrupts_while_idle_never_reach_the_remote_kernel(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    """On python3 an idle interrupt changes nothing. Relayed, the remote SIGINT would land a
+    round trip later, inside whatever request runs next, and abort it without a reply."""
+    kernel = start_kernel(jupyter_env(), interrupt_mode="message")
+    # Between requests ipykernel puts back ``saved_sigint_handler``: make it count, so a
+    # SIGINT reaching the idle remote kernel is seen.
+    kernel.run(
+        "idle_sigints = []\n"
+        "get_ipython().kernel.saved_sigint_handler = lambda *_: idle_sigints.append(1)"
+    )
+    for _ in range(3):
+        # Like ipykernel, our interrupt_reply follows the interrupt: once it is here, a
+        # relayed SIGINT has been sent.
+        request = kernel.kc.session.msg("interrupt_request", {})
+        kernel.kc.control_channel.send(request)
+        reply = kernel.kc.get_control_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == request["header"]["msg_id"]
+        assert reply["content"]["status"] == "ok"
+    assert kernel.value("len(idle_sigints)") == "0"
+
+
+def test_a_request_the_remote_kernel_never_answers_still_gets_a_reply(kernel: Kernel) -> None:
+    """ipykernel sends no reply when a SIGINT lands in its handler outside the cell's code (an
+    interrupt just as a cell ends): the cell must end anyway, not wait forever."""
+    kernel.run(
+        "_kernel = get_ipython().kernel\n"
+        "_execute = _kernel.shell_handlers['execute_request']\n"
+        "async def _drops_one(stream, ident, msg):\n"
+        "    if msg['content']['code'] == 'dropped':\n"
+        "        _kernel.shell_handlers['execute_request'] = _execute\n"
+        "        raise KeyboardInterrupt\n"
+        "    return await _execute(stream, ident, msg)\n"
+        "_kernel.shell_handlers['execute_request'] = _drops_one"
+    )
+    reply, _ = kernel.run("dropped", timeout=30)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert kernel.value("'answered again'") == "'answered again'"
+
+
 def test_restart_gives_fresh_state_and_keeps_files(
     start_kernel: StartKernel, jupyter_env: Callable[..., dict], tmp_path: Path
 ) -> None:
