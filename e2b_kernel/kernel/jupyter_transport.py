@@ -164,13 +164,16 @@ class JupyterTransport:
     async def _pick_remote_kernel(self, endpoint: JupyterEndpoint) -> str:
         """The remote kernel: the one before a restart (restarted), the sandbox's default
         ``/execute`` context (one namespace with ``Sandbox.run_code``), or a new one."""
-        kernels = {str(k.get("id")) for k in await endpoint.list_kernels()}
         previous, self._previous_kernel_id = self._previous_kernel_id, None
+        # Contexts first: on a sandbox that just started, listing them waits for the default
+        # context, whose kernel the server lists only from then on.
+        context_ids = await self.sandbox_session.code_context_ids("python")
+        kernels = {str(k.get("id")) for k in await endpoint.list_kernels()}
         if previous in kernels:
             await endpoint.restart(previous)  # fresh Python state; files and packages stay
             self.log.info("restarted remote kernel %s", previous)
             return previous
-        for context_id in await self.sandbox_session.code_context_ids("python"):
+        for context_id in context_ids:
             if context_id in kernels:
                 self.log.info("using the default Python context's kernel %s", context_id)
                 return context_id

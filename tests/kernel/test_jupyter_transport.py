@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2b_code_interpreter import Sandbox
 
-from e2b_kernel.local import RunningService
+from e2b_kernel.local import RunningService, start_subprocess
 
+from . import sandboxes
 from .conftest import BACKENDS
 from .harness import Kernel, Output, clean_env
 
@@ -197,6 +199,32 @@ def test_a_request_the_remote_kernel_never_answers_still_gets_a_reply(kernel: Ke
     reply, _ = kernel.run("dropped", timeout=30)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     assert kernel.value("'answered again'") == "'answered again'"
+
+
+def test_a_fresh_sandbox_shares_one_namespace_with_run_code(
+    start_kernel: StartKernel, tmp_path: Path
+) -> None:
+    """Without a warm pool the default context starts behind create: the kernel must still
+    use it, as on E2B, not a kernel of its own."""
+    service = start_subprocess(pool_size=0)
+    try:
+        tag = sandboxes.new_tag()
+        env = clean_env(
+            JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+            E2B_KERNEL_BACKEND="cloud",
+            E2B_KERNEL_TRANSPORT="jupyter",
+            E2B_KERNEL_METADATA=f"test={tag}",
+            **service.sdk_env(),
+        )
+        kernel = start_kernel(env)
+        kernel.run("shared_with_run_code = 6 * 7")
+        (sandbox_id,) = sandboxes.running_ids(service, tag)
+        sandbox = Sandbox.connect(
+            sandbox_id, api_key=service.api_key, api_url=service.url, sandbox_url=service.url
+        )
+        assert sandbox.run_code("shared_with_run_code").text == "42"
+    finally:
+        service.stop()
 
 
 def test_restart_gives_fresh_state_and_keeps_files(
