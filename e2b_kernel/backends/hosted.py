@@ -53,7 +53,9 @@ class HostedService(ServiceHandle):
         fd, lease_path = tempfile.mkstemp(prefix="lease-", suffix=".lock", dir=_lease_dir())
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            child = start_subprocess(isolation=isolation, lease=lease_path)
+            # No warm pool: the kernel needs exactly one sandbox, and at start a pool's warm-up
+            # would compete with it for the machine's cores (a restart keeps the sandbox).
+            child = start_subprocess(isolation=isolation, lease=lease_path, pool_size=0)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
