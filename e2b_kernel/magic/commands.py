@@ -47,7 +47,7 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("status", "backend, isolation, sandbox id, template, time left"),
+    Command("status", "backend, isolation, sandbox id, template, transport, time left"),
     Command(
         "connect", "attach to an existing sandbox (by id)", (("sandbox_id", {"metavar": "ID"}),)
     ),

@@ -190,6 +190,8 @@ class E2BMagics(CommandsMixin, Magics):
         Variables live in the sandbox, not here: move them with -i / -o. A remote exception is
         raised here as ``E2BRemoteError: <RemoteName>: <message>`` with the remote traceback.
         Ctrl-C (interrupt the kernel) stops the remote cell; the sandbox keeps its state.
+        Python cells use the sandbox's Jupyter Server when it answers (E2B_KERNEL_TRANSPORT),
+        so input(), clear_output and display updates work; ``%e2b status`` says which.
 
         Examples
         --------
