@@ -4,6 +4,9 @@
   execution with its telemetry span, hidden code, files and connection options;
 - :mod:`.streaming`, :mod:`.outputs`: ``run_code`` callbacks as Jupyter-shaped events
   (the mapping is pure);
+- :mod:`.jupyter_server`, :mod:`.kernel_channels`, :mod:`.remote_kernel`: the sandbox's
+  Jupyter Server (REST, the kernel channels' WebSocket, which remote kernel to use), shared by
+  the kernel's relay and ``%%e2b``; :mod:`.jupyter_cells`: cells run there as events;
 - :mod:`.keepalive`, :mod:`.sdk_errors`, :mod:`.telemetry`;
 - :mod:`.hidden`, :mod:`.introspection`: code run in the user's context on our behalf.
 

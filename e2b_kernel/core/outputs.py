@@ -19,11 +19,13 @@ from typing import Any
 from . import text_plain
 
 __all__ = [
+    "E2B_DERIVED_MIME_TYPES",
     "FIELD_MIME_TYPES",
     "error_to_content",
     "result_to_bundle",
     "split_traceback",
     "strip_ansi",
+    "without_e2b_fields",
 ]
 
 # E2B Result field -> Jupyter MIME type, in E2B's own order (Result.formats()).
@@ -39,6 +41,19 @@ FIELD_MIME_TYPES: dict[str, str] = {
     "json": "application/json",
     "javascript": "application/javascript",
 }
+
+# What E2B's kernel startup adds to tables and plots on top of what the code displayed.
+E2B_DERIVED_MIME_TYPES = ("e2b/data", "e2b/chart")
+
+
+def without_e2b_fields(content: dict[str, Any]) -> dict[str, Any]:
+    """Rich output content (Jupyter's) without E2B's derived MIME types in data and metadata."""
+    cleaned = dict(content)
+    for key in ("data", "metadata"):
+        part = content.get(key)
+        if isinstance(part, dict) and any(m in part for m in E2B_DERIVED_MIME_TYPES):
+            cleaned[key] = {m: v for m, v in part.items() if m not in E2B_DERIVED_MIME_TYPES}
+    return cleaned
 
 
 def result_to_bundle(result: Any) -> dict[str, Any]:

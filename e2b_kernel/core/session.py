@@ -35,7 +35,7 @@ from .streaming import DONE, Event, start_run_code
 from .telemetry import execution_span
 from .text_plain import install_code as text_plain_carrier_code
 
-__all__ = ["Event", "HiddenResult", "SandboxSession", "cell_timeout_message"]
+__all__ = ["Event", "HiddenResult", "SandboxSession", "cell_limit", "cell_timeout_message"]
 
 NEW_SANDBOX_NOTICE = (
     "[e2b-kernel] The previous sandbox was lost; this cell runs in a NEW sandbox "
@@ -49,6 +49,13 @@ def cell_timeout_message(limit: float, raise_it: str) -> str:
         f"The cell did not finish within its timeout of {limit:g} s and was "
         f"interrupted; the sandbox and its state are kept. {raise_it}"
     )
+
+
+def cell_limit(timeout: float | None, default: float | None) -> tuple[float | None, str]:
+    """A cell's time limit (None or 0: none) and the sentence naming the setting that set it."""
+    if timeout is not None:
+        return timeout, "Allow this cell a longer timeout."
+    return default, "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
 
 
 class HiddenResult:
@@ -413,13 +420,7 @@ class SandboxSession:
     ) -> AsyncIterator[Event]:
         task, queue = start_run_code(sandbox, code, envs=env_vars, language=language)
         self._run_task, self._run_lost = task, False
-        limit = timeout if timeout is not None else self.config.cell_timeout
-        # Name the setting the user can raise: the one that set this limit.
-        raise_it = (
-            "Allow this cell a longer timeout."
-            if timeout is not None
-            else "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
-        )
+        limit, raise_it = cell_limit(timeout, self.config.cell_timeout)
         deadline = None if not limit else time.monotonic() + limit
         self._busy = True
         try:

@@ -28,14 +28,14 @@ from typing import Any
 from jupyter_client.session import Session
 
 from ..core.jupyter_server import JupyterEndpoint
+from ..core.kernel_channels import KernelChannels, Parts
+from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
 from ..core.session import cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
-from .relay import KernelChannels, Parts
 
 __all__ = ["JupyterForwarder", "Route", "send_reply"]
 
 _RICH_OUTPUTS = frozenset({"display_data", "execute_result", "update_display_data"})
-_E2B_FIELDS = ("e2b/data", "e2b/chart")
 # The remote kernel sends a cell's reply before its 'idle', but the Jupyter Server relays the
 # two from different sockets: after 'idle', the reply may still be this long on its way.
 _REPLY_AFTER_IDLE_GRACE = 2.0
@@ -43,12 +43,9 @@ _REPLY_AFTER_IDLE_GRACE = 2.0
 
 def _without_e2b_fields(parts: Parts) -> Parts:
     """The message without E2B's derived MIME types (untouched when it has none)."""
-    if not any(field.encode() in parts[3] for field in _E2B_FIELDS):
+    if not any(field.encode() in parts[3] for field in E2B_DERIVED_MIME_TYPES):
         return parts
-    content = json.loads(parts[3])
-    for key in ("data", "metadata"):
-        for field_name in _E2B_FIELDS:
-            (content.get(key) or {}).pop(field_name, None)
+    content = without_e2b_fields(json.loads(parts[3]))
     return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
 

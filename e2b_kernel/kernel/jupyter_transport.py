@@ -19,9 +19,10 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from ..core import NEW_SANDBOX_NOTICE, SandboxSession
 from ..core.jupyter_server import JupyterEndpoint, JupyterServerError, choose_transport
-from ..errors import E2BKernelError, SandboxLost, SandboxUnavailable, error_content
+from ..core.kernel_channels import Parts
+from ..core.remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
+from ..errors import E2BKernelError, SandboxLost, error_content
 from .forward import JupyterForwarder, Route, send_reply
-from .relay import Parts
 
 __all__ = ["JupyterTransport"]
 
@@ -113,7 +114,8 @@ class JupyterTransport:
         if announce is None:
             announce = await session.ready()
         endpoint = session.jupyter_endpoint()
-        try:
+
+        async def connect() -> JupyterForwarder:
             kernel_id = await self._pick_remote_kernel(endpoint)
             forwarder = JupyterForwarder(
                 self.session,
@@ -130,18 +132,9 @@ class JupyterTransport:
                 log=self.log,
             )
             await forwarder.open()
-        except (JupyterServerError, OSError) as exc:
-            await self._raise_if_lost()
-            raise SandboxUnavailable(
-                f"The sandbox's Jupyter Server cannot be reached ({exc}). "
-                "Run the cell again, or set E2B_KERNEL_TRANSPORT=execute."
-            ) from None
-        except Exception as exc:  # websockets' handshake errors, among others
-            await self._raise_if_lost()
-            raise SandboxUnavailable(
-                f"The kernel channels of the sandbox's Jupyter Server did not open "
-                f"({type(exc).__name__}: {exc}). Run the cell again."
-            ) from None
+            return forwarder
+
+        forwarder = await reach_remote_kernel(session, connect)
         self._forwarder = forwarder
         if announce and header:
             forwarder.publish(header, "stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
@@ -155,31 +148,14 @@ class JupyterTransport:
     def _pauses_when_idle(self) -> bool:
         return str(self.sandbox_session.config.idle) == "pause"
 
-    async def _raise_if_lost(self) -> None:
-        """The relay cannot open: ``SandboxLost`` when that is because the sandbox is gone."""
-        message = await self.sandbox_session.confirm_lost()
-        if message is not None:
-            raise SandboxLost(message)
-
     async def _pick_remote_kernel(self, endpoint: JupyterEndpoint) -> str:
         """The remote kernel: the one before a restart (restarted), the sandbox's default
         ``/execute`` context (one namespace with ``Sandbox.run_code``), or a new one."""
         previous, self._previous_kernel_id = self._previous_kernel_id, None
-        # Contexts first: on a sandbox that just started, listing them waits for the default
-        # context, whose kernel the server lists only from then on.
-        context_ids = await self.sandbox_session.code_context_ids("python")
-        kernels = {str(k.get("id")) for k in await endpoint.list_kernels()}
-        if previous in kernels:
-            await endpoint.restart(previous)  # fresh Python state; files and packages stay
-            self.log.info("restarted remote kernel %s", previous)
-            return previous
-        for context_id in context_ids:
-            if context_id in kernels:
-                self.log.info("using the default Python context's kernel %s", context_id)
-                return context_id
-        kernel_id = await endpoint.start_kernel()
-        self._own_kernel_id = kernel_id
-        self.log.info("started remote kernel %s", kernel_id)
+        session = self.sandbox_session
+        kernel_id, started = await pick_remote_kernel(session, endpoint, self.log, previous)
+        if started:
+            self._own_kernel_id = kernel_id
         return kernel_id
 
     def _split(self, msg: list[Any]) -> tuple[list[bytes], Parts, dict[str, Any]]:
@@ -278,20 +254,12 @@ class JupyterTransport:
             return
         session = self.sandbox_session
         try:
-            message = await session.confirm_lost()
+            exc = await closed_error(session, reason)
         finally:
             self._loss_check = None
         pending = forwarder.take_pending()
-        exc: E2BKernelError
-        if message is not None:
-            exc = SandboxLost(message)
-            if not pending:
-                session.report_lost(message)  # lost while idle: the next cell says so
-        else:
-            exc = SandboxUnavailable(
-                f"The connection to the sandbox's Jupyter kernel failed ({reason}). The sandbox "
-                "is still running; run the cell again."
-            )
+        if isinstance(exc, SandboxLost) and not pending:
+            session.report_lost(str(exc))  # lost while idle: the next cell says so
         session.hold_busy(False)
         for route in pending:
             self._fail_route(route, exc)

@@ -21,6 +21,7 @@ from .arguments import parse_env, parse_line
 if TYPE_CHECKING:
     from ..core import SandboxSession
     from .loop_thread import LoopThread
+    from .transport import Transports
 
 __all__ = ["COMMANDS", "HELP", "CommandsMixin", "build_parser"]
 
@@ -46,7 +47,7 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("status", "backend, isolation, sandbox id, template, time left"),
+    Command("status", "backend, isolation, sandbox id, template, transport, time left"),
     Command(
         "connect", "attach to an existing sandbox (by id)", (("sandbox_id", {"metavar": "ID"}),)
     ),
@@ -140,6 +141,7 @@ class CommandsMixin:
     sessions: dict[str, SandboxSession]
     env: dict[str, dict[str, str]]
     keep: set[str]
+    transports: Transports
     _parser: MagicArgumentParser | None = None
 
     def session(self, name: str, template: str | None = None) -> SandboxSession:
@@ -183,6 +185,7 @@ class CommandsMixin:
 
     def _cmd_connect(self, args: Any) -> None:
         old = self.sessions.pop(args.sandbox, None)
+        self.call(self.transports.close(args.sandbox))
         session = self.session(args.sandbox)
         try:
             self.call(session.connect(args.sandbox_id))
@@ -211,6 +214,7 @@ class CommandsMixin:
             print(f"sandbox {args.sandbox!r} is not running")
             return
         sandbox_id = session.sandbox_id
+        self.call(self.transports.close(args.sandbox))
         self.call(session.close(keep=False))
         self.keep.discard(args.sandbox)
         print(f"killed sandbox {sandbox_id}")

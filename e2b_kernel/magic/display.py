@@ -1,5 +1,9 @@
 """What ``%%e2b`` and ``%e2b`` show: streamed events, the cell's result, and failures.
 
+Remote outputs go through the local IPython's own display machinery, so in a ``python3``
+kernel they become the same Jupyter messages (display ids, metadata and ``clear_output``'s
+``wait`` kept), and ``input()``/``getpass()`` go through its stdin channel.
+
 :func:`for_user` is the one place that turns any failure into what the user sees:
 
 - a ``UsageError`` stays as IPython shows it;
@@ -12,11 +16,12 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import sys
 from typing import Any
 
-from IPython.core.display_functions import display
+from IPython.core.display_functions import clear_output, publish_display_data
 from IPython.core.error import UsageError
 
 from ..core.sdk_errors import is_sdk_error
@@ -24,7 +29,14 @@ from ..errors import E2BKernelError, error_content
 
 log = logging.getLogger("e2b_kernel.magic")
 
-__all__ = ["CellInterrupted", "RemoteResult", "SandboxRequestFailed", "for_user", "show_event"]
+__all__ = [
+    "CellInterrupted",
+    "RemoteResult",
+    "SandboxRequestFailed",
+    "ask_locally",
+    "for_user",
+    "show_event",
+]
 
 
 class SandboxRequestFailed(E2BKernelError):
@@ -85,5 +97,32 @@ def show_event(kind: str, content: dict[str, Any]) -> None:
         stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
         stream.write(str(content.get("text", "")))
         stream.flush()
-    elif kind == "display_data":
-        display(content.get("data", {}), raw=True, metadata=content.get("metadata") or None)
+    elif kind in ("display_data", "update_display_data"):
+        publish_display_data(
+            content.get("data", {}),
+            content.get("metadata") or {},
+            transient=content.get("transient") or None,
+            update=kind == "update_display_data",
+        )
+    elif kind == "clear_output":
+        clear_output(wait=bool(content.get("wait")))
+
+
+def ask_locally(content: dict[str, Any]) -> str:
+    """Answer a remote ``input_request`` here: ``input()``, or ``getpass`` for a password.
+
+    Looked up when called: ipykernel swaps both for versions that ask its front end.
+    """
+    prompt = str(content.get("prompt", ""))
+    try:
+        if content.get("password"):
+            return getpass.getpass(prompt)
+        return input(prompt)
+    except (KeyboardInterrupt, E2BKernelError):
+        raise
+    except Exception as exc:  # StdinNotImplementedError, EOFError: nobody can answer here
+        raise E2BKernelError(
+            f"The cell asked for input, but it cannot be answered here ({type(exc).__name__}: "
+            f"{exc}); the remote cell was interrupted. Run it where input is allowed, or put "
+            "the value in the code."
+        ) from None

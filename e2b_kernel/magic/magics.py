@@ -28,8 +28,9 @@ from ..errors import remote_error
 from . import transfer
 from .arguments import parse_env, parse_line
 from .commands import HELP, CommandsMixin
-from .display import RemoteResult, for_user, show_event
+from .display import RemoteResult, ask_locally, for_user, show_event
 from .loop_thread import LoopThread
+from .transport import Transports
 
 __all__ = ["E2BMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -62,6 +63,7 @@ class E2BMagics(CommandsMixin, Magics):
         self.env: dict[str, dict[str, str]] = {}  # per sandbox name, from %e2b env
         self.keep: set[str] = set()  # sandbox names to keep at exit
         self.local_service = SharedLocalService()  # used when the backend is local
+        self.transports = Transports()
         _at_exit(self)
 
     @property
@@ -87,8 +89,7 @@ class E2BMagics(CommandsMixin, Magics):
             return current
         config = SessionConfig(**({"template": template} if template else {}))
         session = SandboxSession(config, name=name, service_factory=self.local_service.factory)
-        # The magic has one transport today; `%e2b status` says so rather than "not chosen".
-        session.transport_reason = "the %%e2b magic runs cells through E2B's /execute"
+        self.transports.describe_unchosen(session)
         self.sessions[name] = session
         return session
 
@@ -101,6 +102,7 @@ class E2BMagics(CommandsMixin, Magics):
         sessions, self.sessions = dict(self.sessions), {}
 
         async def close_each() -> list[Any]:
+            await self.transports.close_all()
             return await asyncio.gather(  # all at once: killing a sandbox can take seconds
                 *(
                     session.close(keep=name in self.keep or session.config.keep_sandbox)
@@ -188,6 +190,8 @@ class E2BMagics(CommandsMixin, Magics):
         Variables live in the sandbox, not here: move them with -i / -o. A remote exception is
         raised here as ``E2BRemoteError: <RemoteName>: <message>`` with the remote traceback.
         Ctrl-C (interrupt the kernel) stops the remote cell; the sandbox keeps its state.
+        Python cells use the sandbox's Jupyter Server when it answers (E2B_KERNEL_TRANSPORT),
+        so input(), clear_output and display updates work; ``%e2b status`` says which.
 
         Examples
         --------
@@ -244,18 +248,26 @@ class E2BMagics(CommandsMixin, Magics):
         """Run the cell, print and display events as they arrive, raise a remote error."""
         result: RemoteResult | None = None
         error: dict[str, Any] | None = None
-        events = session.execute(
-            code,
-            timeout=args.timeout,
-            env_vars=env or None,
-            language=args.language,
-            front_end="magic",
-        )
+        cells = None
+        if args.language == "python" and not env:  # see .transport: the others need /execute
+            cells = self.call(self.transports.cells_for(args.sandbox, session))
+        if cells is not None:
+            events = cells.execute(code, timeout=args.timeout, front_end="magic")
+        else:
+            events = session.execute(
+                code,
+                timeout=args.timeout,
+                env_vars=env or None,
+                language=args.language,
+                front_end="magic",
+            )
         for kind, content in self.loop.iterate(events):
             if kind == "error":
                 error = content
             elif kind == "execute_result":
                 result = RemoteResult(content.get("data", {}), content.get("metadata", {}))
+            elif kind == "input_request" and cells is not None:
+                self.call(cells.answer(ask_locally(content)))
             elif not args.quiet:
                 show_event(kind, content)
         if error is not None:

@@ -10,11 +10,19 @@ from IPython.core.interactiveshell import InteractiveShell
 
 
 @pytest.fixture
-def shell(sdk_env: dict[str, str]) -> Iterator[InteractiveShell]:
-    """InteractiveShell with ``%load_ext e2b_kernel``; unloading kills its sandboxes."""
+def shell(
+    request: pytest.FixtureRequest, sdk_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[InteractiveShell]:
+    """InteractiveShell with ``%load_ext e2b_kernel``; unloading kills its sandboxes.
+
+    E2B_KERNEL_TRANSPORT is ``auto`` (jupyter: the local service's sandboxes serve Jupyter)
+    unless a test parametrizes ``shell`` indirectly with a transport.
+    """
+    monkeypatch.setenv("E2B_KERNEL_TRANSPORT", getattr(request, "param", "auto"))
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "e2b_kernel")
     try:
         yield ip
     finally:
         ip.run_line_magic("unload_ext", "e2b_kernel")
+        ip.reset(new_session=False)  # the shell is a singleton: no variable of this test stays

@@ -18,6 +18,9 @@ from IPython.utils.capture import capture_output
 
 from e2b_kernel.errors import E2BRemoteError
 
+# What a cell does is checked on the jupyter transport and on its /execute fallback.
+BOTH_TRANSPORTS = pytest.mark.parametrize("shell", ["jupyter", "execute"], indirect=True)
+
 
 def run(shell: InteractiveShell, source: str) -> Any:
     """Run a cell, returning IPython's ExecutionResult."""
@@ -40,6 +43,7 @@ class _Tee:
         pass
 
 
+@BOTH_TRANSPORTS
 def test_output_streams_while_the_cell_still_runs(
     shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,6 +75,7 @@ def test_output_streams_while_the_cell_still_runs(
     assert "".join(tee.parts).split() == ["waiting", "released"]
 
 
+@BOTH_TRANSPORTS
 def test_stdout_and_stderr_keep_their_order_and_last_value_is_the_result(
     shell: InteractiveShell,
 ) -> None:
@@ -85,6 +90,7 @@ def test_stdout_and_stderr_keep_their_order_and_last_value_is_the_result(
     assert captured.stderr == "E\n"
 
 
+@BOTH_TRANSPORTS
 def test_rich_output_is_displayed_with_all_mime_types(shell: InteractiveShell) -> None:
     cell = "%%e2b\nfrom IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\n"
     with capture_output() as captured:
@@ -95,6 +101,7 @@ def test_rich_output_is_displayed_with_all_mime_types(shell: InteractiveShell) -
     assert "text/plain" in captured.outputs[0].data
 
 
+@BOTH_TRANSPORTS
 def test_remote_error_is_raised_with_its_name_and_remote_traceback(
     shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -107,6 +114,7 @@ def test_remote_error_is_raised_with_its_name_and_remote_traceback(
     assert "e2b_kernel" not in shown and "loop_thread" not in shown  # none of ours
 
 
+@BOTH_TRANSPORTS
 def test_interrupt_stops_the_remote_cell_and_keeps_state(
     shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,6 +137,7 @@ def test_interrupt_stops_the_remote_cell_and_keeps_state(
     assert captured.stdout == "42\n"
 
 
+@BOTH_TRANSPORTS
 def test_inputs_and_outputs_round_trip_dict_array_and_dataframe(shell: InteractiveShell) -> None:
     frame = pd.DataFrame({"n": [1, 2, 3], "s": ["a", "b", "c"]})
     shell.user_ns.update(conf={"k": [1, 2], "nested": {"x": None}}, arr=np.eye(3), frame=frame)
@@ -163,6 +172,7 @@ def test_named_sandboxes_are_kept_apart(shell: InteractiveShell) -> None:
     assert sessions["one"].sandbox_id != sessions["two"].sandbox_id
 
 
+@BOTH_TRANSPORTS
 def test_env_options_reach_the_cell_as_environment_variables(shell: InteractiveShell) -> None:
     run(shell, "%e2b env PERSISTENT=yes")
     cell = "%%e2b --env 'QUOTED=it is \"here\"' --env EMPTY=\nimport os\n" + (
@@ -181,6 +191,7 @@ def test_bash_language_context(shell: InteractiveShell) -> None:
     assert "hello from bash" in captured.stdout
 
 
+@BOTH_TRANSPORTS
 def test_cell_timeout_interrupts_and_keeps_the_sandbox(
     shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -290,6 +301,7 @@ def test_sandboxes_are_killed_when_python_exits(
     assert not ids & running_sandbox_ids()
 
 
+@BOTH_TRANSPORTS
 def test_a_lost_sandbox_fails_the_cell_clearly_then_a_new_one_is_announced(
     shell: InteractiveShell, sdk_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -343,6 +355,7 @@ def test_keep_leaves_the_sandbox_running_at_exit(
     assert kept_id not in running_sandbox_ids()
 
 
+@BOTH_TRANSPORTS
 def test_each_cell_is_one_span(shell: InteractiveShell, spans: Any) -> None:
     run(shell, "%%e2b\n1")
     run(shell, "%%e2b\nraise ValueError('no')")
@@ -353,6 +366,7 @@ def test_each_cell_is_one_span(shell: InteractiveShell, spans: Any) -> None:
     assert magic[0]["e2b.sandbox_id"] == shell._e2b_magics.sessions["default"].sandbox_id
 
 
+@BOTH_TRANSPORTS
 def test_quiet_hides_output_but_not_errors(shell: InteractiveShell) -> None:
     with capture_output() as captured:
         result = run(shell, "%%e2b --quiet\nprint('hidden')\n'also hidden'")
@@ -372,6 +386,7 @@ def test_env_command_lists_and_sets(shell: InteractiveShell) -> None:
     assert lines[-2:] == ["A=1", "B=two words"]
 
 
+@BOTH_TRANSPORTS
 def test_pulled_types_outside_plain_data_need_unsafe_pickle(shell: InteractiveShell) -> None:
     cell = "%%e2b {}-o where\nimport pathlib\nwhere = pathlib.PurePosixPath('/home/user')"
     refused = run(shell, cell.format("")).error_in_exec
@@ -400,6 +415,7 @@ def test_status_before_the_first_cell_creates_no_sandbox(
     assert running_sandbox_ids() <= before
 
 
+@BOTH_TRANSPORTS
 def test_plots_arrive_as_png_images(shell: InteractiveShell) -> None:
     import base64
 

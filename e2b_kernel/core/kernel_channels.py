@@ -24,9 +24,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from ..core.jupyter_server import JupyterEndpoint
+from .jupyter_server import JupyterEndpoint
 
-__all__ = ["V1_PROTOCOL", "KernelChannels", "decode", "encode"]
+__all__ = ["V1_PROTOCOL", "KernelChannels", "Parts", "decode", "encode"]
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 Parts = list[bytes]

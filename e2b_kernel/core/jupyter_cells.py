@@ -1,0 +1,247 @@
+"""Cells run on the sandbox's remote Python kernel over its Jupyter Server, as a stream of events.
+
+For a front end that is not itself a Jupyter kernel (``%%e2b``): it sends one
+``execute_request`` at a time and reads back that request's messages, as Jupyter-shaped
+``(msg_type, content)`` events like :meth:`SandboxSession.execute` yields, plus the ones
+``/execute`` cannot carry: ``clear_output``, ``update_display_data`` (with its display id),
+display metadata and ``input_request`` (answered with :meth:`JupyterCells.answer`).
+
+- **Same kernel:** the sandbox's default Python context (:func:`.pick_remote_kernel`).
+- **Interrupt:** cancelling the event stream interrupts the remote kernel through REST, but
+  only once it runs our request (an interrupt sent earlier lands between requests, where
+  ipykernel drops the next request's reply), and waits for the cell to end.
+- **Timeout:** the same, then ``ExecutionTimeout``.
+- **Loss:** the channels closing mid-cell raise ``SandboxLost`` or ``SandboxUnavailable``.
+
+One connection per sandbox, kept open between cells, reopened for a new sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from jupyter_client.session import Session
+
+from ..errors import E2BKernelError, ExecutionTimeout
+from . import text_plain
+from .kernel_channels import KernelChannels, Parts
+from .outputs import without_e2b_fields
+from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
+from .session import NEW_SANDBOX_NOTICE, Event, SandboxSession, cell_limit, cell_timeout_message
+from .telemetry import execution_span
+
+__all__ = ["JupyterCells"]
+
+_OUTPUTS = frozenset(
+    {"stream", "display_data", "update_display_data", "clear_output", "execute_result", "error"}
+)
+_RICH = frozenset({"display_data", "update_display_data", "execute_result"})
+# How long an interrupted or timed-out cell may take to start and then to end; the magic's
+# loop thread waits 15 s for a cancelled call, so both together stay below that.
+_STOP_WAIT = 6.0
+_CLOSED = "__closed__"
+
+_Message = tuple[str, str, dict[str, Any]]  # channel, msg_type, content
+
+
+class _Cell:
+    """One execute request in flight: its messages, and whether the remote kernel ran it."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[_Message] = asyncio.Queue()
+        self.started = False  # the remote kernel said 'busy' for it
+        self.ended = False  # ... and then 'idle'
+        self.stopped = False  # interrupted (or given up on) by us
+
+    async def next(self, timeout: float | None) -> _Message:
+        """The next message; ``TimeoutError`` after ``timeout`` seconds."""
+        message = await asyncio.wait_for(self.messages.get(), timeout)
+        channel, msg_type, content = message
+        if channel == "iopub" and msg_type == "status":
+            state = content.get("execution_state")
+            self.started = self.started or state == "busy"
+            self.ended = self.ended or (self.started and state == "idle")
+        return message
+
+
+class JupyterCells:
+    """The remote kernel of ``session``'s sandbox, running cells for one front end."""
+
+    def __init__(self, session: SandboxSession, log: logging.Logger | None = None) -> None:
+        self.session = session
+        self.log = log or logging.getLogger("e2b_kernel.jupyter_cells")
+        self._channels: KernelChannels | None = None
+        self._sandbox_id: str | None = None  # the sandbox whose kernel the channels reach
+        self._closed_reason: str | None = None  # set when the channels closed by themselves
+        self._cells: dict[str, _Cell] = {}
+        # Builds our messages. Their signature is dropped (the Jupyter Server signs what it
+        # passes to the kernel); a key only keeps Session from warning that it signs nothing.
+        self._messages = Session(key=secrets.token_bytes(16), username="e2b-kernel")
+
+    # ---- connection --------------------------------------------------------------------
+
+    async def _open(self) -> KernelChannels:
+        """The open channels to the current sandbox's kernel; raises when it cannot be reached."""
+        session = self.session
+        channels = self._channels
+        if channels is not None:
+            if self._closed_reason is None and self._sandbox_id == session.sandbox_id:
+                return channels
+            reason = self._closed_reason
+            await self.close()
+            if reason is not None:  # closed while idle: because the sandbox is gone?
+                exc = await closed_error(session, reason)
+                if session.sandbox_id is None:
+                    raise exc
+        endpoint = session.jupyter_endpoint()
+
+        async def connect() -> KernelChannels:
+            kernel_id, _ = await pick_remote_kernel(session, endpoint, self.log)
+            opened = KernelChannels(endpoint, kernel_id, self._received, self._lost, self.log)
+            await opened.open()
+            return opened
+
+        self._channels = await reach_remote_kernel(session, connect)
+        self._sandbox_id, self._closed_reason = session.sandbox_id, None
+        return self._channels
+
+    async def close(self) -> None:
+        """Close the channels (the remote kernel keeps running: it is the sandbox's)."""
+        channels, self._channels = self._channels, None
+        if channels is not None:
+            await channels.close()
+
+    def _received(self, channel: str, parts: Parts) -> None:
+        parent_id = json.loads(parts[1] or b"{}").get("msg_id")
+        cell = self._cells.get(parent_id) if parent_id else None
+        if cell is not None:  # messages of earlier (interrupted) cells are dropped
+            msg_type = str(json.loads(parts[0]).get("msg_type", ""))
+            cell.messages.put_nowait((channel, msg_type, json.loads(parts[3])))
+
+    def _lost(self, reason: str) -> None:
+        self._closed_reason = reason
+        for cell in self._cells.values():
+            cell.messages.put_nowait((_CLOSED, _CLOSED, {"reason": reason}))
+
+    # ---- cells -------------------------------------------------------------------------
+
+    async def answer(self, value: str) -> None:
+        """Answer the running cell's ``input_request``."""
+        if self._channels is not None:
+            reply = self._messages.msg("input_reply", {"value": value})
+            self._channels.send("stdin", self._parts(reply))
+
+    def _parts(self, msg: dict[str, Any]) -> Parts:
+        return [bytes(part) for part in self._messages.serialize(msg)[2:]]
+
+    async def execute(
+        self, code: str, *, timeout: float | None = None, front_end: str = "magic"
+    ) -> AsyncIterator[Event]:
+        """Run ``code``; yield its outputs, ``input_request`` included, as they arrive.
+
+        The errors and the ``e2b.execute`` span are those of :meth:`SandboxSession.execute`.
+        """
+        session = self.session
+        with execution_span(front_end, session.sandbox_id) as span:
+            span.attributes["e2b.language"] = "python"
+            announce = await session.ready()
+            channels = await self._open()
+            span.sandbox_id = session.sandbox_id
+            if announce:
+                yield ("stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
+            request = self._messages.msg(
+                "execute_request",
+                {
+                    "code": code,
+                    "silent": False,
+                    "store_history": True,
+                    "user_expressions": {},
+                    "allow_stdin": True,
+                    # One request at a time: nothing queued to abort, and /execute's hidden
+                    # code right after a failed cell must not be aborted either.
+                    "stop_on_error": False,
+                },
+            )
+            msg_id = request["header"]["msg_id"]
+            cell = self._cells[msg_id] = _Cell()
+            session.hold_busy(True)
+            try:
+                channels.send("shell", self._parts(request))
+                async for event in self._events(cell, channels, timeout):
+                    if event[0] == "error":
+                        span.fail(str(event[1].get("ename", "Error")))
+                    yield event
+            except BaseException:
+                if not cell.ended and not cell.stopped:  # Ctrl-C, or the consumer failed
+                    await self._stop(cell, channels)
+                raise
+            finally:
+                session.hold_busy(False)
+                self._cells.pop(msg_id, None)
+
+    async def _events(
+        self, cell: _Cell, channels: KernelChannels, timeout: float | None
+    ) -> AsyncIterator[Event]:
+        limit, raise_it = cell_limit(timeout, self.session.config.cell_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit if limit else None
+        while not cell.ended:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                channel, msg_type, content = await cell.next(remaining)
+            except asyncio.TimeoutError:
+                await self._stop(cell, channels)
+                raise ExecutionTimeout(cell_timeout_message(limit or 0, raise_it)) from None
+            if channel == _CLOSED:
+                raise await self._failure(content["reason"])
+            if channel == "stdin" and msg_type == "input_request":
+                yield (msg_type, content)
+            elif channel == "iopub" and msg_type in _OUTPUTS:
+                if msg_type in _RICH:
+                    content = without_e2b_fields(content)
+                    # The /execute transport's carrier (see .text_plain), when a cell there
+                    # installed it in this kernel: the remote text/plain is exact already.
+                    content["data"] = text_plain.restore(dict(content.get("data") or {}))
+                yield (msg_type, content)
+
+    async def _stop(self, cell: _Cell, channels: KernelChannels) -> None:
+        """Interrupt the cell once the remote kernel runs it, and wait (bounded) for its end."""
+        cell.stopped = True
+        if self._closed_reason is not None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _STOP_WAIT
+        while not cell.started and not cell.ended:
+            if not await self._drain(cell, deadline):
+                return
+        if not cell.ended:
+            self.log.info("interrupting the remote kernel's cell")
+            try:
+                await asyncio.wait_for(channels.endpoint.interrupt(channels.kernel_id), _STOP_WAIT)
+            except Exception as exc:
+                self.log.warning("could not interrupt the remote kernel: %r", exc)
+                return
+        deadline = loop.time() + _STOP_WAIT
+        while not cell.ended:
+            if not await self._drain(cell, deadline):
+                return
+
+    async def _drain(self, cell: _Cell, deadline: float) -> bool:
+        """Read (and drop) one message of a cell being stopped; False to give up waiting."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        try:
+            channel, _, _ = await cell.next(remaining)
+        except asyncio.TimeoutError:
+            return False
+        return channel != _CLOSED
+
+    async def _failure(self, reason: str) -> E2BKernelError:
+        await self.close()
+        return await closed_error(self.session, reason)

@@ -1,0 +1,188 @@
+"""``%%e2b`` on the jupyter transport, in a real python3 kernel: what ``/execute`` cannot carry.
+
+One kernel for the module (E2B_KERNEL_BACKEND=local, E2B_KERNEL_TRANSPORT=jupyter); each test
+reads the Jupyter messages the python3 kernel sends its front end for one ``%%e2b`` cell.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+pytestmark = pytest.mark.timeout(180)
+
+TIMEOUT = 90
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJ"
+    "RU5ErkJggg=="
+)
+OUTPUTS = ("stream", "display_data", "update_display_data", "clear_output", "execute_result")
+
+
+class Magic:
+    """A python3 kernel with ``%load_ext e2b_kernel``, and helpers to read one cell's messages."""
+
+    def __init__(self, km: KernelManager, kc: BlockingKernelClient) -> None:
+        self.km, self.kc = km, kc
+
+    def send(self, code: str, allow_stdin: bool = False) -> str:
+        return str(self.kc.execute(code, allow_stdin=allow_stdin))
+
+    def collect(self, msg_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The reply and the IOPub messages of request ``msg_id``, up to its 'idle'."""
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+            messages.append(msg)
+        reply = self.kc.get_shell_msg(timeout=TIMEOUT)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        return reply["content"], messages
+
+    def run(self, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return self.collect(self.send(code))
+
+
+@pytest.fixture(scope="module")
+def magic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Magic]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
+    env.update(
+        E2B_KERNEL_BACKEND="local",
+        E2B_KERNEL_TRANSPORT="jupyter",
+        JUPYTER_RUNTIME_DIR=str(tmp_path_factory.mktemp("runtime")),
+    )
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(tmp_path_factory.mktemp("cwd")))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        started = Magic(km, kc)
+        reply, _ = started.run("%load_ext e2b_kernel")
+        assert reply["status"] == "ok"
+        yield started
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def outputs_of(messages: list[dict[str, Any]], msg_type: str) -> list[dict[str, Any]]:
+    return [m["content"] for m in messages if m["msg_type"] == msg_type]
+
+
+def visible(messages: list[dict[str, Any]]) -> list[str]:
+    """The cell's outputs as a notebook front end ends up showing them (text only)."""
+    shown: list[str] = []
+    clear_pending = False
+    for msg in messages:
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "clear_output":
+            if content["wait"]:
+                clear_pending = True
+            else:
+                shown = []
+            continue
+        if kind not in OUTPUTS:
+            continue
+        if clear_pending:
+            shown, clear_pending = [], False
+        shown.append(content["text"] if kind == "stream" else content["data"]["text/plain"])
+    return shown
+
+
+def test_status_names_the_jupyter_transport_and_why(magic: Magic) -> None:
+    assert magic.run("%%e2b\n1")[0]["status"] == "ok"
+    _, messages = magic.run("%e2b status")
+    text = "".join(c["text"] for c in outputs_of(messages, "stream"))
+    assert "transport:  jupyter (E2B_KERNEL_TRANSPORT=jupyter;" in text
+    assert "--language other than python, --env or %e2b env variables use /execute" in text
+
+
+def test_str_results_keep_their_exact_text_plain(magic: Magic) -> None:
+    for code, expected in (("'a'", "'a'"), ('"it\'s"', '"it\'s"')):
+        reply, messages = magic.run(f"%%e2b\n{code}")
+        assert reply["status"] == "ok"
+        (result,) = outputs_of(messages, "execute_result")
+        assert result["data"]["text/plain"] == expected
+
+
+def test_clear_output_in_a_loop_leaves_the_last_frame(magic: Magic) -> None:
+    reply, messages = magic.run(
+        "%%e2b\nfrom IPython.display import clear_output\n"
+        "for i in range(3):\n    clear_output(wait=True)\n    print(f'frame {i}', flush=True)"
+    )
+    assert reply["status"] == "ok"
+    assert outputs_of(messages, "clear_output") == [{"wait": True}] * 3
+    assert visible(messages) == ["frame 2\n"]
+
+
+def test_display_updates_keep_their_display_id_and_metadata(magic: Magic) -> None:
+    reply, messages = magic.run(
+        "%%e2b\nimport base64\nfrom IPython.display import display, Image\n"
+        "h = display('old', display_id=True)\nh.update('new')\n"
+        f"display(Image(data=base64.b64decode({PNG!r}), width=40))"
+    )
+    assert reply["status"] == "ok", messages
+    shown, image = outputs_of(messages, "display_data")
+    (update,) = outputs_of(messages, "update_display_data")
+    assert shown["data"]["text/plain"] == "'old'" and update["data"]["text/plain"] == "'new'"
+    assert update["transient"]["display_id"] == shown["transient"]["display_id"]
+    assert image["metadata"] == {"image/png": {"width": 40}}
+
+
+def test_input_and_getpass_go_through_the_kernels_stdin(magic: Magic) -> None:
+    for call, password in (("input('name? ')", False), ("getpass.getpass('name? ')", True)):
+        msg_id = magic.send(f"%%e2b\nimport getpass\n{call}", allow_stdin=True)
+        request = magic.kc.get_stdin_msg(timeout=TIMEOUT)
+        assert request["parent_header"]["msg_id"] == msg_id
+        assert request["content"] == {"prompt": "name? ", "password": password}
+        magic.kc.input("Ada")
+        reply, messages = magic.collect(msg_id)
+        assert reply["status"] == "ok", messages
+        assert outputs_of(messages, "execute_result")[0]["data"]["text/plain"] == "'Ada'"
+
+
+def test_interrupt_stops_the_remote_cell_and_keeps_state(magic: Magic) -> None:
+    assert magic.run("%%e2b\nkept = 'still here'")[0]["status"] == "ok"
+    msg_id = magic.send("%%e2b\nimport time\nprint('started', flush=True)\ntime.sleep(300)")
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        msg = magic.kc.get_iopub_msg(timeout=TIMEOUT)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break  # the remote cell runs
+    started = time.monotonic()
+    magic.km.interrupt_kernel()
+    reply, _ = magic.collect(msg_id)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert time.monotonic() - started < 10
+    # The remote kernel is free again (a cell still sleeping there would hold this one up).
+    reply, messages = magic.run("%%e2b\nprint(kept)")
+    assert reply["status"] == "ok"
+    assert "".join(c["text"] for c in outputs_of(messages, "stream")) == "still here\n"
+
+
+def test_a_remote_error_is_raised_as_on_execute(magic: Magic, tmp_path: Path) -> None:
+    reply, messages = magic.run("%%e2b\ndef explode():\n    raise KeyError('missing')\nexplode()")
+    assert (reply["status"], reply["ename"], reply["evalue"]) == (
+        "error",
+        "E2BRemoteError",
+        "KeyError: 'missing'",
+    )
+    (error,) = outputs_of(messages, "error")
+    text = "\n".join(error["traceback"])
+    assert "raise KeyError" in text and "e2b_kernel" not in text
