@@ -39,6 +39,14 @@ _READY_MARK = b"is running at"
 READY_TIMEOUT = 90.0  # a loaded shared machine can be slow to import jupyter_server
 # Server extensions the shared Python environment may hold that E2B's template has not.
 _NOT_ON_E2B = ("jupyterlab", "jupyter_lsp", "notebook_shim", "notebook", "nbclassic", "voila")
+# jupyter_server -> jupyter_events -> jsonschema's format checkers import rfc3987_syntax when
+# it is installed, and that module builds a grammar parser at import: about a second, over
+# half of the server's start. Only jsonschema's optional "iri" format check needs it (it is
+# skipped when the import fails), and no event schema the server validates uses "iri".
+_SERVER_MAIN = (
+    "import sys; sys.modules['rfc3987_syntax'] = None; "
+    "from jupyter_server.serverapp import main; sys.exit(main())"
+)
 
 
 class JupyterUnavailable(RuntimeError):
@@ -59,7 +67,7 @@ class JupyterServer:
 
     def argv(self) -> list[str]:
         return [
-            self.sandbox.python, "-m", "jupyter_server",
+            self.sandbox.python, "-c", _SERVER_MAIN,
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={JUPYTER_PORT}",
             "--ServerApp.port_retries=0",
