@@ -121,6 +121,9 @@ class KernelChannels:
             additional_headers=self.endpoint.headers,
             subprotocols=[Subprotocol(V1_PROTOCOL)],
             max_size=None,  # outputs (images, widget buffers) may be large
+            # Jupyter Server (tornado) never compresses; offering deflate only costs CPU per
+            # message wherever a proxy in between accepts it.
+            compression=None,
             open_timeout=30,
         )
         self.protocol = self._ws.subprotocol

@@ -93,6 +93,9 @@ class ServiceCore:
             # Sandbox ports relay WebSockets (service/proxy.py); websockets' sans-I/O core.
             ws="websockets-sansio",
             ws_max_size=64 * 1024 * 1024,
+            # As the sandbox's own servers (tornado's Jupyter Server) and so E2B: no
+            # permessage-deflate, which only costs CPU on every message here.
+            ws_per_message_deflate=False,
             http=GuardedH11Protocol,  # header-read deadline and connection bound
             timeout_keep_alive=5,
         )
