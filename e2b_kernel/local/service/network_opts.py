@@ -103,7 +103,8 @@ def from_create(body: dict[str, Any], internet: bool) -> NetworkOptions:
 
 async def update_network(control: Any, request: Request) -> Response:
     """PUT /sandboxes/{id}/network: replace every egress rule at once (omitted = cleared);
-    204, 404 for an unknown sandbox, 400 for malformed rules or a sandbox with no network."""
+    204, 404 for an unknown sandbox, 400 for malformed rules (or rules that refuse anything,
+    without isolation)."""
     entry = control._entry(request.path_params["sandbox_id"])
     body = await control._json(request)
     _refuse_unsupported(body)
@@ -112,7 +113,8 @@ async def update_network(control: Any, request: Request) -> Response:
         raise ServiceError(400, "allow_internet_access must be a boolean")
     try:
         rules = parse(body, internet=internet)
-        await entry.sandbox.set_egress(rules)
+        # Internet or an allowed entry starts the sandbox's network if it has none yet.
+        await entry.sandbox.set_egress(rules, reach=internet or bool(rules.allow_out))
     except EgressError as exc:
         raise ServiceError(400, str(exc)) from None
     except OSError as exc:
