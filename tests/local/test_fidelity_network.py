@@ -193,5 +193,10 @@ def test_update_network_opens_a_sandbox_created_without_network(
             listener.close()
         assert [t for t, outcome in results.items() if outcome == "connected"] == []
         assert listener.accepted == 0
+
+        # A wildcard domain is kept but not enforced: it allows nothing (fails closed).
+        sbx.update_network({"allow_out": ["*.example.com"], "deny_out": ["0.0.0.0/0"]})
+        assert _probe(sbx, target) == {target.first: False, target.second: False}
+        assert sbx.get_info().network["allow_out"] == ["*.example.com"]
     finally:
         sbx.kill()
