@@ -232,3 +232,47 @@ def connect_probe(box: Sandbox, targets: list[tuple[str, int]], never: set[str])
     code, output = sh(box, f"python3 /tmp/e2bk_probe.py {args}", timeout=240)
     assert code == 0, output
     return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+_WATCH = """import os, select, socket, sys
+target = (sys.argv[1], int(sys.argv[2]))
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+changes = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+changes.bind((0, 0x40 | 0x10))  # RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR
+changes.setblocking(False)
+sent = 0
+open("/tmp/e2bk_watching", "w").close()
+while not os.path.exists("/tmp/e2bk_stop"):
+    select.select([changes], [], [], 0.05)
+    try:
+        while changes.recv(65536):
+            pass
+    except BlockingIOError:
+        pass
+    for _ in range(20):
+        try:
+            udp.sendto(b"x", target)
+            sent += 1
+        except OSError:
+            pass
+print("sent", sent)
+"""
+
+
+class PacketWatch:
+    """From inside a sandbox: UDP datagrams to one address, sent again and again and at once
+    whenever the sandbox's routes or addresses change (rtnetlink). ``sent()`` stops it and
+    says how many the sandbox's routing let out: any is a packet that went past a rule or
+    the host fence, e.g. while the sandbox's network was being set up."""
+
+    def __init__(self, box: Sandbox, host: str, port: int) -> None:
+        box.files.write("/tmp/e2bk_watch.py", _WATCH)
+        self._box = box
+        self._handle = box.commands.run(
+            f"python3 /tmp/e2bk_watch.py {host} {port}", background=True
+        )
+        wait_for(lambda: box.files.exists("/tmp/e2bk_watching"), 30, "the packet watch to start")
+
+    def sent(self) -> int:
+        self._box.files.write("/tmp/e2bk_stop", "")
+        return int(self._handle.wait().stdout.split()[-1])

@@ -23,6 +23,7 @@ from attack_helpers import (
     PROJECT_ROOT,
     HostListener,
     MiB,
+    PacketWatch,
     connect_probe,
     host_addresses,
     host_gateways,
@@ -601,15 +602,25 @@ def test_default_disk_cap_is_below_the_host_disk(box: Sandbox) -> None:
 # network
 
 
+@pytest.mark.parametrize("opened", ["at create", "by update_network"])
 def test_internet_sandbox_cannot_reach_the_service_or_host_ports(
-    local_service: RunningService, fresh: Callable[..., Sandbox]
+    local_service: RunningService, fresh: Callable[..., Sandbox], opened: str
 ) -> None:
-    sandbox = fresh(allow_internet_access=True)
     service_port = urlparse(local_service.url).port
     assert service_port
+    host_v4 = [a for a in host_addresses() if ":" not in a]
     listener = HostListener()
     try:
-        addresses = ["127.0.0.1", *[a for a in host_addresses() if ":" not in a]]
+        if opened == "at create":
+            sandbox = fresh(allow_internet_access=True)
+        else:  # its network starts while code runs inside: the fence must come before it
+            sandbox = fresh(allow_internet_access=False)
+            outside = next(a for a in host_v4 if not a.startswith("127."))
+            watch = PacketWatch(sandbox, outside, listener.port)
+            sandbox.update_network({})
+            assert watch.sent() == 0, "packets reached a host address as the network started"
+        assert "default via" in sh(sandbox, "ip route")[1]  # a network to attack through
+        addresses = ["127.0.0.1", *host_v4]
         targets = [(a, p) for a in dict.fromkeys(addresses) for p in (service_port, listener.port)]
         results = connect_probe(sandbox, targets, never=host_gateways())
     finally:

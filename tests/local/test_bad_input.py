@@ -59,6 +59,9 @@ def test_malformed_json_bodies(client: httpx.Client, live_id: str) -> None:
     _assert_error(client.post(f"/sandboxes/{live_id}/timeout", content=b"\xff"), 400, "JSON")
     _assert_error(client.post("/v2/sandboxes", json={"metadata": {"a": 1}}), 400, "metadata")
     _assert_error(client.post("/v2/sandboxes", json={"envVars": "x"}), 400, "envVars")
+    for mask in ("a\r\nX-Injected: 1", "h\u00e9te", 5):  # it becomes a Host header value
+        body = {"network": {"maskRequestHost": mask}}
+        _assert_error(client.post("/v2/sandboxes", json=body), 400, "maskRequestHost")
 
 
 @pytest.mark.parametrize("timeout", ["60", True, -1, 1.5, 86401])

@@ -1,5 +1,6 @@
 """Network options through the unmodified SDK (sync and async): ``allow_out`` / ``deny_out``
-on create and ``update_network`` decide, inside the sandbox, which destinations are reached.
+on create and ``update_network`` decide, inside the sandbox, which destinations are reached;
+``update_network`` opens the network of a sandbox created without one.
 
 The target is a small HTTP server in a network namespace this test creates, behind a veth
 pair with addresses of the test's own choosing (a free 10.x /24); the sandbox reaches it
@@ -19,8 +20,10 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import pytest
+from attack_helpers import HostListener, PacketWatch, connect_probe
 from e2b import AsyncSandbox, Sandbox
 from e2b.exceptions import SandboxException
 from local_helpers import wait_for
@@ -43,10 +46,12 @@ for host in sys.argv[2:]:
 
 @dataclass
 class Target:
-    """Two addresses of one HTTP server, reachable from the host only through the veth."""
+    """Two addresses of one HTTP server, reachable from the host only through the veth, and
+    the host's own address on that veth (a host address, which sandboxes never reach)."""
 
     first: str
     second: str
+    host: str
 
 
 def _ip(*args: str) -> None:
@@ -94,7 +99,7 @@ def target(local_service: RunningService) -> Iterator[Target]:
                 return probe.connect_ex((f"{subnet}.2", PORT)) == 0
 
         wait_for(listening, 15, "the test's HTTP server")
-        yield Target(f"{subnet}.2", f"{subnet}.3")
+        yield Target(f"{subnet}.2", f"{subnet}.3", f"{subnet}.1")
     finally:
         if server is not None:
             server.kill()
@@ -159,3 +164,39 @@ def test_allow_out_without_internet_and_update_async(
             await sbx.kill()
 
     asyncio.run(scenario())
+
+
+def test_update_network_opens_a_sandbox_created_without_network(
+    local_service: RunningService, target: Target, sdk_env: dict[str, str]
+) -> None:
+    sbx = Sandbox.create(timeout=120, allow_internet_access=False)
+    try:
+        assert _probe(sbx, target) == {target.first: False, target.second: False}
+        assert "tap0" not in sbx.commands.run("cat /proc/net/dev").stdout  # loopback only
+
+        # E2B opens the network per the new rules; here its user-mode network starts now,
+        # and not one connection to a refused address gets through while it does.
+        watch = PacketWatch(sbx, target.second, PORT)
+        sbx.update_network({"allow_out": [target.first], "deny_out": ["0.0.0.0/0"]})
+        assert _probe(sbx, target) == {target.first: True, target.second: False}
+        assert watch.sent() == 0
+        sbx.update_network({})  # nothing refused: still never the host nor the service
+        assert _probe(sbx, target) == {target.first: True, target.second: True}
+        service = urlparse(local_service.url).port
+        assert service
+        listener = HostListener()  # on every host address, the veth's host end among them
+        try:
+            hosts = ("127.0.0.1", target.host)
+            targets = [(h, p) for h in hosts for p in (service, listener.port)]
+            results = connect_probe(sbx, targets, never={target.first, target.second})
+        finally:
+            listener.close()
+        assert [t for t, outcome in results.items() if outcome == "connected"] == []
+        assert listener.accepted == 0
+
+        # A wildcard domain is kept but not enforced: it allows nothing (fails closed).
+        sbx.update_network({"allow_out": ["*.example.com"], "deny_out": ["0.0.0.0/0"]})
+        assert _probe(sbx, target) == {target.first: False, target.second: False}
+        assert sbx.get_info().network["allow_out"] == ["*.example.com"]
+    finally:
+        sbx.kill()

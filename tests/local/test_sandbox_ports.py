@@ -6,6 +6,7 @@ headers or E2B's host form with the domain ``localhost``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import textwrap
 from collections.abc import Iterator
 
@@ -35,6 +36,34 @@ ECHO_SERVER = textwrap.dedent(
 
     async def main():
         async with serve(echo, "127.0.0.1", 8765, subprotocols=[PROTOCOL], max_size=None) as server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+    """
+)
+
+# Answers a plain GET, and a WebSocket's first message, with the Host and X-Forwarded-Host the
+# server got, as JSON.
+HOST_ECHO = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from http import HTTPStatus
+    from websockets.asyncio.server import serve
+
+    def seen(request):
+        host, forwarded = request.headers.get("Host"), request.headers.get("X-Forwarded-Host")
+        return json.dumps({"host": host, "forwarded": forwarded})
+
+    def plain_http(connection, request):
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return connection.respond(HTTPStatus.OK, seen(request))
+
+    async def first_message(ws):
+        await ws.send(seen(ws.request))
+
+    async def main():
+        port = int(sys.argv[1])
+        async with serve(first_message, "127.0.0.1", port, process_request=plain_http) as server:
             await server.serve_forever()
 
     asyncio.run(main())
@@ -155,6 +184,39 @@ def test_websocket_server_in_the_sandbox(local_service: RunningService, sandbox:
         big = bytes(range(256)) * 8192  # 2 MiB: more than one read of the tunnel
         ws.send(big)
         assert ws.recv() == big
+
+
+def test_mask_request_host_is_the_host_the_server_sees(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    masked = Sandbox.create(
+        timeout=120,
+        domain="localhost",
+        network={"mask_request_host": "localhost:${PORT}"},
+        **sdk_options(local_service),
+    )
+    try:
+        seen = {}
+        for sbx in (masked, sandbox):
+            sbx.files.write("/home/user/host_echo.py", HOST_ECHO)
+            sbx.commands.run("python host_echo.py 3004", background=True)
+            with httpx.Client(base_url=local_service.url) as http:
+                seen[sbx] = _wait_open(http, "/", {"Host": sbx.get_host(3004)}).json()
+        # E2B's proxy: the mask, ${PORT} replaced; the caller's host in X-Forwarded-Host.
+        assert seen[masked] == {"host": "localhost:3004", "forwarded": masked.get_host(3004)}
+        assert seen[sandbox] == {"host": sandbox.get_host(3004), "forwarded": None}
+        url = local_service.url.replace("http://", "ws://")
+        with ws_connect(url, additional_headers=_routing(masked, 3004)) as ws:
+            assert json.loads(ws.recv())["host"] == "localhost:3004"
+        with ws_connect(url, additional_headers=_routing(sandbox, 3004)) as ws:
+            assert json.loads(ws.recv())["host"] == url.removeprefix("ws://")
+        assert masked.get_info().network == {
+            "allow_out": [],
+            "deny_out": [],
+            "mask_request_host": "localhost:${PORT}",
+        }
+    finally:
+        masked.kill()
 
 
 def test_closed_port_is_e2b_port_not_open(local_service: RunningService, sandbox: Sandbox) -> None:

@@ -136,7 +136,6 @@ def host_view(
     sockets: Path,
     agent_dir: Path,
     stage_root: Path,
-    allow_internet: bool,
 ) -> None:
     """Mounts: a read-only runtime, generated identity files, the sandbox's own dirs."""
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
@@ -149,8 +148,9 @@ def host_view(
     cmd.data(PASSWD, "/etc/passwd")
     cmd.data(GROUP, "/etc/group")
     cmd.data("sandbox\n", "/etc/hostname")
-    if allow_internet:  # the host's may name a resolver on its own loopback
-        cmd.data(network.RESOLV_CONF, "/etc/resolv.conf")
+    # The host's may name a resolver on its own loopback; this one answers once the sandbox
+    # has a network, which may be started later (update_network).
+    cmd.data(network.RESOLV_CONF, "/etc/resolv.conf")
     for path in _MASKED_FILES:
         if os.path.exists(path):
             cmd.argv += ["--ro-bind", "/dev/null", path]
@@ -192,7 +192,6 @@ def sandbox_command(
     sockets: Path,
     agent_dir: Path,
     seccomp_fd: int,
-    allow_internet: bool,
     stage_root: Path,
 ) -> tuple[Command, dict[str, int]]:
     """The full command (setpriv to uid U, then bwrap) and the fds the service keeps:
@@ -219,7 +218,6 @@ def sandbox_command(
         sockets=sockets,
         agent_dir=agent_dir,
         stage_root=stage_root,
-        allow_internet=allow_internet,
     )
     cmd.argv += ["--chdir", "/", "--setenv", "PATH", "/usr/bin:/bin", "--"]
     return cmd, {"block": block_write, "info": info_read}

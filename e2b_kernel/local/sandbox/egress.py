@@ -28,6 +28,8 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
+from .network import ip_batch
+
 DNS_FORWARDER = "10.0.2.3"  # slirp4netns's, the sandbox's only nameserver
 ALL_TRAFFIC = "0.0.0.0/0"
 MAX_ENTRIES = 256  # per list: each entry is one rule in the namespace
@@ -156,20 +158,9 @@ class EgressTable:
             new.append(_DENY_BASE + index)
             lines.append(f"rule add to {prefix} prohibit priority {new[-1]}")
         lines.append(f"rule del priority {_GUARD_PRIORITY}")
-        code, out = await _ip_batch(self.netns, lines)
+        code, out = await ip_batch(self.netns, lines)
         if code != 0:
             with contextlib.suppress(OSError):  # never leave the guard: it blocks everything
-                await _ip_batch(self.netns, [f"rule del priority {_GUARD_PRIORITY}"])
+                await ip_batch(self.netns, [f"rule del priority {_GUARD_PRIORITY}"])
             raise OSError(f"cannot apply the sandbox's egress rules: {out.strip()}")
         self._installed = new
-
-
-async def _ip_batch(netns: str, lines: list[str]) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "nsenter", f"--net={netns}", "ip", "-4", "-force", "-batch", "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await proc.communicate(("\n".join(lines) + "\n").encode())
-    return proc.returncode or 0, out.decode(errors="replace")

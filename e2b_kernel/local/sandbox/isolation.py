@@ -1,7 +1,7 @@
 """What isolation a sandbox gets: the bubblewrap probe, its command line and cgroup limits.
 
-Two modes exist. ``namespaces`` runs every sandbox in its own user, pid, mount, ipc and uts
-namespaces (and a net namespace unless internet access is allowed) with ``bwrap``; ``none``
+Two modes exist. ``namespaces`` runs every sandbox in its own user, pid, mount, ipc, uts and
+net namespaces with ``bwrap``; ``none``
 runs sandbox processes directly on the host and says so everywhere. Cgroups (v1 or v2) add
 memory and process-count limits and the freezer used by pause, where the host lets us write
 them; where it does not, the description says so instead of pretending.

@@ -1,14 +1,16 @@
-"""Outbound network for sandboxes with internet access: slirp4netns, a user-mode stack.
+"""Outbound network for sandboxes: slirp4netns, a user-mode stack.
 
-The sandbox always has its own network namespace. With internet access, ``slirp4netns``, run
-by the service, gives that namespace a tap device (10.0.2.100, gateway 10.0.2.2, DNS
+The sandbox always has its own network namespace, with only its loopback until something may
+go out (internet access, or an allowed destination), at create or at a later
+``update_network``. Then ``slirp4netns``, run by the service and attached to the namespace by
+the pid of the sandbox's init, gives it a tap device (10.0.2.100, gateway 10.0.2.2, DNS
 10.0.2.3) whose connections it re-makes as ordinary sockets on the host. The gateway is not
 mapped to the host's loopback (``--disable-host-loopback``), no port is forwarded into the
 sandbox, slirp4netns itself runs in its own empty mount namespace with its capabilities
 dropped and a seccomp filter, and every address of the host is made unreachable by
-``prohibit`` routes inside the namespace, so the sandbox cannot reach the service or any
-host-local port. ``nsenter`` is used only by the service to add those routes; no sandbox
-process is ever started with it.
+``prohibit`` routes inside the namespace, added BEFORE the tap device exists, so the sandbox
+cannot reach the service or any host-local port from its network's first packet. ``nsenter``
+is used only by the service to add those routes; no sandbox process is ever started with it.
 
 (pasta would do as well, but it refuses to run as root and /dev/net/tun is root-only on some
 hosts, such as this project's CI.)
@@ -23,6 +25,16 @@ import shutil
 
 RESOLV_CONF = "nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
 _READY_TIMEOUT = 10.0
+_TAP = "tap0"
+_MTU = 65520
+# slirp4netns's own --configure, done by the service instead: its default route would be
+# refused, as the egress rules are in place before the tap exists and refuse the gateway when
+# they deny everything; "onlink" adds the route without looking the gateway up.
+_CONFIGURE = [
+    f"link set {_TAP} mtu {_MTU} up",
+    f"addr add 10.0.2.100/24 dev {_TAP}",
+    f"route add default via 10.0.2.2 dev {_TAP} onlink",
+]
 
 
 class NetworkError(OSError):
@@ -78,17 +90,19 @@ async def host_addresses() -> list[str]:
 
 
 async def connect(init_pid: int) -> Network:
-    """Give the sandbox whose pid 1 is init_pid outbound access; host addresses prohibited."""
+    """Give the sandbox whose pid 1 is init_pid outbound access; host addresses prohibited
+    first (the sandbox may be running code already: the fence must come before the tap)."""
     slirp = shutil.which("slirp4netns")
     if slirp is None:
         raise NetworkError(
             "internet access needs slirp4netns (Debian/Ubuntu: apt-get install slirp4netns)"
         )
+    await _fence_host(f"/proc/{init_pid}/ns/net")
     ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
     exit_read, exit_write = os.pipe2(os.O_CLOEXEC)
-    argv = [slirp, "--configure", "--mtu=65520", "--disable-host-loopback"]
+    argv = [slirp, f"--mtu={_MTU}", "--disable-host-loopback"]
     argv += ["--enable-sandbox", "--enable-seccomp"]
-    argv += [f"--ready-fd={ready_write}", f"--exit-fd={exit_read}", str(init_pid), "tap0"]
+    argv += [f"--ready-fd={ready_write}", f"--exit-fd={exit_read}", str(init_pid), _TAP]
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -110,7 +124,7 @@ async def connect(init_pid: int) -> Network:
     network = Network(proc, exit_write)
     try:
         try:
-            # It writes "1" once the tap device is up and configured (EOF if it dies first).
+            # It writes "1" once the tap device exists (EOF if it dies first).
             ready = await asyncio.wait_for(
                 asyncio.to_thread(os.read, ready_read, 1), _READY_TIMEOUT
             )
@@ -120,7 +134,9 @@ async def connect(init_pid: int) -> Network:
             assert proc.stderr is not None
             err = (await proc.stderr.read()).decode(errors="replace").strip()
             raise NetworkError(f"slirp4netns could not set up the sandbox network: {err}")
-        await _fence_host(f"/proc/{init_pid}/ns/net")
+        code, out = await ip_batch(f"/proc/{init_pid}/ns/net", _CONFIGURE)
+        if code != 0:
+            raise NetworkError(f"cannot configure the sandbox network: {out.strip()}")
     except BaseException:
         await network.close()
         raise
@@ -140,3 +156,15 @@ async def _fence_host(netns: str) -> None:
         )  # fmt: skip
         if code != 0 and family == "-4":
             raise NetworkError(f"cannot fence off host address {address}: {out.strip()}")
+
+
+async def ip_batch(netns: str, lines: list[str]) -> tuple[int, str]:
+    """Run ip(8) commands (IPv4) in a sandbox's network namespace, as the service."""
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--net={netns}", "ip", "-4", "-force", "-batch", "-",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate(("\n".join(lines) + "\n").encode())
+    return proc.returncode or 0, out.decode(errors="replace")

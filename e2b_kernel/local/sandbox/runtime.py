@@ -68,12 +68,10 @@ class LocalSandbox:
         policy: Isolation,
         state_dir: Path,
         envs: dict[str, str] | None = None,
-        allow_internet: bool = False,
         disk_mb: int | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.envs = dict(envs or {})
-        self.allow_internet = allow_internet
         self.policy = policy
         self.isolated = policy.mode == "namespaces"
         self.disk_mb = disk_mb or policy.disk_mb
@@ -101,6 +99,7 @@ class LocalSandbox:
         self._stderr_tail: deque[bytes] = deque(maxlen=20)
         self._network: network.Network | None = None
         self._egress: egress.EgressTable | None = None
+        self._network_lock = asyncio.Lock()  # one rule swap or network start at a time
         self._kill_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._gone_callbacks: list[Callable[[], None]] = []
         self._children: set[AgentProcess] = set()
@@ -136,9 +135,6 @@ class LocalSandbox:
             if self.cgroups.version is not None:
                 self.cgroups.create()
             await asyncio.wait_for(self._start_agent(), _START_TIMEOUT)
-            if self.allow_internet and self.isolated:
-                assert self._init_pid is not None
-                self._network = await network.connect(self._init_pid)
             await self.start_jupyter()
         except BaseException:
             await self.kill()  # leave no directories, cgroups or processes behind
@@ -159,19 +155,32 @@ class LocalSandbox:
         )
         await self.jupyter.start()
 
-    async def set_egress(self, rules: egress.EgressRules) -> None:
-        """Install (or replace) the allowOut/denyOut rules in the sandbox's network
-        namespace. Only a sandbox started with its user-mode network has one to filter."""
-        if self._network is None or self._init_pid is None:
-            if not rules.filters:
-                return  # nothing refused, nothing to install
-            raise egress.EgressError(
-                "this sandbox has no network to filter: create it with allow_internet_access"
-                " or with network options"
-            )
-        if self._egress is None:
-            self._egress = egress.EgressTable(f"/proc/{self._init_pid}/ns/net")
-        await self._egress.apply(rules)
+    async def set_egress(self, rules: egress.EgressRules, *, reach: bool) -> None:
+        """Install (or replace) the allowOut/denyOut rules in the sandbox's network namespace;
+        ``reach`` says whether anything may go out at all (internet, or an allowed entry).
+
+        The namespace has only its loopback until something may go out: the user-mode
+        network is started then, at create or at a later update, after the rules and the
+        host fence are in place, so they hold from its first packet.
+        """
+        if not self.isolated:
+            if rules.filters:
+                raise egress.EgressError(
+                    "without isolation the sandbox uses the host's network, which the local"
+                    " service does not filter"
+                )
+            return
+        assert self._init_pid is not None
+        async with self._network_lock:
+            if self._network is None and not reach:
+                return  # no network, and none needed: nothing goes out, as asked
+            if self._egress is None:
+                self._egress = egress.EgressTable(f"/proc/{self._init_pid}/ns/net")
+            await self._egress.apply(rules)
+            if self._network is None:
+                self._network = await network.connect(self._init_pid)
+                if self.killed.is_set():  # killed meanwhile: its teardown missed this one
+                    await self._network.close()
 
     def _owner(self, inside_uid: int) -> int:
         """The host uid of an inside uid (-1: leave as is, without isolation)."""
@@ -261,7 +270,6 @@ class LocalSandbox:
             sockets=self.socket_dir,
             agent_dir=AGENT_DIR,
             seccomp_fd=seccomp_fd,
-            allow_internet=self.allow_internet,
             stage_root=bwrap.RUNTIME_ROOT,
         )
         agent = self._agent_argv(

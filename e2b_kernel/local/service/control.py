@@ -163,7 +163,6 @@ class ControlPlane:
             timeout=timeout,
             metadata=metadata,
             envs=envs,
-            allow_internet=options.needs_stack,
             network=options,
             auto_pause=bool(body.get("autoPause", False)),
             auto_resume=bool(isinstance(auto_resume, dict) and auto_resume.get("enabled")),
@@ -178,7 +177,6 @@ class ControlPlane:
         timeout: int,
         metadata: dict[str, str],
         envs: dict[str, str],
-        allow_internet: bool,
         auto_pause: bool = False,
         auto_resume: bool = False,
         traffic: bool = True,
@@ -192,7 +190,7 @@ class ControlPlane:
             # E2B's answer for a template (a snapshot is one) that does not exist.
             raise ServiceError(404, f"template '{template_id}' not found")
         ready = None
-        if self.registry.poolable(metadata, allow_internet):
+        if self.registry.poolable(metadata):
             ready = self.pool.take()
         try:
             entry = await self.registry.create(
@@ -201,7 +199,6 @@ class ControlPlane:
                 timeout=timeout,
                 metadata=metadata,
                 envs=envs,
-                allow_internet=allow_internet,
                 auto_pause=auto_pause,
                 auto_resume=auto_resume,
                 # As E2B today, every sandbox is secured (the SDK's `secure` is ignored).
@@ -218,7 +215,7 @@ class ControlPlane:
         if network is not None and network.needs_stack:
             # Before the 201: no code of the caller's runs before its rules hold.
             try:
-                await entry.sandbox.set_egress(network.rules)
+                await entry.sandbox.set_egress(network.rules, reach=True)
             except (EgressError, OSError) as exc:
                 await self.registry.kill(entry.sandbox_id)
                 status = 400 if isinstance(exc, EgressError) else 500
@@ -397,9 +394,7 @@ class ControlPlane:
             "state": entry.state,
             "metadata": metadata,
             **({"pauseMode": entry.pause_mode} if entry.sandbox.paused else {}),
-            "allowInternetAccess": (
-                entry.network.internet if entry.network else entry.sandbox.allow_internet
-            ),
+            "allowInternetAccess": entry.network.internet if entry.network else True,
             **({"network": shown} if (shown := _network_json(entry)) else {}),
             "lifecycle": {
                 "autoResume": entry.auto_resume,

@@ -2,7 +2,8 @@
 
 The egress lists (``allowOut`` / ``denyOut`` / ``dnsServers`` and ``allow_internet_access``)
 are enforced in the sandbox's network namespace (sandbox/egress.py). ``allowPublicTraffic``
-becomes the traffic access token (control.py), and ``maskRequestHost`` is kept and reported.
+becomes the traffic access token (control.py), and ``maskRequestHost`` the Host header the
+port proxy (proxy.py) gives the requests it relays into the sandbox.
 What cannot be done here (an egress SOCKS proxy, per-host request transforms) is refused
 with a 400 that says so, instead of being silently ignored.
 """
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from ..sandbox.egress import EgressError, EgressRules, parse
 from .errors import ServiceError
 
+MASK_PORT = "${PORT}"  # replaced by the target port in maskRequestHost, as E2B's proxy does
 UNSUPPORTED = {
     "egressProxy": "an egress proxy",
     "rules": "per-host request transform rules",
@@ -38,6 +40,12 @@ class NetworkOptions:
         """Whether the sandbox needs its user-mode network: internet, or some allowed
         destination (allowed entries win even over allow_internet_access=False)."""
         return self.internet or bool(self.rules.allow_out)
+
+    def request_host(self, port: int) -> str | None:
+        """The Host of a request relayed to ``port`` inside the sandbox: maskRequestHost with
+        ``${PORT}`` replaced, or None to keep the caller's."""
+        mask = self.shown.get("maskRequestHost")
+        return mask.replace(MASK_PORT, str(port)) if mask else None
 
     def to_json(self) -> dict[str, Any] | None:
         return dict(self.shown) if self.given else None
@@ -68,6 +76,15 @@ def _refuse_unsupported(network: dict[str, Any]) -> None:
             raise ServiceError(400, f"the local E2B service does not support {what} ({name})")
 
 
+def _check_mask(network: dict[str, Any]) -> None:
+    """maskRequestHost becomes a header value: visible ASCII only (E2B wants ASCII too)."""
+    mask = network.get("maskRequestHost")
+    if mask is None:
+        return
+    if not isinstance(mask, str) or not all("!" <= c <= "~" for c in mask):
+        raise ServiceError(400, "maskRequestHost must be a host name: visible ASCII, no spaces")
+
+
 def from_create(body: dict[str, Any], internet: bool) -> NetworkOptions:
     """The options of a create body (its ``network`` object and allow_internet_access)."""
     network = body.get("network")
@@ -76,6 +93,7 @@ def from_create(body: dict[str, Any], internet: bool) -> NetworkOptions:
     if not isinstance(network, dict):
         raise ServiceError(400, "network must be an object")
     _refuse_unsupported(network)
+    _check_mask(network)
     try:
         rules = parse(network, internet=internet)
     except EgressError as exc:
@@ -85,7 +103,8 @@ def from_create(body: dict[str, Any], internet: bool) -> NetworkOptions:
 
 async def update_network(control: Any, request: Request) -> Response:
     """PUT /sandboxes/{id}/network: replace every egress rule at once (omitted = cleared);
-    204, 404 for an unknown sandbox, 400 for malformed rules or a sandbox with no network."""
+    204, 404 for an unknown sandbox, 400 for malformed rules (or rules that refuse anything,
+    without isolation)."""
     entry = control._entry(request.path_params["sandbox_id"])
     body = await control._json(request)
     _refuse_unsupported(body)
@@ -94,7 +113,8 @@ async def update_network(control: Any, request: Request) -> Response:
         raise ServiceError(400, "allow_internet_access must be a boolean")
     try:
         rules = parse(body, internet=internet)
-        await entry.sandbox.set_egress(rules)
+        # Internet or an allowed entry starts the sandbox's network if it has none yet.
+        await entry.sandbox.set_egress(rules, reach=internet or bool(rules.allow_out))
     except EgressError as exc:
         raise ServiceError(400, str(exc)) from None
     except OSError as exc:

@@ -5,8 +5,8 @@ pool serves them all: each pooled sandbox has its namespaces, its agent and its 
 interpreter's python kernel already running, and has never been handed to anyone. `create`
 takes one (never reused: a sandbox leaves the pool once and dies with its caller), gives it the
 caller's env vars (also inside the running kernel), and a background task starts a
-replacement. Sandboxes that need a different start (internet access, their own disk size)
-are started cold.
+replacement. A network is started later in any sandbox that needs one (set_egress), so only
+sandboxes with their own disk size are started cold.
 """
 
 from __future__ import annotations

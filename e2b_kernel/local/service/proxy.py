@@ -8,6 +8,9 @@ connection. Over that byte stream:
 - HTTP/1.1 is framed by h11 (one request per tunnel, ``Connection: close``); request and
   response bodies stream chunk by chunk, headers pass through except hop-by-hop ones and the
   E2B credentials, which are the proxy's business and never reach the sandbox;
+- a sandbox created with ``maskRequestHost`` gets that Host (``${PORT}`` replaced by the port)
+  on every relayed request, HTTP and WebSocket, and the caller's in ``X-Forwarded-Host``, as
+  E2B's proxy does;
 - WebSocket is spoken by ``websockets``' sans-I/O client towards the sandbox while uvicorn
   speaks it towards the caller; text and binary messages, close codes and the negotiated
   ``Sec-WebSocket-Protocol`` (e.g. Jupyter's ``v1.kernel.websocket.jupyter.org``) go through.
@@ -86,12 +89,12 @@ async def proxy_http(entry: Entry, port: int, scope: dict, receive: Receive, sen
     tunnel = await open_tunnel(entry, port)
     async with tunnel:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
-        headers = _forwarded(scope["headers"])
+        headers = _forwarded(entry, port, scope["headers"])
         names = {name for name, _ in scope["headers"]}
         if b"content-length" not in names and b"transfer-encoding" in names:
             headers.append((b"transfer-encoding", b"chunked"))  # h11 frames the chunks
         headers.append((b"connection", b"close"))
-        if b"host" not in names:
+        if not any(name == b"host" for name, _ in headers):
             headers.append((b"host", b"localhost"))  # HTTP/1.1 requires one
         request = h11.Request(method=scope["method"], target=_target(scope), headers=headers)
         await tunnel.write(conn.send(request) or b"")
@@ -116,8 +119,18 @@ def _target(scope: dict) -> bytes:
     return path + b"?" + query if query else path
 
 
-def _forwarded(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in headers if k not in _HOP_BY_HOP and k not in _CREDENTIALS]
+def _forwarded(
+    entry: Entry, port: int, headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The caller's headers as the sandbox's server gets them (with the masked Host)."""
+    kept = [(k, v) for k, v in headers if k not in _HOP_BY_HOP and k not in _CREDENTIALS]
+    mask = entry.network.request_host(port) if entry.network is not None else None
+    if mask is None:
+        return kept
+    caller = [v for k, v in kept if k == b"host"]
+    kept = [(k, v) for k, v in kept if k not in (b"host", b"x-forwarded-host")]
+    kept.append((b"host", mask.encode("ascii")))
+    return kept + [(b"x-forwarded-host", host) for host in caller[:1]]
 
 
 async def _send_body(conn: h11.Connection, tunnel: AgentStream, receive: Receive) -> bool:
@@ -186,20 +199,21 @@ async def proxy_websocket(
         request = protocol.connect()
         request = dataclasses.replace(request, path=_target(scope).decode("latin-1"))
         del request.headers["Host"]
-        for name, value in scope["headers"]:
-            if name not in _HOP_BY_HOP and name not in _CREDENTIALS and name not in _HANDSHAKE:
+        headers = _forwarded(entry, port, scope["headers"])
+        for name, value in headers:
+            if name not in _HANDSHAKE:
                 request.headers[name.decode("latin-1")] = value.decode("latin-1")
-        host = dict(scope["headers"]).get(b"host", b"localhost")
+        host = dict(headers).get(b"host", b"localhost")
         request.headers["Host"] = host.decode("latin-1")
         protocol.send_request(request)
         await _flush(protocol, tunnel)
-        response = await _handshake(protocol, tunnel)
+        response, early = await _handshake(protocol, tunnel)
         if protocol.handshake_exc is not None:
             await _deny(send, response)
             return
         await send({"type": "websocket.accept", "subprotocol": protocol.subprotocol})
         inward = asyncio.ensure_future(_caller_to_sandbox(protocol, tunnel, receive))
-        outward = asyncio.ensure_future(_sandbox_to_caller(protocol, tunnel, send))
+        outward = asyncio.ensure_future(_sandbox_to_caller(protocol, tunnel, send, early))
         try:
             await asyncio.wait({inward, outward}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -208,19 +222,23 @@ async def proxy_websocket(
             await asyncio.gather(inward, outward, return_exceptions=True)
 
 
-async def _handshake(protocol: ClientProtocol, tunnel: AgentStream) -> Response | None:
-    """Read until the inner server's handshake answer (None if it closed without one)."""
+async def _handshake(
+    protocol: ClientProtocol, tunnel: AgentStream
+) -> tuple[Response | None, list[Any]]:
+    """Read until the inner server's handshake answer (None if it closed without one), and
+    the frames read with it: a server may send its first message right behind the answer."""
     while True:
         data = await tunnel.read_chunk(_CHUNK)
         if data:
             protocol.receive_data(data)
         else:
             protocol.receive_eof()
-        for event in protocol.events_received():
+        events = protocol.events_received()
+        for index, event in enumerate(events):
             if isinstance(event, Response):
-                return event
+                return event, events[index + 1 :]
         if not data:
-            return None
+            return None, []
 
 
 async def _deny(send: Send, response: Response | None) -> None:
@@ -268,18 +286,16 @@ async def _caller_to_sandbox(
         await _flush(protocol, tunnel)
 
 
-async def _sandbox_to_caller(protocol: ClientProtocol, tunnel: AgentStream, send: Send) -> None:
+async def _sandbox_to_caller(
+    protocol: ClientProtocol, tunnel: AgentStream, send: Send, early: list[Any]
+) -> None:
     # The sans-I/O protocol yields frames; a fragmented message is put back together here.
     parts: list[bytes] = []
     opcode: Opcode | None = None
+    events, ended = early, False  # first the frames read with the handshake's answer
+    await _flush(protocol, tunnel)
     while True:
-        data = await tunnel.read_chunk(_CHUNK)
-        if data:
-            protocol.receive_data(data)
-        else:
-            protocol.receive_eof()
-        await _flush(protocol, tunnel)  # pongs and the answer to a close
-        for event in protocol.events_received():
+        for event in events:
             if not isinstance(event, Frame):
                 continue
             if event.opcode is Opcode.CLOSE:
@@ -298,9 +314,17 @@ async def _sandbox_to_caller(protocol: ClientProtocol, tunnel: AgentStream, send
                 else:
                     await send({"type": "websocket.send", "bytes": payload})
                 parts, opcode = [], None
-        if not data or protocol.state is State.CLOSED:
+        if ended:
             await _close_caller(protocol, send)
             return
+        data = await tunnel.read_chunk(_CHUNK)
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        await _flush(protocol, tunnel)  # pongs and the answer to a close
+        events = protocol.events_received()
+        ended = not data or protocol.state is State.CLOSED
 
 
 async def _close_caller(protocol: ClientProtocol, send: Send) -> None:

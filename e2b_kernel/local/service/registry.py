@@ -103,7 +103,6 @@ class Registry:
         timeout: int,
         metadata: dict[str, str],
         envs: dict[str, str],
-        allow_internet: bool,
         auto_pause: bool = False,
         auto_resume: bool = False,
         access_token: str | None = None,
@@ -116,7 +115,7 @@ class Registry:
             sandbox = prepared
             sandbox.envs = dict(envs)  # every process it starts from now on gets them
         else:
-            sandbox = self.new_sandbox(envs, allow_internet, _disk_mb(metadata))
+            sandbox = self.new_sandbox(envs, _disk_mb(metadata))
             await sandbox.start()
         sandbox_id = sandbox.sandbox_id
         # A sandbox whose agent died is gone: "not found" at once, cleaned up by the sandbox.
@@ -139,23 +138,21 @@ class Registry:
         entry.expiry_task = asyncio.create_task(self._expire_when_due(entry))
         return entry
 
-    def new_sandbox(
-        self, envs: dict[str, str], allow_internet: bool = False, disk_mb: int | None = None
-    ) -> LocalSandbox:
+    def new_sandbox(self, envs: dict[str, str], disk_mb: int | None = None) -> LocalSandbox:
         """A sandbox object with a fresh id, not started yet."""
         return LocalSandbox(
             new_sandbox_id(),
             policy=self.policy,
             state_dir=self.state_dir,
             envs=envs,
-            allow_internet=allow_internet,
             disk_mb=disk_mb,
         )
 
     @staticmethod
-    def poolable(metadata: dict[str, str], allow_internet: bool) -> bool:
-        """Whether a pooled sandbox (no network, the default disk) fits this request."""
-        return not allow_internet and _disk_mb(metadata) is None
+    def poolable(metadata: dict[str, str]) -> bool:
+        """Whether a pooled sandbox (the default disk; its network starts when needed) fits
+        this request."""
+        return _disk_mb(metadata) is None
 
     def _start_metrics(self, entry: Entry) -> None:
         entry.metrics = MetricsSampler(entry.sandbox, self.policy.memory_mb * 1024 * 1024)

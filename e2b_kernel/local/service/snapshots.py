@@ -150,7 +150,6 @@ class SnapshotRoutes:
                 timeout=timeout,
                 metadata=dict(source.metadata),
                 envs=dict(source.sandbox.envs),
-                allow_internet=source.sandbox.allow_internet,
                 auto_pause=source.auto_pause,
                 auto_resume=source.auto_resume,
                 traffic=source.traffic_token is None,
