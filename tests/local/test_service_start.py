@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from e2b import Sandbox
+from e2b import Sandbox, SandboxException
 from local_helpers import host_pids_with, marker, wait_for
 
 from e2b_kernel.local import start_in_thread, start_subprocess
@@ -82,6 +82,14 @@ def test_no_isolation_is_explicit_and_shown() -> None:
         assert cwd == home and os.path.isdir(cwd)  # a private host dir stands in for /home/user
         sandbox.files.write("/home/user/x.txt", "mapped")
         assert sandbox.commands.run("cat x.txt").stdout == "mapped"
+        # No namespace to filter: rules that would refuse anything are refused, not ignored.
+        with pytest.raises(SandboxException, match="does not filter") as refused:
+            Sandbox.create(
+                timeout=60, network={"deny_out": ["10.0.0.0/8"]}, **_opts(service.sdk_env())
+            )
+        assert "400" in str(refused.value)
+        with pytest.raises(SandboxException, match="does not filter"):
+            sandbox.update_network({"deny_out": ["10.0.0.0/8"]})
         sandbox.kill()
         assert not os.path.exists(cwd)
     finally:
@@ -179,7 +187,7 @@ def test_an_internal_error_is_a_500_and_the_service_keeps_serving() -> None:
 
 _ORPHANING_PARENT = """
 import sys
-from e2b import Sandbox
+from e2b import Sandbox, SandboxException
 from e2b_kernel.local import start_subprocess
 service = start_subprocess()
 env = service.sdk_env()

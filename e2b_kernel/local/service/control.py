@@ -157,6 +157,13 @@ class ControlPlane:
         public = not isinstance(network, dict) or network.get("allowPublicTraffic", True)
         internet = body.get("allow_internet_access", body.get("allowInternetAccess", False))
         options = from_create(body, bool(internet))
+        if self.isolation_none and isinstance(network, dict) and network.get("denyOut"):
+            # The host's network cannot be filtered here: refused, never silently ignored.
+            raise ServiceError(
+                400,
+                "denyOut needs isolation: without it the sandbox uses the host's network, "
+                "which the local service does not filter",
+            )
         auto_resume = body.get("autoResume") or {}
         entry = await self.start_sandbox(
             template_id=template,
