@@ -12,6 +12,7 @@ display metadata and ``input_request`` (answered with :meth:`JupyterCells.answer
   ipykernel drops the next request's reply), and waits for the cell to end.
 - **Timeout:** the same, then ``ExecutionTimeout``.
 - **Loss:** the channels closing mid-cell raise ``SandboxLost`` or ``SandboxUnavailable``.
+- **Environment variables for one cell:** set and restored around it (:mod:`.cell_env`).
 
 One connection per sandbox, kept open between cells, reopened for a new sandbox.
 """
@@ -28,7 +29,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from ..errors import E2BKernelError, ExecutionTimeout
-from . import text_plain
+from . import cell_env, text_plain
 from .kernel_channels import KernelChannels, Parts
 from .outputs import without_e2b_fields
 from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
@@ -45,6 +46,7 @@ _RICH = frozenset({"display_data", "update_display_data", "execute_result"})
 # loop thread waits 15 s for a cancelled call, so both together stay below that.
 _STOP_WAIT = 6.0
 _CLOSED = "__closed__"
+_HIDDEN_WAIT = 30.0  # seconds a silent helper request (environment variables) may take
 
 _Message = tuple[str, str, dict[str, Any]]  # channel, msg_type, content
 
@@ -140,9 +142,15 @@ class JupyterCells:
         return [bytes(part) for part in self._messages.serialize(msg)[2:]]
 
     async def execute(
-        self, code: str, *, timeout: float | None = None, front_end: str = "magic"
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        env_vars: dict[str, str] | None = None,
+        front_end: str = "magic",
     ) -> AsyncIterator[Event]:
-        """Run ``code``; yield its outputs, ``input_request`` included, as they arrive.
+        """Run ``code`` (with ``env_vars`` set for it alone); yield its outputs,
+        ``input_request`` included, as they arrive.
 
         The errors and the ``e2b.execute`` span are those of :meth:`SandboxSession.execute`.
         """
@@ -168,6 +176,7 @@ class JupyterCells:
                 },
             )
             msg_id = request["header"]["msg_id"]
+            previous_env = await self._set_env(channels, env_vars) if env_vars else None
             cell = self._cells[msg_id] = _Cell()
             session.hold_busy(True)
             try:
@@ -183,6 +192,66 @@ class JupyterCells:
             finally:
                 session.hold_busy(False)
                 self._cells.pop(msg_id, None)
+                if previous_env is not None:
+                    await self._restore_env(channels, previous_env)
+
+    # ---- environment variables of one cell -----------------------------------------------
+
+    async def _set_env(
+        self, channels: KernelChannels, env_vars: dict[str, str]
+    ) -> dict[str, str | None]:
+        """Set ``env_vars`` in the remote kernel; their previous values (None: unset)."""
+        reply = await self._hidden(channels, "", {"previous": cell_env.set_expression(env_vars)})
+        result = (reply.get("user_expressions") or {}).get("previous") or {}
+        if reply.get("status") != "ok" or result.get("status") != "ok":
+            raise E2BKernelError(
+                "The cell's environment variables could not be set in the sandbox's kernel "
+                f"({result.get('ename', 'error')}: {result.get('evalue', '')})."
+            )
+        return cell_env.previous_values(result)
+
+    async def _restore_env(self, channels: KernelChannels, previous: dict[str, str | None]) -> None:
+        """Put the values from before the cell back (best effort: the cell already ended)."""
+        try:
+            await self._hidden(channels, cell_env.restore_code(previous), {})
+        except Exception as exc:
+            self.log.warning("could not restore the environment after the cell: %r", exc)
+
+    async def _hidden(
+        self, channels: KernelChannels, code: str, user_expressions: dict[str, str]
+    ) -> dict[str, Any]:
+        """Run a silent request (no output, no history, no execution count); its reply."""
+        request = self._messages.msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": True,
+                "store_history": False,
+                "user_expressions": user_expressions,
+                "allow_stdin": False,
+                "stop_on_error": False,
+            },
+        )
+        msg_id = request["header"]["msg_id"]
+        cell = self._cells[msg_id] = _Cell()
+        try:
+            channels.send("shell", self._parts(request))
+            deadline = asyncio.get_running_loop().time() + _HIDDEN_WAIT
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    channel, msg_type, content = await cell.next(max(0.0, remaining))
+                except asyncio.TimeoutError:
+                    raise E2BKernelError(
+                        f"The sandbox's kernel did not answer within {_HIDDEN_WAIT:.0f} s "
+                        "(is a cell still running there?). Run the cell again."
+                    ) from None
+                if channel == _CLOSED:
+                    raise await self._failure(content["reason"])
+                if channel == "shell" and msg_type == "execute_reply":
+                    return content
+        finally:
+            self._cells.pop(msg_id, None)
 
     async def _events(
         self, cell: _Cell, channels: KernelChannels, timeout: float | None

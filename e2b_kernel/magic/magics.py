@@ -249,10 +249,12 @@ class E2BMagics(CommandsMixin, Magics):
         result: RemoteResult | None = None
         error: dict[str, Any] | None = None
         cells = None
-        if args.language == "python" and not env:  # see .transport: the others need /execute
+        if args.language == "python":  # see .transport: other languages need /execute
             cells = self.call(self.transports.cells_for(args.sandbox, session))
         if cells is not None:
-            events = cells.execute(code, timeout=args.timeout, front_end="magic")
+            events = cells.execute(
+                code, timeout=args.timeout, env_vars=env or None, front_end="magic"
+            )
         else:
             events = session.execute(
                 code,

@@ -4,10 +4,10 @@
 Jupyter Server answers), ``jupyter`` or ``execute``. It is chosen once per sandbox (again for
 a new sandbox) and applies to Python cells only:
 
-- ``--language`` other than python: the Jupyter Server serves the sandbox's Python kernels;
-  other languages are E2B contexts reached through ``/execute`` only;
-- cells with environment variables (``--env``, ``%e2b env``): Jupyter's ``execute_request``
-  has no per-cell environment; ``/execute`` sets and restores it around the cell.
+``--language`` other than python uses ``/execute``: the Jupyter Server serves the sandbox's
+Python kernels; other languages are E2B contexts reached through ``/execute`` only. Cells with
+environment variables (``--env``, ``%e2b env``) stay on the jupyter transport: silent
+requests set and restore them around the cell (see ``core.jupyter_cells``).
 
 Both paths run in the same remote Python kernel (the default context), so they share state.
 """
@@ -21,7 +21,7 @@ from ..errors import SandboxLost, SandboxUnavailable
 
 __all__ = ["EXECUTE_ONLY", "Transports"]
 
-EXECUTE_ONLY = "cells with --language other than python, --env or %e2b env variables use /execute"
+EXECUTE_ONLY = "cells with --language other than python use /execute"
 NOT_CHOSEN = "chosen when the first %%e2b cell runs (E2B_KERNEL_TRANSPORT)"
 
 

@@ -110,7 +110,7 @@ def test_status_names_the_jupyter_transport_and_why(magic: Magic) -> None:
     _, messages = magic.run("%e2b status")
     text = "".join(c["text"] for c in outputs_of(messages, "stream"))
     assert "transport:  jupyter (E2B_KERNEL_TRANSPORT=jupyter;" in text
-    assert "--language other than python, --env or %e2b env variables use /execute" in text
+    assert "cells with --language other than python use /execute" in text
 
 
 def test_str_results_keep_their_exact_text_plain(magic: Magic) -> None:
@@ -129,6 +129,26 @@ def test_clear_output_in_a_loop_leaves_the_last_frame(magic: Magic) -> None:
     assert reply["status"] == "ok"
     assert outputs_of(messages, "clear_output") == [{"wait": True}] * 3
     assert visible(messages) == ["frame 2\n"]
+
+
+def test_env_vars_hold_for_their_cell_only_and_it_stays_on_jupyter(magic: Magic) -> None:
+    reply, _ = magic.run("%%e2b\nimport os\nos.environ['E2B_TEST_KEPT'] = 'before'")
+    assert reply["status"] == "ok"
+    reply, messages = magic.run(
+        '%%e2b --env E2B_TEST_KEPT=during --env "E2B_TEST_NEW=two words"\n'
+        "from IPython.display import clear_output\n"
+        "clear_output(wait=True)\n"
+        "print(os.environ['E2B_TEST_KEPT'], os.environ['E2B_TEST_NEW'], sep='|')"
+    )
+    assert reply["status"] == "ok", reply
+    assert outputs_of(messages, "clear_output") == [{"wait": True}]  # only jupyter carries it
+    assert visible(messages) == ["during|two words\n"]
+    reply, messages = magic.run(
+        "%%e2b\nos.environ['E2B_TEST_KEPT'], os.environ.get('E2B_TEST_NEW'), "
+        "any('during' in earlier for earlier in In[:-1])"  # the values never enter history
+    )
+    (result,) = outputs_of(messages, "execute_result")
+    assert result["data"]["text/plain"] == "('before', None, False)"
 
 
 def test_display_updates_keep_their_display_id_and_metadata(magic: Magic) -> None:
