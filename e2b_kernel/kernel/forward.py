@@ -33,7 +33,7 @@ from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
 from ..core.session import cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
 
-__all__ = ["JupyterForwarder", "Route", "send_reply"]
+__all__ = ["JupyterForwarder", "Route", "has_reply", "send_reply"]
 
 _RICH_OUTPUTS = frozenset({"display_data", "execute_result", "update_display_data"})
 # The remote kernel sends a cell's reply before its 'idle', but the Jupyter Server relays the
@@ -59,13 +59,21 @@ class Route:
     header: dict[str, Any]
 
 
+def has_reply(header: dict[str, Any]) -> bool:
+    """Whether the Jupyter protocol answers this message (``*_request``; not comm messages)."""
+    return str(header.get("msg_type", "")).endswith("_request")
+
+
 def send_reply(
     session: Session,
     route: Route,
     content: dict[str, Any],
     send_control: Callable[[Any, Parts, list[bytes]], None],
 ) -> None:
-    """Answer ``route``'s request with a reply of our own (control replies via its thread)."""
+    """Answer ``route``'s request with a reply of our own (control replies via its thread);
+    messages that have no reply (comm messages) get none."""
+    if not has_reply(route.header):
+        return
     reply_type = str(route.header.get("msg_type", "unknown_request")).replace("_request", "_reply")
     if route.channel == "control":
         msg = session.msg(reply_type, content, route.header)
@@ -130,7 +138,8 @@ class JupyterForwarder:
     def forward(self, channel: str, idents: list[bytes], stream: Any, parts: Parts) -> None:
         """Send one request (its parts after the signature) to the remote kernel."""
         header = json.loads(parts[0])
-        if channel in ("shell", "control"):
+        if channel in ("shell", "control") and has_reply(header):
+            # Only requests are answered: a comm message kept here would wait forever.
             self._routes[header["msg_id"]] = Route(channel, idents, stream, header)
         self.channels.send(channel, parts)
 

@@ -1,0 +1,90 @@
+"""The relay's bookkeeping of requests and replies, with a real JupyterForwarder.
+
+Its kernel channels are never opened (sends only queue), and the front end's sockets are real
+ZMQ sockets on inproc, so what the front end would receive is read back as it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+import zmq
+from jupyter_client.session import Session
+
+from e2b_kernel.core.jupyter_server import JupyterEndpoint
+from e2b_kernel.kernel import forward
+from e2b_kernel.kernel.forward import JupyterForwarder
+
+
+def _parts(session: Session, msg: dict) -> list[bytes]:
+    return [bytes(p) for p in session.serialize(msg)[2:]]
+
+
+@pytest.fixture
+def sockets():
+    context = zmq.Context.instance()
+    shell, front = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    address = f"inproc://shell-{id(shell)}"
+    shell.bind(address)
+    front.setsockopt(zmq.IDENTITY, b"front")
+    front.connect(address)
+    iopub = context.socket(zmq.PUB)
+    iopub.bind(f"inproc://iopub-{id(iopub)}")
+    yield shell, front, iopub
+    for sock in (shell, front, iopub):
+        sock.close(linger=0)
+
+
+async def _relay_one(
+    sockets, monkeypatch: pytest.MonkeyPatch, msg_type: str, content: dict
+) -> tuple[list[list[bytes]], int]:
+    """Forward one front-end message; the remote kernel answers 'busy' and 'idle' but never a
+    reply. Returns what the front end received within two (shortened) graces, and how many
+    requests the relay still waits on."""
+    monkeypatch.setattr(forward, "_REPLY_AFTER_IDLE_GRACE", 0.05)
+    shell, front, iopub = sockets
+    session = Session(key=b"k")
+    relay = JupyterForwarder(
+        session,
+        JupyterEndpoint("http://127.0.0.1:9"),
+        "kernel-id",
+        iopub=iopub,
+        stdin=None,
+        send_control=lambda *_: None,
+        banner=lambda: "",
+        on_busy=lambda _: None,
+        on_closed=lambda _: None,
+        cell_timeout=None,
+        log=logging.getLogger("test"),
+    )
+    request = session.msg(msg_type, content)
+    relay.forward("shell", [b"front"], shell, _parts(session, request))
+    for state in ("busy", "idle"):
+        status = session.msg("status", {"execution_state": state}, parent=request)
+        relay._from_remote("iopub", _parts(session, status))
+    received = []
+    deadline = asyncio.get_running_loop().time() + 2 * forward._REPLY_AFTER_IDLE_GRACE
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        await asyncio.sleep(0)  # let the relay's timers run
+        if front.poll(int(left * 1000) // 10 or 1):
+            received.append(front.recv_multipart())
+    return received, len(relay._routes)
+
+
+def test_a_request_ended_without_reply_gets_one(sockets, monkeypatch) -> None:
+    received, waiting = asyncio.run(
+        _relay_one(sockets, monkeypatch, "execute_request", {"code": "1"})
+    )
+    (reply,) = received
+    assert waiting == 0
+    header = json.loads(reply[2])  # after the delimiter and the signature
+    assert header["msg_type"] == "execute_reply"
+    assert json.loads(reply[5])["ename"] == "KeyboardInterrupt"
+
+
+def test_a_comm_message_gets_no_reply_and_is_not_kept(sockets, monkeypatch) -> None:
+    content = {"comm_id": "c", "data": {"method": "update", "state": {"value": 7}}}
+    assert asyncio.run(_relay_one(sockets, monkeypatch, "comm_msg", content)) == ([], 0)
