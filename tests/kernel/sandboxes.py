@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from e2b import Sandbox, SandboxQuery
+from e2b import Sandbox, SandboxQuery, SandboxState
 
 from e2b_kernel.local import RunningService
 
@@ -18,16 +18,20 @@ def _opts(service: RunningService) -> dict[str, str]:
     return {"api_key": service.api_key, "api_url": service.url, "sandbox_url": service.url}
 
 
-def running_ids(service: RunningService, tag: str) -> list[str]:
-    """Ids of the running sandboxes whose metadata carries ``test=tag``."""
-    paginator = Sandbox.list(query=SandboxQuery(metadata={"test": tag}), **_opts(service))
+def running_ids(service: RunningService, tag: str, *, paused_too: bool = False) -> list[str]:
+    """Ids of the running (or, with ``paused_too``, also paused) sandboxes whose metadata
+    carries ``test=tag``."""
+    states = ("running", "paused") if paused_too else ("running",)
+    query = SandboxQuery(metadata={"test": tag}, state=[SandboxState(s) for s in states])
+    paginator = Sandbox.list(query=query, **_opts(service))
     ids: list[str] = []
     while True:
         items = paginator.next_items()
         ids += [
             i.sandbox_id
             for i in items
-            if (i.metadata or {}).get("test") == tag and "running" in str(i.state).lower()
+            if (i.metadata or {}).get("test") == tag
+            and any(state in str(i.state).lower() for state in states)
         ]
         if not paginator.has_next:
             return ids
