@@ -43,7 +43,7 @@ ECHO_SERVER = textwrap.dedent(
 )
 
 # Answers a plain GET, and a WebSocket's first message, with the Host and X-Forwarded-Host the
-# server got, as JSON.
+# server got and the names of all its headers, as JSON.
 HOST_ECHO = textwrap.dedent(
     """
     import asyncio, json, sys
@@ -52,7 +52,8 @@ HOST_ECHO = textwrap.dedent(
 
     def seen(request):
         host, forwarded = request.headers.get("Host"), request.headers.get("X-Forwarded-Host")
-        return json.dumps({"host": host, "forwarded": forwarded})
+        names = sorted({name.lower() for name in request.headers.keys()})
+        return json.dumps({"host": host, "forwarded": forwarded, "names": names})
 
     def plain_http(connection, request):
         if request.headers.get("Upgrade", "").lower() != "websocket":
@@ -202,6 +203,7 @@ def test_mask_request_host_is_the_host_the_server_sees(
             sbx.commands.run("python host_echo.py 3004", background=True)
             with httpx.Client(base_url=local_service.url) as http:
                 seen[sbx] = _wait_open(http, "/", {"Host": sbx.get_host(3004)}).json()
+                del seen[sbx]["names"]
         # E2B's proxy: the mask, ${PORT} replaced; the caller's host in X-Forwarded-Host.
         assert seen[masked] == {"host": "localhost:3004", "forwarded": masked.get_host(3004)}
         assert seen[sandbox] == {"host": sandbox.get_host(3004), "forwarded": None}
@@ -261,6 +263,15 @@ def test_restricted_sandbox_needs_the_traffic_token(local_service: RunningServic
         with pytest.raises(Exception) as refused:
             ws_connect(url, additional_headers=headers).close()
         assert "403" in str(refused.value)
+        # Let through, an upgrade still leaves E2B's credentials at the proxy.
+        restricted.files.write("/home/user/host_echo.py", HOST_ECHO)
+        restricted.commands.run("python host_echo.py 3005", background=True)
+        echo = {**_routing(restricted, 3005), "E2B-Traffic-Access-Token": token}
+        with httpx.Client(base_url=local_service.url) as http:
+            assert "e2b-traffic-access-token" not in _wait_open(http, "/", echo).json()["names"]
+        with ws_connect(url, additional_headers=echo) as ws:
+            names = json.loads(ws.recv())["names"]
+        assert "e2b-traffic-access-token" not in names and "e2b-sandbox-id" in names
     finally:
         restricted.kill()
 

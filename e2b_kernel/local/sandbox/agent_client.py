@@ -60,6 +60,20 @@ class AgentStream:
         self._writer.write(data)
         await self._writer.drain()
 
+    def write_nowait(self, data: bytes) -> None:
+        """Queue bytes without waiting (see :meth:`buffered` and :meth:`drain`)."""
+        self._writer.write(data)
+
+    def buffered(self) -> int:
+        """Bytes queued and not yet sent."""
+        return self._writer.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close_nowait(self) -> None:
+        self._writer.close()
+
     async def write_json(self, obj: dict[str, Any]) -> None:
         await self.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 

@@ -26,7 +26,7 @@ from .control import ControlPlane
 from .envd import ENVD_PORT, EnvdPlane
 from .errors import ServiceError, port_not_open, proxy_not_found
 from .interpreter_front import InterpreterPlane
-from .proxy import proxy_http, proxy_websocket
+from .proxy import proxy_http
 from .registry import Entry, Registry
 
 log = logging.getLogger("e2b_kernel.local")
@@ -109,25 +109,46 @@ class ServiceApp:
             require_api_key(headers.get("x-api-key"), self.api_key)
             await self.control(scope, receive, send)
             return
+        plane, entry = self._sandbox_plane(headers, websocket=scope["type"] != "http")
+        if plane == "envd":
+            await self.envd(entry, scope, receive, send)
+        elif plane == "interpreter":
+            await self.interpreter(entry, scope, receive, send)
+        elif scope["type"] == "http":
+            await proxy_http(entry, int(port), scope, receive, send)
+        else:  # the connection layer relays sandbox-port upgrades itself (ws_splice)
+            raise port_not_open(entry.sandbox_id)
+
+    def _sandbox_plane(self, headers: dict[str, str], *, websocket: bool) -> tuple[str, Entry]:
+        """Which plane a request with E2B's routing headers goes to (envd, the interpreter,
+        or a relayed port) and its sandbox; raises E2B's proxy errors."""
         sandbox_id = headers.get("e2b-sandbox-id", "")
+        port = headers["e2b-sandbox-port"]
         entry = self._live_entry(sandbox_id)
         if entry is None:
             raise proxy_not_found(sandbox_id)
         if port == str(ENVD_PORT):
-            await self.envd(entry, scope, receive, send)
-            return
+            return "envd", entry
         # E2B's proxy guards every port but envd's with the traffic token, when there is one.
         if entry.traffic_token is not None:
             _check_traffic_token(headers.get(TRAFFIC_TOKEN_HEADER), entry)
         if port == str(INTERPRETER_PORT) and entry.interpreter is not None:
-            if scope["type"] != "http":
+            if websocket:
                 raise port_not_open(sandbox_id)  # the code interpreter serves no WebSocket
-            await self.interpreter(entry, scope, receive, send)
-            return
+            return "interpreter", entry
         if not _proxied(port):
             raise port_not_open(sandbox_id)
-        relay = proxy_http if scope["type"] == "http" else proxy_websocket
-        await relay(entry, int(port), scope, receive, send)
+        return "port", entry
+
+    def websocket_target(self, raw_headers: list[tuple[bytes, bytes]]) -> tuple[Entry, int] | None:
+        """For the connection layer: the sandbox port an upgrade is relayed to as bytes, or
+        None when this app answers it; raises E2B's proxy errors."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        _route_by_host(headers)
+        if "e2b-sandbox-port" not in headers:
+            return None
+        plane, entry = self._sandbox_plane(headers, websocket=True)
+        return (entry, int(headers["e2b-sandbox-port"])) if plane == "port" else None
 
     def _live_entry(self, sandbox_id: str) -> Entry | None:
         entry = self.registry.get(sandbox_id)

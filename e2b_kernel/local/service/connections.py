@@ -17,6 +17,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from . import ws_splice
+from .errors import ServiceError
 from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("e2b_kernel.local")
@@ -30,6 +32,7 @@ class GuardedH11Protocol(H11Protocol):
         settings = getattr(config, "guard_settings", {})
         self.header_timeout: float = settings.get("header_timeout", DEFAULT_HEADER_TIMEOUT)
         self.max_connections: int = settings.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+        self.websocket_target: ws_splice.Target | None = settings.get("websocket_target")
         self._header_deadline: asyncio.TimerHandle | None = None
         self._waiting_since = 0.0
 
@@ -49,9 +52,21 @@ class GuardedH11Protocol(H11Protocol):
             self._disarm_header_deadline()  # a request head arrived: its handler owns time
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
-        # The WebSocket protocol takes the connection over: no request head is due any more.
+        # The upgrade takes the connection over: no request head is due any more.
         self._disarm_header_deadline()
-        super().handle_websocket_upgrade(event)
+        try:
+            found = self.websocket_target(self.headers) if self.websocket_target else None
+        except ServiceError as exc:  # E2B's proxy errors: unknown sandbox, closed port, token
+            self.connections.discard(self)
+            self.transport.write(ws_splice.error_response(exc))
+            self.transport.close()
+            return
+        if found is None:
+            super().handle_websocket_upgrade(event)
+            return
+        self.connections.discard(self)  # the connection is the relay's from now on
+        trailing, _closed = self.conn.trailing_data
+        ws_splice.start(self.transport, event.method, event.target, self.headers, trailing, *found)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

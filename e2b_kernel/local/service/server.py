@@ -90,18 +90,17 @@ class ServiceCore:
             log_level="warning",
             log_config=None,  # leave the host program's logging alone (in-process use)
             timeout_graceful_shutdown=5,
-            # Sandbox ports relay WebSockets (service/proxy.py); websockets' sans-I/O core.
+            # Upgrades to sandbox ports are passed through as bytes by the connection layer
+            # (service/ws_splice.py); uvicorn's own WebSocket support only sees the others,
+            # which the app refuses (no plane of the service speaks WebSocket).
             ws="websockets-sansio",
-            ws_max_size=64 * 1024 * 1024,
-            # As the sandbox's own servers (tornado's Jupyter Server) and so E2B: no
-            # permessage-deflate, which only costs CPU on every message here.
-            ws_per_message_deflate=False,
             http=GuardedH11Protocol,  # header-read deadline and connection bound
             timeout_keep_alive=5,
         )
         config.guard_settings = {  # type: ignore[attr-defined]  # read by GuardedH11Protocol
             "header_timeout": header_timeout,
             "max_connections": max_connections,
+            "websocket_target": self.app.websocket_target,
         }
         self.server = _Server(config)
         self.server.registry = self.registry
