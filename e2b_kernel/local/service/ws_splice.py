@@ -60,12 +60,15 @@ def error_response(exc: ServiceError) -> bytes:
 async def _splice(client: asyncio.Transport, head: bytes, entry: Entry, port: int) -> None:
     try:
         tunnel = await open_tunnel(entry, port)
-    except ServiceError as exc:
+    except Exception as exc:
+        if not isinstance(exc, ServiceError):
+            log.exception("sandbox %s port %d: could not relay", entry.sandbox_id, port)
+            exc = ServiceError(502, "could not reach the sandbox port", sandbox_id=entry.sandbox_id)
         if not client.is_closing():
             client.write(error_response(exc))
-            client.close()
+        client.close()
         return
-    except BaseException:
+    except BaseException:  # cancelled: the service is closing
         client.close()
         raise
     try:
