@@ -14,15 +14,12 @@ import re
 import subprocess
 import sys
 import threading
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
-from .sandbox.isolation import (
-    DEFAULT_DISK_MB,
-    DEFAULT_MAX_PIDS,
-    DEFAULT_MEMORY_MB,
-    IsolationUnavailable,
-)
-from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_SIZE
+from .sandbox.isolation import IsolationUnavailable
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.11
 
 __all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
 
@@ -41,6 +38,27 @@ class RunningService(Protocol):
     def sdk_env(self) -> dict[str, str]: ...
 
     def stop(self) -> None: ...
+
+
+class ServiceOptions(TypedDict, total=False):
+    """What both start functions accept; defaults are ``ServiceCore``'s (``service.settings``).
+
+    - ``isolation``: "auto" (Linux namespaces; refuse where impossible) or "none";
+    - ``api_key``: the key clients must send (a random one, ``.api_key``, when not given);
+    - ``memory_mb``, ``max_pids``: per-sandbox limits (where cgroups are writable);
+    - ``disk_mb``: the cap of each sandbox's /home/user + /tmp;
+    - ``header_timeout`` (s), ``max_connections``: bound idle and half-open connections;
+    - ``pool_size``: ready sandboxes kept warm (0: none).
+    """
+
+    isolation: str
+    api_key: str | None
+    memory_mb: int
+    max_pids: int
+    header_timeout: float
+    max_connections: int
+    disk_mb: int
+    pool_size: int
 
 
 class _Running:
@@ -62,12 +80,10 @@ class _Running:
 class _ThreadService(_Running):
     """The service on a daemon thread with its own event loop."""
 
-    def __init__(
-        self, host: str, port: int, isolation: str, api_key: str | None, limits: dict[str, Any]
-    ) -> None:
+    def __init__(self, host: str, port: int, options: ServiceOptions) -> None:
         from .service import ServiceCore
 
-        self._core = ServiceCore(host, port, isolation=isolation, api_key=api_key, **limits)
+        self._core = ServiceCore(host, port, **options)
         self.pid = os.getpid()  # the service shares this process
         self.api_key = self._core.api_key  # random per start unless one was given
         self.isolation = self._core.isolation
@@ -113,9 +129,7 @@ class _SubprocessService(_Running):
         self,
         host: str,
         port: int,
-        isolation: str,
-        api_key: str | None,
-        limits: dict[str, Any],
+        options: ServiceOptions,
         lease: str | None = None,
     ) -> None:
         argv = [sys.executable, "-m", "e2b_kernel.local", "--host", host]
@@ -123,8 +137,11 @@ class _SubprocessService(_Running):
         # Tied to this process, or (with a lease) to whoever holds the lease, in a session of
         # its own so that a SIGINT for this process's group never reaches it.
         argv += ["--lease", lease] if lease else ["--die-with-parent"]
-        for name, value in limits.items():
+        limits = {k: v for k, v in options.items() if k not in ("isolation", "api_key")}
+        for name, value in limits.items():  # the others keep the command line's defaults
             argv += [f"--{name.replace('_', '-')}", str(value)]
+        isolation = options.get("isolation", "auto")
+        api_key = options.get("api_key")
         if isolation == "none":
             argv.append("--no-isolation")
         elif isolation not in ("auto", "namespaces"):
@@ -193,67 +210,28 @@ class _SubprocessService(_Running):
 
 
 def start_in_thread(
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    isolation: str = "auto",
-    api_key: str | None = None,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    max_pids: int = DEFAULT_MAX_PIDS,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    disk_mb: int = DEFAULT_DISK_MB,
-    pool_size: int = DEFAULT_POOL_SIZE,
+    host: str = "127.0.0.1", port: int = 0, **options: Unpack[ServiceOptions]
 ) -> RunningService:
     """Start the service in this process on a daemon thread; returns once it listens.
 
-    Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
-    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable);
-    ``disk_mb`` caps each sandbox's /home/user + /tmp.
-    ``api_key``: the key clients must send; a random one (``.api_key``) when not given.
-    ``header_timeout`` (s) and ``max_connections`` bound idle and half-open connections.
+    ``options``: see :class:`ServiceOptions`. Raises IsolationUnavailable when isolation is
+    "auto" and namespaces are impossible here.
     """
-    limits = {
-        "memory_mb": memory_mb,
-        "max_pids": max_pids,
-        "header_timeout": header_timeout,
-        "max_connections": max_connections,
-        "disk_mb": disk_mb,
-        "pool_size": pool_size,
-    }
-    return _ThreadService(host, port, isolation, api_key, limits)
+    return _ThreadService(host, port, options)
 
 
 def start_subprocess(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
-    isolation: str = "auto",
-    api_key: str | None = None,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    max_pids: int = DEFAULT_MAX_PIDS,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    disk_mb: int = DEFAULT_DISK_MB,
     lease: str | None = None,
-    pool_size: int = DEFAULT_POOL_SIZE,
+    **options: Unpack[ServiceOptions],
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
 
     With ``lease`` (a file the caller holds an exclusive ``flock`` on) it lives instead until
     nobody has held the lease for ``lease.GRACE`` seconds, then removes the file.
-    Raises IsolationUnavailable when isolation="auto" and namespaces are impossible here.
-    ``memory_mb`` and ``max_pids`` are the per-sandbox limits (where cgroups are writable);
-    ``disk_mb`` caps each sandbox's /home/user + /tmp.
-    ``api_key``: the key clients must send; a random one (``.api_key``) when not given.
-    ``header_timeout`` (s) and ``max_connections`` bound idle and half-open connections.
+    ``options``: see :class:`ServiceOptions`. Raises IsolationUnavailable when isolation is
+    "auto" and namespaces are impossible here.
     """
-    limits = {
-        "memory_mb": memory_mb,
-        "max_pids": max_pids,
-        "header_timeout": header_timeout,
-        "max_connections": max_connections,
-        "disk_mb": disk_mb,
-        "pool_size": pool_size,
-    }
-    return _SubprocessService(host, port, isolation, api_key, limits, lease)
+    return _SubprocessService(host, port, options, lease)
