@@ -308,7 +308,10 @@ class E2BKernel(JupyterTransport, Kernel):
         if loop is not None and not loop.is_closed():
             sent = asyncio.run_coroutine_threadsafe(self._interrupt(), loop)
             try:
-                await asyncio.wait_for(asyncio.wrap_future(sent), INTERRUPT_REPLY_WAIT)
+                # Shielded: a slow interrupt goes on after the reply; only the wait ends.
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(sent)), INTERRUPT_REPLY_WAIT
+                )
             except Exception as exc:  # the reply still goes; the interrupt may yet land
                 self.log.warning("interrupt not confirmed: %r", exc)
         assert self.session is not None
