@@ -57,8 +57,7 @@ class ServiceApp:
             return
         if scope["type"] not in ("http", "websocket"):
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        _route_by_host(headers)
+        headers = _routing_headers(scope["headers"])
         large = scope["path"] == "/files" or _proxied(headers.get("e2b-sandbox-port"))
         limit = MAX_FILE_BYTES + 1024 * 1024 if large else _SMALL_BODY
         started = completed = False
@@ -143,8 +142,7 @@ class ServiceApp:
     def websocket_target(self, raw_headers: list[tuple[bytes, bytes]]) -> tuple[Entry, int] | None:
         """For the connection layer: the sandbox port an upgrade is relayed to as bytes, or
         None when this app answers it; raises E2B's proxy errors."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
-        _route_by_host(headers)
+        headers = _routing_headers(raw_headers)
         if "e2b-sandbox-port" not in headers:
             return None
         plane, entry = self._sandbox_plane(headers, websocket=True)
@@ -194,6 +192,14 @@ def _proxied(port: str | None) -> bool:
     if port is None or not port.isdigit() or not 0 < int(port) < 65536:
         return False
     return int(port) not in (ENVD_PORT, INTERPRETER_PORT)
+
+
+def _routing_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """A request's headers by lower-case name, with a ``{port}-{id}.localhost`` host turned
+    into E2B's routing headers (the ASGI app and the connection layer route alike)."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+    _route_by_host(headers)
+    return headers
 
 
 def _route_by_host(headers: dict[str, str]) -> None:
