@@ -239,14 +239,14 @@ class JupyterTransport:
 
     def _relay_closed(self, reason: str) -> None:
         self.log.warning("the kernel channels closed: %s", reason)
-        self._loss_check = asyncio.ensure_future(self._after_relay_closed(reason))
-        self._background.add(self._loss_check)
-        self._loss_check.add_done_callback(self._background.discard)
+        self._loss_check = self._in_background(self._after_relay_closed(reason))
 
-    def _in_background(self, coroutine: Any) -> None:
+    def _in_background(self, coroutine: Any) -> asyncio.Future:
+        """Run ``coroutine`` as a task referenced until it is done."""
         future = asyncio.ensure_future(coroutine)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
+        return future
 
     async def _after_relay_closed(self, reason: str) -> None:
         forwarder = self._forwarder
