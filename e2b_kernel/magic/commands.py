@@ -221,7 +221,10 @@ class CommandsMixin:
 
     def _cmd_restart(self, args: Any) -> None:
         session = self._started(args.sandbox)
-        self.call(session.restart())
+        try:
+            self.call(session.restart())
+        finally:
+            self.call(self.transports.drop_channels(args.sandbox))
         print(f"restarted Python in sandbox {args.sandbox!r}; files are kept")
 
     def _cmd_timeout(self, args: Any) -> None:

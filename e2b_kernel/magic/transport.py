@@ -76,6 +76,15 @@ class Transports:
     async def close(self, name: str) -> None:
         """Close ``name``'s channels (its session is closing or was replaced)."""
         self._chosen_for.pop(name, None)
+        await self.drop_channels(name)
+
+    async def drop_channels(self, name: str) -> None:
+        """Close ``name``'s channels but keep its transport; the next cell opens new ones.
+
+        After its remote kernel restarted: Jupyter Server re-attaches a connection opened
+        before the restart without the readiness check a new one gets, and such a connection
+        can miss the restarted kernel's IOPub messages (a cell then never ends).
+        """
         cells = self._cells.pop(name, None)
         if cells is not None:
             await cells.close()

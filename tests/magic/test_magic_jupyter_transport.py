@@ -151,6 +151,18 @@ def test_env_vars_hold_for_their_cell_only_and_it_stays_on_jupyter(magic: Magic)
     assert result["data"]["text/plain"] == "('before', None, False)"
 
 
+def test_cells_after_a_restart_end_and_see_fresh_state(magic: Magic) -> None:
+    """A connection opened before the remote kernel restarted can miss its IOPub messages;
+    several rounds, since that happens only some of the time."""
+    for round_ in range(4):
+        assert magic.run(f"%%e2b\nbefore_restart = {round_}")[0]["status"] == "ok"
+        assert magic.run("%e2b restart")[0]["status"] == "ok"
+        reply, messages = magic.run("%%e2b\n'before_restart' in globals()")
+        assert reply["status"] == "ok", reply
+        (result,) = outputs_of(messages, "execute_result")
+        assert result["data"]["text/plain"] == "False"
+
+
 def test_display_updates_keep_their_display_id_and_metadata(magic: Magic) -> None:
     reply, messages = magic.run(
         "%%e2b\nimport base64\nfrom IPython.display import display, Image\n"
