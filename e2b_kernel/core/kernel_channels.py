@@ -7,6 +7,14 @@ do not offer v1 get jupyter_server's older JSON protocol (binary frames when the
 
 Sends are queued in order and written by one task, so messages sent before the socket is open
 wait for it instead of being lost.
+
+:meth:`KernelChannels.open` returns only once the remote kernel's IOPub reaches this socket. The
+Jupyter Server subscribes a new connection's IOPub asynchronously and checks that it is live
+("nudges" it with kernel_info requests) only for new connections to idle kernels: a
+connection opened while the kernel is busy, or re-attached to its earlier session, gets no such
+check, and IOPub messages published before the subscription is live are lost (a front end then
+waits for an 'idle' that never comes). So we nudge ourselves, on the control channel (answered
+even while a cell runs), and swallow the nudges' messages.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import logging
 import struct
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -26,11 +35,19 @@ from websockets.typing import Subprotocol
 
 from .jupyter_server import JupyterEndpoint
 
-__all__ = ["V1_PROTOCOL", "KernelChannels", "Parts", "decode", "encode"]
+__all__ = ["V1_PROTOCOL", "KernelChannels", "KernelChannelsError", "Parts", "decode", "encode"]
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 Parts = list[bytes]
 _FIELDS = ("header", "parent_header", "metadata", "content")
+# How long open() waits for the remote kernel's IOPub to answer a nudge: a kernel answers
+# control requests within milliseconds, even while busy, so this only bounds a broken server.
+IOPUB_READY_TIMEOUT = 20.0
+_NUDGE_EVERY = 0.5  # seconds between nudges while no IOPub message has answered one
+
+
+class KernelChannelsError(Exception):
+    """The kernel channels opened, but the remote kernel's IOPub never reached them."""
 
 
 # ---- codecs (pure) ---------------------------------------------------------------------------
@@ -107,15 +124,19 @@ class KernelChannels:
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task] = []
         self._closing = False
+        self._session_id = uuid.uuid4().hex
+        self._nudge_ids: set[bytes] = set()  # our kernel_info_requests' msg_ids
+        self._iopub_live = asyncio.Event()
 
     def send(self, channel: str, parts: Parts) -> None:
         """Queue a message; it is written in order once the socket is open."""
         self._outbox.put_nowait((channel, parts))
 
     async def open(self) -> None:
-        """Connect (preferring the v1 subprotocol) and start relaying."""
+        """Connect (preferring the v1 subprotocol), start relaying, and return once the remote
+        kernel's IOPub reaches us; raises :class:`KernelChannelsError` if it never does."""
         # A session id of our own: the server tells its connections to one kernel apart by it.
-        path = f"api/kernels/{self.kernel_id}/channels?session_id={uuid.uuid4().hex}"
+        path = f"api/kernels/{self.kernel_id}/channels?session_id={self._session_id}"
         self._ws = await connect(
             self.endpoint.ws_url(path),
             additional_headers=self.endpoint.headers,
@@ -137,6 +158,52 @@ class KernelChannels:
             asyncio.ensure_future(self._write(self._ws)),
             asyncio.ensure_future(self._read(self._ws)),
         ]
+        try:
+            await self._wait_for_iopub()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _wait_for_iopub(self) -> None:
+        """Nudge until an IOPub message answers a nudge (see the module's docstring)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IOPUB_READY_TIMEOUT
+        while not self._iopub_live.is_set():
+            if self._tasks[1].done():  # the socket closed while we waited
+                raise KernelChannelsError("the kernel channels closed before the kernel answered")
+            left = deadline - loop.time()
+            if left <= 0:
+                raise KernelChannelsError(
+                    f"the remote kernel's IOPub did not answer within {IOPUB_READY_TIMEOUT:.0f} s"
+                )
+            self._outbox.put_nowait(("control", self._nudge()))
+            try:
+                await asyncio.wait_for(self._iopub_live.wait(), min(_NUDGE_EVERY, left))
+            except asyncio.TimeoutError:
+                continue
+
+    def _nudge(self) -> Parts:
+        """A ``kernel_info_request`` of our own (the Jupyter Server signs what it forwards)."""
+        msg_id = uuid.uuid4().hex
+        self._nudge_ids.add(msg_id.encode())
+        header = {
+            "msg_id": msg_id,
+            "msg_type": "kernel_info_request",
+            "username": "e2b-kernel",
+            "session": self._session_id,
+            "date": datetime.now(timezone.utc).isoformat(),
+            "version": "5.3",
+        }
+        return [json.dumps(header).encode(), b"{}", b"{}", b"{}"]
+
+    def _is_nudge_answer(self, channel: str, parts: Parts) -> bool:
+        """Whether this message answers one of our nudges (it is then not passed on)."""
+        # A byte search in the small parent header: no JSON parsing on the hot path.
+        if len(parts) < 2 or not any(msg_id in parts[1] for msg_id in self._nudge_ids):
+            return False
+        if channel == "iopub":
+            self._iopub_live.set()
+        return True
 
     async def _write(self, ws: ClientConnection) -> None:
         while True:
@@ -154,6 +221,8 @@ class KernelChannels:
                     channel, parts = decode(self.protocol, data)
                 except Exception:
                     self._log.warning("dropped a malformed kernel message", exc_info=True)
+                    continue
+                if self._nudge_ids and self._is_nudge_answer(channel, parts):
                     continue
                 self._on_message(channel, parts)
         except ConnectionClosed as exc:
