@@ -53,9 +53,12 @@ class HostedService(ServiceHandle):
         fd, lease_path = tempfile.mkstemp(prefix="lease-", suffix=".lock", dir=_lease_dir())
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            # No warm pool: the kernel needs exactly one sandbox, and at start a pool's warm-up
-            # would compete with it for the machine's cores (a restart keeps the sandbox).
-            child = start_subprocess(isolation=isolation, lease=lease_path, pool_size=0)
+            # One sandbox, started with the service and never replaced: the kernel needs
+            # exactly one (a restart keeps it), and a refill would compete with it for the
+            # machine's cores. Its start overlaps the kernel's own until create takes it.
+            child = start_subprocess(
+                isolation=isolation, lease=lease_path, pool_size=1, pool_refill=False
+            )
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
