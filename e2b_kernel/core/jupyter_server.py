@@ -9,6 +9,8 @@ headers): the same code reaches E2B cloud, the local service, or a server on loo
 
 from __future__ import annotations
 
+import functools
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,13 @@ TRAFFIC_TOKEN_HEADER = "E2B-Traffic-Access-Token"
 # "port is not open" at once too. Only a network problem takes long.
 _PROBE_TIMEOUT = 10.0
 _REST_TIMEOUT = 30.0
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context, built once: each client would build its own, reading the
+    CA bundle again (about 20 ms, on the way to the first cell)."""
+    return httpx.create_ssl_context()
 
 
 class JupyterServerError(Exception):
@@ -54,9 +63,12 @@ class JupyterEndpoint:
 
     # ---- REST ----------------------------------------------------------------------------
 
+    def _client(self, timeout: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(headers=self.headers, timeout=timeout, verify=tls_context())
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            async with httpx.AsyncClient(headers=self.headers, timeout=_REST_TIMEOUT) as client:
+            async with self._client(_REST_TIMEOUT) as client:
                 response = await client.request(method, self.url(path), **kwargs)
         except httpx.HTTPError as exc:
             raise JupyterServerError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
@@ -85,7 +97,7 @@ class JupyterEndpoint:
     async def probe(self) -> str | None:
         """None when a Jupyter Server answers ``GET /api``; otherwise why not, in words."""
         try:
-            async with httpx.AsyncClient(headers=self.headers, timeout=_PROBE_TIMEOUT) as client:
+            async with self._client(_PROBE_TIMEOUT) as client:
                 response = await client.get(self.url("api"))
         except httpx.HTTPError as exc:
             return f"no answer from {self.describe()} ({type(exc).__name__})"

@@ -28,9 +28,10 @@ from ipykernel.kernelbase import Kernel
 from traitlets import Instance
 
 from .. import __version__
-from ..backends import HostedService, restart_state
+from ..backends import HostedService, discard_early, restart_state
 from ..config import SessionConfig
 from ..core import SandboxSession, introspection
+from ..core.jupyter_server import tls_context
 from ..errors import ConfigurationError, E2BKernelError, ExecutionInterrupted, error_content
 from .history import CellHistory
 from .jupyter_transport import JupyterTransport
@@ -96,6 +97,9 @@ class E2BKernel(JupyterTransport, Kernel):
     def _begin_sandbox(self) -> None:
         self._shell_loop = asyncio.get_running_loop()
         self._start_task = asyncio.ensure_future(self._start_sandbox())
+        if self._config_error is None and self.sandbox_session.config.transport != "execute":
+            # Built while the sandbox starts, not when the relay first asks the Jupyter Server.
+            self._in_background(asyncio.to_thread(tls_context))
 
     async def _start_sandbox(self) -> None:
         """Create (or, after a restart, reconnect to) the sandbox, then choose the transport;
@@ -106,6 +110,7 @@ class E2BKernel(JupyterTransport, Kernel):
                 started = await self._start_session()
         finally:
             self._backend_ready.set()
+            discard_early()  # a service started before the configuration was read, unused
         try:
             if self._config_error is None:
                 await self._choose_transport(started)

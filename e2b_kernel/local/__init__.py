@@ -48,7 +48,9 @@ class ServiceOptions(TypedDict, total=False):
     - ``memory_mb``, ``max_pids``: per-sandbox limits (where cgroups are writable);
     - ``disk_mb``: the cap of each sandbox's /home/user + /tmp;
     - ``header_timeout`` (s), ``max_connections``: bound idle and half-open connections;
-    - ``pool_size``: ready sandboxes kept warm (0: none).
+    - ``pool_size``: ready sandboxes kept warm (0: none);
+    - ``pool_refill``: False starts the pool's sandboxes once and never replaces them (see
+      ``service.pool``).
     """
 
     isolation: str
@@ -59,6 +61,7 @@ class ServiceOptions(TypedDict, total=False):
     max_connections: int
     disk_mb: int
     pool_size: int
+    pool_refill: bool
 
 
 class _Running:
@@ -137,9 +140,12 @@ class _SubprocessService(_Running):
         # Tied to this process, or (with a lease) to whoever holds the lease, in a session of
         # its own so that a SIGINT for this process's group never reaches it.
         argv += ["--lease", lease] if lease else ["--die-with-parent"]
-        limits = {k: v for k, v in options.items() if k not in ("isolation", "api_key")}
+        flags = ("isolation", "api_key", "pool_refill")
+        limits = {k: v for k, v in options.items() if k not in flags}
         for name, value in limits.items():  # the others keep the command line's defaults
             argv += [f"--{name.replace('_', '-')}", str(value)]
+        if options.get("pool_refill") is False:
+            argv.append("--no-pool-refill")
         isolation = options.get("isolation", "auto")
         api_key = options.get("api_key")
         if isolation == "none":

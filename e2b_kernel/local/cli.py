@@ -75,6 +75,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_POOL_SIZE,
         help="ready sandboxes kept warm so create is fast (default 1; 0 turns the pool off)",
     )
+    parser.add_argument(
+        "--no-pool-refill",
+        dest="pool_refill",
+        action="store_false",
+        help="start the pool's sandboxes once, with the service, and never replace them "
+        "(a kernel's private service, which needs exactly one)",
+    )
     parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     # A kernel's private service: stop once no process holds this lease (see lease.py).
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             disk_mb=args.disk_mb,
             pool_size=args.pool_size,
+            pool_refill=args.pool_refill,
         )
     except ValueError as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)

@@ -98,7 +98,7 @@ class ControlPlane:
             sandbox + "/metrics": {"GET": "metrics"},
             sandbox + "/network": {"PUT": "update_network"},
         }
-        self.pool = WarmPool(registry.pool_size, self._ready_sandbox)
+        self.pool = WarmPool(registry.pool_size, self._ready_sandbox, refill=registry.pool_refill)
         registry.pool = self.pool
         self.snapshot_routes = SnapshotRoutes(self)
         snapshot_routes = {
@@ -198,7 +198,7 @@ class ControlPlane:
             raise ServiceError(404, f"template '{template_id}' not found")
         ready = None
         if self.registry.poolable(metadata):
-            ready = self.pool.take()
+            ready = await self.pool.take(envs)
         try:
             entry = await self.registry.create(
                 prepared=ready[0] if ready else None,

@@ -7,6 +7,12 @@ takes one (never reused: a sandbox leaves the pool once and dies with its caller
 caller's env vars (also inside the running kernel), and a background task starts a
 replacement. A network is started later in any sandbox that needs one (set_egress), so only
 sandboxes with their own disk size are started cold.
+
+A pool that does not refill (a kernel's private service: it needs exactly one sandbox) starts
+its sandboxes once, with the service, so that the kernel's sandbox starts while the kernel
+process is still starting. A create that finds none ready yet waits for the one being started,
+which is further along than a cold start. Such a sandbox's processes (its Jupyter Server) were
+started before the caller was known, so it only serves a create without env vars.
 """
 
 from __future__ import annotations
@@ -28,13 +34,19 @@ Ready = tuple[LocalSandbox, Any]  # a started sandbox and its started CodeInterp
 class WarmPool:
     """Up to `size` ready sandboxes; `take` is instant, the refill runs in the background."""
 
-    def __init__(self, size: int, make: Callable[[], Awaitable[Ready]]) -> None:
+    def __init__(
+        self, size: int, make: Callable[[], Awaitable[Ready]], *, refill: bool = True
+    ) -> None:
         if size < 0:
             raise ValueError(f"--pool-size must be 0 or more, got {size}")
         self.size = size
+        self.refill = refill
         self._make = make
         self._ready: list[Ready] = []
         self._filling: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Event | None = None  # set whenever a sandbox joins the pool
+        self._waiter = False  # a create waits for the sandbox being started
+        self._started = False
         self._closed = False
 
     @property
@@ -46,8 +58,21 @@ class WarmPool:
         """Begin filling (call on the service's loop)."""
         self._refill()
 
-    def take(self) -> Ready | None:
-        """A ready sandbox, or None (pool off, empty, or closed); a refill follows."""
+    async def take(self, envs: dict[str, str]) -> Ready | None:
+        """A ready sandbox, or None (pool off, empty, or closed); a refill follows.
+
+        A pool that does not refill serves only a create without ``envs``, and its first
+        such create waits for a sandbox still being started instead of starting another.
+        """
+        if not self.refill:
+            if envs:
+                return None
+            if not self._ready and not self._waiter and self._filling_now():
+                self._waiter = True
+                try:
+                    await self._wait_arrival()
+                finally:
+                    self._waiter = False
         while self._ready:
             sandbox, interpreter = self._ready.pop(0)
             if not sandbox.killed.is_set():  # its agent may have died while it waited
@@ -56,9 +81,24 @@ class WarmPool:
         self._refill()
         return None
 
+    def _filling_now(self) -> bool:
+        return self._filling is not None and not self._filling.done()
+
+    async def _wait_arrival(self) -> None:
+        """Until a sandbox joins the pool or the fill ends (failed, or closed)."""
+        assert self._filling is not None and self._arrived is not None
+        arrived = asyncio.ensure_future(self._arrived.wait())
+        try:
+            await asyncio.wait([arrived, self._filling], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+
     def _refill(self) -> None:
-        if self._closed or self.size == 0:
+        if self._closed or self.size == 0 or (self._started and not self.refill):
             return
+        self._started = True
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
         if self._filling is None or self._filling.done():
             self._filling = asyncio.ensure_future(self._fill())
 
@@ -80,6 +120,8 @@ class WarmPool:
                 await ready[0].kill()
                 return
             self._ready.append(ready)
+            assert self._arrived is not None
+            self._arrived.set()
 
     async def close(self) -> None:
         """Stop refilling and kill every pooled sandbox."""

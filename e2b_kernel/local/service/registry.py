@@ -86,10 +86,15 @@ class Registry:
     """Every live sandbox of one service, with expiry timers."""
 
     def __init__(
-        self, policy: Isolation, state_dir: Path, pool_size: int = DEFAULT_POOL_SIZE
+        self,
+        policy: Isolation,
+        state_dir: Path,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_refill: bool = True,
     ) -> None:
         self.policy = policy
         self.pool_size = pool_size
+        self.pool_refill = pool_refill
         self.pool: Any = None  # the WarmPool, set up by the control plane (pool.py)
         self.state_dir = state_dir
         self._entries: dict[str, Entry] = {}

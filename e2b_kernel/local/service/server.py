@@ -67,6 +67,7 @@ class ServiceCore:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         disk_mb: int = DEFAULT_DISK_MB,
         pool_size: int = DEFAULT_POOL_SIZE,
+        pool_refill: bool = True,
     ) -> None:
         if header_timeout <= 0 or max_connections < 1:
             raise ValueError("--header-timeout and --max-connections must be positive")
@@ -78,7 +79,9 @@ class ServiceCore:
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
         if pool_size < 0:
             raise ValueError(f"--pool-size must be 0 or more, got {pool_size}")
-        self.registry = Registry(self.policy, self.state_dir, pool_size=pool_size)
+        self.registry = Registry(
+            self.policy, self.state_dir, pool_size=pool_size, pool_refill=pool_refill
+        )
         # A fresh random key per start unless one is given: no fixed key anyone could guess.
         self.api_key = api_key or new_api_key()
         self.app = ServiceApp(self.registry, api_key=self.api_key)
