@@ -28,6 +28,7 @@ __all__ = [
     "E2BRemoteError",
     "ExecutionInterrupted",
     "ExecutionTimeout",
+    "KernelDied",
     "SandboxLost",
     "SandboxUnavailable",
     "TransferError",
@@ -54,6 +55,24 @@ class SandboxUnavailable(E2BKernelError):
 
 class SandboxLost(E2BKernelError):
     """The sandbox was killed, expired or is unknown: its Python state is gone."""
+
+
+class KernelDied(E2BKernelError):
+    """The sandbox's Python kernel process died under a cell (``os._exit``, a crash, out of
+    memory); its Jupyter Server restarted it, or could not."""
+
+    def __init__(self, state: str) -> None:
+        if state == "dead":
+            what = "and could not be restarted. Run the cell again to start a new one."
+        else:
+            what = (
+                "and was restarted: its variables are gone; files and installed packages are "
+                "kept. Run the cells you need again."
+            )
+        super().__init__(
+            "The Python kernel in the sandbox died (its process exited: os._exit, a crash, "
+            f"or out of memory) {what}"
+        )
 
 
 class ExecutionTimeout(E2BKernelError):

@@ -28,9 +28,9 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from ..errors import E2BKernelError, ExecutionTimeout
+from ..errors import E2BKernelError, ExecutionTimeout, KernelDied
 from . import cell_env, text_plain
-from .kernel_channels import KernelChannels, Parts
+from .kernel_channels import KernelChannels, Parts, kernel_died
 from .outputs import without_e2b_fields
 from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
 from .session import NEW_SANDBOX_NOTICE, Event, SandboxSession, cell_limit, cell_timeout_message
@@ -46,6 +46,7 @@ _RICH = frozenset({"display_data", "update_display_data", "execute_result"})
 # loop thread waits 15 s for a cancelled call, so both together stay below that.
 _STOP_WAIT = 6.0
 _CLOSED = "__closed__"
+_DIED = "__died__"  # the remote kernel process died under the cell
 _HIDDEN_WAIT = 30.0  # seconds a silent helper request (environment variables) may take
 
 _Message = tuple[str, str, dict[str, Any]]  # channel, msg_type, content
@@ -124,6 +125,14 @@ class JupyterCells:
         if cell is not None:  # messages of earlier (interrupted) cells are dropped
             msg_type = str(json.loads(parts[0]).get("msg_type", ""))
             cell.messages.put_nowait((channel, msg_type, json.loads(parts[3])))
+        elif channel == "iopub" and not parent_id:
+            msg_type = str(json.loads(parts[0]).get("msg_type", ""))
+            died = kernel_died(channel, msg_type, parent_id, json.loads(parts[3]))
+            if died is not None:  # the running cells never end by themselves now
+                for running in self._cells.values():
+                    running.messages.put_nowait((_DIED, _DIED, {"state": died}))
+                if self._channels is not None:
+                    self._channels.renudge()
 
     def _lost(self, reason: str) -> None:
         self._closed_reason = reason
@@ -248,6 +257,8 @@ class JupyterCells:
                     ) from None
                 if channel == _CLOSED:
                     raise await self._failure(content["reason"])
+                if channel == _DIED:
+                    raise KernelDied(content["state"])
                 if channel == "shell" and msg_type == "execute_reply":
                     return content
         finally:
@@ -268,6 +279,9 @@ class JupyterCells:
                 raise ExecutionTimeout(cell_timeout_message(limit or 0, raise_it)) from None
             if channel == _CLOSED:
                 raise await self._failure(content["reason"])
+            if channel == _DIED:
+                cell.stopped = True  # nothing to stop: its process is gone
+                raise KernelDied(content["state"])
             if channel == "stdin" and msg_type == "input_request":
                 yield (msg_type, content)
             elif channel == "iopub" and msg_type in _OUTPUTS:
@@ -309,7 +323,7 @@ class JupyterCells:
             channel, _, _ = await cell.next(remaining)
         except asyncio.TimeoutError:
             return False
-        return channel != _CLOSED
+        return channel not in (_CLOSED, _DIED)
 
     async def _failure(self, reason: str) -> E2BKernelError:
         await self.close()

@@ -5,8 +5,8 @@ Messages travel as their serialized parts ``[header, parent_header, metadata, co
 what the remote ipykernel sent is what the local front end gets, buffers included. Servers that
 do not offer v1 get jupyter_server's older JSON protocol (binary frames when there are buffers).
 
-Sends are queued in order and written by one task, so messages sent before the socket is open
-wait for it instead of being lost.
+Sends are queued in order and written by one task, so messages sent before the socket is open,
+and before the remote kernel's IOPub reaches it, wait for that instead of being lost.
 
 :meth:`KernelChannels.open` returns only once the remote kernel's IOPub reaches this socket. The
 Jupyter Server subscribes a new connection's IOPub asynchronously and checks that it is live
@@ -14,12 +14,15 @@ Jupyter Server subscribes a new connection's IOPub asynchronously and checks tha
 connection opened while the kernel is busy, or re-attached to its earlier session, gets no such
 check, and IOPub messages published before the subscription is live are lost (a front end then
 waits for an 'idle' that never comes). So we nudge ourselves, on the control channel (answered
-even while a cell runs), and swallow the nudges' messages.
+even while a cell runs), and swallow the nudges' messages. We do it again when the server says
+it restarted the kernel process (see :func:`kernel_died`), holding the front end's messages
+until the new process answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -35,7 +38,15 @@ from websockets.typing import Subprotocol
 
 from .jupyter_server import JupyterEndpoint
 
-__all__ = ["V1_PROTOCOL", "KernelChannels", "KernelChannelsError", "Parts", "decode", "encode"]
+__all__ = [
+    "V1_PROTOCOL",
+    "KernelChannels",
+    "KernelChannelsError",
+    "Parts",
+    "decode",
+    "encode",
+    "kernel_died",
+]
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 Parts = list[bytes]
@@ -96,6 +107,19 @@ def decode(protocol: str | None, data: bytes | str) -> tuple[str, Parts]:
     return str(msg.get("channel") or "shell"), parts + buffers
 
 
+def kernel_died(channel: str, msg_type: str, parent_id: str | None, content: dict) -> str | None:
+    """``restarting`` or ``dead`` when this is the Jupyter Server's own notice that the kernel
+    process died (restarted by the server, or not); None for every other message.
+
+    The server sends it on IOPub with no parent: the request that was running never gets its
+    reply or its 'idle', so whoever waits on one must end it.
+    """
+    if channel != "iopub" or msg_type != "status" or parent_id:
+        return None
+    state = content.get("execution_state")
+    return str(state) if state in ("restarting", "dead") else None
+
+
 # ---- the connection --------------------------------------------------------------------------
 
 
@@ -120,17 +144,24 @@ class KernelChannels:
         self._on_message = on_message
         self._on_closed = on_closed
         self._log = log
-        self._outbox: asyncio.Queue[tuple[str, Parts]] = asyncio.Queue()
+        # Front-end messages wait in the outbox while IOPub is not live (see renudge()); our
+        # nudges do not.
+        self._outbox: collections.deque[tuple[str, Parts]] = collections.deque()
+        self._nudges: collections.deque[Parts] = collections.deque()
+        self._wake_writer = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._session_id = uuid.uuid4().hex
         self._nudge_ids: set[bytes] = set()  # our kernel_info_requests' msg_ids
         self._iopub_live = asyncio.Event()
+        self._renudging: asyncio.Future | None = None
 
     def send(self, channel: str, parts: Parts) -> None:
-        """Queue a message; it is written in order once the socket is open."""
-        self._outbox.put_nowait((channel, parts))
+        """Queue a message; it is written in order once the socket is open and the remote
+        kernel's IOPub reaches it."""
+        self._outbox.append((channel, parts))
+        self._wake_writer.set()
 
     async def open(self) -> None:
         """Connect (preferring the v1 subprotocol), start relaying, and return once the remote
@@ -164,6 +195,25 @@ class KernelChannels:
             await self.close()
             raise
 
+    def renudge(self) -> None:
+        """The remote kernel process was restarted under us: hold what the front end sends
+        until the new process answers a nudge on IOPub (what is sent to a kernel that is not
+        up yet is lost, and its new IOPub subscription is not live at once either)."""
+        self._iopub_live.clear()
+        self._renudging = asyncio.ensure_future(self._renudge())
+
+    async def _renudge(self) -> None:
+        try:
+            await self._wait_for_iopub()
+        except KernelChannelsError as exc:
+            self._log.warning("the restarted remote kernel: %s", exc)
+        finally:  # never hold the front end for ever: a failure shows in its next request
+            self._set_live()
+
+    def _set_live(self) -> None:
+        self._iopub_live.set()
+        self._wake_writer.set()
+
     async def _wait_for_iopub(self) -> None:
         """Nudge until an IOPub message answers a nudge (see the module's docstring)."""
         loop = asyncio.get_running_loop()
@@ -176,7 +226,8 @@ class KernelChannels:
                 raise KernelChannelsError(
                     f"the remote kernel's IOPub did not answer within {IOPUB_READY_TIMEOUT:.0f} s"
                 )
-            self._outbox.put_nowait(("control", self._nudge()))
+            self._nudges.append(self._nudge())
+            self._wake_writer.set()
             try:
                 await asyncio.wait_for(self._iopub_live.wait(), min(_NUDGE_EVERY, left))
             except asyncio.TimeoutError:
@@ -202,12 +253,21 @@ class KernelChannels:
         if len(parts) < 2 or not any(msg_id in parts[1] for msg_id in self._nudge_ids):
             return False
         if channel == "iopub":
-            self._iopub_live.set()
+            self._set_live()
         return True
+
+    async def _next_to_write(self) -> tuple[str, Parts]:
+        while True:
+            if self._nudges:
+                return "control", self._nudges.popleft()
+            if self._outbox and self._iopub_live.is_set():
+                return self._outbox.popleft()
+            self._wake_writer.clear()
+            await self._wake_writer.wait()
 
     async def _write(self, ws: ClientConnection) -> None:
         while True:
-            channel, parts = await self._outbox.get()
+            channel, parts = await self._next_to_write()
             try:
                 await ws.send(encode(self.protocol, channel, parts))
             except ConnectionClosed:
@@ -235,6 +295,8 @@ class KernelChannels:
 
     async def close(self) -> None:
         self._closing = True
+        if self._renudging is not None:
+            self._renudging.cancel()
         for task in self._tasks:
             task.cancel()
         if self._ws is not None:

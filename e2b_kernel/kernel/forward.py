@@ -28,7 +28,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from ..core.jupyter_server import JupyterEndpoint
-from ..core.kernel_channels import KernelChannels, Parts
+from ..core.kernel_channels import KernelChannels, Parts, kernel_died
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
 from ..core.session import cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
@@ -98,6 +98,7 @@ class JupyterForwarder:
         banner: Callable[[], str],
         on_busy: Callable[[bool], None],
         on_closed: Callable[[str], None],
+        on_died: Callable[[str], None],
         cell_timeout: float | None,
         log: logging.Logger,
     ) -> None:
@@ -112,6 +113,7 @@ class JupyterForwarder:
         self._banner = banner
         self._on_busy = on_busy
         self._on_closed_cb = on_closed
+        self._on_died = on_died
         self._cell_timeout = cell_timeout
         self._routes: dict[str, Route] = {}
         self._running: set[str] = set()  # execute requests between 'busy' and 'idle'
@@ -153,11 +155,16 @@ class JupyterForwarder:
             parts = self._as_timeout(parent_id, msg_type, parts)
         if channel == "iopub":
             if msg_type == "status":
-                self._track_status(parent_id, json.loads(parts[3]).get("execution_state"))
+                content = json.loads(parts[3])
+                died = kernel_died(channel, msg_type, parent_id, content)
+                if died is not None:  # passed on too: front ends show it as for python3
+                    self._send_iopub_raw(parts, msg_type)
+                    self._kernel_died(died)
+                    return
+                self._track_status(parent_id, content.get("execution_state"))
             if msg_type in _RICH_OUTPUTS:
                 parts = _without_e2b_fields(parts)
-            topic = f"kernel.{self.kernel_id}.{msg_type}".encode()
-            self.session.send_raw(self._iopub, parts, ident=[topic])
+            self._send_iopub_raw(parts, msg_type)
             return
         route = self._routes.get(parent_id) if parent_id else None
         if route is None:
@@ -174,6 +181,19 @@ class JupyterForwarder:
             self._send_control(route.stream, parts, route.idents)
         else:
             self.session.send_raw(route.stream, parts, ident=route.idents)
+
+    def _send_iopub_raw(self, parts: Parts, msg_type: str) -> None:
+        topic = f"kernel.{self.kernel_id}.{msg_type}".encode()
+        self.session.send_raw(self._iopub, parts, ident=[topic])
+
+    def _kernel_died(self, state: str) -> None:
+        """The remote kernel process died: no request sent before gets its reply, so the
+        front end's are answered here (by ``on_died``); later ones reach the new process."""
+        self.log.warning("the remote kernel died (%s)", state)
+        self._cancel_timers()
+        self._on_busy(False)
+        self._on_died(state)
+        self.channels.renudge()
 
     def _with_banner(self, parts: Parts) -> Parts:
         content = json.loads(parts[3])

@@ -21,7 +21,7 @@ from ..core import NEW_SANDBOX_NOTICE, SandboxSession
 from ..core.jupyter_server import JupyterEndpoint, JupyterServerError, choose_transport
 from ..core.kernel_channels import Parts
 from ..core.remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
-from ..errors import E2BKernelError, SandboxLost, error_content
+from ..errors import E2BKernelError, KernelDied, SandboxLost, error_content
 from .forward import JupyterForwarder, Route, send_reply
 
 __all__ = ["JupyterTransport"]
@@ -128,6 +128,7 @@ class JupyterTransport:
                 banner=lambda: self.banner,  # type: ignore[attr-defined]
                 on_busy=session.hold_busy,
                 on_closed=self._relay_closed,
+                on_died=self._remote_kernel_died,
                 cell_timeout=session.config.cell_timeout,
                 log=self.log,
             )
@@ -262,6 +263,14 @@ class JupyterTransport:
             session.report_lost(str(exc))  # lost while idle: the next cell says so
         session.hold_busy(False)
         for route in pending:
+            self._fail_route(route, exc)
+
+    def _remote_kernel_died(self, state: str) -> None:
+        forwarder = self._forwarder
+        if forwarder is None:
+            return
+        exc = KernelDied(state)
+        for route in forwarder.take_pending():
             self._fail_route(route, exc)
 
     def _fail_route(self, route: Route, exc: E2BKernelError) -> None:

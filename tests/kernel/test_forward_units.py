@@ -57,6 +57,7 @@ async def _relay_one(
         banner=lambda: "",
         on_busy=lambda _: None,
         on_closed=lambda _: None,
+        on_died=lambda _: None,
         cell_timeout=None,
         log=logging.getLogger("test"),
     )

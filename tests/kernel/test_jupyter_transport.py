@@ -240,6 +240,24 @@ def test_restart_gives_fresh_state_and_keeps_files(
     kernel.shutdown()
 
 
+def test_a_cell_that_kills_the_remote_kernel_ends_with_an_error_and_the_next_cell_runs(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    """On python3 under a Jupyter Server the cell would end with the kernel's restart; here the
+    remote kernel dies and its server restarts it, so the relay must end the cell itself."""
+    kernel = start_kernel(jupyter_env())
+    assert kernel.value("open('kept.txt', 'w').write('x')\nvariable = 1\nvariable") == "1"
+    reply, outputs = kernel.run("import os\nos._exit(1)", timeout=60)
+    assert reply["status"] == "error" and reply["ename"] == "KernelDied", outputs
+    assert "was restarted: its variables are gone" in reply["evalue"]
+    assert [o.content["ename"] for o in outputs if o.msg_type == "error"] == ["KernelDied"]
+    # The next cells run in the restarted kernel: fresh state, the same sandbox's files.
+    assert kernel.value("open('kept.txt').read()") == "'x'"
+    reply, outputs = kernel.run("variable")
+    assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
+    kernel.shutdown()
+
+
 def test_auto_chooses_jupyter_when_the_server_answers(
     start_kernel: StartKernel, jupyter_env: Callable[..., dict]
 ) -> None:

@@ -163,6 +163,20 @@ def test_cells_after_a_restart_end_and_see_fresh_state(magic: Magic) -> None:
         assert result["data"]["text/plain"] == "False"
 
 
+def test_a_cell_that_kills_the_remote_kernel_raises_kernel_died_and_the_next_runs(
+    magic: Magic,
+) -> None:
+    """The sandbox's Jupyter Server restarts a kernel whose process died; the running cell
+    never ends by itself, and what is sent during the restart would be lost."""
+    assert magic.run("%%e2b\nbefore_death = 1")[0]["status"] == "ok"
+    reply, messages = magic.run("%%e2b\nimport os\nos._exit(1)")
+    assert reply["status"] == "error" and reply["ename"] == "KernelDied", messages
+    reply, messages = magic.run("%%e2b\n'before_death' in globals()")
+    assert reply["status"] == "ok", reply
+    (result,) = outputs_of(messages, "execute_result")
+    assert result["data"]["text/plain"] == "False"
+
+
 def test_display_updates_keep_their_display_id_and_metadata(magic: Magic) -> None:
     reply, messages = magic.run(
         "%%e2b\nimport base64\nfrom IPython.display import display, Image\n"
