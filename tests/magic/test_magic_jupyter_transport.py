@@ -6,6 +6,7 @@ reads the Jupyter messages the python3 kernel sends its front end for one ``%%e2
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import time
@@ -58,8 +59,8 @@ class Magic:
         return self.collect(self.send(code))
 
 
-@pytest.fixture(scope="module")
-def magic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Magic]:
+@contextlib.contextmanager
+def _started_magic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Magic]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
     env.update(
         E2B_KERNEL_BACKEND="local",
@@ -79,6 +80,19 @@ def magic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Magic]:
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def magic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Magic]:
+    with _started_magic(tmp_path_factory) as started:
+        yield started
+
+
+@pytest.fixture
+def own_magic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Magic]:
+    """A python3 kernel (and so a sandbox) of its own, for a test that breaks its kernel."""
+    with _started_magic(tmp_path_factory) as started:
+        yield started
 
 
 def outputs_of(messages: list[dict[str, Any]], msg_type: str) -> list[dict[str, Any]]:
@@ -164,14 +178,14 @@ def test_cells_after_a_restart_end_and_see_fresh_state(magic: Magic) -> None:
 
 
 def test_a_cell_that_kills_the_remote_kernel_raises_kernel_died_and_the_next_runs(
-    magic: Magic,
+    own_magic: Magic,
 ) -> None:
     """The sandbox's Jupyter Server restarts a kernel whose process died; the running cell
     never ends by itself, and what is sent during the restart would be lost."""
-    assert magic.run("%%e2b\nbefore_death = 1")[0]["status"] == "ok"
-    reply, messages = magic.run("%%e2b\nimport os\nos._exit(1)")
+    assert own_magic.run("%%e2b\nbefore_death = 1")[0]["status"] == "ok"
+    reply, messages = own_magic.run("%%e2b\nimport os\nos._exit(1)")
     assert reply["status"] == "error" and reply["ename"] == "KernelDied", messages
-    reply, messages = magic.run("%%e2b\n'before_death' in globals()")
+    reply, messages = own_magic.run("%%e2b\n'before_death' in globals()")
     assert reply["status"] == "ok", reply
     (result,) = outputs_of(messages, "execute_result")
     assert result["data"]["text/plain"] == "False"
