@@ -151,6 +151,7 @@ class KernelChannels:
         self._wake_writer = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task] = []
+        self._reader: asyncio.Task | None = None  # ends when the socket closes
         self._closing = False
         self._session_id = uuid.uuid4().hex
         self._nudge_ids: set[bytes] = set()  # our kernel_info_requests' msg_ids
@@ -185,10 +186,8 @@ class KernelChannels:
             self.endpoint.describe(),
             self.protocol or "legacy JSON",
         )
-        self._tasks = [
-            asyncio.ensure_future(self._write(self._ws)),
-            asyncio.ensure_future(self._read(self._ws)),
-        ]
+        self._reader = asyncio.ensure_future(self._read(self._ws))
+        self._tasks = [asyncio.ensure_future(self._write(self._ws)), self._reader]
         try:
             await self._wait_for_iopub()
         except BaseException:
@@ -219,7 +218,7 @@ class KernelChannels:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + IOPUB_READY_TIMEOUT
         while not self._iopub_live.is_set():
-            if self._tasks[1].done():  # the socket closed while we waited
+            if self._reader is not None and self._reader.done():  # the socket closed meanwhile
                 raise KernelChannelsError("the kernel channels closed before the kernel answered")
             left = deadline - loop.time()
             if left <= 0:
