@@ -2,14 +2,13 @@
 
 - :class:`Backend` resolves ``cloud``/``local`` and gives the SDK its settings.
 - :mod:`.handles`: the ``ServiceHandle`` type, the in-process and the shared local service.
-- :mod:`.hosted`: the kernel's private service in a helper process that outlives a restart
-  (started early, as the kernel process starts, when the environment says it is needed).
+- :mod:`.hosted`: the kernel's private service in a helper process that outlives a restart.
 - :mod:`.restart_state`: what a kernel process hands to its restarted successor.
 """
 
 from .backend import CLOUD_ISOLATION, Backend
 from .handles import InProcessService, ServiceHandle, SharedLocalService, SharedView
-from .hosted import HostedService, discard_early, launch_early
+from .hosted import HostedService
 
 __all__ = [
     "CLOUD_ISOLATION",
@@ -19,6 +18,4 @@ __all__ = [
     "ServiceHandle",
     "SharedLocalService",
     "SharedView",
-    "discard_early",
-    "launch_early",
 ]
