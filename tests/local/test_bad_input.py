@@ -62,6 +62,25 @@ def test_malformed_json_bodies(client: httpx.Client, live_id: str) -> None:
     for mask in ("a\r\nX-Injected: 1", "h\u00e9te", 5):  # it becomes a Host header value
         body = {"network": {"maskRequestHost": mask}}
         _assert_error(client.post("/v2/sandboxes", json=body), 400, "maskRequestHost")
+    for ports in ("443", [443, "8443"], [0], [65536], [True], {"443": 1}):
+        body = {"network": {"httpsPorts": ports}}
+        _assert_error(client.post("/v2/sandboxes", json=body), 400, "httpsPorts")
+
+
+def test_update_network_ignores_fields_outside_its_schema(
+    client: httpx.Client, live: Sandbox
+) -> None:
+    # E2B's update body has egress fields only: a mask (unchecked here) or https ports in an
+    # update are not taken, so nothing reaches the port proxy that create would refuse.
+    raw = {
+        "allow_internet_access": False,
+        "maskRequestHost": "a\r\nX-Injected: 1",
+        "httpsPorts": "not a list",
+        "allowPublicTraffic": False,
+    }
+    reply = client.put(f"/sandboxes/{live.sandbox_id}/network", json=raw)
+    assert reply.status_code == 204, reply.text
+    assert live.get_info().network == {"allow_out": [], "deny_out": []}
 
 
 @pytest.mark.parametrize("timeout", ["60", True, -1, 1.5, 86401])

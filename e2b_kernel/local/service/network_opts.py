@@ -61,10 +61,18 @@ _SHOWN = (
 )
 
 
-def _shown(network: dict[str, Any], keep: dict[str, Any] | None = None) -> dict[str, Any]:
-    shown = {k: v for k, v in (keep or {}).items() if k not in ("allowOut", "denyOut")}
-    shown.pop("dnsServers", None)
-    shown |= {k: network[k] for k in _SHOWN if network.get(k) is not None}
+_EGRESS = ("allowOut", "denyOut", "dnsServers")
+
+
+def _shown(network: dict[str, Any], kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields get_info reports: a create's as given; after an update the update's egress
+    fields and every other field as it was (E2B's update body has only egress fields, so an
+    update neither clears nor changes allowPublicTraffic, maskRequestHost or httpsPorts)."""
+    if kept is None:
+        shown = {k: network[k] for k in _SHOWN if network.get(k) is not None}
+    else:
+        shown = {k: v for k, v in kept.items() if k not in _EGRESS}
+        shown |= {k: network[k] for k in _EGRESS if network.get(k) is not None}
     shown.setdefault("allowOut", [])
     shown.setdefault("denyOut", [])
     return shown
@@ -85,6 +93,18 @@ def _check_mask(network: dict[str, Any]) -> None:
         raise ServiceError(400, "maskRequestHost must be a host name: visible ASCII, no spaces")
 
 
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+
+
+def _check_https_ports(network: dict[str, Any]) -> None:
+    ports = network.get("httpsPorts")
+    if ports is None:
+        return
+    if not isinstance(ports, list) or not all(_is_port(port) for port in ports):
+        raise ServiceError(400, "httpsPorts must be a list of port numbers (1-65535)")
+
+
 def from_create(body: dict[str, Any], internet: bool) -> NetworkOptions:
     """The options of a create body (its ``network`` object and allow_internet_access)."""
     network = body.get("network")
@@ -94,6 +114,7 @@ def from_create(body: dict[str, Any], internet: bool) -> NetworkOptions:
         raise ServiceError(400, "network must be an object")
     _refuse_unsupported(network)
     _check_mask(network)
+    _check_https_ports(network)
     try:
         rules = parse(network, internet=internet)
     except EgressError as exc:
@@ -120,6 +141,6 @@ async def update_network(control: Any, request: Request) -> Response:
     except OSError as exc:
         raise ServiceError(500, str(exc)) from None
     old: NetworkOptions | None = entry.network
-    # allowPublicTraffic and maskRequestHost are not part of an update: they stay.
-    entry.network = NetworkOptions(internet, rules, True, _shown(body, old.shown if old else None))
+    kept = old.shown if old is not None else {}
+    entry.network = NetworkOptions(internet, rules, True, _shown(body, kept))
     return Response(status_code=204)
