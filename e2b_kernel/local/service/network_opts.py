@@ -2,8 +2,9 @@
 
 The egress lists (``allowOut`` / ``denyOut`` / ``dnsServers`` and ``allow_internet_access``)
 are enforced in the sandbox's network namespace (sandbox/egress.py). ``allowPublicTraffic``
-becomes the traffic access token (control.py), and ``maskRequestHost`` the Host header the
-port proxy (proxy.py) gives the requests it relays into the sandbox.
+becomes the traffic access token (control.py), ``maskRequestHost`` the Host header the
+port proxy (proxy.py) gives the requests it relays into the sandbox, and ``httpsPorts`` the
+ports the proxy speaks TLS to (tls_tunnel.py).
 What cannot be done here (an egress SOCKS proxy, per-host request transforms) is refused
 with a 400 that says so, instead of being silently ignored.
 """
@@ -46,6 +47,10 @@ class NetworkOptions:
         ``${PORT}`` replaced, or None to keep the caller's."""
         mask = self.shown.get("maskRequestHost")
         return mask.replace(MASK_PORT, str(port)) if mask else None
+
+    def https_port(self, port: int) -> bool:
+        """Whether the proxy's hop to ``port`` inside the sandbox is TLS (httpsPorts)."""
+        return port in (self.shown.get("httpsPorts") or ())
 
     def to_json(self) -> dict[str, Any] | None:
         return dict(self.shown) if self.given else None

@@ -11,12 +11,17 @@ connection. Over that byte stream:
 - a sandbox created with ``maskRequestHost`` gets that Host (``${PORT}`` replaced by the port)
   on every relayed request, HTTP and WebSocket, and the caller's in ``X-Forwarded-Host``, as
   E2B's proxy does;
+- a port in the sandbox's ``httpsPorts`` is reached over TLS (``tls_tunnel``), its
+  certificate unchecked, as E2B's proxy re-encrypts that hop; the caller still speaks plain
+  HTTP to the service, and everything above runs unchanged over the TLS stream;
 - a WebSocket upgrade is passed through as bytes (``ws_splice``): its head goes in with the
   same header rules, and from the sandbox server's answer on nothing is parsed, so
   subprotocols (Jupyter's ``v1.kernel.websocket.jupyter.org``), extensions, messages and close
   codes are whatever the two ends agree on.
 
-Errors are E2B's: a port nothing listens on is the proxy's 502 "port is not open".
+Errors are E2B's: a port nothing listens on is the proxy's 502 "port is not open"; an
+https port whose server does not complete a TLS handshake (or a server that breaks off before
+answering) is a 502 that says so.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ..sandbox.agent_client import AgentCallError, AgentGone, AgentStream
 from ..sandbox.jupyter import JUPYTER_PORT
 from .errors import ServiceError, port_not_open, proxy_not_found
 from .registry import Entry
+from .tls_tunnel import TlsHandshakeError, TlsStream
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -48,9 +54,12 @@ _HOP_BY_HOP = {
 _CREDENTIALS = {b"x-access-token", b"e2b-traffic-access-token"}
 _CHUNK = 65536
 
+Tunnel = AgentStream | TlsStream  # a byte stream to a port in the sandbox
 
-async def open_tunnel(entry: Entry, port: int) -> AgentStream:
-    """A byte stream to 127.0.0.1:port inside the sandbox, or E2B's proxy error."""
+
+async def open_tunnel(entry: Entry, port: int) -> Tunnel:
+    """A byte stream to 127.0.0.1:port inside the sandbox (TLS for its httpsPorts), or E2B's
+    proxy error."""
     jupyter = getattr(entry.sandbox, "jupyter", None)
     if port == JUPYTER_PORT and jupyter is not None:
         # On E2B the template's Jupyter Server already listens when create returns; here it
@@ -59,13 +68,22 @@ async def open_tunnel(entry: Entry, port: int) -> AgentStream:
         with contextlib.suppress(Exception):
             await jupyter.ready()
     try:
-        return await entry.sandbox.agent.call("connect", port=port)
+        raw = await entry.sandbox.agent.call("connect", port=port)
     except AgentGone:
         raise proxy_not_found(entry.sandbox_id) from None
     except AgentCallError as exc:
         if exc.errno not in (errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH):
             log.info("sandbox %s: port %d: %s", entry.sandbox_id, port, exc)
         raise port_not_open(entry.sandbox_id) from None
+    if entry.network is None or not entry.network.https_port(port):
+        return raw
+    try:
+        return await TlsStream.connect(raw)
+    except TlsHandshakeError as exc:
+        message = (
+            f"port {port} is in https_ports, but its server did not complete a TLS handshake: {exc}"
+        )
+        raise ServiceError(502, message, sandbox_id=entry.sandbox_id) from None
 
 
 # ----- HTTP --------------------------------------------------------------------------------
@@ -131,7 +149,7 @@ def _forwarded(
     return kept + [(b"x-forwarded-host", host) for host in caller[:1]]
 
 
-async def _send_body(conn: h11.Connection, tunnel: AgentStream, receive: Receive) -> bool:
+async def _send_body(conn: h11.Connection, tunnel: Tunnel, receive: Receive) -> bool:
     """Stream the request body; False if the caller disconnected first."""
     while True:
         message = await receive()
@@ -146,7 +164,7 @@ async def _send_body(conn: h11.Connection, tunnel: AgentStream, receive: Receive
     return True
 
 
-async def _relay_response(conn: h11.Connection, tunnel: AgentStream, send: Send) -> None:
+async def _relay_response(conn: h11.Connection, tunnel: Tunnel, send: Send) -> None:
     started = False
     while True:
         try:
@@ -157,7 +175,13 @@ async def _relay_response(conn: h11.Connection, tunnel: AgentStream, send: Send)
             message = f"the server in the sandbox sent no valid answer: {exc}"
             raise ServiceError(502, message) from None
         if event is h11.NEED_DATA:
-            conn.receive_data(await tunnel.read_chunk(_CHUNK))
+            try:
+                conn.receive_data(await tunnel.read_chunk(_CHUNK))
+            except ConnectionError as exc:  # the TCP or TLS hop broke off
+                if started:
+                    raise
+                message = f"the server in the sandbox broke off before answering: {exc}"
+                raise ServiceError(502, message) from None
         elif isinstance(event, h11.Response):
             headers = [(k, v) for k, v in event.headers if k not in _HOP_BY_HOP]
             start = {"type": "http.response.start", "status": event.status_code}

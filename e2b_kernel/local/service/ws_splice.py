@@ -17,9 +17,8 @@ import logging
 from collections.abc import Callable
 from http import HTTPStatus
 
-from ..sandbox.agent_client import AgentStream
 from .errors import ServiceError
-from .proxy import forwarded_upgrade_head, open_tunnel
+from .proxy import Tunnel, forwarded_upgrade_head, open_tunnel
 from .registry import Entry
 
 log = logging.getLogger("e2b_kernel.local")
@@ -92,7 +91,7 @@ async def _splice(client: asyncio.Transport, head: bytes, entry: Entry, port: in
 class _Inward(asyncio.Protocol):
     """The caller's side after the upgrade: its bytes go into the sandbox as they come."""
 
-    def __init__(self, client: asyncio.Transport, tunnel: AgentStream) -> None:
+    def __init__(self, client: asyncio.Transport, tunnel: Tunnel) -> None:
         self._client = client
         self._tunnel = tunnel
         self._writable = asyncio.Event()
