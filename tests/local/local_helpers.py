@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -55,3 +56,12 @@ def sandbox_headers(sandbox: Any, port: int = 49983) -> dict[str, str]:
     if token:
         headers["X-Access-Token"] = token
     return headers
+
+
+def remove_target_netns(server: subprocess.Popen | None, host_end: str, netns: str) -> None:
+    """Stop a network test's target server and remove its veth pair and namespace."""
+    if server is not None:
+        server.kill()
+        server.wait()
+    subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=10)
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)

@@ -26,7 +26,7 @@ import pytest
 from attack_helpers import HostListener, PacketWatch, connect_probe
 from e2b import AsyncSandbox, Sandbox
 from e2b.exceptions import SandboxException
-from local_helpers import wait_for
+from local_helpers import remove_target_netns, wait_for
 
 from e2b_kernel.local import RunningService
 
@@ -101,11 +101,7 @@ def target(local_service: RunningService) -> Iterator[Target]:
         wait_for(listening, 15, "the test's HTTP server")
         yield Target(f"{subnet}.2", f"{subnet}.3", f"{subnet}.1")
     finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=10)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)
+        remove_target_netns(server, host_end, netns)
 
 
 def _reached(output: str) -> dict[str, bool]:
@@ -194,7 +190,8 @@ def test_update_network_opens_a_sandbox_created_without_network(
         assert [t for t, outcome in results.items() if outcome == "connected"] == []
         assert listener.accepted == 0
 
-        # A wildcard domain is kept but not enforced: it allows nothing (fails closed).
+        # A domain allows only ports 80 and 443, by name (test_domain_rules.py): never this
+        # port of any address.
         sbx.update_network({"allow_out": ["*.example.com"], "deny_out": ["0.0.0.0/0"]})
         assert _probe(sbx, target) == {target.first: False, target.second: False}
         assert sbx.get_info().network["allow_out"] == ["*.example.com"]

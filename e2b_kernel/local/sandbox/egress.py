@@ -15,19 +15,20 @@ address in the main table) still applies to allowed destinations, since they are
 in that table: allowing 0.0.0.0/0 never opens the host.
 
 Only the ``ip`` tool is needed (no nftables or iptables, which many hosts and CI images
-lack). Domain names in ``allowOut`` are resolved once, when the rules are applied, and their
-addresses allowed; the DNS forwarder is then allowed as well, as E2B allows its DNS servers.
-Wildcard domains cannot be resolved and are stored but not enforced.
+lack). Domain names in ``allowOut`` (exact, ``*.suffix`` or ``*``) are matched as E2B matches
+them, per connection by the HTTP ``Host`` (port 80) and TLS SNI (port 443) of connections to
+denied addresses, which rules here send to the service's filter (domain_filter.py); on other
+ports a domain allows nothing. The DNS forwarder and ``dnsServers`` are then allowed, as E2B
+allows its DNS servers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
-import socket
 from dataclasses import dataclass, field
 
+from . import domain_filter, hostnames
 from .network import ip_batch
 
 DNS_FORWARDER = "10.0.2.3"  # slirp4netns's, the sandbox's only nameserver
@@ -36,7 +37,8 @@ MAX_ENTRIES = 256  # per list: each entry is one rule in the namespace
 _ALLOW_BASE = 1000  # rule priorities: allowed < denied < the main table (32766)
 _DENY_BASE = 5000
 _GUARD_PRIORITY = 900  # a deny-all held while the rules are swapped (fail closed)
-_RESOLVE_TIMEOUT = 3.0
+_FILTER_OWN_PRIORITY = 950  # the domain filter's own connections: routed before any rule
+_REDIRECT_BASE = 3000  # ports 80/443 of denied prefixes, to the domain filter
 
 
 class EgressError(ValueError):
@@ -75,7 +77,9 @@ def parse(body: dict, *, internet: bool) -> EgressRules:
     for entry in deny:
         _network(entry, "denyOut")  # E2B: domain names are not supported for deny rules
     for entry in allow:
-        if not _is_domain(entry):
+        if _is_domain(entry):
+            _check_domain(entry)
+        else:
             _network(entry, "allowOut")
     if not internet and ALL_TRAFFIC not in deny:
         deny.append(ALL_TRAFFIC)
@@ -98,6 +102,15 @@ def _network(entry: str, name: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
         raise EgressError(f"{name}: {entry!r} is not an IP address or CIDR block") from None
 
 
+def _check_domain(entry: str) -> None:
+    name = entry[2:] if entry.startswith("*.") else entry
+    if entry != "*" and hostnames.normalise(name) is None:
+        raise EgressError(
+            f"allowOut: {entry!r} is neither an IP address, a CIDR block nor a domain name"
+            " (a name, *.name for every name under it, or * for all; no port or scheme)"
+        )
+
+
 def _is_domain(entry: str) -> bool:
     try:
         ipaddress.ip_network(entry, strict=False)
@@ -106,30 +119,15 @@ def _is_domain(entry: str) -> bool:
     return False
 
 
-async def _resolve(domain: str) -> list[str]:
-    """A domain's IPv4 addresses now (none when it does not resolve, or is a wildcard)."""
-    if domain.startswith("*"):
-        return []
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(domain, None, family=socket.AF_INET), _RESOLVE_TIMEOUT
-        )
-    except (OSError, asyncio.TimeoutError):
-        return []
-    return sorted({str(info[4][0]) for info in infos})
+def domains(rules: EgressRules) -> list[str]:
+    """The domain entries of allowOut, which the domain filter checks names against."""
+    return [entry for entry in rules.allow_out if _is_domain(entry)]
 
 
-async def plan(rules: EgressRules) -> tuple[list[str], list[str]]:
-    """The (allowed, denied) IPv4 prefixes to install, domains resolved."""
-    allowed: list[str] = []
-    domains = [entry for entry in rules.allow_out if _is_domain(entry)]
-    for entry in rules.allow_out:
-        if not _is_domain(entry):
-            allowed.append(str(_network(entry, "allowOut")))
-    for addresses in await asyncio.gather(*(_resolve(d) for d in domains)):
-        allowed += [f"{a}/32" for a in addresses]
-    if domains:
+def plan(rules: EgressRules) -> tuple[list[str], list[str]]:
+    """The (allowed, denied) IPv4 prefixes to install."""
+    allowed = [str(_network(e, "allowOut")) for e in rules.allow_out if not _is_domain(e)]
+    if domains(rules):
         dns = rules.dns_servers if rules.dns_servers is not None else ["8.8.8.8"]
         allowed += [f"{DNS_FORWARDER}/32", *(f"{s}/32" for s in dns)]
     denied = [str(_network(entry, "denyOut")) for entry in rules.deny_out]
@@ -140,27 +138,62 @@ async def plan(rules: EgressRules) -> tuple[list[str], list[str]]:
 class EgressTable:
     """The rules installed in one sandbox's network namespace (the service's side)."""
 
-    def __init__(self, netns: str) -> None:
+    def __init__(self, netns: str, sandbox_id: str) -> None:
         self.netns = netns  # /proc/<pid>/ns/net
         self._installed: list[int] = []  # priorities of our rules
+        self._filter = domain_filter.DomainFilter(netns, sandbox_id)
+        self._redirect_ready = False
 
     async def apply(self, rules: EgressRules) -> None:
         """Replace every rule at once: one ``ip -batch`` run, behind a deny-all guard so
         that no destination is open for an instant that either rule set refuses."""
-        allowed, denied = await plan(rules) if rules.filters else ([], [])
+        allowed, denied = plan(rules) if rules.filters else ([], [])
+        by_name = domains(rules) if rules.filters else []
         lines = [f"rule add to {ALL_TRAFFIC} prohibit priority {_GUARD_PRIORITY}"]
         lines += [f"rule del priority {p}" for p in self._installed]
         new: list[int] = []
         for index, prefix in enumerate(allowed):
             new.append(_ALLOW_BASE + index)
             lines.append(f"rule add to {prefix} lookup main priority {new[-1]}")
+        if by_name and denied:
+            await self._filter.start()
+            lines += self._redirect_setup()
+            new.append(_FILTER_OWN_PRIORITY)
+            mark = domain_filter.PROXY_MARK
+            lines.append(f"rule add fwmark {mark} lookup main priority {new[-1]}")
+            table, redirects = domain_filter.REDIRECT_TABLE, 0
+            for prefix in denied:
+                for port in domain_filter.PORTS:
+                    new.append(_REDIRECT_BASE + redirects)
+                    redirects += 1
+                    lines.append(
+                        f"rule add to {prefix} ipproto tcp dport {port} lookup {table}"
+                        f" priority {new[-1]}"
+                    )
         for index, prefix in enumerate(denied):
             new.append(_DENY_BASE + index)
             lines.append(f"rule add to {prefix} prohibit priority {new[-1]}")
         lines.append(f"rule del priority {_GUARD_PRIORITY}")
+        self._filter.allowed = by_name  # before the rules that send connections to it
         code, out = await ip_batch(self.netns, lines)
         if code != 0:
             with contextlib.suppress(OSError):  # never leave the guard: it blocks everything
                 await ip_batch(self.netns, [f"rule del priority {_GUARD_PRIORITY}"])
             raise OSError(f"cannot apply the sandbox's egress rules: {out.strip()}")
         self._installed = new
+        self._redirect_ready = self._redirect_ready or bool(by_name and denied)
+
+    def _redirect_setup(self) -> list[str]:
+        """The routing table that delivers redirected connections inside the namespace (its
+        source address on the loopback first: the route names it); made once."""
+        if self._redirect_ready:
+            return []
+        source, table = domain_filter.REDIRECT_SOURCE, domain_filter.REDIRECT_TABLE
+        return [
+            f"addr replace {source}/32 dev lo",
+            f"route replace local 0.0.0.0/0 dev lo src {source} table {table}",
+        ]
+
+    async def close(self) -> None:
+        """Stop the domain filter's listeners and connections (the sandbox has ended)."""
+        await self._filter.close()

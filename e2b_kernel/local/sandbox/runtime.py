@@ -175,7 +175,7 @@ class LocalSandbox:
             if self._network is None and not reach:
                 return  # no network, and none needed: nothing goes out, as asked
             if self._egress is None:
-                self._egress = egress.EgressTable(f"/proc/{self._init_pid}/ns/net")
+                self._egress = egress.EgressTable(f"/proc/{self._init_pid}/ns/net", self.sandbox_id)
             await self._egress.apply(rules)
             if self._network is None:
                 self._network = await network.connect(self._init_pid)
@@ -442,6 +442,8 @@ class LocalSandbox:
             except Exception:
                 log.exception("cleanup of sandbox %s failed", self.sandbox_id)
         await self._stop_processes()
+        if self._egress is not None:
+            await self._egress.close()
         if self._network is not None:
             await self._network.close()
         self.cgroups.remove()
