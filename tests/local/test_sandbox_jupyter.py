@@ -84,6 +84,26 @@ def test_its_root_is_the_sandbox_home(sandbox: Sandbox, jupyter: httpx.Client) -
     assert sandbox.files.read("/home/user/from_jupyter.txt") == "written over 8888"
 
 
+def _wait_for_iopub(ws: Any, session: Session, pack: Any) -> None:
+    """Until the new connection's IOPub is subscribed: the server checks that only for an idle
+    kernel, so an execute_request sent at once may lose its IOPub messages (a front end's
+    usual kernel_info nudging, as core/kernel_channels.py does)."""
+    nudges: set[str] = set()
+    for _ in range(40):
+        nudge = session.msg("kernel_info_request", {})
+        nudges.add(nudge["header"]["msg_id"])
+        ws.send(serialize_msg_to_ws_v1(nudge, "shell", pack))
+        try:
+            while True:
+                frame = ws.recv(timeout=0.5)
+                channel, parts = deserialize_msg_from_ws_v1(frame)
+                if channel == "iopub" and json.loads(parts[1]).get("msg_id") in nudges:
+                    return
+        except TimeoutError:
+            continue
+    raise AssertionError("port 8888's IOPub never answered a kernel_info_request")
+
+
 def _execute_over_8888(
     local_service: RunningService, sandbox: Sandbox, kernel_id: str, code: str
 ) -> dict[str, Any]:
@@ -100,6 +120,7 @@ def _execute_over_8888(
     offered = [Subprotocol(JUPYTER_SUBPROTOCOL)]
     with ws_connect(url, additional_headers=headers, subprotocols=offered) as ws:
         assert ws.subprotocol == JUPYTER_SUBPROTOCOL  # the binary-safe protocol survived
+        _wait_for_iopub(ws, session, pack)
         ws.send(serialize_msg_to_ws_v1(request, "shell", pack))
         data: dict[str, Any] = {}
         while True:
