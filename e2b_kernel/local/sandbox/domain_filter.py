@@ -37,6 +37,7 @@ from typing import TypeVar
 
 from . import hostnames
 
+# Refusals are logged at debug level: a sandbox decides how many there are.
 log = logging.getLogger("e2b_kernel.local")
 
 PORTS = {80: hostnames.http_host, 443: hostnames.tls_server_name}
@@ -188,7 +189,7 @@ class DomainFilter:
         destination, port = writer.get_extra_info("sockname")[:2]
         head, name = await _peek(reader, PORTS[port])
         if name is None or not matches(name, self.allowed):
-            log.info(
+            log.debug(
                 "sandbox %s: egress to %s:%d refused (host name %r is not allowed)",
                 self.sandbox_id, destination, port, name,
             )  # fmt: skip
@@ -215,12 +216,12 @@ class DomainFilter:
                 DIAL_TIMEOUT,
             )
         except (OSError, asyncio.TimeoutError):
-            log.info("sandbox %s: allowed host %s does not resolve", self.sandbox_id, name)
+            log.debug("sandbox %s: allowed host %s does not resolve", self.sandbox_id, name)
             return None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         public = [a for a in addresses if not _always_denied(a)]
         if not public:
-            log.info(
+            log.debug(
                 "sandbox %s: allowed host %s resolves only to private or local addresses %s:"
                 " refused, as on E2B", self.sandbox_id, name, addresses,
             )  # fmt: skip
@@ -231,7 +232,7 @@ class DomainFilter:
                 await asyncio.wait_for(loop.sock_connect(sock, (address, port)), DIAL_TIMEOUT)
             except (OSError, asyncio.TimeoutError) as exc:
                 sock.close()
-                log.info("sandbox %s: %s (%s) port %d: %r", self.sandbox_id, name, address,
+                log.debug("sandbox %s: %s (%s) port %d: %r", self.sandbox_id, name, address,
                          port, exc)  # fmt: skip
                 continue
             return await asyncio.open_connection(sock=sock)
