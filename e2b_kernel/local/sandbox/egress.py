@@ -142,7 +142,6 @@ class EgressTable:
         self.netns = netns  # /proc/<pid>/ns/net
         self._installed: list[int] = []  # priorities of our rules
         self._filter = domain_filter.DomainFilter(netns, sandbox_id)
-        self._redirect_ready = False
 
     async def apply(self, rules: EgressRules) -> None:
         """Replace every rule at once: one ``ip -batch`` run, behind a deny-all guard so
@@ -181,13 +180,12 @@ class EgressTable:
                 await ip_batch(self.netns, [f"rule del priority {_GUARD_PRIORITY}"])
             raise OSError(f"cannot apply the sandbox's egress rules: {out.strip()}")
         self._installed = new
-        self._redirect_ready = self._redirect_ready or bool(by_name and denied)
 
-    def _redirect_setup(self) -> list[str]:
+    @staticmethod
+    def _redirect_setup() -> list[str]:
         """The routing table that delivers redirected connections inside the namespace (its
-        source address on the loopback first: the route names it); made once."""
-        if self._redirect_ready:
-            return []
+        source address on the loopback first: the route names it); ``replace`` makes it
+        idempotent, so every apply that redirects states it again."""
         source, table = domain_filter.REDIRECT_SOURCE, domain_filter.REDIRECT_TABLE
         return [
             f"addr replace {source}/32 dev lo",
