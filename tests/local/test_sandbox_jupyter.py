@@ -3,26 +3,16 @@ port 8888, no token, root /home/user, reached through the service's sandbox-port
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from e2b_code_interpreter import Sandbox
-from jupyter_client.jsonutil import json_default
-from jupyter_client.session import Session
-from jupyter_server.services.kernels.connection.base import (
-    deserialize_msg_from_ws_v1,
-    serialize_msg_to_ws_v1,
-)
+from jupyter_over_8888 import execute_over_8888
 from local_helpers import sdk_options, wait_for
-from websockets.sync.client import connect as ws_connect
-from websockets.typing import Subprotocol
 
 from e2b_kernel.local import RunningService
-
-JUPYTER_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 
 
 @pytest.fixture(scope="module")
@@ -84,57 +74,14 @@ def test_its_root_is_the_sandbox_home(sandbox: Sandbox, jupyter: httpx.Client) -
     assert sandbox.files.read("/home/user/from_jupyter.txt") == "written over 8888"
 
 
-def _wait_for_iopub(ws: Any, session: Session, pack: Any) -> None:
-    """Until the new connection's IOPub is subscribed: the server checks that only for an idle
-    kernel, so an execute_request sent at once may lose its IOPub messages (a front end's
-    usual kernel_info nudging, as core/kernel_channels.py does)."""
-    nudges: set[str] = set()
-    for _ in range(40):
-        nudge = session.msg("kernel_info_request", {})
-        nudges.add(nudge["header"]["msg_id"])
-        ws.send(serialize_msg_to_ws_v1(nudge, "shell", pack))
-        try:
-            while True:
-                frame = ws.recv(timeout=0.5)
-                channel, parts = deserialize_msg_from_ws_v1(frame)
-                if channel == "iopub" and json.loads(parts[1]).get("msg_id") in nudges:
-                    return
-        except TimeoutError:
-            continue
-    raise AssertionError("port 8888's IOPub never answered a kernel_info_request")
-
-
 def _execute_over_8888(
     local_service: RunningService, sandbox: Sandbox, kernel_id: str, code: str
 ) -> dict[str, Any]:
-    """Run code in a kernel of port 8888 as a Jupyter front end does (WebSocket, v1 protocol);
-    the execute_result's data, or {} when there is none."""
-    session = Session()
-    request = session.msg("execute_request", {"code": code, "silent": False})
-
-    def pack(part: Any) -> bytes:
-        return json.dumps(part, default=json_default).encode()
-
-    url = local_service.url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
-    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8888"}
-    offered = [Subprotocol(JUPYTER_SUBPROTOCOL)]
-    with ws_connect(url, additional_headers=headers, subprotocols=offered) as ws:
-        assert ws.subprotocol == JUPYTER_SUBPROTOCOL  # the binary-safe protocol survived
-        _wait_for_iopub(ws, session, pack)
-        ws.send(serialize_msg_to_ws_v1(request, "shell", pack))
-        data: dict[str, Any] = {}
-        while True:
-            frame = ws.recv(timeout=60)
-            assert isinstance(frame, bytes)
-            channel, parts = deserialize_msg_from_ws_v1(frame)
-            header, parent, content = (json.loads(parts[i]) for i in (0, 1, 3))
-            if parent.get("msg_id") != request["header"]["msg_id"]:
-                continue
-            if header["msg_type"] == "execute_result":
-                data = content["data"]
-            if channel == "shell" and header["msg_type"] == "execute_reply":
-                assert content["status"] == "ok", content
-                return data
+    """Run code in a kernel of port 8888 as a Jupyter front end does; the execute_result's
+    data, or {} when there is none."""
+    reply, data = execute_over_8888(local_service.url, sandbox.sandbox_id, kernel_id, code)
+    assert reply["status"] == "ok", reply
+    return data
 
 
 def test_run_code_and_port_8888_share_one_namespace(

@@ -17,7 +17,7 @@ from typing import Any
 from . import ndjson
 from .contexts import Context, Execution, UnknownLanguage, prepend_env, settle_aborts
 from .kernels import SandboxLike, normalize_language
-from .server_kernel import write_kernelspec
+from .server_kernel import prestart_kernel, write_kernelspec
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ class CodeInterpreter:
         if getattr(self.sandbox, "jupyter", None) is None or spec_root is None:
             await self._default_context("python")
             return
-        write_kernelspec(self.sandbox, spec_root)
-        self._default_started = asyncio.ensure_future(self._start_default_quietly())
+        server = getattr(self.sandbox, "jupyter", None)
+        write_kernelspec(self.sandbox, spec_root, getattr(server, "provisioner_name", None))
+        self._default_started = asyncio.ensure_future(self._start_default_quietly(server))
         self._background.add(self._default_started)
         self._default_started.add_done_callback(self._background.discard)
 
@@ -83,7 +84,12 @@ class CodeInterpreter:
         if self._default_started is not None:
             await asyncio.shield(self._default_started)
 
-    async def _start_default_quietly(self) -> None:
+    async def _start_default_quietly(self, server: Any) -> None:
+        if getattr(server, "provisioner_name", None):
+            try:  # beside the server, which is still starting; the context then adopts it
+                await prestart_kernel(self.sandbox, server)
+            except Exception as exc:  # the server starts the kernel itself, as before
+                log.warning("could not start the default kernel beside the Jupyter Server: %s", exc)
         try:
             await self._default_context("python")
         except Exception as exc:  # the first /execute tries again and reports it

@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,8 +42,13 @@ class JupyterServerLike(Protocol):
     """What a server kernel needs of ``sandbox/jupyter.py``'s JupyterServer."""
 
     runtime_dir: str
+    prestarted: Prestarted | None
+
+    def env(self) -> dict[str, str]: ...
 
     async def ready(self, timeout: float = ...) -> None: ...
+
+    async def write_runtime_file(self, name: str, data: bytes) -> None: ...
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]: ...
 
@@ -53,24 +59,73 @@ class JupyterServerLike(Protocol):
     def diagnostics(self) -> str: ...
 
 
-def write_kernelspec(sandbox: SandboxLike, spec_root: Path) -> None:
+def _template(sandbox: SandboxLike) -> Kernel:
+    return Kernel(sandbox, Language("python", "ipykernel_launcher"), "spec")
+
+
+def write_kernelspec(sandbox: SandboxLike, spec_root: Path, provisioner: str | None) -> None:
     """The server's ``python3`` kernelspec: the same kernel command line /execute uses.
 
     Written by the service in a dir that is read-only inside (first on JUPYTER_PATH), so the
     server's kernels, a notebook's included, get E2B's start-up files, as on E2B.
+    ``provisioner`` names the server's provisioner that adopts a prestarted kernel.
     """
-    template = Kernel(sandbox, Language("python", "ipykernel_launcher"), "spec")
+    metadata: dict[str, Any] = {"debugger": True}
+    if provisioner:
+        metadata["kernel_provisioner"] = {"provisioner_name": provisioner}
     spec = {
-        "argv": template._argv("{connection_file}"),
+        "argv": _template(sandbox)._argv("{connection_file}"),
         "display_name": "Python 3 (ipykernel)",
         "language": "python",
-        "metadata": {"debugger": True},
+        "metadata": metadata,
     }
     folder = spec_root / "kernels" / KERNEL_NAME
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "kernel.json").write_text(json.dumps(spec, indent=1))
     for path in (spec_root / "kernels", folder, folder / "kernel.json"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@dataclass(frozen=True)
+class Prestarted:
+    """A kernel started beside the Jupyter Server, for the server to adopt under this id."""
+
+    kernel_id: str
+    session_path: str
+
+
+async def prestart_kernel(sandbox: SandboxLike, server: JupyterServerLike) -> None:
+    """Start the default context's kernel now, beside the server, instead of after it.
+
+    It is the kernel the server itself would start (its kernelspec's command line, the
+    server's environment, the session name the server would give it, /home/user), with the
+    connection file the server would write; the marker next to it names its pid, and the
+    server's provisioner (``sandbox/jupyter_provisioner.py``) adopts it when the session that
+    names its id is created. So the first cell waits for the slower of the two, not for both.
+    """
+    kernel_id, session_path = str(uuid.uuid4()), str(uuid.uuid4())
+    name = f"kernel-{kernel_id}"
+    connection = {
+        **{f"{channel}_port": port for port, channel in enumerate(_CHANNELS, start=1)},
+        "ip": f"{server.runtime_dir}/{name}-ipc",
+        "key": str(uuid.uuid4()),
+        "transport": "ipc",
+        "signature_scheme": "hmac-sha256",
+        "kernel_name": KERNEL_NAME,
+    }
+    await server.write_runtime_file(f"{name}.json", json.dumps(connection).encode())
+    env = {**server.env(), "JPY_SESSION_NAME": session_path}
+    argv = _template(sandbox)._argv(f"{server.runtime_dir}/{name}.json")
+    quiet = asyncio.subprocess.DEVNULL
+    process = await sandbox.spawn(
+        argv, env=env, cwd="/home/user", stdin=quiet, stdout=quiet, stderr=quiet
+    )
+    try:
+        await server.write_runtime_file(f"{name}.prestarted", str(process.pid).encode())
+    except BaseException:
+        process.kill()  # nothing would adopt it: the server starts its own kernel instead
+        raise
+    server.prestarted = Prestarted(kernel_id, session_path)
 
 
 class ServerKernel(Kernel):
@@ -122,13 +177,14 @@ class ServerKernel(Kernel):
         return await self._connection_info(kernel_id)
 
     async def _new_session(self) -> str:
-        """A kernel in a new session, as E2B's server makes a context (random path and name)."""
-        body = {
-            "path": str(uuid.uuid4()),
-            "name": str(uuid.uuid4()),
-            "type": "notebook",
-            "kernel": {"name": KERNEL_NAME},
-        }
+        """A kernel in a new session, as E2B's server makes a context (random path and name);
+        the kernel prestarted beside the server, when there is one."""
+        prestarted, self.server.prestarted = self.server.prestarted, None
+        wanted = {"name": KERNEL_NAME}
+        path = str(uuid.uuid4())
+        if prestarted is not None:
+            wanted["id"], path = prestarted.kernel_id, prestarted.session_path
+        body = {"path": path, "name": str(uuid.uuid4()), "type": "notebook", "kernel": wanted}
         status, model = await self._call("POST", "/api/sessions", body)
         kernel = model.get("kernel") if isinstance(model, dict) else None
         kernel_id = kernel.get("id") if isinstance(kernel, dict) else None

@@ -19,7 +19,9 @@ import asyncio
 import errno
 import json
 import logging
+import shutil
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -43,10 +45,16 @@ _NOT_ON_E2B = ("jupyterlab", "jupyter_lsp", "notebook_shim", "notebook", "nbclas
 # it is installed, and that module builds a grammar parser at import: about a second, over
 # half of the server's start. Only jsonschema's optional "iri" format check needs it (it is
 # skipped when the import fails), and no event schema the server validates uses "iri".
+# The kernelspec dir is first on the server's sys.path (not on its kernels'): it holds the
+# provisioner that adopts the kernel the service starts beside the server, and a dist-info
+# that registers it as an entry point (see jupyter_provisioner.py).
 _SERVER_MAIN = (
-    "import sys; sys.modules['rfc3987_syntax'] = None; "
+    "import sys; sys.modules['rfc3987_syntax'] = None; sys.path.insert(0, {kernel_path!r}); "
     "from jupyter_server.serverapp import main; sys.exit(main())"
 )
+PROVISIONER_NAME = "e2b-prestarted"
+_PROVISIONER_MODULE = "e2b_prestarted_provisioner"
+_PROVISIONER_SOURCE = Path(__file__).with_name("jupyter_provisioner.py")
 
 
 class JupyterUnavailable(RuntimeError):
@@ -56,6 +64,8 @@ class JupyterUnavailable(RuntimeError):
 class JupyterServer:
     """One sandbox's Jupyter Server process and a small REST client for it."""
 
+    provisioner_name = PROVISIONER_NAME  # adopts a kernel started beside the server
+
     def __init__(self, sandbox: LocalSandbox, runtime_dir: str, kernel_path: str) -> None:
         self.sandbox = sandbox
         self.runtime_dir = runtime_dir  # as the sandbox sees it: connection files, ipc sockets
@@ -64,10 +74,11 @@ class JupyterServer:
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._log_tail: deque[bytes] = deque(maxlen=30)
         self._listening = False
+        self.prestarted: Any = None  # a kernel started beside the server, until adopted
 
     def argv(self) -> list[str]:
         return [
-            self.sandbox.python, "-c", _SERVER_MAIN,
+            self.sandbox.python, "-c", _SERVER_MAIN.format(kernel_path=self.kernel_path),
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={JUPYTER_PORT}",
             "--ServerApp.port_retries=0",
@@ -89,14 +100,19 @@ class JupyterServer:
             *[f"--ServerApp.jpserver_extensions={name}=False" for name in _NOT_ON_E2B],
         ]  # fmt: skip
 
-    async def start(self) -> None:
-        """Spawn the server through the agent; readiness is reported by ``ready()``."""
+    def env(self) -> dict[str, str]:
+        """The server's environment, which its kernels inherit."""
         env = self.sandbox.base_env()
         env["JUPYTER_RUNTIME_DIR"] = self.runtime_dir
         env["JUPYTER_PATH"] = self.kernel_path
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        return env
+
+    async def start(self) -> None:
+        """Spawn the server through the agent; readiness is reported by ``ready()``."""
+        self._install_provisioner()
         self.process = await self.sandbox.spawn(
-            self.argv(), env=env, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE
+            self.argv(), env=self.env(), stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE
         )
         task = asyncio.ensure_future(self._watch(self.process))
 
@@ -182,6 +198,33 @@ class JupyterServer:
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
         return status, json.loads(payload) if payload.strip() else None
+
+    def _install_provisioner(self) -> None:
+        """The provisioner module and a dist-info naming it as a ``jupyter_client`` entry point,
+        in the kernelspec dir: written by the service, read-only inside, and written before the
+        server starts, so it is registered whenever the server first looks."""
+        root = self.sandbox.kernelspec_dir
+        module = root / f"{_PROVISIONER_MODULE}.py"
+        shutil.copyfile(_PROVISIONER_SOURCE, module)
+        info = root / f"{_PROVISIONER_MODULE}-1.0.dist-info"
+        info.mkdir(exist_ok=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {_PROVISIONER_MODULE}\nVersion: 1.0\n"
+        )
+        (info / "entry_points.txt").write_text(
+            "[jupyter_client.kernel_provisioners]\n"
+            f"{PROVISIONER_NAME} = {_PROVISIONER_MODULE}:PrestartedProvisioner\n"
+        )
+        for path in (module, info / "METADATA", info / "entry_points.txt"):
+            path.chmod(0o644)
+        info.chmod(0o755)
+
+    async def write_runtime_file(self, name: str, data: bytes) -> None:
+        """Write a file of the runtime dir as the sandbox's user, through the agent (so a
+        symlink planted there leads nowhere outside the sandbox)."""
+        async with FileOps(self.sandbox.agent).writer(f"{self.runtime_dir}/{name}") as writer:
+            await writer.write(data)
+            await writer.finish()
 
     async def read_runtime_file(self, name: str, limit: int) -> bytes:
         """A file of the runtime dir (a kernel's connection file), read by the agent inside,
