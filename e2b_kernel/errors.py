@@ -59,16 +59,24 @@ class SandboxLost(E2BKernelError):
 
 class KernelDied(E2BKernelError):
     """The sandbox's Python kernel process died under a cell (``os._exit``, a crash, out of
-    memory); its Jupyter Server restarted it, or could not."""
+    memory) and its Jupyter Server restarted it, or could not; or another client of that
+    server restarted it (``restarted``)."""
 
     def __init__(self, state: str) -> None:
+        fresh = (
+            "its variables are gone; files and installed packages are kept. Run the cells "
+            "you need again."
+        )
+        if state == "restarted":
+            super().__init__(
+                "The Python kernel in the sandbox was restarted by another client of the "
+                f"sandbox's Jupyter Server (port 8888): {fresh}"
+            )
+            return
         if state == "dead":
             what = "and could not be restarted. Run the cell again to start a new one."
         else:
-            what = (
-                "and was restarted: its variables are gone; files and installed packages are "
-                "kept. Run the cells you need again."
-            )
+            what = f"and was restarted: {fresh}"
         super().__init__(
             "The Python kernel in the sandbox died (its process exited: os._exit, a crash, "
             f"or out of memory) {what}"

@@ -125,14 +125,16 @@ class JupyterCells:
         if cell is not None:  # messages of earlier (interrupted) cells are dropped
             msg_type = str(json.loads(parts[0]).get("msg_type", ""))
             cell.messages.put_nowait((channel, msg_type, json.loads(parts[3])))
-        elif channel == "iopub" and not parent_id:
-            msg_type = str(json.loads(parts[0]).get("msg_type", ""))
+        elif channel == "iopub":
+            header = json.loads(parts[0])
+            msg_type = str(header.get("msg_type", ""))
             died = kernel_died(channel, msg_type, parent_id, json.loads(parts[3]))
             if died is not None:  # the running cells never end by themselves now
                 for running in self._cells.values():
                     running.messages.put_nowait((_DIED, _DIED, {"state": died}))
                 if self._channels is not None:
-                    self._channels.renudge()
+                    ended = header.get("session") if died == "restarted" else None
+                    self._channels.renudge(ended)
 
     def _lost(self, reason: str) -> None:
         self._closed_reason = reason

@@ -109,12 +109,19 @@ def decode(protocol: str | None, data: bytes | str) -> tuple[str, Parts]:
 
 def kernel_died(channel: str, msg_type: str, parent_id: str | None, content: dict) -> str | None:
     """``restarting`` or ``dead`` when this is the Jupyter Server's own notice that the kernel
-    process died (restarted by the server, or not); None for every other message.
+    process died (restarted by the server, or not); ``restarted`` when it is the kernel's
+    ``shutdown_reply`` to a restart (another client of the server restarted it through its
+    REST API: the server asks the process to end, then starts a new one); None otherwise.
 
-    The server sends it on IOPub with no parent: the request that was running never gets its
-    reply or its 'idle', so whoever waits on one must end it.
+    Both come on IOPub; the server's notice has no parent. Requests still waiting then never
+    get their reply or their 'idle', so whoever waits on one must end it. (A caller that
+    relays shutdown requests itself must not take the replies to its own for this.)
     """
-    if channel != "iopub" or msg_type != "status" or parent_id:
+    if channel != "iopub":
+        return None
+    if msg_type == "shutdown_reply":
+        return "restarted" if content.get("restart") else None
+    if msg_type != "status" or parent_id:
         return None
     state = content.get("execution_state")
     return str(state) if state in ("restarting", "dead") else None
@@ -157,6 +164,7 @@ class KernelChannels:
         self._nudge_ids: set[bytes] = set()  # our kernel_info_requests' msg_ids
         self._iopub_live = asyncio.Event()
         self._renudging: asyncio.Future | None = None
+        self._ended_session: bytes | None = None  # see renudge()
 
     def send(self, channel: str, parts: Parts) -> None:
         """Queue a message; it is written in order once the socket is open and the remote
@@ -194,10 +202,13 @@ class KernelChannels:
             await self.close()
             raise
 
-    def renudge(self) -> None:
+    def renudge(self, ended_session: str | None = None) -> None:
         """The remote kernel process was restarted under us: hold what the front end sends
         until the new process answers a nudge on IOPub (what is sent to a kernel that is not
-        up yet is lost, and its new IOPub subscription is not live at once either)."""
+        up yet is lost, and its new IOPub subscription is not live at once either).
+        ``ended_session``: the ending process's session id, when it may still answer a nudge
+        (a restart asked of it): its answers do not count."""
+        self._ended_session = ended_session.encode() if ended_session else None
         self._iopub_live.clear()
         self._renudging = asyncio.ensure_future(self._renudge())
 
@@ -251,7 +262,7 @@ class KernelChannels:
         # A byte search in the small parent header: no JSON parsing on the hot path.
         if len(parts) < 2 or not any(msg_id in parts[1] for msg_id in self._nudge_ids):
             return False
-        if channel == "iopub":
+        if channel == "iopub" and not (self._ended_session and self._ended_session in parts[0]):
             self._set_live()
         return True
 

@@ -154,12 +154,12 @@ class JupyterForwarder:
         if parent_id in self._timed_out_ids:
             parts = self._as_timeout(parent_id, msg_type, parts)
         if channel == "iopub":
-            if msg_type == "status":
+            if msg_type in ("status", "shutdown_reply"):
                 content = json.loads(parts[3])
                 died = kernel_died(channel, msg_type, parent_id, content)
-                if died is not None:  # passed on too: front ends show it as for python3
-                    self._send_iopub_raw(parts, msg_type)
-                    self._kernel_died(died)
+                if died is not None and parent_id not in self._routes:
+                    self._send_iopub_raw(parts, msg_type)  # front ends see it as for python3
+                    self._kernel_died(died, ended_session=header.get("session"))
                     return
                 self._track_status(parent_id, content.get("execution_state"))
             if msg_type in _RICH_OUTPUTS:
@@ -186,14 +186,15 @@ class JupyterForwarder:
         topic = f"kernel.{self.kernel_id}.{msg_type}".encode()
         self.session.send_raw(self._iopub, parts, ident=[topic])
 
-    def _kernel_died(self, state: str) -> None:
-        """The remote kernel process died: no request sent before gets its reply, so the
-        front end's are answered here (by ``on_died``); later ones reach the new process."""
-        self.log.warning("the remote kernel died (%s)", state)
+    def _kernel_died(self, state: str, ended_session: str | None = None) -> None:
+        """The remote kernel process died or is being restarted by another client: no request
+        sent before gets its reply, so the front end's are answered here (by ``on_died``);
+        later ones wait for the new process."""
+        self.log.warning("the remote kernel died or restarts (%s)", state)
         self._cancel_timers()
         self._on_busy(False)
         self._on_died(state)
-        self.channels.renudge()
+        self.channels.renudge(ended_session if state == "restarted" else None)
 
     def _with_banner(self, parts: Parts) -> Parts:
         content = json.loads(parts[3])

@@ -29,6 +29,7 @@ from e2b_kernel.core.kernel_channels import (
     Parts,
     decode,
     encode,
+    kernel_died,
 )
 
 LOG = logging.getLogger("test.kernel_channels")
@@ -160,3 +161,23 @@ def test_a_real_server_passes_on_every_message_of_the_first_cell_and_no_nudge(
         ("iopub", "status"),
         ("shell", "execute_reply"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "parent_id", "content", "expected"),
+    [
+        ("status", None, {"execution_state": "restarting"}, "restarting"),
+        ("status", None, {"execution_state": "dead"}, "dead"),
+        ("status", None, {"execution_state": "starting"}, None),
+        ("status", "a-request", {"execution_state": "restarting"}, None),
+        # Another client restarted it through the server's REST API: the process says so.
+        ("shutdown_reply", "servers-request", {"status": "ok", "restart": True}, "restarted"),
+        ("shutdown_reply", "servers-request", {"status": "ok", "restart": False}, None),
+        ("execute_result", None, {"data": {}}, None),
+    ],
+)
+def test_kernel_died_names_the_messages_after_which_no_reply_comes(
+    msg_type: str, parent_id: str | None, content: dict, expected: str | None
+) -> None:
+    assert kernel_died("iopub", msg_type, parent_id, content) == expected
+    assert kernel_died("shell", msg_type, parent_id, content) is None

@@ -102,9 +102,9 @@ class Kernel:
     def run(self, code: str, timeout: float = 90) -> tuple[dict[str, Any], list[Output]]:
         return self.collect(self.send(code), timeout)
 
-    def value(self, expression: str) -> str:
+    def value(self, expression: str, timeout: float = 90) -> str:
         """The text/plain of an expression's execute_result."""
-        reply, outputs = self.run(expression)
+        reply, outputs = self.run(expression, timeout)
         assert reply["status"] == "ok", (reply, outputs)
         results = [o for o in outputs if o.msg_type == "execute_result"]
         assert len(results) == 1, outputs

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from e2b_code_interpreter import Sandbox
 
@@ -201,6 +202,24 @@ def test_a_request_the_remote_kernel_never_answers_still_gets_a_reply(kernel: Ke
     assert kernel.value("'answered again'") == "'answered again'"
 
 
+def _tagged_env(service: RunningService, tmp_path: Path, tag: str) -> dict[str, str]:
+    """A jupyter-transport kernel on ``service`` whose sandbox carries the metadata ``tag``."""
+    return clean_env(
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        E2B_KERNEL_BACKEND="cloud",
+        E2B_KERNEL_TRANSPORT="jupyter",
+        E2B_KERNEL_METADATA=f"test={tag}",
+        **service.sdk_env(),
+    )
+
+
+def _the_sandbox(service: RunningService, tag: str) -> Sandbox:
+    (sandbox_id,) = sandboxes.running_ids(service, tag)
+    return Sandbox.connect(
+        sandbox_id, api_key=service.api_key, api_url=service.url, sandbox_url=service.url
+    )
+
+
 def test_a_fresh_sandbox_shares_one_namespace_with_run_code(
     start_kernel: StartKernel, tmp_path: Path
 ) -> None:
@@ -209,19 +228,9 @@ def test_a_fresh_sandbox_shares_one_namespace_with_run_code(
     service = start_subprocess(pool_size=0)
     try:
         tag = sandboxes.new_tag()
-        env = clean_env(
-            JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-            E2B_KERNEL_BACKEND="cloud",
-            E2B_KERNEL_TRANSPORT="jupyter",
-            E2B_KERNEL_METADATA=f"test={tag}",
-            **service.sdk_env(),
-        )
-        kernel = start_kernel(env)
+        kernel = start_kernel(_tagged_env(service, tmp_path, tag))
         kernel.run("shared_with_run_code = 6 * 7")
-        (sandbox_id,) = sandboxes.running_ids(service, tag)
-        sandbox = Sandbox.connect(
-            sandbox_id, api_key=service.api_key, api_url=service.url, sandbox_url=service.url
-        )
+        sandbox = _the_sandbox(service, tag)
         assert sandbox.run_code("shared_with_run_code").text == "42"
     finally:
         service.stop()
@@ -255,6 +264,39 @@ def test_a_cell_that_kills_the_remote_kernel_ends_with_an_error_and_the_next_cel
     assert kernel.value("open('kept.txt').read()") == "'x'"
     reply, outputs = kernel.run("variable")
     assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
+    kernel.shutdown()
+
+
+def test_a_restart_by_another_client_of_the_server_ends_the_cell_and_the_next_cells_run(
+    start_kernel: StartKernel, local_service: RunningService, tmp_path: Path
+) -> None:
+    """Another client of port 8888 (JupyterLab, a script) restarts the remote kernel through
+    the server's REST API: the running cell ends with an error saying so, and cells sent right
+    after the restart run and end (their IOPub messages are not lost to the new process's
+    subscription, which starts afresh)."""
+    tag = sandboxes.new_tag()
+    kernel = start_kernel(_tagged_env(local_service, tmp_path, tag))
+    assert kernel.value("variable = 1\nvariable") == "1"
+    sandbox = _the_sandbox(local_service, tag)
+    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8888"}
+    headers["E2B-Traffic-Access-Token"] = str(sandbox.traffic_access_token)
+    (kernel_id,) = [c.id for c in sandbox.list_code_contexts() if c.language == "python"]
+    restart = f"{local_service.url}/api/kernels/{kernel_id}/restart"
+
+    running = kernel.send("import time\nprint('started', flush=True)\ntime.sleep(60)")
+    kernel.wait_for_stream(running, "started")
+    assert httpx.post(restart, headers=headers, timeout=60).status_code == 200
+    # The server interrupts a busy kernel before it restarts it: the cell ends, as under
+    # python3 with a Jupyter Server, with the KeyboardInterrupt (or, if the process ends
+    # first, with our error saying why).
+    reply, outputs = kernel.collect(running, timeout=30)
+    assert reply["status"] == "error", (reply, outputs)
+    assert reply["ename"] in ("KeyboardInterrupt", "KernelDied"), reply
+    assert kernel.value("'variable' in globals()", timeout=30) == "False"
+
+    # Idle this time, and the next cell sent the moment the restart returns.
+    assert httpx.post(restart, headers=headers, timeout=60).status_code == 200
+    assert kernel.value("6 * 7", timeout=30) == "42"
     kernel.shutdown()
 
 
