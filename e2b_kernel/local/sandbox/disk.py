@@ -14,6 +14,8 @@ import ctypes.util
 import os
 from pathlib import Path
 
+from .subprocesses import start_process
+
 DEFAULT_DISK_MB = 2048
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -28,7 +30,7 @@ async def mount_disk(path: Path, size_mb: int) -> bool:
     """Mount a tmpfs of size_mb at path (an empty dir); False when not possible here."""
     if not can_cap_disk():
         return False
-    proc = await asyncio.create_subprocess_exec(
+    proc = await start_process(
         "mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755,nosuid,nodev",
         "e2b-sandbox-disk", str(path),
         stdin=asyncio.subprocess.DEVNULL,

@@ -23,6 +23,8 @@ import contextlib
 import os
 import shutil
 
+from .subprocesses import start_process
+
 RESOLV_CONF = "nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
 _READY_TIMEOUT = 10.0
 _TAP = "tap0"
@@ -65,7 +67,7 @@ def available() -> bool:
 
 
 async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
+    proc = await start_process(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -104,7 +106,7 @@ async def connect(init_pid: int) -> Network:
     argv += ["--enable-sandbox", "--enable-seccomp"]
     argv += [f"--ready-fd={ready_write}", f"--exit-fd={exit_read}", str(init_pid), _TAP]
     try:
-        proc = await asyncio.create_subprocess_exec(
+        proc = await start_process(
             *argv,
             pass_fds=(ready_write, exit_read),
             stdin=asyncio.subprocess.DEVNULL,
@@ -160,7 +162,7 @@ async def _fence_host(netns: str) -> None:
 
 async def ip_batch(netns: str, lines: list[str]) -> tuple[int, str]:
     """Run ip(8) commands (IPv4) in a sandbox's network namespace, as the service."""
-    proc = await asyncio.create_subprocess_exec(
+    proc = await start_process(
         "nsenter", f"--net={netns}", "ip", "-4", "-force", "-batch", "-",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,

@@ -33,6 +33,7 @@ from .isolation import CgroupSet, Isolation, join_cgroups_argv
 from .jupyter import JupyterServer
 from .paths import SandboxPaths
 from .process import DEVNULL, PIPE, AgentProcess
+from .subprocesses import start_process
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -277,6 +278,10 @@ class LocalSandbox:
         )
         try:
             self._agent_proc = await self._exec(command.argv + agent, (*command.fds, listen_fd))
+        except BaseException:
+            for fd in keep.values():
+                os.close(fd)
+            raise
         finally:
             command.close()
         try:
@@ -295,7 +300,7 @@ class LocalSandbox:
                 os.close(fd)
 
     async def _exec(self, argv: list[str], fds: tuple[int, ...]) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
+        proc = await start_process(
             *join_cgroups_argv(self.cgroups.procs_files(), argv),
             pass_fds=fds,
             stdin=DEVNULL,
@@ -471,6 +476,10 @@ class LocalSandbox:
             for proc in self._children:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
+        # Before waiting for bubblewrap: its child, killed before it could tie itself to
+        # bubblewrap's life (a start cancelled early), would hold its stderr pipe open, and
+        # the wait would last the whole timeout.
+        self.cgroups.kill_all()
         if self._agent_proc is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._agent_proc.wait(), _STOP_TIMEOUT)
