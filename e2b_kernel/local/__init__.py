@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from .sandbox.isolation import IsolationUnavailable
@@ -176,19 +177,12 @@ class _SubprocessService(_Running):
 
     def _read_banner(self) -> dict[str, str]:
         assert self._proc.stdout is not None
-        found: dict[str, str] = {}
         timer = threading.Timer(_START_TIMEOUT, self._proc.kill)
         timer.start()
         try:
-            for line in self._proc.stdout:
-                match = re.match(r"export (E2B_\w+)=(\S+)", line)
-                if match:
-                    found[match.group(1)] = match.group(2)
-                elif line.startswith("# isolation: "):
-                    found["isolation"] = line[len("# isolation: ") :].strip()
-                    return found
-                elif line.startswith("# error: "):
-                    found["error"] = line[len("# error: ") :].strip()
+            found = read_banner(self._proc.stdout)
+            if "isolation" in found:
+                return found
         finally:
             timer.cancel()
         code = self._proc.wait()
@@ -213,6 +207,22 @@ class _SubprocessService(_Running):
     def _close_banner(self) -> None:
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+
+def read_banner(lines: Iterable[str]) -> dict[str, str]:
+    """What a starting service prints, read up to its last banner line: its ``export``
+    settings (``E2B_API_URL``, ``E2B_API_KEY``...), then ``isolation`` once it serves, or
+    ``error`` when it could not start (the lines then end)."""
+    found: dict[str, str] = {}
+    for line in lines:
+        if match := re.match(r"export (E2B_\w+)=(\S+)", line):
+            found[match.group(1)] = match.group(2)
+        elif line.startswith("# isolation: "):
+            found["isolation"] = line[len("# isolation: ") :].strip()
+            break
+        elif line.startswith("# error: "):
+            found["error"] = line[len("# error: ") :].strip()
+    return found
 
 
 def start_in_thread(

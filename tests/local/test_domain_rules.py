@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +27,8 @@ from pathlib import Path
 import pytest
 from e2b import Sandbox
 from local_helpers import remove_target_netns
+
+from e2b_kernel.local import read_banner
 
 # In the target's namespace: answer every connection on 80, 443 and 8099 with the address it
 # reached, after its first bytes, and log that address.
@@ -170,13 +171,8 @@ def service_env(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     argv += ["--die-with-parent", "--pool-size", "0"]
     env = {k: v for k, v in os.environ.items() if k != "E2B_API_KEY"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
-    found: dict[str, str] = {}
     assert proc.stdout is not None
-    for line in proc.stdout:
-        if match := re.match(r"export (E2B_\w+)=(\S+)", line):
-            found[match.group(1)] = match.group(2)
-        if line.startswith("# isolation: "):
-            break
+    found = read_banner(proc.stdout)
     try:
         assert "E2B_API_URL" in found, "the test's service did not start"
         yield {
