@@ -91,21 +91,22 @@ def claim(connection_file: str) -> _AdoptedProcess | None:
     except (OSError, ValueError):
         return None
     # Checked after the pidfd pins the process: a reused pid cannot pass for the kernel.
-    if os.fsencode(connection_file) not in _command_line(pid).split(b"\0"):
+    if os.fsencode(connection_file) not in _command_line(pid, pidfd).split(b"\0"):
         os.close(pidfd)
         return None
     return _AdoptedProcess(pid, pidfd)
 
 
-def _command_line(pid: int) -> bytes:
+def _command_line(pid: int, pidfd: int) -> bytes:
     """``/proc/<pid>/cmdline``; it reads empty for a moment while an exec completes (the
-    marker is written as the exec begins), so an empty one is read again, briefly."""
+    marker is written as the exec begins), so an empty one is read again, briefly, unless
+    the process has ended (a zombie's reads empty too)."""
     for _ in range(_EXEC_RETRIES):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return b""
-        if cmdline:
+        if cmdline or select.select([pidfd], [], [], 0)[0]:
             return cmdline
         time.sleep(0.01)
     return b""
