@@ -3,12 +3,15 @@
 - ``errors`` and ``config`` sit at the bottom; ``backends`` and ``core`` import no front end;
 - ``local`` (the E2B-compatible service) imports nothing else of ``e2b_kernel``, and the rest
   reaches it only through the functions that start it;
-- no import cycle exists between modules (imports under ``if TYPE_CHECKING:`` do not count).
+- no import cycle exists between modules (imports under ``if TYPE_CHECKING:`` do not count);
+- and one check that does import: the kernel starts without the E2B SDK.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +159,15 @@ def test_the_checker_sees_a_cycle_and_a_layer_breach() -> None:
     targets = {t for t, _ in imports_of("e2b_kernel.magic.magics")}
     assert "e2b_kernel.core" in targets and "e2b_kernel.magic.commands" in targets
     assert ("e2b_kernel.local", {"start_in_thread"}) in imports_of("e2b_kernel.backends.handles")
+
+
+def test_the_kernel_starts_without_importing_the_sdk() -> None:
+    """The E2B SDK's import (~0.3 s) runs beside the private service's start, on a worker
+    thread, instead of before the kernel can launch that service (core/sdk.py)."""
+    code = (
+        "import sys, e2b_kernel.kernel.kernel, e2b_kernel.magic; "
+        "sdk = ('e2b', 'e2b_code_interpreter'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in sdk))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]", run.stdout

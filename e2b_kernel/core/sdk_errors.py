@@ -4,14 +4,6 @@ from __future__ import annotations
 
 import os
 
-from e2b import (
-    AuthenticationException,
-    NotFoundException,
-    SandboxNotFoundException,
-    SandboxNotRunningException,
-    TimeoutException,
-)
-
 __all__ = ["is_sandbox_gone", "is_sdk_error", "unavailable_message"]
 
 # Substrings of SDK messages that mean "the sandbox does not exist any more".
@@ -33,6 +25,16 @@ def is_sdk_error(exc: BaseException) -> bool:
 
 def is_sandbox_gone(exc: BaseException) -> bool:
     """True when ``exc`` says the sandbox was killed, expired or is unknown."""
+    if not is_sdk_error(exc):
+        return False
+    # Imported here: an SDK exception means the SDK is loaded (see sdk.py for why it is late).
+    from e2b import (
+        NotFoundException,
+        SandboxNotFoundException,
+        SandboxNotRunningException,
+        TimeoutException,
+    )
+
     if isinstance(exc, (SandboxNotFoundException, SandboxNotRunningException)):
         return True
     text = str(exc)
@@ -46,7 +48,7 @@ def is_sandbox_gone(exc: BaseException) -> bool:
 
 def unavailable_message(exc: BaseException, backend: str) -> str:
     """A user-facing message for a failure to create or reach a sandbox."""
-    if isinstance(exc, AuthenticationException) or "401" in str(exc) or "403" in str(exc):
+    if _is_authentication_error(exc) or "401" in str(exc) or "403" in str(exc):
         return (
             "E2B rejected the API key. Set E2B_API_KEY to a valid key from your E2B dashboard, "
             "or set E2B_KERNEL_BACKEND=local to run sandboxes on this machine."
@@ -66,3 +68,11 @@ def unavailable_message(exc: BaseException, backend: str) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_authentication_error(exc: BaseException) -> bool:
+    if not is_sdk_error(exc):
+        return False
+    from e2b import AuthenticationException
+
+    return isinstance(exc, AuthenticationException)

@@ -14,9 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import IO, Any
-
-from e2b_code_interpreter import AsyncSandbox
+from typing import IO, TYPE_CHECKING, Any
 
 from ..backends import Backend, ServiceHandle
 from ..config import SessionConfig
@@ -26,7 +24,7 @@ from ..errors import (
     SandboxLost,
     SandboxUnavailable,
 )
-from . import introspection
+from . import introspection, sdk
 from .hidden import parse_reply
 from .jupyter_server import JupyterEndpoint, endpoint_for
 from .keepalive import KeepAlive
@@ -34,6 +32,9 @@ from .sdk_errors import is_sandbox_gone, unavailable_message
 from .streaming import DONE, Event, start_run_code
 from .telemetry import execution_span
 from .text_plain import install_code as text_plain_carrier_code
+
+if TYPE_CHECKING:
+    from e2b_code_interpreter import AsyncSandbox
 
 __all__ = ["Event", "HiddenResult", "SandboxSession", "cell_limit", "cell_timeout_message"]
 
@@ -127,7 +128,16 @@ class SandboxSession:
     async def start_backend(self) -> None:
         """Start the private local service if the backend needs one (sets ``isolation``)."""
         async with self._start_lock:
+            await self._ensure_backend()
+
+    async def _ensure_backend(self) -> None:
+        """Start the backend's private service (if any) while the SDK is imported beside it:
+        both take about 0.3 s, and every caller of this needs both (see sdk.py)."""
+        loading = asyncio.ensure_future(sdk.load())
+        try:
             await self._backend.ensure_started()
+        finally:
+            await loading
 
     def attach_service(self, service: ServiceHandle) -> None:
         """Use an already running local service (for example one adopted after a restart)."""
@@ -161,7 +171,7 @@ class SandboxSession:
     async def list_sandboxes(self) -> list[Any]:
         """Every running sandbox this session's backend can see (``SandboxInfo`` objects)."""
         await self.start_backend()  # a local backend's service must run; no sandbox needed
-        paginator = AsyncSandbox.list(**self.sdk_options())
+        paginator = (await sdk.load()).list(**self.sdk_options())
         found: list[Any] = []
         while paginator.has_next:
             found.extend(await paginator.next_items())
@@ -188,13 +198,13 @@ class SandboxSession:
                 )
             if self.sandbox is not None:
                 return
-            await self._backend.ensure_started()
+            await self._ensure_backend()
             opts = self._backend.sdk_opts()
             lifecycle: Any = None
             if self.config.idle == "pause":
                 lifecycle = {"on_timeout": "pause", "auto_resume": True}
             try:
-                self.sandbox = await AsyncSandbox.create(
+                self.sandbox = await (await sdk.load()).create(
                     template=self.config.template,
                     timeout=self.config.sandbox_timeout,
                     metadata=dict(self.config.metadata) or None,
@@ -221,10 +231,10 @@ class SandboxSession:
     async def connect(self, sandbox_id: str) -> None:
         """Attach to an existing (running or paused) sandbox instead of creating one."""
         async with self._start_lock:
-            await self._backend.ensure_started()
+            await self._ensure_backend()
             opts = self._backend.sdk_opts()
             try:
-                sandbox = await AsyncSandbox.connect(
+                sandbox = await (await sdk.load()).connect(
                     sandbox_id, timeout=self.config.sandbox_timeout, **opts
                 )
             except Exception as exc:
