@@ -191,6 +191,33 @@ def test_a_cell_that_kills_the_remote_kernel_raises_kernel_died_and_the_next_run
     assert result["data"]["text/plain"] == "False"
 
 
+def test_cells_right_after_another_clients_restart_end_and_see_fresh_state(
+    own_magic: Magic,
+) -> None:
+    """Another client of port 8888 (here the python3 kernel's own Python, through the server's
+    REST API) restarts the remote kernel; the next ``%%e2b`` cell, sent the moment that
+    returns, must not lose its IOPub messages to the new process's fresh subscription
+    (several rounds: before the fix this hung in 1 of 3 runs of two rounds)."""
+    assert own_magic.run("%%e2b\nvariable = 1")[0]["status"] == "ok"
+    restart = (
+        "import httpx\n"
+        "magics = get_ipython().magics_manager.registry['E2BMagics']\n"
+        "(session,) = magics.sessions.values()\n"
+        "endpoint = session.jupyter_endpoint()\n"
+        "(kernel_id,) = magics.call(session.code_context_ids())\n"
+        "url = endpoint.url(f'api/kernels/{kernel_id}/restart')\n"
+        "httpx.post(url, headers=endpoint.headers, timeout=60).status_code"
+    )
+    for _ in range(4):
+        reply, messages = own_magic.run(restart)
+        assert reply["status"] == "ok", reply
+        assert outputs_of(messages, "execute_result")[0]["data"]["text/plain"] == "200"
+        reply, messages = own_magic.run("%%e2b\n'variable' in globals()")
+        assert reply["status"] == "ok", reply
+        (result,) = outputs_of(messages, "execute_result")
+        assert result["data"]["text/plain"] == "False"
+
+
 def test_display_updates_keep_their_display_id_and_metadata(magic: Magic) -> None:
     reply, messages = magic.run(
         "%%e2b\nimport base64\nfrom IPython.display import display, Image\n"
