@@ -30,7 +30,7 @@ from jupyter_client.session import Session
 
 from ..errors import E2BKernelError, ExecutionTimeout, KernelDied
 from . import cell_env, text_plain
-from .kernel_channels import KernelChannels, Parts, kernel_died
+from .kernel_channels import DEATH_NOTICES, KernelChannels, Parts, kernel_died
 from .outputs import without_e2b_fields
 from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
 from .session import NEW_SANDBOX_NOTICE, Event, SandboxSession, cell_limit, cell_timeout_message
@@ -128,6 +128,8 @@ class JupyterCells:
         elif channel == "iopub":
             header = json.loads(parts[0])
             msg_type = str(header.get("msg_type", ""))
+            if msg_type not in DEATH_NOTICES:
+                return  # another client's output: its content is not even parsed
             died = kernel_died(channel, msg_type, parent_id, json.loads(parts[3]))
             if died is not None:  # the running cells never end by themselves now
                 for running in self._cells.values():

@@ -39,6 +39,7 @@ from websockets.typing import Subprotocol
 from .jupyter_server import JupyterEndpoint
 
 __all__ = [
+    "DEATH_NOTICES",
     "V1_PROTOCOL",
     "KernelChannels",
     "KernelChannelsError",
@@ -105,6 +106,10 @@ def decode(protocol: str | None, data: bytes | str) -> tuple[str, Parts]:
     msg = json.loads(data)
     parts = [json.dumps(msg.get(name) or {}).encode() for name in _FIELDS]
     return str(msg.get("channel") or "shell"), parts + buffers
+
+
+# The message types kernel_died() can name; callers parse a message's content only for these.
+DEATH_NOTICES = frozenset({"status", "shutdown_reply"})
 
 
 def kernel_died(channel: str, msg_type: str, parent_id: str | None, content: dict) -> str | None:

@@ -130,14 +130,15 @@ class SandboxSession:
         async with self._start_lock:
             await self._ensure_backend()
 
-    async def _ensure_backend(self) -> None:
+    async def _ensure_backend(self) -> type[AsyncSandbox]:
         """Start the backend's private service (if any) while the SDK is imported beside it:
         both take about 0.3 s, and every caller of this needs both (see sdk.py)."""
         loading = asyncio.ensure_future(sdk.load())
         try:
             await self._backend.ensure_started()
         finally:
-            await loading
+            sandbox_class = await loading
+        return sandbox_class
 
     def attach_service(self, service: ServiceHandle) -> None:
         """Use an already running local service (for example one adopted after a restart)."""
@@ -171,7 +172,7 @@ class SandboxSession:
     async def list_sandboxes(self) -> list[Any]:
         """Every running sandbox this session's backend can see (``SandboxInfo`` objects)."""
         await self.start_backend()  # a local backend's service must run; no sandbox needed
-        paginator = (await sdk.load()).list(**self.sdk_options())
+        paginator = sdk.async_sandbox().list(**self.sdk_options())  # loaded by start_backend
         found: list[Any] = []
         while paginator.has_next:
             found.extend(await paginator.next_items())
@@ -198,13 +199,13 @@ class SandboxSession:
                 )
             if self.sandbox is not None:
                 return
-            await self._ensure_backend()
+            sandbox_class = await self._ensure_backend()
             opts = self._backend.sdk_opts()
             lifecycle: Any = None
             if self.config.idle == "pause":
                 lifecycle = {"on_timeout": "pause", "auto_resume": True}
             try:
-                self.sandbox = await (await sdk.load()).create(
+                self.sandbox = await sandbox_class.create(
                     template=self.config.template,
                     timeout=self.config.sandbox_timeout,
                     metadata=dict(self.config.metadata) or None,
@@ -231,10 +232,10 @@ class SandboxSession:
     async def connect(self, sandbox_id: str) -> None:
         """Attach to an existing (running or paused) sandbox instead of creating one."""
         async with self._start_lock:
-            await self._ensure_backend()
+            sandbox_class = await self._ensure_backend()
             opts = self._backend.sdk_opts()
             try:
-                sandbox = await (await sdk.load()).connect(
+                sandbox = await sandbox_class.connect(
                     sandbox_id, timeout=self.config.sandbox_timeout, **opts
                 )
             except Exception as exc:

@@ -28,7 +28,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from ..core.jupyter_server import JupyterEndpoint
-from ..core.kernel_channels import KernelChannels, Parts, kernel_died
+from ..core.kernel_channels import DEATH_NOTICES, KernelChannels, Parts, kernel_died
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
 from ..core.session import cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
@@ -154,7 +154,7 @@ class JupyterForwarder:
         if parent_id in self._timed_out_ids:
             parts = self._as_timeout(parent_id, msg_type, parts)
         if channel == "iopub":
-            if msg_type in ("status", "shutdown_reply"):
+            if msg_type in DEATH_NOTICES:
                 content = json.loads(parts[3])
                 died = kernel_died(channel, msg_type, parent_id, content)
                 if died is not None and parent_id not in self._routes:

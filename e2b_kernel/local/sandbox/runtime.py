@@ -277,14 +277,10 @@ class LocalSandbox:
             listen_fd, bwrap.AGENT_PARENT, bwrap.AGENT_PACKAGE, "--switch-user"
         )
         try:
-            self._agent_proc = await self._exec(command.argv + agent, (*command.fds, listen_fd))
-        except BaseException:
-            for fd in keep.values():
-                os.close(fd)
-            raise
-        finally:
-            command.close()
-        try:
+            try:
+                self._agent_proc = await self._exec(command.argv + agent, (*command.fds, listen_fd))
+            finally:
+                command.close()
             info = await asyncio.to_thread(_read_json_fd, keep["info"])
             if info is None:
                 await self._agent_proc.wait()
