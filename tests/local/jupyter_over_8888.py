@@ -62,7 +62,11 @@ def execute_over_8888(
         _wait_for_iopub(ws, session)
         ws.send(serialize_msg_to_ws_v1(request, "shell", _pack))
         data: dict[str, Any] = {}
-        while True:
+        # Shell and IOPub are two sockets inside: the reply may overtake the execute_result,
+        # so the cell is over only when both the reply and IOPub's idle status are in.
+        reply: dict[str, Any] | None = None
+        idle = False
+        while reply is None or not idle:
             frame = ws.recv(timeout=60)
             assert isinstance(frame, bytes)
             channel, parts = deserialize_msg_from_ws_v1(frame)
@@ -74,4 +78,7 @@ def execute_over_8888(
             if header["msg_type"] == "execute_result":
                 data = content["data"]
             if channel == "shell" and header["msg_type"] == "execute_reply":
-                return content, data
+                reply = content
+            if header["msg_type"] == "status" and content["execution_state"] == "idle":
+                idle = True
+        return reply, data

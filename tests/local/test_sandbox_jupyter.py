@@ -3,6 +3,7 @@ port 8888, no token, root /home/user, reached through the service's sandbox-port
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,3 +137,38 @@ def test_a_restart_over_8888_is_taken_as_is_by_run_code(
         assert sandbox.run_code("'before' in globals()", context=context).text == "False"
     finally:
         sandbox.remove_code_context(context)
+
+
+def test_the_kernel_list_answers_while_kernels_start(
+    sandbox: Sandbox, jupyter: httpx.Client
+) -> None:
+    """jupyter_server lists a kernel one step before it sets its ``last_activity``, and its
+    list then fails with a 500 for every caller; a front end polling /api/kernels (as
+    JupyterLab does) while a context starts must never see that."""
+    failures: list[str] = []
+    starting = threading.Event()
+    polls = 0
+
+    def poll() -> None:
+        nonlocal polls
+        while starting.is_set():
+            for path in ("/api/kernels", "/api/status"):
+                response = jupyter.get(path)
+                polls += 1
+                if response.status_code != 200:
+                    failures.append(f"{path}: {response.status_code} {response.text[:200]}")
+
+    starting.set()
+    pollers = [threading.Thread(target=poll) for _ in range(3)]
+    for thread in pollers:
+        thread.start()
+    try:
+        for _ in range(6):
+            context = sandbox.create_code_context()
+            sandbox.remove_code_context(context)
+    finally:
+        starting.clear()
+        for thread in pollers:
+            thread.join()
+    assert polls > 0
+    assert failures == []

@@ -10,7 +10,8 @@ written (``kernel-<id>.json`` in the runtime dir) and, next to it, ``kernel-<id>
 naming the process. When the server is asked for a kernel under that id (the service's
 ``POST /api/sessions`` names it), this provisioner takes the running process instead of
 launching a new one. Every other launch (other ids, restarts, a marker whose process is gone)
-is jupyter_client's ``LocalProvisioner`` unchanged.
+is jupyter_client's ``LocalProvisioner``, with one mend to the server's kernel list (see
+``_mark_active``).
 
 An adopted kernel is the agent's child, not the server's: its exit is seen through a pidfd,
 its exit status is the agent's to reap (it reads as -1 here), and it has no ``JPY_PARENT_PID``
@@ -26,6 +27,7 @@ import select
 import signal
 import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,20 @@ def _command_line(pid: int, pidfd: int) -> bytes:
     return b""
 
 
+def _mark_active(km: Any) -> None:
+    """Give a starting kernel the ``last_activity`` the server gives it only after listing it.
+
+    jupyter_server (2.21) adds a new kernel to its list one event-loop step before it sets
+    ``last_activity``; a ``GET /api/kernels`` or ``/api/status`` served in that step formats
+    nothing and answers 500 to every caller. Set here, during the start, the list is whole from
+    the moment it holds the kernel; the server then sets its own value as before."""
+    has_value = getattr(km, "trait_has_value", None)  # a traitlets object (the server's)
+    if has_value is not None and km.has_trait("last_activity") and not has_value("last_activity"):
+        km.last_activity = datetime.now(timezone.utc)
+        if km.has_trait("execution_state") and km.execution_state is None:
+            km.execution_state = "starting"
+
+
 class PrestartedProvisioner(LocalProvisioner):
     """``LocalProvisioner`` that adopts a prestarted kernel on the launch it was made for."""
 
@@ -119,6 +135,7 @@ class PrestartedProvisioner(LocalProvisioner):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km: Any = self.parent
+        _mark_active(km)
         adopted = claim(km.connection_file) if km is not None and km.connection_file else None
         if adopted is None:
             return dict(await super().pre_launch(**kwargs))
