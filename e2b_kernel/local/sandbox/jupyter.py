@@ -41,15 +41,23 @@ _READY_MARK = b"is running at"
 READY_TIMEOUT = 90.0  # a loaded shared machine can be slow to import jupyter_server
 # Server extensions the shared Python environment may hold that E2B's template has not.
 _NOT_ON_E2B = ("jupyterlab", "jupyter_lsp", "notebook_shim", "notebook", "nbclassic", "voila")
-# jupyter_server -> jupyter_events -> jsonschema's format checkers import rfc3987_syntax when
-# it is installed, and that module builds a grammar parser at import: about a second, over
-# half of the server's start. Only jsonschema's optional "iri" format check needs it (it is
-# skipped when the import fails), and no event schema the server validates uses "iri".
+# jupyter_server -> jupyter_events -> jsonschema's format checkers import every optional
+# format library that is installed: rfc3987_syntax alone builds a grammar parser at import
+# (about a second, over half of the server's start), and the others (arrow among them) cost
+# another 85 ms. Only jsonschema's optional format checks need them (each is skipped when its
+# import fails), and the event schemas the server validates use none of those formats.
+# Nothing else the server imports uses them (checked against the shared environment), and
+# its kernels are processes of their own, untouched by this.
+_FORMAT_CHECK_ONLY = (
+    "rfc3987_syntax", "fqdn", "jsonpointer", "rfc3339_validator", "rfc3986_validator",
+    "uri_template", "isoduration", "webcolors",
+)  # fmt: skip
 # The kernelspec dir is first on the server's sys.path (not on its kernels'): it holds the
 # provisioner that adopts the kernel the service starts beside the server, and a dist-info
 # that registers it as an entry point (see jupyter_provisioner.py).
 _SERVER_MAIN = (
-    "import sys; sys.modules['rfc3987_syntax'] = None; sys.path.insert(0, {kernel_path!r}); "
+    "import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+    "sys.path.insert(0, {kernel_path!r}); "
     "from jupyter_server.serverapp import main; sys.exit(main())"
 )
 PROVISIONER_NAME = "e2b-prestarted"
@@ -77,8 +85,9 @@ class JupyterServer:
         self.prestarted: Any = None  # a kernel started beside the server, until adopted
 
     def argv(self) -> list[str]:
+        main = _SERVER_MAIN.format(blocked=_FORMAT_CHECK_ONLY, kernel_path=self.kernel_path)
         return [
-            self.sandbox.python, "-c", _SERVER_MAIN.format(kernel_path=self.kernel_path),
+            self.sandbox.python, "-c", main,
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={JUPYTER_PORT}",
             "--ServerApp.port_retries=0",
