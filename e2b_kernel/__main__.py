@@ -1,6 +1,28 @@
-"""Launch the E2B Python kernel: ``python -m e2b_kernel -f CONNECTION_FILE``."""
+"""Launch the E2B Python kernel: ``python -m e2b_kernel -f CONNECTION_FILE``.
 
-from e2b_kernel.kernel import main
+The private local service (when the environment says the kernel needs one) is started first,
+so that it and its sandbox start while the kernel imports ipykernel and the E2B SDK.
+"""
+
+import sys
+
+
+def _connection_file(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "-f" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(("-f=", "--f=")):
+            return arg.split("=", 1)[1]
+    return None
+
 
 if __name__ == "__main__":
+    # --SessionConfig options on the command line may choose another backend: no guess then.
+    if not any("SessionConfig" in arg for arg in sys.argv[1:]):
+        from e2b_kernel.backends import launch_early
+
+        launch_early(_connection_file(sys.argv[1:]))
+
+    from e2b_kernel.kernel import main
+
     main()

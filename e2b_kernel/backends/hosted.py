@@ -10,6 +10,10 @@ process exits and the new one takes the same lease, found through the restart st
 
 The service removes its lease file when it stops, and ``stop()`` does too. Only a service that
 was itself SIGKILLed leaves one: each launch sweeps those (free lease, dead service).
+
+``launch_early`` starts the service (on a thread) as the kernel process starts, before its
+imports, when the environment alone says the kernel will need one; ``launch`` then claims it,
+and ``discard_early`` stops it if the kernel's configuration turned out to want none.
 """
 
 from __future__ import annotations
@@ -18,15 +22,20 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from ..config import SessionConfig
+from ..errors import ConfigurationError
+from . import restart_state
 from .handles import ServiceHandle
 
-__all__ = ["HostedService"]
+__all__ = ["HostedService", "discard_early", "launch_early"]
 
 _STOP_TIMEOUT = 20.0
 LEASE_DIR = Path(tempfile.gettempdir()) / "e2b-kernel-leases"
@@ -46,7 +55,17 @@ class HostedService(ServiceHandle):
 
     @classmethod
     def launch(cls, *, isolation: str = "auto") -> HostedService:
-        """Take a new lease and start a helper that serves while it is held."""
+        """Take a new lease and start a helper that serves while it is held (or claim the
+        one ``launch_early`` started, when its isolation is the one asked for)."""
+        early = _take_early()
+        if early is not None:
+            if early.isolation == isolation:
+                return early.future.result()
+            _stop_when_started(early)
+        return cls._launch(isolation)
+
+    @classmethod
+    def _launch(cls, isolation: str) -> HostedService:
         from ..local import start_subprocess
 
         sweep_stale_leases()
@@ -125,6 +144,69 @@ class HostedService(ServiceHandle):
         if self._lease_fd is not None:
             os.close(self._lease_fd)
             self._lease_fd = None
+
+
+class _EarlyLaunch:
+    """A ``HostedService`` being launched on a thread of its own."""
+
+    def __init__(self, isolation: str) -> None:
+        self.isolation = isolation
+        self.future: Future[HostedService] = Future()
+        threading.Thread(target=self._run, name="e2b-early-service", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.future.set_result(HostedService._launch(self.isolation))
+        except Exception as exc:  # raised to whoever claims it, as a direct launch would
+            self.future.set_exception(exc)
+
+
+_early: _EarlyLaunch | None = None
+_early_lock = threading.Lock()
+
+
+def launch_early(connection_file: str | None) -> None:
+    """Start the private service now, when the environment alone says the kernel (started
+    with ``connection_file``) will need one: its start then overlaps the kernel's imports.
+
+    Not after a restart (the restarted process adopts the previous service). The kernel's
+    full configuration may still differ (config files, command line): then ``launch`` is
+    asked for another isolation, or never, and this one is stopped.
+    """
+    global _early
+    try:
+        config = SessionConfig()
+    except ConfigurationError:
+        return  # the kernel reports it; it starts no service
+    if config.resolved_backend() != "local":
+        return
+    if connection_file and restart_state.state_path(connection_file).exists():
+        return
+    with _early_lock:
+        if _early is None:
+            _early = _EarlyLaunch(str(config.local_isolation))
+
+
+def discard_early() -> None:
+    """Stop the service ``launch_early`` started if nobody claimed it (without waiting)."""
+    early = _take_early()
+    if early is not None:
+        _stop_when_started(early)
+
+
+def _take_early() -> _EarlyLaunch | None:
+    global _early
+    with _early_lock:
+        early, _early = _early, None
+    return early
+
+
+def _stop_when_started(early: _EarlyLaunch) -> None:
+    def stop() -> None:
+        with contextlib.suppress(Exception):
+            early.future.result().stop()
+
+    threading.Thread(target=stop, name="e2b-early-service-stop", daemon=True).start()
 
 
 def _lease_dir() -> Path:

@@ -28,7 +28,7 @@ from ipykernel.kernelbase import Kernel
 from traitlets import Instance
 
 from .. import __version__
-from ..backends import HostedService, restart_state
+from ..backends import HostedService, discard_early, restart_state
 from ..config import SessionConfig
 from ..core import SandboxSession, introspection
 from ..core.jupyter_server import tls_context
@@ -110,6 +110,7 @@ class E2BKernel(JupyterTransport, Kernel):
                 started = await self._start_session()
         finally:
             self._backend_ready.set()
+            discard_early()  # a service started before the configuration was read, unused
         try:
             if self._config_error is None:
                 await self._choose_transport(started)
