@@ -13,13 +13,16 @@ was itself SIGKILLed leaves one: each launch sweeps those (free lease, dead serv
 
 ``launch_early`` starts the service (on a thread) as the kernel process starts, before its
 imports, when the environment alone says the kernel will need one; ``launch`` then claims it,
-and ``discard_early`` stops it if the kernel's configuration turned out to want none.
+and ``discard_early`` stops it if the kernel's configuration turned out to want none. The
+service is told the kernel's ports, which the kernel binds only after its imports: by chance,
+its own listening socket could otherwise take one of them, and the kernel would die at start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 import threading
@@ -38,6 +41,7 @@ from .handles import ServiceHandle
 __all__ = ["HostedService", "discard_early", "launch_early"]
 
 _STOP_TIMEOUT = 20.0
+_CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 LEASE_DIR = Path(tempfile.gettempdir()) / "e2b-kernel-leases"
 _UNCLAIMED_AGE = 120.0  # a lease file with no service pid yet is still being launched
 
@@ -65,7 +69,7 @@ class HostedService(ServiceHandle):
         return cls._launch(isolation)
 
     @classmethod
-    def _launch(cls, isolation: str) -> HostedService:
+    def _launch(cls, isolation: str, avoid_ports: frozenset[int] = frozenset()) -> HostedService:
         from ..local import start_subprocess
 
         sweep_stale_leases()
@@ -76,7 +80,11 @@ class HostedService(ServiceHandle):
             # exactly one (a restart keeps it), and a refill would compete with it for the
             # machine's cores. Its start overlaps the kernel's own until create takes it.
             child = start_subprocess(
-                isolation=isolation, lease=lease_path, pool_size=1, pool_refill=False
+                isolation=isolation,
+                lease=lease_path,
+                avoid_ports=avoid_ports,
+                pool_size=1,
+                pool_refill=False,
             )
         except BaseException:
             os.close(fd)
@@ -149,14 +157,15 @@ class HostedService(ServiceHandle):
 class _EarlyLaunch:
     """A ``HostedService`` being launched on a thread of its own."""
 
-    def __init__(self, isolation: str) -> None:
+    def __init__(self, isolation: str, avoid_ports: frozenset[int]) -> None:
         self.isolation = isolation
+        self.avoid_ports = avoid_ports  # the kernel's own, not bound yet
         self.future: Future[HostedService] = Future()
         threading.Thread(target=self._run, name="e2b-early-service", daemon=True).start()
 
     def _run(self) -> None:
         try:
-            self.future.set_result(HostedService._launch(self.isolation))
+            self.future.set_result(HostedService._launch(self.isolation, self.avoid_ports))
         except Exception as exc:  # raised to whoever claims it, as a direct launch would
             self.future.set_exception(exc)
 
@@ -180,11 +189,26 @@ def launch_early(connection_file: str | None) -> None:
         return  # the kernel reports it; it starts no service
     if config.resolved_backend() != "local":
         return
-    if connection_file and restart_state.state_path(connection_file).exists():
+    if connection_file is None or restart_state.state_path(connection_file).exists():
         return
+    kernel_ports = _kernel_ports(connection_file)
+    if kernel_ports is None:
+        return  # the service could take a port the kernel is about to bind
     with _early_lock:
         if _early is None:
-            _early = _EarlyLaunch(str(config.local_isolation))
+            _early = _EarlyLaunch(str(config.local_isolation), kernel_ports)
+
+
+def _kernel_ports(connection_file: str) -> frozenset[int] | None:
+    """The TCP ports the kernel will bind, read from its connection file (written before the
+    kernel was launched); None when the file cannot be read."""
+    try:
+        info = json.loads(Path(connection_file).read_text())
+        if info.get("transport", "tcp") != "tcp":
+            return frozenset()
+        return frozenset(int(info.get(f"{name}_port") or 0) for name in _CHANNELS) - {0}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def discard_early() -> None:

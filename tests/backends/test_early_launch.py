@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,13 @@ import pytest
 
 from e2b_kernel.backends import HostedService, discard_early, hosted, launch_early, restart_state
 
+PORT_NAMES = ("shell", "iopub", "stdin", "control", "hb")
+
 
 class _Fake:
-    def __init__(self, isolation: str) -> None:
+    def __init__(self, isolation: str, avoid_ports: frozenset[int]) -> None:
         self.isolation = isolation
+        self.avoid_ports = avoid_ports
         self.stopped = threading.Event()
 
     def stop(self) -> None:
@@ -25,8 +29,8 @@ class _Fake:
 def launched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[_Fake]]:
     made: list[_Fake] = []
 
-    def fake_launch(isolation: str) -> Any:
-        made.append(_Fake(isolation))
+    def fake_launch(isolation: str, avoid_ports: frozenset[int] = frozenset()) -> Any:
+        made.append(_Fake(isolation, avoid_ports))
         return made[-1]
 
     monkeypatch.setattr(HostedService, "_launch", staticmethod(fake_launch))
@@ -37,30 +41,43 @@ def launched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[_
     discard_early()
 
 
-def test_launch_claims_the_early_service(launched: list[_Fake]) -> None:
-    launch_early(None)
+@pytest.fixture
+def connection(tmp_path: Path) -> str:
+    """A kernel's connection file, as jupyter_client writes it before launching the kernel."""
+    path = tmp_path / "kernel-1.json"
+    ports = {f"{name}_port": 41000 + i for i, name in enumerate(PORT_NAMES)}
+    path.write_text(json.dumps({"transport": "tcp", "ip": "127.0.0.1", "key": "k", **ports}))
+    return str(path)
+
+
+def test_launch_claims_the_early_service(launched: list[_Fake], connection: str) -> None:
+    launch_early(connection)
     service = HostedService.launch(isolation="auto")
     assert launched == [service] and not launched[0].stopped.is_set()
     discard_early()  # claimed: nothing to stop
     assert not launched[0].stopped.is_set()
 
 
-def test_another_isolation_stops_it_and_launches_anew(launched: list[_Fake]) -> None:
-    launch_early(None)
+def test_another_isolation_stops_it_and_launches_anew(
+    launched: list[_Fake], connection: str
+) -> None:
+    launch_early(connection)
     service = HostedService.launch(isolation="none")
     assert service is launched[-1] and service.isolation == "none"
     assert launched[0].isolation == "auto" and launched[0].stopped.wait(5)
 
 
-def test_an_unclaimed_service_is_stopped(launched: list[_Fake]) -> None:
-    launch_early(None)
+def test_an_unclaimed_service_is_stopped(launched: list[_Fake], connection: str) -> None:
+    launch_early(connection)
     discard_early()
     assert len(launched) == 1 and launched[0].stopped.wait(5)
 
 
-def test_not_for_the_cloud_backend(launched: list[_Fake], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_for_the_cloud_backend(
+    launched: list[_Fake], connection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("E2B_KERNEL_BACKEND", "cloud")
-    launch_early(None)
+    launch_early(connection)
     assert hosted._early is None
 
 
@@ -69,3 +86,22 @@ def test_not_after_a_restart(launched: list[_Fake], tmp_path: Path) -> None:
     restart_state.put(connection, {"sandbox_id": "abc"})
     launch_early(connection)
     assert hosted._early is None  # the restarted process adopts the previous service
+
+
+def test_the_service_is_told_the_kernels_ports(launched: list[_Fake], connection: str) -> None:
+    """The kernel binds them only after its imports: the service must leave them free."""
+    launch_early(connection)
+    service = HostedService.launch(isolation="auto")
+    assert service.avoid_ports == frozenset(range(41000, 41005))
+
+
+@pytest.mark.parametrize("contents", [None, "not json", "[]", '{"shell_port": "x"}'])
+def test_not_when_the_kernels_ports_are_unknown(
+    launched: list[_Fake], tmp_path: Path, contents: str | None
+) -> None:
+    connection = tmp_path / "kernel-2.json"
+    if contents is not None:
+        connection.write_text(contents)
+    launch_early(str(connection))
+    launch_early(None)
+    assert hosted._early is None
