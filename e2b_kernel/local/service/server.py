@@ -64,7 +64,9 @@ def listening_socket_avoiding(host: str, avoid: frozenset[int]) -> socket.socket
     held: list[socket.socket] = []  # refused ports stay held, so each bind gets another
     try:
         for _ in range(len(avoid) + 1):
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP, as asyncio's own listening sockets: it sets TCP_NODELAY only on
+            # connections of such sockets, and with Nagle on, a request waits 40 ms for an ACK.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             held.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
