@@ -41,7 +41,6 @@ from .handles import ServiceHandle
 __all__ = ["HostedService", "discard_early", "launch_early"]
 
 _STOP_TIMEOUT = 20.0
-_CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 LEASE_DIR = Path(tempfile.gettempdir()) / "e2b-kernel-leases"
 _UNCLAIMED_AGE = 120.0  # a lease file with no service pid yet is still being launched
 
@@ -206,7 +205,10 @@ def _kernel_ports(connection_file: str) -> frozenset[int] | None:
         info = json.loads(Path(connection_file).read_text())
         if info.get("transport", "tcp") != "tcp":
             return frozenset()
-        return frozenset(int(info.get(f"{name}_port") or 0) for name in _CHANNELS) - {0}
+        # Every "<channel>_port" the file names (jupyter_client's connect.port_names, not
+        # imported here: jupyter_client takes 0.1 s to import, and this runs before that).
+        ports = (int(value or 0) for key, value in info.items() if key.endswith("_port"))
+        return frozenset(ports) - {0}
     except (OSError, ValueError, TypeError, AttributeError):
         return None
 

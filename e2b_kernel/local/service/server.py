@@ -139,7 +139,6 @@ class ServiceCore:
         self.server = _Server(config)
         self.server.registry = self.registry
         self.host = host
-        self.port = port
         self.avoid_ports = avoid_ports
 
     @property
@@ -160,7 +159,7 @@ class ServiceCore:
         """Serve until asked to exit; every sandbox is killed on the way out."""
         self.registry.pool.start()  # warm sandboxes start while the server comes up
         sockets = None
-        if self.port == 0 and self.avoid_ports:
+        if self.server.config.port == 0 and self.avoid_ports:
             sockets = [listening_socket_avoiding(self.host, self.avoid_ports)]
         try:
             await self.server.serve(sockets=sockets)
