@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from . import ISOLATION_UNAVAILABLE_EXIT
 from .sandbox.isolation import (
@@ -154,16 +155,28 @@ async def _serve(core: object, lease: str | None) -> int:
             await task
             return 1  # uvicorn could not bind; it logged why
         await asyncio.sleep(0.01)
-    url = core.url()
-    print(f"export E2B_API_URL={url}")
-    print(f"export E2B_SANDBOX_URL={url}")
-    print(f"export E2B_API_KEY={core.api_key}")  # stdout only: the key is never logged
-    print(f"# isolation: {core.isolation}", flush=True)
+    try:
+        _print_banner(core)
+    except BrokenPipeError:
+        if lease is None:
+            raise
+        # The kernel that launched us died before reading it: the lease, which it no longer
+        # holds, ends this service in the usual way (sandboxes killed, state removed) instead
+        # of a crash in the middle of the start.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if lease is not None:
         await serve_while_leased(lease, task)
         await core.shutdown()
     await task
     return 0
+
+
+def _print_banner(core: Any) -> None:
+    url = core.url()
+    print(f"export E2B_API_URL={url}")
+    print(f"export E2B_SANDBOX_URL={url}")
+    print(f"export E2B_API_KEY={core.api_key}")  # stdout only: the key is never logged
+    print(f"# isolation: {core.isolation}", flush=True)
 
 
 def _die_with_parent() -> None:

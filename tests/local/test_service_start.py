@@ -14,6 +14,7 @@ from e2b import Sandbox, SandboxException
 from local_helpers import host_pids_with, marker, wait_for
 
 from e2b_kernel.local import start_in_thread, start_subprocess
+from e2b_kernel.local.service.lease import GRACE
 
 
 def test_cli_banner_and_sigterm_kills_sandboxes() -> None:
@@ -219,3 +220,31 @@ def test_service_and_sandboxes_die_when_the_parent_is_killed() -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_a_lease_service_whose_launcher_died_before_its_banner_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """A kernel can die while its private service starts (before it reads the banner): the
+    service then stops once the lease is free, as usual, instead of crashing mid-start."""
+    lease = tmp_path / "lease.lock"
+    lease.write_text("")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2b_kernel.local", "--port", "0", "--lease", str(lease),
+         "--pool-size", "1", "--no-pool-refill"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the launcher is gone: nobody will read the banner
+    try:
+        code = proc.wait(timeout=GRACE + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read().decode()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert not lease.exists()  # removed by the service on its way out
