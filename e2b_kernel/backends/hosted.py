@@ -14,16 +14,16 @@ was itself SIGKILLed leaves one: each launch sweeps those (free lease, dead serv
 ``launch_early`` starts the service (on a thread) as the kernel process starts, before its
 imports, when the environment alone says the kernel will need one; ``launch`` then claims it,
 and ``discard_early`` stops it if the kernel's configuration turned out to want none. The
-service is told the kernel's ports, which the kernel binds only after its imports: by chance,
-its own listening socket could otherwise take one of them, and the kernel would die at start.
+kernel's own ports are held first (``kernel_ports``): the kernel binds them only after its
+imports, and the service starting meanwhile could otherwise be given one by chance.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -35,7 +35,7 @@ import psutil
 
 from ..config import SessionConfig
 from ..errors import ConfigurationError
-from . import restart_state
+from . import kernel_ports, restart_state
 from .handles import ServiceHandle
 
 __all__ = ["HostedService", "discard_early", "launch_early"]
@@ -68,7 +68,7 @@ class HostedService(ServiceHandle):
         return cls._launch(isolation)
 
     @classmethod
-    def _launch(cls, isolation: str, avoid_ports: frozenset[int] = frozenset()) -> HostedService:
+    def _launch(cls, isolation: str) -> HostedService:
         from ..local import start_subprocess
 
         sweep_stale_leases()
@@ -81,7 +81,6 @@ class HostedService(ServiceHandle):
             child = start_subprocess(
                 isolation=isolation,
                 lease=lease_path,
-                avoid_ports=avoid_ports,
                 pool_size=1,
                 pool_refill=False,
             )
@@ -156,21 +155,21 @@ class HostedService(ServiceHandle):
 class _EarlyLaunch:
     """A ``HostedService`` being launched on a thread of its own."""
 
-    def __init__(self, isolation: str, avoid_ports: frozenset[int]) -> None:
+    def __init__(self, isolation: str) -> None:
         self.isolation = isolation
-        self.avoid_ports = avoid_ports  # the kernel's own, not bound yet
         self.future: Future[HostedService] = Future()
         threading.Thread(target=self._run, name="e2b-early-service", daemon=True).start()
 
     def _run(self) -> None:
         try:
-            self.future.set_result(HostedService._launch(self.isolation, self.avoid_ports))
+            self.future.set_result(HostedService._launch(self.isolation))
         except Exception as exc:  # raised to whoever claims it, as a direct launch would
             self.future.set_exception(exc)
 
 
 _early: _EarlyLaunch | None = None
 _early_lock = threading.Lock()
+_held_ports: list[socket.socket] = []  # the kernel's, for the life of the process
 
 
 def launch_early(connection_file: str | None) -> None:
@@ -190,27 +189,13 @@ def launch_early(connection_file: str | None) -> None:
         return
     if connection_file is None or restart_state.state_path(connection_file).exists():
         return
-    kernel_ports = _kernel_ports(connection_file)
-    if kernel_ports is None:
-        return  # the service could take a port the kernel is about to bind
+    address = kernel_ports.read(connection_file)
+    if address is None:
+        return  # the service could be given a port the kernel is about to bind
     with _early_lock:
         if _early is None:
-            _early = _EarlyLaunch(str(config.local_isolation), kernel_ports)
-
-
-def _kernel_ports(connection_file: str) -> frozenset[int] | None:
-    """The TCP ports the kernel will bind, read from its connection file (written before the
-    kernel was launched); None when the file cannot be read."""
-    try:
-        info = json.loads(Path(connection_file).read_text())
-        if info.get("transport", "tcp") != "tcp":
-            return frozenset()
-        # Every "<channel>_port" the file names (jupyter_client's connect.port_names, not
-        # imported here: jupyter_client takes 0.1 s to import, and this runs before that).
-        ports = (int(value or 0) for key, value in info.items() if key.endswith("_port"))
-        return frozenset(ports) - {0}
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
+            _held_ports.extend(kernel_ports.hold(*address))
+            _early = _EarlyLaunch(str(config.local_isolation))
 
 
 def discard_early() -> None:

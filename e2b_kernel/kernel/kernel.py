@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import signal
 import sys
+import traceback
 from typing import Any
 
 import zmq
@@ -464,4 +466,16 @@ def main() -> None:
     """Launch the kernel (``python -m e2b_kernel -f CONNECTION_FILE``)."""
     from ipykernel.kernelapp import IPKernelApp
 
-    IPKernelApp.launch_instance(kernel_class=E2BKernel, argv=sys.argv[1:])
+    app = IPKernelApp.instance(kernel_class=E2BKernel)
+    try:
+        app.initialize(sys.argv[1:])
+    except Exception:
+        # E.g. one of the connection file's ports taken meanwhile. ipykernel's exit handler
+        # would then wait forever on its ZeroMQ context (the socket that failed to bind is
+        # never closed) and the client would give up only after 60 s; ending now lets a
+        # Jupyter server restart the kernel on fresh ports at once.
+        print("e2b-python: the kernel could not start:", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    app.start()

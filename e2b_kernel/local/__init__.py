@@ -135,12 +135,9 @@ class _SubprocessService(_Running):
         port: int,
         options: ServiceOptions,
         lease: str | None = None,
-        avoid_ports: Iterable[int] = (),
     ) -> None:
         argv = [sys.executable, "-m", "e2b_kernel.local", "--host", host]
         argv += ["--port", str(port)]
-        if avoid := ",".join(str(p) for p in sorted(avoid_ports)):
-            argv += ["--avoid-ports", avoid]
         # Tied to this process, or (with a lease) to whoever holds the lease, in a session of
         # its own so that a SIGINT for this process's group never reaches it.
         argv += ["--lease", lease] if lease else ["--die-with-parent"]
@@ -244,16 +241,13 @@ def start_subprocess(
     port: int = 0,
     *,
     lease: str | None = None,
-    avoid_ports: Iterable[int] = (),
     **options: Unpack[ServiceOptions],
 ) -> RunningService:
     """Start the service as a child process that dies with this one; returns once it listens.
 
     With ``lease`` (a file the caller holds an exclusive ``flock`` on) it lives instead until
     nobody has held the lease for ``lease.GRACE`` seconds, then removes the file.
-    ``avoid_ports``: with ``port`` 0, ports the service must not take (see
-    ``service.server.listening_socket_avoiding``).
     ``options``: see :class:`ServiceOptions`. Raises IsolationUnavailable when isolation is
     "auto" and namespaces are impossible here.
     """
-    return _SubprocessService(host, port, options, lease, avoid_ports)
+    return _SubprocessService(host, port, options, lease)

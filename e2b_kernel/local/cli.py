@@ -87,18 +87,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     # A kernel's private service: stop once no process holds this lease (see lease.py).
     parser.add_argument("--lease", metavar="FILE", help=argparse.SUPPRESS)
-    # With --port 0: ports the caller is about to bind itself (a kernel's, see
-    # service.server.listening_socket_avoiding), comma-separated.
-    parser.add_argument(
-        "--avoid-ports", type=_port_list, default=frozenset(), help=argparse.SUPPRESS
-    )
-
-
-def _port_list(text: str) -> frozenset[int]:
-    try:
-        return frozenset(int(part) for part in text.split(",") if part)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
             disk_mb=args.disk_mb,
             pool_size=args.pool_size,
             pool_refill=args.pool_refill,
-            avoid_ports=args.avoid_ports,
         )
     except ValueError as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,8 @@ PORT_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 
 
 class _Fake:
-    def __init__(self, isolation: str, avoid_ports: frozenset[int]) -> None:
+    def __init__(self, isolation: str) -> None:
         self.isolation = isolation
-        self.avoid_ports = avoid_ports
         self.stopped = threading.Event()
 
     def stop(self) -> None:
@@ -29,23 +29,26 @@ class _Fake:
 def launched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[_Fake]]:
     made: list[_Fake] = []
 
-    def fake_launch(isolation: str, avoid_ports: frozenset[int] = frozenset()) -> Any:
-        made.append(_Fake(isolation, avoid_ports))
+    def fake_launch(isolation: str) -> Any:
+        made.append(_Fake(isolation))
         return made[-1]
 
     monkeypatch.setattr(HostedService, "_launch", staticmethod(fake_launch))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
     monkeypatch.setenv("E2B_KERNEL_BACKEND", "local")
     monkeypatch.delenv("E2B_KERNEL_LOCAL_ISOLATION", raising=False)
+    monkeypatch.setattr(hosted, "_held_ports", [])
     yield made
     discard_early()
+    for holder in hosted._held_ports:
+        holder.close()
 
 
 @pytest.fixture
 def connection(tmp_path: Path) -> str:
     """A kernel's connection file, as jupyter_client writes it before launching the kernel."""
     path = tmp_path / "kernel-1.json"
-    ports = {f"{name}_port": 41000 + i for i, name in enumerate(PORT_NAMES)}
+    ports = {f"{name}_port": port for name, port in zip(PORT_NAMES, _free_ports(), strict=True)}
     path.write_text(json.dumps({"transport": "tcp", "ip": "127.0.0.1", "key": "k", **ports}))
     return str(path)
 
@@ -88,11 +91,24 @@ def test_not_after_a_restart(launched: list[_Fake], tmp_path: Path) -> None:
     assert hosted._early is None  # the restarted process adopts the previous service
 
 
-def test_the_service_is_told_the_kernels_ports(launched: list[_Fake], connection: str) -> None:
-    """The kernel binds them only after its imports: the service must leave them free."""
+def test_the_kernels_ports_are_held_before_the_service_starts(
+    launched: list[_Fake], connection: str
+) -> None:
+    """The kernel binds them only after its imports: nothing else may be given them."""
+    ports = {v for k, v in json.loads(Path(connection).read_text()).items() if k.endswith("_port")}
     launch_early(connection)
-    service = HostedService.launch(isolation="auto")
-    assert service.avoid_ports == frozenset(range(41000, 41005))
+    assert {holder.getsockname()[1] for holder in hosted._held_ports} == ports
+    for port in ports:
+        with socket.socket() as other, pytest.raises(OSError, match="Address already in use"):
+            other.bind(("127.0.0.1", port))
+
+
+def _free_ports() -> list[int]:
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in PORT_NAMES]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 @pytest.mark.parametrize("contents", [None, "not json", "[]", '{"shell_port": "x"}'])

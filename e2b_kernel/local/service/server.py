@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from types import FrameType
@@ -52,35 +51,6 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def listening_socket_avoiding(host: str, avoid: frozenset[int]) -> socket.socket:
-    """A socket bound to a free port of ``host`` that is none of ``avoid``.
-
-    A kernel started by ``jupyter_client`` is told its five ports in its connection file and
-    binds them only once it has imported (about 0.3 s later); a service it launches first
-    would otherwise take one of them by chance with its own ``bind(port 0)`` (about 1 in 1,500
-    starts), and the kernel then dies at start with "Address already in use".
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    held: list[socket.socket] = []  # refused ports stay held, so each bind gets another
-    try:
-        for _ in range(len(avoid) + 1):
-            # IPPROTO_TCP, as asyncio's own listening sockets: it sets TCP_NODELAY only on
-            # connections of such sockets, and with Nagle on, a request waits 40 ms for an ACK.
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            held.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, 0))
-            except OSError as exc:  # the ephemeral range is used up
-                raise OSError(f"no free port on {host} outside {sorted(avoid)}: {exc}") from None
-            if sock.getsockname()[1] not in avoid:
-                return held.pop()
-        raise OSError(f"no free port on {host} outside {sorted(avoid)}")
-    finally:
-        for sock in held:
-            sock.close()
-
-
 class ServiceCore:
     """One service instance: created, then served on the current thread's event loop."""
 
@@ -98,7 +68,6 @@ class ServiceCore:
         disk_mb: int = DEFAULT_DISK_MB,
         pool_size: int = DEFAULT_POOL_SIZE,
         pool_refill: bool = True,
-        avoid_ports: frozenset[int] = frozenset(),
     ) -> None:
         if header_timeout <= 0 or max_connections < 1:
             raise ValueError("--header-timeout and --max-connections must be positive")
@@ -139,7 +108,6 @@ class ServiceCore:
         self.server = _Server(config)
         self.server.registry = self.registry
         self.host = host
-        self.avoid_ports = avoid_ports
 
     @property
     def isolation(self) -> str:
@@ -158,11 +126,8 @@ class ServiceCore:
     async def serve(self) -> None:
         """Serve until asked to exit; every sandbox is killed on the way out."""
         self.registry.pool.start()  # warm sandboxes start while the server comes up
-        sockets = None
-        if self.server.config.port == 0 and self.avoid_ports:
-            sockets = [listening_socket_avoiding(self.host, self.avoid_ports)]
         try:
-            await self.server.serve(sockets=sockets)
+            await self.server.serve()
         finally:
             if self.server.closing is not None:
                 await self.server.closing
