@@ -17,6 +17,10 @@ def _connection_file(argv: list[str]) -> str | None:
 
 
 if __name__ == "__main__":
+    # httpx imports its command-line client on import (click, and rich's console: about 50 ms
+    # of every kernel start) whenever those are installed; this process never runs it, and
+    # httpx falls back to a stub when the import fails.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     # --SessionConfig options on the command line may choose another backend: no guess then.
     if not any("SessionConfig" in arg for arg in sys.argv[1:]):
         from e2b_kernel.backends import launch_early
