@@ -15,6 +15,8 @@ from e2b import InvalidArgumentException, Sandbox
 from local_helpers import sandbox_headers, sdk_options
 
 from e2b_kernel.local import RunningService
+from e2b_kernel.local.service.metrics import SAMPLE_INTERVAL
+from e2b_kernel.local.service.settings import DEFAULT_HEADER_TIMEOUT
 
 DEEP = b"[" * 50_000 + b"]" * 50_000
 
@@ -50,7 +52,9 @@ def test_half_open_connections_are_closed_and_health_still_answers(
             conn.setblocking(False)
             selector.register(conn, selectors.EVENT_READ)
             held.append(conn)
-        assert _health_seconds(local_service, sbx) < 1.0
+        # A service starved by them would answer only once their header timeout frees it;
+        # a bound below that timeout, not a speed target (1.2 s seen on a loaded CI machine).
+        assert _health_seconds(local_service, sbx) < DEFAULT_HEADER_TIMEOUT - 1
         open_ones = set(held)
         deadline = time.monotonic() + 20  # the header timeout is 5 s by default
         while open_ones and time.monotonic() < deadline:
@@ -65,7 +69,7 @@ def test_half_open_connections_are_closed_and_health_still_answers(
                     selector.unregister(conn)
                     open_ones.discard(conn)
         assert not open_ones, f"{len(open_ones)} half-open connections still held"
-        assert _health_seconds(local_service, sbx) < 1.0
+        assert _health_seconds(local_service, sbx) < DEFAULT_HEADER_TIMEOUT - 1
     finally:
         selector.close()
         for conn in held:
@@ -149,15 +153,22 @@ def test_a_heavy_metrics_walk_does_not_stall_another_sandbox(
         walker = threading.Thread(target=walk)
         walker.start()
         latencies = []
-        deadline = time.monotonic() + 120
+        # One client for every probe: each new httpx client reads the CA bundle again (0.1 s
+        # on a slow machine), which is not the service's time.
+        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
         try:
-            # Probe throughout several whole walks, not just the start of one.
-            while len(walks) < 3 and time.monotonic() < deadline:
-                latencies.append(_health_seconds(local_service, sbx))
+            with httpx.Client(headers=headers, timeout=30) as client:
+                # Probe throughout several whole walks and two of the service's own samples of
+                # the heavy sandbox's disk use, not just the start of one.
+                began = time.monotonic()
+                while len(walks) < 3 or time.monotonic() - began < 2 * SAMPLE_INTERVAL:
+                    assert time.monotonic() - began < 120, "the metrics calls did not finish"
+                    started = time.monotonic()
+                    assert client.get(f"{local_service.url}/health").status_code == 204
+                    latencies.append(time.monotonic() - started)
         finally:
             stop.set()
             walker.join(timeout=120)
-        assert len(walks) >= 3, "the metrics calls did not finish"
         slowest = max(latencies)
         assert slowest < 0.1, f"another sandbox's health took {slowest * 1000:.0f} ms"
     finally:
