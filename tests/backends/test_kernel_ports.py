@@ -111,3 +111,30 @@ def test_the_ports_are_read_from_the_connection_file(
     path.write_text(contents)
     assert kernel_ports.read(str(path)) == expected
     assert kernel_ports.read(str(tmp_path / "missing.json")) is None
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "0.0.0.0", "*"])
+def test_the_kernel_binds_a_held_port_on_its_address(ip: str) -> None:
+    """Loopback or all interfaces (ZeroMQ's ``*`` too), as connection files name them."""
+    import zmq
+
+    host = "0.0.0.0" if ip == "*" else ip
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    holders = kernel_ports.hold(ip, frozenset({port}))
+    context = zmq.Context()
+    try:
+        assert len(holders) == 1
+        with socket.socket() as other, pytest.raises(OSError, match="in use"):
+            other.bind((host, port))
+        server = context.socket(zmq.REP)
+        server.bind(f"tcp://{ip}:{port}")  # as ipykernel binds it
+        client = context.socket(zmq.REQ)
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send(b"ping")
+        assert server.poll(10_000) and server.recv() == b"ping"
+    finally:
+        context.destroy(linger=0)
+        for holder in holders:
+            holder.close()
