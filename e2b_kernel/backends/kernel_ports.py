@@ -1,4 +1,4 @@
-"""The kernel's own TCP ports, held from the start of its process until it binds them.
+"""The kernel's own TCP ports, held before its private service is launched early.
 
 ``jupyter_client`` picks a kernel's five ports (it binds port 0 and closes the socket) and
 writes them into the connection file; the kernel binds them only after its imports, about

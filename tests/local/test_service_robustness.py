@@ -31,9 +31,8 @@ def sbx(local_service: RunningService) -> Iterator[Sandbox]:
 
 
 def _health_seconds(service: RunningService, sandbox: Sandbox) -> float:
-    headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49983"}
     started = time.monotonic()
-    reply = httpx.get(f"{service.url}/health", headers=headers, timeout=30)
+    reply = httpx.get(f"{service.url}/health", headers=sandbox_headers(sandbox), timeout=30)
     assert reply.status_code == 204
     return time.monotonic() - started
 
@@ -155,9 +154,8 @@ def test_a_heavy_metrics_walk_does_not_stall_another_sandbox(
         latencies = []
         # One client for every probe: each new httpx client reads the CA bundle again (0.1 s
         # on a slow machine), which is not the service's time.
-        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
         try:
-            with httpx.Client(headers=headers, timeout=30) as client:
+            with httpx.Client(headers=sandbox_headers(sbx), timeout=30) as client:
                 # Probe throughout several whole walks and two of the service's own samples of
                 # the heavy sandbox's disk use, not just the start of one.
                 began = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -248,3 +249,15 @@ def test_a_lease_service_whose_launcher_died_before_its_banner_stops_cleanly(
     assert code == 0, stderr
     assert "Traceback" not in stderr
     assert not lease.exists()  # removed by the service on its way out
+
+
+def test_its_connections_have_nagle_off() -> None:
+    """asyncio turns Nagle's algorithm off only on connections of an IPPROTO_TCP listening
+    socket; with it on, each small request waits up to 40 ms for an acknowledgement (every
+    cell's round trip went from 9 to 48 ms when a hand-made listening socket lacked it)."""
+    service = start_in_thread(pool_size=0)
+    try:
+        listening = service._core.server.servers[0].sockets  # type: ignore[attr-defined]
+        assert listening and all(sock.proto == socket.IPPROTO_TCP for sock in listening)
+    finally:
+        service.stop()
