@@ -1,4 +1,5 @@
-"""Many kernel start/stop cycles, polite and SIGKILL, leave no sandbox and no process."""
+"""Many kernel start/stop cycles, polite and SIGKILL, leave no sandbox, no process and no lease
+file."""
 
 from __future__ import annotations
 
@@ -13,30 +14,51 @@ from e2b_kernel.local.service.lease import GRACE
 
 from . import sandboxes
 from .harness import Kernel, clean_env
+from .private_backend import leases_naming, private_env, private_service
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
-def test_twenty_cycles_private_backend(tmp_path: Path) -> None:
-    env = clean_env(E2B_KERNEL_BACKEND="local", JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+def test_start_stop_cycles_on_the_private_backend_leave_no_process_and_no_lease(
+    tmp_path: Path,
+) -> None:
+    """Twelve kernels on the private backend, each ended one of three ways in turn: a polite
+    shutdown, SIGKILL of the kernel, and SIGKILL of the kernel and its service both (the worst
+    case: nothing can remove the lease file). Every process goes, and no lease is left."""
+    env = private_env(tmp_path)
+    services: set[int] = set()
     leftovers: list[psutil.Process] = []
-    for cycle in range(20):
+    for cycle in range(12):
         kernel = Kernel(tmp_path / f"cycle{cycle}", env)
         try:
             reply, _ = kernel.run(f"cycle = {cycle}\ncycle")
             assert reply["status"] == "ok"
             kernel_process = psutil.Process(kernel.pid)
+            service = private_service(kernel)
+            services.add(service.pid)
             leftovers += [kernel_process, *kernel_process.children(recursive=True)]
-            if cycle % 4 == 3:
-                kernel_process.send_signal(signal.SIGKILL)
-                kernel_process.wait(30)
-            else:
+            if cycle % 3 == 0:
                 kernel.shutdown()
+                continue
+            kernel_process.send_signal(signal.SIGKILL)
+            if cycle % 3 == 2:
+                service.send_signal(signal.SIGKILL)
+            kernel_process.wait(30)
         finally:
             kernel.close()
-    # After SIGKILL the helper notices its free lease and stops within GRACE seconds.
+    # After SIGKILL of the kernel alone the service notices its free lease and stops within
+    # GRACE seconds; a SIGKILLed service's sandboxes die with it (bubblewrap's die-with-parent).
     _, alive = psutil.wait_procs(leftovers, timeout=GRACE + 30)
     assert alive == []
+    # SIGKILLed services could not remove their lease files: the next launch sweeps them.
+    kernel = Kernel(tmp_path / "sweeper", env)
+    try:
+        assert kernel.run("1")[0]["status"] == "ok"
+    finally:
+        kernel.shutdown()
+        kernel.close()
+    assert leases_naming(services) == []
+    assert list(Path("/tmp").glob("e2b-kernel-lease-*.lock")) == []
 
 
 def test_sigkill_leaves_the_sandbox_to_its_timeout(

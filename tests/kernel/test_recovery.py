@@ -1,4 +1,4 @@
-"""The kernel recovers when its private local service dies, and leaves no lease file behind."""
+"""The kernel recovers when its private local service dies."""
 
 from __future__ import annotations
 
@@ -10,35 +10,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from e2b_kernel.backends.hosted import LEASE_DIR
-
 from .conftest import TRANSPORTS
-from .harness import Kernel, clean_env
+from .harness import Kernel
+from .private_backend import private_env, private_service
 
 StartKernel = Callable[..., Kernel]
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
-
-
-def private_service(kernel: Kernel) -> psutil.Process:
-    """The kernel's private local service: its `python -m e2b_kernel.local` child."""
-    for child in psutil.Process(kernel.pid).children():
-        if "e2b_kernel.local" in " ".join(child.cmdline()):
-            return child
-    raise AssertionError("the kernel has no private local service")
-
-
-def leases_naming(pids: set[int]) -> list[Path]:
-    """Lease files that name one of these service pids."""
-    found = []
-    for path in LEASE_DIR.glob("lease-*.lock"):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) in pids:
-            found.append(path)
-    return found
 
 
 def wait_dead(process: psutil.Process, timeout: float) -> bool:
@@ -52,14 +30,6 @@ def wait_dead(process: psutil.Process, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def private_env(tmp_path: Path, transport: str = "auto") -> dict[str, str]:
-    return clean_env(
-        E2B_KERNEL_BACKEND="local",
-        E2B_KERNEL_TRANSPORT=transport,
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -108,33 +78,3 @@ def test_service_killed_while_idle_is_a_lost_sandbox_on_the_next_cell(
     assert "still running" not in reply["evalue"]
     reply, _ = kernel.run("1", timeout=180)
     assert reply["status"] == "ok"
-
-
-def test_ten_start_kill_cycles_leave_no_lease_file(tmp_path: Path) -> None:
-    services: set[int] = set()
-    processes: list[psutil.Process] = []
-    for cycle in range(10):
-        kernel = Kernel(tmp_path / f"cycle{cycle}", private_env(tmp_path))
-        try:
-            reply, _ = kernel.run("1")
-            assert reply["status"] == "ok"
-            service = private_service(kernel)
-            services.add(service.pid)
-            kernel_process = psutil.Process(kernel.pid)
-            processes += [kernel_process, service]
-            kernel_process.send_signal(signal.SIGKILL)
-            if cycle % 2:  # the worst case: the service dies by SIGKILL too
-                service.send_signal(signal.SIGKILL)
-            kernel_process.wait(30)
-        finally:
-            kernel.close()
-    psutil.wait_procs(processes, timeout=60)
-    # Services that were SIGKILLed could not remove their lease: the next launch sweeps them.
-    kernel = Kernel(tmp_path / "sweeper", private_env(tmp_path))
-    try:
-        assert kernel.run("1")[0]["status"] == "ok"
-    finally:
-        kernel.shutdown()
-        kernel.close()
-    assert leases_naming(services) == []
-    assert list(Path("/tmp").glob("e2b-kernel-lease-*.lock")) == []
