@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from e2b_kernel.local import RunningService, start_subprocess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def completion_seed_built() -> None:
+    """Sandboxes start with a warm completion cache, as on any machine where a service has
+    run once: built here in the foreground (seconds, once per machine and runtime) rather than
+    by the first service at a low priority beside the first tests."""
+    subprocess.run(
+        [sys.executable, "-c", "from e2b_kernel.local.sandbox.completion_seed import main; main()"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="session")

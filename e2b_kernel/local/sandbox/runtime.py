@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from . import bwrap, disk, egress, network, seccomp, staging
+from . import bwrap, completion_seed, disk, egress, network, seccomp, staging
 from .agent_client import AgentClient
 from .isolation import CgroupSet, Isolation, join_cgroups_argv
 from .jupyter import JupyterServer
@@ -203,7 +203,8 @@ class LocalSandbox:
         self._prepare_home(user)
 
     def _prepare_home(self, owner: int) -> None:
-        """Create the user package folder and a profile that puts the sandbox's Python first.
+        """Create the user package folder and a profile that puts the sandbox's Python first,
+        and copy in a warm completion cache (``completion_seed``) when the service has one.
 
         The folder must exist before Python starts: a missing sys.path entry is cached as
         absent, and a package installed there later would not import until a restart.
@@ -225,6 +226,7 @@ class LocalSandbox:
                 break
             os.chown(path, owner, owner)
         os.chown(packages, owner, owner)
+        completion_seed.copy_into(self.home_dir, owner)
 
     async def _start_agent(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -13,7 +13,7 @@ from types import FrameType
 
 import uvicorn
 
-from ..sandbox import staging
+from ..sandbox import completion_seed, staging
 from ..sandbox.bwrap import RUNTIME_ROOT
 from ..sandbox.disk import unmount_disk
 from ..sandbox.isolation import (
@@ -126,9 +126,13 @@ class ServiceCore:
     async def serve(self) -> None:
         """Serve until asked to exit; every sandbox is killed on the way out."""
         self.registry.pool.start()  # warm sandboxes start while the server comes up
+        seeding = asyncio.create_task(completion_seed.keep_built())
         try:
             await self.server.serve()
         finally:
+            seeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await seeding
             if self.server.closing is not None:
                 await self.server.closing
             await self.registry.close()
