@@ -20,6 +20,23 @@ def median_seconds(run: Callable[[], object], repeat: int, warmup: int = 1) -> f
     return statistics.median(samples)
 
 
+def tree_cpu_seconds(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) used so far by a process and its live descendants, and
+    how many processes that is."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total, count = 0.0, 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue  # gone meanwhile
+        total += times.user + times.system
+        count += 1
+    return total, count
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory (VmHWM) of a live process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

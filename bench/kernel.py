@@ -8,7 +8,9 @@ Server; ``execute``: E2B's /execute), each against ``python3``. Prints, measured
 - kernel start to first cell result, against ``python3`` (target <= 1.2x; reported as
   measured, never asserted): with the default private service, which starts with the kernel,
   and against a local service already running with a warm sandbox in its pool;
-- time and kernel peak memory to stream 50 MB of stdout.
+- time and kernel peak memory to stream 50 MB of stdout;
+- the first Tab completion after start (``python3`` with this machine's Jedi cache; a local
+  sandbox with the copy its service made).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from _common import (
     print_times_code,
     quiet,
     reset_peak_rss,
+    tree_cpu_seconds,
 )
 from jupyter_client.manager import KernelManager
 
@@ -39,8 +42,11 @@ MB = 1024 * 1024
 TRIVIAL = "1"
 
 
-def start(name: str, transport: str | None) -> tuple[KernelManager, object, float]:
-    """Start a kernel and return it with the time from launch to the first cell's result."""
+def start(
+    name: str, transport: str | None
+) -> tuple[KernelManager, object, float, tuple[float, int]]:
+    """Start a kernel; return it with the time from launch to the first cell's result and the
+    CPU seconds its process tree used until then (with the number of processes)."""
     began = time.perf_counter()
     manager = KernelManager(kernel_name=name)
     env = dict(os.environ)
@@ -51,12 +57,24 @@ def start(name: str, transport: str | None) -> tuple[KernelManager, object, floa
     client.start_channels()
     client.wait_for_ready(timeout=120)
     client.execute_interactive(TRIVIAL, timeout=120, output_hook=quiet)
-    return manager, client, time.perf_counter() - began
+    took = time.perf_counter() - began
+    cpu = tree_cpu_seconds(manager.provisioner.process.pid)  # type: ignore[union-attr]
+    return manager, client, took, cpu
 
 
 def stop(manager: KernelManager, client) -> None:
     client.stop_channels()
     manager.shutdown_kernel(now=False)
+
+
+def first_completion(client) -> float:
+    """Time of the kernel's first Tab completion (Jedi's cache decides it: see
+    e2b_kernel/local/sandbox/completion_seed.py)."""
+    client.execute_interactive("kept = 3", timeout=60, output_hook=quiet)
+    began = time.perf_counter()
+    reply = client.complete("ke", 2, reply=True, timeout=120)
+    assert "kept" in reply["content"]["matches"], reply["content"]
+    return time.perf_counter() - began
 
 
 def print_latency(client, samples: int = 20) -> float:
@@ -131,7 +149,7 @@ def start_on_standing_service(repeat: int = 3) -> float:
             deadline = time.monotonic() + 120
             while pool.ready_count < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            manager, client, first = start("e2b-python", "jupyter")
+            manager, client, first, _cpu = start("e2b-python", "jupyter")
             stop(manager, client)
             samples.append(first)
     finally:
@@ -145,11 +163,13 @@ def main() -> None:
     os.environ.pop("E2B_API_KEY", None)
     os.environ["E2B_KERNEL_BACKEND"] = "local"
     results = {}
+    start_cpu: dict[str, tuple[float, int]] = {}
     runs = {"python3": ("python3", None)}
     runs |= {f"e2b-python/{t}": ("e2b-python", t) for t in ("jupyter", "execute")}
     for label, (name, transport) in runs.items():
-        manager, client, first = start(name, transport)
+        manager, client, first, start_cpu[label] = start(name, transport)
         try:
+            completion = first_completion(client)
             rt = median_seconds(
                 lambda c=client: c.execute_interactive(TRIVIAL, timeout=60, output_hook=quiet),
                 50,
@@ -160,7 +180,7 @@ def main() -> None:
             stream = stream_50mb(client, pid)
         finally:
             stop(manager, client)
-        results[label] = (first, rt, latency, stream)
+        results[label] = (first, rt, latency, stream, completion)
     raw = asyncio.run(raw_run_code_round_trip(50))
     standing = start_on_standing_service()
 
@@ -182,6 +202,11 @@ def main() -> None:
             f"kernel start -> first result: e2b-python {e2b[0]:.2f} s, python3 {py[0]:.2f} s, "
             f"ratio {e2b[0] / py[0]:.2f}x (target <= 1.2x)"
         )
+    cpu = ", ".join(f"{label} {secs:.2f} s ({n} proc.)" for label, (secs, n) in start_cpu.items())
+    print(
+        "CPU used from launch to the first result by the kernel process and its children "
+        f"(the private service and its sandbox), on {os.cpu_count()} cores: {cpu}"
+    )
     print(
         f"kernel start -> first result on a running local service with a warm sandbox "
         f"(jupyter): {standing:.2f} s, ratio {standing / py[0]:.2f}x to python3"
@@ -191,7 +216,9 @@ def main() -> None:
         f"raw run_code round trip: {ms(raw)}; execute-transport overhead over it: "
         f"{ms(execute_rt - raw)}"
     )
-    for name, (_first, _rt, _lat, (secs, peak, received)) in results.items():
+    completions = " / ".join(f"{results[label][4]:.2f} s" for label in runs)
+    print(f"first Tab completion after start ({' / '.join(runs)}): {completions}")
+    for name, (_first, _rt, _lat, (secs, peak, received), _c) in results.items():
         print(
             f"50 MB stdout on {name}: {received / MB:.1f} MB in {secs:.2f} s "
             f"({received / MB / secs:.1f} MB/s), kernel peak RSS {peak:.1f} MiB"
