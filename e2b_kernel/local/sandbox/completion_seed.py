@@ -98,7 +98,7 @@ async def start_build() -> asyncio.subprocess.Process | None:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env=_builder_env(seed),
+        env=_builder_env(),
     )
 
 
@@ -146,12 +146,13 @@ async def keep_built() -> None:
         )
 
 
-def _builder_env(seed: Path) -> dict[str, str]:
+def _builder_env() -> dict[str, str]:
     """Only what the builder needs: none of the service's secrets. It finds the seed where
     this process does (the same cache root); it points its own home at its build folder."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "XDG_CACHE_HOME": str(_cache_root().parent.parent),
+        # A background helper writes nothing into the runtime (no __pycache__ folders).
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     if "PYTHONPATH" in os.environ:  # where this package comes from, in a source checkout
