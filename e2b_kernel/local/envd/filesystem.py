@@ -153,9 +153,15 @@ class FilesystemService(filesystem_connect.Filesystem):
     async def list_dir(self, request: Any, ctx: Any) -> Any:
         """Entries of a directory down to `depth` levels (0 means 1), walked in the agent."""
         user = _user(ctx)
+        entries: list[EntryInfo] = []
         with _mapped(request.path):
-            entries = await self.ops.list(_path(request.path), user, max(1, request.depth))
-        return ListDirResponse(entries=[entry_message(e) for e in entries])
+            # Converted batch by batch as they arrive (about 8 us per entry): all at once,
+            # 138,000 entries held the event loop for over a second.
+            listing = self.ops.list(_path(request.path), user, max(1, request.depth))
+            async with contextlib.aclosing(listing) as batches:
+                async for batch in batches:
+                    entries.extend(entry_message(e) for e in batch)
+        return ListDirResponse(entries=entries)
 
     async def make_dir(self, request: Any, ctx: Any) -> Any:
         """Create a directory and its parents; ALREADY_EXISTS when it is there."""

@@ -7,8 +7,9 @@ sees them and a heavy walk loads only that sandbox's agent. Refusals arrive as
 
 from __future__ import annotations
 
+import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from .agent_client import AgentCallError, AgentClient, AgentStream
@@ -30,15 +31,19 @@ class FileOps:
     async def exists(self, path: str, user: str = "user") -> bool:
         return bool((await self.client.request("fs.exists", path=path, user=user))["exists"])
 
-    async def list(self, path: str, user: str = "user", depth: int = 1) -> list[dict[str, Any]]:
-        """Entries down to depth levels, in the agent's order (depth first, by name)."""
-        entries: list[dict[str, Any]] = []
+    async def list(
+        self, path: str, user: str = "user", depth: int = 1
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """Entries down to depth levels, in the agent's order (depth first, by name), one
+        batch at a time as the agent sends them. Between batches the event loop serves
+        others: a listing of 100,000 entries must not stall every other sandbox."""
         async with await self.client.call("fs.list", path=path, user=user, depth=depth) as stream:
             while (line := await stream.read_json()) is not None and "entries" in line:
-                entries.extend(line["entries"])
+                yield line["entries"]
+                # readline() returns at once while lines are buffered: yield explicitly.
+                await asyncio.sleep(0)
         if line != {"end": True}:
             raise ConnectionError("the sandbox agent stopped in the middle of a listing")
-        return entries
 
     async def read(self, path: str, user: str = "user") -> tuple[int, AsyncIterator[bytes]]:
         """The file's size and its bytes as chunks (the stream closes when they are read)."""

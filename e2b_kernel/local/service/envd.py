@@ -7,6 +7,8 @@ on to ``envd.http`` (plain HTTP) or ``envd.rpc`` (Connect-RPC), which do the wor
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -56,6 +58,7 @@ class EnvdPlane:
     """Routes envd requests of one live sandbox (given per call) after checking them."""
 
     def __init__(self) -> None:
+        self._rpc_loaded: asyncio.Future[Any] | None = None
         self.router = Router(
             [
                 Route("/health", _Asgi(self._plain)),
@@ -85,9 +88,18 @@ class EnvdPlane:
         check_path(query.get("path"), "path")  # ENAMETOOLONG would surface as a 500
         await self._plain(scope, receive, send)
 
-    async def _rpc(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from ..envd.rpc import rpc_app_for  # imports the SDK's generated Connect code
+    async def _rpc_module(self) -> Any:
+        """``envd.rpc``, imported on a worker thread the first time it is needed: it imports
+        the SDK's generated Connect code (about 0.5 s), which on the event loop would stall
+        every other sandbox's requests meanwhile. Later calls find it loaded."""
+        if self._rpc_loaded is None:
+            self._rpc_loaded = asyncio.ensure_future(
+                asyncio.to_thread(importlib.import_module, "..envd.rpc", __package__)
+            )
+        return await asyncio.shield(self._rpc_loaded)
 
+    async def _rpc(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rpc = await self._rpc_module()
         entry: Entry = scope[_ENTRY]
         require_access_token(scope, entry, connect=True)
         content_type = (_header(scope, "content-type") or "").split(";")[0].strip()
@@ -100,7 +112,7 @@ class EnvdPlane:
             first = None  # protobuf or unknown: connectrpc answers it
         if first is not None:
             check_rpc_message(scope["path"], first)
-        app: Any = rpc_app_for(entry)
+        app: Any = rpc.rpc_app_for(entry)
         await app(scope, receive, send)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
