@@ -36,7 +36,13 @@ class AgentStream:
         self._writer = writer
 
     async def read_json(self) -> dict[str, Any] | None:
-        """The next JSON line the op streams; None at EOF."""
+        """The next JSON line the op streams; None at EOF.
+
+        Always lets the event loop run first: ``readline()`` returns at once while lines are
+        buffered, and a consumer of a long burst (a listing of 100,000 entries, a busy
+        recursive watch) would otherwise keep every other sandbox waiting until it drained.
+        """
+        await asyncio.sleep(0)
         line = await self._reader.readline()
         if not line:
             return None

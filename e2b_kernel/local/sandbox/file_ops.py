@@ -7,7 +7,6 @@ sees them and a heavy walk loads only that sandbox's agent. Refusals arrive as
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -35,13 +34,11 @@ class FileOps:
         self, path: str, user: str = "user", depth: int = 1
     ) -> AsyncGenerator[list[dict[str, Any]], None]:
         """Entries down to depth levels, in the agent's order (depth first, by name), one
-        batch at a time as the agent sends them. Between batches the event loop serves
-        others: a listing of 100,000 entries must not stall every other sandbox."""
+        batch at a time as the agent sends them (the event loop serves others between
+        batches: see ``AgentStream.read_json``)."""
         async with await self.client.call("fs.list", path=path, user=user, depth=depth) as stream:
             while (line := await stream.read_json()) is not None and "entries" in line:
                 yield line["entries"]
-                # readline() returns at once while lines are buffered: yield explicitly.
-                await asyncio.sleep(0)
         if line != {"end": True}:
             raise ConnectionError("the sandbox agent stopped in the middle of a listing")
 
