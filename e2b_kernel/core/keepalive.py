@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import SessionConfig
@@ -18,19 +18,22 @@ class KeepAlive:
 
     It refreshes while a cell runs, and while idle too unless idle mode is ``pause`` (then the
     sandbox pauses at its timeout and the next cell resumes it). When the sandbox turns out to
-    be gone, ``on_gone`` is called once and the loop ends.
+    be gone, ``on_gone(sandbox_id)`` is called once and the loop ends. ``sandbox`` returns the
+    SDK's sandbox object (it may be built on the first refresh; see ``SandboxSession``).
     """
 
     def __init__(
         self,
-        sandbox: Any,
+        sandbox_id: str,
+        sandbox: Callable[[], Awaitable[Any]],
         config: SessionConfig,
         *,
         busy: Callable[[], bool],
-        on_gone: Callable[[Any], None],
+        on_gone: Callable[[str], None],
         log: logging.Logger,
     ) -> None:
-        self.sandbox = sandbox
+        self.sandbox_id = sandbox_id
+        self._sandbox = sandbox
         self.config = config
         self._busy = busy
         self._on_gone = on_gone
@@ -49,13 +52,14 @@ class KeepAlive:
             if self.config.idle == "pause" and not self._busy():
                 continue
             try:
-                await self.sandbox.set_timeout(self.config.sandbox_timeout)
+                sandbox = await self._sandbox()
+                await sandbox.set_timeout(self.config.sandbox_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if is_sandbox_gone(exc):
-                    self.log.warning("sandbox %s is gone: %s", self.sandbox.sandbox_id, exc)
+                    self.log.warning("sandbox %s is gone: %s", self.sandbox_id, exc)
                     self._task = None
-                    self._on_gone(self.sandbox)
+                    self._on_gone(self.sandbox_id)
                     return
                 self.log.warning("could not refresh the sandbox timeout: %s", exc)

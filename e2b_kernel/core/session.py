@@ -24,9 +24,9 @@ from ..errors import (
     SandboxLost,
     SandboxUnavailable,
 )
-from . import introspection, sdk
+from . import introspection, quick_create, sdk
 from .hidden import parse_reply
-from .jupyter_server import JupyterEndpoint, endpoint_for
+from .jupyter_server import JUPYTER_PORT, JupyterEndpoint, endpoint_at, endpoint_for
 from .keepalive import KeepAlive
 from .sdk_errors import is_sandbox_gone, unavailable_message
 from .streaming import DONE, Event, start_run_code
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from e2b_code_interpreter import AsyncSandbox
 
 __all__ = ["Event", "HiddenResult", "SandboxSession", "cell_limit", "cell_timeout_message"]
+
+CONTEXTS_PORT = 49999  # the code-interpreter server's (/execute, /contexts)
 
 NEW_SANDBOX_NOTICE = (
     "[e2b-kernel] The previous sandbox was lost; this cell runs in a NEW sandbox "
@@ -87,6 +89,12 @@ class SandboxSession:
         self.log = log or logging.getLogger("e2b_kernel.session")
         self._backend = Backend(self.config, self.log, service_factory)
         self.sandbox: AsyncSandbox | None = None
+        # A sandbox created without the SDK (see .quick_create) until its SDK object is built.
+        self._created: quick_create.CreatedSandbox | None = None
+        self._sdk_build: asyncio.Future[AsyncSandbox] | None = None
+        # Set by a front end whose cells need no SDK (the kernel on the jupyter transport):
+        # the sandbox is then created with one plain request where the backend allows it.
+        self.defer_sdk = False
         self._start_lock = asyncio.Lock()
         self._exec_lock = asyncio.Lock()
         self._busy = False
@@ -106,7 +114,14 @@ class SandboxSession:
     @property
     def sandbox_id(self) -> str | None:
         """The id of the current sandbox, if there is one."""
-        return self.sandbox.sandbox_id if self.sandbox is not None else None
+        if self.sandbox is not None:
+            return self.sandbox.sandbox_id
+        return self._created.sandbox_id if self._created is not None else None
+
+    @property
+    def has_sandbox(self) -> bool:
+        """Whether a sandbox runs for this session (its SDK object may not be built yet)."""
+        return self.sandbox is not None or self._created is not None
 
     @property
     def backend(self) -> str:
@@ -130,15 +145,16 @@ class SandboxSession:
         async with self._start_lock:
             await self._ensure_backend()
 
-    async def _ensure_backend(self) -> type[AsyncSandbox]:
+    async def _ensure_backend(self) -> None:
         """Start the backend's private service (if any) while the SDK is imported beside it:
-        both take about 0.3 s, and every caller of this needs both (see sdk.py)."""
-        loading = asyncio.ensure_future(sdk.load())
+        both take about 0.3 s, and most callers need both (see sdk.py). With ``defer_sdk``
+        the SDK is left for later."""
+        loading = None if self.defer_sdk else asyncio.ensure_future(sdk.load())
         try:
             await self._backend.ensure_started()
         finally:
-            sandbox_class = await loading
-        return sandbox_class
+            if loading is not None:
+                await loading
 
     def attach_service(self, service: ServiceHandle) -> None:
         """Use an already running local service (for example one adopted after a restart)."""
@@ -150,7 +166,7 @@ class SandboxSession:
         Returns None (and closes normally) when the sandbox cannot outlive this process,
         which is the case for a local service running inside it.
         """
-        if self.sandbox is None or not self._backend.outlives_process:
+        if not self.has_sandbox or not self._backend.outlives_process:
             await self.close()
             return None
         state: dict[str, Any] = {"sandbox_id": self.sandbox_id, "backend": self.backend}
@@ -172,7 +188,7 @@ class SandboxSession:
     async def list_sandboxes(self) -> list[Any]:
         """Every running sandbox this session's backend can see (``SandboxInfo`` objects)."""
         await self.start_backend()  # a local backend's service must run; no sandbox needed
-        paginator = sdk.async_sandbox().list(**self.sdk_options())  # loaded by start_backend
+        paginator = (await sdk.load()).list(**self.sdk_options())
         found: list[Any] = []
         while paginator.has_next:
             found.extend(await paginator.next_items())
@@ -197,25 +213,15 @@ class SandboxSession:
                     f"this sandbox session ({self.name!r}) is closed; its sandbox was killed or "
                     "handed over. Create a new session (for example a new SandboxExecutor)."
                 )
-            if self.sandbox is not None:
+            if self.has_sandbox:
                 return
-            sandbox_class = await self._ensure_backend()
+            await self._ensure_backend()
             opts = self._backend.sdk_opts()
             lifecycle: Any = None
             if self.config.idle == "pause":
                 lifecycle = {"on_timeout": "pause", "auto_resume": True}
             try:
-                self.sandbox = await sandbox_class.create(
-                    template=self.config.template,
-                    timeout=self.config.sandbox_timeout,
-                    metadata=dict(self.config.metadata) or None,
-                    envs=self.config.forwarded_env() or None,
-                    lifecycle=lifecycle,
-                    # The sandbox's Jupyter Server (port 8888) has no token: without the
-                    # traffic token no one who learns the sandbox id can reach its ports.
-                    network={"allow_public_traffic": False},
-                    **opts,
-                )
+                await self._create(opts, lifecycle)
             except E2BKernelError:
                 raise
             except Exception as exc:
@@ -229,15 +235,42 @@ class SandboxSession:
             )
             self._start_keepalive()
 
+    async def _create(self, opts: dict[str, Any], lifecycle: Any) -> None:
+        """Create the sandbox: with one plain request when the front end defers the SDK and
+        the backend allows it (see .quick_create), otherwise (or if that was refused) through
+        the SDK."""
+        target = quick_create.quick_target(opts) if self.defer_sdk else None
+        if target is not None:
+            body = quick_create.create_body(
+                template=self.config.template,
+                timeout=self.config.sandbox_timeout,
+                metadata=dict(self.config.metadata),
+                envs=self.config.forwarded_env(),
+                lifecycle=lifecycle,
+                allow_public_traffic=False,
+            )
+            self._created = await quick_create.create(target, body)
+            if self._created is not None:
+                return
+        sandbox_class = await sdk.load()
+        self.sandbox = await sandbox_class.create(
+            template=self.config.template,
+            timeout=self.config.sandbox_timeout,
+            metadata=dict(self.config.metadata) or None,
+            envs=self.config.forwarded_env() or None,
+            lifecycle=lifecycle,
+            # The sandbox's Jupyter Server (port 8888) has no token: without the traffic
+            # token no one who learns the sandbox id can reach its ports.
+            network={"allow_public_traffic": False},
+            **opts,
+        )
+
     async def connect(self, sandbox_id: str) -> None:
         """Attach to an existing (running or paused) sandbox instead of creating one."""
         async with self._start_lock:
-            sandbox_class = await self._ensure_backend()
-            opts = self._backend.sdk_opts()
+            await self._ensure_backend()
             try:
-                sandbox = await sandbox_class.connect(
-                    sandbox_id, timeout=self.config.sandbox_timeout, **opts
-                )
+                sandbox = await self._connect_sdk(sandbox_id)
             except Exception as exc:
                 if is_sandbox_gone(exc):
                     raise SandboxLost(
@@ -245,32 +278,76 @@ class SandboxSession:
                         "%e2b list shows the running ones"
                     ) from None
                 raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
+            self._drop_sandbox()
             self.sandbox = sandbox
             self._lost = None
             self.log.info("connected to sandbox %s", sandbox_id)
             self._start_keepalive()
 
+    async def _connect_sdk(self, sandbox_id: str) -> AsyncSandbox:
+        """The SDK's object for a running or paused sandbox (``connect`` also resumes it and
+        pushes its timeout out); SDK errors are raised as they are."""
+        sandbox_class = await sdk.load()
+        opts = self._backend.sdk_opts()
+        return await sandbox_class.connect(sandbox_id, timeout=self.config.sandbox_timeout, **opts)
+
+    async def _sdk_sandbox(self) -> AsyncSandbox:
+        """The SDK's object for the current sandbox; for one created without the SDK, built
+        the first time it is needed (no request is sent: see ``sdk.adopt``)."""
+        while self.sandbox is None:
+            created = self._created
+            if created is None:
+                raise SandboxUnavailable("the sandbox is not started")
+            if self._sdk_build is None or self._sdk_build.done():
+                self._sdk_build = asyncio.ensure_future(self._adopt_created(created))
+            await asyncio.shield(self._sdk_build)
+        return self.sandbox
+
+    async def _adopt_created(self, created: quick_create.CreatedSandbox) -> AsyncSandbox:
+        await sdk.load()
+        sandbox = sdk.adopt(created, self._backend.sdk_opts())
+        if self._created is created:  # not dropped meanwhile
+            self.sandbox, self._created = sandbox, None
+        return sandbox
+
+    def _build_sdk_soon(self) -> None:
+        """Build the SDK's object in the background (after the first cell, which needed none),
+        so that no later request waits for the SDK's import."""
+        if self._created is None or (self._sdk_build is not None and not self._sdk_build.done()):
+            return
+        self._sdk_build = asyncio.ensure_future(self._adopt_created(self._created))
+        self._sdk_build.add_done_callback(self._log_sdk_build)
+
+    def _log_sdk_build(self, build: asyncio.Future) -> None:
+        if not build.cancelled() and build.exception() is not None:
+            # Built again by whoever needs it next, where the error then shows.
+            self.log.debug("could not build the sandbox's SDK object: %r", build.exception())
+
     async def _ready_sandbox(self) -> tuple[AsyncSandbox, bool]:
-        """Return the sandbox to run in, and whether it is new after a loss."""
+        """Return the sandbox to run in (the SDK's object), and whether it is new after a loss."""
+        announce = await self._ready()
+        return await self._sdk_sandbox(), announce
+
+    async def _ready(self) -> bool:
+        """Make sure a sandbox runs (and is resumed); whether it is new after a loss."""
         if self._lost is not None:
             reason, self._lost = self._lost, None
             self._drop_sandbox()
             self._announce_new = True
             raise SandboxLost(reason)
         await self.start()
-        assert self.sandbox is not None
         if self.config.idle == "pause":
             # Resume it if it paused while idle, and push its timeout out before the cell starts
             # (connect does both), so it cannot pause under a running cell.
             await self._resume()
         announce, self._announce_new = self._announce_new, False
-        return self.sandbox, announce
+        return announce
 
     async def _resume(self) -> None:
         """Resume a sandbox that may have paused while idle (connect resumes it)."""
-        assert self.sandbox is not None
+        sandbox = await self._sdk_sandbox()
         try:
-            await self.sandbox.connect(timeout=self.config.sandbox_timeout)
+            await sandbox.connect(timeout=self.config.sandbox_timeout)
         except Exception as exc:
             if is_sandbox_gone(exc) or await self._backend.service_lost():
                 message = self._lost_message(self._how_lost())
@@ -285,33 +362,42 @@ class SandboxSession:
         For front ends that run code by their own transport. Raises ``SandboxLost`` once when
         the previous sandbox was found gone while idle, as ``execute`` does.
         """
-        _, announce = await self._ready_sandbox()
-        return announce
+        return await self._ready()
 
     def jupyter_endpoint(self) -> JupyterEndpoint:
         """Where the current sandbox's Jupyter Server is (URL and headers; never log these)."""
-        if self.sandbox is None:
+        return self._port_endpoint(JUPYTER_PORT, self.config.jupyter_url)
+
+    def _port_endpoint(self, port: int, base_url: str | None = None) -> JupyterEndpoint:
+        if self.sandbox is not None:
+            return endpoint_for(self.sandbox, base_url, port)
+        created = self._created
+        if created is None:
             raise SandboxUnavailable("the sandbox is not started")
-        return endpoint_for(self.sandbox, self.config.jupyter_url)
+        url = base_url or created.sandbox_url
+        return endpoint_at(url, created.sandbox_id, port, created.traffic_access_token)
 
     async def code_context_ids(self, language: str = "python") -> list[str]:
         """Ids of the sandbox's ``/execute`` contexts of ``language`` ([] when unknown).
 
         On E2B each context is a kernel of the sandbox's Jupyter Server with the same id, so a
-        front end that speaks Jupyter can share the namespace of ``Sandbox.run_code``.
+        front end that speaks Jupyter can share the namespace of ``Sandbox.run_code``. Asked
+        as the SDK's ``list_code_contexts`` asks, without needing the SDK.
         """
-        if self.sandbox is None:
+        if not self.has_sandbox:
             return []
         try:
-            contexts = await asyncio.wait_for(self.sandbox.list_code_contexts(), 30)
+            contexts = await self._port_endpoint(CONTEXTS_PORT).list_contexts()
         except Exception as exc:
             self.log.debug("could not list code contexts: %r", exc)
             return []
-        return [str(c.id) for c in contexts if c.language == language]
+        return [str(c.get("id")) for c in contexts if c.get("language") == language]
 
     def hold_busy(self, busy: bool) -> None:
         """A front end's own transport runs a cell (keep-alive refreshes while busy)."""
         self._busy = busy
+        if not busy:
+            self._build_sdk_soon()
 
     def report_lost(self, message: str) -> None:
         """A front end found the sandbox gone while idle: the next ``ready`` raises
@@ -321,25 +407,26 @@ class SandboxSession:
     async def confirm_lost(self) -> str | None:
         """After a transport's connection died: if the sandbox is gone, forget it (the next
         ``ready`` starts a new one and says so) and return the message for the user."""
-        sandbox = self.sandbox
-        if sandbox is None:
+        sandbox_id = self.sandbox_id
+        if sandbox_id is None:
             return None
         if self._lost is not None:
             message, self._lost = self._lost, None
-            self._mark_lost(sandbox)
+            self._mark_lost(sandbox_id)
             return message
-        if not await self._is_gone(sandbox):
+        if not await self._is_gone():
             return None
         message = self._lost_message(self._how_lost())
-        self._mark_lost(sandbox)
+        self._mark_lost(sandbox_id)
         return message
 
-    async def _is_gone(self, sandbox: AsyncSandbox) -> bool:
+    async def _is_gone(self) -> bool:
         """Asked of the control plane: a paused sandbox is not gone (the next cell resumes it);
         a killed or expired one is unknown there."""
         if await self._backend.service_lost():
             return True
         try:
+            sandbox = await asyncio.wait_for(self._sdk_sandbox(), 10)
             info = await asyncio.wait_for(sandbox.get_info(), 10)
         except Exception as exc:
             if is_sandbox_gone(exc):
@@ -349,12 +436,15 @@ class SandboxSession:
             if str(getattr(info, "state", "")).lower().endswith("paused"):
                 return False
         try:
+            sandbox = await asyncio.wait_for(self._sdk_sandbox(), 10)
             return not await asyncio.wait_for(sandbox.is_running(), 10)
         except Exception as exc:
             return is_sandbox_gone(exc)
 
     def _drop_sandbox(self) -> None:
         self.sandbox = None
+        self._created = None
+        self._sdk_build = None
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
@@ -377,16 +467,23 @@ class SandboxSession:
     def _start_keepalive(self) -> None:
         if self._keepalive is not None:
             self._keepalive.stop()
+        sandbox_id = self.sandbox_id
+        assert sandbox_id is not None
         self._keepalive = KeepAlive(
-            self.sandbox, self.config, busy=lambda: self._busy, on_gone=self._gone, log=self.log
+            sandbox_id,
+            self._sdk_sandbox,
+            self.config,
+            busy=lambda: self._busy,
+            on_gone=self._gone,
+            log=self.log,
         )
 
-    def _gone(self, sandbox: AsyncSandbox) -> None:
+    def _gone(self, sandbox_id: str) -> None:
         """The keep-alive found the sandbox gone: fail the running cell, or the next one."""
         if self._run_task is not None and not self._run_task.done():
             self._run_lost = True
             self._run_task.cancel()
-        elif self.sandbox is sandbox:
+        elif self.sandbox_id == sandbox_id:
             self._lost = self._lost_message("killed or expired")
 
     # ---- execution ------------------------------------------------------------------------
@@ -458,7 +555,7 @@ class SandboxSession:
         """Turn the finished ``run_code`` task into nothing or an E2BKernelError."""
         if task.cancelled():
             if self._run_lost:
-                self._mark_lost(sandbox)
+                self._mark_lost(sandbox.sandbox_id)
             raise SandboxLost(self._lost_message("killed or expired"))
         exc = task.exception()
         if exc is None:
@@ -474,7 +571,7 @@ class SandboxSession:
                 gone = False
         if gone:
             message = self._lost_message(self._how_lost())
-            self._mark_lost(sandbox)
+            self._mark_lost(sandbox.sandbox_id)
             raise SandboxLost(message)
         if language not in (None, "python") and "context" in str(exc).lower():
             # Running it again cannot help: the template has no kernel for that language.
@@ -487,9 +584,9 @@ class SandboxSession:
             f"({type(exc).__name__}: {exc}). The sandbox is still running; run the cell again."
         )
 
-    def _mark_lost(self, sandbox: AsyncSandbox) -> None:
+    def _mark_lost(self, sandbox_id: str) -> None:
         """Forget a lost sandbox: the next execute creates a new one and says so once."""
-        if self.sandbox is sandbox:
+        if self.sandbox_id == sandbox_id:
             self._drop_sandbox()
             self._announce_new = True
 
@@ -544,7 +641,7 @@ class SandboxSession:
         """
         if self._busy or self._exec_lock.locked() or self._lost is not None or self._closed:
             return None
-        if self.sandbox is None:
+        if not self.has_sandbox:
             try:  # right after start-up the sandbox may still be on its way
                 await asyncio.wait_for(self.start(), 60)
             except Exception as exc:
@@ -553,10 +650,8 @@ class SandboxSession:
             if self._exec_lock.locked():  # a cell started meanwhile: do not wait for it
                 return None
         async with self._exec_lock:
-            sandbox = self.sandbox
-            if sandbox is None:
-                return None
             try:
+                sandbox = await self._sdk_sandbox()
                 result = await asyncio.wait_for(self._run_hidden_now(sandbox, code), 30)
             except Exception as exc:
                 self.log.debug("hidden code failed: %r", exc)
@@ -587,8 +682,7 @@ class SandboxSession:
     async def _files(self) -> Any:
         """The started sandbox's file API (the SDK's ``Filesystem``)."""
         await self.start()
-        assert self.sandbox is not None
-        return self.sandbox.files
+        return (await self._sdk_sandbox()).files
 
     async def write_file(self, path: str, data: bytes | IO[bytes]) -> None:
         """Write ``data`` to ``path`` in the sandbox, creating folders as needed."""
@@ -629,14 +723,14 @@ class SandboxSession:
             except Exception as exc:
                 if is_sandbox_gone(exc) or await self._backend.service_lost():
                     message = self._lost_message(self._how_lost())
-                    self._mark_lost(sandbox)
+                    self._mark_lost(sandbox.sandbox_id)
                     raise SandboxLost(message) from None
                 raise SandboxUnavailable(f"could not restart the Python context: {exc}") from None
 
     async def set_timeout(self, seconds: int) -> None:
         """Set the sandbox timeout (seconds from now) and keep refreshing to that value."""
-        if self.sandbox is not None:  # first, so a refused value is not kept for refreshes
-            await self.sandbox.set_timeout(int(seconds))
+        if self.has_sandbox:  # first, so a refused value is not kept for refreshes
+            await (await self._sdk_sandbox()).set_timeout(int(seconds))
         self.config.sandbox_timeout = int(seconds)
 
     async def status(self) -> dict:
@@ -651,9 +745,9 @@ class SandboxSession:
             "transport": self.transport,
             "transport_reason": self.transport_reason,
         }
-        if self.sandbox is not None:
+        if self.has_sandbox:
             try:
-                details = await self.sandbox.get_info()
+                details = await (await self._sdk_sandbox()).get_info()
                 info["end_at"] = details.end_at.isoformat() if details.end_at else None
             except Exception as exc:
                 info["error"] = str(exc)
@@ -662,22 +756,26 @@ class SandboxSession:
     async def close(self, *, keep: bool = False) -> str | None:
         """Kill the sandbox (or keep it and return its id) and stop the private service."""
         self._closed = True
-        sandbox, kept = self.sandbox, None
+        sandbox, created, sandbox_id, kept = self.sandbox, self._created, self.sandbox_id, None
         self._drop_sandbox()
-        if sandbox is not None:
+        if sandbox_id is not None:
             if keep and self._backend.service is None:
-                kept = sandbox.sandbox_id
+                kept = sandbox_id
                 self.log.info("keeping sandbox %s (reconnect with %%e2b connect)", kept)
             else:
                 if keep:
                     self.log.warning(
                         "not keeping sandbox %s: the private local service stops with this "
                         "session; use a separately started `e2b-kernel local` to keep sandboxes",
-                        sandbox.sandbox_id,
+                        sandbox_id,
                     )
                 try:
-                    await asyncio.wait_for(sandbox.kill(), 15)
+                    if sandbox is None and created is not None:  # its SDK object never built
+                        await sdk.load()
+                        sandbox = sdk.adopt(created, self._backend.sdk_opts())
+                    if sandbox is not None:
+                        await asyncio.wait_for(sandbox.kill(), 15)
                 except Exception as exc:
-                    self.log.warning("could not kill sandbox %s: %s", sandbox.sandbox_id, exc)
+                    self.log.warning("could not kill sandbox %s: %s", sandbox_id, exc)
         await self._backend.stop()
         return kept

@@ -81,6 +81,9 @@ class E2BKernel(JupyterTransport, Kernel):
         self.sandbox_session = SandboxSession(
             self.session_config, log=self.log, service_factory=HostedService.launch
         )
+        # On the jupyter transport the first cell needs no SDK: the sandbox is created with
+        # one plain request where the backend allows it, the SDK imported after that cell.
+        self.sandbox_session.defer_sdk = self.session_config.transport != "execute"
         self._shell_loop: asyncio.AbstractEventLoop | None = None
         self._start_task: asyncio.Task | None = None
         self._cell_task: asyncio.Task | None = None
@@ -99,9 +102,12 @@ class E2BKernel(JupyterTransport, Kernel):
     def _begin_sandbox(self) -> None:
         self._shell_loop = asyncio.get_running_loop()
         self._start_task = asyncio.ensure_future(self._start_sandbox())
-        if self._config_error is None and self.sandbox_session.config.transport != "execute":
-            # Built while the sandbox starts, not when the relay first asks the Jupyter Server.
-            self._in_background(asyncio.to_thread(tls_context))
+        session = self.sandbox_session
+        if self._config_error is None and session.config.transport != "execute":
+            if session.backend == "cloud" and not os.environ.get("E2B_SANDBOX_URL"):
+                # Sandbox ports are reached over https: the TLS context is built while the
+                # sandbox starts, not when the relay first asks the Jupyter Server.
+                self._in_background(asyncio.to_thread(tls_context))
 
     async def _start_sandbox(self) -> None:
         """Create (or, after a restart, reconnect to) the sandbox, then choose the transport;

@@ -1,0 +1,167 @@
+"""Create a sandbox with one plain HTTP request, before the E2B SDK is imported.
+
+Importing the SDK takes about 0.5 s of CPU, more than a ``python3`` kernel needs to start; the
+kernel's first cell on the ``jupyter`` transport needs no SDK at all, only the sandbox's id,
+its URL and its traffic token. So where every sandbox port is reached at one explicit URL
+(``E2B_SANDBOX_URL``: the local service, private or standing), the kernel sends the create
+request itself, byte for byte the body and headers the SDK would send (a test compares them),
+and builds the SDK's sandbox object after its first cell. Against E2B cloud (sandbox hosts
+derived from the domain), in the SDK's debug mode, or when the reply is anything but a
+created sandbox, ``create`` returns None and the caller uses the SDK, which then applies its
+own retries and error messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..errors import SandboxUnavailable
+from .jupyter_server import client_verify
+
+__all__ = ["CreatedSandbox", "QuickTarget", "create", "quick_target"]
+
+# The SDK options this path understands; any other (proxy, headers, ...) means: use the SDK.
+_OPTIONS = frozenset({"api_key", "api_url", "sandbox_url", "domain", "request_timeout"})
+_REQUEST_TIMEOUT = 60.0  # the SDK's default
+
+
+@dataclass(frozen=True)
+class QuickTarget:
+    """Where the control plane is and where every sandbox port is reached (never log: key)."""
+
+    api_url: str
+    api_key: str
+    sandbox_url: str
+    request_timeout: float
+
+
+@dataclass(frozen=True)
+class CreatedSandbox:
+    """What the create reply says about a new sandbox (never log: tokens)."""
+
+    sandbox_id: str
+    sandbox_url: str
+    sandbox_domain: str | None
+    envd_version: str
+    envd_access_token: str | None
+    traffic_access_token: str | None
+
+
+def quick_target(opts: dict[str, Any]) -> QuickTarget | None:
+    """The target for ``opts`` (the SDK keyword arguments), or None when the SDK must be used."""
+    if set(opts) - _OPTIONS or os.environ.get("E2B_DEBUG", "false").lower() == "true":
+        return None
+    api_key = opts.get("api_key") or os.environ.get("E2B_API_KEY")
+    api_url = opts.get("api_url") or os.environ.get("E2B_API_URL")
+    sandbox_url = opts.get("sandbox_url") or os.environ.get("E2B_SANDBOX_URL")
+    if not (api_key and api_url and sandbox_url):
+        return None
+    timeout = opts.get("request_timeout")
+    return QuickTarget(
+        api_url=api_url.rstrip("/"),
+        api_key=api_key,
+        sandbox_url=sandbox_url,
+        request_timeout=_REQUEST_TIMEOUT if timeout is None else float(timeout),
+    )
+
+
+@functools.cache
+def _sdk_headers() -> dict[str, str]:
+    """The headers the SDK's API client sends with every request (``e2b.api``)."""
+    from importlib.metadata import version
+
+    sdk_version = version("e2b")
+    return {
+        "lang": "python",
+        "lang_version": platform.python_version(),
+        "package_version": sdk_version,
+        "publisher": "e2b",
+        "sdk_runtime": "python",
+        "system": platform.system(),
+        "User-Agent": f"e2b-python-sdk/{sdk_version}",
+    }
+
+
+def create_body(
+    *,
+    template: str,
+    timeout: int | None,
+    metadata: dict[str, str] | None,
+    envs: dict[str, str] | None,
+    lifecycle: dict[str, Any] | None,
+    allow_public_traffic: bool | None,
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v2/sandboxes`` as the SDK builds it, key order included."""
+    body: dict[str, Any] = {"templateID": template}
+    if timeout is not None:
+        body["timeout"] = timeout
+    if lifecycle is not None:
+        on_timeout = lifecycle.get("on_timeout")
+        if on_timeout is not None:
+            body["autoPause"] = on_timeout == "pause"
+        if lifecycle.get("auto_resume"):
+            body["autoResume"] = {"enabled": True}
+    if allow_public_traffic is not None:
+        body["network"] = {"allowPublicTraffic": allow_public_traffic}
+    body["metadata"] = dict(metadata or {})
+    body["envVars"] = dict(envs or {})
+    return body
+
+
+async def create(target: QuickTarget, body: dict[str, Any]) -> CreatedSandbox | None:
+    """Send the create request; None when nothing was created (no answer, or any reply but
+    201), so the caller asks again through the SDK and gets the SDK's retries and errors."""
+    headers = {**_sdk_headers(), "X-API-KEY": target.api_key}
+    verify = client_verify(target.api_url)
+    async with httpx.AsyncClient(timeout=target.request_timeout, verify=verify) as client:
+        try:
+            response = await client.post(
+                f"{target.api_url}/v2/sandboxes", json=body, headers=headers
+            )
+        except httpx.ConnectError:
+            return None  # nothing was sent: asking again cannot create a second sandbox
+        except httpx.HTTPError as exc:
+            raise SandboxUnavailable(
+                f"creating the sandbox failed ({type(exc).__name__}: {exc}); run the cell again"
+            ) from None
+        if response.status_code != 201:
+            return None
+        try:
+            reply = response.json()
+            sandbox_id = str(reply["sandboxID"])
+            envd_version = str(reply["envdVersion"])
+        except (ValueError, KeyError, TypeError):
+            raise SandboxUnavailable(
+                f"the sandbox service at {target.api_url} answered the create request with "
+                "no sandbox id or envd version; is E2B_API_URL right?"
+            ) from None
+        if _major_minor(envd_version) < (0, 1):  # as the SDK does: kill it and explain
+            await client.delete(f"{target.api_url}/sandboxes/{sandbox_id}", headers=headers)
+            raise SandboxUnavailable("You need to update the template to use the new SDK.")
+    return CreatedSandbox(
+        sandbox_id=sandbox_id,
+        sandbox_url=target.sandbox_url,
+        sandbox_domain=_text(reply.get("domain")),
+        envd_version=envd_version,
+        envd_access_token=_text(reply.get("envdAccessToken")),
+        traffic_access_token=_text(reply.get("trafficAccessToken")),
+    )
+
+
+def _text(value: Any) -> str | None:
+    """As the SDK reads optional string fields: anything but a string counts as absent."""
+    return value if isinstance(value, str) else None
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return (0, 0)
