@@ -9,19 +9,16 @@ headers): the same code reaches E2B cloud, the local service, or a server on loo
 
 from __future__ import annotations
 
-import functools
-import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+from . import rest
 
 __all__ = [
     "JUPYTER_PORT",
     "JupyterEndpoint",
     "JupyterServerError",
     "choose_transport",
-    "client_verify",
     "endpoint_at",
     "endpoint_for",
 ]
@@ -32,20 +29,6 @@ TRAFFIC_TOKEN_HEADER = "E2B-Traffic-Access-Token"
 # "port is not open" at once too. Only a network problem takes long.
 _PROBE_TIMEOUT = 10.0
 _REST_TIMEOUT = 30.0
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """httpx's default TLS context, built once: each client would build its own, reading the
-    CA bundle again (about 20 ms, on the way to the first cell)."""
-    return httpx.create_ssl_context()
-
-
-def client_verify(url: str) -> ssl.SSLContext | bool:
-    """httpx's ``verify`` for a client of ``url``: the shared context for https. For plain
-    http (the local service) none is built: no TLS is spoken, and building one reads the CA
-    bundle (0.1-0.2 s of CPU on a small VM, on the way to the first cell)."""
-    return tls_context() if url.startswith("https:") else False
 
 
 class JupyterServerError(Exception):
@@ -72,21 +55,19 @@ class JupyterEndpoint:
 
     # ---- REST ----------------------------------------------------------------------------
 
-    def _client(self, timeout: float) -> httpx.AsyncClient:
-        verify = client_verify(self.base_url)
-        return httpx.AsyncClient(headers=self.headers, timeout=timeout, verify=verify)
-
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            async with self._client(_REST_TIMEOUT) as client:
-                response = await client.request(method, self.url(path), **kwargs)
-        except httpx.HTTPError as exc:
-            raise JupyterServerError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        if response.status_code >= 300:
-            raise JupyterServerError(
-                f"{method} {path}: HTTP {response.status_code} {response.text[:200]}"
+            reply = await rest.request(
+                method, self.url(path), headers=self.headers, timeout=_REST_TIMEOUT, **kwargs
             )
-        return response.json() if response.content else None
+        except rest.NoAnswer as exc:
+            raise JupyterServerError(f"{method} {path}: {exc}") from None
+        if reply.status >= 300:
+            raise JupyterServerError(f"{method} {path}: HTTP {reply.status} {reply.text[:200]}")
+        try:
+            return reply.json()
+        except ValueError:
+            raise JupyterServerError(f"{method} {path}: the reply is not JSON") from None
 
     async def list_contexts(self) -> list[dict[str, Any]]:
         """The code contexts of the sandbox's ``/execute`` server (an endpoint of port 49999)."""
@@ -96,7 +77,7 @@ class JupyterEndpoint:
         return list(await self._request("GET", "api/kernels"))
 
     async def start_kernel(self, name: str = "python3") -> str:
-        reply = await self._request("POST", "api/kernels", json={"name": name})
+        reply = await self._request("POST", "api/kernels", json_body={"name": name})
         return str(reply["id"])
 
     async def interrupt(self, kernel_id: str) -> None:
@@ -111,19 +92,20 @@ class JupyterEndpoint:
     async def probe(self) -> str | None:
         """None when a Jupyter Server answers ``GET /api``; otherwise why not, in words."""
         try:
-            async with self._client(_PROBE_TIMEOUT) as client:
-                response = await client.get(self.url("api"))
-        except httpx.HTTPError as exc:
-            return f"no answer from {self.describe()} ({type(exc).__name__})"
-        if response.status_code != 200:
+            reply = await rest.request(
+                "GET", self.url("api"), headers=self.headers, timeout=_PROBE_TIMEOUT
+            )
+        except rest.NoAnswer as exc:
+            return f"no answer from {self.describe()} ({exc})"
+        if reply.status != 200:
             try:  # E2B's proxy explains itself: "The sandbox is running but port is not open"
-                detail = str(response.json().get("message") or response.text)
+                detail = str(reply.json().get("message") or reply.text)
             except (ValueError, AttributeError):
-                detail = response.text
-            return f"HTTP {response.status_code} from port {JUPYTER_PORT}: {detail[:120]}"
+                detail = reply.text
+            return f"HTTP {reply.status} from port {JUPYTER_PORT}: {detail[:120]}"
         try:
-            version = response.json().get("version")
-        except ValueError:
+            version = reply.json().get("version")
+        except (ValueError, AttributeError):
             version = None
         if not version:
             return f"port {JUPYTER_PORT} answers, but not as a Jupyter Server"

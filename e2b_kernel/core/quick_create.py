@@ -19,10 +19,8 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from ..errors import SandboxUnavailable
-from .jupyter_server import client_verify
+from . import rest
 
 __all__ = ["CreatedSandbox", "QuickTarget", "create", "quick_target"]
 
@@ -117,40 +115,44 @@ def create_body(
 async def create(target: QuickTarget, body: dict[str, Any]) -> CreatedSandbox | None:
     """Send the create request; None when nothing was created (no answer, or any reply but
     201), so the caller asks again through the SDK and gets the SDK's retries and errors."""
+    url = f"{target.api_url}/v2/sandboxes"
     headers = {**_sdk_headers(), "X-API-KEY": target.api_key}
-    verify = client_verify(target.api_url)
-    async with httpx.AsyncClient(timeout=target.request_timeout, verify=verify) as client:
-        try:
-            response = await client.post(
-                f"{target.api_url}/v2/sandboxes", json=body, headers=headers
-            )
-        except httpx.ConnectError:
-            return None  # nothing was sent: asking again cannot create a second sandbox
-        except httpx.HTTPError as exc:
-            raise SandboxUnavailable(
-                f"creating the sandbox failed ({type(exc).__name__}: {exc}); run the cell again"
-            ) from None
-        if response.status_code != 201:
-            return None
-        try:
-            reply = response.json()
-            sandbox_id = str(reply["sandboxID"])
-            envd_version = str(reply["envdVersion"])
-        except (ValueError, KeyError, TypeError):
-            raise SandboxUnavailable(
-                f"the sandbox service at {target.api_url} answered the create request with "
-                "no sandbox id or envd version; is E2B_API_URL right?"
-            ) from None
-        if _major_minor(envd_version) < (0, 1):  # as the SDK does: kill it and explain
-            await client.delete(f"{target.api_url}/sandboxes/{sandbox_id}", headers=headers)
-            raise SandboxUnavailable("You need to update the template to use the new SDK.")
+    try:
+        reply = await rest.request(
+            "POST", url, headers=headers, json_body=body, timeout=target.request_timeout
+        )
+    except rest.NoAnswer as exc:
+        if not exc.sent:
+            return None  # refused: asking again cannot create a second sandbox
+        raise SandboxUnavailable(
+            f"creating the sandbox failed ({exc}); run the cell again"
+        ) from None
+    if reply.status != 201:
+        return None
+    try:
+        created = reply.json()
+        sandbox_id = str(created["sandboxID"])
+        envd_version = str(created["envdVersion"])
+    except (ValueError, KeyError, TypeError):
+        raise SandboxUnavailable(
+            f"the sandbox service at {target.api_url} answered the create request with no "
+            "sandbox id or envd version; is E2B_API_URL right?"
+        ) from None
+    if _major_minor(envd_version) < (0, 1):  # as the SDK does: kill it and explain
+        await rest.request(
+            "DELETE",
+            f"{target.api_url}/sandboxes/{sandbox_id}",
+            headers=headers,
+            timeout=target.request_timeout,
+        )
+        raise SandboxUnavailable("You need to update the template to use the new SDK.")
     return CreatedSandbox(
         sandbox_id=sandbox_id,
         sandbox_url=target.sandbox_url,
-        sandbox_domain=_text(reply.get("domain")),
+        sandbox_domain=_text(created.get("domain")),
         envd_version=envd_version,
-        envd_access_token=_text(reply.get("envdAccessToken")),
-        traffic_access_token=_text(reply.get("trafficAccessToken")),
+        envd_access_token=_text(created.get("envdAccessToken")),
+        traffic_access_token=_text(created.get("trafficAccessToken")),
     )
 
 

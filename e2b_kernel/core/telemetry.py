@@ -1,24 +1,28 @@
-"""OpenTelemetry spans for executions, through ``opentelemetry-api`` only.
+"""OpenTelemetry spans for executions and the kernel's own HTTP requests, through
+``opentelemetry-api`` only.
 
 Without a configured OpenTelemetry SDK the API hands out a no-op tracer, so this costs nearly
 nothing. With one (``opentelemetry-sdk`` plus an exporter set up by the host program), every
-execution becomes a span named ``e2b.execute`` with the attributes below.
+execution becomes a span named ``e2b.execute`` with the attributes below, and each request of
+``core/rest.py`` a client span whose trace context travels in its headers, as the E2B SDK's
+HTTP client does for its own requests.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 try:  # the API is a declared dependency, but a broken install must not break execution
     from opentelemetry import trace as _trace
 except ImportError:  # pragma: no cover
     _trace = None  # type: ignore[assignment]
 
-__all__ = ["ExecutionSpan", "execution_span"]
+__all__ = ["ExecutionSpan", "execution_span", "http_client_span"]
 
 TRACER_NAME = "e2b_kernel"
 
@@ -71,3 +75,38 @@ def execution_span(front_end: str, sandbox_id: str | None = None) -> Iterator[Ex
             if not record.success:
                 span.set_status(_trace.Status(_trace.StatusCode.ERROR, record.error_name))
         span.end()
+
+
+@contextmanager
+def http_client_span(
+    method: str, url: str, headers: dict[str, str]
+) -> Iterator[Callable[[int], None]]:
+    """A client span around one HTTP request (OpenTelemetry's HTTP semantic conventions);
+    adds the trace context (``traceparent``) to ``headers`` when a span is recorded. Yields
+    the function to call with the reply's status."""
+    if _trace is None:  # pragma: no cover
+        yield lambda status: None
+        return
+    from opentelemetry import propagate
+
+    where = urlsplit(url)
+    attributes = {
+        "http.request.method": method,
+        "server.address": where.hostname or "",
+        "server.port": where.port or (443 if where.scheme == "https" else 80),
+        "network.protocol.name": "http",
+        "network.protocol.version": "1.1",
+        "url.full": url,
+    }
+    tracer = _trace.get_tracer(TRACER_NAME)
+    with tracer.start_as_current_span(
+        method, kind=_trace.SpanKind.CLIENT, attributes=attributes
+    ) as span:
+
+        def replied(status: int) -> None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(_trace.StatusCode.ERROR)
+
+        propagate.inject(headers)
+        yield replied

@@ -33,7 +33,7 @@ from .. import __version__
 from ..backends import HostedService, discard_early, restart_state
 from ..config import SessionConfig
 from ..core import SandboxSession, introspection
-from ..core.jupyter_server import tls_context
+from ..core.rest import tls_context
 from ..errors import ConfigurationError, E2BKernelError, ExecutionInterrupted, error_content
 from .history import CellHistory
 from .jupyter_transport import JupyterTransport

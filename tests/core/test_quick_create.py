@@ -3,7 +3,7 @@
 The kernel creates its sandbox with one plain request where every sandbox port is reached at
 one URL, and builds the SDK's object later. These tests hold that to what the SDK does: the
 same request on the wire, the same object afterwards, the SDK's error when refused, and no
-SDK import on the way to the first cell.
+SDK (nor httpx) import on the way to the first cell.
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
+from loopback_server import LoopbackServer
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -34,7 +33,7 @@ from e2b_kernel.local import RunningService
 
 pytestmark = pytest.mark.timeout(120)
 
-# Set by the HTTP stack, not by the caller: the SDK's transport and httpx differ here only.
+# Set by the HTTP stack, not by the caller: the SDK's transport and urllib differ here only.
 _TRANSPORT_HEADERS = {"host", "content-length", "connection", "accept-encoding"}
 _REPLY = {
     "templateID": "code-interpreter-v1",
@@ -47,20 +46,12 @@ _REPLY = {
 }
 
 
-class Recorder:
+class Recorder(LoopbackServer):
     """A loopback control plane that records each create request and answers 201."""
 
     def __init__(self) -> None:
+        super().__init__([Route("/v2/sandboxes", self._create, methods=["POST"])])
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-        app = Starlette(routes=[Route("/v2/sandboxes", self._create, methods=["POST"])])
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     async def _create(self, request: Request) -> JSONResponse:
         body = await request.body()
@@ -68,16 +59,8 @@ class Recorder:
         return JSONResponse(_REPLY, status_code=201)
 
     def __enter__(self) -> Recorder:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "the recording server did not start"
-            time.sleep(0.01)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
 
 
 @pytest.fixture
@@ -91,6 +74,9 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
 def _comparable(request: tuple[str, str, dict[str, str], bytes]) -> dict[str, Any]:
     method, path, headers, body = request
     kept = {k: v for k, v in headers.items() if k not in _TRANSPORT_HEADERS}
+    if "traceparent" in kept:  # a span of each request's own: compare the form only
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", kept["traceparent"])
+        kept["traceparent"] = "a W3C trace context"
     parsed = json.loads(body)
     return {"line": (method, path), "headers": kept, "body": parsed, "keys": list(parsed)}
 
@@ -104,8 +90,10 @@ def _comparable(request: tuple[str, str, dict[str, str], bytes]) -> dict[str, An
     ids=["keepalive", "pause"],
 )
 def test_the_create_request_and_the_sandbox_object_are_the_sdks_own(
-    recorder: Recorder, settings: dict[str, Any]
+    recorder: Recorder, settings: dict[str, Any], spans: InMemorySpanExporter
 ) -> None:
+    """With OpenTelemetry configured (``spans``), as the SDK's HTTP client does: each request
+    is a client span and carries its trace context."""
     opts = {"api_key": "e2b_test_key", "api_url": recorder.url, "sandbox_url": recorder.url}
 
     async def both() -> tuple[Any, Any]:
@@ -134,6 +122,12 @@ def test_the_create_request_and_the_sandbox_object_are_the_sdks_own(
 
     by_sdk, adopted = asyncio.run(both())
     sdk_request, quick_request = (_comparable(r) for r in recorder.requests)
+    differing = {
+        name: (quick_request["headers"].get(name), sdk_request["headers"].get(name))
+        for name in quick_request["headers"].keys() | sdk_request["headers"].keys()
+        if quick_request["headers"].get(name) != sdk_request["headers"].get(name)
+    }
+    assert differing == {}, "headers (ours, the SDK's)"
     assert quick_request == sdk_request
     for attribute in (
         "sandbox_id",
@@ -148,6 +142,15 @@ def test_the_create_request_and_the_sandbox_object_are_the_sdks_own(
         ours = getattr(adopted.connection_config, attribute)
         assert ours == getattr(by_sdk.connection_config, attribute), attribute
     assert adopted.connection_config.sandbox_headers["X-Access-Token"] == "envd-token"
+    by_scope = {
+        span.instrumentation_scope.name: span
+        for span in spans.get_finished_spans()
+        if span.instrumentation_scope is not None
+    }
+    sdk_span, our_span = by_scope["pyqwest"], by_scope["e2b_kernel"]
+    assert (our_span.name, our_span.kind) == (sdk_span.name, sdk_span.kind)
+    assert sdk_span.kind == SpanKind.CLIENT
+    assert dict(our_span.attributes or {}) == dict(sdk_span.attributes or {})
 
 
 def test_without_one_explicit_sandbox_url_the_sdk_creates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,6 +206,7 @@ _DEFERRED_SESSION = textwrap.dedent(
         report["contexts"] = await session.code_context_ids()
         report["jupyter_answers"] = await session.jupyter_endpoint().probe() is None
         report["sdk_before_first_cell_ended"] = "e2b" in sys.modules
+        report["httpx_before_first_cell_ended"] = "httpx" in sys.modules
         session.hold_busy(True)
         session.hold_busy(False)  # a front end's first cell ended: the SDK object follows
         await session._sdk_build
@@ -235,6 +239,7 @@ def test_a_deferred_session_reaches_its_first_cell_without_the_sdk(
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["sdk_after_start"] is False
     assert report["sdk_before_first_cell_ended"] is False
+    assert report["httpx_before_first_cell_ended"] is False  # see core/rest.py
     assert report["jupyter_answers"] is True
     assert len(report["contexts"]) == 1  # the default Python context, found without the SDK
     assert report["same_sandbox"] is True
