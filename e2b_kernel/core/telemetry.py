@@ -90,7 +90,7 @@ def http_client_span(
     from opentelemetry import propagate
 
     where = urlsplit(url)
-    attributes = {
+    attributes: dict[str, str | int] = {
         "http.request.method": method,
         "server.address": where.hostname or "",
         "server.port": where.port or (443 if where.scheme == "https" else 80),
