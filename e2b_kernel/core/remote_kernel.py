@@ -7,6 +7,7 @@ use the kernel of the sandbox's default Python context, so they share one namesp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -36,10 +37,15 @@ async def pick_remote_kernel(
         await endpoint.restart(previous)
         log.info("restarted remote kernel %s", previous)
         return previous, False
-    # Contexts first: E2B lists them once the default one has started, and only then is its
-    # kernel in the server's list (a fresh sandbox starts it in the background).
-    context_ids = await session.code_context_ids("python")
-    kernels = await _kernel_ids(endpoint)
+    # Both lists at once: one round trip to the sandbox instead of two on the way to the first
+    # cell. E2B lists a context only once its kernel runs (a fresh sandbox starts the default
+    # one in the background), so a listed context missing from a kernel list taken at the
+    # same moment may have started in between: the kernels are asked again before giving up.
+    context_ids, kernels = await asyncio.gather(
+        session.code_context_ids("python"), _kernel_ids(endpoint)
+    )
+    if any(context_id not in kernels for context_id in context_ids):
+        kernels = await _kernel_ids(endpoint)
     for context_id in context_ids:
         if context_id in kernels:
             log.info("using the default Python context's kernel %s", context_id)
