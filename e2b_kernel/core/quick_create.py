@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SandboxUnavailable
@@ -34,7 +34,7 @@ class QuickTarget:
     """Where the control plane is and where every sandbox port is reached (never log: key)."""
 
     api_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     sandbox_url: str
     request_timeout: float
 
@@ -47,8 +47,8 @@ class CreatedSandbox:
     sandbox_url: str
     sandbox_domain: str | None
     envd_version: str
-    envd_access_token: str | None
-    traffic_access_token: str | None
+    envd_access_token: str | None = field(repr=False)
+    traffic_access_token: str | None = field(repr=False)
 
 
 def quick_target(opts: dict[str, Any]) -> QuickTarget | None:

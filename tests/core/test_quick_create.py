@@ -258,3 +258,14 @@ def _running_ids(service: RunningService) -> list[str]:
         return found
 
     return asyncio.run(listed())
+
+
+def test_the_key_and_tokens_stay_out_of_reprs() -> None:
+    """A record that reaches a log line or a traceback (``%r``) shows no secret."""
+    target = quick_create.QuickTarget("http://127.0.0.1:1", "e2b_secret_key", "http://s", 60.0)
+    created = quick_create.CreatedSandbox(
+        "sbx", "http://s", None, "0.6.5", "secret-envd-token", "secret-traffic-token"
+    )
+    shown = repr(target) + repr(created)
+    assert "secret" not in shown
+    assert "sbx" in shown
