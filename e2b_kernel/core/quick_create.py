@@ -4,7 +4,7 @@ Importing the SDK takes about 0.5 s of CPU, more than a ``python3`` kernel needs
 kernel's first cell on the ``jupyter`` transport needs no SDK at all, only the sandbox's id,
 its URL and its traffic token. So where every sandbox port is reached at one explicit URL
 (``E2B_SANDBOX_URL``: the local service, private or standing), the kernel sends the create
-request itself, byte for byte the body and headers the SDK would send (a test compares them),
+request itself, with the body and headers the SDK would send (a test compares them),
 and builds the SDK's sandbox object after its first cell. Against E2B cloud (sandbox hosts
 derived from the domain), in the SDK's debug mode, or when the reply is anything but a
 created sandbox, ``create`` returns None and the caller uses the SDK, which then applies its
@@ -18,6 +18,8 @@ import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any
+
+from packaging.version import Version
 
 from ..errors import SandboxUnavailable
 from . import rest
@@ -133,12 +135,13 @@ async def create(target: QuickTarget, body: dict[str, Any]) -> CreatedSandbox | 
         created = reply.json()
         sandbox_id = str(created["sandboxID"])
         envd_version = str(created["envdVersion"])
+        too_old = Version(envd_version) < Version("0.1.0")  # InvalidVersion is a ValueError
     except (ValueError, KeyError, TypeError):
         raise SandboxUnavailable(
             f"the sandbox service at {target.api_url} answered the create request with no "
             "sandbox id or envd version; is E2B_API_URL right?"
         ) from None
-    if _major_minor(envd_version) < (0, 1):  # as the SDK does: kill it and explain
+    if too_old:  # as the SDK does: kill it and explain
         await rest.request(
             "DELETE",
             f"{target.api_url}/sandboxes/{sandbox_id}",
@@ -159,11 +162,3 @@ async def create(target: QuickTarget, body: dict[str, Any]) -> CreatedSandbox | 
 def _text(value: Any) -> str | None:
     """As the SDK reads optional string fields: anything but a string counts as absent."""
     return value if isinstance(value, str) else None
-
-
-def _major_minor(version: str) -> tuple[int, int]:
-    parts = version.split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return (0, 0)

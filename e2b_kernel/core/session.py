@@ -269,8 +269,12 @@ class SandboxSession:
         """Attach to an existing (running or paused) sandbox instead of creating one."""
         async with self._start_lock:
             await self._ensure_backend()
+            sandbox_class = await sdk.load()
+            opts = self._backend.sdk_opts()
             try:
-                sandbox = await self._connect_sdk(sandbox_id)
+                sandbox = await sandbox_class.connect(
+                    sandbox_id, timeout=self.config.sandbox_timeout, **opts
+                )
             except Exception as exc:
                 if is_sandbox_gone(exc):
                     raise SandboxLost(
@@ -284,39 +288,34 @@ class SandboxSession:
             self.log.info("connected to sandbox %s", sandbox_id)
             self._start_keepalive()
 
-    async def _connect_sdk(self, sandbox_id: str) -> AsyncSandbox:
-        """The SDK's object for a running or paused sandbox (``connect`` also resumes it and
-        pushes its timeout out); SDK errors are raised as they are."""
-        sandbox_class = await sdk.load()
-        opts = self._backend.sdk_opts()
-        return await sandbox_class.connect(sandbox_id, timeout=self.config.sandbox_timeout, **opts)
-
     async def _sdk_sandbox(self) -> AsyncSandbox:
         """The SDK's object for the current sandbox; for one created without the SDK, built
         the first time it is needed (no request is sent: see ``sdk.adopt``)."""
         while self.sandbox is None:
-            created = self._created
-            if created is None:
-                raise SandboxUnavailable("the sandbox is not started")
-            if self._sdk_build is None or self._sdk_build.done():
-                self._sdk_build = asyncio.ensure_future(self._adopt_created(created))
-            await asyncio.shield(self._sdk_build)
+            await asyncio.shield(self._sdk_build_task())
         return self.sandbox
 
+    def _sdk_build_task(self) -> asyncio.Future[AsyncSandbox]:
+        """The running build of the SDK's object for the sandbox created without the SDK,
+        started unless one runs (a failed one is started again)."""
+        created = self._created
+        if created is None:
+            raise SandboxUnavailable("the sandbox is not started")
+        if self._sdk_build is None or self._sdk_build.done():
+            self._sdk_build = asyncio.ensure_future(self._adopt_created(created))
+            self._sdk_build.add_done_callback(self._log_sdk_build)
+        return self._sdk_build
+
     async def _adopt_created(self, created: quick_create.CreatedSandbox) -> AsyncSandbox:
-        await sdk.load()
-        sandbox = sdk.adopt(created, self._backend.sdk_opts())
+        sandbox = await self._adopted(created)
         if self._created is created:  # not dropped meanwhile
             self.sandbox, self._created = sandbox, None
         return sandbox
 
-    def _build_sdk_soon(self) -> None:
-        """Build the SDK's object in the background (after the first cell, which needed none),
-        so that no later request waits for the SDK's import."""
-        if self._created is None or (self._sdk_build is not None and not self._sdk_build.done()):
-            return
-        self._sdk_build = asyncio.ensure_future(self._adopt_created(self._created))
-        self._sdk_build.add_done_callback(self._log_sdk_build)
+    async def _adopted(self, created: quick_create.CreatedSandbox) -> AsyncSandbox:
+        """The SDK's object for ``created``, the SDK imported first (on a worker thread)."""
+        await sdk.load()
+        return sdk.adopt(created, self._backend.sdk_opts())
 
     def _log_sdk_build(self, build: asyncio.Future) -> None:
         if not build.cancelled() and build.exception() is not None:
@@ -396,8 +395,9 @@ class SandboxSession:
     def hold_busy(self, busy: bool) -> None:
         """A front end's own transport runs a cell (keep-alive refreshes while busy)."""
         self._busy = busy
-        if not busy:
-            self._build_sdk_soon()
+        if not busy and self._created is not None:
+            # After a cell, which needed none: no later request waits for the SDK's import.
+            self._sdk_build_task()
 
     def report_lost(self, message: str) -> None:
         """A front end found the sandbox gone while idle: the next ``ready`` raises
@@ -426,7 +426,11 @@ class SandboxSession:
         if await self._backend.service_lost():
             return True
         try:
-            sandbox = await asyncio.wait_for(self._sdk_sandbox(), 10)
+            sandbox = await self._sdk_sandbox()
+        except Exception as exc:  # dropped meanwhile, or the SDK would not import
+            self.log.debug("could not ask for the sandbox's state: %r", exc)
+            return False
+        try:
             info = await asyncio.wait_for(sandbox.get_info(), 10)
         except Exception as exc:
             if is_sandbox_gone(exc):
@@ -436,7 +440,6 @@ class SandboxSession:
             if str(getattr(info, "state", "")).lower().endswith("paused"):
                 return False
         try:
-            sandbox = await asyncio.wait_for(self._sdk_sandbox(), 10)
             return not await asyncio.wait_for(sandbox.is_running(), 10)
         except Exception as exc:
             return is_sandbox_gone(exc)
@@ -771,8 +774,7 @@ class SandboxSession:
                     )
                 try:
                     if sandbox is None and created is not None:  # its SDK object never built
-                        await sdk.load()
-                        sandbox = sdk.adopt(created, self._backend.sdk_opts())
+                        sandbox = await self._adopted(created)
                     if sandbox is not None:
                         await asyncio.wait_for(sandbox.kill(), 15)
                 except Exception as exc:
