@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 
@@ -18,7 +17,9 @@ from .subprocesses import start_process
 
 DEFAULT_DISK_MB = 2048
 _MNT_DETACH = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The running process's own symbols include libc's; find_library("c") would run
+# `ldconfig -p` (tens of milliseconds) on every service start.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def can_cap_disk() -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import stat
 import threading
@@ -19,7 +18,9 @@ from pathlib import Path
 
 _MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 32, 4096, 16384
 _MNT_DETACH = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The running process's own symbols include libc's; find_library("c") would run
+# `ldconfig -p` (tens of milliseconds) on every service start.
+_libc = ctypes.CDLL(None, use_errno=True)
 _lock = threading.Lock()
 _staged: dict[str, str] = {}
 
