@@ -161,13 +161,26 @@ def test_the_checker_sees_a_cycle_and_a_layer_breach() -> None:
     assert ("e2b_kernel.local", {"start_in_thread"}) in imports_of("e2b_kernel.backends.handles")
 
 
+def _packages_imported_by(statement: str, packages: tuple[str, ...]) -> list[str]:
+    """Which of ``packages`` (top-level names) a fresh interpreter imports to run ``statement``."""
+    code = (
+        f"import sys; {statement}; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({packages!r})))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return ast.literal_eval(run.stdout.strip())  # type: ignore[no-any-return]
+
+
 def test_the_kernel_starts_without_importing_the_sdk() -> None:
     """The E2B SDK's import (~0.3 s) runs beside the private service's start, on a worker
     thread, instead of before the kernel can launch that service (core/sdk.py)."""
-    code = (
-        "import sys, e2b_kernel.kernel.kernel, e2b_kernel.magic; "
-        "sdk = ('e2b', 'e2b_code_interpreter'); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in sdk))"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "[]", run.stdout
+    statement = "import e2b_kernel.kernel.kernel, e2b_kernel.magic"
+    assert _packages_imported_by(statement, ("e2b", "e2b_code_interpreter")) == []
+
+
+def test_the_kernels_launcher_imports_nothing_heavy() -> None:
+    """``python -m e2b_kernel`` launches its private service before its own imports (see
+    backends/early.py): asyncio, traitlets, psutil, ipykernel, jupyter_client or the E2B SDK
+    there would hold the service back by a tenth of a second."""
+    heavy = ("asyncio", "traitlets", "psutil", "ipykernel", "jupyter_client", "e2b")
+    assert _packages_imported_by("from e2b_kernel.backends import launch_early", heavy) == []

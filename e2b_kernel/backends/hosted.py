@@ -11,11 +11,8 @@ process exits and the new one takes the same lease, found through the restart st
 The service removes its lease file when it stops, and ``stop()`` does too. Only a service that
 was itself SIGKILLed leaves one: each launch sweeps those (free lease, dead service).
 
-``launch_early`` starts the service (on a thread) as the kernel process starts, before its
-imports, when the environment alone says the kernel will need one; ``launch`` then claims it,
-and ``discard_early`` stops it if the kernel's configuration turned out to want none. The
-kernel's own ports are held first (``kernel_ports``): the kernel binds them only after its
-imports, and the service starting meanwhile could otherwise be given one by chance.
+``early.launch_early`` starts the service as the kernel process starts, before its imports,
+when the environment alone says the kernel will need one; ``launch`` then claims it.
 """
 
 from __future__ import annotations
@@ -23,25 +20,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 import tempfile
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ..config import SessionConfig
-from ..errors import ConfigurationError
-from . import kernel_ports, restart_state
+from . import early
 from .handles import ServiceHandle
 
-__all__ = ["HostedService", "discard_early", "launch_early"]
+__all__ = ["HostedService", "sweep_stale_leases"]
 
 _STOP_TIMEOUT = 20.0
-LEASE_DIR = Path(tempfile.gettempdir()) / "e2b-kernel-leases"
 _UNCLAIMED_AGE = 120.0  # a lease file with no service pid yet is still being launched
 
 
@@ -60,38 +51,19 @@ class HostedService(ServiceHandle):
     def launch(cls, *, isolation: str = "auto") -> HostedService:
         """Take a new lease and start a helper that serves while it is held (or claim the
         one ``launch_early`` started, when its isolation is the one asked for)."""
-        early = _take_early()
-        if early is not None:
-            if early.isolation == isolation:
-                return early.future.result()
-            _stop_when_started(early)
-        return cls._launch(isolation)
-
-    @classmethod
-    def _launch(cls, isolation: str) -> HostedService:
-        from ..local import start_subprocess
-
-        sweep_stale_leases()
-        fd, lease_path = tempfile.mkstemp(prefix="lease-", suffix=".lock", dir=_lease_dir())
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            # One sandbox, started with the service and never replaced: the kernel needs
-            # exactly one (a restart keeps it), and a refill would compete with it for the
-            # machine's cores. Its start overlaps the kernel's own until create takes it.
-            child = start_subprocess(
-                isolation=isolation,
-                lease=lease_path,
-                pool_size=1,
-                pool_refill=False,
-            )
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(lease_path)
-            raise
-        os.write(fd, str(child.pid).encode())  # lets a later sweep tell a dead service
+        leased = None
+        launched = early.take_early()
+        if launched is not None:
+            if launched.isolation == isolation:
+                leased = launched.future.result()
+            else:
+                early.stop_when_started(launched)
+        if leased is None:
+            leased = early.start_leased(isolation)
+        sweep_stale_leases()  # those of services that were SIGKILLed (ours is held)
+        child = leased.child
         info = {"url": child.url, "api_key": child.api_key, "isolation": child.isolation}
-        hosted = cls({**info, "pid": child.pid}, lease_path, fd)
+        hosted = cls({**info, "pid": child.pid}, leased.lease_path, leased.lease_fd)
         hosted._child = child
         return hosted
 
@@ -152,85 +124,12 @@ class HostedService(ServiceHandle):
             self._lease_fd = None
 
 
-class _EarlyLaunch:
-    """A ``HostedService`` being launched on a thread of its own."""
-
-    def __init__(self, isolation: str) -> None:
-        self.isolation = isolation
-        self.future: Future[HostedService] = Future()
-        threading.Thread(target=self._run, name="e2b-early-service", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self.future.set_result(HostedService._launch(self.isolation))
-        except Exception as exc:  # raised to whoever claims it, as a direct launch would
-            self.future.set_exception(exc)
-
-
-_early: _EarlyLaunch | None = None
-_early_lock = threading.Lock()
-_held_ports: list[socket.socket] = []  # the kernel's, for the life of the process
-
-
-def launch_early(connection_file: str | None) -> None:
-    """Start the private service now, when the environment alone says the kernel (started
-    with ``connection_file``) will need one: its start then overlaps the kernel's imports.
-
-    Not after a restart (the restarted process adopts the previous service). The kernel's
-    full configuration may still differ (config files, command line): then ``launch`` is
-    asked for another isolation, or never, and this one is stopped.
-    """
-    global _early
-    try:
-        config = SessionConfig()
-    except ConfigurationError:
-        return  # the kernel reports it; it starts no service
-    if config.resolved_backend() != "local":
-        return
-    if connection_file is None or restart_state.state_path(connection_file).exists():
-        return
-    address = kernel_ports.read(connection_file)
-    if address is None:
-        return  # the service could be given a port the kernel is about to bind
-    with _early_lock:
-        if _early is None:
-            _held_ports.extend(kernel_ports.hold(*address))
-            _early = _EarlyLaunch(str(config.local_isolation))
-
-
-def discard_early() -> None:
-    """Stop the service ``launch_early`` started if nobody claimed it (without waiting)."""
-    early = _take_early()
-    if early is not None:
-        _stop_when_started(early)
-
-
-def _take_early() -> _EarlyLaunch | None:
-    global _early
-    with _early_lock:
-        early, _early = _early, None
-    return early
-
-
-def _stop_when_started(early: _EarlyLaunch) -> None:
-    def stop() -> None:
-        with contextlib.suppress(Exception):
-            early.future.result().stop()
-
-    threading.Thread(target=stop, name="e2b-early-service-stop", daemon=True).start()
-
-
-def _lease_dir() -> Path:
-    LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
-    return LEASE_DIR
-
-
 def sweep_stale_leases() -> list[Path]:
     """Remove lease files that nobody holds and whose service is dead; return them."""
     removed = []
     # Also the lease files of earlier versions, which lived directly in the temp folder.
     legacy = Path(tempfile.gettempdir()).glob("e2b-kernel-lease-*.lock")
-    for path in [*_lease_dir().glob("lease-*.lock"), *legacy]:
+    for path in [*early.lease_dir().glob("lease-*.lock"), *legacy]:
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:

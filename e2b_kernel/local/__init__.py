@@ -8,15 +8,15 @@ e2b_kernel.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
 import sys
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING
 
+from .running import START_TIMEOUT, RunningService, ServiceOptions, ServiceRecord
 from .sandbox.isolation import IsolationUnavailable
 
 if TYPE_CHECKING:
@@ -24,109 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = ["IsolationUnavailable", "RunningService", "start_in_thread", "start_subprocess"]
 
-_START_TIMEOUT = 60.0
 ISOLATION_UNAVAILABLE_EXIT = 3
 
 
-class RunningService(Protocol):
-    """A started service: where it listens, its key, its isolation, and how to stop it."""
-
-    url: str
-    api_key: str
-    isolation: str
-    pid: int  # the process serving it (this one for start_in_thread)
-
-    def sdk_env(self) -> dict[str, str]: ...
-
-    def stop(self) -> None: ...
-
-
-class ServiceOptions(TypedDict, total=False):
-    """What both start functions accept; defaults are ``ServiceCore``'s (``service.settings``).
-
-    - ``isolation``: "auto" (Linux namespaces; refuse where impossible) or "none";
-    - ``api_key``: the key clients must send (a random one, ``.api_key``, when not given);
-    - ``memory_mb``, ``max_pids``: per-sandbox limits (where cgroups are writable);
-    - ``disk_mb``: the cap of each sandbox's /home/user + /tmp;
-    - ``header_timeout`` (s), ``max_connections``: bound idle and half-open connections;
-    - ``pool_size``: ready sandboxes kept warm (0: none);
-    - ``pool_refill``: False starts the pool's sandboxes once and never replaces them (see
-      ``service.pool``).
-    """
-
-    isolation: str
-    api_key: str | None
-    memory_mb: int
-    max_pids: int
-    header_timeout: float
-    max_connections: int
-    disk_mb: int
-    pool_size: int
-    pool_refill: bool
-
-
-class _Running:
-    """Shared parts of both service handles."""
-
-    url: str
-    api_key: str
-    isolation: str
-    pid: int
-
-    def sdk_env(self) -> dict[str, str]:
-        """The three variables that point the unmodified SDK at this service."""
-        return {"E2B_API_URL": self.url, "E2B_SANDBOX_URL": self.url, "E2B_API_KEY": self.api_key}
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url} isolation={self.isolation!r}>"
-
-
-class _ThreadService(_Running):
-    """The service on a daemon thread with its own event loop."""
-
-    def __init__(self, host: str, port: int, options: ServiceOptions) -> None:
-        from .service import ServiceCore
-
-        self._core = ServiceCore(host, port, **options)
-        self.pid = os.getpid()  # the service shares this process
-        self.api_key = self._core.api_key  # random per start unless one was given
-        self.isolation = self._core.isolation
-        self._loop = asyncio.new_event_loop()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="e2b-local-service", daemon=True)
-        self._thread.start()
-        self._await_listening()
-        self.url = self._core.url()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._core.serve())
-        finally:
-            self._loop.close()
-
-    def _await_listening(self) -> None:
-        server = self._core.server
-        for _ in range(int(_START_TIMEOUT / 0.01)):
-            if server.started:
-                return
-            if not self._thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        raise RuntimeError("the local E2B service did not start listening (see the log)")
-
-    def stop(self) -> None:
-        """Kill every sandbox and stop serving; idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._thread.is_alive():
-            future = asyncio.run_coroutine_threadsafe(self._core.shutdown(), self._loop)
-            future.result(timeout=60)
-            self._thread.join(timeout=30)
-
-
-class _SubprocessService(_Running):
+class _SubprocessService(ServiceRecord):
     """The service as a child process (`python -m e2b_kernel.local --port 0`)."""
 
     def __init__(
@@ -177,7 +78,7 @@ class _SubprocessService(_Running):
 
     def _read_banner(self) -> dict[str, str]:
         assert self._proc.stdout is not None
-        timer = threading.Timer(_START_TIMEOUT, self._proc.kill)
+        timer = threading.Timer(START_TIMEOUT, self._proc.kill)
         timer.start()
         try:
             found = read_banner(self._proc.stdout)
@@ -233,7 +134,9 @@ def start_in_thread(
     ``options``: see :class:`ServiceOptions`. Raises IsolationUnavailable when isolation is
     "auto" and namespaces are impossible here.
     """
-    return _ThreadService(host, port, options)
+    from .thread_service import ThreadService  # asyncio and the service's modules: not before
+
+    return ThreadService(host, port, options)
 
 
 def start_subprocess(

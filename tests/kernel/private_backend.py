@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 
-from e2b_kernel.backends.hosted import LEASE_DIR
+from e2b_kernel.backends.early import LEASE_DIR
 
 from .harness import Kernel, clean_env
 
