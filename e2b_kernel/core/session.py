@@ -313,9 +313,11 @@ class SandboxSession:
         return sandbox
 
     async def _adopted(self, created: quick_create.CreatedSandbox) -> AsyncSandbox:
-        """The SDK's object for ``created``, the SDK imported first (on a worker thread)."""
-        await sdk.load()
-        return sdk.adopt(created, self._backend.sdk_opts())
+        """The SDK's object for ``created``, imported and built on a worker thread: building
+        it also builds the SDK's HTTP transport (system CA certificates, OpenTelemetry
+        instruments; about 40 ms), which must not hold up the messages this loop relays. The
+        SDK's transports are process-wide and bound to no event loop."""
+        return await asyncio.to_thread(sdk.adopt, created, self._backend.sdk_opts())
 
     def _log_sdk_build(self, build: asyncio.Future) -> None:
         if not build.cancelled() and build.exception() is not None:

@@ -212,9 +212,10 @@ class JupyterForwarder:
             timer = self._timers.pop(parent_id, None)
             if timer is not None:
                 timer.cancel()
-            self._running.discard(parent_id)
-            if not self._running:
-                self._on_busy(False)
+            if parent_id in self._running:  # a cell ended (not, say, a kernel_info request)
+                self._running.discard(parent_id)
+                if not self._running:
+                    self._on_busy(False)
             if parent_id in self._routes:
                 loop = asyncio.get_running_loop()
                 loop.call_later(_REPLY_AFTER_IDLE_GRACE, self._reply_if_missing, parent_id)

@@ -39,11 +39,15 @@ def sockets():
 
 
 async def _relay_one(
-    sockets, monkeypatch: pytest.MonkeyPatch, msg_type: str, content: dict
+    sockets,
+    monkeypatch: pytest.MonkeyPatch,
+    msg_type: str,
+    content: dict,
+    busy: list[bool] | None = None,
 ) -> tuple[list[list[bytes]], int]:
     """Forward one front-end message; the remote kernel answers 'busy' and 'idle' but never a
     reply. Returns what the front end received within two (shortened) graces, and how many
-    requests the relay still waits on."""
+    requests the relay still waits on; ``busy`` records what the relay told the session."""
     monkeypatch.setattr(forward, "_REPLY_AFTER_IDLE_GRACE", 0.05)
     shell, front, iopub = sockets
     session = Session(key=b"k")
@@ -55,7 +59,7 @@ async def _relay_one(
         stdin=None,
         send_control=lambda *_: None,
         banner=lambda: "",
-        on_busy=lambda _: None,
+        on_busy=(busy if busy is not None else []).append,
         on_closed=lambda _: None,
         on_died=lambda _: None,
         cell_timeout=None,
@@ -89,3 +93,22 @@ def test_a_request_ended_without_reply_gets_one(sockets, monkeypatch) -> None:
 def test_a_comm_message_gets_no_reply_and_is_not_kept(sockets, monkeypatch) -> None:
     content = {"comm_id": "c", "data": {"method": "update", "state": {"value": 7}}}
     assert asyncio.run(_relay_one(sockets, monkeypatch, "comm_msg", content)) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "content", "expected"),
+    [
+        ("execute_request", {"code": "1"}, [True, False]),
+        ("kernel_info_request", {}, []),
+        ("complete_request", {"code": "pri", "cursor_pos": 3}, []),
+    ],
+)
+def test_only_a_cell_is_busy_and_only_its_end_makes_the_session_idle(
+    sockets, monkeypatch, msg_type: str, content: dict, expected: list[bool]
+) -> None:
+    """The session builds the SDK's sandbox object once a cell has ended (a second of CPU):
+    the 'idle' that ends a kernel_info or completion request, which a front end sends before
+    the first cell, must not start it, or it competes with that cell."""
+    busy: list[bool] = []
+    asyncio.run(_relay_one(sockets, monkeypatch, msg_type, content, busy))
+    assert busy == expected
