@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import importlib
 import logging
 import os
 import signal
@@ -24,7 +25,12 @@ from .sandbox.isolation import (
     DEFAULT_MEMORY_MB,
     IsolationUnavailable,
 )
-from .service.settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_SIZE
+from .service.settings import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_POOL_SIZE,
+    check_server_settings,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -96,21 +102,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.die_with_parent:
         _die_with_parent()
-    from .service import ServiceCore
+    from .service.sandboxes import ServiceSandboxes
 
     if not 0 <= args.port <= 65535:
         print(f"e2b-kernel local: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        core = ServiceCore(
-            args.host,
-            args.port,
+        check_server_settings(args.header_timeout, args.max_connections)
+        sandboxes = ServiceSandboxes(
             isolation="none" if args.no_isolation else "auto",
-            api_key=args.api_key,
             memory_mb=args.memory_mb,
             max_pids=args.max_pids,
-            header_timeout=args.header_timeout,
-            max_connections=args.max_connections,
             disk_mb=args.disk_mb,
             pool_size=args.pool_size,
             pool_refill=args.pool_refill,
@@ -128,14 +130,31 @@ def run(args: argparse.Namespace) -> int:
             "reach this address can run code here (the API key is the only check)",
             file=sys.stderr,
         )
-    return asyncio.run(_serve(core, args.lease))
+    return asyncio.run(_serve(sandboxes, args))
 
 
-async def _serve(core: object, lease: str | None) -> int:
-    from .service import ServiceCore
+async def _serve(sandboxes: Any, args: argparse.Namespace) -> int:
     from .service.lease import serve_while_leased
 
-    assert isinstance(core, ServiceCore)
+    # The warm pool's first sandbox starts first, and the web stack is imported once its
+    # processes run: for a kernel's private service, that sandbox's Jupyter Server is what the
+    # kernel's first cell waits for longest, and the kernel sends its first request (create,
+    # which that sandbox answers) only once its own imports are done.
+    sandboxes.start()
+    try:
+        await sandboxes.registry.pool.begun()
+        server = importlib.import_module(f"{__package__}.service.server")
+        core = server.ServiceCore(
+            args.host,
+            args.port,
+            api_key=args.api_key,
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
+            sandboxes=sandboxes,
+        )
+    except BaseException:
+        await sandboxes.close()
+        raise
     task = asyncio.create_task(core.serve())
     while not core.server.started:
         if task.done():
@@ -145,14 +164,14 @@ async def _serve(core: object, lease: str | None) -> int:
     try:
         _print_banner(core)
     except BrokenPipeError:
-        if lease is None:
+        if args.lease is None:
             raise
         # The kernel that launched us died before reading it: the lease, which it no longer
         # holds, ends this service in the usual way (sandboxes killed, state removed) instead
         # of a crash in the middle of the start.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    if lease is not None:
-        await serve_while_leased(lease, task)
+    if args.lease is not None:
+        await serve_while_leased(args.lease, task)
         await core.shutdown()
     await task
     return 0

@@ -73,3 +73,54 @@ def test_a_failed_start_ends_the_wait() -> None:
         await pool.close()
 
     asyncio.run(scenario())
+
+
+async def _yield_to_the_loop() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def test_begun_is_the_first_start_launched_not_warm() -> None:
+    """The service imports its web stack once the first sandbox's processes run (begun), not
+    before (it would slow their start) and not after they are ready (it would add its time)."""
+
+    async def scenario() -> None:
+        launched, warmed = asyncio.Event(), asyncio.Event()
+
+        class _Warming(_Fake):
+            async def warm(self) -> None:
+                await warmed.wait()
+
+        async def make() -> Any:
+            await launched.wait()
+            return _Fake(), _Warming()
+
+        pool = WarmPool(1, make, refill=False)
+        pool.start()
+        begun = asyncio.ensure_future(pool.begun())
+        await _yield_to_the_loop()
+        assert not begun.done()
+        launched.set()
+        await asyncio.wait_for(begun, 5)
+        assert pool.ready_count == 0  # still warming
+        warmed.set()
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_begun_does_not_wait_without_a_fill_or_after_a_failed_start() -> None:
+    async def scenario() -> None:
+        async def failing() -> Any:
+            raise OSError("no bwrap")
+
+        off = WarmPool(0, failing)
+        off.start()
+        await asyncio.wait_for(off.begun(), 5)  # pool off
+        await asyncio.wait_for(WarmPool(1, failing).begun(), 5)  # never started
+        broken = WarmPool(1, failing, refill=False)
+        broken.start()
+        await asyncio.wait_for(broken.begun(), 5)
+        await broken.close()
+
+    asyncio.run(scenario())

@@ -1,6 +1,7 @@
 """The service itself: its HTTP app, the planes' front doors, credentials and server.
 
-``server.ServiceCore`` builds and serves one instance; ``app.ServiceApp`` routes requests;
+``server.ServiceCore`` builds and serves one instance, whose sandboxes (registry, warm pool)
+``sandboxes.ServiceSandboxes`` holds apart from the web stack; ``app.ServiceApp`` routes requests;
 ``control`` is the control plane; ``envd`` and ``interpreter_front`` check requests before
 the sandbox planes; ``auth`` holds the credentials; ``guards`` the input checks;
 ``connections`` uvicorn's protocol with a header deadline and a connection bound.
@@ -16,8 +17,12 @@ __all__ = ["STATE_ROOT", "ServiceCore", "sweep_stale_state"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name == "ServiceCore":
         from . import server
 
-        return getattr(server, name)
+        return server.ServiceCore
+    if name in __all__:
+        from . import sandboxes
+
+        return getattr(sandboxes, name)
     raise AttributeError(name)

@@ -30,7 +30,6 @@ from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
 from .network_opts import NetworkOptions, from_create, update_network
 from .params import decode_token, encode_token, int_param, timeout_field
-from .pool import Ready, WarmPool
 from .registry import DEFAULT_TIMEOUT, Entry, Registry
 from .snapshot_store import Snapshot
 from .snapshots import SnapshotRoutes, filesystem_pause, reset_processes, wants_memory
@@ -98,8 +97,7 @@ class ControlPlane:
             sandbox + "/metrics": {"GET": "metrics"},
             sandbox + "/network": {"PUT": "update_network"},
         }
-        self.pool = WarmPool(registry.pool_size, self._ready_sandbox, refill=registry.pool_refill)
-        registry.pool = self.pool
+        self.pool = registry.pool
         self.snapshot_routes = SnapshotRoutes(self)
         snapshot_routes = {
             sandbox + "/snapshots": {"POST": "create_snapshot"},
@@ -244,18 +242,6 @@ class ControlPlane:
             raise ServiceError(500, message) from None
         log.info("created sandbox %s (template %s)", entry.sandbox_id, template_id)
         return entry
-
-    async def _ready_sandbox(self) -> Ready:
-        """A started sandbox with a started code interpreter, for the warm pool."""
-        sandbox = self.registry.new_sandbox({})
-        await sandbox.start()
-        try:
-            interpreter = CodeInterpreter(sandbox)
-            await interpreter.start()
-        except BaseException:
-            await sandbox.kill()
-            raise
-        return sandbox, interpreter
 
     async def connect(self, request: Request) -> Response:
         """POST /v2/sandboxes/{id}/connect: 200 if running, 201 if resumed from paused."""

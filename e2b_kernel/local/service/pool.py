@@ -45,6 +45,7 @@ class WarmPool:
         self._ready: list[Ready] = []
         self._filling: asyncio.Task[None] | None = None
         self._arrived: asyncio.Event | None = None  # set whenever a sandbox joins the pool
+        self._begun: asyncio.Event | None = None  # set once the first start got its processes going
         self._waiter = False  # a create waits for the sandbox being started
         self._started = False
         self._closed = False
@@ -57,6 +58,19 @@ class WarmPool:
     def start(self) -> None:
         """Begin filling (call on the service's loop)."""
         self._refill()
+
+    async def begun(self) -> None:
+        """Until the first sandbox's processes are launched (its agent, Jupyter Server and
+        code interpreter started, not yet ready), or its start failed; at once without a
+        fill. The service imports its web stack only then: until then it would take the CPU
+        (and this thread's GIL) from that start."""
+        if self._begun is not None and self._filling_now():
+            assert self._filling is not None
+            begun = asyncio.ensure_future(self._begun.wait())
+            try:
+                await asyncio.wait([begun, self._filling], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                begun.cancel()
 
     async def take(self, envs: dict[str, str]) -> Ready | None:
         """A ready sandbox, or None (pool off, empty, or closed); a refill follows.
@@ -98,7 +112,7 @@ class WarmPool:
             return
         self._started = True
         if self._arrived is None:
-            self._arrived = asyncio.Event()
+            self._arrived, self._begun = asyncio.Event(), asyncio.Event()
         if self._filling is None or self._filling.done():
             self._filling = asyncio.ensure_future(self._fill())
 
@@ -111,6 +125,9 @@ class WarmPool:
             except Exception:
                 log.exception("the warm pool could not start a sandbox; it stays short")
                 return
+            finally:
+                assert self._begun is not None
+                self._begun.set()
             try:
                 await ready[1].warm()
             except BaseException:  # closed (cancelled) while its kernel started: no leftover

@@ -15,6 +15,7 @@ from typing import Any
 from ..sandbox import LocalSandbox
 from ..sandbox.isolation import Isolation
 from .metrics import MetricsSampler
+from .pool import Ready, WarmPool
 from .settings import DEFAULT_POOL_SIZE
 from .snapshot_store import SnapshotStore
 
@@ -93,9 +94,7 @@ class Registry:
         pool_refill: bool = True,
     ) -> None:
         self.policy = policy
-        self.pool_size = pool_size
-        self.pool_refill = pool_refill
-        self.pool: Any = None  # the WarmPool, set up by the control plane (pool.py)
+        self.pool = WarmPool(pool_size, self._ready_sandbox, refill=pool_refill)
         self.state_dir = state_dir
         self._entries: dict[str, Entry] = {}
         self._dying: set[LocalSandbox] = set()  # being killed; close() waits for them too
@@ -152,6 +151,22 @@ class Registry:
             envs=envs,
             disk_mb=disk_mb,
         )
+
+    async def _ready_sandbox(self) -> Ready:
+        """A started sandbox with a started code interpreter, for the warm pool."""
+        # Imported here, not with the registry: jupyter_client (~0.15 s) is only needed once
+        # the sandbox's processes run, and a private service starts the sandbox first.
+        from ..interpreter import CodeInterpreter
+
+        sandbox = self.new_sandbox({})
+        await sandbox.start()
+        try:
+            interpreter = CodeInterpreter(sandbox)
+            await interpreter.start()
+        except BaseException:
+            await sandbox.kill()
+            raise
+        return sandbox, interpreter
 
     @staticmethod
     def poolable(metadata: dict[str, str]) -> bool:
@@ -225,8 +240,7 @@ class Registry:
 
     async def close(self) -> None:
         """Kill every sandbox, and wait for kills already under way (service shutdown)."""
-        if self.pool is not None:
-            await self.pool.close()
+        await self.pool.close()
         dying = [sandbox.kill() for sandbox in list(self._dying)]
         await asyncio.gather(*(self.kill(sid) for sid in list(self._entries)), *dying)
 

@@ -1,38 +1,22 @@
-"""Build and run the service: isolation policy, registry, ASGI app and uvicorn server."""
+"""Build and run the service: its sandboxes (``sandboxes.py``), ASGI app and uvicorn server."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
-from ..sandbox import completion_seed, staging
-from ..sandbox.bwrap import RUNTIME_ROOT
-from ..sandbox.disk import unmount_disk
-from ..sandbox.isolation import (
-    DEFAULT_DISK_MB,
-    DEFAULT_MAX_PIDS,
-    DEFAULT_MEMORY_MB,
-    CgroupSet,
-    Isolation,
-    resolve_isolation,
-)
 from .app import ServiceApp
 from .auth import new_api_key
 from .connections import GuardedH11Protocol
 from .registry import Registry
-from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_SIZE
+from .sandboxes import SandboxOptions, ServiceSandboxes
+from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, check_server_settings
 
-log = logging.getLogger("e2b_kernel.local")
-
-STATE_ROOT = Path(tempfile.gettempdir()) / "e2b-kernel-local"
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.11
 
 
 class _Server(uvicorn.Server):
@@ -52,36 +36,26 @@ class _Server(uvicorn.Server):
 
 
 class ServiceCore:
-    """One service instance: created, then served on the current thread's event loop."""
+    """One service instance: created, then served on the current thread's event loop.
+
+    ``sandbox_options`` (isolation, limits, pool) make its ``ServiceSandboxes``, unless
+    ``sandboxes`` gives one already made (and perhaps started: see ``cli.py``).
+    """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        isolation: str = "auto",
         api_key: str | None = None,
-        memory_mb: int = DEFAULT_MEMORY_MB,
-        max_pids: int = DEFAULT_MAX_PIDS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        disk_mb: int = DEFAULT_DISK_MB,
-        pool_size: int = DEFAULT_POOL_SIZE,
-        pool_refill: bool = True,
+        sandboxes: ServiceSandboxes | None = None,
+        **sandbox_options: Unpack[SandboxOptions],
     ) -> None:
-        if header_timeout <= 0 or max_connections < 1:
-            raise ValueError("--header-timeout and --max-connections must be positive")
-        self.policy = resolve_isolation(
-            isolation, memory_mb=memory_mb, max_pids=max_pids, disk_mb=disk_mb
-        )
-        STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
-        sweep_stale_state(self.policy)
-        self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
-        if pool_size < 0:
-            raise ValueError(f"--pool-size must be 0 or more, got {pool_size}")
-        self.registry = Registry(
-            self.policy, self.state_dir, pool_size=pool_size, pool_refill=pool_refill
-        )
+        check_server_settings(header_timeout, max_connections)
+        self.sandboxes = sandboxes or ServiceSandboxes(**sandbox_options)
+        self.registry: Registry = self.sandboxes.registry
         # A fresh random key per start unless one is given: no fixed key anyone could guess.
         self.api_key = api_key or new_api_key()
         self.app = ServiceApp(self.registry, api_key=self.api_key)
@@ -112,7 +86,7 @@ class ServiceCore:
     @property
     def isolation(self) -> str:
         """Human description of the isolation every sandbox gets."""
-        return self.policy.describe()
+        return self.sandboxes.isolation
 
     def bound_port(self) -> int:
         """The TCP port actually listened on (after `--port 0`)."""
@@ -125,58 +99,15 @@ class ServiceCore:
 
     async def serve(self) -> None:
         """Serve until asked to exit; every sandbox is killed on the way out."""
-        self.registry.pool.start()  # warm sandboxes start while the server comes up
-        seeding = asyncio.create_task(completion_seed.keep_built())
+        self.sandboxes.start()  # warm sandboxes start (unless started) while the server comes up
         try:
             await self.server.serve()
         finally:
-            seeding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await seeding
             if self.server.closing is not None:
                 await self.server.closing
-            await self.registry.close()
-            await asyncio.to_thread(shutil.rmtree, self.state_dir, ignore_errors=True)
-            # Unmount the staged Python copies: no mount of ours outlives the service.
-            await asyncio.to_thread(staging.release_all, RUNTIME_ROOT)
+            await self.sandboxes.close()
 
     async def shutdown(self) -> None:
         """Kill every sandbox, then make serve() return."""
         await self.registry.close()
         self.server.should_exit = True
-
-
-def sweep_stale_state(policy: Isolation) -> None:
-    """Remove what services that died without cleaning up (SIGKILL) left behind.
-
-    Their sandboxes died with them (bwrap --die-with-parent), but directories, socket dirs
-    and empty cgroups remain. A service's state dir is named after its pid.
-    """
-    for service_dir in STATE_ROOT.glob("svc-*-*"):
-        try:
-            pid = int(service_dir.name.split("-")[1])
-        except ValueError:
-            continue
-        if _alive(pid):
-            continue
-        for sandbox_dir in service_dir.iterdir():
-            marker = sandbox_dir / "socket_dir"
-            with contextlib.suppress(OSError):
-                shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
-            with contextlib.suppress(OSError):  # its capped disk (a tmpfs) is still mounted
-                unmount_disk(sandbox_dir / "disk")
-            cgroups = CgroupSet(policy, sandbox_dir.name)
-            cgroups.kill_all()
-            cgroups.remove()
-        shutil.rmtree(service_dir, ignore_errors=True)
-        log.info("removed the leftovers of a dead local service (pid %d)", pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
