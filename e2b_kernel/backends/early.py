@@ -50,10 +50,6 @@ class LeasedService:
     lease_path: str
     lease_fd: int
 
-    @property
-    def isolation(self) -> str:
-        return self.child.isolation
-
     def stop(self) -> None:
         """Stop the service, let go of the lease and remove its file."""
         self.child.stop()
