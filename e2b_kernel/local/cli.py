@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ISOLATION_UNAVAILABLE_EXIT
 from .sandbox.isolation import (
@@ -31,6 +31,9 @@ from .service.settings import (
     DEFAULT_POOL_SIZE,
     check_server_settings,
 )
+
+if TYPE_CHECKING:
+    from .service.sandboxes import ServiceSandboxes
 
 _PR_SET_PDEATHSIG = 1
 
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(sandboxes, args))
 
 
-async def _serve(sandboxes: Any, args: argparse.Namespace) -> int:
+async def _serve(sandboxes: ServiceSandboxes, args: argparse.Namespace) -> int:
     from .service.lease import serve_while_leased
 
     # The warm pool's first sandbox starts first, and the web stack is imported once its
