@@ -161,8 +161,16 @@ async def _serve(sandboxes: ServiceSandboxes, args: argparse.Namespace) -> int:
     task = asyncio.create_task(core.serve())
     while not core.server.started:
         if task.done():
-            await task
-            return 1  # uvicorn could not bind; it logged why
+            try:
+                await task
+            except server.CannotListen as exc:
+                print(
+                    f"e2b-kernel local: {exc} (the error above says why): choose another "
+                    "--port, or --port 0 for a free one",
+                    file=sys.stderr,
+                )
+                return 2
+            return 1
         await asyncio.sleep(0.01)
     try:
         _print_banner(core)

@@ -7,7 +7,7 @@ import os
 import threading
 
 from .running import START_TIMEOUT, ServiceOptions, ServiceRecord
-from .service import ServiceCore
+from .service.server import CannotListen, ServiceCore
 
 __all__ = ["ThreadService"]
 
@@ -22,6 +22,7 @@ class ThreadService(ServiceRecord):
         self.isolation = self._core.isolation
         self._loop = asyncio.new_event_loop()
         self._stopped = False
+        self._failure: CannotListen | None = None
         self._thread = threading.Thread(target=self._run, name="e2b-local-service", daemon=True)
         self._thread.start()
         self._await_listening()
@@ -31,6 +32,8 @@ class ThreadService(ServiceRecord):
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._core.serve())
+        except CannotListen as exc:
+            self._failure = exc  # raised to the starter by _await_listening
         finally:
             self._loop.close()
 
@@ -42,6 +45,8 @@ class ThreadService(ServiceRecord):
             if not self._thread.is_alive():
                 break
             threading.Event().wait(0.01)
+        if self._failure is not None:
+            raise RuntimeError(f"the local E2B service {self._failure}: choose another port")
         raise RuntimeError("the local E2B service did not start listening (see the log)")
 
     def stop(self) -> None:

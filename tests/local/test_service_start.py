@@ -58,6 +58,27 @@ def test_cli_rejects_bad_arguments() -> None:
     assert "--port must be 0..65535" in done.stderr
 
 
+def test_a_port_in_use_is_named_with_the_fix() -> None:
+    """uvicorn exits the process when it cannot bind: the CLI says which port and what to do
+    (exit status 2, as for other bad arguments), with no traceback, and an in-process start
+    raises the same."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "e2b_kernel.cli", "local", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"cannot listen on 127.0.0.1 port {port}" in done.stderr
+        assert "--port 0 for a free one" in done.stderr and "Traceback" not in done.stderr
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1 port {port}"):
+            start_in_thread(port=port)
+
+
 def test_start_in_thread_and_stop_kills_sandboxes() -> None:
     service = start_in_thread()
     try:

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing's own from Python 3.11
 
 
+class CannotListen(RuntimeError):
+    """The server could not bind its address (uvicorn logged the system's error)."""
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, killing every sandbox as soon as a stop signal arrives."""
 
@@ -81,7 +85,7 @@ class ServiceCore:
         }
         self.server = _Server(config)
         self.server.registry = self.registry
-        self.host = host
+        self.host, self.port = host, port
 
     @property
     def isolation(self) -> str:
@@ -102,6 +106,10 @@ class ServiceCore:
         self.sandboxes.start()  # warm sandboxes start (unless started) while the server comes up
         try:
             await self.server.serve()
+        except SystemExit:
+            # uvicorn ends the process when it cannot bind, after logging the system's error;
+            # its starter reports this instead, and the sandboxes are still cleaned up.
+            raise CannotListen(f"cannot listen on {self.host} port {self.port}") from None
         finally:
             if self.server.closing is not None:
                 await self.server.closing
