@@ -92,7 +92,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="start the pool's sandboxes once, with the service, and never replace them "
         "(a kernel's private service, which needs exactly one)",
     )
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="what the service logs on stderr (default: warning)",
+    )
     parser.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     # A kernel's private service: stop once no process holds this lease (see lease.py).
     parser.add_argument("--lease", metavar="FILE", help=argparse.SUPPRESS)
@@ -165,8 +171,8 @@ async def _serve(sandboxes: ServiceSandboxes, args: argparse.Namespace) -> int:
                 await task
             except server.CannotListen as exc:
                 print(
-                    f"e2b-kernel local: {exc} (the error above says why): choose another "
-                    "--port, or --port 0 for a free one",
+                    f"e2b-kernel local: {exc} (the error above says why): check --host, or "
+                    "choose another --port (--port 0 picks a free one)",
                     file=sys.stderr,
                 )
                 return 2

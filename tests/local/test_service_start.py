@@ -56,6 +56,14 @@ def test_cli_rejects_bad_arguments() -> None:
     )
     assert done.returncode == 2
     assert "--port must be 0..65535" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "e2b_kernel.cli", "local", "--log-level", "loud"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--log-level: invalid choice: 'loud'" in done.stderr
 
 
 def test_a_port_in_use_is_named_with_the_fix() -> None:
@@ -74,7 +82,7 @@ def test_a_port_in_use_is_named_with_the_fix() -> None:
         )
         assert done.returncode == 2, done.stderr
         assert f"cannot listen on 127.0.0.1 port {port}" in done.stderr
-        assert "--port 0 for a free one" in done.stderr and "Traceback" not in done.stderr
+        assert "--port 0 picks a free one" in done.stderr and "Traceback" not in done.stderr
         with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1 port {port}"):
             start_in_thread(port=port)
 
