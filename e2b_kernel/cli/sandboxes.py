@@ -10,10 +10,12 @@ import argparse
 import os
 import sys
 
+import httpx
 from e2b import Sandbox, SandboxInfo, SandboxQuery
 from e2b.exceptions import AuthenticationException, SandboxException
 
 from ..config import parse_pairs
+from ..core.sdk_errors import api_location, short_reason
 
 
 def list_sandboxes(metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
@@ -77,4 +79,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (AuthenticationException, SandboxException) as exc:
         print(f"e2b-kernel sandboxes: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:  # refused, unresolvable, timed out: no HTTP answer
+        print(
+            f"e2b-kernel sandboxes: cannot reach the E2B API at {api_location()} "
+            f"({short_reason(exc)}). Check "
+            "E2B_API_URL / E2B_DOMAIN and the network; for a local service, export the settings "
+            "`e2b-kernel local` printed while it runs.",
+            file=sys.stderr,
+        )
         return 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["is_sandbox_gone", "is_sdk_error", "unavailable_message"]
+__all__ = ["api_location", "is_sandbox_gone", "is_sdk_error", "short_reason", "unavailable_message"]
 
 # Substrings of SDK messages that mean "the sandbox does not exist any more".
 _GONE_MARKERS = (
@@ -53,10 +53,8 @@ def unavailable_message(exc: BaseException, backend: str) -> str:
             "E2B rejected the API key. Set E2B_API_KEY to a valid key from your E2B dashboard, "
             "or set E2B_KERNEL_BACKEND=local to run sandboxes on this machine."
         )
-    where = os.environ.get("E2B_API_URL") or (
-        f"api.{os.environ.get('E2B_DOMAIN') or 'e2b.app'}" if backend == "cloud" else "local"
-    )
-    reason = _short(exc)
+    where = api_location() if backend == "cloud" or os.environ.get("E2B_API_URL") else "local"
+    reason = short_reason(exc)
     if backend == "local":
         return f"The private local E2B service could not create a sandbox: {reason}"
     return (
@@ -65,7 +63,13 @@ def unavailable_message(exc: BaseException, backend: str) -> str:
     )
 
 
-def _short(exc: BaseException) -> str:
+def api_location() -> str:
+    """Where the SDK sends control-plane requests: ``E2B_API_URL``, else E2B's API host."""
+    return os.environ.get("E2B_API_URL") or f"api.{os.environ.get('E2B_DOMAIN') or 'e2b.app'}"
+
+
+def short_reason(exc: BaseException) -> str:
+    """``Type: first line of the message`` (or the type alone), for one-line errors."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
