@@ -90,8 +90,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Install the kernelspec; returns the exit status."""
     prefix = sys.prefix if args.sys_prefix else args.prefix
-    dest = install_kernelspec(
-        user=args.user, prefix=prefix, name=args.name, display_name=args.display_name
-    )
+    try:
+        dest = install_kernelspec(
+            user=args.user, prefix=prefix, name=args.name, display_name=args.display_name
+        )
+    except ValueError as exc:  # jupyter_client's check of the name, which says what is allowed
+        print(f"e2b-kernel install: --name: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = "the user's Jupyter folder" if args.user else f"{prefix}/share/jupyter"
+        print(
+            f"e2b-kernel install: cannot write the kernelspec into {where}: {exc}. Choose a "
+            "folder you can write to (--user, --sys-prefix or --prefix PREFIX).",
+            file=sys.stderr,
+        )
+        return 1
     print(f"Installed kernelspec {args.name!r} ({args.display_name}) in {dest}")
     return 0

@@ -59,6 +59,24 @@ def test_install_cli_requires_exactly_one_location(tmp_path: Path) -> None:
     assert "Installed kernelspec 'e2b-python'" in ok.stdout
 
 
+def test_install_names_a_bad_name_or_folder_and_the_fix(tmp_path: Path) -> None:
+    cli = str(BIN / "e2b-kernel")
+    bad_name = subprocess.run(
+        [cli, "install", "--prefix", str(tmp_path), "--name", "bad name!"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad_name.returncode == 2 and "Traceback" not in bad_name.stderr
+    assert "--name: Invalid kernel name 'bad name!'" in bad_name.stderr
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    bad_folder = subprocess.run(
+        [cli, "install", "--prefix", str(a_file)], capture_output=True, text=True
+    )
+    assert bad_folder.returncode == 1 and "Traceback" not in bad_folder.stderr
+    assert f"cannot write the kernelspec into {a_file}/share/jupyter" in bad_folder.stderr
+
+
 @pytest.mark.parametrize("command", [[], ["install"], ["local"], ["sandboxes"]])
 def test_every_command_has_help(command: list[str]) -> None:
     done = subprocess.run(
