@@ -31,11 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LEASE_DIR",
+    "EarlyLaunch",
     "LeasedService",
     "discard_early",
     "launch_early",
+    "lease_dir",
     "private_service_isolation",
     "start_leased",
+    "stop_when_started",
     "take_early",
 ]
 
