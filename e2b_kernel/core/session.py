@@ -239,30 +239,25 @@ class SandboxSession:
         """Create the sandbox: with one plain request when the front end defers the SDK and
         the backend allows it (see .quick_create), otherwise (or if that was refused) through
         the SDK."""
+        settings: dict[str, Any] = {
+            "template": self.config.template,
+            "timeout": self.config.sandbox_timeout,
+            "metadata": dict(self.config.metadata) or None,
+            "envs": self.config.forwarded_env() or None,
+            "lifecycle": lifecycle,
+        }
+        # The sandbox's Jupyter Server (port 8888) has no token: without the traffic token no
+        # one who learns the sandbox id can reach its ports.
+        public_traffic = False
         target = quick_create.quick_target(opts) if self.defer_sdk else None
         if target is not None:
-            body = quick_create.create_body(
-                template=self.config.template,
-                timeout=self.config.sandbox_timeout,
-                metadata=dict(self.config.metadata),
-                envs=self.config.forwarded_env(),
-                lifecycle=lifecycle,
-                allow_public_traffic=False,
-            )
+            body = quick_create.create_body(**settings, allow_public_traffic=public_traffic)
             self._created = await quick_create.create(target, body)
             if self._created is not None:
                 return
         sandbox_class = await sdk.load()
         self.sandbox = await sandbox_class.create(
-            template=self.config.template,
-            timeout=self.config.sandbox_timeout,
-            metadata=dict(self.config.metadata) or None,
-            envs=self.config.forwarded_env() or None,
-            lifecycle=lifecycle,
-            # The sandbox's Jupyter Server (port 8888) has no token: without the traffic
-            # token no one who learns the sandbox id can reach its ports.
-            network={"allow_public_traffic": False},
-            **opts,
+            **settings, network={"allow_public_traffic": public_traffic}, **opts
         )
 
     async def connect(self, sandbox_id: str) -> None:
