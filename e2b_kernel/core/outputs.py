@@ -19,6 +19,7 @@ from typing import Any
 from . import text_plain
 
 __all__ = [
+    "DERIVED_JSON_METADATA",
     "E2B_DERIVED_MIME_TYPES",
     "FIELD_MIME_TYPES",
     "error_to_content",
@@ -44,15 +45,23 @@ FIELD_MIME_TYPES: dict[str, str] = {
 
 # What E2B's kernel startup adds to tables and plots on top of what the code displayed.
 E2B_DERIVED_MIME_TYPES = ("e2b/data", "e2b/chart")
+# E2B's startup also gives every list and dict result an application/json copy, marked with
+# exactly this metadata (IPython's own JSON display always adds a "root").
+DERIVED_JSON_METADATA = {"expanded": True}
 
 
 def without_e2b_fields(content: dict[str, Any]) -> dict[str, Any]:
-    """Rich output content (Jupyter's) without E2B's derived MIME types in data and metadata."""
+    """Rich output content (Jupyter's) without what E2B's kernel startup derived: its own MIME
+    types, and the application/json copy of a list or dict (``python3`` shows their text)."""
+    derived: tuple[str, ...] = E2B_DERIVED_MIME_TYPES
+    metadata = content.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("application/json") == DERIVED_JSON_METADATA:
+        derived += ("application/json",)
     cleaned = dict(content)
     for key in ("data", "metadata"):
         part = content.get(key)
-        if isinstance(part, dict) and any(m in part for m in E2B_DERIVED_MIME_TYPES):
-            cleaned[key] = {m: v for m, v in part.items() if m not in E2B_DERIVED_MIME_TYPES}
+        if isinstance(part, dict) and any(m in part for m in derived):
+            cleaned[key] = {m: v for m, v in part.items() if m not in derived}
     return cleaned
 
 

@@ -3,7 +3,8 @@
 E2B's ``/execute`` strips one pair of quotes from every ``text/plain`` (``'a'`` arrives as
 ``a``), but forwards unknown MIME types untouched in ``Result.extra``. So the session installs,
 once per Python context, an IPython formatter that copies the real ``text/plain`` of ``str``
-objects into a private MIME type; :func:`restore` puts it back and drops the carrier. Hidden
+objects into a private MIME type; :func:`restore` puts it back and drops the carrier. The
+carrier also marks list and dict results, whose ``application/json`` E2B derived. Hidden
 code installs it (see :mod:`.hidden`), so it works the same on E2B cloud and the local service.
 """
 
@@ -32,6 +33,9 @@ if shell is not None and ARGS[0] not in shell.display_formatter.formatters:
     shell.display_formatter.formatters[ARGS[0]] = carrier
     # Only str loses its quotes; every other type's text/plain arrives intact.
     carrier.for_type(str, lambda value: {"text": plain(value)})
+    # E2B's startup gives list and dict results an application/json copy: say it is one.
+    carrier.for_type(list, lambda value: {"derived_json": True})
+    carrier.for_type(dict, lambda value: {"derived_json": True})
 """
 
 
@@ -41,8 +45,11 @@ def install_code() -> str:
 
 
 def restore(bundle: dict[str, Any]) -> dict[str, Any]:
-    """``bundle`` with the carried ``text/plain`` put back and the carrier removed."""
+    """``bundle`` with the carried ``text/plain`` put back, the JSON copy E2B derived from a
+    list or dict dropped (``python3`` shows their text), and the carrier removed."""
     carried = bundle.pop(CARRIER_MIME, None)
     if isinstance(carried, dict) and isinstance(carried.get("text"), str):
         bundle["text/plain"] = carried["text"]
+    if isinstance(carried, dict) and carried.get("derived_json") is True:
+        bundle.pop("application/json", None)
     return bundle

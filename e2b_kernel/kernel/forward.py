@@ -36,6 +36,8 @@ from ..errors import ExecutionTimeout, error_content
 __all__ = ["JupyterForwarder", "Route", "has_reply", "send_reply"]
 
 _RICH_OUTPUTS = frozenset({"display_data", "execute_result", "update_display_data"})
+# Bytes that any content with something E2B derived holds (a cheap test before parsing it).
+_DERIVED_MARKERS = (*(m.encode() for m in E2B_DERIVED_MIME_TYPES), b'"expanded"')
 # The remote kernel sends a cell's reply before its 'idle', but the Jupyter Server relays the
 # two from different sockets: after 'idle', the reply may still be this long on its way.
 _REPLY_AFTER_IDLE_GRACE = 2.0
@@ -43,9 +45,12 @@ _REPLY_AFTER_IDLE_GRACE = 2.0
 
 def _without_e2b_fields(parts: Parts) -> Parts:
     """The message without E2B's derived MIME types (untouched when it has none)."""
-    if not any(field.encode() in parts[3] for field in E2B_DERIVED_MIME_TYPES):
+    if not any(marker in parts[3] for marker in _DERIVED_MARKERS):
         return parts
-    content = without_e2b_fields(json.loads(parts[3]))
+    original = json.loads(parts[3])
+    content = without_e2b_fields(original)
+    if content == original:  # e.g. a JSON display of the code's own, which stays as sent
+        return parts
     return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from e2b_code_interpreter.models import ExecutionError, Result
 
+from e2b_kernel.core import text_plain
 from e2b_kernel.core.outputs import (
     STDIN_MESSAGE,
     error_to_content,
     result_to_bundle,
     result_to_event,
     split_traceback,
+    without_e2b_fields,
 )
 
 
@@ -46,6 +48,27 @@ def test_every_named_field_maps_to_its_mime_type() -> None:
 def test_derived_e2b_fields_are_left_out_and_missing_text_stays_missing() -> None:
     result = Result(latex="$y$", data={"a": [1]}, extra={})
     assert result_to_bundle(result) == {"text/latex": "$y$"}
+
+
+def test_the_json_copy_e2b_derives_from_a_list_or_dict_is_left_out() -> None:
+    derived = {
+        "data": {"text/plain": "{'a': 1}", "application/json": {"a": 1}},
+        "metadata": {"application/json": {"expanded": True}},
+    }
+    assert without_e2b_fields(derived) == {"data": {"text/plain": "{'a': 1}"}, "metadata": {}}
+    # IPython's own JSON display always says its root: it is what the code displayed.
+    shown = {
+        "data": {"text/plain": "<IPython.core.display.JSON object>", "application/json": {}},
+        "metadata": {"application/json": {"expanded": True, "root": "root"}},
+    }
+    assert without_e2b_fields(shown) == shown
+    # On /execute the carrier marks list and dict results.
+    carried = Result(text="[1]", json=[1], extra={text_plain.CARRIER_MIME: {"derived_json": True}})
+    assert result_to_bundle(carried) == {"text/plain": "[1]"}
+    assert result_to_bundle(Result(text="<JSON>", json={"k": 1}, extra={})) == {
+        "text/plain": "<JSON>",
+        "application/json": {"k": 1},
+    }
 
 
 def test_main_result_is_execute_result_and_others_display_data() -> None:

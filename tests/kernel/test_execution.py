@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from .conftest import BACKENDS
+from .conftest import BACKENDS, TRANSPORTS
 from .harness import Kernel
 
 pytestmark = pytest.mark.timeout(240)
@@ -95,6 +95,22 @@ def test_every_mime_type_and_extra_reaches_display_data(
     assert reply["status"] == "ok"
     assert [o.msg_type for o in outputs] == ["display_data"]
     assert outputs[0].content["data"] == bundle
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+def test_list_and_dict_results_show_only_their_text_as_on_python3(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    # The sandbox's kernel gives them an application/json copy for Result.json, as E2B's does.
+    kernel = start_kernel(backend_env())
+    for code in ("{'a': 1, 'b': [1, 2]}", "[1, 2, 3]"):
+        _, outputs = kernel.run(code)
+        results = [o.content for o in outputs if o.msg_type == "execute_result"]
+        assert [r["data"] for r in results] == [{"text/plain": code}]
+        assert results[0]["metadata"] == {}
+    _, outputs = kernel.run("from IPython.display import JSON, display\ndisplay(JSON({'k': 1}))")
+    (shown,) = [o.content for o in outputs if o.msg_type == "display_data"]
+    assert shown["data"]["application/json"] == {"k": 1}  # what the code displayed stays
 
 
 def test_matplotlib_and_pandas_render_inline(

@@ -187,6 +187,31 @@ def test_dataframe_gives_html_text_and_data(sandbox: Sandbox) -> None:
     assert result.data == {"a": [1, 2], "when": ["2024-01-01T00:00:00", "2024-02-01T00:00:00"]}
 
 
+def test_list_and_dict_results_carry_json_as_on_e2b(sandbox: Sandbox) -> None:
+    # E2B's template gives list and dict results an orjson copy (numpy values, keys as text).
+    code = "import numpy as np\n{'a': 1, 2: [np.int64(3), 1.5], 'n': None, 'f': float('nan')}"
+    (result,) = sandbox.run_code(code).results
+    assert list(result.formats()) == ["text", "json"]
+    assert result.json == {"a": 1, "2": [3, 1.5], "n": None, "f": None}
+    (listed,) = sandbox.run_code("[1, 'two', (3,)]").results
+    assert listed.json == [1, "two", [3]]
+    (unserialisable,) = sandbox.run_code("{'s': {1, 2}}").results  # orjson gives up: no json
+    assert list(unserialisable.formats()) == ["text"]
+    (shown,) = sandbox.run_code("from IPython.display import JSON\nJSON({'k': [1]})").results
+    assert list(shown.formats()) == ["text", "json"] and shown.json == {"k": [1]}
+
+
+def test_e2b_data_comes_from_repr_e2b_data(sandbox: Sandbox) -> None:
+    code = (
+        "class Both:\n"
+        "    def _repr_e2b_data_(self): return {'k': [1]}\n"
+        "    def _repr_json_(self): return {'j': 1}\n"
+        "Both()"
+    )
+    (result,) = sandbox.run_code(code).results
+    assert result.data == {"k": [1]} and result.json == {"j": 1}
+
+
 def test_error_fields_without_ansi_colours(sandbox: Sandbox) -> None:
     execution = sandbox.run_code("def f():\n    raise ValueError('boom')\nf()")
     error = execution.error

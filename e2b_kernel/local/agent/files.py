@@ -22,8 +22,9 @@ Ops (requests carry ``path`` and ``user``; relative paths resolve against the us
 - ``fs.write`` (``metadata``) -> ``{"path"}``; the client then sends frames (8-byte big-endian
   length + bytes) ending with an empty frame; the agent answers ``{"ok": true, "entry"}`` or
   ``{"ok": false, "errno", "error"}`` once every frame is in
-- ``fs.mkdir`` -> ``{"entry"}`` (EEXIST when the path exists), ``fs.rename`` (``source``,
-  ``destination``) -> ``{"entry"}``, ``fs.remove`` -> ``{}`` (a missing path is no error)
+- ``fs.mkdir`` -> ``{"entry"}`` (EEXIST: a directory is there; ENOTDIR: something else)
+- ``fs.rename`` (``source``, ``destination``) -> ``{"entry"}``, ``fs.remove`` -> ``{}`` (a
+  missing path is no error)
 - ``fs.watch`` (``recursive``, ``entries``) -> reply, then ``{"name", "type", "entry"?}`` lines
   until the client closes the connection
 - ``fs.disk_usage`` -> ``{"used", "total"}`` bytes of /home/user + /tmp
@@ -395,12 +396,16 @@ def _make_parents(path: str) -> None:
 
 @op("fs.mkdir")
 def mkdir_op(conn: Conn, request: dict) -> None:
-    """Create a directory and its parents; EEXIST when anything is already there."""
+    """Create a directory and its parents; EEXIST when a directory (or a link to one) is
+    already there, ENOTDIR when something else is (envd tells the two apart)."""
     user = _user(request)
     path = sandbox_path(request.get("path"), user)
     with as_user(user), _errors(path):
+        if os.path.isdir(host_path(path)):
+            raise AgentError(errno.EEXIST, f"directory already exists: {path}")
         if os.path.lexists(host_path(path)):
-            raise AgentError(errno.EEXIST, f"already exists: {path}")
+            message = f"path already exists but it is not a directory: {path}"
+            raise AgentError(errno.ENOTDIR, message)
         _require_writable(path, follow=False)
         _make_parents(path)
         os.mkdir(host_path(path), 0o755)

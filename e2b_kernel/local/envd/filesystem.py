@@ -38,9 +38,10 @@ from protobuf import Oneof
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from ..sandbox import LocalSandbox
-from ..sandbox.agent_client import AgentClient, AgentGone, AgentStream
+from ..sandbox.agent_client import AgentCallError, AgentClient, AgentGone, AgentStream
 from ..sandbox.file_ops import FileOps
 from .process import CLIENT_GONE
+from .user_paths import UnresolvablePath, resolve_user_path
 
 USERS = ("user", "root")
 _KEEPALIVE = 50.0  # envd's keepalive interval on WatchDir
@@ -125,10 +126,14 @@ def _mapped(path: str) -> Iterator[None]:
         raise ConnectError(Code.UNAVAILABLE, f"the sandbox agent failed: {exc}") from None
 
 
-def _path(raw: str) -> str:
+def _path(raw: str, user: str) -> str:
+    """The path envd would use (``~`` and relative paths from the user's home)."""
     if not raw:
         raise ConnectError(Code.INVALID_ARGUMENT, "path is required")
-    return raw
+    try:
+        return resolve_user_path(raw, user)
+    except UnresolvablePath as exc:
+        raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
 
 
 class FilesystemService(filesystem_connect.Filesystem):
@@ -146,49 +151,65 @@ class FilesystemService(filesystem_connect.Filesystem):
     async def stat(self, request: Any, ctx: Any) -> Any:
         """Entry info of one path (a final symlink is described, not followed)."""
         user = _user(ctx)
-        with _mapped(request.path):
-            entry = await self.ops.stat(_path(request.path), user)
+        path = _path(request.path, user)
+        with _mapped(path):
+            entry = await self.ops.stat(path, user)
         return StatResponse(entry=entry_message(entry))
 
     async def list_dir(self, request: Any, ctx: Any) -> Any:
         """Entries of a directory down to `depth` levels (0 means 1), walked in the agent."""
         user = _user(ctx)
         entries: list[EntryInfo] = []
-        with _mapped(request.path):
+        path = _path(request.path, user)
+        with _mapped(path):
             # Converted batch by batch as they arrive (about 8 us per entry): all at once,
             # 138,000 entries held the event loop for over a second.
-            listing = self.ops.list(_path(request.path), user, max(1, request.depth))
+            listing = self.ops.list(path, user, max(1, request.depth))
             async with contextlib.aclosing(listing) as batches:
                 async for batch in batches:
                     entries.extend(entry_message(e) for e in batch)
         return ListDirResponse(entries=entries)
 
     async def make_dir(self, request: Any, ctx: Any) -> Any:
-        """Create a directory and its parents; ALREADY_EXISTS when it is there."""
+        """Create a directory and its parents; ALREADY_EXISTS when it is there, and
+        INVALID_ARGUMENT when something else is (the SDK then raises rather than say False)."""
         user = _user(ctx)
-        with _mapped(request.path):
-            entry = await self.ops.make_dir(_path(request.path), user)
+        path = _path(request.path, user)
+        with _mapped(path):
+            try:
+                entry = await self.ops.make_dir(path, user)
+            except AgentCallError as exc:
+                if exc.errno == errno.EEXIST:
+                    message = f"directory already exists: {path}"
+                    raise ConnectError(Code.ALREADY_EXISTS, message) from None
+                if exc.errno == errno.ENOTDIR:
+                    message = f"path already exists but it is not a directory: {path}"
+                    raise ConnectError(Code.INVALID_ARGUMENT, message) from None
+                raise
         return MakeDirResponse(entry=entry_message(entry))
 
     async def move(self, request: Any, ctx: Any) -> Any:
         """Rename a file or directory (the destination's parents are created)."""
         user = _user(ctx)
-        with _mapped(request.source):
-            entry = await self.ops.rename(_path(request.source), _path(request.destination), user)
+        source, destination = _path(request.source, user), _path(request.destination, user)
+        with _mapped(source):
+            entry = await self.ops.rename(source, destination, user)
         return MoveResponse(entry=entry_message(entry))
 
     async def remove(self, request: Any, ctx: Any) -> Any:
         """Remove a file or a whole directory tree; a missing path is not an error."""
         user = _user(ctx)
-        with _mapped(request.path):
-            await self.ops.remove(_path(request.path), user)
+        path = _path(request.path, user)
+        with _mapped(path):
+            await self.ops.remove(path, user)
         return RemoveResponse()
 
     async def _open_watch(self, request: Any, ctx: Any) -> AgentStream:
         user = _user(ctx)
-        with _mapped(request.path):
+        path = _path(request.path, user)
+        with _mapped(path):
             return await self.ops.watch(
-                _path(request.path),
+                path,
                 user,
                 recursive=request.recursive,
                 entries=request.include_entry,

@@ -23,10 +23,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..sandbox import LocalSandbox
 from ..sandbox.agent_client import AgentGone
 from ..sandbox.file_ops import FileOps, FileWriter
+from .go_text import errno_text
+from .user_paths import UnresolvablePath, resolve_user_path
 
 MAX_FILE_BYTES = 100 * 1024 * 1024
 USERS = ("user", "root")
 _INFLATE_STEP = 1024 * 1024
+_UPLOAD_REFUSAL = "error resolving path: "
 
 
 class EnvdError(Exception):
@@ -66,6 +69,15 @@ def _required(raw: str | None) -> str:
     return raw
 
 
+def _resolved(raw: str | None, user: str, refusal: str) -> str:
+    """The path envd would use (``~`` and relative paths from the user's home)."""
+    path = _required(raw)
+    try:
+        return resolve_user_path(path, user)
+    except UnresolvablePath as exc:
+        raise EnvdError(400, refusal.format(path=path) + str(exc)) from None
+
+
 def request_user(request: Request) -> str:
     """envd's user: ``?username=``, else a Basic ``user:`` Authorization header, else user."""
     name = request.query_params.get("username")
@@ -82,7 +94,7 @@ def request_user(request: Request) -> str:
 
 
 @contextlib.contextmanager
-def _mapped(path: str) -> Any:
+def _mapped(path: str, *, writing: bool) -> Any:
     """Agent refusals (errnos) as envd's HTTP errors."""
     try:
         yield
@@ -91,13 +103,15 @@ def _mapped(path: str) -> Any:
     except OSError as exc:  # ConnectionError included: the agent hung up mid-stream
         if exc.errno is None:
             raise EnvdError(502, f"the sandbox agent failed: {exc}") from None
-        raise _os_error(path, exc) from None
+        raise _os_error(path, exc, writing=writing) from None
 
 
 async def _download(request: Request, ops: FileOps) -> Response:
-    path = _required(request.query_params.get("path"))
-    with _mapped(path):
-        size, chunks = await ops.read(path, request_user(request))
+    user = request_user(request)
+    refusal = "error expanding and resolving path '{path}': "
+    path = _resolved(request.query_params.get("path"), user, refusal)
+    with _mapped(path, writing=False):
+        size, chunks = await ops.read(path, user)
     headers = {"Content-Length": str(size)}
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
@@ -113,8 +127,8 @@ async def _upload(request: Request, ops: FileOps) -> Response:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         written = await _upload_multipart(request, ops, user, query_path, metadata)
     else:
-        path = _required(query_path)
-        with _mapped(path):
+        path = _resolved(query_path, user, _UPLOAD_REFUSAL)
+        with _mapped(path, writing=True):
             async with ops.writer(path, user, metadata) as writer:
                 await _copy_body(request, writer)
                 entry = await writer.finish()
@@ -158,7 +172,8 @@ async def _upload_multipart(
 ) -> list[dict[str, object]]:
     """Each part named ``file`` streams into its own file as the body arrives.
 
-    The SDK sends ``?path=`` only with a single file; it then wins over the part's filename.
+    The SDK sends ``?path=`` only with a single file; it then names the file of every part, as
+    envd's ``resolvePath`` does, and a second part for the same path is refused.
     """
     _kind, options = parse_options_header(request.headers["content-type"])
     boundary = options.get(b"boundary")
@@ -178,19 +193,21 @@ async def _upload_multipart(
                     raise EnvdError(400, f"invalid multipart body: {exc}") from None
                 for kind, value in parts.take():
                     if kind == "file":
-                        path = query_path if (query_path and not written) else value
-                        path = _required(path)
-                        with _mapped(path):
+                        # As envd: ?path= names every part's file (a signed URL's path is
+                        # the only one it may write), so a second part is refused below.
+                        path = _resolved(query_path or value, user, _UPLOAD_REFUSAL)
+                        _refuse_second_upload(path, written)
+                        with _mapped(path, writing=True):
                             writer = await stack.enter_async_context(
                                 ops.writer(path, user, metadata)
                             )
                         size = 0
                     elif kind == "data" and writer is not None:
                         size = _checked(size, value)
-                        with _mapped(writer.path):
+                        with _mapped(writer.path, writing=True):
                             await writer.write(value)
                     elif kind == "end" and writer is not None:
-                        with _mapped(writer.path):
+                        with _mapped(writer.path, writing=True):
                             entry = await writer.finish()
                         written.append(_written(entry, metadata))
                         writer = None
@@ -261,12 +278,30 @@ class _PartEvents:
             self.events.append(("end", ""))
 
 
-def _os_error(path: str, exc: OSError) -> EnvdError:
+def _refuse_second_upload(path: str, written: list[dict[str, object]]) -> None:
+    """envd writes the first of two files for one path, then refuses the request."""
+    if not any(entry["path"] == path for entry in written):
+        return
+    message = (
+        f"you cannot upload multiple files to the same path '{path}' in one upload request, "
+        "only the first specified file was uploaded"
+    )
+    others = [str(entry["path"]) for entry in written if entry["path"] != path]
+    if len(others) > 1:
+        message += f", also the following files were uploaded: {', '.join(others)}"
+    raise EnvdError(400, message)
+
+
+def _os_error(path: str, exc: OSError, *, writing: bool) -> EnvdError:
     code = exc.errno
     if code == errno.ENOENT:
         return EnvdError(404, f"path '{path}' does not exist")
     if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY):
-        return EnvdError(403, f"permission denied: '{path}' ({exc.strerror})")
+        # envd's words: a file it cannot open is a server error, not a 403.
+        reason = f"open {path}: {errno_text(code)}"
+        if writing:
+            return EnvdError(500, f"error opening file: {reason}")
+        return EnvdError(500, f"error opening file '{path}': {reason}")
     if code == errno.EISDIR:
         return EnvdError(400, f"path '{path}' is a directory")
     if code == errno.ENXIO:

@@ -39,12 +39,18 @@ from protobuf import Oneof
 from ..sandbox import SANDBOX_HOME, LocalSandbox
 from ..sandbox.agent_client import AgentCallError
 from ..sandbox.process import AgentProcess
+from .go_text import signal_text
 from .pty import Terminal
+from .user_paths import UnresolvablePath, resolve_user_path
 
 _READ_CHUNK = 64 * 1024
 _QUEUE_SIZE = 64
 _DEFAULT_KEEPALIVE = 90.0
 _NO_EVENT = object()
+# envd's words for input sent down the wrong pipe.
+_TTY_UNAVAILABLE = "tty not assigned to process — input should be written to the stdin, not the tty"
+_STDIN_ON_PTY = "tty assigned to process — input should be written to the pty, not the stdin"
+_CLOSE_STDIN_ON_PTY = "cannot close stdin for PTY process — send Ctrl+D (0x04) instead"
 
 # Set per request by the RPC router: fires when the HTTP client disconnects.
 CLIENT_GONE: contextvars.ContextVar[asyncio.Event] = contextvars.ContextVar("client_gone")
@@ -85,10 +91,13 @@ class ProcessService(process_connect.Process):
         config = request.process
         if config is None or not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process.cmd is required")
-        cwd = config.cwd or SANDBOX_HOME
+        user = request_user(ctx)
+        try:  # as envd: ~ and relative paths from the user's home
+            cwd = resolve_user_path(config.cwd, user) if config.cwd else SANDBOX_HOME
+        except UnresolvablePath as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
         if not self.sandbox.isolated:
             self._check_cwd(cwd)  # inside a sandbox the agent checks it, in the sandbox's view
-        user = request_user(ctx)
         env = {**self.sandbox.base_env(user), **dict(config.envs)}
         argv = [config.cmd, *config.args]
         terminal = None
@@ -211,7 +220,7 @@ class ProcessService(process_connect.Process):
         """Resize a process's PTY."""
         managed = self._find(request.process)
         if managed.terminal is None:
-            raise ConnectError(Code.FAILED_PRECONDITION, "the process has no PTY")
+            raise ConnectError(Code.INTERNAL, "error resizing tty: tty not assigned to process")
         if request.pty is not None and request.pty.size is not None:
             managed.terminal.resize(request.pty.size.cols, request.pty.size.rows)
         return UpdateResponse()
@@ -258,12 +267,17 @@ class ProcessService(process_connect.Process):
         return StreamInputResponse()
 
     async def close_stdin(self, request: Any, ctx: Any) -> Any:
-        """Close a process's stdin (EOF)."""
+        """Close a process's stdin (EOF); as envd, a stdin already closed or never opened is
+        no error, while a PTY's input is ended with Ctrl+D instead."""
         managed = self._find(request.process)
+        if managed.terminal is not None:
+            raise ConnectError(
+                Code.FAILED_PRECONDITION,
+                f"error closing stdin: {_CLOSE_STDIN_ON_PTY}",
+            )
         stdin = managed.proc.stdin
-        if stdin is None:
-            raise ConnectError(Code.FAILED_PRECONDITION, "the process was started without stdin")
-        stdin.close()
+        if stdin is not None:
+            stdin.close()
         return CloseStdinResponse()
 
     async def _write_input(self, managed: Managed, data: Any) -> None:
@@ -271,17 +285,19 @@ class ProcessService(process_connect.Process):
             return
         if data.input.field == "pty":
             if managed.terminal is None:
-                raise ConnectError(Code.FAILED_PRECONDITION, "the process has no PTY")
+                raise _input_refused("tty", _TTY_UNAVAILABLE)
             await managed.terminal.write(data.input.value)
             return
+        if managed.terminal is not None:
+            raise _input_refused("stdin", _STDIN_ON_PTY)
         stdin = managed.proc.stdin
         if stdin is None or stdin.is_closing():
-            raise ConnectError(Code.FAILED_PRECONDITION, "the process's stdin is not open")
+            raise _input_refused("stdin", "stdin not enabled or closed")
         try:
             stdin.write(data.input.value)
             await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
-            raise ConnectError(Code.FAILED_PRECONDITION, "the process closed its stdin") from None
+            raise _input_refused("stdin", "the process closed its stdin") from None
 
     def _find(self, selector: Any) -> Managed:
         choice = selector.selector if selector is not None else None
@@ -320,12 +336,21 @@ async def _next_event(queue: asyncio.Queue, gone: asyncio.Event, timeout: float)
     return _NO_EVENT
 
 
+def _input_refused(pipe: str, reason: str) -> ConnectError:
+    """envd's refusal of input the process cannot take now (a state, not a fault)."""
+    return ConnectError(Code.FAILED_PRECONDITION, f"error writing to {pipe}: {reason}")
+
+
 def _end_event(code: int) -> ProcessEvent.EndEvent:
+    """envd's end event: Go's wording of the wait status, which is also the ``error`` of any
+    end but a clean exit (the SDK's ``CommandResult.error``)."""
     if code < 0:
-        name = signal.Signals(-code).name[3:].lower() if -code in signal.valid_signals() else "?"
-        status = "signal: killed" if -code == signal.SIGKILL else f"signal: {name}"
-        return ProcessEvent.EndEvent(exit_code=-1, exited=False, status=status)
-    return ProcessEvent.EndEvent(exit_code=code, exited=True, status=f"exit status {code}")
+        status = f"signal: {signal_text(-code)}"
+        return ProcessEvent.EndEvent(exit_code=-1, exited=False, status=status, error=status)
+    status = f"exit status {code}"
+    if code == 0:
+        return ProcessEvent.EndEvent(exit_code=0, exited=True, status=status)
+    return ProcessEvent.EndEvent(exit_code=code, exited=True, status=status, error=status)
 
 
 def request_user(ctx: Any) -> str:

@@ -218,7 +218,9 @@ class LocalSandbox:
         profile.write_text(
             "# Written by the local E2B service: the sandbox's Python comes first.\n"
             f'export PATH="{bin_dir}:$PATH"\n'
-            '[ -f "$HOME/.bashrc" ] && . "$HOME/.bashrc"\n'
+            # An if, not `[ ... ] && ...`: the profile's last status is that of every empty
+            # command (`bash -l -c ""` must exit 0, as on E2B, with or without a .bashrc).
+            'if [ -f "$HOME/.bashrc" ]; then . "$HOME/.bashrc"; fi\n'
         )
         # Still only the service writes here: the sandbox does not run yet.
         for path in [profile, *packages.parents]:

@@ -1,0 +1,150 @@
+"""envd's own rules and words, through the unmodified SDK: ``~`` and relative paths resolved
+from the user's home (files and a command's cwd), errors naming the resolved path, a command's
+``error``, stdin and pty refusals, make_dir on a file, one upload per path, and an empty
+command exiting 0. Each as E2B's envd answers it (infra ``packages/envd``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from e2b import AsyncSandbox, CommandExitException, PtySize, Sandbox
+from e2b.exceptions import (
+    FileNotFoundException,
+    InvalidArgumentException,
+    SandboxException,
+)
+from e2b.sandbox.filesystem.filesystem import WriteEntry
+from local_helpers import sdk_options
+
+from e2b_kernel.local import RunningService
+
+
+def test_tilde_and_relative_paths_resolve_from_the_users_home(sbx: Sandbox) -> None:
+    info = sbx.files.write("~/tilde/t.txt", "t")
+    assert info.path == "/home/user/tilde/t.txt"
+    assert sbx.files.read("/home/user/tilde/t.txt") == "t"
+    assert sbx.files.read("~/tilde/t.txt") == "t"
+    assert sbx.files.exists("~") and sbx.files.exists("~/tilde")
+    assert [e.path for e in sbx.files.list("~/tilde")] == ["/home/user/tilde/t.txt"]
+    assert sbx.files.make_dir("~/made") is True
+    assert sbx.files.rename("~/tilde/t.txt", "~/made/t.txt").path == "/home/user/made/t.txt"
+    assert sbx.files.get_info("~/made/t.txt").size == 1
+    assert not sbx.files.exists("/home/user/~")  # never a folder named "~"
+
+    assert sbx.files.write("~/r.txt", "r", user="root").path == "/root/r.txt"
+    assert sbx.files.write("rel.txt", "r", user="root").path == "/root/rel.txt"
+
+    with pytest.raises(InvalidArgumentException, match="cannot expand user-specific home dir"):
+        sbx.files.read("~bob/x")
+    with pytest.raises(InvalidArgumentException, match="cannot expand user-specific home dir"):
+        sbx.files.list("~bob")
+    with pytest.raises(InvalidArgumentException, match="cannot expand user-specific home dir"):
+        sbx.files.write("~bob/x", "x")
+
+
+def test_errors_name_the_resolved_path(sbx: Sandbox) -> None:
+    with pytest.raises(FileNotFoundException, match=r"'/home/user/nope\.txt' does not exist"):
+        sbx.files.read("nope.txt")
+    with pytest.raises(FileNotFoundException, match="/home/user/nope-dir"):
+        sbx.files.list("~/nope-dir")
+    with pytest.raises(InvalidArgumentException, match="cwd '/home/user/no-such' does not exist"):
+        sbx.commands.run("pwd", cwd="no-such")
+    # envd cannot open it: a 500 with Go's words, not a 403.
+    with pytest.raises(SandboxException, match=r"^500: error opening file '/etc/shadow'"):
+        sbx.files.read("/etc/shadow")
+
+
+def test_a_commands_cwd_resolves_as_envd_resolves_it(sbx: Sandbox) -> None:
+    sbx.files.make_dir("/home/user/relcwd/inner")
+    assert sbx.commands.run("pwd", cwd="~").stdout == "/home/user\n"
+    assert sbx.commands.run("pwd", cwd="~/relcwd").stdout == "/home/user/relcwd\n"
+    assert sbx.commands.run("pwd", cwd="relcwd/inner").stdout == "/home/user/relcwd/inner\n"
+    assert sbx.commands.run("pwd", cwd="~", user="root").stdout == "/root\n"
+    with pytest.raises(InvalidArgumentException, match="cannot expand user-specific home dir"):
+        sbx.commands.run("pwd", cwd="~bob")
+
+
+def test_make_dir_on_a_file_is_refused(sbx: Sandbox) -> None:
+    sbx.files.write("plain.txt", "x")
+    with pytest.raises(
+        InvalidArgumentException,
+        match=r"path already exists but it is not a directory: /home/user/plain\.txt",
+    ):
+        sbx.files.make_dir("plain.txt")
+    assert sbx.files.make_dir("/home/user") is False  # a directory: False, as on E2B
+
+
+def test_one_upload_writes_one_file_per_path(sbx: Sandbox) -> None:
+    entries = [
+        WriteEntry(path="dup.txt", data="first"),
+        WriteEntry(path="/home/user/dup.txt", data="second"),
+    ]
+    with pytest.raises(InvalidArgumentException, match="multiple files to the same path"):
+        sbx.files.write_files(entries)
+    assert sbx.files.read("dup.txt") == "first"  # envd keeps the first and refuses the rest
+
+
+def test_a_commands_error_says_how_it_ended(sbx: Sandbox) -> None:
+    assert sbx.commands.run("true").error is None
+    with pytest.raises(CommandExitException) as exited:
+        sbx.commands.run("exit 3")
+    assert exited.value.error == "exit status 3" and exited.value.exit_code == 3
+    with pytest.raises(CommandExitException) as killed:
+        sbx.commands.run("kill -9 $$")
+    assert killed.value.error == "signal: killed"
+    with pytest.raises(CommandExitException) as terminated:
+        sbx.commands.run("kill -TERM $$")
+    assert terminated.value.error == "signal: terminated"
+
+    terminal = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.send_stdin(terminal.pid, b"exit 7\n")
+    with pytest.raises(CommandExitException) as shell:
+        terminal.wait()
+    assert shell.value.error == "exit status 7"
+
+
+def test_an_empty_command_succeeds(sbx: Sandbox) -> None:
+    assert sbx.commands.run("").exit_code == 0
+    assert sbx.commands.run("# only a comment").exit_code == 0
+
+
+def test_stdin_and_pty_input_refusals(sbx: Sandbox) -> None:
+    no_stdin = sbx.commands.run("sleep 30", background=True)
+    try:
+        sbx.commands.close_stdin(no_stdin.pid)  # nothing to close: no error, as on E2B
+        with pytest.raises(SandboxException, match="stdin not enabled or closed"):
+            sbx.commands.send_stdin(no_stdin.pid, "x")
+        with pytest.raises(SandboxException, match="tty not assigned to process"):
+            sbx.pty.resize(no_stdin.pid, PtySize(rows=10, cols=10))
+    finally:
+        no_stdin.kill()
+
+    with_stdin = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.send_stdin(with_stdin.pid, "once\n")
+    sbx.commands.close_stdin(with_stdin.pid)
+    sbx.commands.close_stdin(with_stdin.pid)  # closing twice is no error either
+    assert with_stdin.wait().stdout == "once\n"
+
+    terminal = sbx.pty.create(PtySize(rows=24, cols=80))
+    try:
+        with pytest.raises(SandboxException, match="send Ctrl\\+D"):
+            sbx.commands.close_stdin(terminal.pid)
+    finally:
+        terminal.kill()
+
+
+def test_paths_cwd_and_error_async(local_service: RunningService) -> None:
+    async def scenario() -> None:
+        sbx = await AsyncSandbox.create(timeout=120, **sdk_options(local_service))
+        try:
+            assert (await sbx.files.write("~/a.txt", "a")).path == "/home/user/a.txt"
+            await sbx.files.make_dir("~/sub")
+            assert (await sbx.commands.run("pwd", cwd="sub")).stdout == "/home/user/sub\n"
+            with pytest.raises(CommandExitException) as exited:
+                await sbx.commands.run("exit 5")
+            assert exited.value.error == "exit status 5"
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())
