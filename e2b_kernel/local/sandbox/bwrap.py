@@ -134,6 +134,7 @@ def host_view(
     *,
     disk: Path,
     sockets: Path,
+    kernel_sockets: Path,
     agent_dir: Path,
     stage_root: Path,
 ) -> None:
@@ -179,7 +180,7 @@ def host_view(
     cmd.argv += ["--perms", "0755", "--dir", "/run"]  # bwrap would make it 0700
     # Connection files read-only (only the service writes them); the kernels' sockets rw.
     cmd.bind(sockets, SOCKETS_INSIDE)
-    cmd.bind(sockets / "sockets", f"{SOCKETS_INSIDE}/sockets", read_only=False)
+    cmd.bind(kernel_sockets, f"{SOCKETS_INSIDE}/{kernel_sockets.name}", read_only=False)
     cmd.argv += ["--dir", "/var/tmp", "--symlink", "/run", "/var/run"]
     cmd.argv += ["--remount-ro", "/"]
 
@@ -190,6 +191,7 @@ def sandbox_command(
     uid_range: UidRange,
     disk: Path,
     sockets: Path,
+    kernel_sockets: Path,
     agent_dir: Path,
     seccomp_fd: int,
     stage_root: Path,
@@ -216,6 +218,7 @@ def sandbox_command(
         cmd,
         disk=disk,
         sockets=sockets,
+        kernel_sockets=kernel_sockets,
         agent_dir=agent_dir,
         stage_root=stage_root,
     )

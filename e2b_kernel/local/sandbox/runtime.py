@@ -81,9 +81,11 @@ class LocalSandbox:
         self.home_dir = self.disk_dir / "home"
         self.tmp_dir = self.disk_dir / "tmp"
         # Kernel connection files, written by the service only (root-owned, read-only inside),
-        # and sockets/, where the kernels bind their ipc sockets.
+        # and sockets/, where the kernels bind their ipc sockets and the Jupyter Server keeps
+        # its runtime files. Writable inside, so with isolation it is on the capped disk (at
+        # /run/e2b/sockets inside): on the host's disk it would let code fill the host's.
         self.socket_dir = self._root / "run"
-        self.kernel_socket_dir = self.socket_dir / "sockets"
+        self.kernel_socket_dir = (self.disk_dir if self.isolated else self.socket_dir) / "sockets"
         self.sandbox_socket_dir = bwrap.SOCKETS_INSIDE if self.isolated else str(self.socket_dir)
         self.agent = AgentClient(str(self._root / "agent.sock"))
         self.python = sys.executable
@@ -120,11 +122,15 @@ class LocalSandbox:
             if self.isolated:
                 self._uids = bwrap.UidRange(bwrap.RUNTIME_ROOT / "uid-slots")
                 # bwrap runs as the sandbox's uid and must reach the disk and run dirs by path:
-                # the dirs above them let anyone through but list nothing (0711).
-                for path in (bwrap.RUNTIME_ROOT, self._root.parent, self._root):
+                # the dirs above let anyone through but list nothing (0711); the sandbox's own
+                # dir lets only the sandbox's group through (0710), so no other host user
+                # reaches its files, whose path every /proc/<pid>/mountinfo shows.
+                for path in (bwrap.RUNTIME_ROOT, self._root.parent):
                     if path == bwrap.RUNTIME_ROOT or path.is_relative_to(bwrap.RUNTIME_ROOT):
                         path.chmod(0o711)
-                if not staging.reachable_by_anyone(str(self.disk_dir)):
+                os.chown(self._root, -1, self._uids.base)
+                self._root.chmod(0o710)
+                if not staging.reachable_by_anyone(str(self._root)):
                     raise SandboxStartError(
                         f"the state dir {self._root.parent} must be under a path every user "
                         f"can pass through (such as {bwrap.RUNTIME_ROOT})"
@@ -189,14 +195,18 @@ class LocalSandbox:
 
     def _make_dirs(self) -> None:
         user, root = self._owner(1000), self._owner(0)
-        for path, mode, owner in (
+        dirs = [
             (self.home_dir, 0o755, user),
             (self.tmp_dir, 0o1777, root),
             (self.disk_dir / "root", 0o711, root),  # uid 1000 passes to a Python in /root
             (self.socket_dir, 0o755, -1),
             (self.kernel_socket_dir, 0o700, user),
             (self.kernelspec_dir, 0o755, -1),
-        ):
+        ]
+        mount_point = self.socket_dir / self.kernel_socket_dir.name
+        if mount_point != self.kernel_socket_dir:  # where bwrap binds it, inside
+            dirs.append((mount_point, 0o755, -1))
+        for path, mode, owner in dirs:
             path.mkdir()
             path.chmod(mode)  # not through mkdir's mode, which the umask trims
             os.chown(path, owner, owner)
@@ -273,6 +283,7 @@ class LocalSandbox:
             uid_range=self._uids,
             disk=self.disk_dir,
             sockets=self.socket_dir,
+            kernel_sockets=self.kernel_socket_dir,
             agent_dir=AGENT_DIR,
             seccomp_fd=seccomp_fd,
             stage_root=bwrap.RUNTIME_ROOT,
