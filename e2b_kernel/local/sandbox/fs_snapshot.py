@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .process import DEVNULL, PIPE
+from .process import DEVNULL, PIPE, AgentProcess
 
 if TYPE_CHECKING:
     from .runtime import LocalSandbox
+
+_MIB = 1024 * 1024
 
 # Run with `python -I -S`: stdlib only. argv: mode, then (prefix, dir) pairs.
 # Sockets and other special files are skipped by tarfile itself; restore uses the "tar"
@@ -74,18 +77,83 @@ def _roots(sandbox: LocalSandbox) -> list[str]:
     return ["home", str(sandbox.home_dir), "tmp", str(sandbox.tmp_dir)]
 
 
+def size_limit(sandbox: LocalSandbox) -> int:
+    """The most bytes one snapshot of the sandbox may take on the host's disk.
+
+    Twice its disk cap, plus room for tar's headers: tar stores a sparse file in full, so
+    without a bound a file made with ``truncate -s 100T`` on the capped disk (it costs nothing
+    there) would fill the host's disk when the sandbox's owner takes a snapshot or forks.
+    """
+    return 2 * sandbox.disk_mb * _MIB + 64 * _MIB
+
+
 async def archive(sandbox: LocalSandbox, target: Path) -> int:
     """Write a tar of the sandbox's /home/user and /tmp to target; return its size.
 
     The tar is made by a process inside the sandbox, as its user (inside root has no
-    capabilities, so it could read no more); what the user cannot read is left out.
+    capabilities, so it could read no more); what the user cannot read is left out. It
+    writes into a pipe, never into the host file: the service copies what arrives, up to
+    :func:`size_limit`, and what sandbox code might write into that pipe counts too.
     """
-    fd = await asyncio.to_thread(os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    limit = size_limit(sandbox)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    stop_read, stop_write = os.pipe2(os.O_CLOEXEC)
+    out = -1
     try:
-        await _run(sandbox, ["archive", *_roots(sandbox)], stdin=DEVNULL, stdout=fd, user="user")
+        out = await asyncio.to_thread(
+            os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+        )
+        copier = asyncio.ensure_future(
+            asyncio.to_thread(_copy_at_most, read_end, out, stop_read, limit)
+        )
+        try:
+            proc = await _spawn(sandbox, ["archive", *_roots(sandbox)], DEVNULL, write_end, "user")
+        finally:
+            os.close(write_end)  # the archiver has it now: EOF once it exits
+        exited = asyncio.ensure_future(_finish(proc, "archive"))
+        await asyncio.wait({copier, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if copier.done() and copier.result() > limit:
+            proc.kill()  # it waits on a pipe nobody reads any more
+            with contextlib.suppress(SnapshotError):
+                await exited
+            raise SnapshotError(
+                f"the snapshot would be larger than {limit // _MIB} MiB, twice the sandbox's "
+                "disk cap (tar stores sparse files in full): remove large sparse files first"
+            )
+        await exited
+        os.write(stop_write, b"x")  # the archiver is done: take what it left in the pipe
+        copied = await copier
+        if copied > limit:
+            raise SnapshotError(f"the snapshot would be larger than {limit // _MIB} MiB")
+        return copied
     finally:
-        os.close(fd)
-    return (await asyncio.to_thread(os.stat, target)).st_size
+        for fd in (read_end, stop_read, stop_write, out):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _copy_at_most(source: int, target: int, stop: int, limit: int) -> int:
+    """Move bytes from the pipe ``source`` into ``target`` until EOF, until ``stop`` is
+    readable and the pipe is drained, or until more than ``limit`` have come (then the count
+    returned is over it). Runs on a worker thread; splice keeps the bytes in the kernel."""
+    os.set_blocking(source, False)
+    copied = 0
+    stopping = False
+    while copied <= limit:
+        if not stopping:
+            ready, _, _ = select.select([source, stop], [], [])
+            stopping = stop in ready
+        try:
+            moved = os.splice(source, target, _MIB)
+        except BlockingIOError:
+            if stopping:
+                return copied  # drained: whatever still holds the pipe is not the archiver
+            continue
+        if moved == 0:
+            return copied
+        copied += moved
+    return copied
 
 
 async def restore(sandbox: LocalSandbox, source: Path) -> None:
@@ -105,17 +173,26 @@ async def restore(sandbox: LocalSandbox, source: Path) -> None:
 async def _run(
     sandbox: LocalSandbox, args: list[str], *, stdin: int, stdout: int, user: str
 ) -> None:
+    await _finish(await _spawn(sandbox, args, stdin, stdout, user), args[0])
+
+
+async def _spawn(
+    sandbox: LocalSandbox, args: list[str], stdin: int, stdout: int, user: str
+) -> AgentProcess:
     argv = [sandbox.python, "-I", "-S", "-c", _SCRIPT, *args]
     env = sandbox.base_env(user)
-    proc = await sandbox.spawn(
+    return await sandbox.spawn(
         argv, env=env, cwd="/", stdin=stdin, stdout=stdout, stderr=PIPE, user=user
     )
+
+
+async def _finish(proc: AgentProcess, what: str) -> None:
     assert proc.stderr is not None
     errors = await proc.stderr.read()
     code = await proc.wait()
     if code != 0:
         text = errors.decode(errors="replace").strip()[-1000:]
-        raise SnapshotError(f"{args[0]} of the sandbox's files failed ({code}): {text}")
+        raise SnapshotError(f"{what} of the sandbox's files failed ({code}): {text}")
 
 
 def drop_processes(sandbox: LocalSandbox) -> None:
