@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -39,11 +40,12 @@ from attack_helpers import (
     status_fields,
     tagged_process,
 )
-from e2b.exceptions import AuthenticationException, NotFoundException
+from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException
 from e2b_code_interpreter import Sandbox
 from local_helpers import sdk_options, wait_for
 
 from e2b_kernel.local import RunningService, start_subprocess
+from e2b_kernel.local.service.sandboxes import STATE_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -572,16 +574,49 @@ def test_disk_cap_holds(fresh: Callable[..., Sandbox]) -> None:
     sandbox.files.write("/tmp/e2bk_fill.py", FILL)
     free_before = min(shutil.disk_usage(p).free for p in ["/", "/tmp"])
     results = {}
-    for folder in ("/home/user", "/tmp"):
+    # /run/e2b/sockets: the kernels' sockets and the Jupyter Server's runtime files, the one
+    # other folder a sandbox may write.
+    for folder in ("/home/user", "/tmp", "/run/e2b/sockets"):
         _, output = sh(sandbox, f"python3 /tmp/e2bk_fill.py {folder} {3 * DISK_CAP_MB}")
         words = output.split("written")[-1].split()
         results[folder] = (int(words[0]), words[1])
     free_after = min(shutil.disk_usage(p).free for p in ["/", "/tmp"])
     print("written MiB, error:", results, "host free fell by", (free_before - free_after) // MiB)
-    assert results["/home/user"][1] == "ENOSPC", results
-    assert results["/tmp"][1] == "ENOSPC", results
+    assert {error for _, error in results.values()} == {"ENOSPC"}, results
     assert sum(written for written, _ in results.values()) <= DISK_CAP_MB, results
     assert free_before - free_after <= 1.5 * DISK_CAP_MB * MiB
+
+
+def test_a_sparse_file_cannot_make_a_snapshot_fill_the_host_disk(
+    fresh: Callable[..., Sandbox],
+) -> None:
+    """A sparse file costs nothing on the capped disk, but tar stores it in full: planted by
+    sandbox code, it must not fill the host's disk when the owner snapshots or forks."""
+    sandbox = fresh(metadata={"e2b.disk_mb": str(DISK_CAP_MB)})
+    sh(sandbox, "truncate -s 1G /home/user/sparse && echo kept > /home/user/small.txt")
+    free_before = min(shutil.disk_usage(p).free for p in ["/", "/tmp"])
+    with pytest.raises(SandboxException, match="larger than .* MiB"):
+        sandbox.create_snapshot()
+    with pytest.raises(SandboxException, match="larger than .* MiB"):
+        sandbox.fork()
+    free_after = min(shutil.disk_usage(p).free for p in ["/", "/tmp"])
+    assert free_before - free_after < 3 * DISK_CAP_MB * MiB
+    sh(sandbox, "rm /home/user/sparse")
+    copy = fresh(template=sandbox.create_snapshot().snapshot_id)  # and then it works
+    assert copy.files.read("/home/user/small.txt") == "kept\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another host user needs root")
+def test_another_host_user_cannot_read_a_sandboxs_files(box: Sandbox) -> None:
+    """The host path of a sandbox's files shows in every /proc/<pid>/mountinfo, which any
+    host user can read: knowing it must not let them in."""
+    box.files.write("/home/user/secret.txt", "sk-live-secret")
+    homes = list(STATE_ROOT.glob(f"svc-*/{box.sandbox_id}/disk/home/secret.txt"))
+    assert len(homes) == 1, homes  # the layout this attack aims at
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    for command in (["cat", str(homes[0])], ["ls", str(homes[0].parent)]):
+        attempt = subprocess.run(as_nobody + command, capture_output=True, text=True)
+        assert attempt.returncode != 0 and "sk-live" not in attempt.stdout, attempt
 
 
 def test_df_shows_the_disk_cap(fresh: Callable[..., Sandbox]) -> None:
@@ -732,6 +767,35 @@ def test_signed_upload_url_expires(box: Sandbox) -> None:
 
     assert upload() == 200
     wait_for(lambda: upload() in (401, 403), timeout=15, what="the signed upload URL to expire")
+
+
+def test_a_signed_upload_url_writes_only_its_own_path_as_its_own_user(box: Sandbox) -> None:
+    """Whoever holds an upload URL for one file must not plant others (a login shell's
+    .profile runs on the owner's next command) nor write as root."""
+    box.commands.run("rm -f /home/user/allowed.txt /home/user/.bashrc; cp .profile profile.bak")
+    url = box.upload_url("/home/user/allowed.txt")
+    parts = [
+        ("file", ("allowed.txt", b"ok\n")),
+        ("file", ("/home/user/.bashrc", b"echo PLANTED\n")),
+        ("file", ("/home/user/.profile", b"echo PLANTED\n")),
+    ]
+    response = httpx.post(url, files=parts, timeout=30)
+    assert response.status_code == 400, response.text  # envd: one file per path per request
+    assert "multiple files to the same path '/home/user/allowed.txt'" in response.text
+    assert box.files.read("/home/user/allowed.txt") == "ok\n"
+    assert not box.files.exists("/home/user/.bashrc")
+    assert box.commands.run("cmp .profile profile.bak && echo same").stdout == "same\n"
+
+    root_header = {"Authorization": "Basic cm9vdDo="}  # "root:", not covered by the signature
+    url = box.upload_url("/home/user/as-whom.txt")
+    response = httpx.post(url, files={"file": ("x", b"x")}, headers=root_header, timeout=30)
+    assert response.status_code == 200, response.text
+    owner = box.commands.run("stat -c %U /home/user/as-whom.txt").stdout.strip()
+    assert owner == "user"
+    url = box.upload_url("/root/planted.txt")
+    response = httpx.post(url, files={"file": ("x", b"x")}, headers=root_header, timeout=30)
+    assert response.status_code >= 400
+    assert not box.files.exists("/root/planted.txt", user="root")
 
 
 # --------------------------------------------------------------------------------------------

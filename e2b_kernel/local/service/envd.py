@@ -45,6 +45,11 @@ def _header(scope: Scope, name: str) -> str | None:
     return None
 
 
+def _without_header(scope: Scope, name: str) -> Scope:
+    wanted = name.encode()
+    return {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != wanted]}
+
+
 def require_access_token(scope: Scope, entry: Entry, *, connect: bool = False) -> None:
     """401, as envd answers, unless X-Access-Token is the sandbox's token."""
     if entry.access_token is None:
@@ -85,6 +90,9 @@ class EnvdPlane:
                 require_access_token(scope, entry)
             else:  # envd accepts a signed URL instead of the header, on /files only
                 check_signed_url(query, file_operation(scope["method"]), entry.access_token)
+                # The signature covers ?username= (empty: the default user); envd takes the
+                # user from nowhere else, so a Basic header cannot make the URL root's.
+                scope = _without_header(scope, "authorization")
         check_path(query.get("path"), "path")  # ENAMETOOLONG would surface as a 500
         await self._plain(scope, receive, send)
 
