@@ -3,9 +3,11 @@ on create and ``update_network`` decide, inside the sandbox, which destinations 
 ``update_network`` opens the network of a sandbox created without one.
 
 The target is a small HTTP server in a network namespace this test creates, behind a veth
-pair with addresses of the test's own choosing (a free 10.x /24); the sandbox reaches it
-through its user-mode network (slirp4netns) as it would an internet host. Only those
-addresses are ever contacted, and everything is removed at the end.
+pair with addresses of the test's own choosing (a free /24 of the benchmarking range
+198.18.0.0/15, which looks public, and a free 10.x /24, which is private); the sandbox
+reaches the first through its user-mode network (slirp4netns) as it would an internet host,
+and never the second. Only those addresses are ever contacted, and everything is removed at
+the end.
 """
 
 from __future__ import annotations
@@ -52,22 +54,23 @@ class Target:
     first: str
     second: str
     host: str
+    private: str  # the server's address in a private range
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
-def _free_subnet() -> str:
+def _free_subnet(first: str, second: range) -> str:
     used = (
         subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
         + subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
     )
     for _ in range(20):
-        subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+        subnet = f"{first}.{random.choice(second)}.{random.randint(0, 255)}"
         if f"{subnet}." not in used:
             return subnet
-    pytest.skip("no free 10.x /24 for the test's network namespace")
+    pytest.skip(f"no free {first}.x /24 for the test's network namespace")
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +79,17 @@ def target(local_service: RunningService) -> Iterator[Target]:
         pytest.skip("needs root, ip(8) and isolated sandboxes (a user-mode network)")
     tag = uuid.uuid4().hex[:6]
     netns, host_end, far_end = f"e2bkt-{tag}", f"e2bkt{tag}a", f"e2bkt{tag}b"
-    subnet = _free_subnet()
+    subnet, private = _free_subnet("198", range(18, 20)), _free_subnet("10", range(200, 250))
     server = None
     try:
         _ip("netns", "add", netns)
         _ip("link", "add", host_end, "type", "veth", "peer", "name", far_end)
         _ip("link", "set", far_end, "netns", netns)
         _ip("addr", "add", f"{subnet}.1/24", "dev", host_end)
+        _ip("addr", "add", f"{private}.1/24", "dev", host_end)
         _ip("link", "set", host_end, "up")
-        for last in (2, 3):
-            _ip("-n", netns, "addr", "add", f"{subnet}.{last}/24", "dev", far_end)
+        for address in (f"{subnet}.2", f"{subnet}.3", f"{private}.2"):
+            _ip("-n", netns, "addr", "add", f"{address}/24", "dev", far_end)
         _ip("-n", netns, "link", "set", far_end, "up")
         server = subprocess.Popen(
             ["ip", "netns", "exec", netns, sys.executable, "-m", "http.server",
@@ -99,7 +103,7 @@ def target(local_service: RunningService) -> Iterator[Target]:
                 return probe.connect_ex((f"{subnet}.2", PORT)) == 0
 
         wait_for(listening, 15, "the test's HTTP server")
-        yield Target(f"{subnet}.2", f"{subnet}.3", f"{subnet}.1")
+        yield Target(f"{subnet}.2", f"{subnet}.3", f"{subnet}.1", f"{private}.2")
     finally:
         remove_target_netns(server, host_end, netns)
 
@@ -136,6 +140,25 @@ def test_deny_out_allow_out_and_update_network_sync(
             sbx.update_network({"deny_out": ["example.com"]})  # E2B: no domains in deny
     finally:
         sbx.kill()
+
+
+def test_private_and_link_local_ranges_stay_out_of_reach_even_when_allowed(
+    target: Target, sdk_env: dict[str, str]
+) -> None:
+    """The host's LAN, VPN and container bridges, and a cloud VM's metadata service, are no
+    more reachable than from an E2B sandbox: not by default, and not by an allow_out."""
+    for network in ({}, {"allow_out": [f"{target.private}/32", "169.254.0.0/16"]}):
+        sbx = Sandbox.create(timeout=120, allow_internet_access=True, network=network)
+        try:
+            sbx.files.write("/tmp/probe.py", PROBE)
+            run = f"python3 /tmp/probe.py {PORT} {target.first} {target.private}"
+            reached = _reached(sbx.commands.run(run).stdout)
+            assert reached == {target.first: True, target.private: False}, network
+            # Decided by the routes, before any packet: no probe of the metadata address.
+            routes = sbx.commands.run("ip route show").stdout.splitlines()
+            assert "prohibit 169.254.0.0/16" in [r.strip() for r in routes], routes
+        finally:
+            sbx.kill()
 
 
 def test_allow_out_without_internet_and_update_async(

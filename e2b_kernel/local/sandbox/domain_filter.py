@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import hostnames
+from .network import UNREACHABLE_RANGES
 
 # Refusals are logged at debug level: a sandbox decides how many there are.
 log = logging.getLogger("e2b_kernel.local")
@@ -45,13 +46,7 @@ PROXY_MARK = 0xE2B  # SO_MARK of the filter's own outbound connections
 REDIRECT_TABLE = 3636
 REDIRECT_SOURCE = "169.254.36.36"  # on the sandbox's loopback, the redirected source address
 # E2B's firewall never dials these for a matched name (``DeniedSandboxCIDRs``), IPv4 part.
-ALWAYS_DENIED = tuple(
-    ipaddress.ip_network(block)
-    for block in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-        "172.16.0.0/12", "192.168.0.0/16",
-    )
-)  # fmt: skip
+ALWAYS_DENIED = tuple(ipaddress.ip_network(block) for block in UNREACHABLE_RANGES)
 PEEK_TIMEOUT = 10.0  # for the name to arrive
 DIAL_TIMEOUT = 30.0  # E2B's upstream dial timeout
 MAX_CONNECTIONS = 256  # open through the filter at once, per sandbox

@@ -9,8 +9,12 @@ mapped to the host's loopback (``--disable-host-loopback``), no port is forwarde
 sandbox, slirp4netns itself runs in its own empty mount namespace with its capabilities
 dropped and a seccomp filter, and every address of the host is made unreachable by
 ``prohibit`` routes inside the namespace, added BEFORE the tap device exists, so the sandbox
-cannot reach the service or any host-local port from its network's first packet. ``nsenter``
-is used only by the service to add those routes; no sandbox process is ever started with it.
+cannot reach the service or any host-local port from its network's first packet. So are the
+private, shared (CGNAT) and link-local ranges (:data:`UNREACHABLE_RANGES`), whatever the
+egress rules allow: the host's LAN, its VPN or container bridges (whose addresses may come
+after the sandbox's network started) and a cloud VM's metadata service (169.254.169.254) are
+no more reachable than from an E2B sandbox. ``nsenter`` is used only by the service to add
+those routes; no sandbox process is ever started with it.
 
 (pasta would do as well, but it refuses to run as root and /dev/net/tun is root-only on some
 hosts, such as this project's CI.)
@@ -26,6 +30,12 @@ import shutil
 from .subprocesses import start_process
 
 RESOLV_CONF = "nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+# E2B's DeniedSandboxCIDRs (IPv4). 127/8 is the namespace's own loopback; the tap's
+# 10.0.2.0/24 is more specific than 10/8 and stays routed (gateway and DNS forwarder).
+UNREACHABLE_RANGES = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.168.0.0/16",
+)  # fmt: skip
 _READY_TIMEOUT = 10.0
 _TAP = "tap0"
 _MTU = 65520
@@ -146,7 +156,12 @@ async def connect(init_pid: int) -> Network:
 
 
 async def _fence_host(netns: str) -> None:
-    """Prohibit routes to every host address, so no host-local port is reachable."""
+    """Prohibit routes to every host address, so no host-local port is reachable, and to the
+    private and link-local ranges."""
+    lines = [f"route replace prohibit {block}" for block in UNREACHABLE_RANGES]
+    code, out = await ip_batch(netns, lines)
+    if code != 0:
+        raise NetworkError(f"cannot fence off the private ranges: {out.strip()}")
     for address in await host_addresses():
         if address.startswith("127.") or address == "::1":
             continue  # the namespace's own loopback, not the host's
