@@ -7,7 +7,9 @@ the request's ZMQ identities are kept by ``msg_id`` until the reply comes. An
 ``input_request`` goes to the identities of the ``execute_request`` that asked for input,
 as ipykernel does it.
 
-The only content we change: ``kernel_info_reply``'s banner (it says how cells are run), and
+The only content we change: ``kernel_info_reply``'s banner (it says how cells are run) and
+its features (no kernel subshells: the local ipykernel routes a subshell's requests itself,
+before they could be relayed, and knows no remote subshell), and
 E2B's derived ``e2b/data`` and ``e2b/chart`` MIME types, which E2B's kernel startup adds to
 tables and plots: they are not what the code displayed, a ``python3`` notebook never has them,
 and nbformat refuses to save their JSON values under non-JSON MIME types (the ``execute``
@@ -67,6 +69,18 @@ class Route:
 def has_reply(header: dict[str, Any]) -> bool:
     """Whether the Jupyter protocol answers this message (``*_request``; not comm messages)."""
     return str(header.get("msg_type", "")).endswith("_request")
+
+
+# The requests a kernel answers (messaging spec 5.4 and ipykernel's usage_request); ipykernel
+# logs any other type and answers nothing, and then so must we.
+_ANSWERED_REQUESTS = frozenset(
+    f"{name}_request"
+    for name in (
+        "execute", "inspect", "complete", "history", "is_complete", "connect", "comm_info",
+        "kernel_info", "shutdown", "interrupt", "debug", "usage", "create_subshell",
+        "delete_subshell", "list_subshell",
+    )
+)  # fmt: skip
 
 
 def send_reply(
@@ -181,7 +195,7 @@ class JupyterForwarder:
         if msg_type.endswith("_reply"):
             self._routes.pop(parent_id, None)
             if msg_type == "kernel_info_reply":
-                parts = self._with_banner(parts)
+                parts = self._as_local_kernel_info(parts)
         if route.channel == "control":
             self._send_control(route.stream, parts, route.idents)
         else:
@@ -201,10 +215,14 @@ class JupyterForwarder:
         self._on_died(state)
         self.channels.renudge(ended_session if state == "restarted" else None)
 
-    def _with_banner(self, parts: Parts) -> Parts:
+    def _as_local_kernel_info(self, parts: Parts) -> Parts:
+        """The remote kernel's info with our banner, and without kernel subshells."""
         content = json.loads(parts[3])
         remote = str(content.get("banner", "")).strip()
         content["banner"] = self._banner() + (f"\n\nRemote kernel: {remote}" if remote else "")
+        features = content.get("supported_features")
+        if isinstance(features, list):
+            content["supported_features"] = [f for f in features if f != "kernel subshells"]
         return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
     # ---- busy cells: keep-alive and per-cell timeout --------------------------------------------
@@ -247,6 +265,8 @@ class JupyterForwarder:
         if route is None or not self.up:
             return
         msg_type = str(route.header.get("msg_type", "unknown_request"))
+        if msg_type not in _ANSWERED_REQUESTS:
+            return  # unknown to the kernel: python3 answers nothing either
         self.log.warning("the remote kernel sent no reply to %s %s", msg_type, msg_id)
         content = {
             "status": "error",

@@ -90,6 +90,42 @@ def test_a_request_ended_without_reply_gets_one(sockets, monkeypatch) -> None:
     assert json.loads(reply[5])["ename"] == "KeyboardInterrupt"
 
 
+def test_an_unknown_request_gets_no_made_up_reply(sockets, monkeypatch) -> None:
+    # ipykernel answers no request type it does not know; python3's front ends see none.
+    assert asyncio.run(_relay_one(sockets, monkeypatch, "bogus_request", {})) == ([], 0)
+
+
+def test_kernel_info_does_not_offer_subshells(sockets) -> None:
+    """The local ipykernel routes a subshell's requests before they could be relayed, and
+    knows no remote subshell: offering them would make every subshell request fail."""
+    shell, front, iopub = sockets
+    session = Session(key=b"k")
+    relay = JupyterForwarder(
+        session,
+        JupyterEndpoint("http://127.0.0.1:9"),
+        "kernel-id",
+        iopub=iopub,
+        stdin=None,
+        send_control=lambda *_: None,
+        banner=lambda: "E2B Python",
+        on_busy=lambda _: None,
+        on_closed=lambda _: None,
+        on_died=lambda _: None,
+        cell_timeout=None,
+        log=logging.getLogger("test"),
+    )
+    request = session.msg("kernel_info_request", {})
+    relay.forward("shell", [b"front"], shell, _parts(session, request))
+    content = {"banner": "IPython", "supported_features": ["kernel subshells", "debugger"]}
+    relay._from_remote(
+        "shell", _parts(session, session.msg("kernel_info_reply", content, parent=request))
+    )
+    assert front.poll(2000)
+    reply = json.loads(front.recv_multipart()[5])
+    assert reply["supported_features"] == ["debugger"]
+    assert reply["banner"].startswith("E2B Python") and "Remote kernel: IPython" in reply["banner"]
+
+
 def test_a_comm_message_gets_no_reply_and_is_not_kept(sockets, monkeypatch) -> None:
     content = {"comm_id": "c", "data": {"method": "update", "state": {"value": 7}}}
     assert asyncio.run(_relay_one(sockets, monkeypatch, "comm_msg", content)) == ([], 0)
