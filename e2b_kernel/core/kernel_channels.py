@@ -171,10 +171,13 @@ class KernelChannels:
         self._renudging: asyncio.Future | None = None
         self._ended_session: bytes | None = None  # see renudge()
 
-    def send(self, channel: str, parts: Parts) -> None:
+    def send(self, channel: str, parts: Parts, *, first: bool = False) -> None:
         """Queue a message; it is written in order once the socket is open and the remote
-        kernel's IOPub reaches it."""
-        self._outbox.append((channel, parts))
+        kernel's IOPub reaches it (``first``: before everything queued so far)."""
+        if first:
+            self._outbox.appendleft((channel, parts))
+        else:
+            self._outbox.append((channel, parts))
         self._wake_writer.set()
 
     async def open(self) -> None:

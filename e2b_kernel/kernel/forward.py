@@ -32,6 +32,7 @@ from jupyter_client.session import Session
 from ..core.jupyter_server import JupyterEndpoint
 from ..core.kernel_channels import DEATH_NOTICES, KernelChannels, Parts, kernel_died
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
+from ..core.remote_look import PYTHON3_COLOURS
 from ..core.session import cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
 
@@ -138,6 +139,7 @@ class JupyterForwarder:
         self._running: set[str] = set()  # execute requests between 'busy' and 'idle'
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per-cell timeouts by msg_id
         self._timed_out_ids: set[str] = set()  # interrupted by their timeout
+        self._hidden: set[str] = set()  # our own requests, whose messages stay here
         self.closed_reason: str | None = None
         self._interrupting: asyncio.Future | None = None
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
@@ -148,6 +150,20 @@ class JupyterForwarder:
 
     async def open(self) -> None:
         await self.channels.open()
+        self._run_hidden(PYTHON3_COLOURS)
+
+    def _run_hidden(self, code: str) -> None:
+        """Run code in the remote kernel before anything the front end sent that is not
+        written yet; its messages are dropped (silent: no execution count, no history, no
+        execute_input)."""
+        content = {
+            "code": code, "silent": True, "store_history": False, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": False,
+        }  # fmt: skip
+        msg = self.session.msg("execute_request", content)
+        self._hidden.add(msg["header"]["msg_id"])
+        parts = [bytes(p) for p in self.session.serialize(msg)[2:]]
+        self.channels.send("shell", parts, first=True)
 
     async def close(self) -> None:
         self.closed_reason = self.closed_reason or "closed"
@@ -170,6 +186,10 @@ class JupyterForwarder:
         header = json.loads(parts[0])
         msg_type = str(header.get("msg_type", ""))
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
+        if parent_id in self._hidden:
+            if msg_type.endswith("_reply"):
+                self._hidden.discard(parent_id)
+            return
         if parent_id in self._timed_out_ids:
             parts = self._as_timeout(parent_id, msg_type, parts)
         if channel == "iopub":
@@ -214,6 +234,7 @@ class JupyterForwarder:
         self._on_busy(False)
         self._on_died(state)
         self.channels.renudge(ended_session if state == "restarted" else None)
+        self._run_hidden(PYTHON3_COLOURS)  # the new process starts without them again
 
     def _as_local_kernel_info(self, parts: Parts) -> Parts:
         """The remote kernel's info with our banner, and without kernel subshells."""

@@ -246,6 +246,14 @@ def test_restart_gives_fresh_state_and_keeps_files(
     assert kernel.value("open('kept.txt').read()") == "'still here'"
     reply, outputs = kernel.run("variable")
     assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
+    assert "\x1b[" in "".join(reply["traceback"])  # the new process has python3's colours too
+    # History outlives the restart, as python3's sqlite history does (the console's up-arrow).
+    asked = kernel.kc.history(hist_access_type="tail", n=50)
+    reply = kernel.kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != asked:  # wait_for_ready's spare replies
+        reply = kernel.kc.get_shell_msg(timeout=30)
+    history = reply["content"]["history"]
+    assert any("variable = 1" in entry[2] for entry in history), history
     kernel.shutdown()
 
 
@@ -264,6 +272,14 @@ def test_a_cell_that_kills_the_remote_kernel_ends_with_an_error_and_the_next_cel
     assert kernel.value("open('kept.txt').read()") == "'x'"
     reply, outputs = kernel.run("variable")
     assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
+    assert "\x1b[" in "".join(reply["traceback"])  # the new process has python3's colours too
+    # History outlives the restart, as python3's sqlite history does (the console's up-arrow).
+    asked = kernel.kc.history(hist_access_type="tail", n=50)
+    reply = kernel.kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != asked:  # wait_for_ready's spare replies
+        reply = kernel.kc.get_shell_msg(timeout=30)
+    history = reply["content"]["history"]
+    assert any("variable = 1" in entry[2] for entry in history), history
     kernel.shutdown()
 
 

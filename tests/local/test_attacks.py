@@ -595,9 +595,9 @@ def test_a_sparse_file_cannot_make_a_snapshot_fill_the_host_disk(
     sandbox = fresh(metadata={"e2b.disk_mb": str(DISK_CAP_MB)})
     sh(sandbox, "truncate -s 1G /home/user/sparse && echo kept > /home/user/small.txt")
     free_before = min(shutil.disk_usage(p).free for p in ["/", "/tmp"])
-    with pytest.raises(SandboxException, match="larger than .* MiB"):
+    with pytest.raises(SandboxException, match=r"larger than .* MiB"):
         sandbox.create_snapshot()
-    with pytest.raises(SandboxException, match="larger than .* MiB"):
+    with pytest.raises(SandboxException, match=r"larger than .* MiB"):
         sandbox.fork()
     free_after = min(shutil.disk_usage(p).free for p in ["/", "/tmp"])
     assert free_before - free_after < 3 * DISK_CAP_MB * MiB

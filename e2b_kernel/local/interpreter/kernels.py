@@ -171,10 +171,9 @@ class Kernel:
         connection = connection or self._inside(self.connection_file.name)
         argv = [self.sandbox.python, "-m", self.language.module, "-f", connection]
         if self.language.name == "python":
-            argv += [
-                "--InteractiveShell.colors=nocolor",  # E2B's server sends no ANSI colours
-                "--HistoryManager.hist_file=:memory:",
-            ]
+            # As E2B's template: no colours (its /execute clients want plain text), and the
+            # history in the profile's sqlite file, so it outlives a kernel's restart.
+            argv += ["--InteractiveShell.colors=nocolor"]
             startup = [self._inside(path.name) for path in self._startup_files()]
             argv += [f"--IPKernelApp.exec_files={path}" for path in startup]
         return argv
