@@ -236,6 +236,20 @@ def test_a_fresh_sandbox_shares_one_namespace_with_run_code(
         service.stop()
 
 
+def _check_fresh_process(kernel: Kernel) -> None:
+    """After the remote kernel's restart: fresh variables, python3's colours, and the
+    history from before, as python3's sqlite history keeps it (the console's up-arrow)."""
+    reply, outputs = kernel.run("variable")
+    assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
+    assert "\x1b[" in "".join(reply["traceback"])
+    asked = kernel.kc.history(hist_access_type="tail", n=50)
+    reply = kernel.kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != asked:  # wait_for_ready's spare replies
+        reply = kernel.kc.get_shell_msg(timeout=30)
+    history = reply["content"]["history"]
+    assert any("variable = 1" in entry[2] for entry in history), history
+
+
 def test_restart_gives_fresh_state_and_keeps_files(
     start_kernel: StartKernel, jupyter_env: Callable[..., dict], tmp_path: Path
 ) -> None:
@@ -244,16 +258,7 @@ def test_restart_gives_fresh_state_and_keeps_files(
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
     assert kernel.value("open('kept.txt').read()") == "'still here'"
-    reply, outputs = kernel.run("variable")
-    assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
-    assert "\x1b[" in "".join(reply["traceback"])  # the new process has python3's colours too
-    # History outlives the restart, as python3's sqlite history does (the console's up-arrow).
-    asked = kernel.kc.history(hist_access_type="tail", n=50)
-    reply = kernel.kc.get_shell_msg(timeout=30)
-    while reply["parent_header"].get("msg_id") != asked:  # wait_for_ready's spare replies
-        reply = kernel.kc.get_shell_msg(timeout=30)
-    history = reply["content"]["history"]
-    assert any("variable = 1" in entry[2] for entry in history), history
+    _check_fresh_process(kernel)
     kernel.shutdown()
 
 
@@ -270,16 +275,7 @@ def test_a_cell_that_kills_the_remote_kernel_ends_with_an_error_and_the_next_cel
     assert [o.content["ename"] for o in outputs if o.msg_type == "error"] == ["KernelDied"]
     # The next cells run in the restarted kernel: fresh state, the same sandbox's files.
     assert kernel.value("open('kept.txt').read()") == "'x'"
-    reply, outputs = kernel.run("variable")
-    assert reply["status"] == "error" and reply["ename"] == "NameError", outputs
-    assert "\x1b[" in "".join(reply["traceback"])  # the new process has python3's colours too
-    # History outlives the restart, as python3's sqlite history does (the console's up-arrow).
-    asked = kernel.kc.history(hist_access_type="tail", n=50)
-    reply = kernel.kc.get_shell_msg(timeout=30)
-    while reply["parent_header"].get("msg_id") != asked:  # wait_for_ready's spare replies
-        reply = kernel.kc.get_shell_msg(timeout=30)
-    history = reply["content"]["history"]
-    assert any("variable = 1" in entry[2] for entry in history), history
+    _check_fresh_process(kernel)
     kernel.shutdown()
 
 
