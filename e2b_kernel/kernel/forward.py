@@ -118,7 +118,7 @@ class JupyterForwarder:
         banner: Callable[[], str],
         on_busy: Callable[[bool], None],
         on_closed: Callable[[str], None],
-        on_died: Callable[[str], None],
+        on_died: Callable[[str, list[Route]], None],
         cell_timeout: float | None,
         log: logging.Logger,
     ) -> None:
@@ -140,6 +140,11 @@ class JupyterForwarder:
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per-cell timeouts by msg_id
         self._timed_out_ids: set[str] = set()  # interrupted by their timeout
         self._hidden: set[str] = set()  # our own requests, whose messages stay here
+        self._started: set[str] = set()  # requests the remote kernel said it is busy with
+        # Requests a dead process had not started: the server may still hand them to the new
+        # one, or they died in the old one's queue (see _kernel_died).
+        self._orphans: set[str] = set()
+        self._died_state = ""
         self.closed_reason: str | None = None
         self._interrupting: asyncio.Future | None = None
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
@@ -189,6 +194,7 @@ class JupyterForwarder:
         if parent_id in self._hidden:
             if msg_type.endswith("_reply"):
                 self._hidden.discard(parent_id)
+                self._answer_orphans()
             return
         if parent_id in self._timed_out_ids:
             parts = self._as_timeout(parent_id, msg_type, parts)
@@ -214,6 +220,7 @@ class JupyterForwarder:
             return
         if msg_type.endswith("_reply"):
             self._routes.pop(parent_id, None)
+            self._started.discard(parent_id)
             if msg_type == "kernel_info_reply":
                 parts = self._as_local_kernel_info(parts)
         if route.channel == "control":
@@ -226,15 +233,31 @@ class JupyterForwarder:
         self.session.send_raw(self._iopub, parts, ident=[topic])
 
     def _kernel_died(self, state: str, ended_session: str | None = None) -> None:
-        """The remote kernel process died or is being restarted by another client: no request
-        sent before gets its reply, so the front end's are answered here (by ``on_died``);
-        later ones wait for the new process."""
+        """The remote kernel process died or is being restarted by another client.
+
+        Requests it had started get no reply: the front end's are answered here (by
+        ``on_died``). Those it had not started may still reach the new process (the server
+        hands on what it had not delivered: a cell queued behind ``exit()`` runs there, as on
+        ``python3``), or were lost in the old one's queue: they wait until our first request
+        to the new process is answered, which comes after all of them, and those still
+        unanswered then are answered here. Later requests wait for the new process.
+        """
         self.log.warning("the remote kernel died or restarts (%s)", state)
         self._cancel_timers()
         self._on_busy(False)
-        self._on_died(state)
+        started = [msg_id for msg_id in self._routes if msg_id in self._started]
+        self._orphans |= {msg_id for msg_id in self._routes if msg_id not in self._started}
+        self._started.clear()
+        self._died_state = state
+        self._on_died(state, [self._routes.pop(msg_id) for msg_id in started])
         self.channels.renudge(ended_session if state == "restarted" else None)
         self._run_hidden(PYTHON3_COLOURS)  # the new process starts without them again
+
+    def _answer_orphans(self) -> None:
+        orphans, self._orphans = self._orphans, set()
+        routes = [self._routes.pop(msg_id) for msg_id in orphans if msg_id in self._routes]
+        if routes:
+            self._on_died(self._died_state, routes)
 
     def _as_local_kernel_info(self, parts: Parts) -> Parts:
         """The remote kernel's info with our banner, and without kernel subshells."""
@@ -265,6 +288,8 @@ class JupyterForwarder:
                 loop.call_later(_REPLY_AFTER_IDLE_GRACE, self._reply_if_missing, parent_id)
             return
         route = self._routes.get(parent_id)
+        if state == "busy" and route is not None:
+            self._started.add(parent_id)
         if state != "busy" or route is None or route.header.get("msg_type") != "execute_request":
             return
         if parent_id in self._running:
@@ -283,6 +308,7 @@ class JupyterForwarder:
         (an interrupt just as a cell ends); the front end would otherwise wait forever.
         """
         route = self._routes.pop(msg_id, None)
+        self._started.discard(msg_id)
         if route is None or not self.up:
             return
         msg_type = str(route.header.get("msg_type", "unknown_request"))
@@ -365,4 +391,6 @@ class JupyterForwarder:
     def take_pending(self) -> list[Route]:
         """The requests still waiting for a reply (after a loss); they are forgotten here."""
         routes, self._routes = list(self._routes.values()), {}
+        self._started.clear()
+        self._orphans.clear()
         return routes

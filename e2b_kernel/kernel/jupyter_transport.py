@@ -265,12 +265,10 @@ class JupyterTransport:
         for route in pending:
             self._fail_route(route, exc)
 
-    def _remote_kernel_died(self, state: str) -> None:
-        forwarder = self._forwarder
-        if forwarder is None:
-            return
+    def _remote_kernel_died(self, state: str, routes: list[Route]) -> None:
+        """Answer the requests the remote kernel's death left without a reply."""
         exc = KernelDied(state)
-        for route in forwarder.take_pending():
+        for route in routes:
             self._fail_route(route, exc)
 
     def _fail_route(self, route: Route, exc: E2BKernelError) -> None:

@@ -61,7 +61,7 @@ async def _relay_one(
         banner=lambda: "",
         on_busy=(busy if busy is not None else []).append,
         on_closed=lambda _: None,
-        on_died=lambda _: None,
+        on_died=lambda *_: None,
         cell_timeout=None,
         log=logging.getLogger("test"),
     )
@@ -110,7 +110,7 @@ def test_kernel_info_does_not_offer_subshells(sockets) -> None:
         banner=lambda: "E2B Python",
         on_busy=lambda _: None,
         on_closed=lambda _: None,
-        on_died=lambda _: None,
+        on_died=lambda *_: None,
         cell_timeout=None,
         log=logging.getLogger("test"),
     )

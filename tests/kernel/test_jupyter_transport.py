@@ -279,6 +279,28 @@ def test_a_cell_that_kills_the_remote_kernel_ends_with_an_error_and_the_next_cel
     kernel.shutdown()
 
 
+def test_a_cell_sent_as_exit_ends_the_process_runs_once_in_the_new_one(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    """exit() ends the remote kernel's process after its reply; the server starts a new one
+    and hands it the cell sent meanwhile, which runs there, as on python3 with a restarter:
+    one ordinary reply, its output before its idle (the relay had answered it KernelDied,
+    and then it ran all the same)."""
+    kernel = start_kernel(jupyter_env())
+    assert kernel.value("1") == "1"
+    reply, _ = kernel.run("exit()")
+    assert reply["status"] == "ok"
+    # The scenario, not a wait for a condition: the user runs the next cell a second later,
+    # when the process has ended but the server (which polls every few seconds) has not yet
+    # said so.
+    time.sleep(1.0)
+    queued = kernel.send("open('side.txt', 'a').write('A')\nprint('ran')")
+    reply, outputs = kernel.collect(queued, timeout=120)
+    assert reply["status"] == "ok", (reply, outputs)
+    assert [o.content.get("text") for o in outputs if o.msg_type == "stream"] == ["ran\n"]
+    assert kernel.value("open('side.txt').read()") == "'A'"  # it ran once
+
+
 def test_a_restart_by_another_client_of_the_server_ends_the_cell_and_the_next_cells_run(
     start_kernel: StartKernel, local_service: RunningService, tmp_path: Path
 ) -> None:
