@@ -12,7 +12,7 @@ from e2b import TimeoutException
 from e2b_code_interpreter import AsyncSandbox, OutputMessage, Sandbox
 from local_helpers import sdk_options
 
-from e2b_kernel.local import RunningService
+from e2b_kernel.local import RunningService, start_subprocess
 
 INTERRUPT_PROBE = """
 import time
@@ -200,3 +200,44 @@ def test_twenty_megabytes_of_output_stream_through(victim: Sandbox, bystander: S
     assert max(sizes) <= 2 * 1024 * 1024
     assert victim.run_code("1 + 1").text == "2"
     assert_still_serving(bystander)
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+HUGE_MESSAGE = """
+kernel = get_ipython().kernel
+text = "B" * (200 << 20)
+kernel.session.send(
+    kernel.iopub_socket, "stream", {"name": "stdout", "text": text},
+    parent=kernel.get_parent("shell"),
+)
+del text
+print("after")
+"""
+
+
+def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_copy() -> None:
+    """print comes in 1 MiB pieces, but code can send one message of any size through its
+    kernel's session; the service (shared by every sandbox, in no cgroup) must not decode it.
+    A service of its own: its peak memory says what this message cost."""
+    service = start_subprocess(pool_size=0)
+    try:
+        sbx = Sandbox.create(timeout=120, **sdk_options(service))
+        sbx.run_code("1")  # the kernel and its client are up: their memory is in the baseline
+        before = _peak_rss(service.pid)
+        execution = sbx.run_code(HUGE_MESSAGE, timeout=120)
+        grew = _peak_rss(service.pid) - before
+        assert execution.error is None, execution.error
+        assert execution.logs.stdout == ["after\n"]
+        assert "an output message of 200 MiB was dropped" in "".join(execution.logs.stderr)
+        # Decoded and encoded again, it took about five times its size.
+        assert grew < 2 * (200 << 20), f"the service grew by {grew >> 20} MiB"
+        assert sbx.run_code("40 + 2").text == "42"  # and the sandbox goes on
+    finally:
+        service.stop()

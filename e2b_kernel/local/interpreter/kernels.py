@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.connect import KernelConnectionInfo
+from traitlets import Type
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ STARTUP_DIR = Path(__file__).parent / "kernel_startup"
 READY_TIMEOUT = 90.0
 # Messages queued per tracked request before the iopub reader stops reading (backpressure).
 ROUTE_QUEUE_SIZE = 16
+# The largest kernel message the service decodes (see _BoundedIOPubChannel).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_MAX_HEADER_BYTES = 64 * 1024
 
 
 class SandboxProcess(Protocol):
@@ -472,8 +477,60 @@ def _open_socket(directory: int, name: str) -> int | None:
     return fd
 
 
+class _BoundedIOPubChannel(AsyncZMQSocketChannel):
+    """IOPub that decodes no message over :data:`MAX_MESSAGE_BYTES`.
+
+    What the kernel's own ``print`` sends comes in pieces of 1 MiB (``output_chunks.py``), but
+    code in a cell can send any message through its kernel's session. Decoding one of
+    hundreds of MiB cost the service five times that memory and stalled it for every other
+    sandbox for seconds; such a message now costs one copy and becomes a short notice.
+    """
+
+    async def _recv(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        assert self.socket is not None
+        while True:
+            frames = await self.socket.recv_multipart(copy=False)
+            _, parts = self.session.feed_identities(frames, copy=False)
+            size = sum(len(part) for part in parts)
+            if size <= MAX_MESSAGE_BYTES:
+                return self.session.deserialize(parts, copy=False)
+            notice = _oversized_notice(parts, size)
+            if notice is not None:
+                return notice
+
+
+def _oversized_notice(parts: list[Any], size: int) -> dict[str, Any] | None:
+    """A stderr stream for the message's cell saying what was dropped (None: no telling)."""
+    if len(parts) < 3 or len(parts[1]) > _MAX_HEADER_BYTES or len(parts[2]) > _MAX_HEADER_BYTES:
+        log.warning("dropped an oversized kernel message (%d bytes) without a header", size)
+        return None
+    try:
+        header, parent = json.loads(parts[1].bytes), json.loads(parts[2].bytes)
+    except ValueError:
+        return None
+    if not isinstance(header, dict) or not isinstance(parent, dict):
+        return None
+    text = (
+        f"[an output message of {size >> 20} MiB was dropped: the local E2B service passes "
+        f"on at most {MAX_MESSAGE_BYTES >> 20} MiB in one message; print and display send "
+        "theirs in smaller pieces]\n"
+    )
+    header = {**header, "msg_type": "stream"}
+    return {
+        "header": header,
+        "msg_id": header.get("msg_id"),
+        "msg_type": "stream",
+        "parent_header": parent,
+        "metadata": {},
+        "content": {"name": "stderr", "text": text},
+        "buffers": [],
+    }
+
+
 class _PinnedKernelClient(AsyncKernelClient):
     """A kernel client that connects to given URLs (sockets pinned by fd), not to paths."""
+
+    iopub_channel_class = Type(_BoundedIOPubChannel)
 
     def __init__(self, urls: dict[str, str]) -> None:
         super().__init__()
