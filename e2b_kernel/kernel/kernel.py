@@ -191,6 +191,16 @@ class E2BKernel(JupyterTransport, Kernel):
             f"Sandbox: {session.sandbox_id or 'starting'}; template {session.config.template}."
         )
 
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        """ipykernel's, without the features of this local process that are not the
+        sandbox's: its debugger would debug this relay, not the cells, and its subshells would
+        run cells beside each other in one sandbox context. (On the jupyter transport the
+        remote kernel answers, and the relay takes out its subshells: forward.py.)"""
+        info = dict(super().kernel_info)
+        info["supported_features"] = []
+        return info
+
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
         """Wait briefly for the backend so the banner can name its isolation."""
         try:

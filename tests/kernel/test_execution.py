@@ -189,6 +189,10 @@ def test_input_fails_at_once_naming_the_limit(
     assert [o.msg_type for o in outputs] == ["error"]
     assert "no stdin" in outputs[0].content["evalue"]
     assert "E2B" in outputs[0].content["evalue"]
+    # Neither this process's debugger (it would debug the relay, not the cells) nor its
+    # subshells are offered.
+    info = kernel.kc.kernel_info(reply=True, timeout=60)["content"]
+    assert info["supported_features"] == [] and "Transport: execute" in info["banner"]
 
 
 def test_completion_and_inspection_use_the_live_namespace(
