@@ -144,6 +144,7 @@ class JupyterForwarder:
         # Requests a dead process had not started: the server may still hand them to the new
         # one, or they died in the old one's queue (see _kernel_died).
         self._orphans: set[str] = set()
+        self._orphans_wait_for: str | None = None  # our request whose reply releases them
         self._died_state = ""
         self.closed_reason: str | None = None
         self._interrupting: asyncio.Future | None = None
@@ -157,7 +158,7 @@ class JupyterForwarder:
         await self.channels.open()
         self._run_hidden(PYTHON3_COLOURS)
 
-    def _run_hidden(self, code: str) -> None:
+    def _run_hidden(self, code: str) -> str:
         """Run code in the remote kernel before anything the front end sent that is not
         written yet; its messages are dropped (silent: no execution count, no history, no
         execute_input)."""
@@ -166,9 +167,11 @@ class JupyterForwarder:
             "allow_stdin": False, "stop_on_error": False,
         }  # fmt: skip
         msg = self.session.msg("execute_request", content)
-        self._hidden.add(msg["header"]["msg_id"])
+        msg_id = str(msg["header"]["msg_id"])
+        self._hidden.add(msg_id)
         parts = [bytes(p) for p in self.session.serialize(msg)[2:]]
         self.channels.send("shell", parts, first=True)
+        return msg_id
 
     async def close(self) -> None:
         self.closed_reason = self.closed_reason or "closed"
@@ -194,7 +197,8 @@ class JupyterForwarder:
         if parent_id in self._hidden:
             if msg_type.endswith("_reply"):
                 self._hidden.discard(parent_id)
-                self._answer_orphans()
+                if parent_id == self._orphans_wait_for:
+                    self._answer_orphans()
             return
         if parent_id in self._timed_out_ids:
             parts = self._as_timeout(parent_id, msg_type, parts)
@@ -245,13 +249,20 @@ class JupyterForwarder:
         self.log.warning("the remote kernel died or restarts (%s)", state)
         self._cancel_timers()
         self._on_busy(False)
+        if state == "dead":  # the server gave up on it: no new process will answer them
+            self._orphans.clear()
+            self._on_died(state, self.take_pending())
+            self.channels.renudge(None)  # as before: what comes next waits for a new process
+            return
         started = [msg_id for msg_id in self._routes if msg_id in self._started]
         self._orphans |= {msg_id for msg_id in self._routes if msg_id not in self._started}
         self._started.clear()
         self._died_state = state
         self._on_died(state, [self._routes.pop(msg_id) for msg_id in started])
         self.channels.renudge(ended_session if state == "restarted" else None)
-        self._run_hidden(PYTHON3_COLOURS)  # the new process starts without them again
+        # The new process starts without python3's colours again; our request for them is
+        # written before anything not yet sent, so its reply comes after the orphans'.
+        self._orphans_wait_for = self._run_hidden(PYTHON3_COLOURS)
 
     def _answer_orphans(self) -> None:
         orphans, self._orphans = self._orphans, set()

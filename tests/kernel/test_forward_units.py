@@ -23,6 +23,23 @@ def _parts(session: Session, msg: dict) -> list[bytes]:
     return [bytes(p) for p in session.serialize(msg)[2:]]
 
 
+def _forwarder(session: Session, iopub, **overrides) -> JupyterForwarder:
+    """A relay whose kernel channels never open (sends only queue)."""
+    options = {
+        "iopub": iopub,
+        "stdin": None,
+        "send_control": lambda *_: None,
+        "banner": lambda: "",
+        "on_busy": lambda _: None,
+        "on_closed": lambda _: None,
+        "on_died": lambda *_: None,
+        "cell_timeout": None,
+        "log": logging.getLogger("test"),
+        **overrides,
+    }
+    return JupyterForwarder(session, JupyterEndpoint("http://127.0.0.1:9"), "kernel-id", **options)
+
+
 @pytest.fixture
 def sockets():
     context = zmq.Context.instance()
@@ -51,20 +68,7 @@ async def _relay_one(
     monkeypatch.setattr(forward, "_REPLY_AFTER_IDLE_GRACE", 0.05)
     shell, front, iopub = sockets
     session = Session(key=b"k")
-    relay = JupyterForwarder(
-        session,
-        JupyterEndpoint("http://127.0.0.1:9"),
-        "kernel-id",
-        iopub=iopub,
-        stdin=None,
-        send_control=lambda *_: None,
-        banner=lambda: "",
-        on_busy=(busy if busy is not None else []).append,
-        on_closed=lambda _: None,
-        on_died=lambda *_: None,
-        cell_timeout=None,
-        log=logging.getLogger("test"),
-    )
+    relay = _forwarder(session, iopub, on_busy=(busy if busy is not None else []).append)
     request = session.msg(msg_type, content)
     relay.forward("shell", [b"front"], shell, _parts(session, request))
     for state in ("busy", "idle"):
@@ -100,20 +104,7 @@ def test_kernel_info_does_not_offer_subshells(sockets) -> None:
     knows no remote subshell: offering them would make every subshell request fail."""
     shell, front, iopub = sockets
     session = Session(key=b"k")
-    relay = JupyterForwarder(
-        session,
-        JupyterEndpoint("http://127.0.0.1:9"),
-        "kernel-id",
-        iopub=iopub,
-        stdin=None,
-        send_control=lambda *_: None,
-        banner=lambda: "E2B Python",
-        on_busy=lambda _: None,
-        on_closed=lambda _: None,
-        on_died=lambda *_: None,
-        cell_timeout=None,
-        log=logging.getLogger("test"),
-    )
+    relay = _forwarder(session, iopub, banner=lambda: "E2B Python")
     request = session.msg("kernel_info_request", {})
     relay.forward("shell", [b"front"], shell, _parts(session, request))
     content = {"banner": "IPython", "supported_features": ["kernel subshells", "debugger"]}
@@ -148,3 +139,43 @@ def test_only_a_cell_is_busy_and_only_its_end_makes_the_session_idle(
     busy: list[bool] = []
     asyncio.run(_relay_one(sockets, monkeypatch, msg_type, content, busy))
     assert busy == expected
+
+
+def _status(session: Session, state: str, parent: dict | None = None) -> list[bytes]:
+    return _parts(session, session.msg("status", {"execution_state": state}, parent=parent))
+
+
+@pytest.mark.parametrize("state", ["restarting", "dead"])
+def test_requests_the_dead_process_had_not_started_wait_for_a_new_one(sockets, state: str) -> None:
+    """After exit() the server hands the cells sent meanwhile to the new process, which runs
+    them: those are answered when our first request to it is (it comes after them), unless
+    the server says no new process comes ('dead')."""
+    shell, _front, iopub = sockets
+
+    async def scenario() -> list[tuple[str, list[str]]]:
+        session = Session(key=b"k")
+        died: list[tuple[str, list[str]]] = []
+        relay = _forwarder(
+            session,
+            iopub,
+            on_died=lambda s, routes: died.append((s, [r.header["msg_id"] for r in routes])),
+        )
+        running = session.msg("execute_request", {"code": "exit()"})
+        relay.forward("shell", [b"front"], shell, _parts(session, running))
+        relay._from_remote("iopub", _status(session, "busy", running))
+        queued = session.msg("execute_request", {"code": "1"})
+        relay.forward("shell", [b"front"], shell, _parts(session, queued))
+        relay._from_remote("iopub", _status(session, state))  # the server's notice
+        running_id, queued_id = running["header"]["msg_id"], queued["header"]["msg_id"]
+        if state == "dead":
+            assert died == [(state, [running_id, queued_id])]
+            return died
+        assert died == [(state, [running_id])]
+        hidden = {"msg_id": relay._orphans_wait_for}
+        ours = session.msg("execute_reply", {"status": "ok"}, parent=hidden)
+        relay._from_remote("shell", _parts(session, ours))
+        assert died == [(state, [running_id]), (state, [queued_id])]
+        await relay.close()
+        return died
+
+    asyncio.run(scenario())

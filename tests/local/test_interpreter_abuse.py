@@ -235,9 +235,13 @@ def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_co
         grew = _peak_rss(service.pid) - before
         assert execution.error is None, execution.error
         assert execution.logs.stdout == ["after\n"]
-        assert "an output message of 200 MiB was dropped" in "".join(execution.logs.stderr)
+        assert "a kernel message of 200 MiB was dropped" in "".join(execution.logs.stderr)
         # Decoded and encoded again, it took about five times its size.
         assert grew < 2 * (200 << 20), f"the service grew by {grew >> 20} MiB"
+        # A reply IPython fills (a pager payload) is bounded too: the cell fails and says so.
+        paged = sbx.run_code("from IPython.core import page\npage.page('x' * (100 << 20))")
+        assert paged.error is not None and paged.error.name == "MessageTooLarge"
+        assert _peak_rss(service.pid) - before < 2 * (200 << 20)
         assert sbx.run_code("40 + 2").text == "42"  # and the sandbox goes on
     finally:
         service.stop()

@@ -197,6 +197,10 @@ def test_list_and_dict_results_carry_json_as_on_e2b(sandbox: Sandbox) -> None:
     assert listed.json == [1, "two", [3]]
     (unserialisable,) = sandbox.run_code("{'s': {1, 2}}").results  # orjson gives up: no json
     assert list(unserialisable.formats()) == ["text"]
+    # Millions of values: no json (a message the local service would not decode), the text
+    # IPython shortens stays.
+    (huge,) = sandbox.run_code("list(range(2_000_000))").results
+    assert list(huge.formats()) == ["text"] and huge.text.endswith("...]")
     (shown,) = sandbox.run_code("from IPython.display import JSON\nJSON({'k': [1]})").results
     assert list(shown.formats()) == ["text", "json"] and shown.json == {"k": [1]}
 

@@ -28,9 +28,10 @@ STARTUP_DIR = Path(__file__).parent / "kernel_startup"
 READY_TIMEOUT = 90.0
 # Messages queued per tracked request before the iopub reader stops reading (backpressure).
 ROUTE_QUEUE_SIZE = 16
-# The largest kernel message the service decodes (see _BoundedIOPubChannel).
+# The largest kernel message the service decodes (see _BoundedChannel).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
+_MAX_FRAMES = 1024  # parts of one message (widget buffers are a few)
 
 
 class SandboxProcess(Protocol):
@@ -477,13 +478,15 @@ def _open_socket(directory: int, name: str) -> int | None:
     return fd
 
 
-class _BoundedIOPubChannel(AsyncZMQSocketChannel):
-    """IOPub that decodes no message over :data:`MAX_MESSAGE_BYTES`.
+class _BoundedChannel(AsyncZMQSocketChannel):
+    """A kernel channel that decodes no message over :data:`MAX_MESSAGE_BYTES` (or of more
+    than :data:`_MAX_FRAMES` parts).
 
     What the kernel's own ``print`` sends comes in pieces of 1 MiB (``output_chunks.py``), but
-    code in a cell can send any message through its kernel's session. Decoding one of
-    hundreds of MiB cost the service five times that memory and stalled it for every other
-    sandbox for seconds; such a message now costs one copy and becomes a short notice.
+    code in a cell can send any message through its kernel's session, or make IPython put any
+    amount into a reply (a pager payload). Decoding one of hundreds of MiB cost the service
+    five times that memory and stalled it for every other sandbox for seconds; such a message
+    now costs one copy and becomes a short one that says so.
     """
 
     async def _recv(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
@@ -492,15 +495,42 @@ class _BoundedIOPubChannel(AsyncZMQSocketChannel):
             frames = await self.socket.recv_multipart(copy=False)
             _, parts = self.session.feed_identities(frames, copy=False)
             size = sum(len(part) for part in parts)
-            if size <= MAX_MESSAGE_BYTES:
+            if size <= MAX_MESSAGE_BYTES and len(parts) <= _MAX_FRAMES:
                 return self.session.deserialize(parts, copy=False)
-            notice = _oversized_notice(parts, size)
-            if notice is not None:
-                return notice
+            addressed = _header_and_parent(parts, size)
+            if addressed is not None:
+                return self._in_place_of(*addressed, size)
+
+    def _in_place_of(self, header: dict, parent: dict, size: int) -> dict[str, Any]:
+        """A reply of the same type saying the kernel's was too large."""
+        content = {
+            "status": "error",
+            "ename": "MessageTooLarge",
+            "evalue": _too_large(size),
+            "traceback": [],
+            "execution_count": 0,
+        }
+        return _message(header, parent, content)
 
 
-def _oversized_notice(parts: list[Any], size: int) -> dict[str, Any] | None:
-    """A stderr stream for the message's cell saying what was dropped (None: no telling)."""
+class _BoundedIOPubChannel(_BoundedChannel):
+    def _in_place_of(self, header: dict, parent: dict, size: int) -> dict[str, Any]:
+        """A stderr stream for the message's cell."""
+        text = f"[{_too_large(size)}; print and display send theirs in smaller pieces]\n"
+        header = {**header, "msg_type": "stream"}
+        return _message(header, parent, {"name": "stderr", "text": text})
+
+
+def _too_large(size: int) -> str:
+    return (
+        f"a kernel message of {size >> 20} MiB was dropped: the local E2B service passes on "
+        f"at most {MAX_MESSAGE_BYTES >> 20} MiB in one message"
+    )
+
+
+def _header_and_parent(parts: list[Any], size: int) -> tuple[dict, dict] | None:
+    """The (small) header and parent of an oversized message; None when there is no telling
+    where it belongs (then it is dropped unseen)."""
     if len(parts) < 3 or len(parts[1]) > _MAX_HEADER_BYTES or len(parts[2]) > _MAX_HEADER_BYTES:
         log.warning("dropped an oversized kernel message (%d bytes) without a header", size)
         return None
@@ -510,19 +540,17 @@ def _oversized_notice(parts: list[Any], size: int) -> dict[str, Any] | None:
         return None
     if not isinstance(header, dict) or not isinstance(parent, dict):
         return None
-    text = (
-        f"[an output message of {size >> 20} MiB was dropped: the local E2B service passes "
-        f"on at most {MAX_MESSAGE_BYTES >> 20} MiB in one message; print and display send "
-        "theirs in smaller pieces]\n"
-    )
-    header = {**header, "msg_type": "stream"}
+    return header, parent
+
+
+def _message(header: dict, parent: dict, content: dict) -> dict[str, Any]:
     return {
         "header": header,
         "msg_id": header.get("msg_id"),
-        "msg_type": "stream",
+        "msg_type": header.get("msg_type"),
         "parent_header": parent,
         "metadata": {},
-        "content": {"name": "stderr", "text": text},
+        "content": content,
         "buffers": [],
     }
 
@@ -531,6 +559,8 @@ class _PinnedKernelClient(AsyncKernelClient):
     """A kernel client that connects to given URLs (sockets pinned by fd), not to paths."""
 
     iopub_channel_class = Type(_BoundedIOPubChannel)
+    shell_channel_class = Type(_BoundedChannel)
+    control_channel_class = Type(_BoundedChannel)
 
     def __init__(self, urls: dict[str, str]) -> None:
         super().__init__()

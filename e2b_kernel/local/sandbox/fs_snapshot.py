@@ -14,8 +14,9 @@ import contextlib
 import os
 import select
 import signal
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .process import DEVNULL, PIPE, AgentProcess
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from .runtime import LocalSandbox
 
 _MIB = 1024 * 1024
+ARCHIVE_TIMEOUT = 600.0  # a 2 GiB disk takes well under a minute on a small machine
+_STDERR_TAIL = 4096
+_STDERR_DRAIN = 2.0  # for the last words of an archiver that exited
 
 # Run with `python -I -S`: stdlib only. argv: mode, then (prefix, dir) pairs.
 # Sockets and other special files are skipped by tarfile itself; restore uses the "tar"
@@ -92,68 +96,116 @@ async def archive(sandbox: LocalSandbox, target: Path) -> int:
 
     The tar is made by a process inside the sandbox, as its user (inside root has no
     capabilities, so it could read no more); what the user cannot read is left out. It
-    writes into a pipe, never into the host file: the service copies what arrives, up to
-    :func:`size_limit`, and what sandbox code might write into that pipe counts too.
+    writes into a pipe, never into the host file: a thread of its own copies what arrives, up
+    to :func:`size_limit`, and what sandbox code might write into that pipe counts too. Sandbox
+    code can also stop the archiver or hold its pipes open: after :data:`ARCHIVE_TIMEOUT` it
+    is killed and the snapshot fails.
     """
     limit = size_limit(sandbox)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     stop_read, stop_write = os.pipe2(os.O_CLOEXEC)
     out = -1
+    copier: _Copier | None = None
+    proc: AgentProcess | None = None
     try:
-        out = await asyncio.to_thread(
-            os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
-        )
-        copier = asyncio.ensure_future(
-            asyncio.to_thread(_copy_at_most, read_end, out, stop_read, limit)
-        )
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        copier = _Copier(read_end, out, stop_read, limit)
         try:
             proc = await _spawn(sandbox, ["archive", *_roots(sandbox)], DEVNULL, write_end, "user")
         finally:
             os.close(write_end)  # the archiver has it now: EOF once it exits
+            write_end = -1
         exited = asyncio.ensure_future(_finish(proc, "archive"))
-        await asyncio.wait({copier, exited}, return_when=asyncio.FIRST_COMPLETED)
-        if copier.done() and copier.result() > limit:
-            proc.kill()  # it waits on a pipe nobody reads any more
-            with contextlib.suppress(SnapshotError):
-                await exited
-            raise SnapshotError(
-                f"the snapshot would be larger than {limit // _MIB} MiB, twice the sandbox's "
-                "disk cap (tar stores sparse files in full): remove large sparse files first"
+        try:
+            either: list[asyncio.Future[Any]] = [copier.done, exited]
+            done, _ = await asyncio.wait(
+                either, timeout=ARCHIVE_TIMEOUT, return_when="FIRST_COMPLETED"
             )
-        await exited
+            if not done:
+                raise SnapshotError(
+                    f"the archive of the sandbox's files did not end within "
+                    f"{ARCHIVE_TIMEOUT:.0f} s (is a process in the sandbox stopping it?)"
+                )
+            if copier.done.done() and copier.done.result() > limit:
+                raise SnapshotError(
+                    f"the snapshot would be larger than {limit // _MIB} MiB, twice the "
+                    "sandbox's disk cap (tar stores sparse files in full): remove large "
+                    "sparse files first"
+                )
+            await asyncio.wait_for(asyncio.shield(exited), ARCHIVE_TIMEOUT)
+        except BaseException:
+            proc.kill()  # it may wait on a pipe nobody reads any more
+            exited.cancel()
+            raise
         os.write(stop_write, b"x")  # the archiver is done: take what it left in the pipe
-        copied = await copier
+        copied = await copier.done
         if copied > limit:
             raise SnapshotError(f"the snapshot would be larger than {limit // _MIB} MiB")
         return copied
+    except asyncio.TimeoutError:
+        raise SnapshotError(
+            f"the archiver did not exit within {ARCHIVE_TIMEOUT:.0f} s after its archive"
+        ) from None
     finally:
-        for fd in (read_end, stop_read, stop_write, out):
+        if copier is not None:  # let it stop before its fds close (they could be reused)
+            os.write(stop_write, b"x")
+            with contextlib.suppress(Exception):  # bounded: EAGAIN or past the limit ends it
+                await asyncio.shield(copier.done)
+        for fd in (read_end, write_end, stop_read, stop_write, out):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
 
-def _copy_at_most(source: int, target: int, stop: int, limit: int) -> int:
-    """Move bytes from the pipe ``source`` into ``target`` until EOF, until ``stop`` is
-    readable and the pipe is drained, or until more than ``limit`` have come (then the count
-    returned is over it). Runs on a worker thread; splice keeps the bytes in the kernel."""
-    os.set_blocking(source, False)
-    copied = 0
-    stopping = False
-    while copied <= limit:
-        if not stopping:
-            ready, _, _ = select.select([source, stop], [], [])
-            stopping = stop in ready
+class _Copier(threading.Thread):
+    """Moves bytes from the pipe ``source`` into ``target`` until EOF, until ``stop`` is
+    readable and the pipe is drained, or until more than ``limit`` have come (the count in
+    ``done`` is then over it). A thread of its own, not the shared pool: sandbox code decides
+    how long it runs. splice keeps the bytes in the kernel."""
+
+    def __init__(self, source: int, target: int, stop: int, limit: int) -> None:
+        super().__init__(name="e2b-snapshot-copy", daemon=True)
+        self._fds = (source, target, stop)
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[int] = self._loop.create_future()
+        self.start()
+
+    def run(self) -> None:
         try:
-            moved = os.splice(source, target, _MIB)
-        except BlockingIOError:
-            if stopping:
-                return copied  # drained: whatever still holds the pipe is not the archiver
-            continue
-        if moved == 0:
-            return copied
-        copied += moved
-    return copied
+            result: int | BaseException = self._copy()
+        except BaseException as exc:
+            result = exc
+        self._loop.call_soon_threadsafe(self._settle, result)
+
+    def _settle(self, result: int | BaseException) -> None:
+        if self.done.done():
+            return
+        if isinstance(result, BaseException):
+            self.done.set_exception(result)
+        else:
+            self.done.set_result(result)
+
+    def _copy(self) -> int:
+        source, target, stop = self._fds
+        os.set_blocking(source, False)
+        waiting = select.poll()  # not select(): fd numbers may be over 1023
+        waiting.register(source, select.POLLIN)
+        waiting.register(stop, select.POLLIN)
+        copied, stopping = 0, False
+        while copied <= self._limit:
+            if not stopping:
+                stopping = any(fd == stop for fd, _ in waiting.poll())
+            try:
+                moved = os.splice(source, target, _MIB)
+            except BlockingIOError:
+                if stopping:
+                    return copied  # drained: whatever still holds the pipe is not the archiver
+                continue
+            if moved == 0:
+                return copied
+            copied += moved
+        return copied
 
 
 async def restore(sandbox: LocalSandbox, source: Path) -> None:
@@ -187,12 +239,28 @@ async def _spawn(
 
 
 async def _finish(proc: AgentProcess, what: str) -> None:
+    """Wait for the process's exit (not for its stderr's end: sandbox code can hold that pipe
+    open) and raise with the tail of what it wrote there if it failed."""
     assert proc.stderr is not None
-    errors = await proc.stderr.read()
-    code = await proc.wait()
+    tail = bytearray()
+    reader = asyncio.ensure_future(_keep_tail(proc.stderr, tail))
+    try:
+        code = await proc.wait()
+        # What it wrote before exiting is in the pipe already: take it, unless the pipe is
+        # held open by another process (then the tail so far will do).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader), _STDERR_DRAIN)
+    finally:
+        reader.cancel()
     if code != 0:
-        text = errors.decode(errors="replace").strip()[-1000:]
+        text = tail.decode(errors="replace").strip()[-1000:]
         raise SnapshotError(f"{what} of the sandbox's files failed ({code}): {text}")
+
+
+async def _keep_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        tail += chunk
+        del tail[:-_STDERR_TAIL]
 
 
 def drop_processes(sandbox: LocalSandbox) -> None:

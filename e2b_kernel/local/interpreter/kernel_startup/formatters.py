@@ -13,6 +13,7 @@ one function that deletes itself afterwards and leaves the namespace clean.
 
 
 def _e2b_install_formatters():
+    MAX_JSON_VALUES = 1_000_000
     import dataclasses
     import datetime
     import enum
@@ -67,7 +68,17 @@ def _e2b_install_formatters():
             return str(key)
         raise TypeError(f"dict key must be str, not {type(key).__name__}")
 
-    def jsonable(value, depth=0):
+    class TooLarge(Exception):
+        pass
+
+    def jsonable(value, depth=0, budget=None):
+        # A budget of values: a result of millions of them (`list(range(10**7))`, whose text
+        # IPython shortens) would make a message the local service refuses to decode, and
+        # its text would be lost with it. E2B's template has no such bound.
+        budget = budget if budget is not None else [MAX_JSON_VALUES]
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise TooLarge()
         if depth > 254:  # orjson's recursion limit
             raise TypeError("recursion limit reached")
         if value is None or isinstance(value, (bool, str)):
@@ -79,21 +90,21 @@ def _e2b_install_formatters():
         if isinstance(value, float):
             return float(value) if math.isfinite(value) else None
         if isinstance(value, dict):
-            return {key_text(k): jsonable(v, depth + 1) for k, v in value.items()}
+            return {key_text(k): jsonable(v, depth + 1, budget) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [jsonable(v, depth + 1) for v in value]
+            return [jsonable(v, depth + 1, budget) for v in value]
         if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
             return value.isoformat()
         if isinstance(value, enum.Enum):
-            return jsonable(value.value, depth + 1)
+            return jsonable(value.value, depth + 1, budget)
         if isinstance(value, uuid.UUID):
             return str(value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-            return jsonable(fields, depth + 1)
+            return jsonable(fields, depth + 1, budget)
         if type(value).__module__ == "numpy":  # OPT_SERIALIZE_NUMPY: arrays and scalars
             if hasattr(value, "tolist"):
-                return jsonable(value.tolist(), depth + 1)
+                return jsonable(value.tolist(), depth + 1, budget)
         raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
     class E2BJSONFormatter(JSONFormatter):
@@ -103,7 +114,7 @@ def _e2b_install_formatters():
             if isinstance(obj, (list, dict)):
                 try:
                     return jsonable(obj), {"expanded": True}
-                except (TypeError, ValueError, RecursionError):
+                except Exception:  # as orjson's TypeError: no JSON, the text stays
                     pass
             return super().__call__(obj)
 
