@@ -536,7 +536,7 @@ def _header_and_parent(parts: list[Any], size: int) -> tuple[dict, dict] | None:
         return None
     try:
         header, parent = json.loads(parts[1].bytes), json.loads(parts[2].bytes)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(header, dict) or not isinstance(parent, dict):
         return None

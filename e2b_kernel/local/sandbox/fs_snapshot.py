@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .runtime import LocalSandbox
 
 _MIB = 1024 * 1024
+_UNBOUNDED = 1 << 62
 ARCHIVE_TIMEOUT = 600.0  # a 2 GiB disk takes well under a minute on a small machine
 _STDERR_TAIL = 4096
 _STDERR_DRAIN = 2.0  # for the last words of an archiver that exited
@@ -87,7 +88,11 @@ def size_limit(sandbox: LocalSandbox) -> int:
     Twice its disk cap, plus room for tar's headers: tar stores a sparse file in full, so
     without a bound a file made with ``truncate -s 100T`` on the capped disk (it costs nothing
     there) would fill the host's disk when the sandbox's owner takes a snapshot or forks.
+    Without a capped disk (a service that is not root, or no isolation) the sandbox writes to
+    the host's disk directly anyway, and its files may be larger than any cap: no bound.
     """
+    if not sandbox.disk_capped:
+        return _UNBOUNDED
     return 2 * sandbox.disk_mb * _MIB + 64 * _MIB
 
 
