@@ -250,7 +250,6 @@ class JupyterForwarder:
         self._cancel_timers()
         self._on_busy(False)
         if state == "dead":  # the server gave up on it: no new process will answer them
-            self._orphans.clear()
             self._on_died(state, self.take_pending())
             self.channels.renudge(None)  # as before: what comes next waits for a new process
             return

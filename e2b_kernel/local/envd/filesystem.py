@@ -41,9 +41,9 @@ from ..sandbox import LocalSandbox
 from ..sandbox.agent_client import AgentCallError, AgentClient, AgentGone, AgentStream
 from ..sandbox.file_ops import FileOps
 from .process import CLIENT_GONE
-from .user_paths import UnresolvablePath, resolve_user_path
+from .user_paths import HOMES, UnresolvablePath, resolve_user_path
 
-USERS = ("user", "root")
+USERS = tuple(HOMES)  # the users a sandbox has
 _KEEPALIVE = 50.0  # envd's keepalive interval on WatchDir
 _MAX_PENDING_EVENTS = 10_000  # a polled watcher nobody drains keeps at most this many
 _FILE_TYPES = {"file": FileType.FILE, "dir": FileType.DIRECTORY}

@@ -24,10 +24,10 @@ from ..sandbox import LocalSandbox
 from ..sandbox.agent_client import AgentGone
 from ..sandbox.file_ops import FileOps, FileWriter
 from .go_text import errno_text
-from .user_paths import UnresolvablePath, resolve_user_path
+from .user_paths import HOMES, UnresolvablePath, resolve_user_path
 
 MAX_FILE_BYTES = 100 * 1024 * 1024
-USERS = ("user", "root")
+USERS = tuple(HOMES)  # the users a sandbox has
 _INFLATE_STEP = 1024 * 1024
 _UPLOAD_REFUSAL = "error resolving path: "
 
