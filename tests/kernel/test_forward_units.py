@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 
 import pytest
 import zmq
@@ -44,12 +45,12 @@ def _forwarder(session: Session, iopub, **overrides) -> JupyterForwarder:
 def sockets():
     context = zmq.Context.instance()
     shell, front = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-    address = f"inproc://shell-{id(shell)}"
+    address = f"inproc://shell-{uuid.uuid4().hex}"  # id() may repeat before an unbind
     shell.bind(address)
     front.setsockopt(zmq.IDENTITY, b"front")
     front.connect(address)
     iopub = context.socket(zmq.PUB)
-    iopub.bind(f"inproc://iopub-{id(iopub)}")
+    iopub.bind(f"inproc://iopub-{uuid.uuid4().hex}")
     yield shell, front, iopub
     for sock in (shell, front, iopub):
         sock.close(linger=0)
