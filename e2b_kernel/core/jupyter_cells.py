@@ -132,11 +132,32 @@ class JupyterCells:
                 return  # another client's output: its content is not even parsed
             died = kernel_died(channel, msg_type, parent_id, json.loads(parts[3]))
             if died is not None:  # the running cells never end by themselves now
-                for running in self._cells.values():
-                    running.messages.put_nowait((_DIED, _DIED, {"state": died}))
-                if self._channels is not None:
-                    ended = header.get("session") if died == "restarted" else None
-                    self._channels.renudge(ended)
+                cells = list(self._cells.values())
+                channels = self._channels
+                if channels is None:
+                    self._tell_died(cells, died)
+                    return
+                ended = header.get("session") if died == "restarted" else None
+                new_process = channels.renudge(ended)
+                # Only a new process answering proves the sandbox outlived the old one (a
+                # killed sandbox's server may report its kernel's death before it goes too):
+                # when the socket closes instead, the cells end as lost.
+                new_process.add_done_callback(
+                    lambda done: self._tell_died(cells, died, channels, done)
+                )
+
+    @staticmethod
+    def _tell_died(
+        cells: list[_Cell],
+        state: str,
+        channels: KernelChannels | None = None,
+        new_process: asyncio.Future | None = None,
+    ) -> None:
+        if new_process is not None and channels is not None:
+            if new_process.cancelled() or not (new_process.result() or channels.is_open):
+                return
+        for running in cells:
+            running.messages.put_nowait((_DIED, _DIED, {"state": state}))
 
     def _lost(self, reason: str) -> None:
         self._closed_reason = reason

@@ -210,21 +210,33 @@ class KernelChannels:
             await self.close()
             raise
 
-    def renudge(self, ended_session: str | None = None) -> None:
+    @property
+    def is_open(self) -> bool:
+        """Whether the socket is still open (it may close before its reader's callback)."""
+        return self._reader is not None and not self._reader.done() and not self._closing
+
+    def renudge(self, ended_session: str | None = None) -> asyncio.Future:
         """The remote kernel process was restarted under us: hold what the front end sends
         until the new process answers a nudge on IOPub (what is sent to a kernel that is not
         up yet is lost, and its new IOPub subscription is not live at once either).
         ``ended_session``: the ending process's session id, when it may still answer a nudge
-        (a restart asked of it): its answers do not count."""
+        (a restart asked of it): its answers do not count.
+
+        The returned future is True once a new process answered, False when none did (the
+        socket closed: the sandbox may be gone; or none answered in time); cancelled by
+        :meth:`close`."""
         self._ended_session = ended_session.encode() if ended_session else None
         self._iopub_live.clear()
         self._renudging = asyncio.ensure_future(self._renudge())
+        return self._renudging
 
-    async def _renudge(self) -> None:
+    async def _renudge(self) -> bool:
         try:
             await self._wait_for_iopub()
+            return True
         except KernelChannelsError as exc:
             self._log.warning("the restarted remote kernel: %s", exc)
+            return False
         finally:  # never hold the front end for ever: a failure shows in its next request
             self._set_live()
 

@@ -257,11 +257,26 @@ class JupyterForwarder:
         self._orphans |= {msg_id for msg_id in self._routes if msg_id not in self._started}
         self._started.clear()
         self._died_state = state
-        self._on_died(state, [self._routes.pop(msg_id) for msg_id in started])
-        self.channels.renudge(ended_session if state == "restarted" else None)
+        new_process = self.channels.renudge(ended_session if state == "restarted" else None)
+        new_process.add_done_callback(lambda done: self._answer_started(started, done))
         # The new process starts without python3's colours again; our request for them is
         # written before anything not yet sent, so its reply comes after the orphans'.
         self._orphans_wait_for = self._run_hidden(PYTHON3_COLOURS)
+
+    def _answer_started(self, msg_ids: list[str], new_process: asyncio.Future) -> None:
+        """Answer the requests a dead process had started, once it is known why it died.
+
+        A killed sandbox takes its kernel down a moment before its Jupyter Server, which may
+        still report the death: only a new process answering proves the sandbox outlived it
+        (``KernelDied``). When the socket closed instead, the loss answers them
+        (``SandboxLost`` when the sandbox is gone)."""
+        if new_process.cancelled():
+            return
+        if not new_process.result() and not self.channels.is_open:
+            return
+        routes = [self._routes.pop(msg_id) for msg_id in msg_ids if msg_id in self._routes]
+        if routes:
+            self._on_died(self._died_state, routes)
 
     def _answer_orphans(self) -> None:
         orphans, self._orphans = self._orphans, set()

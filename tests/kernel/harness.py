@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -110,21 +111,43 @@ class Kernel:
         assert len(results) == 1, outputs
         return str(results[0].content["data"]["text/plain"])
 
+    def wait_for_kernel_status(self, state: str, timeout: float = 60) -> None:
+        """Block until a status that answers no request (the Jupyter Server's own notice about
+        the kernel process, as ``restarting``) says ``state``."""
+        self._wait_for_iopub(
+            lambda msg: (
+                msg["msg_type"] == "status"
+                and not msg["parent_header"]
+                and msg["content"]["execution_state"] == state
+            ),
+            timeout,
+            f"no {state!r} status",
+        )
+
     def wait_for_stream(self, msg_id: str, text: str, timeout: float = 60) -> None:
         """Block until a stream output of ``msg_id`` contains ``text``."""
+        self._wait_for_iopub(
+            lambda msg: (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "stream"
+                and text in msg["content"]["text"]
+            ),
+            timeout,
+            f"{text!r} was not printed",
+        )
+
+    def _wait_for_iopub(
+        self, wanted: Callable[[dict[str, Any]], bool], timeout: float, missing: str
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 msg = self.kc.get_iopub_msg(timeout=0.5)
             except Empty:
                 continue
-            if (
-                msg["parent_header"].get("msg_id") == msg_id
-                and msg["msg_type"] == "stream"
-                and text in msg["content"]["text"]
-            ):
+            if wanted(msg):
                 return
-        raise TimeoutError(f"{text!r} was not printed within {timeout} s")
+        raise TimeoutError(f"{missing} within {timeout} s")
 
     def banner(self) -> str:
         return str(self.kc.kernel_info(reply=True, timeout=60)["content"]["banner"])

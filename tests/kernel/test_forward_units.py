@@ -171,6 +171,8 @@ def test_requests_the_dead_process_had_not_started_wait_for_a_new_one(sockets, s
         if state == "dead":
             assert died == [(state, [running_id, queued_id])]
             return died
+        assert died == []  # not yet known: the sandbox may be going too
+        await _new_process_answers_a_nudge(relay, session)
         assert died == [(state, [running_id])]
         hidden = {"msg_id": relay._orphans_wait_for}
         ours = session.msg("execute_reply", {"status": "ok"}, parent=hidden)
@@ -178,5 +180,45 @@ def test_requests_the_dead_process_had_not_started_wait_for_a_new_one(sockets, s
         assert died == [(state, [running_id]), (state, [queued_id])]
         await relay.close()
         return died
+
+    asyncio.run(scenario())
+
+
+async def _new_process_answers_a_nudge(relay: JupyterForwarder, session: Session) -> None:
+    channels = relay.channels
+    while not channels._nudges:  # the renudge task queues its first nudge when it runs
+        await asyncio.sleep(0)
+    nudge = json.loads(channels._nudges[0][0])
+    answer = session.msg("status", {"execution_state": "busy"}, parent={"header": nudge})
+    assert channels._is_nudge_answer("iopub", _parts(session, answer))
+    assert channels._renudging is not None
+    assert await channels._renudging is True
+    await asyncio.sleep(0)  # the future's done callbacks run in the loop's next turn
+
+
+def test_a_cell_whose_sandbox_goes_right_after_its_kernel_is_left_to_the_loss(sockets) -> None:
+    """A killed sandbox's kernel may die a moment before its Jupyter Server, which then still
+    reports the death: the running cell is not answered KernelDied then, since no new process
+    proves the sandbox lives; the socket's close hands it to the loss (SandboxLost)."""
+    shell, _front, iopub = sockets
+
+    async def scenario() -> None:
+        session = Session(key=b"k")
+        died: list[str] = []
+        relay = _forwarder(session, iopub, on_died=lambda state, _routes: died.append(state))
+        running = session.msg("execute_request", {"code": "import time; time.sleep(100)"})
+        relay.forward("shell", [b"front"], shell, _parts(session, running))
+        relay._from_remote("iopub", _status(session, "busy", running))
+        closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        closed.set_result(None)
+        relay.channels._reader = closed  # type: ignore[assignment]  # the socket has closed
+        relay._from_remote("iopub", _status(session, "restarting"))
+        assert relay.channels._renudging is not None
+        assert await relay.channels._renudging is False
+        await asyncio.sleep(0)  # the future's done callbacks run in the loop's next turn
+        assert died == []
+        pending = relay.take_pending()
+        assert [route.header["msg_id"] for route in pending] == [running["header"]["msg_id"]]
+        await relay.close()
 
     asyncio.run(scenario())

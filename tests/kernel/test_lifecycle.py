@@ -159,6 +159,26 @@ def test_sandbox_killed_during_a_cell(
     assert_new_sandbox_said_once(kernel)
 
 
+@pytest.mark.parametrize("transport", ["jupyter"], indirect=True)
+def test_a_sandbox_killed_right_after_its_kernel_died_is_lost_not_a_dead_kernel(
+    start_kernel: StartKernel, local_service: RunningService, transport: str
+) -> None:
+    """A killed sandbox's kernel may die a moment before its Jupyter Server, which then still
+    reports the death ('restarting'): the cell must end as lost with its sandbox, not as
+    KernelDied with a new sandbox unannounced (seen once in CI). Here the kernel dies first
+    for sure, and the sandbox is killed once the server has said so."""
+    kernel, tag = start_tagged_kernel(start_kernel, local_service, transport)
+    kernel.run("lost_value = 1")
+    (sandbox_id,) = sandboxes.running_ids(local_service, tag)
+    msg_id = kernel.send("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    kernel.wait_for_kernel_status("restarting")
+    sandboxes.kill(local_service, sandbox_id)
+    reply, outputs = kernel.collect(msg_id, timeout=60)
+    assert reply["status"] == "error"
+    assert reply["ename"] == "SandboxLost", outputs
+    assert_new_sandbox_said_once(kernel)
+
+
 @ON_BOTH_TRANSPORTS
 def test_sandbox_expiry_between_cells(
     start_kernel: StartKernel, local_service: RunningService, transport: str

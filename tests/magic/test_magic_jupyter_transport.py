@@ -51,9 +51,11 @@ class Magic:
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
             messages.append(msg)
-        reply = self.kc.get_shell_msg(timeout=TIMEOUT)
-        assert reply["parent_header"]["msg_id"] == msg_id
-        return reply["content"], messages
+        while True:  # under load wait_for_ready asks again each second: stale replies queue
+            reply = self.kc.get_shell_msg(timeout=TIMEOUT)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"], messages
+            assert reply["msg_type"] == "kernel_info_reply", reply
 
     def run(self, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return self.collect(self.send(code))
