@@ -27,7 +27,7 @@ lint: $(TEST_STAMP)
 	$(PY) -m mypy
 
 test: lint
-	$(PY) -m pytest -n 2 tests --ignore=tests/notebooks
+	$(PY) -m pytest -n 2 --durations=25 tests --ignore=tests/notebooks
 	# Alone, so that its "no sandbox left" check sees only the sandboxes of its own nbval run.
 	$(PY) -m pytest tests/notebooks
 
