@@ -11,7 +11,7 @@ import secrets
 import shutil
 import stat
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -209,6 +209,7 @@ class Kernel:
         client = _PinnedKernelClient(urls)
         client.load_connection_info(cast(KernelConnectionInfo, info))
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        client.iopub_channel.routed = self._routed_ids
         self.client = client
         self._spawn_task(self._read_iopub())
         self._spawn_task(self._read_replies(lambda: client.shell_channel.get_msg()))
@@ -321,6 +322,9 @@ class Kernel:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(ROUTE_QUEUE_SIZE)
         self._routes[msg_id] = queue
         return queue
+
+    def _routed_ids(self) -> Iterable[bytes]:
+        return [msg_id.encode() for msg_id in self._routes]
 
     def untrack(self, msg_id: str) -> None:
         self._routes.pop(msg_id, None)
@@ -494,12 +498,17 @@ class _BoundedChannel(AsyncZMQSocketChannel):
         while True:
             frames = await self.socket.recv_multipart(copy=False)
             _, parts = self.session.feed_identities(frames, copy=False)
+            if not self._wanted(parts):
+                continue
             size = sum(len(part) for part in parts)
             if size <= MAX_MESSAGE_BYTES and len(parts) <= _MAX_FRAMES:
                 return self.session.deserialize(parts, copy=False)
             addressed = _header_and_parent(parts, size)
             if addressed is not None:
                 return self._in_place_of(*addressed, size)
+
+    def _wanted(self, parts: list[Any]) -> bool:
+        return True
 
     def _in_place_of(self, header: dict, parent: dict, size: int) -> dict[str, Any]:
         """A reply of the same type saying the kernel's was too large."""
@@ -514,6 +523,19 @@ class _BoundedChannel(AsyncZMQSocketChannel):
 
 
 class _BoundedIOPubChannel(_BoundedChannel):
+    """IOPub carries every client's messages: with the jupyter transport the notebook's cells
+    run in this very kernel, and decoding all of theirs cost the service more CPU per cell
+    than relaying them. Only messages whose parent header names a request in ``routed`` (a
+    byte search, no parsing) are decoded."""
+
+    routed: Callable[[], Iterable[bytes]] = staticmethod(lambda: ())  # set by Kernel.start
+
+    def _wanted(self, parts: list[Any]) -> bool:
+        if len(parts) < 3:
+            return True  # malformed: deserialize says so
+        parent = parts[2].bytes if hasattr(parts[2], "bytes") else bytes(parts[2])
+        return any(msg_id in parent for msg_id in self.routed())
+
     def _in_place_of(self, header: dict, parent: dict, size: int) -> dict[str, Any]:
         """A stderr stream for the message's cell."""
         text = f"[{_too_large(size)}; print and display send theirs in smaller pieces]\n"
