@@ -172,3 +172,27 @@ def test_the_kernel_list_answers_while_kernels_start(
             thread.join()
     assert polls > 0
     assert failures == []
+
+
+def test_the_kernel_list_shows_each_kernels_activity(
+    sandbox: Sandbox, jupyter: httpx.Client
+) -> None:
+    """``execution_state`` and ``last_activity``, as jupyter_server keeps them from the
+    kernel's IOPub (here with a cheaper watch of its own: sandbox/jupyter_activity.py): busy
+    while a cell runs, whoever runs it, idle after, and the activity time moves on."""
+    (context,) = [c for c in sandbox.list_code_contexts() if c.language == "python"][:1]
+
+    def listed() -> dict[str, Any]:
+        kernels = {kernel["id"]: kernel for kernel in jupyter.get("/api/kernels").json()}
+        return dict(kernels[context.id])
+
+    wait_for(lambda: listed()["execution_state"] == "idle", 30, "an idle kernel")
+    before = listed()["last_activity"]
+    cell = threading.Thread(target=sandbox.run_code, args=("import time; time.sleep(4)",))
+    cell.start()
+    try:
+        wait_for(lambda: listed()["execution_state"] == "busy", 30, "a busy kernel")
+    finally:
+        cell.join()
+    wait_for(lambda: listed()["execution_state"] == "idle", 30, "an idle kernel again")
+    assert listed()["last_activity"] > before  # ISO 8601 in UTC: ordered as text

@@ -63,6 +63,11 @@ _SERVER_MAIN = (
 PROVISIONER_NAME = "e2b-prestarted"
 _PROVISIONER_MODULE = "e2b_prestarted_provisioner"
 _PROVISIONER_SOURCE = Path(__file__).with_name("jupyter_provisioner.py")
+# The server's kernel manager with a cheaper activity watch (see jupyter_activity.py); a module
+# beside the provisioner.
+_KERNEL_MANAGER_MODULE = "e2b_quick_activity"
+_KERNEL_MANAGER_SOURCE = Path(__file__).with_name("jupyter_activity.py")
+KERNEL_MANAGER_CLASS = f"{_KERNEL_MANAGER_MODULE}.QuickActivityKernelManager"
 
 
 class JupyterUnavailable(RuntimeError):
@@ -100,6 +105,7 @@ class JupyterServer:
             # Reached through the proxy with the caller's Host (e.g. 8888-<id>.localhost).
             "--ServerApp.allow_remote_access=True",
             "--KernelManager.transport=ipc",
+            f"--ServerApp.kernel_manager_class={KERNEL_MANAGER_CLASS}",
             "--FileContentsManager.delete_to_trash=False",
             # As E2B's template: heavy output must not be cut by the server's rate limit.
             "--ServerApp.iopub_data_rate_limit=1000000000",
@@ -215,6 +221,8 @@ class JupyterServer:
         root = self.sandbox.kernelspec_dir
         module = root / f"{_PROVISIONER_MODULE}.py"
         shutil.copyfile(_PROVISIONER_SOURCE, module)
+        manager = root / f"{_KERNEL_MANAGER_MODULE}.py"
+        shutil.copyfile(_KERNEL_MANAGER_SOURCE, manager)
         info = root / f"{_PROVISIONER_MODULE}-1.0.dist-info"
         info.mkdir(exist_ok=True)
         (info / "METADATA").write_text(
@@ -224,7 +232,7 @@ class JupyterServer:
             "[jupyter_client.kernel_provisioners]\n"
             f"{PROVISIONER_NAME} = {_PROVISIONER_MODULE}:PrestartedProvisioner\n"
         )
-        for path in (module, info / "METADATA", info / "entry_points.txt"):
+        for path in (module, manager, info / "METADATA", info / "entry_points.txt"):
             path.chmod(0o644)
         info.chmod(0o755)
 
