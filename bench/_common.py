@@ -37,6 +37,22 @@ def tree_cpu_seconds(pid: int) -> tuple[float, int]:
     return total, count
 
 
+def cpu_by_process(pid: int) -> dict[int, tuple[float, list[str]]]:
+    """CPU seconds (user + system) used so far by a process and each live descendant, with
+    its command line, by pid."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found: dict[int, tuple[float, list[str]]] = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            found[process.pid] = (times.user + times.system, process.cmdline())
+        except psutil.Error:
+            continue  # gone meanwhile
+    return found
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory (VmHWM) of a live process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

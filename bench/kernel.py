@@ -5,6 +5,8 @@ Server; ``execute``: E2B's /execute), each against ``python3``. Prints, measured
 - median round trip of a trivial cell on ``e2b-python`` against ``python3`` (target on the
   ``jupyter`` transport <= 1.3x, on ``execute`` <= 2x);
 - that round trip minus a raw ``run_code`` on the same kind of sandbox (our overhead, <= 2 ms);
+- CPU per trivial cell of each process a cell passes through (where the round trip's work
+  goes; summed and divided by the cores, a floor under the round trip on this machine);
 - latency from ``print`` in the sandbox to the ``stream`` message;
 - kernel start to first cell result, against ``python3`` (target <= 1.2x; reported as
   measured, never asserted): with the default private service, which starts with the kernel,
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     FIFTY_MB_CODE,
+    cpu_by_process,
     median_seconds,
     ms,
     peak_rss_mib,
@@ -80,6 +83,34 @@ def first_completion(client) -> float:
     reply = client.complete("ke", 2, reply=True, timeout=120)
     assert "kept" in reply["content"]["matches"], reply["content"]
     return time.perf_counter() - began
+
+
+# What each process of a kernel's tree is, from its command line (first match wins).
+_ROLES = (
+    ("IPKernelApp", "sandbox kernel"),
+    ("jupyter_server", "sandbox Jupyter Server"),
+    ("--listen-fd", "sandbox agent"),
+    ("ipykernel_launcher", "python3 kernel"),
+    ("-m e2b_kernel -f", "e2b-python kernel"),
+    ("e2b_kernel.local", "local service"),
+)
+
+
+def cpu_per_cell(client, pid: int, cells: int = 100) -> list[tuple[str, float]]:
+    """CPU milliseconds per trivial cell of each process of the kernel's tree (the kernel, a
+    private service, its sandbox's agent, Jupyter Server and kernel), over ``cells`` cells:
+    where a round trip's work goes, and, summed, a floor on it for this machine's cores."""
+    before = cpu_by_process(pid)
+    for _ in range(cells):
+        client.execute_interactive(TRIVIAL, timeout=60, output_hook=quiet)
+    after = cpu_by_process(pid)
+    shares: dict[str, float] = {}
+    for process, (seconds, argv) in after.items():
+        used = seconds - before.get(process, (0.0, argv))[0]
+        line = " ".join(argv)
+        role = next((name for mark, name in _ROLES if mark in line), "other")
+        shares[role] = shares.get(role, 0.0) + used * 1000 / cells
+    return sorted(shares.items(), key=lambda item: -item[1])
 
 
 def print_latency(client, samples: int = 20) -> float:
@@ -210,6 +241,7 @@ def main() -> None:
     os.environ.pop("E2B_API_KEY", None)
     os.environ["E2B_KERNEL_BACKEND"] = "local"
     results = {}
+    cpu_shares: dict[str, list[tuple[str, float]]] = {}
     runs = {"python3": ("python3", None)}
     runs |= {f"e2b-python/{t}": ("e2b-python", t) for t in ("jupyter", "execute")}
     for label, (name, transport) in runs.items():
@@ -221,12 +253,14 @@ def main() -> None:
                 50,
                 3,
             )
-            latency = print_latency(client)
             pid = manager.provisioner.process.pid  # type: ignore[union-attr]
+            cpu = cpu_per_cell(client, pid)
+            latency = print_latency(client)
             stream = stream_50mb(client, pid)
         finally:
             stop(manager, client)
         results[label] = (first, rt, latency, stream, completion)
+        cpu_shares[label] = cpu
     raw = asyncio.run(raw_run_code_round_trip(50))
     starts = start_rounds()
 
@@ -244,6 +278,11 @@ def main() -> None:
             f"ratio {e2b[1] / py[1]:.2f}x (target {target})"
         )
         print(f"print -> stream message latency: e2b-python {ms(e2b[2])}, python3 {ms(py[2])}")
+    print(f"--- CPU per trivial cell, by process (ms; {os.cpu_count()} cores)")
+    for label, shares in cpu_shares.items():
+        total = sum(used for _, used in shares)
+        parts = ", ".join(f"{role} {used:.2f}" for role, used in shares if used >= 0.05)
+        print(f"{label}: {total:.2f} in all: {parts}")
     py_start = starts["python3"][0]
     print(f"--- kernel start -> first result (medians of {START_ROUNDS} alternating rounds)")
     for kind, what in (
