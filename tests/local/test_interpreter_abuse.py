@@ -245,3 +245,65 @@ def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_co
         assert sbx.run_code("40 + 2").text == "42"  # and the sandbox goes on
     finally:
         service.stop()
+
+
+FAKE_JUPYTER_SERVER = r"""
+import os, socket, time
+for pid in os.listdir("/proc"):  # end the sandbox's Jupyter Server: it runs as this user
+    try:
+        if b"jupyter_server" in open(f"/proc/{pid}/cmdline", "rb").read():
+            os.kill(int(pid), 9)
+    except (OSError, ValueError):
+        pass
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+for _ in range(100):
+    try:
+        server.bind(("127.0.0.1", 8888))
+        break
+    except OSError:
+        time.sleep(0.1)
+server.listen(16)
+open("/tmp/fake-listening", "w").close()
+spaces = b" " * (1 << 20)  # JSON whitespace: costs this sandbox one MiB, whatever it sends
+while True:
+    client, _ = server.accept()
+    client.recv(65536)
+    try:
+        client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (1 << 40))
+        while True:
+            client.sendall(spaces)
+    except OSError:
+        client.close()
+"""
+
+
+def test_a_fake_jupyter_server_cannot_fill_the_services_memory() -> None:
+    """Sandbox code can end its own Jupyter Server and listen on port 8888 itself; the service
+    asks that port about the context's kernel when the next cell finds it dead. It read the
+    answer whole, with no bound and no deadline: an endless answer grew the service until
+    the host ran out. Now the cell fails after a few MiB and says why. A service of its own:
+    its peak memory says what the answer cost."""
+    service = start_subprocess(pool_size=0)
+    try:
+        sbx = Sandbox.create(timeout=300, **sdk_options(service))
+        sbx.run_code("1")  # the default context exists: the next cells only check its kernel
+        sbx.files.write("/tmp/fake.py", FAKE_JUPYTER_SERVER)
+        sbx.commands.run("setsid nohup python3 /tmp/fake.py >/dev/null 2>&1 &")
+        deadline = time.monotonic() + 30
+        while not sbx.files.exists("/tmp/fake-listening"):
+            assert time.monotonic() < deadline, "the fake server did not listen"
+            time.sleep(0.1)  # polled: a file in the sandbox
+        sbx.run_code("import os; os._exit(1)")  # the next cell asks port 8888 about it
+        before = _peak_rss(service.pid)
+        started = time.monotonic()
+        execution = sbx.run_code("print('next')", timeout=120)
+        took = time.monotonic() - started
+        grew = _peak_rss(service.pid) - before
+        assert grew < 64 << 20, f"the service grew by {grew >> 20} MiB"
+        assert execution.error is not None and execution.logs.stdout == []
+        assert "port 8888 answered" in execution.error.value, execution.error
+        assert took < 60, f"the cell took {took:.0f} s"
+        sbx.kill()
+    finally:
+        service.stop()

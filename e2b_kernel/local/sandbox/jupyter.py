@@ -70,6 +70,12 @@ _KERNEL_MANAGER_SOURCE = Path(__file__).with_name("jupyter_activity.py")
 KERNEL_MANAGER_CLASS = f"{_KERNEL_MANAGER_MODULE}.QuickActivityKernelManager"
 
 
+# Bounds on one REST answer from port 8888 (see JupyterServer.request): the real server's
+# are a few KiB (a kernel list, a session) and come in milliseconds.
+_MAX_ANSWER = 4 << 20
+_ANSWER_TIMEOUT = 30.0
+
+
 class JupyterUnavailable(RuntimeError):
     """The sandbox's Jupyter Server exited or did not come up in time."""
 
@@ -191,7 +197,25 @@ class JupyterServer:
             return
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """One REST call through the agent's tunnel; (status, parsed JSON or None)."""
+        """One REST call through the agent's tunnel; (status, parsed JSON or None).
+
+        Whatever listens on port 8888 answers, and sandbox code can end the real server and
+        listen there itself: an answer over ``_MAX_ANSWER`` bytes, one that takes over
+        ``_ANSWER_TIMEOUT`` seconds, or one that is not JSON raises ``ConnectionError``
+        instead of filling the service's memory or holding the caller for ever."""
+        try:
+            return await asyncio.wait_for(self._request(method, path, body), _ANSWER_TIMEOUT)
+        except h11.RemoteProtocolError as exc:
+            raise ConnectionError(
+                f"port {JUPYTER_PORT} answered {method} {path} with broken HTTP ({exc})"
+            ) from None
+        except asyncio.TimeoutError:
+            raise ConnectionError(
+                f"port {JUPYTER_PORT} did not answer {method} {path} within "
+                f"{_ANSWER_TIMEOUT:.0f} s"
+            ) from None
+
+    async def _request(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         stream = await self.sandbox.agent.call("connect", port=JUPYTER_PORT)
         async with stream:
             conn = h11.Connection(h11.CLIENT)
@@ -210,9 +234,21 @@ class JupyterServer:
                     status = event.status_code
                 elif isinstance(event, h11.Data):
                     payload += event.data
+                    if len(payload) > _MAX_ANSWER:
+                        raise ConnectionError(
+                            f"port {JUPYTER_PORT} answered {method} {path} with over "
+                            f"{_MAX_ANSWER >> 20} MiB; the Jupyter Server's answers are small"
+                        )
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
-        return status, json.loads(payload) if payload.strip() else None
+        if not payload.strip():
+            return status, None
+        try:
+            return status, json.loads(payload)
+        except (ValueError, RecursionError):
+            raise ConnectionError(
+                f"port {JUPYTER_PORT} answered {method} {path} with something that is not JSON"
+            ) from None
 
     def _install_provisioner(self) -> None:
         """The provisioner module and a dist-info naming it as a ``jupyter_client`` entry point,
