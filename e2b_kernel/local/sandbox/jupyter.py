@@ -211,8 +211,7 @@ class JupyterServer:
             ) from None
         except asyncio.TimeoutError:
             raise ConnectionError(
-                f"port {JUPYTER_PORT} did not answer {method} {path} within "
-                f"{_ANSWER_TIMEOUT:.0f} s"
+                f"port {JUPYTER_PORT} did not answer {method} {path} within {_ANSWER_TIMEOUT:.0f} s"
             ) from None
 
     async def _request(self, method: str, path: str, body: Any) -> tuple[int, Any]:
