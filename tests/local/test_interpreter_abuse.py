@@ -224,8 +224,9 @@ print("after")
 
 def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_copy() -> None:
     """print comes in 1 MiB pieces, but code can send one message of any size through its
-    kernel's session; the service (shared by every sandbox, in no cgroup) must not decode it.
-    A service of its own: its peak memory says what this message cost."""
+    kernel's session; the service (shared by every sandbox, in no cgroup) must neither decode
+    nor even hold it: the kernel's bridge (in the sandbox's cgroup) takes it in and passes on a
+    short notice. A service of its own: its peak memory says what this message cost it."""
     service = start_subprocess(pool_size=0)
     try:
         sbx = Sandbox.create(timeout=120, **sdk_options(service))
@@ -236,13 +237,51 @@ def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_co
         assert execution.error is None, execution.error
         assert execution.logs.stdout == ["after\n"]
         assert "a kernel message of 200 MiB was dropped" in "".join(execution.logs.stderr)
-        # Decoded and encoded again, it took about five times its size.
-        assert grew < 2 * (200 << 20), f"the service grew by {grew >> 20} MiB"
+        # Decoded and encoded again, it took five times its size; held whole, once (199 MiB).
+        assert grew < 48 << 20, f"the service grew by {grew >> 20} MiB"
         # A reply IPython fills (a pager payload) is bounded too: the cell fails and says so.
         paged = sbx.run_code("from IPython.core import page\npage.page('x' * (100 << 20))")
         assert paged.error is not None and paged.error.name == "MessageTooLarge"
-        assert _peak_rss(service.pid) - before < 2 * (200 << 20)
+        assert _peak_rss(service.pid) - before < 48 << 20
         assert sbx.run_code("40 + 2").text == "42"  # and the sandbox goes on
+    finally:
+        service.stop()
+
+
+FREE_FLOOD = """
+import mmap
+# Untouched anonymous memory: the zero page, which costs this sandbox nothing to send.
+free = memoryview(mmap.mmap(-1, 1 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+kernel = get_ipython().kernel
+kernel.session.send(
+    kernel.iopub_socket, "stream", {"name": "stdout", "text": ""},
+    parent=kernel.get_parent("shell"), buffers=[free, free],
+)
+import time
+time.sleep(15)
+print("after")
+"""
+
+
+def test_a_message_bigger_than_the_sandbox_costs_the_sandbox_not_the_service() -> None:
+    """libzmq takes in a whole multipart message before it hands any of it over, and its
+    size limit is per part: 2 GiB from untouched memory, free for the sandbox, made the service
+    hold 2 GiB (8 GiB took 8 GiB; the host's memory was the only limit). Now the kernel's
+    bridge takes it in, charged to the sandbox's 512 MiB, and dies there (as the sandbox's own
+    Jupyter Server may, which takes in every IOPub message too: that is the sandbox's loss);
+    the cell ends with an error, the service hardly grows, and another sandbox is untouched."""
+    service = start_subprocess(pool_size=0, memory_mb=512)
+    try:
+        flooder, other = (Sandbox.create(timeout=120, **sdk_options(service)) for _ in range(2))
+        for sbx in (flooder, other):  # kernels and bridges up: their memory is in the baseline
+            sbx.run_code("1")
+        before = _peak_rss(service.pid)
+        execution = flooder.run_code(FREE_FLOOD, timeout=120)
+        grew = _peak_rss(service.pid) - before
+        assert grew < 48 << 20, f"the service grew by {grew >> 20} MiB"
+        assert execution.error is not None, execution
+        assert execution.logs.stdout == []
+        assert other.run_code("40 + 2").text == "42"
     finally:
         service.stop()
 

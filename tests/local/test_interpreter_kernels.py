@@ -46,6 +46,21 @@ class HostSandbox:
             start_new_session=True,
         )
 
+    async def start_beside(
+        self, argv: list[str], pass_fds: tuple[int, ...]
+    ) -> tuple[asyncio.subprocess.Process, Path, int]:
+        folder = self.socket_dir / "beside"
+        folder.mkdir(exist_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            pass_fds=pass_fds,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        return process, folder, -1
+
 
 @pytest.mark.timeout(120)
 def test_a_request_aborted_by_stop_on_error_ends_with_execution_aborted(tmp_path: Path) -> None:

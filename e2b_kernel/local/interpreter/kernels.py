@@ -10,16 +10,21 @@ import os
 import secrets
 import shutil
 import stat
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import zmq
+import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.connect import KernelConnectionInfo
 from traitlets import Type
+
+from . import kernel_bridge
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +33,6 @@ STARTUP_DIR = Path(__file__).parent / "kernel_startup"
 READY_TIMEOUT = 90.0
 # Messages queued per tracked request before the iopub reader stops reading (backpressure).
 ROUTE_QUEUE_SIZE = 16
-# The largest kernel message the service decodes (see _BoundedChannel).
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_MAX_HEADER_BYTES = 64 * 1024
-_MAX_FRAMES = 1024  # parts of one message (widget buffers are a few)
 
 
 class SandboxProcess(Protocol):
@@ -73,6 +74,10 @@ class SandboxLike(Protocol):
         stdout: int | None = ...,
         stderr: int | None = ...,
     ) -> SandboxProcess: ...
+
+    async def start_beside(
+        self, argv: list[str], pass_fds: tuple[int, ...]
+    ) -> tuple[asyncio.subprocess.Process, Path, int]: ...
 
 
 class KernelStartError(RuntimeError):
@@ -149,6 +154,8 @@ class Kernel:
         self.may_abort = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stderr_tail: deque[bytes] = deque(maxlen=40)
+        self._bridge: asyncio.subprocess.Process | None = None  # see kernel_bridge.py
+        self._stopping = False
 
     @property
     def connection_file(self) -> Path:
@@ -202,7 +209,7 @@ class Kernel:
         info = await self._launch(cwd)
         self._spawn_task(self._watch_process())
         try:
-            urls = await self._socket_urls()
+            urls = await self._start_bridge(await self._socket_urls(), info["key"])
         except BaseException:
             await self.stop(polite=False)
             raise
@@ -276,6 +283,61 @@ class Kernel:
 
     def _spawn_task(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
+
+    async def _start_bridge(self, kernel_urls: dict[str, str], key: str) -> dict[str, str]:
+        """Start the kernel's bridge (kernel_bridge.py), the only peer of its sockets; the
+        URLs the service's own sockets connect to instead, by channel."""
+        bridge, folder, uid = await self.sandbox.start_beside(
+            [sys.executable, "-I", str(_BRIDGE_PROGRAM)], tuple(self._socket_fds)
+        )
+        self._bridge = bridge
+        assert bridge.stdin is not None and bridge.stdout is not None
+        ours = {channel: f"ipc://{folder}/{self.prefix}-{channel}" for channel in _CHANNEL_PORTS}
+        config = {
+            "kernel": {channel: kernel_urls[channel] for channel in _BRIDGED},
+            "service": {channel: ours[channel] for channel in _BRIDGED},
+            "key": key,
+            "uid": uid,
+            "gid": uid,
+        }
+        bridge.stdin.write(json.dumps(config).encode() + b"\n")
+        if bridge.stderr is not None:
+            self._spawn_task(self._drain(bridge.stderr))
+        try:
+            answer = await asyncio.wait_for(bridge.stdout.readline(), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            answer = b""
+        if answer.strip() != b"ready":
+            raise KernelStartError(
+                f"the kernel's bridge did not start: {self.diagnostics() or 'no reason given'}"
+            )
+        self._spawn_task(self._watch_bridge(bridge))
+        return ours
+
+    async def _watch_bridge(self, bridge: asyncio.subprocess.Process) -> None:
+        """The bridge ended (killed at the sandbox's memory limit by what the kernel sent,
+        say): the kernel cannot be reached any more, so it goes, and its cells end as the
+        kernel's death ends them."""
+        code = await bridge.wait()
+        if self._stopping or self.died.is_set():
+            return
+        log.warning("kernel %s: its bridge exited (%s); killing the kernel", self.prefix, code)
+        if self.process is not None:
+            self._kill_process_group(self.process)
+        self.died.set()
+
+    async def _stop_bridge(self) -> None:
+        bridge, self._bridge = self._bridge, None
+        if bridge is None:
+            return
+        if bridge.stdin is not None:
+            bridge.stdin.close()  # its signal to end
+        try:
+            await asyncio.wait_for(bridge.wait(), 2.0)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                bridge.kill()
+            await bridge.wait()
 
     async def _watch_process(self) -> None:
         # Only the process exit counts: a child the user left running may keep the pipe open.
@@ -425,6 +487,7 @@ class Kernel:
 
     async def stop(self, *, polite: bool = True) -> None:
         """Ask the kernel to shut down, then kill the process if it lingers."""
+        self._stopping = True
         if polite and self.client is not None and not self.died.is_set():
             with contextlib.suppress(Exception):
                 msg = self.client.session.msg("shutdown_request", {"restart": False})
@@ -442,6 +505,7 @@ class Kernel:
         if self.client is not None:
             self.client.stop_channels()
             self.client = None
+        await self._stop_bridge()
         for future in self._replies.values():
             future.cancel()
         self._replies.clear()
@@ -468,6 +532,8 @@ class Kernel:
 
 # Every channel: stop_channels() touches stdin and hb too, which makes their sockets.
 _CHANNEL_PORTS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5}
+_BRIDGED = ("shell", "control", "iopub")  # the channels the service uses
+_BRIDGE_PROGRAM = Path(__file__).with_name("kernel_bridge.py")
 
 
 def _open_socket(directory: int, name: str) -> int | None:
@@ -483,15 +549,10 @@ def _open_socket(directory: int, name: str) -> int | None:
 
 
 class _BoundedChannel(AsyncZMQSocketChannel):
-    """A kernel channel that decodes no message over :data:`MAX_MESSAGE_BYTES` (or of more
-    than :data:`_MAX_FRAMES` parts).
-
-    What the kernel's own ``print`` sends comes in pieces of 1 MiB (``output_chunks.py``), but
-    code in a cell can send any message through its kernel's session, or make IPython put any
-    amount into a reply (a pager payload). Decoding one of hundreds of MiB cost the service
-    five times that memory and stalled it for every other sandbox for seconds; such a message
-    now costs one copy and becomes a short one that says so.
-    """
+    """A channel to the kernel's bridge, which passes on no message over
+    ``kernel_bridge.MAX_BYTES`` or ``MAX_PARTS`` (it sends a short one that says so instead:
+    print's pieces are 1 MiB, but code can send anything through its kernel's session, or make
+    IPython fill a reply). Should one come anyway, it is dropped here, never decoded."""
 
     async def _recv(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         assert self.socket is not None
@@ -501,32 +562,19 @@ class _BoundedChannel(AsyncZMQSocketChannel):
             if not self._wanted(parts):
                 continue
             size = sum(len(part) for part in parts)
-            if size <= MAX_MESSAGE_BYTES and len(parts) <= _MAX_FRAMES:
+            if size <= kernel_bridge.MAX_BYTES and len(parts) <= kernel_bridge.MAX_PARTS:
                 return self.session.deserialize(parts, copy=False)
-            addressed = _header_and_parent(parts, size)
-            if addressed is not None:
-                return self._in_place_of(*addressed, size)
+            log.warning("dropped an oversized kernel message (%d bytes)", size)
 
     def _wanted(self, parts: list[Any]) -> bool:
         return True
-
-    def _in_place_of(self, header: dict, parent: dict, size: int) -> dict[str, Any]:
-        """A reply of the same type saying the kernel's was too large."""
-        content = {
-            "status": "error",
-            "ename": "MessageTooLarge",
-            "evalue": _too_large(size),
-            "traceback": [],
-            "execution_count": 0,
-        }
-        return _message(header, parent, content)
 
 
 class _BoundedIOPubChannel(_BoundedChannel):
     """IOPub carries every client's messages: with the jupyter transport the notebook's cells
     run in this very kernel, and decoding all of theirs cost the service more CPU per cell
     than relaying them. Only messages whose parent header names a request in ``routed`` (a
-    byte search, no parsing) are decoded."""
+    byte search, no parsing) are decoded (the bridge already drops most of the others)."""
 
     routed: Callable[[], Iterable[bytes]] = staticmethod(lambda: ())  # set by Kernel.start
 
@@ -535,46 +583,6 @@ class _BoundedIOPubChannel(_BoundedChannel):
             return True  # malformed: deserialize says so
         parent = parts[2].bytes if hasattr(parts[2], "bytes") else bytes(parts[2])
         return any(msg_id in parent for msg_id in self.routed())
-
-    def _in_place_of(self, header: dict, parent: dict, size: int) -> dict[str, Any]:
-        """A stderr stream for the message's cell."""
-        text = f"[{_too_large(size)}; print and display send theirs in smaller pieces]\n"
-        header = {**header, "msg_type": "stream"}
-        return _message(header, parent, {"name": "stderr", "text": text})
-
-
-def _too_large(size: int) -> str:
-    return (
-        f"a kernel message of {size >> 20} MiB was dropped: the local E2B service passes on "
-        f"at most {MAX_MESSAGE_BYTES >> 20} MiB in one message"
-    )
-
-
-def _header_and_parent(parts: list[Any], size: int) -> tuple[dict, dict] | None:
-    """The (small) header and parent of an oversized message; None when there is no telling
-    where it belongs (then it is dropped unseen)."""
-    if len(parts) < 3 or len(parts[1]) > _MAX_HEADER_BYTES or len(parts[2]) > _MAX_HEADER_BYTES:
-        log.warning("dropped an oversized kernel message (%d bytes) without a header", size)
-        return None
-    try:
-        header, parent = json.loads(parts[1].bytes), json.loads(parts[2].bytes)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(header, dict) or not isinstance(parent, dict):
-        return None
-    return header, parent
-
-
-def _message(header: dict, parent: dict, content: dict) -> dict[str, Any]:
-    return {
-        "header": header,
-        "msg_id": header.get("msg_id"),
-        "msg_type": header.get("msg_type"),
-        "parent_header": parent,
-        "metadata": {},
-        "content": content,
-        "buffers": [],
-    }
 
 
 class _PinnedKernelClient(AsyncKernelClient):
@@ -590,6 +598,25 @@ class _PinnedKernelClient(AsyncKernelClient):
 
     def _make_url(self, channel: str) -> str:
         return self._pinned_urls[channel]
+
+    def _bridge_socket(self, channel: str, kind: int) -> zmq.asyncio.Socket:
+        """A socket to the kernel's bridge: it blocks when full rather than dropping (see
+        kernel_bridge.py), so only a few messages of bounded size ever wait here."""
+        sock = self.context.socket(kind)
+        sock.linger = 1000
+        sock.setsockopt(zmq.RCVHWM, kernel_bridge.HIGH_WATER)
+        sock.setsockopt(zmq.MAXMSGSIZE, kernel_bridge.MAX_BYTES)
+        sock.connect(self._make_url(channel))
+        return sock
+
+    def connect_shell(self, identity: bytes | None = None) -> zmq.asyncio.Socket:
+        return self._bridge_socket("shell", zmq.DEALER)
+
+    def connect_control(self, identity: bytes | None = None) -> zmq.asyncio.Socket:
+        return self._bridge_socket("control", zmq.DEALER)
+
+    def connect_iopub(self, identity: bytes | None = None) -> zmq.asyncio.Socket:
+        return self._bridge_socket("iopub", zmq.PAIR)
 
 
 def is_idle(msg: dict[str, Any]) -> bool:

@@ -108,6 +108,7 @@ class LocalSandbox:
         self._children: set[AgentProcess] = set()
         self._teardown: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._beside_dirs: list[Path] = []  # see start_beside
         # The Jupyter Server on port 8888 (sandbox/jupyter.py); None without isolation.
         self.jupyter: JupyterServer | None = None
         # Kernelspecs the service writes for that server (read-only inside, on JUPYTER_PATH).
@@ -188,6 +189,24 @@ class LocalSandbox:
                 self._network = await network.connect(self._init_pid)
                 if self.killed.is_set():  # killed meanwhile: its teardown missed this one
                     await self._network.close()
+
+    async def start_beside(
+        self, argv: list[str], pass_fds: tuple[int, ...]
+    ) -> tuple[asyncio.subprocess.Process, Path, int]:
+        """Start a host process that is charged to this sandbox: it joins the sandbox's
+        cgroups before it execs (its memory and pids count against the sandbox's limits, and
+        the sandbox's kill ends it), outside its namespaces. Returns it, a folder for its
+        sockets that only it and the service enter, and the host uid (and gid) it must drop
+        to: the sandbox user's, which owns the sockets the sandbox's kernels bind (-1 without
+        isolation). stdin, stdout and stderr are pipes."""
+        helper_uid = self._owner(1000)
+        folder = self._root.parent / f"{self.sandbox_id}.beside"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chown(folder, helper_uid, helper_uid)
+        if folder not in self._beside_dirs:
+            self._beside_dirs.append(folder)
+        process = await self._start_in_cgroups(argv, pass_fds, stdio=PIPE)
+        return process, folder, helper_uid
 
     def _owner(self, inside_uid: int) -> int:
         """The host uid of an inside uid (-1: leave as is, without isolation)."""
@@ -311,19 +330,26 @@ class LocalSandbox:
                 os.close(fd)
 
     async def _exec(self, argv: list[str], fds: tuple[int, ...]) -> asyncio.subprocess.Process:
-        proc = await start_process(
+        proc = await self._start_in_cgroups(argv, fds, stdio=DEVNULL)
+        assert proc.stderr is not None
+        self._watch(self._drain(proc.stderr))
+        return proc
+
+    async def _start_in_cgroups(
+        self, argv: list[str], fds: tuple[int, ...], *, stdio: int
+    ) -> asyncio.subprocess.Process:
+        """A host process that joins the sandbox's cgroups before it execs; ``stdio`` for its
+        stdin and stdout, a pipe for its stderr."""
+        return await start_process(
             *join_cgroups_argv(self.cgroups.procs_files(), argv),
             pass_fds=fds,
-            stdin=DEVNULL,
-            stdout=DEVNULL,
+            stdin=stdio,
+            stdout=stdio,
             stderr=PIPE,
             env={"PATH": _SYSTEM_PATH},
             cwd="/",
             start_new_session=True,
         )
-        assert proc.stderr is not None
-        self._watch(self._drain(proc.stderr))
-        return proc
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(4096):
@@ -468,6 +494,8 @@ class LocalSandbox:
         except OSError:
             log.exception("sandbox %s: its disk could not be unmounted", self.sandbox_id)
         shutil.rmtree(self._root, ignore_errors=True)
+        for folder in self._beside_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
         if self._uids is not None:
             self._uids.release()
         for task in list(self._tasks):

@@ -1,0 +1,227 @@
+"""The only peer of a sandbox kernel's sockets: a process between the kernel and the service.
+
+Why: libzmq takes in a whole multipart message before it hands any part of it over, and its
+``MAXMSGSIZE`` bounds a part, not a message. Code in a cell can send anything through its
+kernel's session, from untouched memory at no cost to its sandbox: one 8 GiB message made
+the service, shared by every sandbox and in no cgroup, hold 8 GiB. So the service no longer
+connects to a kernel. This bridge does, as a host process of its own that joins the
+sandbox's cgroups before it starts (its memory counts against the sandbox's limit: a flood
+ends the bridge or the kernel there, and the service sees the bridge go) and runs as the
+sandbox's unprivileged user, outside its namespaces (code inside cannot see or signal it).
+
+It passes on what comes from the service as it is, and from the kernel only a message of at
+most ``MAX_BYTES`` in ``MAX_PARTS`` parts; for a larger one it sends a short one in its place,
+signed with the kernel's key: an error reply of the same type, or for IOPub a stderr stream
+of the same cell, that says what was dropped. IOPub messages go on only when they belong to
+one of the service's last requests (the others are the notebook's, over port 8888, which
+the service never reads). Towards the service every socket blocks when full instead of
+dropping, with a small high-water mark, so what waits in the service is bounded too.
+
+Run as ``python -m e2b_kernel.local.interpreter.kernel_bridge`` (stdlib and pyzmq only),
+with one JSON line on stdin (see ``main``); it ends when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import os
+import select
+import sys
+from typing import Any
+
+import zmq
+
+MAX_BYTES = 64 << 20  # the largest kernel message passed on (all its parts)
+MAX_PARTS = 1024
+HIGH_WATER = 8  # messages queued towards the service, per socket
+_HEADER_BYTES = 64 << 10  # a header or parent header larger than this is not a real one
+_RECENT_REQUESTS = 64  # the service's requests whose IOPub messages are passed on
+_DELIMITER = b"<IDS|MSG>"
+_SEND_WAIT_MS = 1000  # then the bridge checks whether it should stop, and tries again
+
+
+def too_large_text(size: int) -> str:
+    return (
+        f"a kernel message of {size >> 20} MiB was dropped: the local E2B service passes on "
+        f"at most {MAX_BYTES >> 20} MiB in one message"
+    )
+
+
+class _Signer:
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+
+    def sign(self, parts: list[bytes]) -> bytes:
+        mac = self._mac.copy()
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest().encode()
+
+
+def _split(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Frame]] | None:
+    """Routing frames and the message's parts after the delimiter; None if there is none."""
+    for index, frame in enumerate(frames):
+        if len(frame) == len(_DELIMITER) and frame.bytes == _DELIMITER:
+            return [f.bytes for f in frames[:index]], frames[index + 1 :]
+    return None
+
+
+def in_place_of(
+    channel: str, frames: list[zmq.Frame], size: int, signer: _Signer
+) -> list[bytes] | None:
+    """A short message that says a message of ``size`` bytes was dropped; None when the
+    dropped one has no readable header (then nothing goes on)."""
+    split = _split(frames) if len(frames) <= MAX_PARTS + 8 else None
+    if split is None:
+        return None
+    idents, parts = split
+    if len(parts) < 3 or len(parts[1]) > _HEADER_BYTES or len(parts[2]) > _HEADER_BYTES:
+        return None
+    try:
+        header, parent = json.loads(parts[1].bytes), json.loads(parts[2].bytes)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict) or not isinstance(parent, dict):
+        return None
+    content: dict[str, Any]
+    if channel == "iopub":
+        header = {**header, "msg_type": "stream"}
+        text = f"[{too_large_text(size)}; print and display send theirs in smaller pieces]\n"
+        content = {"name": "stderr", "text": text}
+    else:
+        content = {
+            "status": "error",
+            "ename": "MessageTooLarge",
+            "evalue": too_large_text(size),
+            "traceback": [],
+            "execution_count": 0,
+        }
+    body = [json.dumps(x).encode() for x in (header, parent, {}, content)]
+    return [*idents, _DELIMITER, signer.sign(body), *body]
+
+
+class Bridge:
+    """The sockets and the loop (see the module's docstring)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.context = zmq.Context()
+        self.signer = _Signer(config["key"].encode())
+        self.recent: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.kernel: dict[str, zmq.Socket] = {}
+        self.service: dict[str, zmq.Socket] = {}
+        for channel in ("shell", "control", "iopub"):
+            inner = self.context.socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
+            if channel == "iopub":
+                inner.setsockopt(zmq.SUBSCRIBE, b"")
+            else:
+                inner.setsockopt(zmq.IDENTITY, os.urandom(16))  # replies survive a reconnect
+            inner.setsockopt(zmq.LINGER, 0)
+            inner.connect(config["kernel"][channel])
+            outer = self.context.socket(zmq.PAIR if channel == "iopub" else zmq.DEALER)
+            outer.setsockopt(zmq.SNDHWM, HIGH_WATER)
+            outer.setsockopt(zmq.SNDTIMEO, _SEND_WAIT_MS)
+            outer.setsockopt(zmq.LINGER, 0)
+            outer.bind(config["service"][channel])
+            self.kernel[channel], self.service[channel] = inner, outer
+        self.poller = zmq.Poller()
+        for socket in (*self.kernel.values(), self.service["shell"], self.service["control"]):
+            self.poller.register(socket, zmq.POLLIN)
+        self.poller.register(sys.stdin.fileno(), zmq.POLLIN)
+
+    def run(self) -> None:
+        while True:
+            for socket, _ in self.poller.poll():
+                if socket == sys.stdin.fileno():
+                    if not os.read(socket, 4096):
+                        return  # the service closed our stdin: it is done with the kernel
+                    continue
+                channel = self._channel_of(socket)
+                if socket is self.kernel[channel]:
+                    self._from_kernel(channel, socket.recv_multipart(copy=False))
+                else:
+                    self._pass_requests()
+
+    def _channel_of(self, socket: zmq.Socket) -> str:
+        for channel in ("shell", "control", "iopub"):
+            if socket is self.kernel[channel] or socket is self.service[channel]:
+                return channel
+        raise AssertionError("a socket the bridge did not make")
+
+    def _remember(self, frames: list[zmq.Frame]) -> None:
+        """Keep the msg_id of a request from the service: its IOPub messages will go on."""
+        split = _split(frames)
+        if split is None or len(split[1]) < 2:
+            return
+        try:
+            msg_id = json.loads(split[1][1].bytes).get("msg_id")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(msg_id, str) and msg_id:
+            self.recent[msg_id.encode()] = None
+            self.recent.move_to_end(msg_id.encode())
+            while len(self.recent) > _RECENT_REQUESTS:
+                self.recent.popitem(last=False)
+
+    def _from_kernel(self, channel: str, frames: list[zmq.Frame]) -> None:
+        if channel == "iopub" and not self._for_the_service(frames):
+            return
+        size = sum(len(frame) for frame in frames)
+        if size > MAX_BYTES or len(frames) > MAX_PARTS:
+            replacement = in_place_of(channel, frames, size, self.signer)
+            if replacement is None:
+                return
+            self._send(self.service[channel], replacement)
+            return
+        self._send(self.service[channel], frames)
+
+    def _for_the_service(self, frames: list[zmq.Frame]) -> bool:
+        split = _split(frames) if len(frames) <= MAX_PARTS + 8 else None
+        if split is None or len(split[1]) < 3 or len(split[1][2]) > _HEADER_BYTES:
+            return False
+        parent = split[1][2].bytes
+        return any(msg_id in parent for msg_id in self.recent)
+
+    def _send(self, socket: zmq.Socket, frames: list[Any]) -> None:
+        """Send, waiting while the service's side is full (never dropping), until told to
+        stop. Meanwhile the service's requests still go on (an interrupt, above all)."""
+        while True:
+            try:
+                socket.send_multipart(frames, copy=False)
+                return
+            except zmq.Again:
+                readable, _, _ = select.select([sys.stdin.fileno()], [], [], 0)
+                if readable and not os.read(sys.stdin.fileno(), 4096):
+                    raise SystemExit(0) from None
+                self._pass_requests()
+
+    def _pass_requests(self) -> None:
+        for channel in ("control", "shell"):
+            while self.service[channel].poll(0):
+                frames = self.service[channel].recv_multipart(copy=False)
+                self._remember(frames)
+                self.kernel[channel].send_multipart(frames, copy=False)
+
+
+def main() -> None:
+    """stdin: ``{"kernel": {channel: url}, "service": {channel: url}, "key": str,
+    "uid": int, "gid": int}`` for shell, control and iopub; uid and gid -1 keep ours."""
+    config = json.loads(sys.stdin.buffer.readline())
+    # What a flood makes the bridge hold counts against the sandbox: at its memory limit the
+    # bridge should be what goes, not the kernel or the sandbox's Jupyter Server.
+    with open("/proc/self/oom_score_adj", "w") as oom_score:
+        oom_score.write("1000")
+    if config["gid"] >= 0:  # before anything reads what the sandbox wrote
+        os.setgroups([])
+        os.setresgid(config["gid"], config["gid"], config["gid"])
+    if config["uid"] >= 0:
+        os.setresuid(config["uid"], config["uid"], config["uid"])
+    bridge = Bridge(config)
+    print("ready", flush=True)
+    bridge.run()
+
+
+if __name__ == "__main__":
+    main()
