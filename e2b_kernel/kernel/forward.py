@@ -44,6 +44,8 @@ _DERIVED_MARKERS = (*(m.encode() for m in E2B_DERIVED_MIME_TYPES), b'"expanded"'
 # The remote kernel sends a cell's reply before its 'idle', but the Jupyter Server relays the
 # two from different sockets: after 'idle', the reply may still be this long on its way.
 _REPLY_AFTER_IDLE_GRACE = 2.0
+# How long after our interrupt a request that ends without a reply may be one it cut short.
+_INTERRUPT_REACH = 10.0
 
 
 def _without_e2b_fields(parts: Parts) -> Parts:
@@ -148,6 +150,7 @@ class JupyterForwarder:
         self._died_state = ""
         self.closed_reason: str | None = None
         self._interrupting: asyncio.Future | None = None
+        self._interrupted_at = float("-inf")  # loop time of our last remote interrupt
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
 
     @property
@@ -327,10 +330,13 @@ class JupyterForwarder:
             self._timers[parent_id] = timer
 
     def _reply_if_missing(self, msg_id: str) -> None:
-        """A request the remote kernel finished without a reply gets an error reply.
+        """A request the remote kernel finished without a reply just after our interrupt gets
+        an error reply.
 
         ipykernel drops the reply when a SIGINT lands in its handler outside the cell's code
-        (an interrupt just as a cell ends); the front end would otherwise wait forever.
+        (an interrupt just as a cell ends, which here lands a round trip later); the front end
+        would otherwise wait forever. Without an interrupt of ours (a malformed request, whose
+        handler failed) python3 answers nothing, and neither does this.
         """
         route = self._routes.pop(msg_id, None)
         self._started.discard(msg_id)
@@ -339,6 +345,8 @@ class JupyterForwarder:
         msg_type = str(route.header.get("msg_type", "unknown_request"))
         if msg_type not in _ANSWERED_REQUESTS:
             return  # unknown to the kernel: python3 answers nothing either
+        if asyncio.get_running_loop().time() - self._interrupted_at > _INTERRUPT_REACH:
+            return
         self.log.warning("the remote kernel sent no reply to %s %s", msg_type, msg_id)
         content = {
             "status": "error",
@@ -393,6 +401,7 @@ class JupyterForwarder:
 
     async def interrupt(self) -> None:
         """Interrupt the remote kernel through the Jupyter Server's REST API."""
+        self._interrupted_at = asyncio.get_running_loop().time()
         try:
             await self.endpoint.interrupt(self.kernel_id)
         except Exception as exc:

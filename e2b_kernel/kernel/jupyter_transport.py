@@ -179,6 +179,8 @@ class JupyterTransport:
         except Exception:
             self.log.error("invalid shell message", exc_info=True)
             return True
+        if header.get("msg_type") == "connect_request":
+            return False  # the ports a front end can reach are this process's, not the remote's
         stream = self._shell_reply_stream()
         async with self._relay_lock:  # FIFO: requests keep their order while the relay opens
             try:

@@ -62,6 +62,7 @@ async def _relay_one(
     msg_type: str,
     content: dict,
     busy: list[bool] | None = None,
+    interrupted: bool = False,
 ) -> tuple[list[list[bytes]], int]:
     """Forward one front-end message; the remote kernel answers 'busy' and 'idle' but never a
     reply. Returns what the front end received within two (shortened) graces, and how many
@@ -70,6 +71,8 @@ async def _relay_one(
     shell, front, iopub = sockets
     session = Session(key=b"k")
     relay = _forwarder(session, iopub, on_busy=(busy if busy is not None else []).append)
+    if interrupted:  # as interrupt() records it (its REST call is not the point here)
+        relay._interrupted_at = asyncio.get_running_loop().time()
     request = session.msg(msg_type, content)
     relay.forward("shell", [b"front"], shell, _parts(session, request))
     for state in ("busy", "idle"):
@@ -84,15 +87,26 @@ async def _relay_one(
     return received, len(relay._routes)
 
 
-def test_a_request_ended_without_reply_gets_one(sockets, monkeypatch) -> None:
+def test_a_request_ended_without_reply_just_after_an_interrupt_gets_one(
+    sockets, monkeypatch
+) -> None:
     received, waiting = asyncio.run(
-        _relay_one(sockets, monkeypatch, "execute_request", {"code": "1"})
+        _relay_one(sockets, monkeypatch, "execute_request", {"code": "1"}, interrupted=True)
     )
     (reply,) = received
     assert waiting == 0
     header = json.loads(reply[2])  # after the delimiter and the signature
     assert header["msg_type"] == "execute_reply"
     assert json.loads(reply[5])["ename"] == "KeyboardInterrupt"
+
+
+def test_a_malformed_request_ended_without_reply_gets_none(sockets, monkeypatch) -> None:
+    """ipykernel's handler fails on a malformed request (an inspect_request without
+    cursor_pos): python3 answers nothing; a made-up KeyboardInterrupt was wrong."""
+    assert asyncio.run(_relay_one(sockets, monkeypatch, "inspect_request", {"code": "x"})) == (
+        [],
+        0,
+    )
 
 
 def test_an_unknown_request_gets_no_made_up_reply(sockets, monkeypatch) -> None:

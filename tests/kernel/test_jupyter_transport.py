@@ -361,3 +361,17 @@ def test_auto_falls_back_to_execute_and_str_results_keep_their_quotes_there(
     assert kernel.value('"it\'s"') == '"it\'s"'
     _, outputs = kernel.run("from IPython.display import display\ndisplay('shown')")
     assert of_type(outputs, "display_data")[0]["data"] == {"text/plain": "'shown'"}
+
+
+def test_connect_request_names_the_ports_of_this_kernel(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    """As python3's: the ports of the kernel the front end is connected to (relayed, it named
+    the sandbox kernel's ipc socket numbers, 1 to 5)."""
+    kernel = start_kernel(jupyter_env())
+    request = kernel.kc.session.msg("connect_request", {})
+    kernel.kc.shell_channel.send(request)
+    reply = kernel.reply(request["header"]["msg_id"], timeout=60)
+    info = kernel.km.get_connection_info()
+    for channel in ("shell", "iopub", "stdin", "hb"):
+        assert reply[f"{channel}_port"] == info[f"{channel}_port"], (channel, reply, info)
