@@ -131,6 +131,33 @@ def test_file_names_over_255_bytes_are_400(sbx: Sandbox) -> None:
             call()
 
 
+def test_an_early_error_answer_waits_for_the_requests_small_body(
+    local_service: RunningService, sbx: Sandbox
+) -> None:
+    """The service refuses an upload to a too-long path before it reads the body. It answered
+    at once and uvicorn closed the connection with the body unread; the kernel then resets it,
+    and the reset could reach the client before the 400 (seen once in CI as a connection
+    error in files.write). Now a small body is read first: no answer comes while it is
+    missing (one came within milliseconds), and the whole 400 comes once it is sent."""
+    address = urlsplit(local_service.url)
+    headers = sandbox_headers(sbx)
+    head = f"POST /files?path=/home/user/{'n' * 300} HTTP/1.1\r\nHost: x\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head += "Content-Type: application/octet-stream\r\nContent-Length: 5\r\n\r\n"
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        conn.sendall(head.encode())
+        conn.settimeout(1.0)  # a bound on a wrong early answer, not a wait for a right one
+        with pytest.raises(TimeoutError):
+            conn.recv(4096)
+        conn.settimeout(30)
+        conn.sendall(b"hello")
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"255 bytes" in answer
+
+
 @pytest.mark.timeout(300)
 def test_a_heavy_metrics_walk_does_not_stall_another_sandbox(
     local_service: RunningService, sbx: Sandbox

@@ -14,6 +14,7 @@ Errors are ServiceError wherever they arise, answered here, once, in E2B's shape
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -33,6 +34,9 @@ log = logging.getLogger("e2b_kernel.local")
 
 INTERPRETER_PORT = 49999
 _SMALL_BODY = 16 * 1024 * 1024
+# What of a request's body is read before an early error answer (see _LimitedBody.drain).
+_DRAIN_BYTES = 1024 * 1024
+_DRAIN_SECONDS = 10.0
 # E2B's host form, {port}-{sandbox_id}.{domain}, with the loopback domain `localhost`.
 _PORT_HOST = re.compile(r"^(\d{1,5})-([a-z0-9]+)\.localhost(?::\d+)?$")
 
@@ -61,6 +65,7 @@ class ServiceApp:
         large = scope["path"] == "/files" or _proxied(headers.get("e2b-sandbox-port"))
         limit = MAX_FILE_BYTES + 1024 * 1024 if large else _SMALL_BODY
         started = completed = False
+        body = _LimitedBody(receive, limit)
 
         async def tracking_send(message: dict[str, Any]) -> None:
             nonlocal started, completed
@@ -77,7 +82,7 @@ class ServiceApp:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge
-            await self._route(scope, _limited(receive, limit), tracking_send, headers)
+            await self._route(scope, body, tracking_send, headers)
         except SandboxKilled:
             # Returning mid-response makes uvicorn drop the connection: the client sees the
             # stream break off, as with E2B, and asks /health, which now answers 502.
@@ -87,6 +92,8 @@ class ServiceApp:
                 return  # nothing sensible can follow a started answer; the client sees it end
             if isinstance(exc, BodyTooLarge):
                 exc = ServiceError(413, f"request body too large (limit {limit} bytes)")
+            elif scope["type"] == "http":
+                await body.drain()
             await exc.response()(scope, receive, send)
         except Exception:
             if completed:  # e.g. connectrpc answers an internal error, then re-raises
@@ -224,17 +231,42 @@ def _check_traffic_token(given: str | None, entry: Entry) -> None:
     raise ServiceError(403, message, sandbox_id=entry.sandbox_id)
 
 
-def _limited(receive: Any, limit: int) -> Any:
-    """Wrap receive so a body (chunked or not) longer than limit raises BodyTooLarge."""
-    total = 0
+class _LimitedBody:
+    """Wrap receive so a body (chunked or not) longer than limit raises BodyTooLarge, and
+    remember whether the body has been read to its end."""
 
-    async def limited_receive() -> dict[str, Any]:
-        nonlocal total
-        message = await receive()
+    def __init__(self, receive: Any, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._total = 0
+        self.ended = False
+
+    async def __call__(self) -> dict[str, Any]:
+        message = await self._receive()
         if message["type"] == "http.request":
-            total += len(message.get("body", b""))
-            if total > limit:
+            self._total += len(message.get("body", b""))
+            if self._total > self._limit:
                 raise BodyTooLarge
+            self.ended = not message.get("more_body", False)
+        else:
+            self.ended = True  # the client went
         return message
 
-    return limited_receive
+    async def drain(self) -> None:
+        """Read what is left of a small body before an early answer: uvicorn closes a
+        connection whose body was not read, and closing a socket with unread bytes sends a
+        reset, which can reach the client before the answer does (it then sees a connection
+        error instead of, say, a 400). A body of over 1 MiB, or one that is slow to come, is
+        left unread."""
+        try:
+            await asyncio.wait_for(self._read_rest(), _DRAIN_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _read_rest(self) -> None:
+        left = _DRAIN_BYTES
+        while not self.ended and left > 0:
+            message = await self._receive()
+            left -= len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
+            self.ended = not more
