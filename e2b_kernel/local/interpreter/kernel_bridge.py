@@ -17,8 +17,9 @@ one of the service's last requests (the others are the notebook's, over port 888
 the service never reads). Towards the service every socket blocks when full instead of
 dropping, with a small high-water mark, so what waits in the service is bounded too.
 
-Run as ``python -m e2b_kernel.local.interpreter.kernel_bridge`` (stdlib and pyzmq only),
-with one JSON line on stdin (see ``main``); it ends when its stdin closes.
+Run as ``python kernel_bridge.py --control-fd N`` (stdlib and pyzmq only; see ``main``): it
+starts while the kernel does, takes its orders and the kernel's socket fds in one message on
+that unix socket, and ends when the service closes it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import hmac
 import json
 import os
 import select
+import socket as unix
 import sys
 from typing import Any
 
@@ -106,7 +108,8 @@ def in_place_of(
 class Bridge:
     """The sockets and the loop (see the module's docstring)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], control: unix.socket) -> None:
+        self.control = control.fileno()
         self.context = zmq.Context()
         self.signer = _Signer(config["key"].encode())
         self.recent: collections.OrderedDict[bytes, None] = collections.OrderedDict()
@@ -129,14 +132,14 @@ class Bridge:
         self.poller = zmq.Poller()
         for socket in (*self.kernel.values(), self.service["shell"], self.service["control"]):
             self.poller.register(socket, zmq.POLLIN)
-        self.poller.register(sys.stdin.fileno(), zmq.POLLIN)
+        self.poller.register(self.control, zmq.POLLIN)
 
     def run(self) -> None:
         while True:
             for socket, _ in self.poller.poll():
-                if socket == sys.stdin.fileno():
-                    if not os.read(socket, 4096):
-                        return  # the service closed our stdin: it is done with the kernel
+                if socket == self.control:
+                    if self._told_to_stop():
+                        return
                     continue
                 channel = self._channel_of(socket)
                 if socket is self.kernel[channel]:
@@ -192,10 +195,17 @@ class Bridge:
                 socket.send_multipart(frames, copy=False)
                 return
             except zmq.Again:
-                readable, _, _ = select.select([sys.stdin.fileno()], [], [], 0)
-                if readable and not os.read(sys.stdin.fileno(), 4096):
+                readable, _, _ = select.select([self.control], [], [], 0)
+                if readable and self._told_to_stop():
                     raise SystemExit(0) from None
                 self._pass_requests()
+
+    def _told_to_stop(self) -> bool:
+        """The service closed the control socket: it is done with the kernel."""
+        try:
+            return not os.read(self.control, 4096)
+        except OSError:
+            return True
 
     def _pass_requests(self) -> None:
         for channel in ("control", "shell"):
@@ -206,9 +216,20 @@ class Bridge:
 
 
 def main() -> None:
-    """stdin: ``{"kernel": {channel: url}, "service": {channel: url}, "key": str,
-    "uid": int, "gid": int}`` for shell, control and iopub; uid and gid -1 keep ours."""
-    config = json.loads(sys.stdin.buffer.readline())
+    """One message on the control socket (``--control-fd``): ``{"kernel": {channel: index of
+    its fd in the message}, "service": {channel: url}, "key": str, "uid": int, "gid": int}``
+    for shell, control and iopub, with the kernel's socket fds (O_PATH, opened safely by the
+    service); uid and gid -1 keep ours. Prints "ready" once its sockets are bound."""
+    if sys.argv[1:2] != ["--control-fd"] or len(sys.argv) != 3:
+        raise SystemExit("usage: kernel_bridge.py --control-fd N")
+    control = unix.socket(fileno=int(sys.argv[2]))
+    data, fds, _, _ = unix.recv_fds(control, 1 << 16, 16)
+    if not data:
+        return  # the service gave up before the kernel was up
+    config = json.loads(data)
+    config["kernel"] = {
+        channel: f"ipc:///proc/self/fd/{fds[index]}" for channel, index in config["kernel"].items()
+    }
     # What a flood makes the bridge hold counts against the sandbox: at its memory limit the
     # bridge should be what goes, not the kernel or the sandbox's Jupyter Server.
     with open("/proc/self/oom_score_adj", "w") as oom_score:
@@ -218,7 +239,7 @@ def main() -> None:
         os.setresgid(config["gid"], config["gid"], config["gid"])
     if config["uid"] >= 0:
         os.setresuid(config["uid"], config["uid"], config["uid"])
-    bridge = Bridge(config)
+    bridge = Bridge(config, control)
     print("ready", flush=True)
     bridge.run()
 

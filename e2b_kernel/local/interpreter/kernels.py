@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import stat
 import sys
 from collections import deque
@@ -155,6 +156,7 @@ class Kernel:
         self._tasks: list[asyncio.Task[None]] = []
         self._stderr_tail: deque[bytes] = deque(maxlen=40)
         self._bridge: asyncio.subprocess.Process | None = None  # see kernel_bridge.py
+        self._bridge_control: socket.socket | None = None  # its orders; closed: it ends
         self._stopping = False
 
     @property
@@ -209,7 +211,13 @@ class Kernel:
         info = await self._launch(cwd)
         self._spawn_task(self._watch_process())
         try:
-            urls = await self._start_bridge(await self._socket_urls(), info["key"])
+            # The bridge's process starts while the kernel does; it gets the sockets later.
+            bridge = asyncio.ensure_future(self._spawn_bridge())
+            try:
+                kernel_fds = await self._open_sockets()
+            finally:
+                await asyncio.wait([bridge])
+            urls = await self._connect_bridge(*bridge.result(), kernel_fds, info["key"])
         except BaseException:
             await self.stop(polite=False)
             raise
@@ -247,8 +255,9 @@ class Kernel:
         """The kernel's ipc socket file names in the kernel socket dir, by channel."""
         return {channel: f"{self.prefix}-{port}" for channel, port in _CHANNEL_PORTS.items()}
 
-    async def _socket_urls(self) -> dict[str, str]:
-        """Open the kernel's sockets safely and return the zmq URLs that reach them.
+    async def _open_sockets(self) -> dict[str, int]:
+        """Open the kernel's sockets safely; their fds by channel (for its bridge, which
+        reaches each at ``ipc:///proc/self/fd/N``).
 
         The socket dir is writable by sandbox code, which could put a symlink to a host socket
         where the kernel's socket should be. Each socket is opened with O_PATH|O_NOFOLLOW
@@ -260,7 +269,7 @@ class Kernel:
         names = self.socket_names()
         directory = os.open(self.sandbox.kernel_socket_dir, os.O_PATH | os.O_DIRECTORY)
         try:
-            urls = {}
+            fds: dict[str, int] = {}
             for channel, name in names.items():
                 while True:
                     fd = _open_socket(directory, name)
@@ -276,33 +285,50 @@ class Kernel:
                         )
                     await asyncio.sleep(0.02)  # the kernel binds them as it starts
                 self._socket_fds.append(fd)
-                urls[channel] = f"ipc:///proc/self/fd/{fd}"
-            return urls
+                fds[channel] = fd
+            return fds
         finally:
             os.close(directory)
 
     def _spawn_task(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
 
-    async def _start_bridge(self, kernel_urls: dict[str, str], key: str) -> dict[str, str]:
-        """Start the kernel's bridge (kernel_bridge.py), the only peer of its sockets; the
-        URLs the service's own sockets connect to instead, by channel."""
-        bridge, folder, uid = await self.sandbox.start_beside(
-            [sys.executable, "-I", str(_BRIDGE_PROGRAM)], tuple(self._socket_fds)
-        )
-        self._bridge = bridge
-        assert bridge.stdin is not None and bridge.stdout is not None
+    async def _spawn_bridge(self) -> tuple[Path, int]:
+        """Start the kernel's bridge process (kernel_bridge.py), to be told about the kernel
+        once its sockets exist; its folder for sockets and the uid it drops to."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            argv = [sys.executable, "-I", str(_BRIDGE_PROGRAM), "--control-fd"]
+            bridge, folder, uid = await self.sandbox.start_beside(
+                [*argv, str(theirs.fileno())], (theirs.fileno(),)
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._bridge, self._bridge_control = bridge, ours
+        if bridge.stderr is not None:
+            self._spawn_task(self._drain(bridge.stderr))
+        return folder, uid
+
+    async def _connect_bridge(
+        self, folder: Path, uid: int, kernel_fds: dict[str, int], key: str
+    ) -> dict[str, str]:
+        """Hand the bridge the kernel's sockets; the URLs the service's own sockets connect
+        to instead, by channel."""
+        bridge, control = self._bridge, self._bridge_control
+        assert bridge is not None and control is not None and bridge.stdout is not None
         ours = {channel: f"ipc://{folder}/{self.prefix}-{channel}" for channel in _CHANNEL_PORTS}
+        fds = [kernel_fds[channel] for channel in _BRIDGED]
         config = {
-            "kernel": {channel: kernel_urls[channel] for channel in _BRIDGED},
+            "kernel": {channel: index for index, channel in enumerate(_BRIDGED)},
             "service": {channel: ours[channel] for channel in _BRIDGED},
             "key": key,
             "uid": uid,
             "gid": uid,
         }
-        bridge.stdin.write(json.dumps(config).encode() + b"\n")
-        if bridge.stderr is not None:
-            self._spawn_task(self._drain(bridge.stderr))
+        socket.send_fds(control, [json.dumps(config).encode()], fds)
         try:
             answer = await asyncio.wait_for(bridge.stdout.readline(), READY_TIMEOUT)
         except asyncio.TimeoutError:
@@ -328,10 +354,11 @@ class Kernel:
 
     async def _stop_bridge(self) -> None:
         bridge, self._bridge = self._bridge, None
+        control, self._bridge_control = self._bridge_control, None
+        if control is not None:
+            control.close()  # its signal to end
         if bridge is None:
             return
-        if bridge.stdin is not None:
-            bridge.stdin.close()  # its signal to end
         try:
             await asyncio.wait_for(bridge.wait(), 2.0)
         except asyncio.TimeoutError:

@@ -10,7 +10,7 @@ Why ZMQ and not the server's WebSocket: the routing, interrupt and stop_on_error
 its kernels with ``ipc`` transport in the sandbox's sockets dir (``JUPYTER_RUNTIME_DIR``);
 the connection file there is written by sandbox code, so it is trusted for nothing but the
 key and socket numbers: names are rebuilt from the kernel id, and each socket is opened with
-O_PATH|O_NOFOLLOW in that dir (``Kernel._socket_urls``), so a symlink can never lead the
+O_PATH|O_NOFOLLOW in that dir (``Kernel._open_sockets``), so a symlink can never lead the
 service to a host socket.
 
 The kernel process is the server's child, not the agent's: the service finds it among the
