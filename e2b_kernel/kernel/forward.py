@@ -330,13 +330,14 @@ class JupyterForwarder:
             self._timers[parent_id] = timer
 
     def _reply_if_missing(self, msg_id: str) -> None:
-        """A request the remote kernel finished without a reply just after our interrupt gets
-        an error reply.
+        """A cell the remote kernel finished without a reply gets an error reply; another
+        request only when our interrupt may have cut it.
 
         ipykernel drops the reply when a SIGINT lands in its handler outside the cell's code
-        (an interrupt just as a cell ends, which here lands a round trip later); the front end
-        would otherwise wait forever. Without an interrupt of ours (a malformed request, whose
-        handler failed) python3 answers nothing, and neither does this.
+        (an interrupt just as a cell ends, which here lands a round trip later, or one from
+        code in the sandbox): a cell must not wait forever. Other requests without a reply
+        and without an interrupt of ours are malformed ones whose handler failed: python3
+        answers nothing, and neither does this.
         """
         route = self._routes.pop(msg_id, None)
         self._started.discard(msg_id)
@@ -345,7 +346,8 @@ class JupyterForwarder:
         msg_type = str(route.header.get("msg_type", "unknown_request"))
         if msg_type not in _ANSWERED_REQUESTS:
             return  # unknown to the kernel: python3 answers nothing either
-        if asyncio.get_running_loop().time() - self._interrupted_at > _INTERRUPT_REACH:
+        since_interrupt = asyncio.get_running_loop().time() - self._interrupted_at
+        if msg_type != "execute_request" and since_interrupt > _INTERRUPT_REACH:
             return
         self.log.warning("the remote kernel sent no reply to %s %s", msg_type, msg_id)
         content = {

@@ -87,16 +87,23 @@ async def _relay_one(
     return received, len(relay._routes)
 
 
-def test_a_request_ended_without_reply_just_after_an_interrupt_gets_one(
-    sockets, monkeypatch
+@pytest.mark.parametrize(
+    ("msg_type", "content", "interrupted"),
+    [
+        ("execute_request", {"code": "1"}, False),  # a cell never waits for ever
+        ("inspect_request", {"code": "x", "cursor_pos": 1}, True),  # cut by our interrupt
+    ],
+)
+def test_a_request_ended_without_reply_gets_one(
+    sockets, monkeypatch, msg_type: str, content: dict, interrupted: bool
 ) -> None:
     received, waiting = asyncio.run(
-        _relay_one(sockets, monkeypatch, "execute_request", {"code": "1"}, interrupted=True)
+        _relay_one(sockets, monkeypatch, msg_type, content, interrupted=interrupted)
     )
     (reply,) = received
     assert waiting == 0
     header = json.loads(reply[2])  # after the delimiter and the signature
-    assert header["msg_type"] == "execute_reply"
+    assert header["msg_type"] == msg_type.replace("_request", "_reply")
     assert json.loads(reply[5])["ename"] == "KeyboardInterrupt"
 
 
