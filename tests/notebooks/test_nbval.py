@@ -32,6 +32,13 @@ def run_pytest(*args: str, timeout: float, marker: str = "") -> subprocess.Compl
     )
 
 
+def _first_failures(output: str) -> str:
+    """A failed run's report from its first failure on (the later cells of a notebook often
+    fail only because an earlier one did), within 8,000 characters."""
+    start = output.find("\n___")
+    return output[start : start + 8000] if start >= 0 else output[-8000:]
+
+
 def leaked_sandboxes(run_marker: str) -> list[int]:
     """Host pids of bubblewrap sandboxes that outlived their run.
 
@@ -95,7 +102,7 @@ def test_cell_timeout_interrupts_stuck_cell() -> None:
 def test_example_notebooks_pass_in_parallel_and_leave_no_sandbox() -> None:
     marker = uuid.uuid4().hex
     done = run_pytest("-n", "4", "--nbval", "notebooks/", timeout=560, marker=marker)
-    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert done.returncode == 0, _first_failures(done.stdout) + done.stderr[-2000:]
     assert " failed" not in done.stdout
     leftover = wait_until_no_leaks(marker)
     assert not leftover, f"sandboxes left running: {sorted(leftover)}"
