@@ -139,23 +139,18 @@ class JupyterCells:
                     return
                 ended = header.get("session") if died == "restarted" else None
                 new_process = channels.renudge(ended)
+
                 # Only a new process answering proves the sandbox outlived the old one (a
                 # killed sandbox's server may report its kernel's death before it goes too):
                 # when the socket closes instead, the cells end as lost.
-                new_process.add_done_callback(
-                    lambda done: self._tell_died(cells, died, channels, done)
-                )
+                def tell_if_the_sandbox_lives(done: asyncio.Future) -> None:
+                    if not done.cancelled() and done.result():
+                        self._tell_died(cells, died)
+
+                new_process.add_done_callback(tell_if_the_sandbox_lives)
 
     @staticmethod
-    def _tell_died(
-        cells: list[_Cell],
-        state: str,
-        channels: KernelChannels | None = None,
-        new_process: asyncio.Future | None = None,
-    ) -> None:
-        if new_process is not None and channels is not None:
-            if new_process.cancelled() or not (new_process.result() or channels.is_open):
-                return
+    def _tell_died(cells: list[_Cell], state: str) -> None:
         for running in cells:
             running.messages.put_nowait((_DIED, _DIED, {"state": state}))
 

@@ -222,8 +222,9 @@ class KernelChannels:
         ``ended_session``: the ending process's session id, when it may still answer a nudge
         (a restart asked of it): its answers do not count.
 
-        The returned future is True once a new process answered, False when none did (the
-        socket closed: the sandbox may be gone; or none answered in time); cancelled by
+        The returned future says whether the sandbox outlived the ending process: True once a
+        new process answered (or none did in time, the socket still open), False when the
+        socket closed first (the sandbox may be gone: the loss decides); cancelled by
         :meth:`close`."""
         self._ended_session = ended_session.encode() if ended_session else None
         self._iopub_live.clear()
@@ -236,7 +237,7 @@ class KernelChannels:
             return True
         except KernelChannelsError as exc:
             self._log.warning("the restarted remote kernel: %s", exc)
-            return False
+            return self.is_open
         finally:  # never hold the front end for ever: a failure shows in its next request
             self._set_live()
 

@@ -273,9 +273,7 @@ class JupyterForwarder:
         still report the death: only a new process answering proves the sandbox outlived it
         (``KernelDied``). When the socket closed instead, the loss answers them
         (``SandboxLost`` when the sandbox is gone)."""
-        if new_process.cancelled():
-            return
-        if not new_process.result() and not self.channels.is_open:
+        if new_process.cancelled() or not new_process.result():
             return
         routes = [self._routes.pop(msg_id) for msg_id in msg_ids if msg_id in self._routes]
         if routes:

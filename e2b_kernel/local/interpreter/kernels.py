@@ -157,7 +157,6 @@ class Kernel:
         self._stderr_tail: deque[bytes] = deque(maxlen=40)
         self._bridge: asyncio.subprocess.Process | None = None  # see kernel_bridge.py
         self._bridge_control: socket.socket | None = None  # its orders; closed: it ends
-        self._stopping = False
 
     @property
     def connection_file(self) -> Path:
@@ -345,8 +344,8 @@ class Kernel:
         say): the kernel cannot be reached any more, so it goes, and its cells end as the
         kernel's death ends them."""
         code = await bridge.wait()
-        if self._stopping or self.died.is_set():
-            return
+        if self._bridge is not bridge or self.died.is_set():
+            return  # stopped by us (stop() lets go of it first), or the kernel went before
         log.warning("kernel %s: its bridge exited (%s); killing the kernel", self.prefix, code)
         if self.process is not None:
             self._kill_process_group(self.process)
@@ -514,7 +513,6 @@ class Kernel:
 
     async def stop(self, *, polite: bool = True) -> None:
         """Ask the kernel to shut down, then kill the process if it lingers."""
-        self._stopping = True
         if polite and self.client is not None and not self.died.is_set():
             with contextlib.suppress(Exception):
                 msg = self.client.session.msg("shutdown_request", {"restart": False})

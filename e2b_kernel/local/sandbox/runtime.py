@@ -108,7 +108,6 @@ class LocalSandbox:
         self._children: set[AgentProcess] = set()
         self._teardown: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._beside_dirs: list[Path] = []  # see start_beside
         # The Jupyter Server on port 8888 (sandbox/jupyter.py); None without isolation.
         self.jupyter: JupyterServer | None = None
         # Kernelspecs the service writes for that server (read-only inside, on JUPYTER_PATH).
@@ -200,13 +199,16 @@ class LocalSandbox:
         to: the sandbox user's, which owns the sockets the sandbox's kernels bind (-1 without
         isolation). stdin, stdout and stderr are pipes."""
         helper_uid = self._owner(1000)
-        folder = self._root.parent / f"{self.sandbox_id}.beside"
+        folder = self._beside_dir
         folder.mkdir(mode=0o700, exist_ok=True)
         os.chown(folder, helper_uid, helper_uid)
-        if folder not in self._beside_dirs:
-            self._beside_dirs.append(folder)
         process = await self._start_in_cgroups(argv, pass_fds, stdio=PIPE)
         return process, folder, helper_uid
+
+    @property
+    def _beside_dir(self) -> Path:
+        """start_beside's folder: outside the state dir, which the helper's uid cannot enter."""
+        return self._root.parent / f"{self.sandbox_id}.beside"
 
     def _owner(self, inside_uid: int) -> int:
         """The host uid of an inside uid (-1: leave as is, without isolation)."""
@@ -494,8 +496,7 @@ class LocalSandbox:
         except OSError:
             log.exception("sandbox %s: its disk could not be unmounted", self.sandbox_id)
         shutil.rmtree(self._root, ignore_errors=True)
-        for folder in self._beside_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self._beside_dir, ignore_errors=True)
         if self._uids is not None:
             self._uids.release()
         for task in list(self._tasks):
