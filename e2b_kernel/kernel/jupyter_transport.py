@@ -166,12 +166,6 @@ class JupyterTransport:
         parts = [bytes(f.bytes) if hasattr(f, "bytes") else bytes(f) for f in frames[1:]]
         return [bytes(i) for i in idents], parts, dict(parsed["header"])
 
-    def _shell_reply_stream(self) -> Any:
-        if getattr(self, "_supports_kernel_subshells", False):
-            manager = self.shell_channel_thread.manager  # type: ignore[attr-defined]
-            return manager.get_subshell_to_shell_channel_socket(None)
-        return self.shell_stream
-
     async def _relay_shell(self, msg: list[Any]) -> bool:
         """Forward one shell message; False when it must be answered locally instead."""
         try:
@@ -181,7 +175,7 @@ class JupyterTransport:
             return True
         if header.get("msg_type") == "connect_request":
             return False  # the ports a front end can reach are this process's, not the remote's
-        stream = self._shell_reply_stream()
+        stream = self.shell_stream
         async with self._relay_lock:  # FIFO: requests keep their order while the relay opens
             try:
                 forwarder = await self._ensure_forwarder(header)

@@ -440,10 +440,7 @@ class E2BKernel(JupyterTransport, Kernel):
             self._stop_loops()
 
     def _stop_loops(self) -> None:
-        self.io_loop.add_callback(self.io_loop.stop)
-        shell = self.shell_stream
-        if shell is not None and shell.io_loop is not self.io_loop:
-            shell.io_loop.add_callback(shell.io_loop.stop)
+        self.io_loop.add_callback(self.io_loop.stop)  # the shell's loop too (E2BKernelApp)
         if self.control_stream is not None:
             self.control_stream.io_loop.stop()
 
@@ -478,11 +475,31 @@ class E2BKernel(JupyterTransport, Kernel):
             self.log.warning("kept sandbox %s; reconnect with %%e2b connect %s", kept, kept)
 
 
-def main() -> None:
-    """Launch the kernel (``python -m e2b_kernel -f CONNECTION_FILE``)."""
+def _kernel_app_class() -> type:
     from ipykernel.kernelapp import IPKernelApp
 
-    app = IPKernelApp.instance(kernel_class=E2BKernel)
+    class E2BKernelApp(IPKernelApp):
+        """ipykernel's app, with the shell socket served by the main thread.
+
+        ipykernel 7 receives shell messages on a thread of their own, for kernel subshells,
+        and hands each request and each reply across to the main thread and back. This kernel
+        offers no subshells (the remote kernel knows none of ours), so those two hops only
+        cost every request (about a millisecond a cell on two cores, bench/kernel.py).
+        Without the thread ipykernel serves the shell socket from the main loop, in order.
+        """
+
+        def init_sockets(self) -> None:
+            super().init_sockets()
+            unused, self.shell_channel_thread = self.shell_channel_thread, None
+            if unused is not None:
+                unused.io_loop.close()  # never started; its loop holds a selector
+
+    return E2BKernelApp
+
+
+def main() -> None:
+    """Launch the kernel (``python -m e2b_kernel -f CONNECTION_FILE``)."""
+    app = _kernel_app_class().instance(kernel_class=E2BKernel)
     try:
         app.initialize(sys.argv[1:])
     except Exception:
