@@ -475,7 +475,7 @@ class E2BKernel(JupyterTransport, Kernel):
             self.log.warning("kept sandbox %s; reconnect with %%e2b connect %s", kept, kept)
 
 
-def _kernel_app_class() -> type:
+def _kernel_app_class() -> Any:
     from ipykernel.kernelapp import IPKernelApp
 
     class E2BKernelApp(IPKernelApp):

@@ -100,6 +100,92 @@ def test_agent_signals_a_process_group_and_reports_the_signal(tmp_path: Path) ->
     _run(scenario())
 
 
+def test_connect_hands_the_port_connection_itself_to_the_service(tmp_path: Path) -> None:
+    """The agent opens the port and hands the socket over: once it has answered, nothing of
+    the agent is in the path (a killed agent leaves the connection working), and a closed
+    port is refused with its errno."""
+
+    async def scenario() -> None:
+        accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+        accepted = asyncio.Queue()
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await accepted.put((reader, writer))
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with host_agent(tmp_path) as client:
+            stream = await client.connect_port(port)
+            server_reader, server_writer = await asyncio.wait_for(accepted.get(), 10)
+            agent_pid = (await client.request("ping"))["pid"]
+            os.kill(agent_pid, 9)
+            await stream.write(b"ping")
+            assert await asyncio.wait_for(server_reader.readexactly(4), 10) == b"ping"
+            server_writer.write(b"pong")
+            await server_writer.drain()
+            assert await asyncio.wait_for(stream.read_chunk(), 10) == b"pong"
+            await stream.close()
+            assert await asyncio.wait_for(server_reader.read(), 10) == b""
+        server.close()
+        (tmp_path / "again").mkdir()
+        async with host_agent(tmp_path / "again") as client:
+            with pytest.raises(AgentCallError) as closed:
+                await client.connect_port(port)
+            assert closed.value.errno == errno.ECONNREFUSED
+
+    _run(scenario())
+
+
+def _fake_agent(path: Path, handed_over: list[int]) -> socket.socket:
+    """A listener that answers one request ok, with ``handed_over`` as its fds (an agent
+    taken over by the code in its sandbox could send anything)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            socket.send_fds(conn, [b'{"ok":true}\n'], handed_over)
+
+    import threading
+
+    threading.Thread(target=answer, daemon=True).start()
+    return listener
+
+
+@pytest.mark.parametrize("what", ["pipe", "unix socket", "two sockets", "nothing"])
+def test_the_service_takes_only_one_tcp_socket_from_an_agent(tmp_path: Path, what: str) -> None:
+    """Whatever a subverted agent hands over instead of one TCP connection is refused with
+    EPROTO, and every fd it sent is closed (none leaks into the service)."""
+    pipe_r, pipe_w = os.pipe()
+    unix_a, unix_b = socket.socketpair()
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sent = {
+        "pipe": [pipe_r],
+        "unix socket": [unix_a.fileno()],
+        "two sockets": [tcp.fileno(), tcp.fileno()],
+        "nothing": [],
+    }[what]
+    listener = _fake_agent(tmp_path / "fake.sock", sent)
+
+    async def scenario() -> None:
+        with pytest.raises(AgentCallError) as refused:
+            await AgentClient(str(tmp_path / "fake.sock")).connect_port(8888)
+        assert refused.value.errno == errno.EPROTO
+
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        _run(scenario())
+        assert len(os.listdir("/proc/self/fd")) <= before
+    finally:
+        for closing in (listener, unix_a, unix_b, tcp):
+            closing.close()
+        os.close(pipe_r)
+        os.close(pipe_w)
+
+
 def test_a_dead_agent_is_gone_for_the_client(tmp_path: Path) -> None:
     async def scenario() -> None:
         with pytest.raises(AgentGone):

@@ -65,6 +65,15 @@ class Conn:
         self.replied = True
         self.send_json({"ok": True, **fields})
 
+    def reply_with_fds(self, fds: list[int], **fields: object) -> None:
+        """:meth:`reply`, with ``fds`` passed along in the same message (SCM_RIGHTS)."""
+        if self.replied:
+            raise RuntimeError("reply() called twice")
+        self.replied = True
+        line = json.dumps({"ok": True, **fields}, separators=(",", ":")).encode() + b"\n"
+        sent = socket.send_fds(self.sock, [line], fds)
+        self.sock.sendall(line[sent:])
+
     def send_json(self, obj: dict) -> None:
         """Send one more JSON line (entries, events, exit codes)."""
         self.sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")

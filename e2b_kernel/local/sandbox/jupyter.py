@@ -182,7 +182,7 @@ class JupyterServer:
         delay = 0.005
         while True:
             try:
-                stream = await self.sandbox.agent.call("connect", port=JUPYTER_PORT)
+                stream = await self.sandbox.agent.connect_port(JUPYTER_PORT)
             except AgentCallError as exc:
                 if exc.errno != errno.ECONNREFUSED or self.process is None:
                     raise
@@ -215,7 +215,7 @@ class JupyterServer:
             ) from None
 
     async def _request(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        stream = await self.sandbox.agent.call("connect", port=JUPYTER_PORT)
+        stream = await self.sandbox.agent.connect_port(JUPYTER_PORT)
         async with stream:
             conn = h11.Connection(h11.CLIENT)
             data = b"" if body is None else json.dumps(body).encode()

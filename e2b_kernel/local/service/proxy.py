@@ -68,7 +68,7 @@ async def open_tunnel(entry: Entry, port: int) -> Tunnel:
         with contextlib.suppress(Exception):
             await jupyter.ready()
     try:
-        raw = await entry.sandbox.agent.call("connect", port=port)
+        raw = await entry.sandbox.agent.connect_port(port)
     except AgentGone:
         raise proxy_not_found(entry.sandbox_id) from None
     except AgentCallError as exc:
