@@ -183,9 +183,17 @@ class JupyterForwarder:
 
     # ---- front end -> remote ------------------------------------------------------------------
 
-    def forward(self, channel: str, idents: list[bytes], stream: Any, parts: Parts) -> None:
-        """Send one request (its parts after the signature) to the remote kernel."""
-        header = json.loads(parts[0])
+    def forward(
+        self,
+        channel: str,
+        idents: list[bytes],
+        stream: Any,
+        parts: Parts,
+        header: dict[str, Any] | None = None,
+    ) -> None:
+        """Send one request (its parts after the signature; ``header``: parsed already) to
+        the remote kernel."""
+        header = json.loads(parts[0]) if header is None else header
         if channel in ("shell", "control") and has_reply(header):
             # Only requests are answered: a comm message kept here would wait forever.
             self._routes[header["msg_id"]] = Route(channel, idents, stream, header)
@@ -232,8 +240,10 @@ class JupyterForwarder:
                 parts = self._as_local_kernel_info(parts)
         if route.channel == "control":
             self._send_control(route.stream, parts, route.idents)
-        else:
+        elif getattr(route.stream, "sending", lambda: True)():
             self.session.send_raw(route.stream, parts, ident=route.idents)
+        else:  # nothing queued in the stream to overtake: send now, not on its next turn
+            self.session.send_raw(route.stream.socket, parts, ident=route.idents)
 
     def _send_iopub_raw(self, parts: Parts, msg_type: str) -> None:
         topic = f"kernel.{self.kernel_id}.{msg_type}".encode()

@@ -12,6 +12,8 @@ chosen and the relay to open; none is lost.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import signal
 from typing import Any
 
@@ -160,11 +162,27 @@ class JupyterTransport:
         return kernel_id
 
     def _split(self, msg: list[Any]) -> tuple[list[bytes], Parts, dict[str, Any]]:
-        """Identities, parts after the signature, and header; raises if the signature is bad."""
+        """Identities, parts after the signature, and header; raises if the signature is bad.
+
+        The checks of ``Session.deserialize(content=False)``, without parsing the parent
+        header, metadata and dates of a message that is relayed as it is (a tenth of a
+        millisecond a request)."""
         idents, frames = self.session.feed_identities(msg, copy=False)
-        parsed = self.session.deserialize(frames, content=False, copy=False)
-        parts = [bytes(f.bytes) if hasattr(f, "bytes") else bytes(f) for f in frames[1:]]
-        return [bytes(i) for i in idents], parts, dict(parsed["header"])
+        parts = [bytes(f.bytes) if hasattr(f, "bytes") else bytes(f) for f in frames]
+        if len(parts) < 5:
+            raise ValueError(f"a message has at least 5 parts, not {len(parts)}")
+        if self.session.auth is not None:
+            signature = parts[0]
+            if not signature:
+                raise ValueError("unsigned message")
+            if signature in self.session.digest_history:
+                raise ValueError("duplicate signature")
+            if not hmac.compare_digest(signature, self.session.sign(parts[1:5])):
+                raise ValueError("invalid signature")
+        header = json.loads(parts[1])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        return [bytes(i) for i in idents], parts[1:], header
 
     async def _relay_shell(self, msg: list[Any]) -> bool:
         """Forward one shell message; False when it must be answered locally instead."""
@@ -184,7 +202,7 @@ class JupyterTransport:
                     return False  # answered locally; its banner names the problem
                 self._fail_route(Route("shell", idents, stream, header), exc)
                 return True
-            forwarder.forward("shell", idents, stream, parts)
+            forwarder.forward("shell", idents, stream, parts, header)
         return True
 
     def _relay_control(self, msg: list[Any]) -> bool:
@@ -199,7 +217,9 @@ class JupyterTransport:
         loop = getattr(self, "_shell_loop", None)
         if forwarder is None or not forwarder.up or loop is None:
             return False
-        loop.call_soon_threadsafe(forwarder.forward, "control", idents, self.control_stream, parts)
+        loop.call_soon_threadsafe(
+            forwarder.forward, "control", idents, self.control_stream, parts, header
+        )
         return True
 
     def _relay_stdin(self, msg: list[Any]) -> None:
@@ -207,11 +227,11 @@ class JupyterTransport:
         if forwarder is None or not forwarder.up:
             return
         try:
-            idents, parts, _ = self._split(msg)
+            idents, parts, header = self._split(msg)
         except Exception:
             self.log.error("invalid stdin message", exc_info=True)
             return
-        forwarder.forward("stdin", idents, None, parts)
+        forwarder.forward("stdin", idents, None, parts, header)
 
     def _send_control(self, stream: Any, parts: Parts, idents: list[bytes]) -> None:
         # The control stream belongs to the control thread: send from its loop.
