@@ -248,6 +248,41 @@ def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_co
         service.stop()
 
 
+MANY_VALUES = """
+kernel = get_ipython().kernel
+# 12 MiB of JSON that decodes to 4 M lists (300 MB): the size bound does not see it.
+bomb = b'{"x":[' + b'[],' * (4 << 20) + b'[]]}'
+for _ in range(3):
+    kernel.session.send(kernel.iopub_socket, "x_unknown", bomb, parent=kernel.get_parent("shell"))
+text = {"name": "stdout", "text": "a,b:[{" * (1 << 20)}  # one value, full of JSON's marks
+kernel.session.send(kernel.iopub_socket, "stream", text, parent=kernel.get_parent("shell"))
+print("after")
+"""
+
+
+def test_messages_that_decode_to_millions_of_values_cost_the_sandbox_not_the_service() -> None:
+    """Decoding costs the service (one loop for every sandbox, in no cgroup) per JSON value,
+    not per byte: three 12 MiB messages of 4 M empty lists each made it grow by about a
+    gigabyte and stall every other sandbox for seconds. The bridge (in the sandbox's cgroup)
+    counts the values of a large message and passes on a notice instead of one with over a
+    million; a long text full of commas is one value and goes on whole."""
+    service = start_subprocess(pool_size=0)
+    try:
+        sbx = Sandbox.create(timeout=120, **sdk_options(service))
+        sbx.run_code("1")  # the kernel and its client are up: their memory is in the baseline
+        before = _peak_rss(service.pid)
+        execution = sbx.run_code(MANY_VALUES, timeout=120)
+        grew = _peak_rss(service.pid) - before
+        assert execution.error is None, execution.error
+        stderr = "".join(execution.logs.stderr)
+        assert stderr.count("of over 1,048,576 JSON values was dropped") == 3, stderr[:500]
+        assert "".join(execution.logs.stdout) == "a,b:[{" * (1 << 20) + "after\n"
+        assert grew < 64 << 20, f"the service grew by {grew >> 20} MiB"
+        assert sbx.run_code("40 + 2").text == "42"
+    finally:
+        service.stop()
+
+
 FREE_FLOOD = """
 import mmap
 # Untouched anonymous memory: the zero page, which costs this sandbox nothing to send.

@@ -10,11 +10,13 @@ ends the bridge or the kernel there, and the service sees the bridge go) and run
 sandbox's unprivileged user, outside its namespaces (code inside cannot see or signal it).
 
 It passes on what comes from the service as it is, and from the kernel only a message of at
-most ``MAX_BYTES`` in ``MAX_PARTS`` parts; for a larger one it sends a short one in its place,
-signed with the kernel's key: an error reply of the same type, or for IOPub a stderr stream
-of the same cell, that says what was dropped. IOPub messages go on only when they belong to
-one of the service's last requests (the others are the notebook's, over port 8888, which
-the service never reads). Towards the service every socket blocks when full instead of
+most ``MAX_BYTES`` in ``MAX_PARTS`` parts whose JSON parts hold at most ``MAX_VALUES`` values
+(what decoding costs the service grows with those: 12 MiB of ``[],`` are 4 M lists, 300 MB
+and seconds of its one loop, which every sandbox shares). For another it sends a short one
+in its place, signed with the kernel's key: an error reply of the same type, or for IOPub a
+stderr stream of the same cell, that says what was dropped. IOPub messages go on only when
+they belong to one of the service's last requests (the others are the notebook's, over port
+8888, which the service never reads). Towards the service every socket blocks when full instead of
 dropping, with a small high-water mark, so what waits in the service is bounded too.
 
 Run as ``python kernel_bridge.py --control-fd N`` (stdlib and pyzmq only; see ``main``): it
@@ -38,6 +40,7 @@ import zmq
 
 MAX_BYTES = 64 << 20  # the largest kernel message passed on (all its parts)
 MAX_PARTS = 1024
+MAX_VALUES = 1 << 20  # JSON values and keys in one message passed on (see the docstring)
 HIGH_WATER = 8  # messages queued towards the service, per socket
 _HEADER_BYTES = 64 << 10  # a header or parent header larger than this is not a real one
 _RECENT_REQUESTS = 64  # the service's requests whose IOPub messages are passed on
@@ -50,6 +53,57 @@ def too_large_text(size: int) -> str:
         f"a kernel message of {size >> 20} MiB was dropped: the local E2B service passes on "
         f"at most {MAX_BYTES >> 20} MiB in one message"
     )
+
+
+def too_many_values_text() -> str:
+    return (
+        f"a kernel message of over {MAX_VALUES:,} JSON values was dropped: the local E2B "
+        f"service passes on at most {MAX_VALUES:,} in one message"
+    )
+
+
+def json_values_over(limit: int, parts: list[bytes]) -> bool:
+    """Whether the JSON ``parts`` hold over ``limit`` values and keys in all (or one is not
+    JSON).
+
+    Each value or key but the first follows a ``,``, ``:``, ``[`` or ``{``: counting those
+    bounds them from above without decoding. Only a part over the bound by that count is
+    decoded, here (at the sandbox's expense), and counted exactly: a long text full of
+    commas is one value."""
+    budget = limit
+    for raw in parts:
+        bound = 1 + sum(raw.count(mark) for mark in (b",", b":", b"[", b"{"))
+        if bound <= budget:
+            budget -= bound
+            continue
+        try:
+            budget = _left_after(json.loads(raw), budget)
+        except (ValueError, RecursionError):
+            return True
+        if budget < 0:
+            return True
+    return False
+
+
+def _left_after(value: Any, budget: int) -> int:
+    """``budget`` less the values and keys in ``value``; negative once it runs out (a long list
+    ends the count before it is walked)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        children: Any
+        if isinstance(item, dict):
+            budget -= len(item)  # its keys
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if len(children) > budget:  # each costs at least one more
+            return -1
+        stack.extend(children)
+    return budget
 
 
 class _Signer:
@@ -72,10 +126,10 @@ def _split(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Frame]] | Non
 
 
 def in_place_of(
-    channel: str, frames: list[zmq.Frame], size: int, signer: _Signer
+    channel: str, frames: list[zmq.Frame], why: str, signer: _Signer
 ) -> list[bytes] | None:
-    """A short message that says a message of ``size`` bytes was dropped; None when the
-    dropped one has no readable header (then nothing goes on)."""
+    """A short message that says ``why`` a message was dropped; None when the dropped one has
+    no readable header (then nothing goes on)."""
     split = _split(frames) if len(frames) <= MAX_PARTS + 8 else None
     if split is None:
         return None
@@ -91,13 +145,13 @@ def in_place_of(
     content: dict[str, Any]
     if channel == "iopub":
         header = {**header, "msg_type": "stream"}
-        text = f"[{too_large_text(size)}; print and display send theirs in smaller pieces]\n"
+        text = f"[{why}; print and display send theirs in smaller pieces]\n"
         content = {"name": "stderr", "text": text}
     else:
         content = {
             "status": "error",
             "ename": "MessageTooLarge",
-            "evalue": too_large_text(size),
+            "evalue": why,
             "traceback": [],
             "execution_count": 0,
         }
@@ -173,12 +227,24 @@ class Bridge:
             return
         size = sum(len(frame) for frame in frames)
         if size > MAX_BYTES or len(frames) > MAX_PARTS:
-            replacement = in_place_of(channel, frames, size, self.signer)
-            if replacement is None:
-                return
-            self._send(self.service[channel], replacement)
+            why = too_large_text(size)
+        elif size > MAX_VALUES and self._too_many_values(frames):  # a value takes a byte or more
+            why = too_many_values_text()
+        else:
+            self._send(self.service[channel], frames)
             return
-        self._send(self.service[channel], frames)
+        replacement = in_place_of(channel, frames, why, self.signer)
+        if replacement is not None:
+            self._send(self.service[channel], replacement)
+
+    @staticmethod
+    def _too_many_values(frames: list[zmq.Frame]) -> bool:
+        """Over ``MAX_VALUES`` in the header, parent header, metadata and content (what the
+        service decodes; the buffers after them it does not)."""
+        split = _split(frames)
+        if split is None:
+            return False  # not a message: the service drops it undecoded
+        return json_values_over(MAX_VALUES, [part.bytes for part in split[1][1:5]])
 
     def _for_the_service(self, frames: list[zmq.Frame]) -> bool:
         split = _split(frames) if len(frames) <= MAX_PARTS + 8 else None
