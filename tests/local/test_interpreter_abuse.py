@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -210,6 +211,19 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
+@contextlib.contextmanager
+def _own_service() -> Iterator[tuple[RunningService, Sandbox, int]]:
+    """A service of its own (its peak memory says what a cell cost it), a sandbox whose
+    kernel and client are up, and the service's peak memory then."""
+    service = start_subprocess(pool_size=0)
+    try:
+        sbx = Sandbox.create(timeout=120, **sdk_options(service))
+        sbx.run_code("1")  # the kernel and its client are up: their memory is in the baseline
+        yield service, sbx, _peak_rss(service.pid)
+    finally:
+        service.stop()
+
+
 HUGE_MESSAGE = """
 kernel = get_ipython().kernel
 text = "B" * (200 << 20)
@@ -227,11 +241,7 @@ def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_co
     kernel's session; the service (shared by every sandbox, in no cgroup) must neither decode
     nor even hold it: the kernel's bridge (in the sandbox's cgroup) takes it in and passes on a
     short notice. A service of its own: its peak memory says what this message cost it."""
-    service = start_subprocess(pool_size=0)
-    try:
-        sbx = Sandbox.create(timeout=120, **sdk_options(service))
-        sbx.run_code("1")  # the kernel and its client are up: their memory is in the baseline
-        before = _peak_rss(service.pid)
+    with _own_service() as (service, sbx, before):
         execution = sbx.run_code(HUGE_MESSAGE, timeout=120)
         grew = _peak_rss(service.pid) - before
         assert execution.error is None, execution.error
@@ -244,8 +254,6 @@ def test_a_huge_message_through_the_kernels_own_session_costs_the_service_one_co
         assert paged.error is not None and paged.error.name == "MessageTooLarge"
         assert _peak_rss(service.pid) - before < 48 << 20
         assert sbx.run_code("40 + 2").text == "42"  # and the sandbox goes on
-    finally:
-        service.stop()
 
 
 MANY_VALUES = """
@@ -266,11 +274,7 @@ def test_messages_that_decode_to_millions_of_values_cost_the_sandbox_not_the_ser
     gigabyte and stall every other sandbox for seconds. The bridge (in the sandbox's cgroup)
     counts the values of a large message and passes on a notice instead of one with over a
     million; a long text full of commas is one value and goes on whole."""
-    service = start_subprocess(pool_size=0)
-    try:
-        sbx = Sandbox.create(timeout=120, **sdk_options(service))
-        sbx.run_code("1")  # the kernel and its client are up: their memory is in the baseline
-        before = _peak_rss(service.pid)
+    with _own_service() as (service, sbx, before):
         execution = sbx.run_code(MANY_VALUES, timeout=120)
         grew = _peak_rss(service.pid) - before
         assert execution.error is None, execution.error
@@ -279,8 +283,6 @@ def test_messages_that_decode_to_millions_of_values_cost_the_sandbox_not_the_ser
         assert "".join(execution.logs.stdout) == "a,b:[{" * (1 << 20) + "after\n"
         assert grew < 64 << 20, f"the service grew by {grew >> 20} MiB"
         assert sbx.run_code("40 + 2").text == "42"
-    finally:
-        service.stop()
 
 
 FREE_FLOOD = """
