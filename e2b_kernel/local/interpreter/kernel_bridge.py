@@ -117,20 +117,23 @@ class _Signer:
         return mac.hexdigest().encode()
 
 
-def _split(frames: list[zmq.Frame]) -> tuple[list[bytes], list[zmq.Frame]] | None:
-    """Routing frames and the message's parts after the delimiter; None if there is none."""
+Split = tuple[list[bytes], list[zmq.Frame]]  # routing frames, and the parts after the delimiter
+
+
+def _split(frames: list[zmq.Frame]) -> Split | None:
+    """Routing frames and the message's parts after the delimiter; None if there is none (or
+    the message has too many parts to be one the bridge passes on)."""
+    if len(frames) > MAX_PARTS + 8:
+        return None
     for index, frame in enumerate(frames):
         if len(frame) == len(_DELIMITER) and frame.bytes == _DELIMITER:
             return [f.bytes for f in frames[:index]], frames[index + 1 :]
     return None
 
 
-def in_place_of(
-    channel: str, frames: list[zmq.Frame], why: str, signer: _Signer
-) -> list[bytes] | None:
-    """A short message that says ``why`` a message was dropped; None when the dropped one has
-    no readable header (then nothing goes on)."""
-    split = _split(frames) if len(frames) <= MAX_PARTS + 8 else None
+def in_place_of(channel: str, split: Split | None, why: str, signer: _Signer) -> list[bytes] | None:
+    """A short message that says ``why`` the message ``split`` was dropped; None when the
+    dropped one has no readable header (then nothing goes on)."""
     if split is None:
         return None
     idents, parts = split
@@ -157,6 +160,14 @@ def in_place_of(
         }
     body = [json.dumps(x).encode() for x in (header, parent, {}, content)]
     return [*idents, _DELIMITER, signer.sign(body), *body]
+
+
+def _too_many_values(split: Split | None) -> bool:
+    """Over ``MAX_VALUES`` in the header, parent header, metadata and content (what the
+    service decodes; the buffers after them it does not)."""
+    if split is None:
+        return False  # not a message: the service drops it undecoded
+    return json_values_over(MAX_VALUES, [part.bytes for part in split[1][1:5]])
 
 
 class Bridge:
@@ -217,37 +228,29 @@ class Bridge:
         except (ValueError, AttributeError):
             return
         if isinstance(msg_id, str) and msg_id:
-            self.recent[msg_id.encode()] = None
-            self.recent.move_to_end(msg_id.encode())
+            key = msg_id.encode()
+            self.recent[key] = None
+            self.recent.move_to_end(key)
             while len(self.recent) > _RECENT_REQUESTS:
                 self.recent.popitem(last=False)
 
     def _from_kernel(self, channel: str, frames: list[zmq.Frame]) -> None:
-        if channel == "iopub" and not self._for_the_service(frames):
+        split = _split(frames)
+        if channel == "iopub" and not self._for_the_service(split):
             return
         size = sum(len(frame) for frame in frames)
         if size > MAX_BYTES or len(frames) > MAX_PARTS:
             why = too_large_text(size)
-        elif size > MAX_VALUES and self._too_many_values(frames):  # a value takes a byte or more
+        elif size > MAX_VALUES and _too_many_values(split):  # a value takes a byte or more
             why = too_many_values_text()
         else:
             self._send(self.service[channel], frames)
             return
-        replacement = in_place_of(channel, frames, why, self.signer)
+        replacement = in_place_of(channel, split, why, self.signer)
         if replacement is not None:
             self._send(self.service[channel], replacement)
 
-    @staticmethod
-    def _too_many_values(frames: list[zmq.Frame]) -> bool:
-        """Over ``MAX_VALUES`` in the header, parent header, metadata and content (what the
-        service decodes; the buffers after them it does not)."""
-        split = _split(frames)
-        if split is None:
-            return False  # not a message: the service drops it undecoded
-        return json_values_over(MAX_VALUES, [part.bytes for part in split[1][1:5]])
-
-    def _for_the_service(self, frames: list[zmq.Frame]) -> bool:
-        split = _split(frames) if len(frames) <= MAX_PARTS + 8 else None
+    def _for_the_service(self, split: Split | None) -> bool:
         if split is None or len(split[1]) < 3 or len(split[1][2]) > _HEADER_BYTES:
             return False
         parent = split[1][2].bytes
