@@ -247,10 +247,13 @@ class _LimitedBody:
             self._total += len(message.get("body", b""))
             if self._total > self._limit:
                 raise BodyTooLarge
-            self.ended = not message.get("more_body", False)
-        else:
-            self.ended = True  # the client went
+        self._note_end(message)
         return message
+
+    def _note_end(self, message: dict[str, Any]) -> None:
+        # Any other message than a body part means the client went.
+        more = message["type"] == "http.request" and message.get("more_body", False)
+        self.ended = not more
 
     async def drain(self) -> None:
         """Read what is left of a small body before an early answer: uvicorn closes a
@@ -268,5 +271,4 @@ class _LimitedBody:
         while not self.ended and left > 0:
             message = await self._receive()
             left -= len(message.get("body", b""))
-            more = message["type"] == "http.request" and message.get("more_body", False)
-            self.ended = not more
+            self._note_end(message)
