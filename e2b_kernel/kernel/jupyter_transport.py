@@ -29,6 +29,16 @@ from .forward import JupyterForwarder, Route, send_reply
 __all__ = ["JupyterTransport"]
 
 
+def _remember_signature(session: Any, signature: bytes) -> None:
+    """Add ``signature`` to the session's history of those seen (as ``Session.deserialize``
+    does), which stays bounded: past its size a tenth of it is forgotten."""
+    history = session.digest_history
+    history.add(signature)
+    if len(history) > session.digest_history_size:
+        for _ in range(len(history) // 10):
+            history.pop()
+
+
 class JupyterTransport:
     """Mixin for ``E2BKernel``: everything the ``jupyter`` transport adds to the kernel."""
 
@@ -164,9 +174,10 @@ class JupyterTransport:
     def _split(self, msg: list[Any]) -> tuple[list[bytes], Parts, dict[str, Any]]:
         """Identities, parts after the signature, and header; raises if the signature is bad.
 
-        The checks of ``Session.deserialize(content=False)``, without parsing the parent
-        header, metadata and dates of a message that is relayed as it is (a tenth of a
-        millisecond a request)."""
+        The checks of ``Session.deserialize``, without parsing the parent header, metadata,
+        content and dates of a message that is relayed as it is (a tenth of a millisecond a
+        request). Its signature is remembered, so the same message sent again is refused, as
+        ipykernel refuses it."""
         idents, frames = self.session.feed_identities(msg, copy=False)
         parts = [bytes(f.bytes) if hasattr(f, "bytes") else bytes(f) for f in frames]
         if len(parts) < 5:
@@ -179,6 +190,7 @@ class JupyterTransport:
                 raise ValueError("duplicate signature")
             if not hmac.compare_digest(signature, self.session.sign(parts[1:5])):
                 raise ValueError("invalid signature")
+            _remember_signature(self.session, signature)
         header = json.loads(parts[1])
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")

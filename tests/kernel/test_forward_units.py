@@ -18,6 +18,7 @@ from jupyter_client.session import Session
 from e2b_kernel.core.jupyter_server import JupyterEndpoint
 from e2b_kernel.kernel import forward
 from e2b_kernel.kernel.forward import JupyterForwarder
+from e2b_kernel.kernel.jupyter_transport import JupyterTransport
 
 
 def _parts(session: Session, msg: dict) -> list[bytes]:
@@ -243,3 +244,47 @@ def test_a_cell_whose_sandbox_goes_right_after_its_kernel_is_left_to_the_loss(so
         await relay.close()
 
     asyncio.run(scenario())
+
+
+def _as_received(frames: list[bytes]) -> list[zmq.Frame]:
+    """As the kernel's shell stream hands a message over (``copy=False``)."""
+    return [zmq.Frame(frame) for frame in frames]
+
+
+class _Transport(JupyterTransport):
+    """Just what ``JupyterTransport._split`` reads."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+
+@pytest.mark.parametrize("flaw", ["another key", "sent again", "unsigned", "too few parts"])
+def test_the_relay_refuses_what_ipykernel_refuses(flaw: str) -> None:
+    """A request goes on only with the connection's signature, once (the relay checks it
+    itself, without ``Session.deserialize``); anything else raises, and nothing is relayed."""
+    session = Session(key=b"the key")
+    transport = _Transport(session)
+    msg = session.msg("execute_request", {"code": "1"})
+    frames = [b"ident", b"<IDS|MSG>", *(bytes(f) for f in session.serialize(msg)[1:])]
+    if flaw == "another key":
+        other = Session(key=b"another key")
+        frames = [b"ident", *(bytes(f) for f in other.serialize(msg))]
+    elif flaw == "sent again":
+        idents, parts, header = transport._split(_as_received(frames))
+        assert idents == [b"ident"] and header["msg_id"] == msg["header"]["msg_id"]
+        assert len(parts) == 4
+    elif flaw == "unsigned":
+        frames[2] = b""
+    else:
+        frames = frames[:4]
+    with pytest.raises(ValueError):
+        transport._split(_as_received(frames))
+
+
+def test_remembered_signatures_stay_bounded() -> None:
+    session = Session(key=b"the key", digest_history_size=100)
+    transport = _Transport(session)
+    for n in range(1000):
+        msg = session.msg("execute_request", {"code": str(n)})
+        transport._split(_as_received([bytes(f) for f in session.serialize(msg)]))
+    assert len(session.digest_history) <= 100

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jupyter_client.session import Session
 
 from .harness import Kernel, clean_env
 
@@ -94,6 +95,27 @@ def test_cell_sees_no_host_files(kernel: Kernel, host_markers: list[Path]) -> No
     assert found["seen"] == []
     host_shadow = Path("/etc/shadow").read_text() if os.access("/etc/shadow", os.R_OK) else ""
     assert not host_shadow.strip() or host_shadow.strip() not in found["shadow"]
+
+
+def test_forged_and_replayed_requests_run_nothing(kernel: Kernel) -> None:
+    """Only requests signed with the connection's key reach the sandbox, and each once: one
+    signed with another key, or a signed one sent again (as whoever saw it on the way could),
+    runs nothing and is not answered, as on python3."""
+    path = f"/home/user/ran-{uuid.uuid4().hex[:8]}"
+
+    def request(session: Session, mark: str) -> list[bytes]:
+        content = {"code": f"open({path!r}, 'a').write({mark!r})", "silent": False}
+        return [bytes(f) for f in session.serialize(session.msg("execute_request", content))]
+
+    signed = request(kernel.kc.session, "signed ")
+    forged = request(Session(key=b"not this connection's key"), "forged ")
+    shell = kernel.kc.shell_channel.socket
+    for frames in (signed, signed, forged):
+        shell.send_multipart(frames)
+    # Requests are handled in order: by the time this runs, the three above were handled.
+    reply, outputs = kernel.run(f"print(open({path!r}).read())")
+    assert reply["status"] == "ok", (reply, outputs)
+    assert [o.content.get("text") for o in outputs] == ["signed \n"]
 
 
 # Last: on today's weak sandbox this cell unmounts /tmp and /root for the module's kernel.
