@@ -176,8 +176,8 @@ class JupyterTransport:
 
         The checks of ``Session.deserialize``, without parsing the parent header, metadata,
         content and dates of a message that is relayed as it is (a tenth of a millisecond a
-        request). Its signature is remembered, so the same message sent again is refused, as
-        ipykernel refuses it."""
+        request). A message that is relayed must then be :meth:`_taken`; one handed to
+        ipykernel instead is remembered there."""
         idents, frames = self.session.feed_identities(msg, copy=False)
         parts = [bytes(f.bytes) if hasattr(f, "bytes") else bytes(f) for f in frames]
         if len(parts) < 5:
@@ -190,11 +190,18 @@ class JupyterTransport:
                 raise ValueError("duplicate signature")
             if not hmac.compare_digest(signature, self.session.sign(parts[1:5])):
                 raise ValueError("invalid signature")
-            _remember_signature(self.session, signature)
         header = json.loads(parts[1])
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         return [bytes(i) for i in idents], parts[1:], header
+
+    def _taken(self, msg: list[Any]) -> None:
+        """Remember the signature of a message this relay takes (as ``Session.deserialize``
+        does for ipykernel), so that the same message sent again is refused."""
+        if self.session.auth is not None:
+            _, frames = self.session.feed_identities(msg, copy=False)
+            signature = frames[0]
+            _remember_signature(self.session, bytes(getattr(signature, "bytes", signature)))
 
     async def _relay_shell(self, msg: list[Any]) -> bool:
         """Forward one shell message; False when it must be answered locally instead."""
@@ -205,6 +212,7 @@ class JupyterTransport:
             return True
         if header.get("msg_type") == "connect_request":
             return False  # the ports a front end can reach are this process's, not the remote's
+        self._taken(msg)
         stream = self.shell_stream
         async with self._relay_lock:  # FIFO: requests keep their order while the relay opens
             try:
@@ -229,6 +237,7 @@ class JupyterTransport:
         loop = getattr(self, "_shell_loop", None)
         if forwarder is None or not forwarder.up or loop is None:
             return False
+        self._taken(msg)
         loop.call_soon_threadsafe(
             forwarder.forward, "control", idents, self.control_stream, parts, header
         )
@@ -243,6 +252,7 @@ class JupyterTransport:
         except Exception:
             self.log.error("invalid stdin message", exc_info=True)
             return
+        self._taken(msg)
         forwarder.forward("stdin", idents, None, parts, header)
 
     def _send_control(self, stream: Any, parts: Parts, idents: list[bytes]) -> None:

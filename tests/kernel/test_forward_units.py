@@ -260,8 +260,9 @@ class _Transport(JupyterTransport):
 
 @pytest.mark.parametrize("flaw", ["another key", "sent again", "unsigned", "too few parts"])
 def test_the_relay_refuses_what_ipykernel_refuses(flaw: str) -> None:
-    """A request goes on only with the connection's signature, once (the relay checks it
-    itself, without ``Session.deserialize``); anything else raises, and nothing is relayed."""
+    """A request goes on only with the connection's signature, once taken (the relay checks
+    it itself, without ``Session.deserialize``); anything else raises, and nothing is
+    relayed. A message only checked, not taken, is left for ipykernel to remember."""
     session = Session(key=b"the key")
     transport = _Transport(session)
     msg = session.msg("execute_request", {"code": "1"})
@@ -273,6 +274,7 @@ def test_the_relay_refuses_what_ipykernel_refuses(flaw: str) -> None:
         idents, parts, header = transport._split(_as_received(frames))
         assert idents == [b"ident"] and header["msg_id"] == msg["header"]["msg_id"]
         assert len(parts) == 4
+        transport._taken(_as_received(frames))
     elif flaw == "unsigned":
         frames[2] = b""
     else:
@@ -286,5 +288,18 @@ def test_remembered_signatures_stay_bounded() -> None:
     transport = _Transport(session)
     for n in range(1000):
         msg = session.msg("execute_request", {"code": str(n)})
-        transport._split(_as_received([bytes(f) for f in session.serialize(msg)]))
+        frames = _as_received([bytes(f) for f in session.serialize(msg)])
+        transport._split(frames)
+        transport._taken(frames)
     assert len(session.digest_history) <= 100
+
+
+def test_a_message_left_to_ipykernel_is_not_remembered_here() -> None:
+    """Interrupt, shutdown and connect requests are checked here, then handed to ipykernel,
+    which refuses a signature it has seen: only what the relay takes is remembered."""
+    session = Session(key=b"the key")
+    transport = _Transport(session)
+    msg = session.msg("shutdown_request", {"restart": False})
+    frames = _as_received([bytes(f) for f in session.serialize(msg)])
+    transport._split(frames)
+    session.deserialize(list(frames)[1:], content=True, copy=False)  # as ipykernel then does
