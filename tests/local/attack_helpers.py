@@ -276,3 +276,60 @@ class PacketWatch:
     def sent(self) -> int:
         self._box.files.write("/tmp/e2bk_stop", "")
         return int(self._handle.wait().stdout.split()[-1])
+
+
+# What a server in a sandbox can answer every request with to make the service work hardest:
+# the head it sends first, then the part it sends again without end (one MiB or so each).
+_OK = "b'HTTP/1.1 200 OK\\r\\n'"
+FLOODS = {
+    # JSON whitespace: costs the sandbox one MiB, whatever it sends
+    "endless body": (_OK + " + b'Content-Length: %d\\r\\n\\r\\n' % (1 << 40)", "b' ' * (1 << 20)"),
+    # no bytes of answer, but a parse each
+    "1xx heads": ("b''", "b'HTTP/1.1 102 Processing\\r\\n\\r\\n' * 40000"),
+    "one-byte chunks": (
+        _OK + " + b'Transfer-Encoding: chunked\\r\\n\\r\\n'",
+        "b'1\\r\\na\\r\\n' * 200000",
+    ),
+}
+
+
+def flood_server(port: int, flood: str, *, end_jupyter: bool = False) -> str:
+    """Source of a server on ``port`` that answers with ``FLOODS[flood]``; it creates
+    /tmp/listening-<port> once it listens. ``end_jupyter``: first end the sandbox's Jupyter
+    Server (it runs as the sandbox's user) and take its port."""
+    head, endless = FLOODS[flood]
+    lines = ["import os, socket, threading, time"]
+    if end_jupyter:
+        lines += [
+            "for pid in os.listdir('/proc'):",
+            "    try:",
+            "        if b'jupyter_server' in open(f'/proc/{pid}/cmdline', 'rb').read():",
+            "            os.kill(int(pid), 9)",
+            "    except (OSError, ValueError):",
+            "        pass",
+        ]
+    lines += [
+        f"head, endless = {head}, {endless}",
+        "server = socket.socket()",
+        "server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)",
+        "for _ in range(100):  # a port just freed may take a moment",
+        "    try:",
+        f"        server.bind(('127.0.0.1', {port}))",
+        "        break",
+        "    except OSError:",
+        "        time.sleep(0.1)",
+        "server.listen(16)",
+        f"open('/tmp/listening-{port}', 'w').close()",
+        "def answer(client):",
+        "    client.recv(65536)",
+        "    try:",
+        "        client.sendall(head)",
+        "        while True:",
+        "            client.sendall(endless)",
+        "    except OSError:",
+        "        client.close()",
+        "while True:",
+        "    client, _ = server.accept()",
+        "    threading.Thread(target=answer, args=(client,), daemon=True).start()",
+    ]
+    return "\n".join(lines) + "\n"

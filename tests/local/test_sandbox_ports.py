@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from attack_helpers import flood_server
 from e2b import AsyncSandbox, Sandbox
 from e2b.exceptions import SandboxUnreachableException, format_sandbox_unavailable_exception
-from local_helpers import sdk_options, wait_for
+from local_helpers import sandbox_headers, sdk_options, wait_for
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
@@ -295,3 +297,50 @@ def test_async_sdk_server_reachable(local_service: RunningService) -> None:
             await sbx.kill()
 
     asyncio.run(scenario())
+
+
+def _flooding(sandbox: Sandbox, mode: str, port: int) -> None:
+    sandbox.files.write("/home/user/flood.py", flood_server(port, mode))
+    sandbox.commands.run("python /home/user/flood.py", background=True)
+    wait_for(lambda: sandbox.files.exists(f"/tmp/listening-{port}"), 30, "the flood server")
+
+
+def test_a_port_that_answers_only_1xx_heads_gets_a_502(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """Each 1xx head costs the service a parse and no byte of answer: a server that sent
+    them without end held the service's loop (every sandbox's) for as long as the caller
+    waited. After a few the request ends with E2B's 502."""
+    _flooding(sandbox, "1xx heads", 3101)
+    with httpx.Client(base_url=local_service.url, timeout=30) as http:
+        answer = http.get("/", headers=_routing(sandbox, 3101))
+    assert answer.status_code == 502, answer.text
+    assert "1xx answers" in answer.text
+
+
+def test_a_port_that_answers_in_one_byte_chunks_leaves_the_service_serving(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """Parsing costs the service per chunk: a server sending one-byte chunks kept the loop
+    for seconds between two turns (another sandbox waited 5 to 39 s). The loop now gets a
+    turn every few hundred chunks, so the service keeps serving while the body streams."""
+    _flooding(sandbox, "one-byte chunks", 3102)
+    probes: list[float] = []
+    received = 0
+    with (
+        httpx.Client(base_url=local_service.url, timeout=30) as http,
+        http.stream("GET", "/", headers=_routing(sandbox, 3102)) as answer,
+    ):
+        assert answer.status_code == 200
+        # envd's health: the service's own loop answers it (as test_service_robustness probes).
+        with httpx.Client(headers=sandbox_headers(sandbox), timeout=30) as prober:
+            for chunk in answer.iter_raw():
+                received += len(chunk)
+                if received > len(probes) * (64 << 10):  # a probe per 64 KiB of body
+                    began = time.monotonic()
+                    assert prober.get(f"{local_service.url}/health").status_code == 204
+                    probes.append(time.monotonic() - began)
+                if len(probes) >= 10:
+                    break
+    assert received > 0 and len(probes) == 10
+    assert max(probes) < 1.0, [f"{probe * 1000:.0f} ms" for probe in probes]

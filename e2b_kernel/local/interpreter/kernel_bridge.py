@@ -40,7 +40,12 @@ import zmq
 
 MAX_BYTES = 64 << 20  # the largest kernel message passed on (all its parts)
 MAX_PARTS = 1024
-MAX_VALUES = 1 << 20  # JSON values and keys in one message passed on (see the docstring)
+# JSON values and keys in one message passed on (see the docstring): a million took the
+# service 0.9 s of its one loop to decode.
+MAX_VALUES = 1 << 18
+# Bytes of JSON in one message passed on, one that may widen text counting four: the service
+# holds decoded text at up to 4 bytes a character (one emoji in 63 MiB of ASCII cost it 650 MB).
+MAX_JSON_COST = 32 << 20
 HIGH_WATER = 8  # messages queued towards the service, per socket
 _HEADER_BYTES = 64 << 10  # a header or parent header larger than this is not a real one
 _RECENT_REQUESTS = 64  # the service's requests whose IOPub messages are passed on
@@ -60,6 +65,21 @@ def too_many_values_text() -> str:
         f"a kernel message of over {MAX_VALUES:,} JSON values was dropped: the local E2B "
         f"service passes on at most {MAX_VALUES:,} in one message"
     )
+
+
+def too_much_json_text(cost: int) -> str:
+    return (
+        f"a kernel message of {cost >> 20} MiB of JSON (text beyond ASCII counts four times) "
+        f"was dropped: the local E2B service decodes at most {MAX_JSON_COST >> 20} MiB in one "
+        "message; binary data can go in its buffers"
+    )
+
+
+def json_cost(parts: list[bytes]) -> int:
+    """What decoding ``parts`` costs, in bytes of ASCII: a part with a byte beyond ASCII or a
+    ``\\u`` escape may hold characters that widen all of its text (Python keeps a string at
+    1, 2 or 4 bytes a character, by its widest), so it counts four times its size."""
+    return sum(len(raw) * (1 if raw.isascii() and b"\\u" not in raw else 4) for raw in parts)
 
 
 def json_values_over(limit: int, parts: list[bytes]) -> bool:
@@ -162,12 +182,21 @@ def in_place_of(channel: str, split: Split | None, why: str, signer: _Signer) ->
     return [*idents, _DELIMITER, signer.sign(body), *body]
 
 
-def _too_many_values(split: Split | None) -> bool:
-    """Over ``MAX_VALUES`` in the header, parent header, metadata and content (what the
-    service decodes; the buffers after them it does not)."""
+def _decoding_problem(split: Split | None) -> str | None:
+    """Why decoding the header, parent header, metadata and content (what the service
+    decodes; the buffers after them it does not) would cost the service too much, if it would.
+
+    Neither bound can be passed by a message of at most ``MAX_VALUES`` bytes (a value takes a
+    byte or more, a byte costs four at most), so smaller ones are not looked at."""
     if split is None:
-        return False  # not a message: the service drops it undecoded
-    return json_values_over(MAX_VALUES, [part.bytes for part in split[1][1:5]])
+        return None  # not a message: the service drops it undecoded
+    parts = [part.bytes for part in split[1][1:5]]
+    cost = json_cost(parts)
+    if cost > MAX_JSON_COST:
+        return too_much_json_text(cost)
+    if json_values_over(MAX_VALUES, parts):
+        return too_many_values_text()
+    return None
 
 
 class Bridge:
@@ -241,8 +270,8 @@ class Bridge:
         size = sum(len(frame) for frame in frames)
         if size > MAX_BYTES or len(frames) > MAX_PARTS:
             why = too_large_text(size)
-        elif size > MAX_VALUES and _too_many_values(split):  # a value takes a byte or more
-            why = too_many_values_text()
+        elif size > MAX_VALUES and (problem := _decoding_problem(split)):  # see the function
+            why = problem
         else:
             self._send(self.service[channel], frames)
             return

@@ -69,7 +69,12 @@ class AgentStream:
             return short.partial
 
     async def read_chunk(self, max_bytes: int = 65536) -> bytes:
-        """Whatever bytes are there (up to max_bytes); b"" at EOF."""
+        """Whatever bytes are there (up to max_bytes); b"" at EOF.
+
+        Always lets the event loop run first, as :meth:`read_json` does: while bytes are
+        buffered ``read`` returns at once, and a reader that parses what a sandbox server
+        floods it with would otherwise keep every other sandbox waiting."""
+        await asyncio.sleep(0)
         data = await self._reader.read(max_bytes)
         if self._quick_ack is not None and data:
             with contextlib.suppress(OSError):  # the option does not stick: once per read
@@ -230,7 +235,8 @@ async def _receive_with_fds(
             raise AgentGone(errno_codes.ECONNRESET, f"the sandbox agent hung up: {exc}") from exc
         fds += received
         data += chunk
-        if not chunk or data.endswith(b"\n") or len(data) > _LINE_LIMIT:
+        # More than one fd is refused anyway: no reason to take in more of them.
+        if not chunk or data.endswith(b"\n") or len(data) > _LINE_LIMIT or len(fds) > 1:
             return data, fds
 
 

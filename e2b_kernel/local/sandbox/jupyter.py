@@ -73,6 +73,9 @@ KERNEL_MANAGER_CLASS = f"{_KERNEL_MANAGER_MODULE}.QuickActivityKernelManager"
 # Bounds on one REST answer from port 8888 (see JupyterServer.request): the real server's
 # are a few KiB (a kernel list, a session) and come in milliseconds.
 _MAX_ANSWER = 4 << 20
+# Parsing costs the service's shared loop per HTTP event, whatever its size: a server in the
+# sandbox sending endless "102 Processing" heads or one-byte chunks kept it busy for 30 s.
+_MAX_EVENTS = 1000
 _ANSWER_TIMEOUT = 30.0
 
 
@@ -224,22 +227,29 @@ class JupyterServer:
             out = conn.send(h11.Request(method=method, target=path, headers=headers)) or b""
             out += (conn.send(h11.Data(data=data)) or b"") if data else b""
             await stream.write(out + (conn.send(h11.EndOfMessage()) or b""))
-            status, payload = 0, bytearray()
-            while True:
+            status, payload, received = 0, bytearray(), 0
+            for _ in range(_MAX_EVENTS):
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.read_chunk())
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    payload += event.data
-                    if len(payload) > _MAX_ANSWER:
+                    chunk = await stream.read_chunk()
+                    received += len(chunk)
+                    if received > _MAX_ANSWER:  # wire bytes: 1xx heads and chunk framing too
                         raise ConnectionError(
                             f"port {JUPYTER_PORT} answered {method} {path} with over "
                             f"{_MAX_ANSWER >> 20} MiB; the Jupyter Server's answers are small"
                         )
+                    conn.receive_data(chunk)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    payload += event.data
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
+            else:
+                raise ConnectionError(
+                    f"port {JUPYTER_PORT} answered {method} {path} in over {_MAX_EVENTS} pieces "
+                    "(1xx answers, tiny chunks); the Jupyter Server answers in a few"
+                )
         if not payload.strip():
             return status, None
         try:

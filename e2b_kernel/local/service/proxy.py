@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +54,8 @@ _HOP_BY_HOP = {
 }  # fmt: skip
 _CREDENTIALS = {b"x-access-token", b"e2b-traffic-access-token"}
 _CHUNK = 65536
+_EVENTS_PER_TURN = 256  # h11 events parsed between two turns of the loop (a few ms)
+_MAX_INFORMATIONAL = 8
 
 Tunnel = AgentStream | TlsStream  # a byte stream to a port in the sandbox
 
@@ -165,8 +168,18 @@ async def _send_body(conn: h11.Connection, tunnel: Tunnel, receive: Receive) -> 
 
 
 async def _relay_response(conn: h11.Connection, tunnel: Tunnel, send: Send) -> None:
+    """The sandbox server's answer, event by event, to the caller.
+
+    Parsing costs per event, not per byte: a server that sends one-byte chunks or endless
+    1xx heads made h11 hold the service's one loop for seconds at a time. So the loop gets a
+    turn every ``_EVENTS_PER_TURN`` events, the body parts one read brought go to the caller
+    as one, and more than ``_MAX_INFORMATIONAL`` 1xx answers end the request (502)."""
     started = False
-    while True:
+    body = bytearray()  # Data events not yet sent: sent as one before anything else
+    informational = 0
+    for events in itertools.count(1):
+        if events % _EVENTS_PER_TURN == 0:
+            await asyncio.sleep(0)
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -174,6 +187,12 @@ async def _relay_response(conn: h11.Connection, tunnel: Tunnel, send: Send) -> N
                 raise ConnectionError(f"the sandbox server broke the response: {exc}") from None
             message = f"the server in the sandbox sent no valid answer: {exc}"
             raise ServiceError(502, message) from None
+        if isinstance(event, h11.Data):
+            body += event.data
+            continue
+        if body:
+            await send({"type": "http.response.body", "body": bytes(body), "more_body": True})
+            body.clear()
         if event is h11.NEED_DATA:
             try:
                 conn.receive_data(await tunnel.read_chunk(_CHUNK))
@@ -187,14 +206,17 @@ async def _relay_response(conn: h11.Connection, tunnel: Tunnel, send: Send) -> N
             start = {"type": "http.response.start", "status": event.status_code}
             await send({**start, "headers": headers})
             started = True
-        elif isinstance(event, h11.Data):
-            await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
         elif isinstance(event, h11.EndOfMessage):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         elif isinstance(event, h11.ConnectionClosed):
             raise ConnectionError("the sandbox server closed the connection mid-answer")
-        # InformationalResponse (100 Continue): uvicorn already answered it to the caller.
+        elif isinstance(event, h11.InformationalResponse):
+            # 100 Continue: uvicorn already answered it to the caller; 102/103 are hints.
+            informational += 1
+            if informational > _MAX_INFORMATIONAL:
+                message = f"the server in the sandbox sent over {_MAX_INFORMATIONAL} 1xx answers"
+                raise ServiceError(502, message)
 
 
 async def _disconnected(receive: Receive) -> None:
