@@ -212,16 +212,17 @@ class JupyterTransport:
             return True
         if header.get("msg_type") == "connect_request":
             return False  # the ports a front end can reach are this process's, not the remote's
-        self._taken(msg)
         stream = self.shell_stream
         async with self._relay_lock:  # FIFO: requests keep their order while the relay opens
             try:
                 forwarder = await self._ensure_forwarder(header)
             except E2BKernelError as exc:
                 if header.get("msg_type") == "kernel_info_request":
-                    return False  # answered locally; its banner names the problem
+                    return False  # answered by ipykernel; its banner names the problem
+                self._taken(msg)
                 self._fail_route(Route("shell", idents, stream, header), exc)
                 return True
+            self._taken(msg)
             forwarder.forward("shell", idents, stream, parts, header)
         return True
 

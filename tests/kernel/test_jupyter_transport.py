@@ -375,3 +375,24 @@ def test_connect_request_names_the_ports_of_this_kernel(
     info = kernel.km.get_connection_info()
     for channel in ("shell", "iopub", "stdin", "hb"):
         assert reply[f"{channel}_port"] == info[f"{channel}_port"], (channel, reply, info)
+
+
+def test_kernel_info_is_answered_while_the_jupyter_server_cannot_be_reached(
+    start_kernel: StartKernel, tmp_path: Path
+) -> None:
+    """Forced onto a Jupyter Server that does not answer, the kernel still answers
+    kernel_info (locally, its banner saying why), every time, and a cell gets the error: a
+    front end's wait_for_ready must not hang (it did once: the relay remembered the request's
+    signature before handing it to ipykernel, which then refused it as a replay)."""
+    env = clean_env(
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        E2B_KERNEL_BACKEND="local",
+        E2B_KERNEL_TRANSPORT="jupyter",
+        E2B_KERNEL_JUPYTER_URL="http://127.0.0.1:9/",  # nothing listens on port 9
+    )
+    kernel = start_kernel(env)  # waits for a kernel_info reply
+    reply, _ = kernel.run("print(1)", timeout=120)
+    assert reply["status"] == "error", reply
+    for _ in range(2):
+        banner = kernel.banner()
+        assert "the sandbox's Jupyter Server does not answer" in banner, banner
