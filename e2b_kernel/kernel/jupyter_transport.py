@@ -15,7 +15,7 @@ import asyncio
 import hmac
 import json
 import signal
-from typing import Any
+from typing import Any, NamedTuple
 
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -27,6 +27,15 @@ from ..errors import E2BKernelError, KernelDied, SandboxLost, error_content
 from .forward import JupyterForwarder, Route, send_reply
 
 __all__ = ["JupyterTransport"]
+
+
+class _Checked(NamedTuple):
+    """A message whose signature the relay checked (see ``JupyterTransport._split``)."""
+
+    idents: list[bytes]
+    signature: bytes
+    parts: Parts  # after the signature
+    header: dict[str, Any]
 
 
 def _remember_signature(session: Any, signature: bytes) -> None:
@@ -171,8 +180,8 @@ class JupyterTransport:
             self._own_kernel_id = kernel_id
         return kernel_id
 
-    def _split(self, msg: list[Any]) -> tuple[list[bytes], Parts, dict[str, Any]]:
-        """Identities, parts after the signature, and header; raises if the signature is bad.
+    def _split(self, msg: list[Any]) -> _Checked:
+        """Identities, signature, parts after it, and header; raises if the signature is bad.
 
         The checks of ``Session.deserialize``, without parsing the parent header, metadata,
         content and dates of a message that is relayed as it is (a tenth of a millisecond a
@@ -193,23 +202,22 @@ class JupyterTransport:
         header = json.loads(parts[1])
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-        return [bytes(i) for i in idents], parts[1:], header
+        return _Checked([bytes(i) for i in idents], parts[0], parts[1:], header)
 
-    def _taken(self, msg: list[Any]) -> None:
+    def _taken(self, checked: _Checked) -> None:
         """Remember the signature of a message this relay takes (as ``Session.deserialize``
         does for ipykernel), so that the same message sent again is refused."""
         if self.session.auth is not None:
-            _, frames = self.session.feed_identities(msg, copy=False)
-            signature = frames[0]
-            _remember_signature(self.session, bytes(getattr(signature, "bytes", signature)))
+            _remember_signature(self.session, checked.signature)
 
     async def _relay_shell(self, msg: list[Any]) -> bool:
         """Forward one shell message; False when it must be answered locally instead."""
         try:
-            idents, parts, header = self._split(msg)
+            checked = self._split(msg)
         except Exception:
             self.log.error("invalid shell message", exc_info=True)
             return True
+        idents, _, parts, header = checked
         if header.get("msg_type") == "connect_request":
             return False  # the ports a front end can reach are this process's, not the remote's
         stream = self.shell_stream
@@ -219,26 +227,27 @@ class JupyterTransport:
             except E2BKernelError as exc:
                 if header.get("msg_type") == "kernel_info_request":
                     return False  # answered by ipykernel; its banner names the problem
-                self._taken(msg)
+                self._taken(checked)
                 self._fail_route(Route("shell", idents, stream, header), exc)
                 return True
-            self._taken(msg)
+            self._taken(checked)
             forwarder.forward("shell", idents, stream, parts, header)
         return True
 
     def _relay_control(self, msg: list[Any]) -> bool:
         """Forward one control message from the control thread; False to handle it locally."""
         try:
-            idents, parts, header = self._split(msg)
+            checked = self._split(msg)
         except Exception:
             return False
+        idents, _, parts, header = checked
         if header.get("msg_type") in ("shutdown_request", "interrupt_request"):
             return False
         forwarder = self._forwarder
         loop = getattr(self, "_shell_loop", None)
         if forwarder is None or not forwarder.up or loop is None:
             return False
-        self._taken(msg)
+        self._taken(checked)
         loop.call_soon_threadsafe(
             forwarder.forward, "control", idents, self.control_stream, parts, header
         )
@@ -249,12 +258,12 @@ class JupyterTransport:
         if forwarder is None or not forwarder.up:
             return
         try:
-            idents, parts, header = self._split(msg)
+            checked = self._split(msg)
         except Exception:
             self.log.error("invalid stdin message", exc_info=True)
             return
-        self._taken(msg)
-        forwarder.forward("stdin", idents, None, parts, header)
+        self._taken(checked)
+        forwarder.forward("stdin", checked.idents, None, checked.parts, checked.header)
 
     def _send_control(self, stream: Any, parts: Parts, idents: list[bytes]) -> None:
         # The control stream belongs to the control thread: send from its loop.

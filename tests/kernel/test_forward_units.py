@@ -271,10 +271,11 @@ def test_the_relay_refuses_what_ipykernel_refuses(flaw: str) -> None:
         other = Session(key=b"another key")
         frames = [b"ident", *(bytes(f) for f in other.serialize(msg))]
     elif flaw == "sent again":
-        idents, parts, header = transport._split(_as_received(frames))
-        assert idents == [b"ident"] and header["msg_id"] == msg["header"]["msg_id"]
-        assert len(parts) == 4
-        transport._taken(_as_received(frames))
+        checked = transport._split(_as_received(frames))
+        assert checked.idents == [b"ident"]
+        assert checked.header["msg_id"] == msg["header"]["msg_id"]
+        assert len(checked.parts) == 4
+        transport._taken(checked)
     elif flaw == "unsigned":
         frames[2] = b""
     else:
@@ -289,8 +290,7 @@ def test_remembered_signatures_stay_bounded() -> None:
     for n in range(1000):
         msg = session.msg("execute_request", {"code": str(n)})
         frames = _as_received([bytes(f) for f in session.serialize(msg)])
-        transport._split(frames)
-        transport._taken(frames)
+        transport._taken(transport._split(frames))
     assert len(session.digest_history) <= 100
 
 

@@ -60,16 +60,16 @@ class Conn:
 
     def reply(self, **fields: object) -> None:
         """Send the first line, ``{"ok": true, **fields}``; once per connection."""
-        if self.replied:
-            raise RuntimeError("reply() called twice")
-        self.replied = True
-        self.send_json({"ok": True, **fields})
+        self.reply_with_fds([], **fields)
 
     def reply_with_fds(self, fds: list[int], **fields: object) -> None:
         """:meth:`reply`, with ``fds`` passed along in the same message (SCM_RIGHTS)."""
         if self.replied:
             raise RuntimeError("reply() called twice")
         self.replied = True
+        if not fds:
+            self.send_json({"ok": True, **fields})
+            return
         line = json.dumps({"ok": True, **fields}, separators=(",", ":")).encode() + b"\n"
         sent = socket.send_fds(self.sock, [line], fds)
         self.sock.sendall(line[sent:])
@@ -96,10 +96,6 @@ class Conn:
         if not isinstance(value, dict):
             raise AgentError(errno.EINVAL, "expected a JSON object")
         return value
-
-    def has_pending(self) -> bool:
-        """Whether bytes the client sent after its request line are buffered here."""
-        return bool(self._pending)
 
     def recv_bytes(self, n: int) -> bytes:
         """Up to n raw bytes from the client; b"" at EOF."""

@@ -11,8 +11,9 @@ sandbox's unprivileged user, outside its namespaces (code inside cannot see or s
 
 It passes on what comes from the service as it is, and from the kernel only a message of at
 most ``MAX_BYTES`` in ``MAX_PARTS`` parts whose JSON parts hold at most ``MAX_VALUES`` values
-(what decoding costs the service grows with those: 12 MiB of ``[],`` are 4 M lists, 300 MB
-and seconds of its one loop, which every sandbox shares). For another it sends a short one
+and cost at most ``MAX_JSON_COST`` to decode (what decoding costs the service grows with
+values and with a text's widest character: 12 MiB of ``[],`` are 4 M lists, 300 MB and
+seconds of its one loop, which every sandbox shares). For another it sends a short one
 in its place, signed with the kernel's key: an error reply of the same type, or for IOPub a
 stderr stream of the same cell, that says what was dropped. IOPub messages go on only when
 they belong to one of the service's last requests (the others are the notebook's, over port
