@@ -53,6 +53,11 @@ IDS = {"user": (1000, 1000), "root": (0, 0)}
 DISK_DIRS = ("/home/user", "/tmp")
 _CHUNK = 256 * 1024
 _BATCH = 256  # entries per line of a listing: lines stay small however big the tree
+_BATCH_BYTES = 128 * 1024  # nor does a line pass about this many bytes of paths and metadata
+# File metadata (``user.e2b.*`` attributes) one entry carries. tmpfs holds any amount, while
+# E2B's ext4 keeps a file's attributes in one 4 KiB block; without a bound, sandbox code could
+# hang megabytes on every file and make each listing or watch event cost the service as much.
+METADATA_BYTES = 16 * 1024
 _FRAME = struct.Struct(">Q")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -220,12 +225,25 @@ def _metadata(host: str) -> dict[str, str]:
     except OSError:
         return {}  # a filesystem without xattrs, or a race with a removal: no metadata
     found = {}
-    for name in names:
+    room = METADATA_BYTES
+    for name in sorted(names):
         if name.startswith(_XATTR_PREFIX):
             with contextlib.suppress(OSError):
                 raw = os.getxattr(host, name, follow_symlinks=False)
-                found[name[len(_XATTR_PREFIX) :]] = raw.decode("utf-8", "replace")
+                key = name[len(_XATTR_PREFIX) :]
+                room -= len(key) + len(raw)
+                if room < 0:
+                    break  # past METADATA_BYTES: the entry carries the keys before this one
+                found[key] = raw.decode("utf-8", "replace")
     return found
+
+
+def entry_weight(entry: dict) -> int:
+    """About how many bytes of JSON ``entry`` takes (its variable parts and a margin)."""
+    metadata = entry["metadata"]
+    size = 256 + len(entry["path"]) + len(entry["symlink_target"] or "")
+    # A byte that is not UTF-8 is sent as "\\ufffd": six bytes of JSON.
+    return size + sum(len(key) + len(value) for key, value in metadata.items()) * 6
 
 
 # --- ops -----------------------------------------------------------------------------------
@@ -264,11 +282,13 @@ def list_op(conn: Conn, request: dict) -> None:
             os.close(os.open(host_path(path), os.O_RDONLY | os.O_DIRECTORY))  # readable?
         conn.reply()
         batch: list[dict] = []
+        weight = 0
         for entry in _walk(path, depth):
             batch.append(entry)
-            if len(batch) >= _BATCH:
+            weight += entry_weight(entry)
+            if len(batch) >= _BATCH or weight >= _BATCH_BYTES:
                 conn.send_json({"entries": batch})
-                batch = []
+                batch, weight = [], 0
         if batch:
             conn.send_json({"entries": batch})
     conn.send_json({"end": True})

@@ -12,6 +12,7 @@ import errno
 import os
 import posixpath
 import struct
+from collections.abc import Iterator
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -83,26 +84,27 @@ class Inotify:
 
         With ``found``, every entry met is appended to it: a directory that was created or
         moved in before its watch existed may already hold files (``mkdir -p a/b; touch
-        a/b/f`` in one burst), and their events happened where nobody watched.
+        a/b/f`` in one burst), and their events happened where nobody watched. The walk keeps
+        its own stack: sandbox code can nest directories deeper than Python recurses.
         """
-        try:
-            with os.scandir(path) as listing:
-                children = [(c, c.is_dir(follow_symlinks=False)) for c in listing]
-        except OSError:
-            return  # vanished or unreadable meanwhile: nothing to watch there
-        for child, is_dir in sorted(children, key=lambda item: item[0].name):
-            child_relative = posixpath.join(relative, child.name) if relative else child.name
+        stack = [_sorted_children(path, relative)]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            child_path, child_relative, is_dir = item
             if found is not None:
                 found.append(child_relative)
             if not is_dir:
                 continue
             try:
-                self._add(child.path, child_relative, only_dir=True)
+                self._add(child_path, child_relative, only_dir=True)
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG):
                     continue
                 raise
-            self._add_below(child.path, child_relative, found)
+            stack.append(_sorted_children(child_path, child_relative))
 
     def read(self) -> list[tuple[str, str]]:
         """Pending events as (name relative to the root, kind); [] when none are queued."""
@@ -146,3 +148,17 @@ class Inotify:
         except OSError:
             return []  # removed again before we could watch it
         return [(name, "create") for name in found]
+
+
+def _sorted_children(path: str, relative: str) -> Iterator[tuple[str, str, bool]]:
+    """(path, path relative to the root, is a directory) of each entry of path, by name."""
+    try:
+        with os.scandir(path) as listing:
+            children = [(c.name, c.path, c.is_dir(follow_symlinks=False)) for c in listing]
+    except OSError:
+        return iter(())  # vanished or unreadable meanwhile: nothing to watch there
+    children.sort()
+    return (
+        (child_path, posixpath.join(relative, name) if relative else name, is_dir)
+        for name, child_path, is_dir in children
+    )

@@ -46,6 +46,10 @@ from .user_paths import HOMES, UnresolvablePath, resolve_user_path
 USERS = tuple(HOMES)  # the users a sandbox has
 _KEEPALIVE = 50.0  # envd's keepalive interval on WatchDir
 _MAX_PENDING_EVENTS = 10_000  # a polled watcher nobody drains keeps at most this many
+# ... and at most this many bytes of names, paths and file metadata; so does a listing hold
+# in metadata. The agent bounds one entry's metadata (16 KiB), not how many entries carry it.
+_MAX_PENDING_BYTES = 16 << 20
+_MAX_LISTING_METADATA = 16 << 20
 _FILE_TYPES = {"file": FileType.FILE, "dir": FileType.DIRECTORY}
 _EVENT_TYPES = {
     "create": EventType.CREATE,
@@ -161,12 +165,21 @@ class FilesystemService(filesystem_connect.Filesystem):
         user = _user(ctx)
         entries: list[EntryInfo] = []
         path = _path(request.path, user)
+        metadata_left = _MAX_LISTING_METADATA
         with _mapped(path):
             # Converted batch by batch as they arrive (about 8 us per entry): all at once,
             # 138,000 entries held the event loop for over a second.
             listing = self.ops.list(path, user, max(1, request.depth))
             async with contextlib.aclosing(listing) as batches:
                 async for batch in batches:
+                    metadata_left -= sum(_metadata_size(entry) for entry in batch)
+                    if metadata_left < 0:
+                        raise ConnectError(
+                            Code.RESOURCE_EXHAUSTED,
+                            f"the files under {path} carry more than "
+                            f"{_MAX_LISTING_METADATA >> 20} MiB of metadata: list a smaller "
+                            "directory or fewer levels (depth)",
+                        )
                     entries.extend(entry_message(e) for e in batch)
         return ListDirResponse(entries=entries)
 
@@ -227,7 +240,7 @@ class FilesystemService(filesystem_connect.Filesystem):
         watcher = self._watchers.get(request.watcher_id)
         if watcher is None:
             raise ConnectError(Code.NOT_FOUND, f"watcher {request.watcher_id!r} not found")
-        return GetWatcherEventsResponse(events=watcher.drain())
+        return GetWatcherEventsResponse(events=watcher.collect())
 
     async def remove_watcher(self, request: Any, ctx: Any) -> Any:
         """Stop a polled watcher."""
@@ -288,22 +301,61 @@ def _event_message(line: dict[str, Any]) -> FilesystemEvent:
     return event
 
 
+def _metadata_size(entry: dict[str, Any]) -> int:
+    return sum(len(key) + len(value) for key, value in (entry.get("metadata") or {}).items())
+
+
+def _event_size(line: dict[str, Any]) -> int:
+    entry = line.get("entry") or {}
+    return 128 + len(line["name"]) + len(entry.get("path") or "") + _metadata_size(entry)
+
+
 class _PolledWatcher:
-    """A watch whose events wait in memory until GetWatcherEvents collects them."""
+    """A watch whose events wait in memory until GetWatcherEvents collects them.
+
+    What waits is bounded (events and bytes). Past the bound, events are dropped, and the
+    collection after the one that delivers the kept events is an error that says so (as
+    inotify reports its queue's overflow in the stream), then the events since come. A watch
+    that broke off says so at every collection, once its last events are delivered."""
 
     def __init__(self, stream: AgentStream) -> None:
         self.stream = stream
         self.events: list[FilesystemEvent] = []
+        self.pending_bytes = 0
+        self.dropped = 0
+        self.dropped_note: str | None = None  # said once, by the next collection
+        self.broken: str | None = None
         self.task = asyncio.ensure_future(self._collect())
 
     async def _collect(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             while (line := await self.stream.read_json()) is not None:
-                if len(self.events) < _MAX_PENDING_EVENTS:
-                    self.events.append(_event_message(line))
+                size = _event_size(line)
+                full = len(self.events) >= _MAX_PENDING_EVENTS
+                if full or self.pending_bytes + size > _MAX_PENDING_BYTES:
+                    self.dropped += 1
+                    continue
+                self.pending_bytes += size
+                self.events.append(_event_message(line))
+        except (OSError, ValueError) as exc:
+            self.broken = f"the watch stopped: {exc}; remove the watcher and create another"
 
-    def drain(self) -> list[FilesystemEvent]:
-        events, self.events = self.events, []
+    def collect(self) -> list[FilesystemEvent]:
+        """The events since the last collection; ConnectError for a drop or a broken watch."""
+        if self.dropped_note is not None:
+            note, self.dropped_note = self.dropped_note, None
+            raise ConnectError(Code.RESOURCE_EXHAUSTED, note)
+        if self.broken is not None and not self.events:
+            raise ConnectError(Code.UNAVAILABLE, self.broken)
+        events, self.events, self.pending_bytes = self.events, [], 0
+        if self.dropped:
+            self.dropped_note = (
+                f"{self.dropped} filesystem events were dropped: more than "
+                f"{_MAX_PENDING_EVENTS} events or {_MAX_PENDING_BYTES >> 20} MiB waited between "
+                "two collections; collect them more often, or use the async SDK's streaming "
+                "watch_dir"
+            )
+            self.dropped = 0
         return events
 
     async def stop(self) -> None:
