@@ -74,6 +74,8 @@ def test_fork_makes_independent_copies_with_the_files() -> None:
     source = Sandbox.create(timeout=120, metadata={"role": "source"}, envs={"FOO": "bar"})
     try:
         source.files.write("shared.txt", "before the fork")
+        source.files.write("meta.txt", "m", metadata={"owner": "team-a"})
+        source.commands.run("ln shared.txt hard.txt && ln hard.txt again.txt")  # as pip, git...
         source.run_code("x = 41")
         forks = source.fork(count=2)
         assert len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks)
@@ -83,6 +85,10 @@ def test_fork_makes_independent_copies_with_the_files() -> None:
             assert len(ids) == 3
             for fork in (first, second):
                 assert fork.files.read("shared.txt") == "before the fork"
+                assert fork.files.get_info("meta.txt").metadata == {"owner": "team-a"}
+                links = fork.commands.run("stat -c %h:%i shared.txt hard.txt again.txt")
+                assert len(set(links.stdout.split())) == 1  # one inode, three names
+                assert links.stdout.startswith("3:")
                 assert fork.get_info().metadata == {"role": "source"}
                 assert fork.run_code("import os; os.getenv('FOO')").text == "bar"
                 # Memory is not kept: a fork's Python starts fresh.
@@ -103,19 +109,27 @@ def test_fork_makes_independent_copies_with_the_files() -> None:
         source.kill()
 
 
+def _start_child_and_daemon(sbx: BaseSandbox) -> list[str]:
+    """A command's child and a daemon (an orphan, adopted by the namespace's init), tagged."""
+    child, daemon = marker(), marker()
+    sbx.commands.run(f"exec -a {child} sleep 600", background=True, timeout=0)
+    sbx.commands.run(f"setsid bash -c 'exec -a {daemon} sleep 600' >/dev/null 2>&1 &")
+    wait_for(lambda: bool(host_pids_with(child) and host_pids_with(daemon)), what="both")
+    return [child, daemon]
+
+
 def test_filesystem_pause_keeps_files_and_drops_processes() -> None:
     sbx = Sandbox.create(timeout=120)
-    tag = marker()
     try:
         sbx.files.write("kept.txt", "yes")
         sbx.run_code("y = 1")
-        sbx.commands.run(f"exec -a {tag} sleep 600", background=True, timeout=0)
-        wait_for(lambda: bool(host_pids_with(tag)), what="the marked process")
+        tags = _start_child_and_daemon(sbx)
         assert sbx.pause(keep_memory=False) is True
         assert sbx.get_info().state.value == "paused"
         resumed = Sandbox.connect(sbx.sandbox_id)
         assert resumed.files.read("kept.txt") == "yes"
-        wait_for(lambda: not host_pids_with(tag), what="the dropped process to be gone")
+        for tag in tags:
+            wait_for(lambda: not host_pids_with(tag), what=f"{tag} to be gone")  # noqa: B023
         assert resumed.run_code("y").error.name == "NameError"  # type: ignore[union-attr]
         assert resumed.run_code("1 + 1").text == "2"
     finally:
@@ -124,14 +138,14 @@ def test_filesystem_pause_keeps_files_and_drops_processes() -> None:
 
 def test_reboot_on_resume_drops_processes() -> None:
     sbx = BaseSandbox.create(timeout=120)
-    tag = marker()
     try:
-        sbx.commands.run(f"exec -a {tag} sleep 600", background=True, timeout=0)
-        wait_for(lambda: bool(host_pids_with(tag)), what="the marked process")
-        assert sbx.pause()  # a full pause keeps the process...
+        tags = _start_child_and_daemon(sbx)
+        assert sbx.pause()  # a full pause keeps the processes...
+        assert all(host_pids_with(tag) for tag in tags)
         again = BaseSandbox.connect(sbx.sandbox_id, on_resume="reboot")
         assert again.is_running()  # ...but a reboot on resume starts from the disk alone
-        wait_for(lambda: not host_pids_with(tag), what="the process to be gone")
+        for tag in tags:
+            wait_for(lambda: not host_pids_with(tag), what=f"{tag} to be gone")  # noqa: B023
     finally:
         sbx.kill()
 

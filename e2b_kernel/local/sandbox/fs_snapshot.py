@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -23,6 +24,8 @@ from .process import DEVNULL, PIPE, AgentProcess
 if TYPE_CHECKING:
     from .runtime import LocalSandbox
 
+log = logging.getLogger("e2b_kernel.local")
+
 _MIB = 1024 * 1024
 _UNBOUNDED = 1 << 62
 ARCHIVE_TIMEOUT = 600.0  # a 2 GiB disk takes well under a minute on a small machine
@@ -30,14 +33,40 @@ _STDERR_TAIL = 4096
 _STDERR_DRAIN = 2.0  # for the last words of an archiver that exited
 
 # Run with `python -I -S`: stdlib only. argv: mode, then (prefix, dir) pairs.
-# Sockets and other special files are skipped by tarfile itself; restore uses the "tar"
-# filter, which refuses absolute names, ".." and links that leave the target dir.
+# Sockets are skipped (tar has no type for them); restore uses the "tar" filter, which
+# refuses absolute names, ".." and links that leave the target dir. Files keep their user.*
+# extended attributes (E2B's file metadata) and hard links stay links.
 _SCRIPT = r"""
 import os, sys, tarfile
 mode, pairs = sys.argv[1], sys.argv[2:]
 roots = list(zip(pairs[::2], pairs[1::2]))
+XATTR = "SCHILY.xattr."  # how GNU tar and others keep extended attributes in PAX headers
+
+def add(tar, path, arc):
+    info = tar.gettarinfo(path, arcname=arc)
+    if info is None:
+        return  # a socket: tar cannot hold one
+    try:  # file metadata (user.e2b.*) lives in extended attributes: kept with the file
+        for name in os.listxattr(path, follow_symlinks=False):
+            if name.startswith("user."):
+                value = os.getxattr(path, name, follow_symlinks=False)
+                info.pax_headers[XATTR + name] = value.decode("utf-8", "surrogateescape")
+    except OSError:
+        pass
+    if info.isreg():
+        with open(path, "rb") as data:
+            tar.addfile(info, data)
+    else:
+        tar.addfile(info)
+
+def place(name):
+    for prefix, root in roots:
+        if name == prefix or name.startswith(prefix + "/"):
+            return root, name[len(prefix):].lstrip("/") or "."
+    return None
+
 if mode == "archive":
-    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for prefix, root in roots:
             device = os.lstat(root).st_dev
             for top, dirs, files in os.walk(root):
@@ -55,19 +84,31 @@ if mode == "archive":
                         continue  # a directory is added when the walk enters it
                     arc = os.path.normpath(os.path.join(prefix, rel, name or ""))
                     try:
-                        tar.add(path, arcname=arc, recursive=False)
+                        add(tar, path, arc)
                     except OSError as exc:  # unreadable for the user: left out, said so
                         print(f"skipped {path}: {exc.strerror}", file=sys.stderr)
 else:
     with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
         for member in tar:
-            for prefix, root in roots:
-                if member.name == prefix or member.name.startswith(prefix + "/"):
-                    member.name = member.name[len(prefix):].lstrip("/") or "."
-                    if member.name == ".":
-                        break  # the root dir itself already exists, with its own mode
-                    tar.extract(member, root, filter="tar")
-                    break
+            where = place(member.name)
+            if where is None or where[1] == ".":
+                continue  # the roots themselves already exist, with their own modes
+            root, member.name = where
+            if member.islnk():  # a hard link names its target as archived
+                target = place(member.linkname)
+                if target is None or target[0] != root:  # /home/user and /tmp: two disks
+                    print(f"skipped {member.name}: a link across disks", file=sys.stderr)
+                    continue
+                member.linkname = target[1]
+            tar.extract(member, root, filter="tar")
+            path = os.path.join(root, member.name)
+            for key, value in member.pax_headers.items():
+                if key.startswith(XATTR + "user."):
+                    value = value.encode("utf-8", "surrogateescape")
+                    try:
+                        os.setxattr(path, key[len(XATTR):], value, follow_symlinks=False)
+                    except OSError:
+                        pass  # a link cannot hold user attributes; a full disk refuses them
 """
 
 
@@ -271,15 +312,38 @@ async def _keep_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
 def drop_processes(sandbox: LocalSandbox) -> None:
     """SIGKILL every process of the sandbox but its agent (and bwrap's init above it).
 
-    What a filesystem-only pause or a reboot-on-resume leaves: files, and no processes.
+    What a filesystem-only pause or a reboot-on-resume leaves: files, and no processes. Only
+    the agent is kept, found as pid 2 of the namespace: every orphan is a child of init too
+    (``setsid cmd &``), and must go. Processes forked meanwhile are found by the next round.
     """
     keep = {pid for pid in (sandbox.agent_pid, sandbox.init_pid) if pid is not None}
     if sandbox.init_pid is not None:
-        keep |= set(_children(sandbox.init_pid))  # the agent, pid 2 of the namespace
-    for pid in sandbox.live_pids():
-        if pid not in keep:
+        keep |= {pid for pid in _children(sandbox.init_pid) if _namespace_pid(pid) == 2}
+    killed: set[int] = set()
+    for _ in range(_KILL_ROUNDS):
+        victims = set(sandbox.live_pids()) - keep - killed
+        if not victims:
+            return
+        for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        killed |= victims
+    log.error("sandbox %s: processes kept forking while they were ended", sandbox.sandbox_id)
+
+
+_KILL_ROUNDS = 1000
+
+
+def _namespace_pid(pid: int) -> int | None:
+    """The pid of host process ``pid`` in its innermost pid namespace."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return None
 
 
 def _children(pid: int) -> list[int]:
