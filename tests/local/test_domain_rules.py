@@ -285,6 +285,20 @@ def test_allowed_names_resolving_to_private_or_host_addresses_are_refused(
     assert all(not line.startswith(net.private) for line in net.reached()[before:])
 
 
+def test_the_dns_server_a_domain_entry_opens_is_open_on_port_53_only(sandbox: Sandbox) -> None:
+    """Names must resolve, so 8.8.8.8 (E2B's default DNS server) is allowed; on port 53 only,
+    or "only allowed.test" would open it to DNS over HTTPS and anything else."""
+    script = "; ".join(
+        f"ip route get 8.8.8.8 ipproto {proto} dport {port} >/dev/null 2>&1 && echo open"
+        f" || echo refused"
+        for proto, port in (("udp", 53), ("tcp", 53), ("tcp", 853), ("udp", 9999), ("tcp", 22))
+    )
+    result = sandbox.commands.run(script, timeout=30)
+    assert result.stdout.split() == ["open", "open", "refused", "refused", "refused"]
+    # Port 443 of it is any denied address's: the filter's, which wants an allowed name.
+    assert _probe(sandbox, [("8.8.8.8", 443, "raw", "")]) == ["closed"]
+
+
 def test_the_filters_own_mark_is_out_of_a_sandboxs_reach(sandbox: Sandbox, net: Net) -> None:
     """The mark that routes the filter's own connections past the rules cannot be set by a
     sandbox process, so it cannot use it to go around them."""
@@ -308,3 +322,43 @@ def test_malformed_domain_entries_are_refused(sandbox: Sandbox) -> None:
     for entry in ("exa mple.com", "http://example.com", "example.com:443", "a.*.example.com"):
         with pytest.raises(SandboxException, match="400"):
             sandbox.update_network({"allow_out": [entry], "deny_out": ["0.0.0.0/0"]})
+
+
+# In the sandbox: send argv[3]'s bytes to argv[1]:argv[2] one small segment at a time (one
+# TLS record per byte of a ClientHello on 443, one byte per segment on 80) and print how many
+# went before the filter hung up, or all of them.
+DRIP = r"""
+import select, socket, sys, time
+address, port, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if what == "tls":
+    hello = bytes([1]) + (16000).to_bytes(3, "big") + bytes([3, 3]) + bytes(15994)
+    pieces = [bytes([22, 3, 1, 0, 1, b]) for b in hello[:400]]
+else:
+    pieces = [bytes([b]) for b in b"GET /" + b"a" * 395]
+s = socket.create_connection((address, port), timeout=10)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+sent = 0
+for piece in pieces:
+    if select.select([s], [], [], 0)[0] and not s.recv(100):
+        break  # hung up on
+    try:
+        s.send(piece)
+    except OSError:
+        break
+    sent += 1
+    time.sleep(0.005)  # the drip's pace: each piece arrives on its own
+print(sent)
+"""
+
+
+@pytest.mark.parametrize("port, what", [(443, "tls"), (80, "http")])
+def test_a_head_dripped_a_byte_at_a_time_is_hung_up_on_early(
+    sandbox: Sandbox, net: Net, port: int, what: str
+) -> None:
+    """Each read parses the whole head so far: dripped in thousands of pieces it cost the
+    service time growing with the square of its length (64 connections of one sandbox kept its
+    loop busy 27 s in 31). The filter hangs up after 16 TLS records or 64 reads."""
+    sandbox.files.write("/tmp/drip.py", DRIP)
+    result = sandbox.commands.run(f"python3 /tmp/drip.py {net.public} {port} {what}", timeout=60)
+    sent = int(result.stdout)
+    assert sent < 100, f"{sent} of 400 pieces went before the filter hung up"

@@ -35,6 +35,13 @@ def test_sni_of_a_real_client_hello_whole_split_and_partial() -> None:
     for cut in (1, 5, 60, len(split) - 1):
         assert tls_server_name(split[:cut]) == NEED_MORE
     assert tls_server_name(client_hello(None)) is None  # no SNI: no name
+    sixteen = b"".join(record(body[n * 20 : (n + 1) * 20]) for n in range(15))
+    assert tls_server_name(sixteen + record(body[300:])) == "api.example.com"
+    # Dripped a byte a record, each read would walk thousands of records: a hello that 16
+    # records do not complete has no name.
+    dripped = b"".join(record(body[n : n + 1]) for n in range(len(body)))
+    assert tls_server_name(dripped[: 6 * 15]) == NEED_MORE
+    assert tls_server_name(dripped[: 6 * 16]) is None
 
 
 def test_http_host_with_port_case_and_refusals() -> None:
@@ -45,6 +52,8 @@ def test_http_host_with_port_case_and_refusals() -> None:
     assert http_host(b"GET / HTTP/1.0\r\n\r\n") is None  # no Host
     assert http_host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n") is None
     assert http_host(b"GET / HTTP/1.1\r\nHost: bad name\r\n\r\n") is None
+    assert http_host(b"PROPPATCH") == NEED_MORE
+    assert http_host(b"A" * 17) is None  # longer than any method: looked at no further
 
 
 def test_malformed_bytes_never_raise() -> None:

@@ -48,6 +48,7 @@ REDIRECT_SOURCE = "169.254.36.36"  # on the sandbox's loopback, the redirected s
 # E2B's firewall never dials these for a matched name (``DeniedSandboxCIDRs``), IPv4 part.
 ALWAYS_DENIED = tuple(ipaddress.ip_network(block) for block in UNREACHABLE_RANGES)
 PEEK_TIMEOUT = 10.0  # for the name to arrive
+PEEK_READS = 64  # ... in at most this many reads
 DIAL_TIMEOUT = 30.0  # E2B's upstream dial timeout
 MAX_CONNECTIONS = 256  # open through the filter at once, per sandbox
 _CHUNK = 65536
@@ -242,19 +243,23 @@ def _always_denied(address: str) -> bool:
 async def _peek(
     reader: asyncio.StreamReader, read_name: Callable[[bytes], str | None]
 ) -> tuple[bytes, str | None]:
-    """The bytes read until the host name was known, and the name (None: it has none)."""
-    data = b""
+    """The bytes read until the host name was known, and the name (None: it has none).
+
+    Each read parses all that came so far: a head dripped a byte at a time would cost the
+    service's loop time growing with the square of its length, so after ``PEEK_READS``
+    reads without a name (clients need one to three) the connection has none."""
+    data = bytearray()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PEEK_TIMEOUT
-    while len(data) < hostnames.MAX_HEAD:
+    for _ in range(PEEK_READS):
         chunk = await asyncio.wait_for(reader.read(_CHUNK), max(0.0, deadline - loop.time()))
         if not chunk:
-            return data, None
+            break
         data += chunk
-        name = read_name(data)
-        if name != hostnames.NEED_MORE:
-            return data, name
-    return data, None
+        name = read_name(bytes(data))
+        if name != hostnames.NEED_MORE or len(data) >= hostnames.MAX_HEAD:
+            return bytes(data), name or None
+    return bytes(data), None
 
 
 async def _pump(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:

@@ -18,8 +18,8 @@ Only the ``ip`` tool is needed (no nftables or iptables, which many hosts and CI
 lack). Domain names in ``allowOut`` (exact, ``*.suffix`` or ``*``) are matched as E2B matches
 them, per connection by the HTTP ``Host`` (port 80) and TLS SNI (port 443) of connections to
 denied addresses, which rules here send to the service's filter (domain_filter.py); on other
-ports a domain allows nothing. The DNS forwarder and ``dnsServers`` are then allowed, as E2B
-allows its DNS servers.
+ports a domain allows nothing. The DNS forwarder and ``dnsServers`` are then allowed on port
+53 (UDP and TCP), as E2B allows its DNS servers for names to resolve.
 """
 
 from __future__ import annotations
@@ -125,14 +125,23 @@ def domains(rules: EgressRules) -> list[str]:
 
 
 def plan(rules: EgressRules) -> tuple[list[str], list[str]]:
-    """The (allowed, denied) IPv4 prefixes to install."""
-    allowed = [str(_network(e, "allowOut")) for e in rules.allow_out if not _is_domain(e)]
+    """The allowed IPv4 selectors (``ip rule`` words) and denied IPv4 prefixes to install.
+
+    Domain entries need names resolved: the DNS servers are then allowed, on port 53 only
+    (unless an entry allows a server's address whole), so that "only api.example.com" does
+    not open 8.8.8.8 to DNS over HTTPS or anything else."""
+    addresses = [str(_network(e, "allowOut")) for e in rules.allow_out if not _is_domain(e)]
+    allowed = [f"to {prefix}" for prefix in dict.fromkeys(addresses) if ":" not in prefix]
     if domains(rules):
         dns = rules.dns_servers if rules.dns_servers is not None else ["8.8.8.8"]
-        allowed += [f"{DNS_FORWARDER}/32", *(f"{s}/32" for s in dns)]
+        for server in dict.fromkeys([DNS_FORWARDER, *dns]):
+            if f"{server}/32" not in addresses and ":" not in server:
+                allowed += [f"to {server}/32 ipproto {proto} dport 53" for proto in _DNS_PROTOS]
     denied = [str(_network(entry, "denyOut")) for entry in rules.deny_out]
-    v4 = [p for p in dict.fromkeys(allowed) if ":" not in p]
-    return v4, [p for p in dict.fromkeys(denied) if ":" not in p]
+    return allowed, [p for p in dict.fromkeys(denied) if ":" not in p]
+
+
+_DNS_PROTOS = ("udp", "tcp")
 
 
 class EgressTable:
@@ -151,9 +160,9 @@ class EgressTable:
         lines = [f"rule add to {ALL_TRAFFIC} prohibit priority {_GUARD_PRIORITY}"]
         lines += [f"rule del priority {p}" for p in self._installed]
         new: list[int] = []
-        for index, prefix in enumerate(allowed):
+        for index, selector in enumerate(allowed):
             new.append(_ALLOW_BASE + index)
-            lines.append(f"rule add to {prefix} lookup main priority {new[-1]}")
+            lines.append(f"rule add {selector} lookup main priority {new[-1]}")
         if by_name and denied:
             await self._filter.start()
             lines += self._redirect_setup()

@@ -17,6 +17,10 @@ import h11
 
 NEED_MORE: Final = ""  # falsy, and never a valid name
 MAX_HEAD = 32 * 1024  # more than this without a complete request head or ClientHello: no name
+# Records one ClientHello may span. Clients send it in one (16 KiB fits any real one), or two;
+# each read walks the records again, so a hello dripped in one-byte records cost the service
+# time that grew with the square of its length.
+MAX_RECORDS = 16
 
 _NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*$")
 _TLS_HANDSHAKE = 22
@@ -56,7 +60,7 @@ def http_host(data: bytes) -> str | None:
 
 def _could_be_http(data: bytes) -> bool:
     """Whether ``data`` may still become an HTTP request head (a method token so far)."""
-    first = data.split(b" ", 1)[0]
+    first = data[:17].split(b" ", 1)[0]  # a method has 16 letters at most
     return first.isalpha() and first.isupper() and len(first) <= 16 if first else True
 
 
@@ -73,6 +77,7 @@ def _client_hello(data: bytes) -> bytes | None:
     more records are needed, None when this is not a TLS ClientHello."""
     handshake = bytearray()
     offset = 0
+    records = 0
     while True:
         if len(handshake) >= 4:
             if handshake[0] != _CLIENT_HELLO:
@@ -82,6 +87,8 @@ def _client_hello(data: bytes) -> bytes | None:
                 return None
             if len(handshake) >= 4 + length:
                 return bytes(handshake[4 : 4 + length])
+        if records == MAX_RECORDS:
+            return None  # split over more records than a client makes
         if len(data) < offset + 5:
             return b""
         kind, major = data[offset], data[offset + 1]
@@ -92,6 +99,7 @@ def _client_hello(data: bytes) -> bytes | None:
             return b""
         handshake += data[offset + 5 : offset + 5 + record_length]
         offset += 5 + record_length
+        records += 1
 
 
 def _server_name(hello: bytes) -> str | None:
