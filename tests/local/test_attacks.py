@@ -587,6 +587,35 @@ def test_disk_cap_holds(fresh: Callable[..., Sandbox]) -> None:
     assert free_before - free_after <= 1.5 * DISK_CAP_MB * MiB
 
 
+XATTR_FILL = r"""
+import errno, os, sys
+limit, stored, error = int(sys.argv[1]), 0, 'none'
+try:
+    for n in range(1 << 30):
+        path = '/home/user/x%06d' % (n // 64)
+        if n % 64 == 0:
+            open(path, 'w').close()
+        os.setxattr(path, 'user.e2b.k%02d' % (n % 64), os.urandom(4000))
+        stored += 4000
+        if stored >= limit:
+            break
+except OSError as exc:
+    error = errno.errorcode.get(exc.errno, str(exc.errno))
+print('stored', stored, error)
+"""
+
+
+def test_file_metadata_counts_against_the_disk_cap(fresh: Callable[..., Sandbox]) -> None:
+    """tmpfs keeps extended attributes in no block: without a bound on its inode space, sandbox
+    code stored 196 MiB of them on a 16 MiB disk (``df`` showed 5 MB)."""
+    sandbox = fresh(metadata={"e2b.disk_mb": str(DISK_CAP_MB)})
+    sandbox.files.write("/tmp/e2bk_xattrs.py", XATTR_FILL)
+    _, output = sh(sandbox, f"python3 /tmp/e2bk_xattrs.py {2 * DISK_CAP_MB * MiB}", timeout=120)
+    stored, error = output.split("stored")[-1].split()
+    assert error == "ENOSPC", output
+    assert int(stored) <= DISK_CAP_MB * MiB // 4, output  # a quarter of the cap at most
+
+
 def test_a_sparse_file_cannot_make_a_snapshot_fill_the_host_disk(
     fresh: Callable[..., Sandbox],
 ) -> None:
