@@ -200,7 +200,8 @@ def test_cells_right_after_another_clients_restart_end_and_see_fresh_state(
     REST API) restarts the remote kernel; the next ``%%e2b`` cell, sent the moment that
     returns, must not lose its IOPub messages to the new process's fresh subscription
     (several rounds: before the fix this hung in 1 of 3 runs of two rounds)."""
-    assert own_magic.run("%%e2b\nvariable = 1")[0]["status"] == "ok"
+    reply, messages = own_magic.run("%%e2b\nvariable = 1")
+    assert reply["status"] == "ok", (reply, messages)
     restart = (
         "import httpx\n"
         "magics = get_ipython().magics_manager.registry['E2BMagics']\n"
