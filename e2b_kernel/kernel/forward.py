@@ -21,6 +21,7 @@ the control thread's loop that owns the control stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -151,6 +152,7 @@ class JupyterForwarder:
         self.closed_reason: str | None = None
         self._interrupting: asyncio.Future | None = None
         self._interrupted_at = float("-inf")  # loop time of our last remote interrupt
+        self._settling: asyncio.Event | None = None  # set at each message while settle() waits
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
 
     @property
@@ -202,6 +204,11 @@ class JupyterForwarder:
     # ---- remote -> front end ------------------------------------------------------------------
 
     def _from_remote(self, channel: str, parts: Parts) -> None:
+        self._relay_from_remote(channel, parts)
+        if self._settling is not None:
+            self._settling.set()
+
+    def _relay_from_remote(self, channel: str, parts: Parts) -> None:
         header = json.loads(parts[0])
         msg_type = str(header.get("msg_type", ""))
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
@@ -408,6 +415,26 @@ class JupyterForwarder:
         if self._running:
             return True
         return any(r.header.get("msg_type") == "execute_request" for r in self._routes.values())
+
+    async def settle(self, timeout: float) -> None:
+        """Let a running cell end before the relay closes (a restart or a shutdown): interrupt
+        it unless an interrupt was just sent (``jupyter_client`` sends one before it restarts
+        a kernel), and wait up to ``timeout`` for its error, reply and idle to be relayed, as
+        ``python3`` sends them. What is still pending then is for the caller to answer."""
+        if not self.up or not self.cell_in_flight:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._interrupted_at > _INTERRUPT_REACH:
+            await self.interrupt()
+        self._settling = asyncio.Event()
+        deadline = loop.time() + timeout
+        try:
+            while self.up and self.cell_in_flight and loop.time() < deadline:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._settling.wait(), deadline - loop.time())
+                self._settling.clear()
+        finally:
+            self._settling = None
 
     async def interrupt(self) -> None:
         """Interrupt the remote kernel through the Jupyter Server's REST API."""

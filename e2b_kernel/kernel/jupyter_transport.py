@@ -28,6 +28,10 @@ from .forward import JupyterForwarder, Route, send_reply
 
 __all__ = ["JupyterTransport"]
 
+# How long a restart or shutdown lets a running cell's interrupt come back before the relay
+# closes (a round trip or two; the whole shutdown is bounded by kernel._SHUTDOWN_WAIT).
+_SETTLE_WAIT = 2.0
+
 
 class _Checked(NamedTuple):
     """A message whose signature the relay checked (see ``JupyterTransport._split``)."""
@@ -319,7 +323,7 @@ class JupyterTransport:
         for route in routes:
             self._fail_route(route, exc)
 
-    def _fail_route(self, route: Route, exc: E2BKernelError) -> None:
+    def _fail_route(self, route: Route, exc: E2BKernelError | KeyboardInterrupt) -> None:
         """Answer a request that cannot reach the remote kernel: busy, error, reply, idle."""
         header = route.header
         msg_type = str(header.get("msg_type", "unknown_request"))
@@ -347,9 +351,16 @@ class JupyterTransport:
         return state
 
     async def _close_transport(self, keep_kernel: bool) -> None:
-        forwarder, self._forwarder = self._forwarder, None
+        forwarder = self._forwarder
         if forwarder is None:
             return
+        # A cell still running gets its end, as on python3: its KeyboardInterrupt, reply and
+        # idle, or ours when they do not come in time. Nothing waits on it forever.
+        await forwarder.settle(_SETTLE_WAIT)
+        self._forwarder = None
+        why = KeyboardInterrupt("the kernel " + ("restarted" if keep_kernel else "shut down"))
+        for route in forwarder.take_pending():
+            self._fail_route(route, why)
         await forwarder.close()
         if not keep_kernel and self._own_kernel_id is not None:
             try:  # our own kernel in a server that may outlive the sandbox (development)

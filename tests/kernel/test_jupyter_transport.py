@@ -7,6 +7,7 @@ the shared one used as "cloud".
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,6 +260,27 @@ def test_restart_gives_fresh_state_and_keeps_files(
     kernel.kc.wait_for_ready(timeout=60)
     assert kernel.value("open('kept.txt').read()") == "'still here'"
     _check_fresh_process(kernel)
+    kernel.shutdown()
+
+
+def test_a_restart_while_a_cell_runs_ends_that_cell_as_on_python3(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    """JupyterLab's restart (``jupyter_client``: an interrupt, then a shutdown request that asks
+    for a restart) while a cell runs: the cell gets its KeyboardInterrupt error, its reply and
+    its idle before the relay closes, as on python3 (it used to get none of them)."""
+    kernel = start_kernel(jupyter_env())
+    running = kernel.send("import time\nprint('started', flush=True)\ntime.sleep(60)")
+    kernel.wait_for_stream(running, "started")
+    kernel.km.restart_kernel(now=False)
+    reply, outputs = kernel.collect(running, timeout=30)
+    assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt"), (reply, outputs)
+    errors = [o.content for o in outputs if o.msg_type == "error"]
+    assert [e["ename"] for e in errors] == ["KeyboardInterrupt"], outputs
+    remote = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(errors[0]["traceback"]))
+    assert "time.sleep(60)" in remote, remote  # the remote kernel's own, with its frame
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.value("'time' in globals()") == "False"  # a fresh process
     kernel.shutdown()
 
 
