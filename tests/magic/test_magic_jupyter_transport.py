@@ -276,3 +276,23 @@ def test_a_remote_error_is_raised_as_on_execute(magic: Magic, tmp_path: Path) ->
     (error,) = outputs_of(messages, "error")
     text = "\n".join(error["traceback"])
     assert "raise KeyError" in text and "e2b_kernel" not in text
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "raise ExceptionGroup('g', [ValueError(1)])",
+        "import asyncio\nasync def boom():\n    raise ValueError('inner')\n"
+        "async with asyncio.TaskGroup() as tg:\n    tg.create_task(boom())",
+    ],
+    ids=["group", "task-group"],
+)
+def test_an_exception_group_fails_the_cell(magic: Magic, code: str) -> None:
+    """IPython shows an exception group as stderr text and sends no 'error' message: only the
+    reply says the cell failed. python3 fails the cell (and nbval, papermill with it)."""
+    reply, messages = magic.run("%%e2b\n" + code)
+    assert reply["status"] == "error", (reply, messages)
+    assert reply["evalue"].startswith("ExceptionGroup: "), reply
+    shown = "".join(s["text"] for s in outputs_of(messages, "stream"))
+    assert "Exception Group Traceback" in shown  # the remote kernel's own text, as on python3
+    assert magic.run("%%e2b\n1 + 1")[0]["status"] == "ok"
