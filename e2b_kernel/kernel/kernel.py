@@ -66,6 +66,8 @@ class E2BKernel(JupyterTransport, Kernel):
     session_config = Instance(SessionConfig, allow_none=True)
 
     def __init__(self, **kwargs: Any) -> None:
+        self._next_count = 1  # the number the next stored cell gets, as IPython counts
+        self._cell_number = 0  # the running cell's, for its result and reply
         super().__init__(**kwargs)
         self._config_error: ConfigurationError | None = None
         try:
@@ -211,6 +213,17 @@ class E2BKernel(JupyterTransport, Kernel):
 
     # ---- execution --------------------------------------------------------------------------
 
+    @property
+    def execution_count(self) -> int:
+        """The next stored cell's number (what ``execute_input`` shows), as IPythonKernel
+        takes it from IPython: silent, ``store_history=False`` and empty cells do not advance
+        it, and their results and replies carry the last stored cell's number."""
+        return self._next_count
+
+    @execution_count.setter
+    def execution_count(self, value: int) -> None:
+        pass  # ipykernel's base class counts every request; IPython's rules are kept instead
+
     async def do_execute(
         self,
         code: str,
@@ -223,24 +236,27 @@ class E2BKernel(JupyterTransport, Kernel):
         cell_id: str | None = None,
     ) -> dict:
         """Run the cell in the sandbox, publishing its outputs as they arrive."""
-        reply = await self._execute(code, silent, store_history) if code.strip() else self._ok()
+        stored = store_history and not silent and bool(code.strip())
+        self._cell_number = self._next_count if stored else self._next_count - 1
+        reply = await self._execute(code, silent, stored) if code.strip() else self._ok()
         if reply["status"] == "ok" and user_expressions and self._config_error is None:
             reply["user_expressions"] = await self.sandbox_session.user_expressions(
                 user_expressions
             )
         return reply
 
-    async def _execute(self, code: str, silent: bool, store_history: bool) -> dict:
+    async def _execute(self, code: str, silent: bool, stored: bool) -> dict:
         self._shell_loop = asyncio.get_running_loop()
         self._result_text = None
         self._cell_task = asyncio.ensure_future(self._run_cell(code, silent))
         await asyncio.wait([self._cell_task])
         task, self._cell_task = self._cell_task, None
-        if not silent and store_history:
-            self.history.add(self.execution_count, code, self._result_text)
+        if stored:
+            self.history.add(self._cell_number, code, self._result_text)
+            self._next_count += 1
         if task.cancelled():
             interrupted = ExecutionInterrupted("the cell was interrupted; state is kept")
-            return self._fail(interrupted, silent)
+            return self._fail(interrupted)
         result: dict = task.result()
         return result
 
@@ -255,21 +271,21 @@ class E2BKernel(JupyterTransport, Kernel):
             async for kind, content in self.sandbox_session.execute(code, front_end="kernel"):
                 if kind == "error":
                     error = content
-                if not silent:
+                if not silent or kind != "execute_result":  # as IPython's silent run
                     self._publish(kind, content)
         except E2BKernelError as exc:
-            return self._fail(exc, silent)
+            return self._fail(exc)
         except Exception as exc:
             # A bug of ours must still end the cell with a reply, without internals.
             self.log.exception("internal error while running a cell")
-            return self._fail(exc, silent)
+            return self._fail(exc)
         if error is not None:
-            return {"status": "error", "execution_count": self.execution_count, **error}
+            return {"status": "error", "execution_count": self._cell_number, **error}
         return self._ok()
 
     def _publish(self, kind: str, content: dict) -> None:
         if kind == "execute_result":
-            content = {**content, "execution_count": self.execution_count}
+            content = {**content, "execution_count": self._cell_number}
             self._result_text = content["data"].get("text/plain")
         elif kind == "display_data":
             content = {**content, "transient": {}}
@@ -278,16 +294,15 @@ class E2BKernel(JupyterTransport, Kernel):
     def _ok(self) -> dict:
         return {
             "status": "ok",
-            "execution_count": self.execution_count,
+            "execution_count": self._cell_number,
             "payload": [],
             "user_expressions": {},
         }
 
-    def _fail(self, exc: BaseException, silent: bool) -> dict:
+    def _fail(self, exc: BaseException) -> dict:
         content = error_content(exc)
-        if not silent:
-            self.send_response(self.iopub_socket, "error", content)
-        return {"status": "error", "execution_count": self.execution_count, **content}
+        self.send_response(self.iopub_socket, "error", content)  # silent cells too, as IPython
+        return {"status": "error", "execution_count": self._cell_number, **content}
 
     # ---- interrupts ---------------------------------------------------------------------------
 

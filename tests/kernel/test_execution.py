@@ -283,3 +283,52 @@ def test_user_expressions_are_evaluated_in_the_sandbox(
     assert expressions["bad"]["status"] == "error"
     assert expressions["bad"]["ename"] == "ZeroDivisionError"
     assert kernel.run("1")[0]["execution_count"] == reply["execution_count"] + 1
+
+
+# (code, execute options): counted and shown as IPython counts and shows them.
+COUNTING = [
+    ("1", {}),
+    ("", {}),  # empty: no new number
+    ("print('x'); display('d'); 40 + 2", {"silent": True}),  # outputs, but no result
+    ("1/0", {"silent": True}),  # its error is shown
+    ("40 + 2", {"store_history": False}),
+    ("2", {}),
+    ("1/0", {}),  # an error is a numbered cell
+    ("3", {}),
+]
+
+
+def _counted(kc: Any, code: str, options: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What one request shows: each message but 'status' with its count, then the reply's."""
+    msg_id = kc.execute(code, **options)
+    shown: list[tuple[str, Any]] = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        content = msg["content"]
+        if msg["msg_type"] == "status":
+            if content["execution_state"] == "idle":
+                break
+            continue
+        shown.append((msg["msg_type"], content.get("execution_count", content.get("name"))))
+    while (reply := kc.get_shell_msg(timeout=60))["parent_header"].get("msg_id") != msg_id:
+        pass
+    return [*shown, ("reply", (reply["content"]["status"], reply["content"]["execution_count"]))]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+def test_execution_counts_and_silent_cells_are_shown_as_on_python3(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    """Silent, ``store_history=False`` and empty cells take no number (their results and
+    replies carry the last one); silent cells still show their output and errors. On execute
+    the counts advanced with every request, and silent cells showed nothing."""
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        expected = [_counted(kc, code, options) for code, options in COUNTING]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    kernel = start_kernel(backend_env())
+    assert [_counted(kernel.kc, code, options) for code, options in COUNTING] == expected
