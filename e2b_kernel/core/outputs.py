@@ -89,39 +89,85 @@ def result_to_event(result: Any) -> tuple[str, dict[str, Any]]:
 
 _ANSI = r"(?:\x1b\[[0-9;]*m)*"
 # IPython starts a traceback with a rule of dashes, then "<Name>   Traceback (most recent...)".
-_RESET = r"(?:\x1b\[0?m)?"  # only a reset may close the rule or header; the next colour opens
-_RULE = re.compile(rf"^({_ANSI}-{{20,}}{_RESET})(?=[^\n])")
+_RESET = r"(?:\x1b\[(?:0|39)?m)?"  # only a reset may close the rule or header
+_RULE = re.compile(rf"^({_ANSI}-{{20,}}{_RESET})(?=[^\n])", re.MULTILINE)
 _HEADER_END = re.compile(r"(Traceback \(most recent call last\)" + _RESET + r")(?=[^\n])")
+# A frame's first line ("Cell In[3], line 2" or "File /x.py:4, in f()"); its other lines are
+# source lines, which start with a space or an arrow ("----> 2").
+_FRAME_START = re.compile(r"^(?:Cell In\[|File |Input In \[)")
+_CHAINS = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
 
 
 def split_traceback(text: str, ename: str = "", evalue: str = "") -> list[str]:
-    """Split E2B's joined traceback string back into Jupyter's list of lines.
+    """Split E2B's joined traceback string back into the lines ``python3`` shows.
 
-    The server joins IPython's traceback entries with ``""``, which glues the dash rule, the
-    header and the final ``Name: value`` line onto their neighbours; those joints are restored.
+    IPython's traceback is a list of entries (a rule, a header, one entry per frame ending in
+    a newline, the ``Name: value`` line, notes; in a chain of exceptions a line between the
+    sections, then the next header...), which front ends join with newlines. E2B's server
+    joins them with ``""``: the joints are found again by the entries' shapes, and the blank
+    lines that a frame's own newline and the chain lines make come back.
     """
     if not text:
         return []
-    text = _RULE.sub(r"\1\n", text, count=1)
-    text = _HEADER_END.sub(r"\1\n", text, count=1)
+    text = _RULE.sub(r"\1\n", text)
+    text = _HEADER_END.sub(r"\1\n", text)
     if ename:
         text = _unglue_tail(text, ename, evalue)
-    lines = text.split("\n")
+    lines: list[str] = []
+    in_frame = False
+    for line in text.split("\n"):
+        plain = strip_ansi(line)
+        source = plain[:1] == " " or (plain[:1] == "-" and plain.strip("-") != "")
+        if in_frame and not source:
+            in_frame = False
+            if plain:
+                lines.append("")  # the frame's own newline, then the joining one
+        if plain in _CHAINS:
+            lines += ["", line, ""] if lines and lines[-1] != "" else [line, ""]
+            continue
+        in_frame = in_frame or bool(_FRAME_START.match(plain))
+        lines.append(line)
     while lines and lines[-1] == "":
         lines.pop()
     return lines
 
 
 def _unglue_tail(text: str, ename: str, evalue: str) -> str:
-    """Put the final ``Name: value`` line on its own line when it is glued to the previous."""
+    """Put the final ``Name: value`` line on its own line when it is glued to the previous,
+    and what follows it (the exception's notes, glued together) on the next."""
     tail = f"{ename}: {evalue}".rstrip() if evalue else ename
     matches = list(re.finditer(_ANSI + re.escape(ename) + _ANSI + ":?", text))
     match = matches[-1] if matches else None
-    if match is None or match.start() == 0 or text[match.start() - 1] == "\n":
+    if match is None:
         return text
-    if strip_ansi(text[match.start() :]).rstrip() != tail:
+    rest = strip_ansi(text[match.start() :])
+    if not rest.startswith(tail):
         return text
-    return text[: match.start()] + "\n" + text[match.start() :]
+    start = match.start()
+    if start > 0 and text[start - 1] != "\n":
+        text, start = text[:start] + "\n" + text[start:], start + 1
+    notes = rest[len(tail) :]
+    if notes and not notes.startswith("\n"):
+        end = _after_visible(text, start, len(tail))
+        text = text[:end] + "\n" + text[end:]
+    return text
+
+
+def _after_visible(text: str, start: int, count: int) -> int:
+    """The index in ``text`` after ``count`` visible characters from ``start`` (escape
+    sequences are skipped, and those right after the last one are taken with it)."""
+    index = start
+    while True:
+        escape = _ANSI_SEQUENCE.match(text, index)
+        if escape is not None:
+            index = escape.end()
+        elif count == 0:
+            return index
+        else:
+            index, count = index + 1, count - 1
 
 
 _ANSI_SEQUENCE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

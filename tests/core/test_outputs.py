@@ -132,3 +132,26 @@ def test_stdin_error_names_the_limit_and_drops_internals() -> None:
     assert not any("kernelbase" in line for line in content["traceback"])
     assert "----> 1 input('x')" in content["traceback"]
     assert content["traceback"][-1].endswith(STDIN_MESSAGE)
+
+
+# IPython's entries for a chained exception without colours (E2B's template), as a front end
+# joins them with newlines; E2B's /execute joins them with nothing.
+CHAINED_ENTRIES = [
+    "-" * 75,
+    "KeyError                                  Traceback (most recent call last)",
+    "Cell In[1], line 5, in f()\n      3         {}['missing']\n----> 5         raise e\n",
+    "KeyError: 'missing'",
+    "\nThe above exception was the direct cause of the following exception:\n",
+    "ValueError                                Traceback (most recent call last)",
+    "Cell In[1], line 6\n      5         raise ValueError('wrapped') from e\n----> 6 f()\n",
+    "Cell In[1], line 5, in f()\n      1 def f():\n----> 5         raise ValueError('wrapped')\n",
+    "ValueError: wrapped",
+    "a note",
+]
+
+
+def test_a_chained_traceback_is_split_into_the_lines_python3_shows() -> None:
+    joined = "".join(CHAINED_ENTRIES)
+    assert split_traceback(joined, "ValueError", "wrapped") == "\n".join(CHAINED_ENTRIES).split(
+        "\n"
+    )

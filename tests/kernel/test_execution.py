@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from jupyter_client.manager import start_new_kernel
+
+from e2b_kernel.core.outputs import strip_ansi
 
 from .conftest import BACKENDS, TRANSPORTS
 from .harness import Kernel
@@ -332,3 +335,40 @@ def test_execution_counts_and_silent_cells_are_shown_as_on_python3(
         km.shutdown_kernel(now=True)
     kernel = start_kernel(backend_env())
     assert [_counted(kernel.kc, code, options) for code, options in COUNTING] == expected
+
+
+CHAINED = {
+    "cause": "def f():\n    try:\n        {}['missing']\n    except KeyError as e:\n"
+    "        raise ValueError('wrapped') from e\nf()",
+    "context": "try:\n    1/0\nexcept ZeroDivisionError:\n    int('x')",
+    "frames": "def a():\n    b()\ndef b():\n    raise KeyError('k')\na()",
+}
+
+
+def _shown(traceback: list[str]) -> str:
+    """A traceback as a front end shows it, with any cell number as N."""
+    return re.sub(r"In\[\d+\]", "In[N]", "\n".join(traceback))
+
+
+@EXECUTE_ONLY  # on jupyter the traceback is relayed as the remote kernel sent it
+@pytest.mark.parametrize("case", sorted(CHAINED))
+def test_chained_and_many_frame_tracebacks_are_shown_as_on_python3(
+    start_kernel: StartKernel, backend_env: BackendEnv, case: str
+) -> None:
+    """E2B's /execute joins IPython's traceback entries with nothing: the chain's lines and
+    the blank lines between frames and sections were lost, a section's header glued to its
+    first frame (``...(most recent call last)Cell In[2], line 3``)."""
+    kernel = start_kernel(backend_env())
+    _, outputs = kernel.run(CHAINED[case])
+    (error,) = [o.content for o in outputs if o.msg_type == "error"]
+    assert _shown(error["traceback"]) == _shown(python3_error(CHAINED[case])["traceback"])
+
+
+@EXECUTE_ONLY
+def test_exception_notes_are_not_glued_to_the_message(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    kernel = start_kernel(backend_env())
+    _, outputs = kernel.run("e = ValueError('bad')\ne.add_note('a note')\nraise e")
+    (error,) = [o.content for o in outputs if o.msg_type == "error"]
+    assert [strip_ansi(line) for line in error["traceback"][-2:]] == ["ValueError: bad", "a note"]
