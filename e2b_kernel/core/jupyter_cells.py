@@ -20,10 +20,11 @@ One connection per sandbox, kept open between cells, reopened for a new sandbox.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from jupyter_client.session import Session
@@ -51,6 +52,21 @@ _HIDDEN_WAIT = 30.0  # seconds a silent helper request (environment variables) m
 _REPLY_AFTER_IDLE = 2.0  # seconds a cell's reply may trail its 'idle'
 
 _Message = tuple[str, str, dict[str, Any]]  # channel, msg_type, content
+LateOutput = Callable[[str, dict[str, Any]], None]  # (msg_type, content) of an ended cell
+# Output that a cell's threads and tasks send after it ended goes to its front end's hook
+# (python3 shows it in that cell), for this many of the latest cells.
+_LATE_CELLS = 16
+_LATE_OUTPUTS = frozenset({"stream", "display_data", "update_display_data", "clear_output"})
+
+
+def _as_shown(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+    """An output's content without E2B's derived fields. The /execute transport's carrier
+    (see .text_plain), when a cell there installed it in this kernel, is dropped: the remote
+    ``text/plain`` is exact already."""
+    if msg_type in _RICH:
+        content = without_e2b_fields(content)
+        content["data"] = text_plain.restore(dict(content.get("data") or {}))
+    return content
 
 
 class _Cell:
@@ -83,6 +99,7 @@ class JupyterCells:
         self._sandbox_id: str | None = None  # the sandbox whose kernel the channels reach
         self._closed_reason: str | None = None  # set when the channels closed by themselves
         self._cells: dict[str, _Cell] = {}
+        self._late: collections.OrderedDict[str, LateOutput] = collections.OrderedDict()
         # Builds our messages. Their signature is dropped (the Jupyter Server signs what it
         # passes to the kernel); a key only keeps Session from warning that it signs nothing.
         self._messages = Session(key=secrets.token_bytes(16), username="e2b-kernel")
@@ -123,12 +140,16 @@ class JupyterCells:
     def _received(self, channel: str, parts: Parts) -> None:
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
         cell = self._cells.get(parent_id) if parent_id else None
-        if cell is not None:  # messages of earlier (interrupted) cells are dropped
+        if cell is not None:
             msg_type = str(json.loads(parts[0]).get("msg_type", ""))
             cell.messages.put_nowait((channel, msg_type, json.loads(parts[3])))
         elif channel == "iopub":
             header = json.loads(parts[0])
             msg_type = str(header.get("msg_type", ""))
+            late = self._late.get(parent_id) if parent_id else None
+            if late is not None and msg_type in _LATE_OUTPUTS:
+                self._show_late(late, msg_type, json.loads(parts[3]))
+                return
             if msg_type not in DEATH_NOTICES:
                 return  # another client's output: its content is not even parsed
             died = kernel_died(channel, msg_type, parent_id, json.loads(parts[3]))
@@ -149,6 +170,12 @@ class JupyterCells:
                         self._tell_died(cells, died)
 
                 new_process.add_done_callback(tell_if_the_sandbox_lives)
+
+    def _show_late(self, late: LateOutput, msg_type: str, content: dict[str, Any]) -> None:
+        try:
+            late(msg_type, _as_shown(msg_type, content))
+        except Exception:  # the front end's hook must not end the channels' reader
+            self.log.exception("could not show a finished cell's late output")
 
     @staticmethod
     def _tell_died(cells: list[_Cell], state: str) -> None:
@@ -178,9 +205,11 @@ class JupyterCells:
         timeout: float | None = None,
         env_vars: dict[str, str] | None = None,
         front_end: str = "magic",
+        late_output: LateOutput | None = None,
     ) -> AsyncIterator[Event]:
         """Run ``code`` (with ``env_vars`` set for it alone); yield its outputs,
-        ``input_request`` included, as they arrive.
+        ``input_request`` included, as they arrive. Output its threads and tasks send once it
+        has ended goes to ``late_output``.
 
         The errors and the ``e2b.execute`` span are those of :meth:`SandboxSession.execute`.
         """
@@ -222,6 +251,10 @@ class JupyterCells:
             finally:
                 session.hold_busy(False)
                 self._cells.pop(msg_id, None)
+                if late_output is not None:
+                    self._late[msg_id] = late_output
+                    while len(self._late) > _LATE_CELLS:
+                        self._late.popitem(last=False)
                 if previous_env is not None:
                     await self._restore_env(channels, previous_env)
 
@@ -316,12 +349,7 @@ class JupyterCells:
                 yield (msg_type, content)
             elif channel == "iopub" and msg_type in _OUTPUTS:
                 errored = errored or msg_type == "error"
-                if msg_type in _RICH:
-                    content = without_e2b_fields(content)
-                    # The /execute transport's carrier (see .text_plain), when a cell there
-                    # installed it in this kernel: the remote text/plain is exact already.
-                    content["data"] = text_plain.restore(dict(content.get("data") or {}))
-                yield (msg_type, content)
+                yield (msg_type, _as_shown(msg_type, content))
         if reply is not None and reply.get("status") == "error" and not errored:
             # IPython shows an exception group as stderr text, with no 'error' message: the
             # reply alone says the cell failed (python3 fails the cell, nbval with it).

@@ -19,10 +19,12 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.display_functions import clear_output, publish_display_data
 from IPython.core.error import UsageError
+from IPython.core.getipython import get_ipython
 
 from ..core.sdk_errors import is_sdk_error
 from ..errors import E2BKernelError, error_content
@@ -106,6 +108,23 @@ def show_event(kind: str, content: dict[str, Any]) -> None:
         )
     elif kind == "clear_output":
         clear_output(wait=bool(content.get("wait")))
+
+
+def late_output_here() -> Callable[[str, dict[str, Any]], None] | None:
+    """Where the running cell's late output goes (what its remote threads and tasks send once
+    it has ended): that cell's output area, as on python3, in a Jupyter kernel; None
+    elsewhere (a terminal IPython has no cell to show it in)."""
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None or not hasattr(kernel, "get_parent"):
+        return None
+    parent = kernel.get_parent()  # this cell's request: output sent for it lands in it
+    session, iopub = kernel.session, kernel.iopub_socket
+
+    def publish(msg_type: str, content: dict[str, Any]) -> None:
+        session.send(iopub, msg_type, content, parent=parent, ident=msg_type.encode())
+
+    return publish
 
 
 def ask_locally(content: dict[str, Any]) -> str:

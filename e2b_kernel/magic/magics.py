@@ -28,7 +28,7 @@ from ..errors import remote_error
 from . import transfer
 from .arguments import parse_env, parse_line
 from .commands import HELP, CommandsMixin
-from .display import RemoteResult, ask_locally, for_user, show_event
+from .display import RemoteResult, ask_locally, for_user, late_output_here, show_event
 from .loop_thread import LoopThread
 from .transport import Transports
 
@@ -253,7 +253,11 @@ class E2BMagics(CommandsMixin, Magics):
             cells = self.call(self.transports.cells_for(args.sandbox, session))
         if cells is not None:
             events = cells.execute(
-                code, timeout=args.timeout, env_vars=env or None, front_end="magic"
+                code,
+                timeout=args.timeout,
+                env_vars=env or None,
+                front_end="magic",
+                late_output=None if args.quiet else late_output_here(),
             )
         else:
             events = session.execute(

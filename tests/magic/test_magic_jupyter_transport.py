@@ -12,6 +12,7 @@ import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import pytest
@@ -296,3 +297,28 @@ def test_an_exception_group_fails_the_cell(magic: Magic, code: str) -> None:
     shown = "".join(s["text"] for s in outputs_of(messages, "stream"))
     assert "Exception Group Traceback" in shown  # the remote kernel's own text, as on python3
     assert magic.run("%%e2b\n1 + 1")[0]["status"] == "ok"
+
+
+def test_what_a_cells_threads_print_after_it_ended_lands_in_that_cell(magic: Magic) -> None:
+    """As on python3: a thread (or task) the cell started prints once the cell has ended, and
+    its output shows in that cell. It used to be dropped."""
+    msg_id = magic.send(
+        "%%e2b\nimport threading, time\n"
+        "def late():\n    time.sleep(0.5)\n    print('late thread', flush=True)\n"
+        "threading.Thread(target=late).start()\nprint('cell done')"
+    )
+    reply, messages = magic.collect(msg_id)
+    assert reply["status"] == "ok", messages
+    assert [s["text"] for s in outputs_of(messages, "stream")] == ["cell done\n"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            msg = magic.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        except Empty:
+            continue
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            assert msg["content"] == {"name": "stdout", "text": "late thread\n"}
+            break
+    else:
+        raise AssertionError("the late output never arrived")
+    assert magic.run("%%e2b\n6 * 7")[0]["status"] == "ok"
