@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from IPython.core.display_functions import clear_output, publish_display_data
-from IPython.core.error import UsageError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.getipython import get_ipython
 
 from ..core.sdk_errors import is_sdk_error
@@ -140,8 +140,14 @@ def ask_locally(content: dict[str, Any]) -> str:
     except (KeyboardInterrupt, E2BKernelError):
         raise
     except Exception as exc:  # StdinNotImplementedError, EOFError: nobody can answer here
-        raise E2BKernelError(
+        kind = InputNotAllowed if isinstance(exc, StdinNotImplementedError) else E2BKernelError
+        raise kind(
             f"The cell asked for input, but it cannot be answered here ({type(exc).__name__}: "
             f"{exc}); the remote cell was interrupted. Run it where input is allowed, or put "
             "the value in the code."
         ) from None
+
+
+class InputNotAllowed(E2BKernelError, StdinNotImplementedError):
+    """The front end allows no input (nbclient, papermill): caught as on ``python3`` by
+    ``except StdinNotImplementedError``."""

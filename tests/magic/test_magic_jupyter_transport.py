@@ -248,6 +248,21 @@ def test_input_and_getpass_go_through_the_kernels_stdin(magic: Magic) -> None:
         assert outputs_of(messages, "execute_result")[0]["data"]["text/plain"] == "'Ada'"
 
 
+def test_input_where_none_is_allowed_is_caught_as_on_python3(magic: Magic) -> None:
+    """nbclient and papermill allow no input: python3 raises StdinNotImplementedError, which
+    code may catch; so may it the error of a %%e2b cell's remote input()."""
+    code = (
+        "from IPython.core.error import StdinNotImplementedError\n"
+        "try:\n    get_ipython().run_cell_magic('e2b', '', 'input()')\n"
+        "except StdinNotImplementedError as exc:\n    print('caught:', type(exc).__name__)"
+    )
+    reply, messages = magic.run(code)
+    assert reply["status"] == "ok", messages
+    shown = "".join(s["text"] for s in outputs_of(messages, "stream"))
+    assert "caught: InputNotAllowed" in shown
+    assert magic.run("%%e2b\n1 + 1")[0]["status"] == "ok"
+
+
 def test_interrupt_stops_the_remote_cell_and_keeps_state(magic: Magic) -> None:
     assert magic.run("%%e2b\nkept = 'still here'")[0]["status"] == "ok"
     msg_id = magic.send("%%e2b\nimport time\nprint('started', flush=True)\ntime.sleep(300)")
