@@ -12,12 +12,13 @@ import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+
+from e2b_kernel.core.outputs import strip_ansi
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -291,7 +292,8 @@ def test_a_remote_error_is_raised_as_on_execute(magic: Magic, tmp_path: Path) ->
     )
     (error,) = outputs_of(messages, "error")
     text = "\n".join(error["traceback"])
-    assert "raise KeyError" in text and "e2b_kernel" not in text
+    assert "raise KeyError" in strip_ansi(text) and "e2b_kernel" not in text
+    assert "\x1b[31mKeyError\x1b[39m" in text  # python3's colours, as the E2B kernel's
 
 
 @pytest.mark.parametrize(
@@ -329,7 +331,7 @@ def test_what_a_cells_threads_print_after_it_ended_lands_in_that_cell(magic: Mag
     while time.monotonic() < deadline:
         try:
             msg = magic.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        except Empty:
+        except queue.Empty:
             continue
         if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
             assert msg["content"] == {"name": "stdout", "text": "late thread\n"}
