@@ -11,6 +11,7 @@ domain filter uses, as E2B's firewall uses its own) knows the test's names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,19 +156,18 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         remove_target_netns(server, host_end, netns)
 
 
-@pytest.fixture(scope="module")
-def service_env(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A local service whose resolver knows the test's names (its own /etc/hosts, bound in a
-    private mount namespace, so nothing else on the host sees them)."""
-    hosts = tmp_path_factory.mktemp("hosts") / "hosts"
-    hosts.write_text(
-        "127.0.0.1 localhost\n"
-        f"{net.public} allowed.test api.wild.test deep.x.wild.test wild.test other.test\n"
-        f"{net.private} private.test\n"
-        f"{net.host} hostaddr.test\n"
-    )
-    script = 'mount --bind "$0" /etc/hosts && exec "$@"'
-    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts)]
+@contextlib.contextmanager
+def _service_with_own(files: dict[str, str], folder: Path) -> Iterator[dict[str, str]]:
+    """A local service in a private mount namespace where each of ``files`` (``/etc/hosts``,
+    ``/etc/resolv.conf``) has the given text; nothing else on the host sees them."""
+    script, binds = "", []
+    for index, (target, text) in enumerate(files.items(), start=1):
+        source = folder / f"file{index}"
+        source.write_text(text)
+        script += f'mount --bind "${index}" {target} && '
+        binds.append(str(source))
+    script += f'shift {len(binds)} && exec "$@"'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "e2bk", *binds]
     argv += [sys.executable, "-m", "e2b_kernel.local", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--die-with-parent", "--pool-size", "0"]
     env = {k: v for k, v in os.environ.items() if k != "E2B_API_KEY"}
@@ -183,6 +184,22 @@ def service_env(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def _hosts(net: Net) -> str:
+    return (
+        "127.0.0.1 localhost\n"
+        f"{net.public} allowed.test api.wild.test deep.x.wild.test wild.test other.test\n"
+        f"{net.private} private.test\n"
+        f"{net.host} hostaddr.test\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def service_env(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A local service whose resolver knows the test's names."""
+    with _service_with_own({"/etc/hosts": _hosts(net)}, tmp_path_factory.mktemp("etc")) as env:
+        yield env
 
 
 @pytest.fixture
@@ -362,3 +379,82 @@ def test_a_head_dripped_a_byte_at_a_time_is_hung_up_on_early(
     result = sandbox.commands.run(f"python3 /tmp/drip.py {net.public} {port} {what}", timeout=60)
     sent = int(result.stdout)
     assert sent < 100, f"{sent} of 400 pieces went before the filter hung up"
+
+
+# In the sandbox: open argv[2] connections to argv[1]:443, each with a ClientHello naming a
+# different host of a domain whose name server never answers, say so, and keep them open.
+SLOW_NAMES = r"""
+import socket, ssl, sys, time
+def client_hello(name):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    out = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+held = []
+for n in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 443), timeout=10)
+    s.sendall(client_hello(f"n{n}.slow.test"))
+    held.append(s)
+print("sent", flush=True)
+time.sleep(60)  # holding the connections open is the attack
+"""
+
+
+@pytest.fixture(scope="module")
+def silent_dns_env(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A local service whose DNS server takes every query and never answers (as a domain's
+    own name server can), 5 s per lookup."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        silent.bind(("127.0.0.77", 53))
+    except OSError as exc:
+        silent.close()
+        pytest.skip(f"cannot listen on 127.0.0.77:53 for a silent DNS server: {exc}")
+    files = {
+        "/etc/hosts": _hosts(net),
+        "/etc/resolv.conf": "nameserver 127.0.0.77\noptions timeout:5 attempts:1\n",
+    }
+    try:
+        with _service_with_own(files, tmp_path_factory.mktemp("etc")) as env:
+            yield env
+    finally:
+        silent.close()
+
+
+def test_names_that_never_resolve_do_not_hold_up_the_service(
+    silent_dns_env: dict[str, str], net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox allowed every domain opens 40 connections naming hosts whose name server
+    never answers. Resolving them took the service's shared thread pool (six threads on two
+    cores) for 5 s each, and what else runs there, a new sandbox's start among it, waited
+    about 35 s; now a sandbox resolves two names at once, in the resolver's own threads."""
+    for name, value in silent_dns_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("E2B_DOMAIN", raising=False)
+    attacker = Sandbox.create(timeout=120, network={"allow_out": ["*"], "deny_out": ["0.0.0.0/0"]})
+    try:
+        attacker.files.write("/tmp/slow.py", SLOW_NAMES)
+        sent = threading.Event()
+
+        def attack() -> None:
+            with contextlib.suppress(Exception):  # ends when the sandbox is killed
+                attacker.commands.run(
+                    f"python3 /tmp/slow.py {net.public} 40",
+                    timeout=120,
+                    on_stdout=lambda line: sent.set() if "sent" in line else None,
+                )
+
+        threading.Thread(target=attack, daemon=True).start()
+        assert sent.wait(60), "the attack did not start"
+        began = time.monotonic()
+        other = Sandbox.create(timeout=60)
+        took = time.monotonic() - began
+        other.kill()
+        assert took < 10, f"another sandbox took {took:.1f} s to start during the attack"
+    finally:
+        attacker.kill()

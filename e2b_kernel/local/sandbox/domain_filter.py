@@ -25,6 +25,7 @@ Here the same, inside the sandbox's own network namespace, without netfilter:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import functools
 import ipaddress
@@ -33,7 +34,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import hostnames
 from .network import UNREACHABLE_RANGES
@@ -51,6 +52,14 @@ PEEK_TIMEOUT = 10.0  # for the name to arrive
 PEEK_READS = 64  # ... in at most this many reads
 DIAL_TIMEOUT = 30.0  # E2B's upstream dial timeout
 MAX_CONNECTIONS = 256  # open through the filter at once, per sandbox
+# Names are resolved by threads of their own, not the loop's default pool: the sandbox picks
+# the names, and a domain whose name server never answers holds a thread for the resolver's
+# whole timeout. In the default pool (six threads on two cores), 40 such connections held up
+# everything else the service runs in threads, sandbox starts among them. A sandbox resolves
+# at most RESOLVING names at once, so one sandbox cannot take all the resolver's threads.
+RESOLVER_THREADS = 8
+RESOLVING = 2
+_resolver: concurrent.futures.ThreadPoolExecutor | None = None
 _CHUNK = 65536
 _CLONE_NEWNET = 0x40000000
 _SO_MARK = 36
@@ -145,6 +154,7 @@ class DomainFilter:
         self.allowed: list[str] = []  # the domain entries of allowOut; set by EgressTable
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self._resolving = asyncio.Semaphore(RESOLVING)
 
     async def start(self) -> None:
         """Listen on ports 80 and 443 in the namespace (once; later calls do nothing)."""
@@ -207,10 +217,7 @@ class DomainFilter:
         sandbox's namespace; None when it resolves nowhere public or nothing answers."""
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(name, port, family=socket.AF_INET, type=socket.SOCK_STREAM),
-                DIAL_TIMEOUT,
-            )
+            infos = await asyncio.wait_for(self._resolve(name, port), DIAL_TIMEOUT)
         except (OSError, asyncio.TimeoutError):
             log.debug("sandbox %s: allowed host %s does not resolve", self.sandbox_id, name)
             return None
@@ -233,6 +240,26 @@ class DomainFilter:
                 continue
             return await asyncio.open_connection(sock=sock)
         return None
+
+    async def _resolve(self, name: str, port: int) -> list[Any]:
+        """``getaddrinfo`` in the resolver's threads; the sandbox's share of them is held
+        until the lookup itself ends, even when its caller stopped waiting."""
+        global _resolver
+        if _resolver is None:
+            _resolver = concurrent.futures.ThreadPoolExecutor(
+                RESOLVER_THREADS, thread_name_prefix="e2b-kernel-resolver"
+            )
+        await self._resolving.acquire()
+        lookup = functools.partial(
+            socket.getaddrinfo, name, port, socket.AF_INET, socket.SOCK_STREAM
+        )
+        try:
+            future = asyncio.get_running_loop().run_in_executor(_resolver, lookup)
+        except BaseException:
+            self._resolving.release()
+            raise
+        future.add_done_callback(lambda _: self._resolving.release())
+        return await asyncio.shield(future)
 
 
 def _always_denied(address: str) -> bool:
