@@ -57,8 +57,9 @@ asyncio.run(main())
 
 # In the sandbox: for each [address, port, kind, name] connect, send an HTTP request with that
 # Host, a TLS ClientHello with that SNI, or plain bytes, and print what came back.
-PROBE = r"""
-import json, socket, ssl, sys
+# In the sandbox: the TLS ClientHello a client sends for ``name`` (no SNI when empty).
+CLIENT_HELLO = r"""
+import ssl
 def client_hello(name):
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -69,6 +70,10 @@ def client_hello(name):
     except ssl.SSLWantReadError:
         pass
     return out.read()
+"""
+
+PROBE = CLIENT_HELLO + r"""
+import json, socket, sys
 results = []
 for address, port, kind, name in json.loads(sys.argv[1]):
     s = socket.socket()
@@ -383,18 +388,8 @@ def test_a_head_dripped_a_byte_at_a_time_is_hung_up_on_early(
 
 # In the sandbox: open argv[2] connections to argv[1]:443, each with a ClientHello naming a
 # different host of a domain whose name server never answers, say so, and keep them open.
-SLOW_NAMES = r"""
-import socket, ssl, sys, time
-def client_hello(name):
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    out = ssl.MemoryBIO()
-    tls = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
+SLOW_NAMES = CLIENT_HELLO + r"""
+import socket, sys, time
 held = []
 for n in range(int(sys.argv[2])):
     s = socket.create_connection((sys.argv[1], 443), timeout=10)
