@@ -120,7 +120,8 @@ def test_stdin_and_pty_input_refusals(sbx: Sandbox) -> None:
     finally:
         no_stdin.kill()
 
-    with_stdin = sbx.commands.run("cat", background=True, stdin=True)
+    # The sleep keeps the process there for the second close (cat ends at the first).
+    with_stdin = sbx.commands.run("cat; sleep 2", background=True, stdin=True)
     sbx.commands.send_stdin(with_stdin.pid, "once\n")
     sbx.commands.close_stdin(with_stdin.pid)
     sbx.commands.close_stdin(with_stdin.pid)  # closing twice is no error either
