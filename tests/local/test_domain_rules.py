@@ -72,7 +72,9 @@ def client_hello(name):
     return out.read()
 """
 
-PROBE = CLIENT_HELLO + r"""
+PROBE = (
+    CLIENT_HELLO
+    + r"""
 import json, socket, sys
 results = []
 for address, port, kind, name in json.loads(sys.argv[1]):
@@ -103,6 +105,7 @@ for address, port, kind, name in json.loads(sys.argv[1]):
     results.append(answer or "closed")
 print(json.dumps(results))
 """
+)
 
 
 @dataclass
@@ -388,7 +391,9 @@ def test_a_head_dripped_a_byte_at_a_time_is_hung_up_on_early(
 
 # In the sandbox: open argv[2] connections to argv[1]:443, each with a ClientHello naming a
 # different host of a domain whose name server never answers, say so, and keep them open.
-SLOW_NAMES = CLIENT_HELLO + r"""
+SLOW_NAMES = (
+    CLIENT_HELLO
+    + r"""
 import socket, sys, time
 held = []
 for n in range(int(sys.argv[2])):
@@ -398,6 +403,7 @@ for n in range(int(sys.argv[2])):
 print("sent", flush=True)
 time.sleep(60)  # holding the connections open is the attack
 """
+)
 
 
 @pytest.fixture(scope="module")
