@@ -164,7 +164,7 @@ def _after_visible(text: str, start: int, count: int) -> int:
         escape = _ANSI_SEQUENCE.match(text, index)
         if escape is not None:
             index = escape.end()
-        elif count == 0:
+        elif count == 0 or index >= len(text):
             return index
         else:
             index, count = index + 1, count - 1
