@@ -198,6 +198,8 @@ def error_to_content(error: Any) -> dict[str, Any]:
             user_part.append(line)
         value = STDIN_MESSAGE
         traceback = [*user_part, f"{name}: {value}"]
-    if not traceback:
+    if not traceback and not name.endswith("ExceptionGroup"):
         traceback = [f"{name}: {value}" if value else name]
+    # An exception group: IPython printed it on stderr and sent no error message, only the
+    # error reply, which E2B turned into this; python3 shows the text alone (see kernel.py).
     return {"ename": name, "evalue": value, "traceback": traceback}

@@ -271,6 +271,8 @@ class E2BKernel(JupyterTransport, Kernel):
             async for kind, content in self.sandbox_session.execute(code, front_end="kernel"):
                 if kind == "error":
                     error = content
+                    if not content["traceback"]:
+                        continue  # an exception group, shown on stderr (core/outputs.py)
                 if not silent or kind != "execute_result":  # as IPython's silent run
                     self._publish(kind, content)
         except E2BKernelError as exc:

@@ -372,3 +372,29 @@ def test_exception_notes_are_not_glued_to_the_message(
     _, outputs = kernel.run("e = ValueError('bad')\ne.add_note('a note')\nraise e")
     (error,) = [o.content for o in outputs if o.msg_type == "error"]
     assert [strip_ansi(line) for line in error["traceback"][-2:]] == ["ValueError: bad", "a note"]
+
+
+def _shown_kinds(kc: Any, code: str) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """The kinds of what one cell shows (streams by name), and its reply's error fields."""
+    shown = [(kind, count) for kind, count in _counted(kc, code, {})]
+    reply = shown.pop()[1]
+    return [(kind, name) for kind, name in shown if kind != "execute_input"], reply
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+def test_an_exception_group_is_shown_as_on_python3(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    """IPython prints an exception group on stderr and sends no error message, only an error
+    reply; on execute E2B's error for that reply made a second, one-line error."""
+    code = "raise ExceptionGroup('g', [ValueError(1), KeyError(2)])"
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        expected = _shown_kinds(kc, code)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    kernel = start_kernel(backend_env())
+    assert _shown_kinds(kernel.kc, code) == expected == ([("stream", "stderr")], ("error", 1))
+    reply, _ = kernel.run("raise ExceptionGroup('g', [ValueError(1)])")
+    assert (reply["status"], reply["ename"], reply["traceback"]) == ("error", "ExceptionGroup", [])
