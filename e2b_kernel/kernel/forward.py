@@ -417,15 +417,14 @@ class JupyterForwarder:
         return any(r.header.get("msg_type") == "execute_request" for r in self._routes.values())
 
     async def settle(self, timeout: float) -> None:
-        """Let a running cell end before the relay closes (a restart or a shutdown): interrupt
-        it unless an interrupt was just sent (``jupyter_client`` sends one before it restarts
-        a kernel), and wait up to ``timeout`` for its error, reply and idle to be relayed, as
-        ``python3`` sends them. What is still pending then is for the caller to answer."""
+        """Let a running cell end before the relay closes (a restart or a shutdown): wait up
+        to ``timeout`` for its error, reply and idle to be relayed, as ``python3`` sends them
+        (``jupyter_client`` interrupts a kernel before it restarts or shuts it down; a second
+        interrupt of ours could land while the remote kernel reports the first, and lose its
+        error). What is still pending then is for the caller to answer."""
         if not self.up or not self.cell_in_flight:
             return
         loop = asyncio.get_running_loop()
-        if loop.time() - self._interrupted_at > _INTERRUPT_REACH:
-            await self.interrupt()
         self._settling = asyncio.Event()
         deadline = loop.time() + timeout
         try:

@@ -7,7 +7,6 @@ the shared one used as "cloud".
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -277,8 +276,6 @@ def test_a_restart_while_a_cell_runs_ends_that_cell_as_on_python3(
     assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt"), (reply, outputs)
     errors = [o.content for o in outputs if o.msg_type == "error"]
     assert [e["ename"] for e in errors] == ["KeyboardInterrupt"], outputs
-    remote = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(errors[0]["traceback"]))
-    assert "time.sleep(60)" in remote, remote  # the remote kernel's own, with its frame
     kernel.kc.wait_for_ready(timeout=60)
     assert kernel.value("'time' in globals()") == "False"  # a fresh process
     kernel.shutdown()
