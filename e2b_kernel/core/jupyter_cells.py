@@ -31,7 +31,13 @@ from jupyter_client.session import Session
 
 from ..errors import E2BKernelError, ExecutionTimeout, KernelDied
 from . import cell_env, text_plain
-from .kernel_channels import DEATH_NOTICES, KernelChannels, Parts, kernel_died
+from .kernel_channels import (
+    DEATH_NOTICES,
+    KernelChannels,
+    Parts,
+    kernel_died,
+    silent_execute,
+)
 from .outputs import without_e2b_fields
 from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
 from .remote_look import PYTHON3_COLOURS
@@ -58,18 +64,6 @@ LateOutput = Callable[[str, dict[str, Any]], None]  # (msg_type, content) of an 
 # (python3 shows it in that cell), for this many of the latest cells.
 _LATE_CELLS = 16
 _LATE_OUTPUTS = frozenset({"stream", "display_data", "update_display_data", "clear_output"})
-
-
-def _silent(code: str, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:
-    """An execute request's content that leaves no output, history or execution count."""
-    return {
-        "code": code,
-        "silent": True,
-        "store_history": False,
-        "user_expressions": user_expressions or {},
-        "allow_stdin": False,
-        "stop_on_error": False,
-    }
 
 
 def _as_shown(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +135,7 @@ class JupyterCells:
             # python3's colours for the remote tracebacks the magic raises (E2B's template
             # starts its kernels without any), as the E2B Python kernel sets them; unanswered
             # here, its messages are dropped (see _received).
-            colours = self._messages.msg("execute_request", _silent(PYTHON3_COLOURS))
+            colours = self._messages.msg("execute_request", silent_execute(PYTHON3_COLOURS))
             opened.send("shell", self._parts(colours), first=True)
             return opened
 
@@ -302,7 +296,7 @@ class JupyterCells:
         self, channels: KernelChannels, code: str, user_expressions: dict[str, str]
     ) -> dict[str, Any]:
         """Run a silent request (no output, no history, no execution count); its reply."""
-        request = self._messages.msg("execute_request", _silent(code, user_expressions))
+        request = self._messages.msg("execute_request", silent_execute(code, user_expressions))
         msg_id = request["header"]["msg_id"]
         cell = self._cells[msg_id] = _Cell()
         try:

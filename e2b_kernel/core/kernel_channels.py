@@ -47,6 +47,7 @@ __all__ = [
     "decode",
     "encode",
     "kernel_died",
+    "silent_execute",
 ]
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
@@ -56,6 +57,19 @@ _FIELDS = ("header", "parent_header", "metadata", "content")
 # control requests within milliseconds, even while busy, so this only bounds a broken server.
 IOPUB_READY_TIMEOUT = 20.0
 _NUDGE_EVERY = 0.5  # seconds between nudges while no IOPub message has answered one
+
+
+def silent_execute(code: str, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:
+    """An ``execute_request``'s content that runs ``code`` for us alone: no output, history,
+    execution count or ``execute_input``, and no abort of what comes after it."""
+    return {
+        "code": code,
+        "silent": True,
+        "store_history": False,
+        "user_expressions": user_expressions or {},
+        "allow_stdin": False,
+        "stop_on_error": False,
+    }
 
 
 class KernelChannelsError(Exception):

@@ -31,7 +31,13 @@ from typing import Any
 from jupyter_client.session import Session
 
 from ..core.jupyter_server import JupyterEndpoint
-from ..core.kernel_channels import DEATH_NOTICES, KernelChannels, Parts, kernel_died
+from ..core.kernel_channels import (
+    DEATH_NOTICES,
+    KernelChannels,
+    Parts,
+    kernel_died,
+    silent_execute,
+)
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
 from ..core.remote_look import PYTHON3_COLOURS
 from ..core.session import cell_timeout_message
@@ -167,11 +173,7 @@ class JupyterForwarder:
         """Run code in the remote kernel before anything the front end sent that is not
         written yet; its messages are dropped (silent: no execution count, no history, no
         execute_input)."""
-        content = {
-            "code": code, "silent": True, "store_history": False, "user_expressions": {},
-            "allow_stdin": False, "stop_on_error": False,
-        }  # fmt: skip
-        msg = self.session.msg("execute_request", content)
+        msg = self.session.msg("execute_request", silent_execute(code))
         msg_id = str(msg["header"]["msg_id"])
         self._hidden.add(msg_id)
         parts = [bytes(p) for p in self.session.serialize(msg)[2:]]
@@ -456,6 +458,8 @@ class JupyterForwarder:
     def _closed(self, reason: str) -> None:
         self.closed_reason = reason
         self._cancel_timers()
+        if self._settling is not None:
+            self._settling.set()  # nothing more will come: settle() stops waiting
         self._on_closed_cb(reason)
 
     def take_pending(self) -> list[Route]:

@@ -19,8 +19,7 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.display_functions import clear_output, publish_display_data
 from IPython.core.error import StdinNotImplementedError, UsageError
@@ -28,6 +27,9 @@ from IPython.core.getipython import get_ipython
 
 from ..core.sdk_errors import is_sdk_error
 from ..errors import E2BKernelError, error_content
+
+if TYPE_CHECKING:
+    from ..core.jupyter_cells import LateOutput
 
 log = logging.getLogger("e2b_kernel.magic")
 
@@ -110,7 +112,7 @@ def show_event(kind: str, content: dict[str, Any]) -> None:
         clear_output(wait=bool(content.get("wait")))
 
 
-def late_output_here() -> Callable[[str, dict[str, Any]], None] | None:
+def late_output_here() -> LateOutput | None:
     """Where the running cell's late output goes (what its remote threads and tasks send once
     it has ended): that cell's output area, as on python3, in a Jupyter kernel; None
     elsewhere (a terminal IPython has no cell to show it in)."""
