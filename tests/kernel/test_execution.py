@@ -374,9 +374,9 @@ def test_exception_notes_are_not_glued_to_the_message(
     assert [strip_ansi(line) for line in error["traceback"][-2:]] == ["ValueError: bad", "a note"]
 
 
-def _shown_kinds(kc: Any, code: str) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
-    """The kinds of what one cell shows (streams by name), and its reply's error fields."""
-    shown = [(kind, count) for kind, count in _counted(kc, code, {})]
+def _shown_kinds(kc: Any, code: str) -> tuple[list[tuple[str, Any]], tuple[str, int]]:
+    """The kinds of what one cell shows (streams by name), and its reply's status and count."""
+    shown = _counted(kc, code, {})
     reply = shown.pop()[1]
     return [(kind, name) for kind, name in shown if kind != "execute_input"], reply
 
