@@ -53,6 +53,19 @@ _DERIVED_MARKERS = (*(m.encode() for m in E2B_DERIVED_MIME_TYPES), b'"expanded"'
 _REPLY_AFTER_IDLE_GRACE = 2.0
 # How long after our interrupt a request that ends without a reply may be one it cut short.
 _INTERRUPT_REACH = 10.0
+# A cell's reply that came with none of its IOPub status: its messages are either still on
+# their way, or lost (a process the server has just restarted runs a cell queued for it before
+# the server's IOPub subscription to it is live). IOPub keeps one process's order, so once a
+# status of a request sent after that reply arrives, the cell's own cannot come any more. Such
+# probes (kernel_info_requests on control) go every _PROBE_EVERY s, for _PROBE_FOR s at most.
+_PROBE_EVERY = 0.5
+_PROBE_FOR = 20.0
+_PROBES_KEPT = 64  # ids of recent probes, so that their late messages stay here too
+LOST_OUTPUT_NOTE = (
+    "[e2b-kernel] This cell ran, but its output was lost: the remote kernel sent it before "
+    "the sandbox's Jupyter Server was listening (as happens right after the server restarts "
+    "the kernel process). Run the cell again to see it.\n"
+)
 
 
 def _without_e2b_fields(parts: Parts) -> Parts:
@@ -159,6 +172,13 @@ class JupyterForwarder:
         self._interrupting: asyncio.Future | None = None
         self._interrupted_at = float("-inf")  # loop time of our last remote interrupt
         self._settling: asyncio.Event | None = None  # set at each message while settle() waits
+        # Cells replied to with no IOPub status yet (with the number of probes sent before
+        # each reply came), and our probes for them by msg_id, numbered (see _PROBE_EVERY).
+        self._unconfirmed: dict[str, tuple[Route, int]] = {}
+        self._probes: dict[str, int] = {}
+        self._probes_sent = 0
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._probe_until = 0.0
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
 
     @property
@@ -183,6 +203,7 @@ class JupyterForwarder:
     async def close(self) -> None:
         self.closed_reason = self.closed_reason or "closed"
         self._cancel_timers()
+        self._outputs_lost()  # their 'idle' cannot come any more
         await self.channels.close()
 
     # ---- front end -> remote ------------------------------------------------------------------
@@ -214,6 +235,11 @@ class JupyterForwarder:
         header = json.loads(parts[0])
         msg_type = str(header.get("msg_type", ""))
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
+        probe = self._probes.get(parent_id) if parent_id else None
+        if probe is not None:
+            if channel == "iopub" and self._unconfirmed:
+                self._outputs_lost(before_probe=probe)
+            return
         if parent_id in self._hidden:
             if msg_type.endswith("_reply"):
                 self._hidden.discard(parent_id)
@@ -244,6 +270,8 @@ class JupyterForwarder:
             return
         if msg_type.endswith("_reply"):
             self._routes.pop(parent_id, None)
+            if msg_type == "execute_reply" and parent_id not in self._started:
+                self._confirm_outputs(parent_id, route)
             self._started.discard(parent_id)
             if msg_type == "kernel_info_reply":
                 parts = self._as_local_kernel_info(parts)
@@ -320,6 +348,8 @@ class JupyterForwarder:
         """Busy from an execute request's 'busy' to its 'idle' (its reply may come first)."""
         if parent_id is None:
             return
+        if self._unconfirmed:
+            self._unconfirmed.pop(parent_id, None)  # its IOPub is live: its idle will come
         if state == "idle":
             timer = self._timers.pop(parent_id, None)
             if timer is not None:
@@ -375,6 +405,48 @@ class JupyterForwarder:
             "traceback": [],
         }
         send_reply(self.session, route, content, self._send_control)
+
+    def _confirm_outputs(self, msg_id: str, route: Route) -> None:
+        """Make sure the front end gets this replied cell's 'idle' (see _PROBE_EVERY)."""
+        self._unconfirmed[msg_id] = (route, self._probes_sent)
+        if self._probe_timer is None:
+            self._probe_until = asyncio.get_running_loop().time() + _PROBE_FOR
+            self._probe()
+
+    def _probe(self) -> None:
+        self._probe_timer = None
+        if not self._unconfirmed or not self.up:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() > self._probe_until:
+            self._outputs_lost()  # IOPub never answered: the front end must not wait for ever
+            return
+        msg = self.session.msg("kernel_info_request", {})
+        self._probes_sent += 1
+        self._probes[str(msg["header"]["msg_id"])] = self._probes_sent
+        while len(self._probes) > _PROBES_KEPT:
+            del self._probes[next(iter(self._probes))]
+        self.channels.send("control", [bytes(p) for p in self.session.serialize(msg)[2:]])
+        self._probe_timer = loop.call_later(_PROBE_EVERY, self._probe)
+
+    def _outputs_lost(self, before_probe: int | None = None) -> None:
+        """End the cells whose IOPub messages were lost: a note on stderr, then 'idle'. With
+        ``before_probe``: a status of that probe came, so the cells replied to before it was
+        sent can have none any more (IOPub keeps its order); all of them otherwise."""
+        lost = {
+            msg_id: route
+            for msg_id, (route, probes_before) in self._unconfirmed.items()
+            if before_probe is None or probes_before < before_probe
+        }
+        for msg_id in lost:
+            del self._unconfirmed[msg_id]
+        if not self._unconfirmed and self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        for msg_id, route in lost.items():
+            self.log.warning("the output of cell %s was lost on the remote kernel's IOPub", msg_id)
+            self.publish(route.header, "stream", {"name": "stderr", "text": LOST_OUTPUT_NOTE})
+            self.publish(route.header, "status", {"execution_state": "idle"})
 
     def _timed_out(self, msg_id: str) -> None:
         """Interrupt the cell; its remote KeyboardInterrupt is shown as ``ExecutionTimeout``."""
@@ -458,6 +530,7 @@ class JupyterForwarder:
     def _closed(self, reason: str) -> None:
         self.closed_reason = reason
         self._cancel_timers()
+        self._outputs_lost()  # their 'idle' cannot come any more
         if self._settling is not None:
             self._settling.set()  # nothing more will come: settle() stops waiting
         self._on_closed_cb(reason)

@@ -303,3 +303,109 @@ def test_a_message_left_to_ipykernel_is_not_remembered_here() -> None:
     frames = _as_received([bytes(f) for f in session.serialize(msg)])
     transport._split(frames)
     session.deserialize(list(frames)[1:], content=True, copy=False)  # as ipykernel then does
+
+
+def _front_iopub(iopub) -> zmq.Socket:
+    """A subscriber to the relay's IOPub socket (inproc: connected before anything is sent)."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(iopub.getsockopt(zmq.LAST_ENDPOINT).decode())
+    return sub
+
+
+def _published(sub: zmq.Socket, wait_ms: int = 200) -> list[tuple[str, dict]]:
+    """(msg_type, content) of what the front end got on IOPub so far."""
+    got = []
+    while sub.poll(wait_ms):
+        frames = sub.recv_multipart()
+        at = frames.index(b"<IDS|MSG>")
+        got.append((json.loads(frames[at + 2])["msg_type"], json.loads(frames[at + 5])))
+    return got
+
+
+def _sent_probes(relay: JupyterForwarder) -> list[dict]:
+    """The kernel_info_requests the relay queued on control (its probes), as headers."""
+    return [
+        json.loads(parts[0])
+        for channel, parts in relay.channels._outbox
+        if channel == "control" and b"kernel_info_request" in parts[0]
+    ]
+
+
+def test_a_cell_replied_to_whose_iopub_was_lost_still_ends(sockets) -> None:
+    """A process the server has just restarted can run a cell queued for it before the
+    server's IOPub subscription to it is live: the reply comes, its 'busy', output and 'idle'
+    never do, and a front end would wait for that 'idle' for ever. Once a status of a later
+    request of ours (a probe on control) has come, theirs cannot: the cell ends with a note."""
+    shell, _front, iopub = sockets
+    sub = _front_iopub(iopub)
+    session = Session(key=b"k")
+
+    async def scenario() -> tuple[list, list, list]:
+        relay = _forwarder(session, iopub)
+        lost = session.msg("execute_request", {"code": "print('ran')"})
+        relay.forward("shell", [b"front"], shell, _parts(session, lost))
+        reply = session.msg("execute_reply", {"status": "ok", "execution_count": 1}, parent=lost)
+        relay._from_remote("shell", _parts(session, reply))
+        (probe,) = _sent_probes(relay)
+        # Replied to after the probe was sent: its status may still come after the probe's.
+        late = session.msg("execute_request", {"code": "2"})
+        relay.forward("shell", [b"front"], shell, _parts(session, late))
+        late_reply = session.msg("execute_reply", {"status": "ok"}, parent=late)
+        relay._from_remote("shell", _parts(session, late_reply))
+        before = _published(sub, 50)
+        relay._from_remote("iopub", _status(session, "busy", {"header": probe}))
+        after_probe = _published(sub)
+        relay._from_remote("iopub", _status(session, "busy", late))
+        relay._from_remote("iopub", _status(session, "idle", late))
+        await asyncio.sleep(3 * forward._PROBE_EVERY)  # no more probes, nothing made up
+        assert len(_sent_probes(relay)) == 1
+        return before, after_probe, _published(sub)
+
+    try:
+        before, after_probe, rest = asyncio.run(scenario())
+    finally:
+        sub.close(linger=0)
+    assert before == []
+    assert after_probe == [
+        ("stream", {"name": "stderr", "text": forward.LOST_OUTPUT_NOTE}),
+        ("status", {"execution_state": "idle"}),
+    ]
+    assert [(kind, c.get("execution_state")) for kind, c in rest] == [
+        ("status", "busy"),
+        ("status", "idle"),
+    ]
+
+
+def test_a_reply_ahead_of_its_iopub_is_not_taken_for_a_loss(sockets, monkeypatch) -> None:
+    """The server relays shell and IOPub from different sockets: a cell's 'busy' may come
+    after its reply (behind a previous cell's output). Its own status ends the wait; when
+    IOPub never answers at all, the cell still ends, after _PROBE_FOR."""
+    monkeypatch.setattr(forward, "_PROBE_FOR", 0.3)
+    monkeypatch.setattr(forward, "_PROBE_EVERY", 0.1)
+    shell, _front, iopub = sockets
+    sub = _front_iopub(iopub)
+    session = Session(key=b"k")
+
+    async def scenario() -> tuple[list, list]:
+        relay = _forwarder(session, iopub)
+        requests = [session.msg("execute_request", {"code": str(n)}) for n in range(2)]
+        for request in requests:
+            relay.forward("shell", [b"front"], shell, _parts(session, request))
+            reply = session.msg("execute_reply", {"status": "ok"}, parent=request)
+            relay._from_remote("shell", _parts(session, reply))
+        relay._from_remote("iopub", _status(session, "busy", requests[0]))
+        relay._from_remote("iopub", _status(session, "idle", requests[0]))
+        first = _published(sub, 50)
+        await asyncio.sleep(0.6)  # past _PROBE_FOR: the second cell's IOPub never answered
+        return first, _published(sub)
+
+    try:
+        first, later = asyncio.run(scenario())
+    finally:
+        sub.close(linger=0)
+    assert [c.get("execution_state") for _, c in first] == ["busy", "idle"]
+    assert later == [
+        ("stream", {"name": "stderr", "text": forward.LOST_OUTPUT_NOTE}),
+        ("status", {"execution_state": "idle"}),
+    ]
