@@ -32,7 +32,9 @@ from jupyter_client.session import Session
 from ..errors import E2BKernelError, ExecutionTimeout, KernelDied
 from . import cell_env, text_plain
 from .kernel_channels import (
+    CATCH_UP_FOR,
     DEATH_NOTICES,
+    LOST_OUTPUT_NOTE,
     KernelChannels,
     Parts,
     kernel_died,
@@ -55,6 +57,7 @@ _RICH = frozenset({"display_data", "update_display_data", "execute_result"})
 _STOP_WAIT = 6.0
 _CLOSED = "__closed__"
 _DIED = "__died__"  # the remote kernel process died under the cell
+_CAUGHT_UP = "__caught_up__"  # IOPub carried all the kernel published before (a lost cell?)
 _HIDDEN_WAIT = 30.0  # seconds a silent helper request (environment variables) may take
 _REPLY_AFTER_IDLE = 2.0  # seconds a cell's reply may trail its 'idle'
 
@@ -84,6 +87,7 @@ class _Cell:
         self.started = False  # the remote kernel said 'busy' for it
         self.ended = False  # ... and then 'idle'
         self.stopped = False  # interrupted (or given up on) by us
+        self.catching_up: asyncio.Task | None = None  # see JupyterCells._catch_up
 
     async def next(self, timeout: float | None) -> _Message:
         """The next message; ``TimeoutError`` after ``timeout`` seconds."""
@@ -263,6 +267,8 @@ class JupyterCells:
             finally:
                 session.hold_busy(False)
                 self._cells.pop(msg_id, None)
+                if cell.catching_up is not None:
+                    cell.catching_up.cancel()
                 if late_output is not None:
                     self._late[msg_id] = late_output
                     while len(self._late) > _LATE_CELLS:
@@ -345,8 +351,17 @@ class JupyterCells:
             if channel == _DIED:
                 cell.stopped = True  # nothing to stop: its process is gone
                 raise KernelDied(content["state"])
+            if channel == _CAUGHT_UP:
+                if cell.started:
+                    continue
+                # Its reply came and IOPub caught up without its 'busy': a process the
+                # server had just restarted ran it before the server listened to its IOPub.
+                yield ("stream", {"name": "stderr", "text": LOST_OUTPUT_NOTE})
+                break
             if channel == "shell" and msg_type == "execute_reply":
                 reply = content
+                if not cell.started:  # its IOPub may be behind it, or lost
+                    self._catch_up(cell, channels)
             elif channel == "stdin" and msg_type == "input_request":
                 yield (msg_type, content)
             elif channel == "iopub" and msg_type in _OUTPUTS:
@@ -379,6 +394,17 @@ class JupyterCells:
             if not await self._drain(cell, deadline):
                 return
 
+    @staticmethod
+    def _catch_up(cell: _Cell, channels: KernelChannels) -> None:
+        """Tell the cell when IOPub has caught up with its reply (see iopub_caught_up)."""
+
+        async def catch_up() -> None:
+            await channels.iopub_caught_up(CATCH_UP_FOR)
+            cell.messages.put_nowait((_CAUGHT_UP, _CAUGHT_UP, {}))
+
+        if cell.catching_up is None:
+            cell.catching_up = asyncio.ensure_future(catch_up())
+
     async def _drain(self, cell: _Cell, deadline: float) -> bool:
         """Read (and drop) one message of a cell being stopped; False to give up waiting."""
         remaining = deadline - asyncio.get_running_loop().time()
@@ -388,7 +414,7 @@ class JupyterCells:
             channel, _, _ = await cell.next(remaining)
         except asyncio.TimeoutError:
             return False
-        return channel not in (_CLOSED, _DIED)
+        return channel not in (_CLOSED, _DIED, _CAUGHT_UP)
 
     async def _failure(self, reason: str) -> E2BKernelError:
         await self.close()

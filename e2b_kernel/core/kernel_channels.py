@@ -39,7 +39,9 @@ from websockets.typing import Subprotocol
 from .jupyter_server import JupyterEndpoint
 
 __all__ = [
+    "CATCH_UP_FOR",
     "DEATH_NOTICES",
+    "LOST_OUTPUT_NOTE",
     "V1_PROTOCOL",
     "KernelChannels",
     "KernelChannelsError",
@@ -57,6 +59,15 @@ _FIELDS = ("header", "parent_header", "metadata", "content")
 # control requests within milliseconds, even while busy, so this only bounds a broken server.
 IOPUB_READY_TIMEOUT = 20.0
 _NUDGE_EVERY = 0.5  # seconds between nudges while no IOPub message has answered one
+_NUDGES_KEPT = 64  # the latest nudges' ids, whose answers are recognised (and kept here)
+# How long a cell replied to with none of its IOPub status may wait for IOPub to catch up
+# (see KernelChannels.iopub_caught_up) before it is ended as lost all the same.
+CATCH_UP_FOR = 20.0
+LOST_OUTPUT_NOTE = (
+    "[e2b-kernel] This cell ran, but its output was lost: the remote kernel sent it before "
+    "the sandbox's Jupyter Server was listening (as happens right after the server restarts "
+    "the kernel process). Run the cell again to see it.\n"
+)
 
 
 def silent_execute(code: str, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:
@@ -180,7 +191,10 @@ class KernelChannels:
         self._reader: asyncio.Task | None = None  # ends when the socket closes
         self._closing = False
         self._session_id = uuid.uuid4().hex
-        self._nudge_ids: set[bytes] = set()  # our kernel_info_requests' msg_ids
+        self._nudge_ids: dict[str, int] = {}  # our kernel_info_requests' msg_ids, numbered
+        self._nudges_sent = 0
+        self._answered = 0  # the number of the latest nudge answered on IOPub
+        self._answers = asyncio.Event()  # set (and replaced) at each nudge answered on IOPub
         self._iopub_live = asyncio.Event()
         self._renudging: asyncio.Future | None = None
         self._ended_session: bytes | None = None  # see renudge()
@@ -278,10 +292,38 @@ class KernelChannels:
             except asyncio.TimeoutError:
                 continue
 
+    async def iopub_caught_up(self, timeout: float) -> bool:
+        """Return True once IOPub has carried all that the remote kernel published before
+        this call: an IOPub message answering a nudge sent from now on has arrived (one
+        process's IOPub keeps its order). False when the socket closed or ``timeout`` passed.
+
+        A reply whose request's IOPub status never came is told apart this way from one
+        that only overtook its IOPub messages (the server relays shell and IOPub from
+        different sockets): a process the server has just restarted can run a request
+        queued for it before the server's IOPub subscription to it is live."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        target = self._nudges_sent + 1
+        while self._answered < target:
+            left = deadline - loop.time()
+            if left <= 0 or self._reader is None or self._reader.done() or self._closing:
+                return False
+            self._nudges.append(self._nudge())
+            self._wake_writer.set()
+            answered = self._answers
+            try:
+                await asyncio.wait_for(answered.wait(), min(_NUDGE_EVERY, left))
+            except asyncio.TimeoutError:
+                continue
+        return True
+
     def _nudge(self) -> Parts:
         """A ``kernel_info_request`` of our own (the Jupyter Server signs what it forwards)."""
         msg_id = uuid.uuid4().hex
-        self._nudge_ids.add(msg_id.encode())
+        self._nudges_sent += 1
+        self._nudge_ids[msg_id] = self._nudges_sent
+        while len(self._nudge_ids) > _NUDGES_KEPT:
+            del self._nudge_ids[next(iter(self._nudge_ids))]
         header = {
             "msg_id": msg_id,
             "msg_type": "kernel_info_request",
@@ -295,9 +337,19 @@ class KernelChannels:
     def _is_nudge_answer(self, channel: str, parts: Parts) -> bool:
         """Whether this message answers one of our nudges (it is then not passed on)."""
         # A byte search in the small parent header: no JSON parsing on the hot path.
-        if len(parts) < 2 or not any(msg_id in parts[1] for msg_id in self._nudge_ids):
+        if len(parts) < 2 or b"kernel_info_request" not in parts[1]:
+            return False
+        try:
+            number = self._nudge_ids.get(json.loads(parts[1]).get("msg_id"))
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            return False
+        if number is None:
             return False
         if channel == "iopub" and not (self._ended_session and self._ended_session in parts[0]):
+            if number > self._answered:
+                self._answered = number
+                self._answers.set()
+                self._answers = asyncio.Event()
             self._set_live()
         return True
 
@@ -327,7 +379,7 @@ class KernelChannels:
                 except Exception:
                     self._log.warning("dropped a malformed kernel message", exc_info=True)
                     continue
-                if self._nudge_ids and self._is_nudge_answer(channel, parts):
+                if self._is_nudge_answer(channel, parts):
                     continue
                 self._on_message(channel, parts)
         except ConnectionClosed as exc:

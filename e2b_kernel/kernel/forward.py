@@ -30,9 +30,11 @@ from typing import Any
 
 from jupyter_client.session import Session
 
+from ..core import kernel_channels
 from ..core.jupyter_server import JupyterEndpoint
 from ..core.kernel_channels import (
     DEATH_NOTICES,
+    LOST_OUTPUT_NOTE,
     KernelChannels,
     Parts,
     kernel_died,
@@ -53,19 +55,6 @@ _DERIVED_MARKERS = (*(m.encode() for m in E2B_DERIVED_MIME_TYPES), b'"expanded"'
 _REPLY_AFTER_IDLE_GRACE = 2.0
 # How long after our interrupt a request that ends without a reply may be one it cut short.
 _INTERRUPT_REACH = 10.0
-# A cell's reply that came with none of its IOPub status: its messages are either still on
-# their way, or lost (a process the server has just restarted runs a cell queued for it before
-# the server's IOPub subscription to it is live). IOPub keeps one process's order, so once a
-# status of a request sent after that reply arrives, the cell's own cannot come any more. Such
-# probes (kernel_info_requests on control) go every _PROBE_EVERY s, for _PROBE_FOR s at most.
-_PROBE_EVERY = 0.5
-_PROBE_FOR = 20.0
-_PROBES_KEPT = 64  # ids of recent probes, so that their late messages stay here too
-LOST_OUTPUT_NOTE = (
-    "[e2b-kernel] This cell ran, but its output was lost: the remote kernel sent it before "
-    "the sandbox's Jupyter Server was listening (as happens right after the server restarts "
-    "the kernel process). Run the cell again to see it.\n"
-)
 
 
 def _without_e2b_fields(parts: Parts) -> Parts:
@@ -172,13 +161,10 @@ class JupyterForwarder:
         self._interrupting: asyncio.Future | None = None
         self._interrupted_at = float("-inf")  # loop time of our last remote interrupt
         self._settling: asyncio.Event | None = None  # set at each message while settle() waits
-        # Cells replied to with no IOPub status yet (with the number of probes sent before
-        # each reply came), and our probes for them by msg_id, numbered (see _PROBE_EVERY).
-        self._unconfirmed: dict[str, tuple[Route, int]] = {}
-        self._probes: dict[str, int] = {}
-        self._probes_sent = 0
-        self._probe_timer: asyncio.TimerHandle | None = None
-        self._probe_until = 0.0
+        # Cells replied to with none of their IOPub status yet, and the tasks that end them
+        # if it never comes (see _confirm_outputs).
+        self._unconfirmed: dict[str, Route] = {}
+        self._confirming: set[asyncio.Task] = set()
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
 
     @property
@@ -203,6 +189,8 @@ class JupyterForwarder:
     async def close(self) -> None:
         self.closed_reason = self.closed_reason or "closed"
         self._cancel_timers()
+        for task in self._confirming:
+            task.cancel()
         self._outputs_lost()  # their 'idle' cannot come any more
         await self.channels.close()
 
@@ -235,11 +223,6 @@ class JupyterForwarder:
         header = json.loads(parts[0])
         msg_type = str(header.get("msg_type", ""))
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
-        probe = self._probes.get(parent_id) if parent_id else None
-        if probe is not None:
-            if channel == "iopub" and self._unconfirmed:
-                self._outputs_lost(before_probe=probe)
-            return
         if parent_id in self._hidden:
             if msg_type.endswith("_reply"):
                 self._hidden.discard(parent_id)
@@ -407,43 +390,25 @@ class JupyterForwarder:
         send_reply(self.session, route, content, self._send_control)
 
     def _confirm_outputs(self, msg_id: str, route: Route) -> None:
-        """Make sure the front end gets this replied cell's 'idle' (see _PROBE_EVERY)."""
-        self._unconfirmed[msg_id] = (route, self._probes_sent)
-        if self._probe_timer is None:
-            self._probe_until = asyncio.get_running_loop().time() + _PROBE_FOR
-            self._probe()
+        """A cell's reply came before any status of it: its 'busy', outputs and 'idle' may
+        be behind it, or lost (see iopub_caught_up). If IOPub catches up without them, end
+        the cell here: a front end waits for its 'idle'."""
+        self._unconfirmed[msg_id] = route
+        task = asyncio.ensure_future(self._end_if_lost(msg_id))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
 
-    def _probe(self) -> None:
-        self._probe_timer = None
-        if not self._unconfirmed or not self.up:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() > self._probe_until:
-            self._outputs_lost()  # IOPub never answered: the front end must not wait for ever
-            return
-        msg = self.session.msg("kernel_info_request", {})
-        self._probes_sent += 1
-        self._probes[str(msg["header"]["msg_id"])] = self._probes_sent
-        while len(self._probes) > _PROBES_KEPT:
-            del self._probes[next(iter(self._probes))]
-        self.channels.send("control", [bytes(p) for p in self.session.serialize(msg)[2:]])
-        self._probe_timer = loop.call_later(_PROBE_EVERY, self._probe)
+    async def _end_if_lost(self, msg_id: str) -> None:
+        await self.channels.iopub_caught_up(kernel_channels.CATCH_UP_FOR)
+        self._outputs_lost([msg_id])
 
-    def _outputs_lost(self, before_probe: int | None = None) -> None:
-        """End the cells whose IOPub messages were lost: a note on stderr, then 'idle'. With
-        ``before_probe``: a status of that probe came, so the cells replied to before it was
-        sent can have none any more (IOPub keeps its order); all of them otherwise."""
-        lost = {
-            msg_id: route
-            for msg_id, (route, probes_before) in self._unconfirmed.items()
-            if before_probe is None or probes_before < before_probe
-        }
-        for msg_id in lost:
-            del self._unconfirmed[msg_id]
-        if not self._unconfirmed and self._probe_timer is not None:
-            self._probe_timer.cancel()
-            self._probe_timer = None
-        for msg_id, route in lost.items():
+    def _outputs_lost(self, msg_ids: list[str] | None = None) -> None:
+        """End cells (all still unconfirmed by default) whose IOPub messages were lost: a
+        note on stderr, then their 'idle'."""
+        for msg_id in list(self._unconfirmed) if msg_ids is None else msg_ids:
+            route = self._unconfirmed.pop(msg_id, None)
+            if route is None:
+                continue  # its status came
             self.log.warning("the output of cell %s was lost on the remote kernel's IOPub", msg_id)
             self.publish(route.header, "stream", {"name": "stderr", "text": LOST_OUTPUT_NOTE})
             self.publish(route.header, "status", {"execution_state": "idle"})

@@ -15,6 +15,7 @@ import pytest
 import zmq
 from jupyter_client.session import Session
 
+from e2b_kernel.core import kernel_channels
 from e2b_kernel.core.jupyter_server import JupyterEndpoint
 from e2b_kernel.kernel import forward
 from e2b_kernel.kernel.forward import JupyterForwarder
@@ -323,52 +324,63 @@ def _published(sub: zmq.Socket, wait_ms: int = 200) -> list[tuple[str, dict]]:
     return got
 
 
-def _sent_probes(relay: JupyterForwarder) -> list[dict]:
-    """The kernel_info_requests the relay queued on control (its probes), as headers."""
-    return [
-        json.loads(parts[0])
-        for channel, parts in relay.channels._outbox
-        if channel == "control" and b"kernel_info_request" in parts[0]
-    ]
+async def _nudge_sent(relay: JupyterForwarder, count: int) -> dict:
+    """The header of the ``count``-th nudge queued on control (waiting for it to be)."""
+    channels = relay.channels
+    while channels._nudges_sent < count:
+        await asyncio.sleep(0)
+    return json.loads(channels._nudges[count - 1][0])
+
+
+def _opened(relay: JupyterForwarder) -> None:
+    """As if the relay's socket were open (its reader still running)."""
+    relay.channels._reader = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
 
 
 def test_a_cell_replied_to_whose_iopub_was_lost_still_ends(sockets) -> None:
     """A process the server has just restarted can run a cell queued for it before the
     server's IOPub subscription to it is live: the reply comes, its 'busy', output and 'idle'
-    never do, and a front end would wait for that 'idle' for ever. Once a status of a later
-    request of ours (a probe on control) has come, theirs cannot: the cell ends with a note."""
+    never do, and a front end would wait for that 'idle' for ever. Once an IOPub answer to a
+    later request of ours (a nudge on control) has come, theirs cannot: the cell ends with a
+    note. A cell replied to after that nudge was sent is not ended by its answer."""
     shell, _front, iopub = sockets
     sub = _front_iopub(iopub)
     session = Session(key=b"k")
 
+    def replied(relay: JupyterForwarder, code: str) -> dict:
+        request = session.msg("execute_request", {"code": code})
+        relay.forward("shell", [b"front"], shell, _parts(session, request))
+        reply = session.msg("execute_reply", {"status": "ok"}, parent=request)
+        relay._from_remote("shell", _parts(session, reply))
+        return request
+
+    def answer(relay: JupyterForwarder, nudge: dict) -> None:
+        status = _status(session, "busy", {"header": nudge})
+        assert relay.channels._is_nudge_answer("iopub", status)
+
     async def scenario() -> tuple[list, list, list]:
         relay = _forwarder(session, iopub)
-        lost = session.msg("execute_request", {"code": "print('ran')"})
-        relay.forward("shell", [b"front"], shell, _parts(session, lost))
-        reply = session.msg("execute_reply", {"status": "ok", "execution_count": 1}, parent=lost)
-        relay._from_remote("shell", _parts(session, reply))
-        (probe,) = _sent_probes(relay)
-        # Replied to after the probe was sent: its status may still come after the probe's.
-        late = session.msg("execute_request", {"code": "2"})
-        relay.forward("shell", [b"front"], shell, _parts(session, late))
-        late_reply = session.msg("execute_reply", {"status": "ok"}, parent=late)
-        relay._from_remote("shell", _parts(session, late_reply))
+        _opened(relay)
+        replied(relay, "print('ran')")
+        first_nudge = await _nudge_sent(relay, 1)
+        late = replied(relay, "2")
+        await _nudge_sent(relay, 2)
         before = _published(sub, 50)
-        relay._from_remote("iopub", _status(session, "busy", {"header": probe}))
-        after_probe = _published(sub)
+        answer(relay, first_nudge)
+        await asyncio.sleep(0.05)  # the first cell's watch ends
+        after_answer = _published(sub)
         relay._from_remote("iopub", _status(session, "busy", late))
         relay._from_remote("iopub", _status(session, "idle", late))
-        await asyncio.sleep(3 * forward._PROBE_EVERY)  # no more probes, nothing made up
-        assert len(_sent_probes(relay)) == 1
-        return before, after_probe, _published(sub)
+        await relay.close()
+        return before, after_answer, _published(sub)
 
     try:
-        before, after_probe, rest = asyncio.run(scenario())
+        before, after_answer, rest = asyncio.run(scenario())
     finally:
         sub.close(linger=0)
     assert before == []
-    assert after_probe == [
-        ("stream", {"name": "stderr", "text": forward.LOST_OUTPUT_NOTE}),
+    assert after_answer == [
+        ("stream", {"name": "stderr", "text": kernel_channels.LOST_OUTPUT_NOTE}),
         ("status", {"execution_state": "idle"}),
     ]
     assert [(kind, c.get("execution_state")) for kind, c in rest] == [
@@ -380,15 +392,16 @@ def test_a_cell_replied_to_whose_iopub_was_lost_still_ends(sockets) -> None:
 def test_a_reply_ahead_of_its_iopub_is_not_taken_for_a_loss(sockets, monkeypatch) -> None:
     """The server relays shell and IOPub from different sockets: a cell's 'busy' may come
     after its reply (behind a previous cell's output). Its own status ends the wait; when
-    IOPub never answers at all, the cell still ends, after _PROBE_FOR."""
-    monkeypatch.setattr(forward, "_PROBE_FOR", 0.3)
-    monkeypatch.setattr(forward, "_PROBE_EVERY", 0.1)
+    IOPub never answers at all, the cell still ends, after CATCH_UP_FOR."""
+    monkeypatch.setattr(kernel_channels, "CATCH_UP_FOR", 0.3)
+    monkeypatch.setattr(kernel_channels, "_NUDGE_EVERY", 0.1)
     shell, _front, iopub = sockets
     sub = _front_iopub(iopub)
     session = Session(key=b"k")
 
     async def scenario() -> tuple[list, list]:
         relay = _forwarder(session, iopub)
+        _opened(relay)
         requests = [session.msg("execute_request", {"code": str(n)}) for n in range(2)]
         for request in requests:
             relay.forward("shell", [b"front"], shell, _parts(session, request))
@@ -397,8 +410,10 @@ def test_a_reply_ahead_of_its_iopub_is_not_taken_for_a_loss(sockets, monkeypatch
         relay._from_remote("iopub", _status(session, "busy", requests[0]))
         relay._from_remote("iopub", _status(session, "idle", requests[0]))
         first = _published(sub, 50)
-        await asyncio.sleep(0.6)  # past _PROBE_FOR: the second cell's IOPub never answered
-        return first, _published(sub)
+        await asyncio.sleep(0.6)  # past CATCH_UP_FOR: IOPub never answered a nudge
+        later = _published(sub)
+        await relay.close()
+        return first, later
 
     try:
         first, later = asyncio.run(scenario())
@@ -406,6 +421,6 @@ def test_a_reply_ahead_of_its_iopub_is_not_taken_for_a_loss(sockets, monkeypatch
         sub.close(linger=0)
     assert [c.get("execution_state") for _, c in first] == ["busy", "idle"]
     assert later == [
-        ("stream", {"name": "stderr", "text": forward.LOST_OUTPUT_NOTE}),
+        ("stream", {"name": "stderr", "text": kernel_channels.LOST_OUTPUT_NOTE}),
         ("status", {"execution_state": "idle"}),
     ]

@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from e2b_code_interpreter import Sandbox
+from remote_faults import LOSE_THE_NEXT_CELLS_IOPUB, UNDO_LOSING_IOPUB
 
-from e2b_kernel.kernel.forward import LOST_OUTPUT_NOTE
+from e2b_kernel.core.kernel_channels import LOST_OUTPUT_NOTE
 from e2b_kernel.local import RunningService, start_subprocess
 
 from . import sandboxes
@@ -324,29 +325,11 @@ def test_a_cell_sent_as_exit_ends_the_process_runs_once_in_the_new_one(
     assert kernel.value("open('side.txt').read()") == "'A'"  # it ran once
 
 
-# Run in the remote kernel: IOPub drops every message of the next cell (only), as when the
-# kernel runs a cell before the server's IOPub subscription to it is live.
-_LOSE_THE_NEXT_CELLS_IOPUB = """
-import json as _json, ipykernel.iostream as _iostream
-_send = _iostream.IOPubThread.send_multipart
-_this = get_ipython().kernel.get_parent()["header"]["msg_id"]
-_lost = {}
-def _losing(self, parts, *args, **kwargs):
-    at = [bytes(p) for p in parts].index(b"<IDS|MSG>")
-    parent = _json.loads(bytes(parts[at + 3]))
-    if parent.get("msg_type") == "execute_request" and parent.get("msg_id") != _this:
-        if _lost.setdefault("id", parent["msg_id"]) == parent["msg_id"]:
-            return None
-    return _send(self, parts, *args, **kwargs)
-_iostream.IOPubThread.send_multipart = _losing
-"""
-
-
 def test_a_cell_whose_iopub_messages_are_lost_still_ends(kernel: Kernel) -> None:
     """Its reply comes, its 'busy', output and 'idle' never do: a front end that waits for
     the 'idle' (jupyter_client, nbclient, nbval) waited for ever. Now the relay learns from
     a later request's status that they cannot come, and ends the cell with a note."""
-    assert kernel.value(_LOSE_THE_NEXT_CELLS_IOPUB + "\n1") == "1"
+    assert kernel.value(LOSE_THE_NEXT_CELLS_IOPUB + "\n1") == "1"
     try:
         reply, outputs = kernel.run("print('ran')\n6 * 7", timeout=60)
         assert reply["status"] == "ok", (reply, outputs)
@@ -355,7 +338,7 @@ def test_a_cell_whose_iopub_messages_are_lost_still_ends(kernel: Kernel) -> None
         ]
         assert kernel.value("6 * 7") == "42"  # later cells show their output again
     finally:
-        kernel.run("_iostream.IOPubThread.send_multipart = _send")
+        kernel.run(UNDO_LOSING_IOPUB)
 
 
 def test_a_restart_by_another_client_of_the_server_ends_the_cell_and_the_next_cells_run(

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+from remote_faults import LOSE_THE_NEXT_CELLS_IOPUB, UNDO_LOSING_IOPUB
 
+from e2b_kernel.core.kernel_channels import LOST_OUTPUT_NOTE
 from e2b_kernel.core.outputs import strip_ansi
 
 pytestmark = pytest.mark.timeout(180)
@@ -339,3 +341,17 @@ def test_what_a_cells_threads_print_after_it_ended_lands_in_that_cell(magic: Mag
     else:
         raise AssertionError("the late output never arrived")
     assert magic.run("%%e2b\n6 * 7")[0]["status"] == "ok"
+
+
+def test_a_cell_whose_iopub_messages_are_lost_still_ends(magic: Magic) -> None:
+    """Its reply comes, its 'busy', output and 'idle' never do (a process the server had
+    just restarted can run it before the server listens to its IOPub): the cell waited for
+    ever. It ends once IOPub has caught up, saying that its output was lost."""
+    assert magic.run("%%e2b\n" + LOSE_THE_NEXT_CELLS_IOPUB + "\n1")[0]["status"] == "ok"
+    try:
+        reply, messages = magic.run("%%e2b\nprint('ran')\n6 * 7")
+        assert reply["status"] == "ok", messages
+        assert visible(messages) == [LOST_OUTPUT_NOTE]
+        assert visible(magic.run("%%e2b\n6 * 7")[1]) == ["42"]
+    finally:
+        magic.run("%%e2b\n" + UNDO_LOSING_IOPUB)
