@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from e2b import AsyncSandbox, CommandExitException, PtySize, Sandbox
+from e2b import AsyncSandbox, CommandExitException, PtySize, Sandbox, TimeoutException
 
 pytestmark = pytest.mark.usefixtures("sdk_env")
 
@@ -65,6 +65,68 @@ def test_kill_envs_and_pty_async() -> None:
             await other.pty.send_stdin(terminal.pid, b"stty size; exit 0\n")
             assert (await terminal.wait()).exit_code == 0
             assert b"40 120" in b"".join(seen)
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())
+
+
+def test_a_connect_deadline_ends_the_stream_and_leaves_the_process_running() -> None:
+    """envd's Connect only ends its stream at the deadline (the SDK's default is 60 s); only
+    Start's deadline kills. A process or terminal someone attached to was killed here."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sleeper = sbx.commands.run("sleep 600", background=True, timeout=0)
+        with pytest.raises(TimeoutException):
+            sbx.commands.connect(sleeper.pid, timeout=1).wait()
+        terminal = sbx.pty.create(PtySize(rows=24, cols=80), timeout=0)
+        with pytest.raises(TimeoutException):
+            sbx.pty.connect(terminal.pid, timeout=1).wait()
+        alive = {p.pid for p in sbx.commands.list()}
+        assert {sleeper.pid, terminal.pid} <= alive
+        # The terminal still answers: a later connection sees its output.
+        again = sbx.pty.connect(terminal.pid, timeout=30)
+        sbx.pty.send_stdin(terminal.pid, b"exit 7\n")
+        with pytest.raises(CommandExitException) as shell:
+            again.wait()
+        assert shell.value.exit_code == 7
+    finally:
+        sbx.kill()
+
+
+def test_a_command_ends_when_it_exits_though_a_child_it_left_holds_its_output() -> None:
+    """``cmd &`` leaves a child with the command's stdout: envd ends the command when the shell
+    exits (Go's Wait closes the pipes); here it waited for the child, so starting a server
+    with ``&`` cost the whole timeout and raised TimeoutException. Output written before the
+    exit is kept; the child goes on running (what it writes there later gets EPIPE, as on
+    E2B: start servers with ``background=True`` or their output redirected)."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        result = sbx.commands.run("echo before; sleep 600 & echo after", timeout=20)
+        assert result.exit_code == 0 and result.stdout == "before\nafter\n"
+        listed = [" ".join([p.cmd, *p.args]) for p in sbx.commands.list()]
+        assert not any("sleep 600" in line for line in listed)  # a child, not a command
+        assert sbx.commands.run("pgrep -x sleep").stdout.strip()  # ... and still running
+
+        terminal = sbx.pty.create(PtySize(rows=24, cols=80), timeout=0)
+        sbx.pty.send_stdin(terminal.pid, b"sleep 600 &\nexit 3\n")
+        with pytest.raises(CommandExitException) as shell:
+            sbx.pty.connect(terminal.pid, timeout=20).wait()
+        assert shell.value.exit_code == 3
+    finally:
+        sbx.kill()
+
+
+def test_a_command_with_a_background_child_ends_async() -> None:
+    async def scenario() -> None:
+        sbx = await AsyncSandbox.create(timeout=120)
+        try:
+            result = await sbx.commands.run("sleep 600 & echo started", timeout=20)
+            assert result.exit_code == 0 and result.stdout == "started\n"
+            sleeper = await sbx.commands.run("sleep 600", background=True, timeout=0)
+            with pytest.raises(TimeoutException):
+                await (await sbx.commands.connect(sleeper.pid, timeout=1)).wait()
+            assert sleeper.pid in {p.pid for p in await sbx.commands.list()}
         finally:
             await sbx.kill()
 

@@ -2,8 +2,11 @@
 
 Each process's output is read once and fanned out to every connected stream (Start and any
 Connect), with bounded queues so a slow client slows the process instead of filling memory.
-Like real envd, a process outlives a dropped stream, and the stream's ``Connect-Timeout-Ms``
-deadline kills it.
+Like real envd, a process outlives a dropped stream; the deadline (``Connect-Timeout-Ms``) of
+the Start stream kills it, while a Connect stream's deadline only ends that stream. A process
+ends when it exits, even if a child it left in the background (``cmd &``) still holds its
+output: envd's Go ``Wait`` closes the output pipes then, and so do we (after taking what they
+hold).
 """
 
 from __future__ import annotations
@@ -165,7 +168,8 @@ class ProcessService(process_connect.Process):
                 if deadline is not None:
                     wait = min(wait, deadline - loop.time())
                 if wait <= 0:
-                    await managed.kill_tree()
+                    if kind is StartResponse:  # envd: a Connect's deadline leaves it running
+                        await managed.kill_tree()
                     raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
                 event = await _next_event(queue, gone, wait)
                 if gone.is_set():
@@ -197,11 +201,25 @@ class ProcessService(process_connect.Process):
                 data = ProcessEvent.DataEvent(output=Oneof("pty", chunk))  # type: ignore[arg-type]
                 await self._publish(managed, _event("data", data))
 
-        try:
+        async def read_all() -> None:
             if managed.terminal is not None:
                 await read_terminal(managed.terminal)
             await asyncio.gather(read(proc.stdout, "stdout"), read(proc.stderr, "stderr"))
+
+        reading = asyncio.ensure_future(read_all())
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            await asyncio.wait({reading, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                # It exited; a child it left may hold its output open for ever: take what is
+                # there, then end (as envd, whose Wait closes the pipes at the exit).
+                proc.release_output()
+                if managed.terminal is not None:
+                    managed.terminal.release()
+            await reading
         finally:
+            for task in (reading, exited):
+                task.cancel()
             code = await proc.wait()
             if managed.terminal is not None:
                 managed.terminal.close()

@@ -16,6 +16,8 @@ from .agent_client import AgentClient, AgentStream
 
 PIPE = asyncio.subprocess.PIPE
 DEVNULL = asyncio.subprocess.DEVNULL
+# What release_output() still takes from a pipe that a left-behind child keeps writing into.
+RELEASE_LIMIT = 1 << 20
 
 
 class AgentProcess:
@@ -29,6 +31,7 @@ class AgentProcess:
         self.stdout: asyncio.StreamReader | None = None
         self.stderr: asyncio.StreamReader | None = None
         self._exited = asyncio.Event()
+        self._output_pipes: list[tuple[asyncio.StreamReader, asyncio.ReadTransport]] = []
         self._watch: asyncio.Task[None] | None = None
         self._signals: set[asyncio.Task[None]] = set()
 
@@ -73,7 +76,9 @@ class AgentProcess:
             if name == "stdin":
                 self.stdin = await _writer(loop, fd)
             else:
-                setattr(self, name, await _reader(loop, fd))
+                reader, transport = await _reader(loop, fd)
+                setattr(self, name, reader)
+                self._output_pipes.append((reader, transport))
         self._watch = asyncio.ensure_future(self._wait_exit(stream))
 
     async def _wait_exit(self, stream: AgentStream) -> None:
@@ -103,6 +108,21 @@ class AgentProcess:
         with contextlib.suppress(OSError):  # already gone, or the agent is
             await self._client.request("signal", pid=self.pid, signal=signum, group=group)
 
+    def release_output(self) -> None:
+        """End the stdout and stderr streams now: what the pipes hold is read (up to
+        RELEASE_LIMIT each), then they close. For a process that exited while a child it
+        left still holds their write ends (``cmd &``), which then gets EPIPE, as on envd."""
+        for reader, transport in self._output_pipes:
+            if transport.is_closing():
+                continue
+            taken = 0
+            with contextlib.suppress(OSError):  # EAGAIN: all there is has been read
+                fd = transport.get_extra_info("pipe").fileno()
+                while taken < RELEASE_LIMIT and (chunk := os.read(fd, 65536)):
+                    reader.feed_data(chunk)
+                    taken += len(chunk)
+            transport.close()  # the stream's EOF comes after what it holds
+
     def kill(self) -> None:
         """SIGKILL the process group, without waiting (as asyncio's Process.kill)."""
         if self.returncode is None:
@@ -111,11 +131,15 @@ class AgentProcess:
             task.add_done_callback(self._signals.discard)
 
 
-async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
+async def _reader(
+    loop: asyncio.AbstractEventLoop, fd: int
+) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
     reader = asyncio.StreamReader(limit=2**16, loop=loop)
     pipe = os.fdopen(fd, "rb", buffering=0)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
-    return reader
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe
+    )
+    return reader, transport
 
 
 async def _writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWriter:
