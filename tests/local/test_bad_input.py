@@ -90,6 +90,12 @@ def test_invalid_timeouts(client: httpx.Client, live_id: str, timeout: object) -
     _assert_error(reply, 400, "timeout")
 
 
+@pytest.mark.parametrize("metadata", ["a=b=c", "no-equals", "a=1&", "a%zz=1", "a=%2"])
+def test_malformed_metadata_filters_are_400(client: httpx.Client, metadata: str) -> None:
+    # As E2B's API: every '&'-separated part is exactly one key=value, escapes well formed.
+    _assert_error(client.get("/v2/sandboxes", params={"metadata": metadata}), 400, "metadata")
+
+
 def test_unknown_routes_and_methods(client: httpx.Client) -> None:
     _assert_error(client.get("/no/such/route"), 404, "no such endpoint")
     _assert_error(client.put("/v2/sandboxes"), 405, "not allowed")

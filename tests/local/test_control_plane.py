@@ -84,6 +84,38 @@ def test_list_filters_by_metadata_and_pages() -> None:
             sbx.kill()
 
 
+# Values the SDK quotes and then url-encodes again; E2B's API unescapes twice.
+AWKWARD_METADATA = {
+    "owner": "ann@example.com",
+    "user": "user:42",
+    "title": "my run + 100% ünïcode",
+    "a=b&c": "x=y&z",
+}
+
+
+def test_list_filters_by_metadata_that_needs_escaping() -> None:
+    """Every key and value matches as written (values with '@', ':', spaces, '+', '%', '=',
+    '&' or non-ASCII matched nothing: the filter was unescaped once instead of twice)."""
+    tag = uuid.uuid4().hex
+    sbx = BaseSandbox.create(timeout=120, metadata={"tag": tag, **AWKWARD_METADATA})
+    try:
+        for key, value in AWKWARD_METADATA.items():
+            query = SandboxQuery(metadata={"tag": tag, key: value})
+            found = [s.sandbox_id for s in BaseSandbox.list(query=query).next_items()]
+            assert found == [sbx.sandbox_id], (key, value)
+        wrong = SandboxQuery(metadata={"tag": tag, "owner": "ann@example.org"})
+        assert BaseSandbox.list(query=wrong).next_items() == []
+
+        async def listed_async() -> list[str]:
+            query = SandboxQuery(metadata={"tag": tag, "title": AWKWARD_METADATA["title"]})
+            items = await AsyncBaseSandbox.list(query=query).next_items()
+            return [s.sandbox_id for s in items]
+
+        assert asyncio.run(listed_async()) == [sbx.sandbox_id]
+    finally:
+        sbx.kill()
+
+
 def test_pause_then_connect_resumes_with_state_kept() -> None:
     sbx = BaseSandbox.create(timeout=120, metadata={"tag": uuid.uuid4().hex})
     try:

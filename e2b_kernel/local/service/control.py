@@ -14,7 +14,6 @@ import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +28,7 @@ from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
 from .network_opts import NetworkOptions, from_create, update_network
-from .params import decode_token, encode_token, int_param, timeout_field
+from .params import decode_token, encode_token, int_param, metadata_filter, timeout_field
 from .registry import DEFAULT_TIMEOUT, Entry, Registry
 from .snapshot_store import Snapshot
 from .snapshots import SnapshotRoutes, filesystem_pause, reset_processes, wants_memory
@@ -316,7 +315,7 @@ class ControlPlane:
     async def list_v2(self, request: Request) -> Response:
         """GET /v2/sandboxes: filtered by metadata/state, paged with x-next-token."""
         query = request.query_params
-        wanted_meta = dict(parse_qsl(query.get("metadata", ""), keep_blank_values=True))
+        wanted_meta = metadata_filter(query.get("metadata"))
         states = {s for s in query.get("state", "").split(",") if s}
         unknown = states - {"running", "paused"}
         if unknown:

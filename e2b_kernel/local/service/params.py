@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 from .errors import ServiceError
 from .registry import MAX_TIMEOUT
 
-__all__ = ["decode_token", "encode_token", "int_param", "timeout_field"]
+__all__ = ["decode_token", "encode_token", "int_param", "metadata_filter", "timeout_field"]
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def timeout_field(body: dict[str, Any], name: str, *, default: int | None) -> Any:
@@ -49,3 +53,30 @@ def decode_token(token: str | None) -> int:
 def encode_token(offset: int) -> str:
     """The ``x-next-token`` for the page that starts at ``offset``."""
     return base64.urlsafe_b64encode(str(offset).encode()).decode()
+
+
+def metadata_filter(raw: str | None) -> dict[str, str]:
+    """The ``metadata`` query parameter of a sandbox list as E2B's API reads it: the SDK
+    quotes each key and value and then url-encodes the pairs, so the (once decoded) parameter
+    is unescaped whole, split into ``key=value`` pairs on ``&``, and each side unescaped again.
+    """
+    if not raw:
+        return {}
+    wanted: dict[str, str] = {}
+    for pair in _unescape(raw).split("&"):
+        sides = pair.split("=")
+        if len(sides) != 2:
+            raise ServiceError(
+                400,
+                f"invalid key value pair in query: {pair!r} (the metadata filter takes "
+                "key=value pairs joined by '&')",
+            )
+        wanted[_unescape(sides[0])] = _unescape(sides[1])
+    return wanted
+
+
+def _unescape(text: str) -> str:
+    """Go's ``url.QueryUnescape``: ``+`` is a space; a ``%`` needs two hex digits."""
+    if _BAD_ESCAPE.search(text):
+        raise ServiceError(400, f"invalid URL escape in the metadata filter {text!r}")
+    return unquote_plus(text)
