@@ -136,7 +136,11 @@ class Context:
         return self._spec.restore_env_code(keys, self.sandbox_envs())
 
     def sandbox_envs(self) -> dict[str, str]:
-        return dict(getattr(self.sandbox, "envs", {}) or {})
+        """E2B's default env vars and the sandbox's own (theirs win, as in every process)."""
+        return {
+            **(getattr(self.sandbox, "e2b_env", None) or {}),
+            **(getattr(self.sandbox, "envs", None) or {}),
+        }
 
 
 def prepend_env(code: str, env_code: str) -> str:

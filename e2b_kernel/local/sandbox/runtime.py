@@ -44,6 +44,10 @@ _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # instead, first on the import path, so they survive a kernel restart like on E2B.
 _USER_PACKAGES = f".local/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 _START_TIMEOUT = 30.0
+# E2B sets these in every sandbox ("Default environment variables" in its docs), for commands
+# and the code interpreter, and writes each to a dot file in /run/e2b. The local service has
+# one team; its id has the shape of E2B's team ids.
+LOCAL_TEAM_ID = "00000000-0000-0000-0000-000000000000"
 _STOP_TIMEOUT = 10.0
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 # Runs the agent package by path, with no site-packages and no environment influence (-I -S).
@@ -73,6 +77,12 @@ class LocalSandbox:
     ) -> None:
         self.sandbox_id = sandbox_id
         self.envs = dict(envs or {})
+        # E2B's default env vars; E2B_TEMPLATE_ID comes with name_template() at create.
+        self.e2b_env = {
+            "E2B_SANDBOX": "true",
+            "E2B_SANDBOX_ID": sandbox_id,
+            "E2B_TEAM_ID": LOCAL_TEAM_ID,
+        }
         self.policy = policy
         self.isolated = policy.mode == "namespaces"
         self.disk_mb = disk_mb or policy.disk_mb
@@ -231,7 +241,27 @@ class LocalSandbox:
             path.mkdir()
             path.chmod(mode)  # not through mkdir's mode, which the umask trims
             os.chown(path, owner, owner)
+        self._write_e2b_files()
         self._prepare_home(user)
+
+    def name_template(self, template_id: str) -> None:
+        """Say which template the sandbox was created from (E2B_TEMPLATE_ID), for the
+        processes it starts from now on and in /run/e2b; a pooled sandbox learns it at create
+        (its running kernels are told by the caller)."""
+        self.e2b_env["E2B_TEMPLATE_ID"] = template_id
+        if self.socket_dir.is_dir():
+            self._write_e2b_files()
+
+    def _write_e2b_files(self) -> None:
+        """/run/e2b/.E2B_SANDBOX and the others, as E2B writes them (read-only inside)."""
+        if not self.isolated:
+            return  # /run/e2b is the sandbox's own only with isolation
+        for name, value in self.e2b_env.items():
+            target = self.socket_dir / f".{name}"
+            staged = target.with_name(f"{target.name}.new")
+            staged.write_text(value)
+            staged.chmod(0o644)
+            staged.replace(target)
 
     def _prepare_home(self, owner: int) -> None:
         """Create the user package folder and a profile that puts the sandbox's Python first,
@@ -397,6 +427,7 @@ class LocalSandbox:
         env.update({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "SHELL": "/bin/bash"})
         packages = f"{SANDBOX_HOME if self.isolated else self.home_dir}/{_USER_PACKAGES}"
         env.update({"PYTHONPATH": packages, "PIP_TARGET": packages, "PIP_UPGRADE": "1"})
+        env.update(self.e2b_env)
         env.update(self.envs)
         return env
 

@@ -118,8 +118,10 @@ class Registry:
         if prepared is not None:
             sandbox = prepared
             sandbox.envs = dict(envs)  # every process it starts from now on gets them
+            sandbox.name_template(template_id)
         else:
             sandbox = self.new_sandbox(envs, _disk_mb(metadata))
+            sandbox.name_template(template_id)
             await sandbox.start()
         sandbox_id = sandbox.sandbox_id
         # A sandbox whose agent died is gone: "not found" at once, cleaned up by the sandbox.
