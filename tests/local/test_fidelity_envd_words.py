@@ -149,3 +149,65 @@ def test_paths_cwd_and_error_async(local_service: RunningService) -> None:
             await sbx.kill()
 
     asyncio.run(scenario())
+
+
+def test_a_failed_rename_is_worded_as_envd_words_it(sbx: Sandbox) -> None:
+    """envd's Move: Go's rename error naming both paths, an internal error (the SDK's plain
+    SandboxException) unless the source is missing (the directory was named as the file)."""
+    sbx.files.write("/home/user/mv/a.txt", "a")
+    sbx.files.make_dir("/home/user/mv/d/inner")
+    with pytest.raises(SandboxException) as onto_dir:
+        sbx.files.rename("mv/a.txt", "mv/d")
+    assert not isinstance(onto_dir.value, InvalidArgumentException)
+    assert "error renaming: rename /home/user/mv/a.txt /home/user/mv/d: " in str(onto_dir.value)
+    with pytest.raises(SandboxException) as onto_file:
+        sbx.files.rename("mv/d", "mv/a.txt")
+    assert "rename /home/user/mv/d /home/user/mv/a.txt: not a directory" in str(onto_file.value)
+    with pytest.raises(FileNotFoundException, match="source file not found: rename "):
+        sbx.files.rename("mv/none.txt", "mv/x.txt")
+
+
+def test_async_watch_ends_at_its_deadline_and_names_its_own_folder_dot(
+    local_service: RunningService,
+) -> None:
+    """envd's WatchDir stream ends at its deadline (the SDK's default is 60 s; it ran for
+    ever here), and an event about the watched folder itself is named "." (it was "")."""
+
+    async def scenario() -> None:
+        sbx = await AsyncSandbox.create(timeout=120, **sdk_options(local_service))
+        try:
+            await sbx.files.make_dir("/home/user/watched")
+            events: list = []
+            exits: list = []
+            ended = asyncio.Event()
+
+            def on_exit(error: Exception | None) -> None:
+                exits.append(error)
+                ended.set()
+
+            handle = await sbx.files.watch_dir(
+                "/home/user/watched", events.append, on_exit=on_exit, timeout=1
+            )
+            await asyncio.wait_for(ended.wait(), 30)
+            assert exits and exits[0] is not None  # ended by its deadline, not by stop()
+            await sbx.files.write("/home/user/watched/late.txt", "x")
+            await handle.stop()
+            assert events == []
+
+            gone: list = []
+            removed = asyncio.Event()
+
+            def on_event(event) -> None:
+                gone.append((event.name, event.type.name))
+                if event.name == ".":  # the folder itself: its removal comes after its files'
+                    removed.set()
+
+            watch = await sbx.files.watch_dir("/home/user/watched", on_event, timeout=30)
+            await sbx.commands.run("rm -rf /home/user/watched")
+            await asyncio.wait_for(removed.wait(), 15)
+            await watch.stop()
+            assert (".", "REMOVE") in gone, gone
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())

@@ -126,7 +126,8 @@ class Inotify:
                 continue
             base = self._dirs[wd]
             name = os.fsdecode(raw_name)
-            relative = posixpath.join(base, name) if name else base
+            # The watched folder itself is "." (envd: filepath.Rel(root, root)).
+            relative = posixpath.join(base, name) if name else (base or ".")
             if mask & (IN_DELETE_SELF | IN_MOVE_SELF) and base:
                 continue  # a subdirectory's own removal was reported by its parent already
             for bits, kind in _KINDS:

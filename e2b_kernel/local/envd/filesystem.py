@@ -40,6 +40,7 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 from ..sandbox import LocalSandbox
 from ..sandbox.agent_client import AgentCallError, AgentClient, AgentGone, AgentStream
 from ..sandbox.file_ops import FileOps
+from .go_text import errno_text
 from .process import CLIENT_GONE
 from .user_paths import HOMES, UnresolvablePath, resolve_user_path
 
@@ -118,6 +119,23 @@ def _rpc_error(path: str, exc: OSError) -> ConnectError:
     if code in (errno.ENOSPC, errno.EDQUOT):
         return ConnectError(Code.RESOURCE_EXHAUSTED, "not enough disk space")
     return ConnectError(Code.INTERNAL, f"cannot access '{path}': {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def _move_errors(source: str, destination: str) -> Iterator[None]:
+    """envd's Move words a failed rename(2) as Go's *LinkError, naming both paths: not found,
+    or an internal error (a file onto a folder is no invalid argument there). Others (the
+    agent gone, a full disk) are left to _mapped."""
+    try:
+        yield
+    except OSError as exc:
+        failed = exc.errno
+        if isinstance(exc, AgentGone) or failed is None or failed in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        what = f"rename {source} {destination}: {errno_text(failed)}"
+        if failed == errno.ENOENT:
+            raise ConnectError(Code.NOT_FOUND, f"source file not found: {what}") from None
+        raise ConnectError(Code.INTERNAL, f"error renaming: {what}") from None
 
 
 @contextlib.contextmanager
@@ -205,7 +223,7 @@ class FilesystemService(filesystem_connect.Filesystem):
         """Rename a file or directory (the destination's parents are created)."""
         user = _user(ctx)
         source, destination = _path(request.source, user), _path(request.destination, user)
-        with _mapped(source):
+        with _mapped(source), _move_errors(source, destination):
             entry = await self.ops.rename(source, destination, user)
         return MoveResponse(entry=entry_message(entry))
 
@@ -254,12 +272,21 @@ class FilesystemService(filesystem_connect.Filesystem):
         """Stream the agent's inotify events, with keepalives, until the client goes."""
         stream = await self._open_watch(request, ctx)
         gone = CLIENT_GONE.get(None) or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # As envd's handler: the stream's deadline (Connect-Timeout-Ms; the SDK's default
+        # 60 s) ends the watch.
+        deadline = loop.time() + ctx.timeout_ms / 1000 if ctx.timeout_ms else None
         try:
             start = WatchDirResponse.StartEvent()
             yield WatchDirResponse(event=Oneof("start", start))  # type: ignore[arg-type]
             while not gone.is_set():
-                event = await _next_event(stream, gone)
+                wait = _KEEPALIVE if deadline is None else min(_KEEPALIVE, deadline - loop.time())
+                if wait <= 0:
+                    raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
+                event = await _next_event(stream, gone, wait)
                 if event is _KEEPALIVE_TICK:
+                    if deadline is not None and loop.time() >= deadline:
+                        continue  # the deadline, not a keepalive
                     keepalive = WatchDirResponse.KeepAlive()
                     yield WatchDirResponse(event=Oneof("keepalive", keepalive))  # type: ignore[arg-type]
                 elif event is None:
@@ -274,13 +301,14 @@ class FilesystemService(filesystem_connect.Filesystem):
 _KEEPALIVE_TICK: Any = object()
 
 
-async def _next_event(stream: AgentStream, gone: asyncio.Event) -> Any:
-    """The next event, _KEEPALIVE_TICK after a quiet interval, None at the agent's EOF."""
+async def _next_event(stream: AgentStream, gone: asyncio.Event, quiet: float) -> Any:
+    """The next event, _KEEPALIVE_TICK after ``quiet`` seconds without one, None at the
+    agent's EOF."""
     read = asyncio.ensure_future(stream.read_json())
     stop = asyncio.ensure_future(gone.wait())
     try:
         done, _pending = await asyncio.wait(
-            {read, stop}, timeout=_KEEPALIVE, return_when="FIRST_COMPLETED"
+            {read, stop}, timeout=quiet, return_when="FIRST_COMPLETED"
         )
     finally:
         stop.cancel()
