@@ -42,7 +42,7 @@ from .kernel_channels import (
 )
 from .outputs import without_e2b_fields
 from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
-from .remote_look import PYTHON3_COLOURS
+from .remote_look import PYTHON3_LOOK
 from .session import NEW_SANDBOX_NOTICE, Event, SandboxSession, cell_limit, cell_timeout_message
 from .telemetry import execution_span
 
@@ -136,11 +136,11 @@ class JupyterCells:
             kernel_id, _ = await pick_remote_kernel(session, endpoint, self.log)
             opened = KernelChannels(endpoint, kernel_id, self._received, self._lost, self.log)
             await opened.open()
-            # python3's colours for the remote tracebacks the magic raises (E2B's template
-            # starts its kernels without any), as the E2B Python kernel sets them; unanswered
-            # here, its messages are dropped (see _received).
-            colours = self._messages.msg("execute_request", silent_execute(PYTHON3_COLOURS))
-            opened.send("shell", self._parts(colours), first=True)
+            # python3's look (colours for the remote tracebacks the magic raises, none of
+            # E2B's derived outputs; see remote_look), as the E2B Python kernel sets it;
+            # unanswered here, its messages are dropped (see _received).
+            look = self._messages.msg("execute_request", silent_execute(PYTHON3_LOOK))
+            opened.send("shell", self._parts(look), first=True)
             return opened
 
         self._channels = await reach_remote_kernel(session, connect)

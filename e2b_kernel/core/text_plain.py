@@ -5,7 +5,7 @@ E2B's ``/execute`` strips one pair of quotes from every ``text/plain`` (``'a'`` 
 once per Python context, an IPython formatter that copies the real ``text/plain`` of ``str``
 objects into a private MIME type; :func:`restore` puts it back and drops the carrier. The
 carrier also marks list and dict results, whose ``application/json`` E2B derived, and the
-same hidden code gives the kernel python3's colours (:mod:`.remote_look`). Hidden
+same hidden code gives the kernel python3's look (:mod:`.remote_look`). Hidden
 code installs it (see :mod:`.hidden`), so it works the same on E2B cloud and the local service.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .hidden import wrap
-from .remote_look import PYTHON3_COLOURS
+from .remote_look import PYTHON3_LOOK
 
 __all__ = ["CARRIER_MIME", "install_code", "restore"]
 
@@ -27,7 +27,7 @@ from traitlets import Unicode
 
 shell = get_ipython()
 if shell is not None:
-    exec(ARGS[1])  # python3's colours (E2B's template starts its kernels without)
+    exec(ARGS[1])  # python3's look (colours, none of E2B's derived outputs)
 if shell is not None and ARGS[0] not in shell.display_formatter.formatters:
     class TextPlainCarrier(JSONFormatter):
         format_type = Unicode(ARGS[0])
@@ -45,7 +45,7 @@ if shell is not None and ARGS[0] not in shell.display_formatter.formatters:
 
 def install_code() -> str:
     """Hidden code that installs the carrier formatter in the current IPython (idempotent)."""
-    return wrap(_INSTALL, CARRIER_MIME, PYTHON3_COLOURS)
+    return wrap(_INSTALL, CARRIER_MIME, PYTHON3_LOOK)
 
 
 def restore(bundle: dict[str, Any]) -> dict[str, Any]:

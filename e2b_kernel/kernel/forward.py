@@ -41,7 +41,7 @@ from ..core.kernel_channels import (
     silent_execute,
 )
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
-from ..core.remote_look import PYTHON3_COLOURS
+from ..core.remote_look import PYTHON3_LOOK
 from ..core.session import cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
 
@@ -173,7 +173,7 @@ class JupyterForwarder:
 
     async def open(self) -> None:
         await self.channels.open()
-        self._run_hidden(PYTHON3_COLOURS)
+        self._run_hidden(PYTHON3_LOOK)
 
     def _run_hidden(self, code: str) -> str:
         """Run code in the remote kernel before anything the front end sent that is not
@@ -292,9 +292,9 @@ class JupyterForwarder:
         self._died_state = state
         new_process = self.channels.renudge(ended_session if state == "restarted" else None)
         new_process.add_done_callback(lambda done: self._answer_started(started, done))
-        # The new process starts without python3's colours again; our request for them is
+        # The new process starts without python3's look again; our request for it is
         # written before anything not yet sent, so its reply comes after the orphans'.
-        self._orphans_wait_for = self._run_hidden(PYTHON3_COLOURS)
+        self._orphans_wait_for = self._run_hidden(PYTHON3_LOOK)
 
     def _answer_started(self, msg_ids: list[str], new_process: asyncio.Future) -> None:
         """Answer the requests a dead process had started, once it is known why it died.

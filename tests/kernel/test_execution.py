@@ -116,6 +116,53 @@ def test_list_and_dict_results_show_only_their_text_as_on_python3(
     assert shown["data"]["application/json"] == {"k": 1}  # what the code displayed stays
 
 
+# Counts what the sandbox's kernel derives from results beyond python3's own formatters:
+# E2B's e2b/data copy of a DataFrame (its every value: 9 s for a million rows, a killed kernel
+# for six million) and application/json copy of a list.
+_DERIVING_SPIES = """
+import pandas as pd
+import IPython.core.formatters as _formatters
+calls = []
+class Spy(pd.DataFrame):
+    @property
+    def _constructor(self):
+        return Spy
+    def to_dict(self, *args, **kwargs):
+        calls.append('to_dict')
+        return super().to_dict(*args, **kwargs)
+class Items(list):
+    def __iter__(self):
+        import traceback
+        if any('jsonable' in str(f) for f in traceback.extract_stack()):
+            calls.append('json copy')
+        return super().__iter__()
+"""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+def test_nothing_is_derived_from_results_or_saved_images_beyond_python3(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    """E2B's template derives outputs for /execute clients (the kernel drops them) and shows
+    every image PIL saves to a path (so every plt.savefig) or shows: a notebook loop writing
+    thumbnails filled the notebook. python3 does none of this, and now neither does the
+    sandbox's kernel once the notebook's kernel has set python3's look."""
+    kernel = start_kernel(backend_env())
+    assert kernel.run(_DERIVING_SPIES)[0]["status"] == "ok"
+    _, outputs = kernel.run("Spy({'a': [1, 2]})")
+    (result,) = [o.content for o in outputs if o.msg_type == "execute_result"]
+    assert set(result["data"]) == {"text/html", "text/plain"}
+    kernel.run("Items([1, 2])")
+    assert kernel.value("calls") == "[]"
+    code = "from PIL import Image\nimage = Image.new('RGB', (4, 4))\n"
+    code += "for n in range(3):\n    image.save(f'thumb{n}.png')\nimage.show()"
+    reply, outputs = kernel.run(code)
+    assert reply["status"] == "ok" and outputs == [], outputs
+    assert kernel.value("import os\nsorted(f for f in os.listdir() if f.startswith('thumb'))") == (
+        "['thumb0.png', 'thumb1.png', 'thumb2.png']"
+    )
+
+
 def test_matplotlib_and_pandas_render_inline(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:

@@ -11,13 +11,18 @@ def _e2b_patch_pil():
         from PIL import Image
     except ImportError:
         return
+    import functools
+
     from IPython.display import display
 
     original_save = Image.Image.save
 
+    # Wrapped (functools.wraps): the E2B Python kernel puts the originals back, as python3.
+    @functools.wraps(Image.Image.show)
     def show(self, *args, **kwargs):
         display(self)
 
+    @functools.wraps(original_save)
     def save(self, fp, *args, **kwargs):
         result = original_save(self, fp, *args, **kwargs)
         if isinstance(fp, str):
