@@ -111,6 +111,34 @@ def test_env_vars_arrive_intact_and_only_for_that_execution(sdk_env: dict[str, s
     assert later["output"] == "None\n"
 
 
+def test_env_vars_are_put_back_after_a_timeout_and_overrides_restore_what_was_there(
+    sdk_env: dict[str, str],
+) -> None:
+    """A call cut by its timeout left its env vars (a secret) to every later call, and a call
+    that overrode a variable (PATH, HOME) deleted it for every later call. As E2B's template:
+    each goes back to what it was, unless the code itself changed it."""
+    show = "import os\nprint([os.environ.get(k) for k in ('SECRET_TOKEN', 'HOME', 'MINE')])"
+
+    async def scenario() -> list[dict]:
+        async with SandboxExecutor(default_timeout=60) as ex:
+            before = await ex.execute({"code": show})
+            slow = {"SECRET_TOKEN": "abc123", "HOME": "/tmp"}
+            cut = await ex.execute(
+                {"code": "import time\ntime.sleep(120)", "env_vars": slow, "timeout": 1}
+            )
+            after_cut = await ex.execute({"code": show})
+            own = "import os\nos.environ['MINE'] = 'code'"
+            await ex.execute({"code": own, "env_vars": {"MINE": "call", "HOME": "/srv"}})
+            after_own = await ex.execute({"code": show})
+            return [before, cut, after_cut, after_own]
+
+    before, cut, after_cut, after_own = run(scenario())
+    assert before["output"] == "[None, '/home/user', None]\n"
+    assert cut["success"] is False
+    assert after_cut["output"] == before["output"]
+    assert after_own["output"] == "[None, '/home/user', 'code']\n"  # the code's own value stays
+
+
 def test_context_manager_kills_the_sandbox(
     sdk_env: dict[str, str], running_sandbox_ids: Callable[[], set[str]]
 ) -> None:

@@ -284,7 +284,7 @@ class CodeInterpreter:
         release_now = True
         try:
             await settle_aborts(context.kernel)  # a previous failed cell must not abort this one
-            cell = prepend_env(code, context.env_code(env_vars))
+            cell = prepend_env(code, context.call_env_code(env_vars) if env_vars else "")
             execution = Execution(context, cell, stop)
             lines = execution.lines()
             try:
@@ -298,7 +298,7 @@ class CodeInterpreter:
                 if execution.kernel is not None:
                     execution.kernel.interrupt()
                     release_now = False
-                    self._in_background(_finish_interrupt(execution, context.lock))
+                    self._in_background(_finish_interrupt(execution, context, env_vars))
                 raise
             if execution.outcome == "stopped":
                 if disconnected.is_set() and not self.sandbox.killed.is_set():
@@ -307,7 +307,7 @@ class CodeInterpreter:
                     # Keep the lock until the interrupted cell is idle, so the next cell on this
                     # context is not aborted by ipykernel's stop_on_error.
                     release_now = False
-                    self._in_background(_finish_interrupt(execution, context.lock))
+                    self._in_background(_finish_interrupt(execution, context, env_vars))
                 return False
             if execution.outcome == "died":
                 if self.sandbox.killed.is_set() or self._closed:
@@ -330,11 +330,18 @@ class CodeInterpreter:
         task.add_done_callback(self._background.discard)
 
 
-async def _finish_interrupt(execution: Execution, lock: asyncio.Lock) -> None:
+async def _finish_interrupt(execution: Execution, context: Context, env_vars: dict) -> None:
+    """Wait for the interrupted cell's end, then put its env vars back (a call cut by its
+    timeout left them, a secret among them, to every later call); releases the lock."""
     try:
         await execution.wait_interrupted()
+        if env_vars and context.kernel is not None and not context.kernel.died.is_set():
+            await settle_aborts(context.kernel)
+            await context.kernel.run_silent(context.restore_env_code(list(env_vars)))
+    except Exception:
+        log.exception("finishing an interrupted cell in context %s failed", context.id)
     finally:
-        lock.release()
+        context.lock.release()
 
 
 async def _restart_after_death(context: Context) -> None:

@@ -132,6 +132,10 @@ class Context:
     def env_code(self, env_vars: dict[str, str]) -> str:
         return self._spec.set_env_code(env_vars)
 
+    def call_env_code(self, env_vars: dict[str, str]) -> str:
+        """One /execute call's env vars, undone by :meth:`restore_env_code` after it."""
+        return self._spec.call_env_code(env_vars)
+
     def restore_env_code(self, keys: list[str]) -> str:
         return self._spec.restore_env_code(keys, self.sandbox_envs())
 

@@ -106,8 +106,31 @@ class Language:
             f"import os; os.environ[{key!r}] = {value!r}" for key, value in env.items()
         )
 
+    def call_env_code(self, env: dict[str, str]) -> str:
+        """Code that sets one call's env vars; in Python it first notes what each was and
+        what it is set to (on the os module, leaving the user's namespace alone), so that
+        :meth:`restore_env_code` can put back exactly what was there before, as E2B's
+        template does (its ``E2BEnviron``)."""
+        if self.name == "bash":
+            return self.set_env_code(env)
+        note = (
+            f"(lambda os, env: os.__dict__.__setitem__('_e2b_call_env', "
+            f"{{k: (os.environ.get(k), v) for k, v in env.items()}}) or os.environ.update(env))"
+            f"(__import__('os'), {env!r})"
+        )
+        return note
+
     def restore_env_code(self, keys: list[str], global_env: dict[str, str]) -> str:
-        """Code that puts per-call env vars back: to the sandbox-level value, or unset."""
+        """Code that puts one call's env vars back. Python: to what each was before the
+        call, unless the code itself changed it meanwhile (its value stays, as E2B's
+        template keeps it). Bash: to the sandbox-level value, or unset."""
+        if self.name != "bash":
+            return (
+                "(lambda os, noted: [os.environ.pop(k, None) if was is None "
+                "else os.environ.__setitem__(k, was) for k, (was, set_to) in noted.items() "
+                "if os.environ.get(k) == set_to])"
+                "(__import__('os'), __import__('os').__dict__.pop('_e2b_call_env', {}))"
+            )
         lines = []
         for key in keys:
             if key in global_env:
