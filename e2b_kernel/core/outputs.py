@@ -138,13 +138,16 @@ def split_traceback(text: str, ename: str = "", evalue: str = "") -> list[str]:
 def _unglue_tail(text: str, ename: str, evalue: str) -> str:
     """Put the final ``Name: value`` line on its own line when it is glued to the previous,
     and what follows it (the exception's notes, glued together) on the next."""
-    tail = f"{ename}: {evalue}".rstrip() if evalue else ename
     matches = list(re.finditer(_ANSI + re.escape(ename) + _ANSI + ":?", text))
     match = matches[-1] if matches else None
     if match is None:
         return text
     rest = strip_ansi(text[match.start() :])
-    if not rest.startswith(tail):
+    # IPython's line is "Name: value", also for an empty value ("AssertionError: ") or one
+    # ending in spaces; the shorter forms are how others word it.
+    forms = (f"{ename}: {evalue}", f"{ename}: {evalue}".rstrip(), ename)
+    tail = next((form for form in forms if rest.startswith(form)), None)
+    if tail is None:
         return text
     start = match.start()
     if start > 0 and text[start - 1] != "\n":

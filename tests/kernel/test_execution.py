@@ -389,6 +389,10 @@ CHAINED = {
     "        raise ValueError('wrapped') from e\nf()",
     "context": "try:\n    1/0\nexcept ZeroDivisionError:\n    int('x')",
     "frames": "def a():\n    b()\ndef b():\n    raise KeyError('k')\na()",
+    # IPython's last line is "AssertionError: " (it was split into "AssertionError" and ": "),
+    # and a message ending in spaces keeps them on its line.
+    "empty-message": "assert 1 == 2",
+    "trailing-space": "raise ValueError('ends with colon: ')",
 }
 
 
