@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import shlex
 from typing import Any
@@ -10,7 +11,7 @@ from IPython.core.error import UsageError
 
 from ..config import check_env_vars, parse_pairs
 
-__all__ = ["parse_env", "parse_line", "split_line"]
+__all__ = ["parse_env", "parse_line", "sandbox_name", "split_line"]
 
 
 def split_line(line: str) -> list[str]:
@@ -36,3 +37,10 @@ def parse_env(pairs: list[str], option: str = "--env") -> dict[str, str]:
         return check_env_vars(parse_pairs(pairs, option), option)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def sandbox_name(text: str) -> str:
+    """A ``--sandbox NAME`` value: any non-blank text (it is only a name in this session)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a sandbox name cannot be blank, e.g. --sandbox scratch")
+    return text

@@ -16,7 +16,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import files
-from .arguments import parse_env, parse_line
+from .arguments import parse_env, parse_line, sandbox_name
 
 if TYPE_CHECKING:
     from ..core import SandboxSession
@@ -122,7 +122,9 @@ def build_parser() -> MagicArgumentParser:
     """The ``%e2b`` parser: one subcommand per entry of ``COMMANDS``; errors are UsageErrors."""
     parser = MagicArgumentParser(prog="%e2b", description="Manage %%e2b sandboxes.")
     common = MagicArgumentParser(add_help=False)
-    common.add_argument("--sandbox", default="default", metavar="NAME", help="named sandbox")
+    common.add_argument(
+        "--sandbox", default="default", type=sandbox_name, metavar="NAME", help="named sandbox"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=MagicArgumentParser)
     sub.required = True
     for command in COMMANDS:
@@ -220,7 +222,10 @@ class CommandsMixin:
         print(f"killed sandbox {sandbox_id}")
 
     def _cmd_restart(self, args: Any) -> None:
-        session = self._started(args.sandbox)
+        session = self.sessions.get(args.sandbox)
+        if session is None or session.sandbox_id is None:  # nothing to restart: none made
+            print(f"sandbox {args.sandbox!r} is not running (its first %%e2b cell starts it)")
+            return
         try:
             self.call(session.restart())
         finally:

@@ -26,7 +26,7 @@ from ..config import SessionConfig
 from ..core import SandboxSession
 from ..errors import remote_error
 from . import transfer
-from .arguments import parse_env, parse_line
+from .arguments import parse_env, parse_line, sandbox_name
 from .commands import HELP, CommandsMixin
 from .display import RemoteResult, ask_locally, for_user, late_output_here, show_event
 from .loop_thread import LoopThread
@@ -133,6 +133,7 @@ class E2BMagics(CommandsMixin, Magics):
     @argument(
         "--sandbox",
         default="default",
+        type=sandbox_name,
         metavar="NAME",
         help="Which sandbox runs the cell; each name is its own sandbox (default: 'default').",
     )

@@ -206,6 +206,8 @@ def shell() -> Iterator[InteractiveShell]:
         ("%e2b timeout", "required: SECONDS"),
         ("%e2b upload", "required: LOCAL"),
         ("%e2b connect", "required: ID"),
+        ("%e2b status --sandbox ''", "a sandbox name cannot be blank"),
+        ("%%e2b --sandbox ' '\n1", "a sandbox name cannot be blank"),
     ],
 )
 def test_bad_arguments_are_usage_errors(
@@ -215,6 +217,16 @@ def test_bad_arguments_are_usage_errors(
     assert isinstance(result.error_in_exec, UsageError)
     assert message in str(result.error_in_exec)
     assert "Traceback" not in capsys.readouterr().out
+
+
+def test_restarting_a_sandbox_that_never_started_starts_none(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped name made a new sandbox (seconds) and said it restarted it."""
+    result = shell.run_cell("%e2b restart --sandbox typo")
+    assert result.error_in_exec is None
+    assert "sandbox 'typo' is not running" in capsys.readouterr().out
+    assert "typo" not in shell._e2b_magics.sessions
 
 
 def test_help_is_the_docstring_with_usage_and_examples(shell: InteractiveShell) -> None:
