@@ -91,6 +91,10 @@ class ExecutionInterrupted(E2BKernelError):
     """The cell was interrupted by the user."""
 
 
+class MessageTooLarge(E2BKernelError):
+    """A front end's message is larger than the sandbox's Jupyter Server takes in one piece."""
+
+
 class TransferError(E2BKernelError):
     """A variable or file could not be moved; the message names it and says what to do."""
 

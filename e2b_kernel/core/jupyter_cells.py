@@ -29,14 +29,16 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from ..errors import E2BKernelError, ExecutionTimeout, KernelDied
+from ..errors import E2BKernelError, ExecutionTimeout, KernelDied, MessageTooLarge
 from . import cell_env, text_plain
 from .kernel_channels import (
     CATCH_UP_FOR,
     DEATH_NOTICES,
     LOST_OUTPUT_NOTE,
+    SERVER_MESSAGE_LIMIT,
     KernelChannels,
     Parts,
+    encoded_size,
     kernel_died,
     silent_execute,
 )
@@ -251,11 +253,19 @@ class JupyterCells:
                 },
             )
             msg_id = request["header"]["msg_id"]
+            parts = self._parts(request)
+            size = encoded_size("shell", parts)
+            if size > SERVER_MESSAGE_LIMIT:  # sent, it would close the socket and be lost
+                raise MessageTooLarge(
+                    f"This cell is {size / 2**20:.1f} MiB; the sandbox's Jupyter Server takes "
+                    f"at most {SERVER_MESSAGE_LIMIT // 2**20} MiB in one message. Move large "
+                    "data as a file (%e2b upload) and read it in the cell."
+                )
             previous_env = await self._set_env(channels, env_vars) if env_vars else None
             cell = self._cells[msg_id] = _Cell()
             session.hold_busy(True)
             try:
-                channels.send("shell", self._parts(request))
+                channels.send("shell", parts)
                 async for event in self._events(cell, channels, timeout):
                     if event[0] == "error":
                         span.fail(str(event[1].get("ename", "Error")))

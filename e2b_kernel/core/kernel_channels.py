@@ -42,12 +42,14 @@ __all__ = [
     "CATCH_UP_FOR",
     "DEATH_NOTICES",
     "LOST_OUTPUT_NOTE",
+    "SERVER_MESSAGE_LIMIT",
     "V1_PROTOCOL",
     "KernelChannels",
     "KernelChannelsError",
     "Parts",
     "decode",
     "encode",
+    "encoded_size",
     "kernel_died",
     "silent_execute",
 ]
@@ -68,6 +70,18 @@ LOST_OUTPUT_NOTE = (
     "the sandbox's Jupyter Server was listening (as happens right after the server restarts "
     "the kernel process). Run the cell again to see it.\n"
 )
+
+
+# The most a Jupyter Server takes in one WebSocket message: Tornado's default
+# websocket_max_message_size, which Jupyter Server and E2B's template keep. A larger one
+# closes the socket (error 1009), and the message is lost.
+SERVER_MESSAGE_LIMIT = 10 * 1024 * 1024
+
+
+def encoded_size(channel: str, parts: Parts) -> int:
+    """The size of ``parts`` as one v1 WebSocket message (see :func:`encode`); about that on
+    the older JSON protocol."""
+    return 8 * (len(parts) + 3) + len(channel) + sum(len(part) for part in parts)
 
 
 def silent_execute(code: str, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:

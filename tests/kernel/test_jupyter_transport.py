@@ -325,6 +325,22 @@ def test_a_cell_sent_as_exit_ends_the_process_runs_once_in_the_new_one(
     assert kernel.value("open('side.txt').read()") == "'A'"  # it ran once
 
 
+def test_a_message_larger_than_the_server_takes_fails_alone(kernel: Kernel) -> None:
+    """The sandbox's Jupyter Server closes the socket on a message over 10 MiB (Tornado's
+    limit): the message was lost, and a cell running meanwhile with it ("run the cell again").
+    Now such a request fails at once, saying why and what to do, and nothing else is lost."""
+    assert kernel.value("kept = 'still here'\nkept") == "'still here'"
+    running = kernel.send("import time\ntime.sleep(3)\nprint('finished')")
+    big = kernel.send("x = '" + "a" * (11 * 1024 * 1024) + "'\nlen(x)")
+    reply, outputs = kernel.collect(big, timeout=60)
+    assert reply["status"] == "error" and reply["ename"] == "MessageTooLarge", reply
+    assert "takes at most 10 MiB" in reply["evalue"] and "as a file" in reply["evalue"]
+    reply, outputs = kernel.collect(running, timeout=60)
+    assert reply["status"] == "ok", (reply, outputs)
+    assert [o.content["text"] for o in outputs if o.msg_type == "stream"] == ["finished\n"]
+    assert kernel.value("kept") == "'still here'"
+
+
 def test_a_cell_whose_iopub_messages_are_lost_still_ends(kernel: Kernel) -> None:
     """Its reply comes, its 'busy', output and 'idle' never do: a front end that waits for
     the 'idle' (jupyter_client, nbclient, nbval) waited for ever. Now the relay learns from

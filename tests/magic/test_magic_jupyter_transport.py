@@ -355,3 +355,12 @@ def test_a_cell_whose_iopub_messages_are_lost_still_ends(magic: Magic) -> None:
         assert visible(magic.run("%%e2b\n6 * 7")[1]) == ["42"]
     finally:
         magic.run("%%e2b\n" + UNDO_LOSING_IOPUB)
+
+
+def test_a_cell_larger_than_the_server_takes_fails_alone(magic: Magic) -> None:
+    """Over 10 MiB (Tornado's limit in the sandbox's Jupyter Server) the socket closed and the
+    cell was lost; now it fails at once, naming the limit, and the sandbox's state stays."""
+    assert magic.run("%%e2b\nkept = 1")[0]["status"] == "ok"
+    reply, messages = magic.run("%%e2b\nx = '" + "a" * (11 * 1024 * 1024) + "'")
+    assert reply["status"] == "error" and reply["ename"] == "MessageTooLarge", messages
+    assert visible(magic.run("%%e2b\nkept + 1")[1]) == ["2"]
