@@ -187,6 +187,26 @@ def test_dataframe_gives_html_text_and_data(sandbox: Sandbox) -> None:
     assert result.data == {"a": [1, 2], "when": ["2024-01-01T00:00:00", "2024-02-01T00:00:00"]}
 
 
+def test_big_results_keep_their_text_when_their_derived_copies_would_be_too_many_values(
+    sandbox: Sandbox,
+) -> None:
+    """The derived e2b/data of a 100,000 x 4 DataFrame (or JSON of a 300,000-item list) took
+    the message past the 2**18 values the service passes on, and the whole result was
+    dropped: nothing shown but a notice. Past a bound they are left out; the rest shows."""
+    code = "import pandas as pd, numpy as np\npd.DataFrame(np.zeros((100_000, 4)))"
+    execution = sandbox.run_code(code, timeout=120)
+    assert execution.error is None and not execution.logs.stderr, execution.logs
+    (frame,) = execution.results
+    assert "[100000 rows x 4 columns]" in frame.text and "<table" in frame.html
+    assert frame.data is None
+    execution = sandbox.run_code("list(range(300_000))", timeout=120)
+    assert not execution.logs.stderr, execution.logs
+    (items,) = execution.results
+    assert items.text.startswith("[0,\n 1,\n") and items.json is None
+    small = sandbox.run_code("import pandas as pd\npd.DataFrame({'a': [1]})").results[0]
+    assert small.data == {"a": [1]}  # as E2B below the bound
+
+
 def test_list_and_dict_results_carry_json_as_on_e2b(sandbox: Sandbox) -> None:
     # E2B's template gives list and dict results an orjson copy (numpy values, keys as text).
     code = "import numpy as np\n{'a': 1, 2: [np.int64(3), 1.5], 'n': None, 'f': float('nan')}"

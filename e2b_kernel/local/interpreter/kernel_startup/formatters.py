@@ -13,7 +13,11 @@ one function that deletes itself afterwards and leaves the namespace clean.
 
 
 def _e2b_install_formatters():
-    MAX_JSON_VALUES = 1_000_000
+    # What the derived copies (a DataFrame's e2b/data, a list's or dict's JSON) may hold: the
+    # local service passes on at most 2**18 JSON values in one kernel message
+    # (interpreter/kernel_bridge.py MAX_VALUES) and drops the whole message past that, the
+    # result's text and HTML with it; this leaves room for the rest of the message.
+    MAX_JSON_VALUES = 200_000
     import dataclasses
     import datetime
     import enum
@@ -42,6 +46,8 @@ def _e2b_install_formatters():
         return str(value)
 
     def dataframe_data(frame):
+        if frame.size > MAX_JSON_VALUES:
+            return None  # no e2b/data (see MAX_JSON_VALUES); its text and HTML still show
         columns = frame.to_dict(orient="list")
         return {str(name): [plain(value) for value in values] for name, values in columns.items()}
 
@@ -72,9 +78,9 @@ def _e2b_install_formatters():
         pass
 
     def jsonable(value, depth=0, budget=None):
-        # A budget of values: a result of millions of them (`list(range(10**7))`, whose text
-        # IPython shortens) would make a message the local service refuses to decode, and
-        # its text would be lost with it. E2B's template has no such bound.
+        # A budget of values (MAX_JSON_VALUES): a result of many (`list(range(10**6))`, whose
+        # text IPython shortens) would make a message the local service refuses to decode,
+        # and its text would be lost with it. E2B's template has no such bound.
         budget = budget if budget is not None else [MAX_JSON_VALUES]
         budget[0] -= 1
         if budget[0] < 0:
