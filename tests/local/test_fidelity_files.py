@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 import pytest
 from e2b import AsyncSandbox, FilesystemEventType, FileType, Sandbox
 
@@ -128,3 +129,44 @@ async def _async_watch() -> None:
         _expected(events)
     finally:
         await sbx.kill()
+
+
+def test_downloads_are_served_as_go_serves_content() -> None:
+    """envd serves a download with Go's http.ServeContent: one Range (206, 416), the type by
+    extension or sniffed, Last-Modified and If-Modified-Since (304). Every file came whole
+    as application/octet-stream: a browser could not seek a video or show a page."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.files.write("dl/alpha.txt", "abcdefghijklmnopqrstuvwxyz")
+        sbx.files.write("dl/page.html", "<html><body>hi</body></html>")
+        sbx.files.write("dl/notes", "plain words\n")
+        sbx.files.write("dl/blob", b"\x00\x01\x02binary")
+        sbx.files.write("dl/picture", b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
+        with httpx.Client(timeout=30) as http:
+            whole = http.get(sbx.download_url("dl/alpha.txt"))
+            assert whole.status_code == 200 and whole.text == "abcdefghijklmnopqrstuvwxyz"
+            assert whole.headers["content-type"] == "text/plain; charset=utf-8"
+            assert whole.headers["accept-ranges"] == "bytes"
+            url = sbx.download_url("dl/alpha.txt")
+            part = http.get(url, headers={"Range": "bytes=6-9"})
+            assert (part.status_code, part.text) == (206, "ghij")
+            assert part.headers["content-range"] == "bytes 6-9/26"
+            tail = http.get(url, headers={"Range": "bytes=-3"})
+            assert (tail.status_code, tail.text) == (206, "xyz")
+            missed = http.get(url, headers={"Range": "bytes=100-"})
+            assert missed.status_code == 416 and missed.headers["content-range"] == "bytes */26"
+            cached = http.get(url, headers={"If-Modified-Since": whole.headers["last-modified"]})
+            assert cached.status_code == 304 and cached.content == b""
+            kinds = {
+                name: http.get(sbx.download_url(f"dl/{name}")).headers["content-type"]
+                for name in ("page.html", "notes", "blob", "picture")
+            }
+        assert kinds == {
+            "page.html": "text/html; charset=utf-8",
+            "notes": "text/plain; charset=utf-8",
+            "blob": "application/octet-stream",
+            "picture": "image/png",
+        }
+        assert sbx.files.read("dl/blob", format="bytes") == b"\x00\x01\x02binary"
+    finally:
+        sbx.kill()

@@ -18,7 +18,8 @@ Ops (requests carry ``path`` and ``user``; relative paths resolve against the us
 - ``fs.stat`` -> ``{"entry"}`` (a final symlink is described, not followed)
 - ``fs.exists`` -> ``{"exists"}``
 - ``fs.list`` (``depth``) -> reply, then lines ``{"entries": [...]}``, then ``{"end": true}``
-- ``fs.read`` -> ``{"size", "entry"}``, then exactly ``size`` raw bytes
+- ``fs.read`` (``offset``, ``length``: a byte range, else the whole file) -> ``{"size",
+  "total", "mtime_ns"}``, then exactly ``size`` raw bytes (``total``: the file's size)
 - ``fs.write`` (``metadata``) -> ``{"path"}``; the client then sends frames (8-byte big-endian
   length + bytes) ending with an empty frame; the agent answers ``{"ok": true, "entry"}`` or
   ``{"ok": false, "errno", "error"}`` once every frame is in
@@ -338,8 +339,18 @@ def read_op(conn: Conn, request: dict) -> None:
     with as_user(user), _errors(path):
         fd = _open_regular(path, os.O_RDONLY)
     with os.fdopen(fd, "rb", buffering=0) as handle:
-        remaining = os.fstat(fd).st_size
-        conn.reply(size=remaining)
+        info = os.fstat(fd)
+        offset, length = request.get("offset") or 0, request.get("length")
+        if not isinstance(offset, int) or offset < 0:
+            raise AgentError(errno.EINVAL, f"offset must be a byte count, not {offset!r}")
+        if length is not None and (not isinstance(length, int) or length < 0):
+            raise AgentError(errno.EINVAL, f"length must be a byte count, not {length!r}")
+        remaining = max(0, info.st_size - offset)
+        if length is not None:
+            remaining = min(remaining, length)
+        if offset:
+            handle.seek(offset)
+        conn.reply(size=remaining, total=info.st_size, mtime_ns=info.st_mtime_ns)
         while remaining > 0:
             block = handle.read(min(_CHUNK, remaining))
             if not block:

@@ -13,17 +13,27 @@ import contextlib
 import errno
 import posixpath
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ..sandbox import LocalSandbox
 from ..sandbox.agent_client import AgentGone
 from ..sandbox.file_ops import FileOps, FileWriter
 from .go_text import errno_text
+from .serve_content import (
+    SNIFF_BYTES,
+    ByteRange,
+    last_modified,
+    not_modified,
+    sniffed_type,
+    type_by_name,
+    wanted_range,
+)
 from .user_paths import HOMES, UnresolvablePath, resolve_user_path
 
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -107,13 +117,49 @@ def _mapped(path: str, *, writing: bool) -> Any:
 
 
 async def _download(request: Request, ops: FileOps) -> Response:
+    """The file, as Go's ``http.ServeContent`` serves it (see serve_content.py)."""
     user = request_user(request)
     refusal = "error expanding and resolving path '{path}': "
-    path = _resolved(request.query_params.get("path"), user, refusal)
+    raw_path = request.query_params.get("path")
+    path = _resolved(raw_path, user, refusal)
+    headers = {"Accept-Ranges": "bytes", "Vary": "Accept-Encoding"}
     with _mapped(path, writing=False):
-        size, chunks = await ops.read(path, user)
-    headers = {"Content-Length": str(size)}
-    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
+        read = await ops.read(path, user)
+    headers["Last-Modified"] = last_modified(read.mtime_ns)
+    if not_modified(request.headers.get("if-modified-since"), read.mtime_ns):
+        await read.close()
+        return Response(status_code=304, headers=headers)
+    wanted = wanted_range(request.headers.get("range"), read.total)
+    if wanted is False:
+        await read.close()
+        headers["Content-Range"] = f"bytes */{read.total}"
+        return PlainTextResponse("invalid range: failed to overlap\n", 416, headers=headers)
+    status = 200
+    if wanted is not None:
+        assert isinstance(wanted, ByteRange)
+        await read.close()
+        with _mapped(path, writing=False):
+            read = await ops.read(path, user, offset=wanted.start, length=wanted.length)
+        headers["Content-Range"] = wanted.header
+        status = 206
+    chunks: AsyncIterator[bytes] = read.chunks
+    kind = type_by_name(raw_path or path)
+    if kind is None and (wanted is None or wanted.start == 0):  # sniffed from what comes
+        first = await anext(read.chunks, b"")
+        kind, chunks = sniffed_type(first), _prepend(first, read.chunks)
+    elif kind is None:
+        with _mapped(path, writing=False):
+            head = await ops.read(path, user, length=SNIFF_BYTES)
+        kind = sniffed_type(b"".join([chunk async for chunk in head.chunks]))
+    headers["Content-Length"] = str(read.size)
+    return StreamingResponse(chunks, status_code=status, media_type=kind, headers=headers)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 async def _upload(request: Request, ops: FileOps) -> Response:

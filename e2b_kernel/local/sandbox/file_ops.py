@@ -8,7 +8,8 @@ sees them and a heavy walk loads only that sandbox's agent. Refusals arrive as
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from .agent_client import AgentCallError, AgentClient, AgentStream
@@ -42,11 +43,18 @@ class FileOps:
         if line != {"end": True}:
             raise ConnectionError("the sandbox agent stopped in the middle of a listing")
 
-    async def read(self, path: str, user: str = "user") -> tuple[int, AsyncIterator[bytes]]:
-        """The file's size and its bytes as chunks (the stream closes when they are read)."""
-        stream = await self.client.call("fs.read", path=path, user=user)
-        size = int(stream.reply["size"])
-        return size, _chunks(stream, size)
+    async def read(
+        self, path: str, user: str = "user", *, offset: int = 0, length: int | None = None
+    ) -> FileRead:
+        """The file's bytes (those of ``length`` from ``offset`` when given) as chunks; the
+        stream closes when they are read, or by ``FileRead.close()``."""
+        stream = await self.client.call(
+            "fs.read", path=path, user=user, offset=offset, length=length
+        )
+        reply = stream.reply
+        size = int(reply["size"])
+        total, mtime_ns = int(reply["total"]), int(reply["mtime_ns"])
+        return FileRead(size, total, mtime_ns, _chunks(stream, size), stream)
 
     def writer(
         self, path: str, user: str = "user", metadata: dict[str, str] | None = None
@@ -83,7 +91,24 @@ class FileOps:
         return int(reply["used"]), int(reply["total"])
 
 
-async def _chunks(stream: AgentStream, size: int) -> AsyncIterator[bytes]:
+@dataclass
+class FileRead:
+    """What ``FileOps.read`` answers: the bytes coming (``size``), the file's size
+    (``total``), its modification time, and the bytes as chunks."""
+
+    size: int
+    total: int
+    mtime_ns: int
+    chunks: AsyncGenerator[bytes, None]
+    stream: AgentStream
+
+    async def close(self) -> None:
+        """Stop reading: a generator never started would not close the agent's stream."""
+        await self.chunks.aclose()
+        await self.stream.close()
+
+
+async def _chunks(stream: AgentStream, size: int) -> AsyncGenerator[bytes, None]:
     try:
         remaining = size
         while remaining > 0:

@@ -291,12 +291,15 @@ class JupyterServer:
     async def read_runtime_file(self, name: str, limit: int) -> bytes:
         """A file of the runtime dir (a kernel's connection file), read by the agent inside,
         so symlinks resolve as the sandbox sees them; refused past ``limit`` bytes."""
-        size, chunks = await FileOps(self.sandbox.agent).read(f"{self.runtime_dir}/{name}")
+        read = await FileOps(self.sandbox.agent).read(f"{self.runtime_dir}/{name}")
+        if read.size > limit:
+            await read.close()
+            raise ValueError(f"{name} is larger than {limit} bytes")
         data = bytearray()
-        async for chunk in chunks:  # read to the end, so the agent's stream is closed
+        async for chunk in read.chunks:  # read to the end, so the agent's stream is closed
             if len(data) <= limit:
                 data += chunk
-        if size > limit or len(data) > limit:
+        if len(data) > limit:
             raise ValueError(f"{name} is larger than {limit} bytes")
         return bytes(data)
 
