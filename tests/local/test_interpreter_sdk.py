@@ -174,6 +174,27 @@ plt.show()
     assert [chart.type.value for chart in both.elements] == ["line", "scatter"]
 
 
+def test_chart_labels_and_units_are_named_as_e2b_charts_names_them(sandbox: Sandbox) -> None:
+    """e2b_charts names an unlabelled line "Line N" and an unlabelled bar group "Group N",
+    takes units from the axis labels ("Time [s]", "Speed (m/s)"), and gives bar values as
+    floats (they were '', no units, and ints)."""
+    code = """
+import matplotlib.pyplot as plt
+plt.plot([1, 2], [3, 4]); plt.plot([1, 2], [5, 6])
+plt.xlabel("Time [s]"); plt.ylabel("Speed (m/s)")
+plt.show()
+plt.bar(["a"], [3])
+plt.show()
+"""
+    execution = sandbox.run_code(code, timeout=120)
+    assert execution.error is None, execution.error
+    line, bar = (result.chart for result in execution.results)
+    assert [e.label for e in line.elements] == ["Line 0", "Line 1"]
+    assert (line.x_unit, line.y_unit) == ("s", "m/s")
+    assert [(e.label, e.group, e.value) for e in bar.elements] == [("a", "Group 0", 3.0)]
+    assert isinstance(bar.elements[0].value, float)
+
+
 def test_dataframe_gives_html_text_and_data(sandbox: Sandbox) -> None:
     code = (
         "import pandas as pd\n"

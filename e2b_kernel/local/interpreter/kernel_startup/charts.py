@@ -9,6 +9,7 @@ E2B attaches the plotted data of a figure to its display (`Result.chart`, parsed
 def _e2b_install_chart_formatter():
     import datetime
     import math
+    import re
     import sys
     from typing import Any
 
@@ -66,9 +67,17 @@ def _e2b_install_chart_formatter():
             texts = list(axis.get_major_formatter().format_ticks(axis.get_ticklocs()))
         return positions, texts
 
-    def public_label(artist):
-        label = artist.get_label() or ""
-        return "" if label.startswith("_") else label
+    def numbered_label(artist, hidden, shown):
+        # As e2b_charts: matplotlib's "_child3" for an unlabelled line is "Line 3", its
+        # "_container1" for a bar group "Group 1".
+        label = str(artist.get_label() or "")
+        suffix = label[len(hidden) :]
+        return f"{shown} {int(suffix)}" if label.startswith(hidden) and suffix.isdigit() else label
+
+    def unit(label):
+        # As e2b_charts: "Time [s]" or "Speed (m/s)" names its unit.
+        match = re.search(r"\s\((.*?)\)|\[(.*?)\]", label or "")
+        return (match.group(1) or match.group(2)) if match else None
 
     def axes_chart(ax):
         from matplotlib.collections import PathCollection
@@ -91,8 +100,8 @@ def _e2b_install_chart_formatter():
             "title": title,
             "x_label": ax.get_xlabel() or None,
             "y_label": ax.get_ylabel() or None,
-            "x_unit": None,
-            "y_unit": None,
+            "x_unit": unit(ax.get_xlabel()),
+            "y_unit": unit(ax.get_ylabel()),
         }
         bars = [c for c in ax.containers if isinstance(c, BarContainer)]
         if bars:
@@ -106,8 +115,8 @@ def _e2b_install_chart_formatter():
                     elements.append(
                         {
                             "label": label,
-                            "group": public_label(container),
-                            "value": plain(rect.get_height()),
+                            "group": numbered_label(container, "_container", "Group"),
+                            "value": float(rect.get_height()),
                         }
                     )
             return {"type": "bar", **chart, "elements": elements}
@@ -119,12 +128,15 @@ def _e2b_install_chart_formatter():
         if lines:
             kind = "line"
             series = [
-                (public_label(line), zip(line.get_xdata(), line.get_ydata(), strict=False))
+                (
+                    numbered_label(line, "_child", "Line"),
+                    zip(line.get_xdata(), line.get_ydata(), strict=False),
+                )
                 for line in lines
             ]
         else:
             kind = "scatter"
-            series = [(public_label(c), c.get_offsets()) for c in scatters]
+            series = [(str(c.get_label() or ""), c.get_offsets()) for c in scatters]
         x_ticks, x_labels = ticks(ax.xaxis, ax.get_xticklabels())
         y_ticks, y_labels = ticks(ax.yaxis, ax.get_yticklabels())
         return {
