@@ -100,6 +100,7 @@ class E2BMagics(CommandsMixin, Magics):
     def close_all(self) -> None:
         """Kill every sandbox, except those kept (``%e2b keep``, E2B_KERNEL_KEEP_SANDBOX=1)."""
         sessions, self.sessions = dict(self.sessions), {}
+        running = {name: session.sandbox_id for name, session in sessions.items()}
 
         async def close_each() -> list[Any]:
             await self.transports.close_all()
@@ -120,6 +121,8 @@ class E2BMagics(CommandsMixin, Magics):
                 print(f"[e2b] could not close sandbox {name!r}: {outcome}", file=sys.stderr)
             elif outcome:
                 print(f"[e2b] kept sandbox {outcome}; reattach with %e2b connect {outcome}")
+            elif running[name]:  # said, so that %reload_ext does not lose state silently
+                print(f"[e2b] killed sandbox {running[name]} ({name!r}): its state is gone")
         try:
             self.local_service.stop()
         except Exception as exc:

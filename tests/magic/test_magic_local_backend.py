@@ -31,8 +31,12 @@ def test_named_sandboxes_share_one_private_service(monkeypatch: pytest.MonkeyPat
             shell.run_cell("%e2b status")
         assert "backend:    local" in status.stdout
         url = magics.local_service._service.url
+        other = magics.sessions["other"].sandbox_id
     finally:
-        shell.run_line_magic("unload_ext", "e2b_kernel")
+        with capture_output() as unloaded:
+            shell.run_line_magic("unload_ext", "e2b_kernel")
+    # Said, so that %reload_ext does not lose the sandboxes' state silently.
+    assert f"[e2b] killed sandbox {other} ('other'): its state is gone" in unloaded.stdout
     assert magics.local_service._service is None
     with pytest.raises(httpx.ConnectError):  # the service stopped with the extension
         httpx.get(f"{url}/health", timeout=5)
