@@ -114,8 +114,19 @@ def test_write_then_read_streams_byte_exact(sandbox: tuple[Path, Path]) -> None:
     assert (home / "deep" / "er" / "f.bin").read_bytes() == payload
     client = Client("fs.read", path="/home/user/deep/er/f.bin")
     try:
-        assert client.reply == {"ok": True, "size": len(payload)}
+        reply = client.reply
+        mtime_ns = (home / "deep" / "er" / "f.bin").stat().st_mtime_ns
+        size = len(payload)
+        assert reply == {"ok": True, "size": size, "total": size, "mtime_ns": mtime_ns}
         assert client.read_bytes(len(payload)) == payload
+        assert client.read_bytes(1) == b""
+    finally:
+        client.close()
+    # A byte range: from an offset, at most a length (downloads with a Range header).
+    client = Client("fs.read", path="/home/user/deep/er/f.bin", offset=10, length=5)
+    try:
+        assert (client.reply["size"], client.reply["total"]) == (5, len(payload))
+        assert client.read_bytes(5) == payload[10:15]
         assert client.read_bytes(1) == b""
     finally:
         client.close()

@@ -286,7 +286,7 @@ def test_sandboxes_are_killed_when_python_exits(
         shell.run_cell("%%e2b\\nx = 1")
         shell.run_cell("%%e2b --sandbox other\\nx = 2")
         for session in shell._e2b_magics.sessions.values():
-            print(session.sandbox_id)
+            print("id", session.sandbox_id)
         """
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -297,9 +297,11 @@ def test_sandboxes_are_killed_when_python_exits(
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    ids = set(done.stdout.split())
+    ids = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("id ")}
     assert len(ids) == 2
     assert not ids & running_sandbox_ids()
+    for sandbox_id in ids:  # and it says so at exit
+        assert f"[e2b] killed sandbox {sandbox_id}" in done.stdout
 
 
 @BOTH_TRANSPORTS
