@@ -29,18 +29,17 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from ..errors import E2BKernelError, ExecutionTimeout, KernelDied, MessageTooLarge
+from ..errors import E2BKernelError, ExecutionTimeout, KernelDied
 from . import cell_env, text_plain
 from .kernel_channels import (
     CATCH_UP_FOR,
     DEATH_NOTICES,
     LOST_OUTPUT_NOTE,
-    SERVER_MESSAGE_LIMIT,
     KernelChannels,
     Parts,
-    encoded_size,
     kernel_died,
     silent_execute,
+    too_large,
 )
 from .outputs import without_e2b_fields
 from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
@@ -254,13 +253,10 @@ class JupyterCells:
             )
             msg_id = request["header"]["msg_id"]
             parts = self._parts(request)
-            size = encoded_size("shell", parts)
-            if size > SERVER_MESSAGE_LIMIT:  # sent, it would close the socket and be lost
-                raise MessageTooLarge(
-                    f"This cell is {size / 2**20:.1f} MiB; the sandbox's Jupyter Server takes "
-                    f"at most {SERVER_MESSAGE_LIMIT // 2**20} MiB in one message. Move large "
-                    "data as a file (%e2b upload) and read it in the cell."
-                )
+            fix = "Move large data as a file (%e2b upload) and read it in the cell."
+            refusal = too_large("shell", parts, "This cell", fix)
+            if refusal is not None:
+                raise refusal
             previous_env = await self._set_env(channels, env_vars) if env_vars else None
             cell = self._cells[msg_id] = _Cell()
             session.hold_busy(True)

@@ -36,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from ..errors import MessageTooLarge
 from .jupyter_server import JupyterEndpoint
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "encoded_size",
     "kernel_died",
     "silent_execute",
+    "too_large",
 ]
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
@@ -82,6 +84,20 @@ def encoded_size(channel: str, parts: Parts) -> int:
     """The size of ``parts`` as one v1 WebSocket message (see :func:`encode`); about that on
     the older JSON protocol."""
     return 8 * (len(parts) + 3) + len(channel) + sum(len(part) for part in parts)
+
+
+def too_large(channel: str, parts: Parts, what: str, fix: str) -> MessageTooLarge | None:
+    """The error for a message the server would not take (sent, it would close the socket
+    and be lost, and a running cell's output with it); None when it fits. ``what`` names the
+    message ("This cell"), ``fix`` says what to do instead."""
+    size = encoded_size(channel, parts)
+    if size <= SERVER_MESSAGE_LIMIT:
+        return None
+    mib = 1024 * 1024
+    return MessageTooLarge(
+        f"{what} is {size / mib:.1f} MiB; the sandbox's Jupyter Server takes at most "
+        f"{SERVER_MESSAGE_LIMIT // mib} MiB in one message. {fix}"
+    )
 
 
 def silent_execute(code: str, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from ..core import NEW_SANDBOX_NOTICE, SandboxSession
 from ..core.jupyter_server import JupyterEndpoint, JupyterServerError, choose_transport
-from ..core.kernel_channels import SERVER_MESSAGE_LIMIT, Parts, encoded_size
+from ..core.kernel_channels import Parts, too_large
 from ..core.remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
-from ..errors import E2BKernelError, KernelDied, MessageTooLarge, SandboxLost, error_content
+from ..errors import E2BKernelError, KernelDied, SandboxLost, error_content
 from .forward import JupyterForwarder, Route, send_reply
 
 __all__ = ["JupyterTransport"]
@@ -31,6 +31,10 @@ __all__ = ["JupyterTransport"]
 # How long a restart or shutdown lets a running cell's interrupt come back before the relay
 # closes (a round trip or two; the whole shutdown is bounded by kernel._SHUTDOWN_WAIT).
 _SETTLE_WAIT = 2.0
+_SEND_AS_A_FILE = (
+    "Send large data as a file instead (Sandbox.files.write, or %e2b upload in a python3 "
+    "kernel), and read it in the cell."
+)
 
 
 class _Checked(NamedTuple):
@@ -50,15 +54,6 @@ def _remember_signature(session: Any, signature: bytes) -> None:
     if len(history) > session.digest_history_size:
         for _ in range(len(history) // 10):
             history.pop()
-
-
-def _too_large(size: int) -> MessageTooLarge:
-    mib = 1024 * 1024
-    return MessageTooLarge(
-        f"This message is {size / mib:.1f} MiB; the sandbox's Jupyter Server takes at most "
-        f"{SERVER_MESSAGE_LIMIT // mib} MiB in one message. Send large data as a file instead "
-        "(Sandbox.files.write, or %e2b upload in a python3 kernel), and read it in the cell."
-    )
 
 
 class JupyterTransport:
@@ -244,12 +239,10 @@ class JupyterTransport:
                 self._fail_route(Route("shell", idents, stream, header), exc)
                 return True
             self._taken(checked)
-            size = encoded_size("shell", parts)
-            if size > SERVER_MESSAGE_LIMIT:
-                # Sent, it would close the relay's socket and be lost, and a running cell with it.
-                self.log.warning("refused a %s of %d bytes", header.get("msg_type"), size)
-                route = Route("shell", idents, stream, header)
-                self._fail_route(route, _too_large(size))
+            refusal = too_large("shell", parts, "This message", _SEND_AS_A_FILE)
+            if refusal is not None:
+                self.log.warning("refused a %s: %s", header.get("msg_type"), refusal)
+                self._fail_route(Route("shell", idents, stream, header), refusal)
                 return True
             forwarder.forward("shell", idents, stream, parts, header)
         return True

@@ -27,7 +27,7 @@ from ..sandbox.file_ops import FileOps, FileWriter
 from .go_text import errno_text
 from .serve_content import (
     SNIFF_BYTES,
-    ByteRange,
+    RangeMissesFile,
     last_modified,
     not_modified,
     sniffed_type,
@@ -123,23 +123,26 @@ async def _download(request: Request, ops: FileOps) -> Response:
     raw_path = request.query_params.get("path")
     path = _resolved(raw_path, user, refusal)
     headers = {"Accept-Ranges": "bytes", "Vary": "Accept-Encoding"}
-    with _mapped(path, writing=False):
-        read = await ops.read(path, user)
+    range_header = request.headers.get("range")
+    with _mapped(path, writing=False):  # with a Range: first only the size, none of the bytes
+        read = await ops.read(path, user, length=0 if range_header else None)
     headers["Last-Modified"] = last_modified(read.mtime_ns)
     if not_modified(request.headers.get("if-modified-since"), read.mtime_ns):
         await read.close()
         return Response(status_code=304, headers=headers)
-    wanted = wanted_range(request.headers.get("range"), read.total)
-    if wanted is False:
+    try:
+        wanted = wanted_range(range_header, read.total)
+    except RangeMissesFile:
         await read.close()
         headers["Content-Range"] = f"bytes */{read.total}"
         return PlainTextResponse("invalid range: failed to overlap\n", 416, headers=headers)
     status = 200
-    if wanted is not None:
-        assert isinstance(wanted, ByteRange)
+    if range_header:  # the bytes asked for, or all of them (a Range not understood)
         await read.close()
+        offset, length = (wanted.start, wanted.length) if wanted else (0, None)
         with _mapped(path, writing=False):
-            read = await ops.read(path, user, offset=wanted.start, length=wanted.length)
+            read = await ops.read(path, user, offset=offset, length=length)
+    if wanted is not None:
         headers["Content-Range"] = wanted.header
         status = 206
     chunks: AsyncIterator[bytes] = read.chunks

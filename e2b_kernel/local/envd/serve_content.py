@@ -14,7 +14,9 @@ import re
 from email.utils import formatdate, parsedate_to_datetime
 
 __all__ = [
+    "SNIFF_BYTES",
     "ByteRange",
+    "RangeMissesFile",
     "last_modified",
     "not_modified",
     "sniffed_type",
@@ -47,6 +49,10 @@ _HTML_STARTS = tuple(
 )  # fmt: skip
 
 
+class RangeMissesFile(ValueError):
+    """The ``Range`` asked for starts past the file's end (HTTP 416)."""
+
+
 class ByteRange:
     """Bytes ``start`` to ``end`` (inclusive) of a file of ``total`` bytes."""
 
@@ -62,9 +68,10 @@ class ByteRange:
         return f"bytes {self.start}-{self.end}/{self.total}"
 
 
-def wanted_range(header: str | None, total: int) -> ByteRange | bool | None:
+def wanted_range(header: str | None, total: int) -> ByteRange | None:
     """The one range a ``Range`` header asks of a file of ``total`` bytes; None to send it
-    all (no header, a form not understood, or several ranges); False when it misses."""
+    all (no header, a form not understood, or several ranges); RangeMissesFile when it
+    misses."""
     if not header:
         return None
     match = _RANGE.match(header.strip().replace(" ", ""))
@@ -76,11 +83,11 @@ def wanted_range(header: str | None, total: int) -> ByteRange | bool | None:
     if not first:  # the last N bytes
         count = int(last)
         if count == 0 or total == 0:
-            return False
+            raise RangeMissesFile(header)
         return ByteRange(max(0, total - count), total - 1, total)
     start = int(first)
     if start >= total:
-        return False
+        raise RangeMissesFile(header)
     end = min(int(last), total - 1) if last else total - 1
     if end < start:
         return None

@@ -335,13 +335,10 @@ async def _finish_interrupt(execution: Execution, context: Context, env_vars: di
     timeout left them, a secret among them, to every later call); releases the lock."""
     try:
         await execution.wait_interrupted()
-        if env_vars and context.kernel is not None and not context.kernel.died.is_set():
-            await settle_aborts(context.kernel)
-            await context.kernel.run_silent(context.restore_env_code(list(env_vars)))
-    except Exception:
-        log.exception("finishing an interrupted cell in context %s failed", context.id)
-    finally:
+    except BaseException:
         context.lock.release()
+        raise
+    await _restore_env(context, context.restore_env_code(list(env_vars)) if env_vars else "")
 
 
 async def _restart_after_death(context: Context) -> None:
@@ -355,9 +352,10 @@ async def _restart_after_death(context: Context) -> None:
 
 
 async def _restore_env(context: Context, code: str) -> None:
-    """Silent cell putting per-call env vars back; the next cell waits for it (the lock)."""
+    """Silent cell putting per-call env vars back (none for an empty ``code``); the next cell
+    waits for it (the lock, released here)."""
     try:
-        if context.kernel is not None:
+        if code and context.kernel is not None and not context.kernel.died.is_set():
             await settle_aborts(context.kernel)  # the cell may have failed: stop_on_error
             await context.kernel.run_silent(code)
     except Exception:

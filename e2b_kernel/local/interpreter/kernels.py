@@ -113,12 +113,11 @@ class Language:
         template does (its ``E2BEnviron``)."""
         if self.name == "bash":
             return self.set_env_code(env)
-        note = (
+        return (
             f"(lambda os, env: os.__dict__.__setitem__('_e2b_call_env', "
             f"{{k: (os.environ.get(k), v) for k, v in env.items()}}) or os.environ.update(env))"
             f"(__import__('os'), {env!r})"
         )
-        return note
 
     def restore_env_code(self, keys: list[str], global_env: dict[str, str]) -> str:
         """Code that puts one call's env vars back. Python: to what each was before the

@@ -229,8 +229,7 @@ class ControlPlane:
                 await restore(entry.sandbox, snapshot.path)
             if ready is not None:  # its kernel runs already: give it the caller's env vars
                 entry.interpreter = ready[1]
-                template = {"E2B_TEMPLATE_ID": entry.sandbox.e2b_env["E2B_TEMPLATE_ID"]}
-                await entry.interpreter.apply_sandbox_envs({**template, **envs})
+                await entry.interpreter.apply_sandbox_envs({"E2B_TEMPLATE_ID": template_id, **envs})
             else:
                 entry.interpreter = CodeInterpreter(entry.sandbox)
                 entry.sandbox.on_kill(entry.interpreter.shutdown)
