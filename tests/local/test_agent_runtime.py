@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,10 @@ def test_connect_hands_the_port_connection_itself_to_the_service(tmp_path: Path)
     _run(scenario())
 
 
-def _fake_agent(path: Path, handed_over: list[int]) -> socket.socket:
+def _fake_agent(path: Path, handed_over: list[int]) -> tuple[socket.socket, threading.Thread]:
     """A listener that answers one request ok, with ``handed_over`` as its fds (an agent
-    taken over by the code in its sandbox could send anything)."""
+    taken over by the code in its sandbox could send anything), and the thread that answers:
+    join it before counting fds, since its own end of the connection is open until it ends."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
@@ -149,10 +151,9 @@ def _fake_agent(path: Path, handed_over: list[int]) -> socket.socket:
             conn.recv(65536)
             socket.send_fds(conn, [b'{"ok":true}\n'], handed_over)
 
-    import threading
-
-    threading.Thread(target=answer, daemon=True).start()
-    return listener
+    answering = threading.Thread(target=answer, daemon=True)
+    answering.start()
+    return listener, answering
 
 
 @pytest.mark.parametrize("what", ["pipe", "unix socket", "two sockets", "nothing"])
@@ -168,7 +169,7 @@ def test_the_service_takes_only_one_tcp_socket_from_an_agent(tmp_path: Path, wha
         "two sockets": [tcp.fileno(), tcp.fileno()],
         "nothing": [],
     }[what]
-    listener = _fake_agent(tmp_path / "fake.sock", sent)
+    listener, answering = _fake_agent(tmp_path / "fake.sock", sent)
 
     async def scenario() -> None:
         with pytest.raises(AgentCallError) as refused:
@@ -178,6 +179,8 @@ def test_the_service_takes_only_one_tcp_socket_from_an_agent(tmp_path: Path, wha
     before = len(os.listdir("/proc/self/fd"))
     try:
         _run(scenario())
+        answering.join(10)
+        assert not answering.is_alive()
         assert len(os.listdir("/proc/self/fd")) <= before
     finally:
         for closing in (listener, unix_a, unix_b, tcp):
