@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..host_dirs import owned_dir, user_root
 from . import kernel_ports, restart_state
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ __all__ = [
     "take_early",
 ]
 
-LEASE_DIR = Path(tempfile.gettempdir()) / "e2b-kernel-leases"
+# This user's own (host_dirs): a lease another user could plant or remove would stop services.
+LEASE_DIR = user_root() / "leases"
 
 
 @dataclass
@@ -63,8 +65,9 @@ class LeasedService:
 
 
 def lease_dir() -> Path:
-    LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
-    return LEASE_DIR
+    """:data:`LEASE_DIR`, made and checked to be this user's alone."""
+    owned_dir(user_root(), 0o711)
+    return owned_dir(LEASE_DIR, 0o700)
 
 
 def start_leased(isolation: str) -> LeasedService:

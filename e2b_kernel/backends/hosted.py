@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -127,9 +126,7 @@ class HostedService(ServiceHandle):
 def sweep_stale_leases() -> list[Path]:
     """Remove lease files that nobody holds and whose service is dead; return them."""
     removed = []
-    # Also the lease files of earlier versions, which lived directly in the temp folder.
-    legacy = Path(tempfile.gettempdir()).glob("e2b-kernel-lease-*.lock")
-    for path in [*early.lease_dir().glob("lease-*.lock"), *legacy]:
+    for path in early.lease_dir().glob("lease-*.lock"):
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:

@@ -89,6 +89,8 @@ class _SubprocessService(ServiceRecord):
         code = self._proc.wait()
         if code == ISOLATION_UNAVAILABLE_EXIT:
             raise IsolationUnavailable(found.get("error", "sandbox isolation is unavailable"))
+        if "error" in found:
+            raise RuntimeError(f"the local E2B service could not start: {found['error']}")
         raise RuntimeError(f"the local E2B service exited with status {code} before listening")
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..host_dirs import UnsafeHostDir
 from . import ISOLATION_UNAVAILABLE_EXIT
 from .sandbox.isolation import (
     DEFAULT_DISK_MB,
@@ -128,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)
+        return 2
+    except UnsafeHostDir as exc:
+        print(f"e2b-kernel local: {exc}", file=sys.stderr)
+        print(f"# error: {exc}", flush=True)  # read by start_subprocess()
         return 2
     except IsolationUnavailable as exc:
         print(f"e2b-kernel local: {exc}", file=sys.stderr)

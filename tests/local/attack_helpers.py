@@ -17,7 +17,9 @@ from pathlib import Path
 from e2b import PtySize
 from e2b.sandbox.commands.command_handle import CommandExitException
 from e2b_code_interpreter import Sandbox
-from local_helpers import host_pids_with, wait_for
+from local_helpers import host_pids_with, sandbox_host_dir, wait_for
+
+from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
@@ -109,26 +111,22 @@ def served(box: Sandbox, path: str) -> str | None:
 
 
 def state_roots() -> list[Path]:
-    """Host folders where the service may keep sandbox state (today's and likely later ones)."""
-    roots = [Path("/tmp/e2b-kernel-local"), Path("/run/e2b-kernel-local")]
-    try:
-        from e2b_kernel.local.service import STATE_ROOT  # type: ignore[attr-defined]
-
-        roots.insert(0, Path(STATE_ROOT))
-    except ImportError:
-        pass
+    """Host folders where the service keeps sandbox state (and where earlier versions did)."""
+    roots = [RUNTIME_ROOT, Path("/tmp/e2b-kernel-local"), Path("/run/e2b-kernel-local")]
     return [root for root in dict.fromkeys(roots) if root.is_dir()]
 
 
 def sandbox_roots(sandbox_id: str) -> list[Path]:
-    """Host folders named after a sandbox: from its processes' command lines and the mounts."""
+    """Host folders of a sandbox: its named dir, and any folder named after its id that the
+    mounts or its processes' command lines show (none should)."""
+    named = sandbox_host_dir(sandbox_id)
     texts = [Path("/proc/self/mountinfo").read_text()]
     for pid in host_pids_with(sandbox_id):
         try:
             texts.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
         except OSError:
             continue
-    roots = set()
+    roots = {named} if named is not None else set()
     for word in " ".join(texts).split():
         if word.startswith("/") and f"/{sandbox_id}" in word:
             roots.add(Path(word.split(f"/{sandbox_id}")[0]) / sandbox_id)
@@ -141,8 +139,6 @@ def host_paths_of(name: str, sandbox_id: str, max_entries: int = 200_000) -> lis
     seen = 0
     deadline = time.monotonic() + 20
     roots = sandbox_roots(sandbox_id)
-    for state in state_roots():
-        roots += [state / sandbox_id, *state.glob(f"*/{sandbox_id}")]
     for root in dict.fromkeys(r for r in roots if r.is_dir()):
         for folder, dirs, files in os.walk(root):
             seen += len(dirs) + len(files)

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from e2b_kernel.local import RunningService
+from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
+from e2b_kernel.local.sandbox.runtime import ID_FILE
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -21,6 +23,18 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def sandbox_host_dir(sandbox_id: str) -> Path | None:
+    """The host dir of a sandbox of any of this user's services (found as root does: through
+    the root-only id file in each, since the dir is named at random)."""
+    for id_file in RUNTIME_ROOT.glob(f"svc-*/*/{ID_FILE}"):
+        try:
+            if id_file.read_text() == sandbox_id:
+                return id_file.parent
+        except OSError:
+            continue
+    return None
 
 
 def marker() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import glob
 import os
 import socket
 import subprocess
@@ -23,11 +22,12 @@ import pytest
 from e2b import Sandbox
 from e2b.exceptions import SandboxException
 from e2b.sandbox.commands.command_handle import CommandExitException
-from local_helpers import sdk_options, wait_for
+from local_helpers import sandbox_host_dir, sdk_options, wait_for
 
 import e2b_kernel
 from e2b_kernel.local import RunningService, start_in_thread
 from e2b_kernel.local.sandbox.agent_client import AgentCallError, AgentClient, AgentGone
+from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
 from e2b_kernel.local.sandbox.process import AgentProcess
 
 AGENT_PARENT = Path(e2b_kernel.__file__).parent / "local"
@@ -252,7 +252,7 @@ def test_host_secrets_and_project_are_invisible(sbx: Sandbox) -> None:
     assert sbx.commands.run("cat /etc/shadow 2>/dev/null; true", user="root").stdout == ""
     listed = sbx.commands.run("ls -A /root", user="root").stdout.split()
     assert listed in ([], [".pyenv"])  # at most the service's Python, bound back read-only
-    assert "e2b-kernel-local" not in sbx.commands.run("ls -A /tmp").stdout
+    assert RUNTIME_ROOT.parent.name not in sbx.commands.run("ls -A /tmp").stdout
     assert sbx.commands.run("getent passwd user").stdout.startswith("user:x:1000:1000:")
     with pytest.raises(CommandExitException):
         sbx.commands.run("touch /usr/x /etc/x /opt/e2b/x", user="root")
@@ -287,8 +287,9 @@ def test_disk_cap_holds_and_df_shows_it(small_disk_service: RunningService) -> N
 def test_a_dead_agent_means_a_gone_sandbox(local_service: RunningService) -> None:
     sandbox = Sandbox.create(timeout=120, **sdk_options(local_service))
     sandbox_id = sandbox.sandbox_id
-    state = glob.glob(f"/tmp/e2b-kernel-local/svc-*/{sandbox_id}")
-    assert state
+    host_dir = sandbox_host_dir(sandbox_id)
+    assert host_dir is not None
+    state = [str(host_dir)]
     # Root inside may signal every process with its uid, the agent included.
     with pytest.raises(Exception):  # noqa: B017  # the command dies with the sandbox
         sandbox.commands.run("kill -9 -1", user="root")

@@ -42,10 +42,10 @@ from attack_helpers import (
 )
 from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException
 from e2b_code_interpreter import Sandbox
-from local_helpers import sdk_options, wait_for
+from local_helpers import sandbox_host_dir, sdk_options, wait_for
 
 from e2b_kernel.local import RunningService, start_subprocess
-from e2b_kernel.local.service.sandboxes import STATE_ROOT
+from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -344,8 +344,8 @@ def test_another_sandbox_is_unreachable_by_any_path(
     paths = [str(p) for p in host_files] + [
         f"/proc/{victim_pid}/root/home/user/{name}",
         f"/proc/{victim_pid}/cwd/{name}",
-        f"/home/user/../../../tmp/e2b-kernel-local/*/{victim_box.sandbox_id}/home/{name}",
-        f"/tmp/e2b-kernel-local/*/{victim_box.sandbox_id}/home/{name}",
+        f"/home/user/../../..{RUNTIME_ROOT}/*/*/disk/home/{name}",
+        f"{RUNTIME_ROOT}/*/*/disk/home/{name}",
         f"/proc/*/root/home/user/{name}",
     ]
     for path in paths:
@@ -640,8 +640,10 @@ def test_another_host_user_cannot_read_a_sandboxs_files(box: Sandbox) -> None:
     """The host path of a sandbox's files shows in every /proc/<pid>/mountinfo, which any
     host user can read: knowing it must not let them in."""
     box.files.write("/home/user/secret.txt", "sk-live-secret")
-    homes = list(STATE_ROOT.glob(f"svc-*/{box.sandbox_id}/disk/home/secret.txt"))
-    assert len(homes) == 1, homes  # the layout this attack aims at
+    home = sandbox_host_dir(box.sandbox_id)
+    assert home is not None  # the layout this attack aims at
+    homes = [home / "disk/home/secret.txt"]
+    assert homes[0].exists()
     as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
     for command in (["cat", str(homes[0])], ["ls", str(homes[0].parent)]):
         attempt = subprocess.run(as_nobody + command, capture_output=True, text=True)

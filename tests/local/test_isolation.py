@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
@@ -12,9 +11,10 @@ from urllib.parse import urlparse
 import pytest
 from e2b import Sandbox
 from e2b.sandbox.commands.command_handle import CommandExitException
-from local_helpers import host_pids_with, marker, sdk_options, wait_for
+from local_helpers import host_pids_with, marker, sandbox_host_dir, sdk_options, wait_for
 
 from e2b_kernel.local import RunningService, start_in_thread
+from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
 
 
 def _connect_script(service: RunningService) -> str:
@@ -72,7 +72,7 @@ def test_home_and_tmp_are_private_and_writable(sbx: Sandbox) -> None:
     assert result.stdout.endswith("ok\n")
     assert not os.path.exists("/tmp/w")
     # The host's /tmp (with the service's state) is not visible inside.
-    assert "e2b-kernel-local" not in result.stdout
+    assert RUNTIME_ROOT.parent.name not in result.stdout
 
 
 def test_host_processes_are_invisible_and_unsignallable(sbx: Sandbox) -> None:
@@ -89,7 +89,9 @@ def test_one_sandbox_cannot_see_another(local_service: RunningService, sbx: Sand
     other = Sandbox.create(timeout=60, **sdk_options(local_service))
     try:
         other.files.write("/home/user/secret.txt", "top secret")
-        [host_home] = glob.glob(f"/tmp/e2b-kernel-local/svc-*/{other.sandbox_id}/disk/home")
+        other_dir = sandbox_host_dir(other.sandbox_id)
+        assert other_dir is not None
+        host_home = other_dir / "disk/home"
         assert sbx.commands.run("ls /home/user").stdout.count("secret.txt") == 0
         with pytest.raises(CommandExitException):
             sbx.commands.run(f"cat {host_home}/secret.txt")

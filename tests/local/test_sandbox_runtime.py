@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from e2b_kernel.local.sandbox import LocalSandbox
-from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
+from e2b_kernel.local.sandbox.bwrap import runtime_root
 from e2b_kernel.local.sandbox.isolation import Isolation, resolve_isolation
 
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     """A service-like state dir: bwrap's unprivileged uid must be able to pass through it."""
-    RUNTIME_ROOT.mkdir(mode=0o711, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="test-", dir=RUNTIME_ROOT))
+    path = Path(tempfile.mkdtemp(prefix="test-", dir=runtime_root()))
+    path.chmod(0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from e2b import Sandbox, SandboxException
-from local_helpers import host_pids_with, marker, wait_for
+from local_helpers import host_pids_with, marker, sandbox_host_dir, wait_for
 
 from e2b_kernel.local import start_in_thread, start_subprocess
+from e2b_kernel.local.sandbox.bwrap import runtime_root
 from e2b_kernel.local.service.lease import GRACE
 
 
@@ -141,21 +142,21 @@ def _opts(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_leftovers_of_a_killed_service_are_swept() -> None:
-    from e2b_kernel.local.service import STATE_ROOT
-
+    """What a dead service left in its state dir goes; nothing that a file there names does
+    (an older layout removed the folder named in a ``socket_dir`` file)."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
-    stale = STATE_ROOT / f"svc-{dead.pid}-test"
-    socket_dir = Path(tempfile.mkdtemp(prefix="e2bk-"))
+    stale = runtime_root() / f"svc-{dead.pid}-test"
+    outside = Path(tempfile.mkdtemp(prefix="e2bk-"))
     (stale / "zzzzzzzzzzzzzzzzzzzz" / "home").mkdir(parents=True)
-    (stale / "zzzzzzzzzzzzzzzzzzzz" / "socket_dir").write_text(str(socket_dir))
+    (stale / "zzzzzzzzzzzzzzzzzzzz" / "socket_dir").write_text(str(outside))
     service = start_in_thread()
     try:
         assert not stale.exists()
-        assert not socket_dir.exists()
+        assert outside.is_dir()
     finally:
         service.stop()
+        outside.rmdir()
 
 
 def test_service_removes_its_state_when_stopped() -> None:
@@ -165,7 +166,9 @@ def test_service_removes_its_state_when_stopped() -> None:
     service = start_in_thread()
     sandbox = Sandbox.create(timeout=60, **_opts(service.sdk_env()))
     [state] = set(STATE_ROOT.glob(f"svc-{os.getpid()}-*")) - before
-    assert (state / sandbox.sandbox_id / "disk" / "home").is_dir()
+    host_dir = sandbox_host_dir(sandbox.sandbox_id)
+    assert host_dir is not None and host_dir.parent == state
+    assert (host_dir / "disk" / "home").is_dir()
     service.stop()
     assert not state.exists()
 

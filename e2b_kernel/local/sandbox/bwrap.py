@@ -15,14 +15,15 @@ import fcntl
 import os
 import random
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...host_dirs import owned_dir, user_root
 from . import network, staging
 
-# Shared by every local service on this host: uid-range locks and staged mounts.
-RUNTIME_ROOT = Path(tempfile.gettempdir()) / "e2b-kernel-local"
+# Shared by this user's local services (for root: every isolated one, since only root can
+# map uid ranges): uid-range locks, staged mounts and each service's state dir.
+RUNTIME_ROOT = user_root() / "local"
 AGENT_PARENT = "/opt/e2b"  # the agent package is bound at /opt/e2b/e2b_agent
 AGENT_PACKAGE = "e2b_agent"
 SOCKETS_INSIDE = "/run/e2b"  # kernel connection files (read-only) and sockets/ (the kernels')
@@ -46,6 +47,14 @@ PASSWD = (
     "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 )
 GROUP = "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n"
+
+
+def runtime_root() -> Path:
+    """:data:`RUNTIME_ROOT`, made and checked to be this user's alone (``host_dirs``). Every
+    user may pass through both levels (0711) but list neither: bwrap runs as the sandbox's uid
+    and reaches its disk by path."""
+    owned_dir(user_root(), 0o711)
+    return owned_dir(RUNTIME_ROOT, 0o711)
 
 
 class UidRange:

@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ from .subprocesses import start_process
 log = logging.getLogger("e2b_kernel.local")
 
 SANDBOX_HOME = "/home/user"
+ID_FILE = "sandbox-id"  # in the sandbox's host dir: which sandbox it is (root only, 0600)
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The sandbox's Python is the service's own environment, mounted read-only. Packages a user
 # installs (`%pip install`, `pip install` in a command) go to a folder in the writable home
@@ -86,7 +88,12 @@ class LocalSandbox:
         self.policy = policy
         self.isolated = policy.mode == "namespaces"
         self.disk_mb = disk_mb or policy.disk_mb
-        self._root = state_dir / sandbox_id
+        # On the host the sandbox goes by a random name of its own, never by its id: its
+        # dir shows in every process's /proc/<pid>/mountinfo, its cgroups and its processes'
+        # command lines to every host user, and the id alone opens its ports (as on E2B, where
+        # it is not published). The id is kept in a root-only file (ID_FILE) for operators.
+        self.host_name = secrets.token_hex(10)
+        self._root = state_dir / self.host_name
         self.disk_dir = self._root / "disk"
         self.home_dir = self.disk_dir / "home"
         self.tmp_dir = self.disk_dir / "tmp"
@@ -105,7 +112,7 @@ class LocalSandbox:
         self.killed = asyncio.Event()
         self.paused = False
         self.disk_capped = False
-        self.cgroups = CgroupSet(policy, sandbox_id)
+        self.cgroups = CgroupSet(policy, self.host_name)
         self._uids: bwrap.UidRange | None = None
         self._agent_proc: asyncio.subprocess.Process | None = None
         self._init_pid: int | None = None
@@ -129,8 +136,11 @@ class LocalSandbox:
         """Create the disk, dirs and cgroups and start the agent."""
         try:
             self._root.mkdir(mode=0o700, parents=True)
+            id_file = os.open(self._root / ID_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(id_file, "w") as written:
+                written.write(self.sandbox_id)
             if self.isolated:
-                self._uids = bwrap.UidRange(bwrap.RUNTIME_ROOT / "uid-slots")
+                self._uids = bwrap.UidRange(bwrap.runtime_root() / "uid-slots")
                 # bwrap runs as the sandbox's uid and must reach the disk and run dirs by path:
                 # the dirs above let anyone through but list nothing (0711); the sandbox's own
                 # dir lets only the sandbox's group through (0710), so no other host user
@@ -218,7 +228,7 @@ class LocalSandbox:
     @property
     def _beside_dir(self) -> Path:
         """start_beside's folder: outside the state dir, which the helper's uid cannot enter."""
-        return self._root.parent / f"{self.sandbox_id}.beside"
+        return self._root.parent / f"{self.host_name}.beside"
 
     def _owner(self, inside_uid: int) -> int:
         """The host uid of an inside uid (-1: leave as is, without isolation)."""

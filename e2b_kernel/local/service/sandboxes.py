@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from ..sandbox import completion_seed, staging
-from ..sandbox.bwrap import RUNTIME_ROOT
+from ..sandbox.bwrap import RUNTIME_ROOT, runtime_root
 from ..sandbox.disk import unmount_disk
 from ..sandbox.isolation import (
     DEFAULT_DISK_MB,
@@ -35,7 +35,7 @@ __all__ = ["STATE_ROOT", "SandboxOptions", "ServiceSandboxes", "sweep_stale_stat
 
 log = logging.getLogger("e2b_kernel.local")
 
-STATE_ROOT = Path(tempfile.gettempdir()) / "e2b-kernel-local"
+STATE_ROOT = RUNTIME_ROOT  # the services' state dirs, svc-<pid>-*, are made in it
 
 
 class SandboxOptions(TypedDict, total=False):
@@ -67,9 +67,9 @@ class ServiceSandboxes:
         self.policy = resolve_isolation(
             isolation, memory_mb=memory_mb, max_pids=max_pids, disk_mb=disk_mb
         )
-        STATE_ROOT.mkdir(mode=0o700, exist_ok=True)
+        root = runtime_root()  # raises UnsafeHostDir when another user made it
         sweep_stale_state(self.policy)
-        self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=STATE_ROOT))
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"svc-{os.getpid()}-", dir=root))
         self.registry = Registry(
             self.policy, self.state_dir, pool_size=pool_size, pool_refill=pool_refill
         )
@@ -102,8 +102,9 @@ class ServiceSandboxes:
 def sweep_stale_state(policy: Isolation) -> None:
     """Remove what services that died without cleaning up (SIGKILL) left behind.
 
-    Their sandboxes died with them (bwrap --die-with-parent), but directories, socket dirs
-    and empty cgroups remain. A service's state dir is named after its pid.
+    Their sandboxes died with them (bwrap --die-with-parent), but directories, mounted disks
+    and empty cgroups remain. A service's state dir is named after its pid. Only this user
+    can write :data:`STATE_ROOT` (``runtime_root`` checks it), so what is found there is ours.
     """
     for service_dir in STATE_ROOT.glob("svc-*-*"):
         try:
@@ -113,9 +114,6 @@ def sweep_stale_state(policy: Isolation) -> None:
         if _alive(pid):
             continue
         for sandbox_dir in service_dir.iterdir():
-            marker = sandbox_dir / "socket_dir"
-            with contextlib.suppress(OSError):
-                shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
             with contextlib.suppress(OSError):  # its capped disk (a tmpfs) is still mounted
                 unmount_disk(sandbox_dir / "disk")
             cgroups = CgroupSet(policy, sandbox_dir.name)
