@@ -16,7 +16,9 @@ import tempfile
 
 # Namespace flags of clone(2)/unshare(2); CLONE_NEWTIME (0x80) overlaps clone's exit-signal
 # byte, and unshare is blocked whole, so it is left out.
-_CLONE_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
+_CLONE_NAMESPACES = (
+    0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+)  # NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 _TIOCSTI = 0x5412  # push bytes into a terminal's input: would type into the service's tty
 _TIOCLINUX = 0x541C
 # personality flags that weaken memory protections (no ASLR, executable data, page zero).
