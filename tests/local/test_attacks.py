@@ -696,6 +696,65 @@ def test_internet_sandbox_cannot_reach_the_service_or_host_ports(
     assert listener.accepted == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the host a new address needs root")
+def test_an_address_the_host_gains_later_is_fenced_off_too(fresh: Callable[..., Sandbox]) -> None:
+    """DHCP, a VPN or a floating IP can give the host an address after a sandbox's network
+    started; slirp4netns would connect to it as to any host-local address."""
+    sandbox = fresh(allow_internet_access=True)
+    assert "default via" in sh(sandbox, "ip route")[1]
+    new = "198.51.100.77"  # TEST-NET-2: nobody's address, routed nowhere
+    listener = HostListener()
+    subprocess.run(["ip", "addr", "add", f"{new}/32", "dev", "lo"], check=True)
+    try:
+        wait_for(
+            lambda: f"prohibit {new}" in sh(sandbox, "ip route")[1],
+            timeout=15,
+            what=f"the sandbox's fence to take in the host's new address {new}",
+        )
+        results = connect_probe(sandbox, [(new, listener.port)], never=host_gateways())
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{new}/32", "dev", "lo"], check=False)
+        listener.close()
+    assert results[f"{new}:{listener.port}"] != "connected"
+    assert listener.accepted == 0
+
+
+def _networks_of(sandbox: Sandbox) -> list[int]:
+    """Host pids of the slirp4netns processes charged to the sandbox (in its cgroups)."""
+    host_dir = sandbox_host_dir(sandbox.sandbox_id)
+    assert host_dir is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            exe = os.readlink(entry / "exe") if entry.name.isdigit() else ""
+            groups = (entry / "cgroup").read_text() if exe.endswith("/slirp4netns") else ""
+        except OSError:
+            continue
+        if f"/e2b-kernel/{host_dir.name}" in groups:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroups to charge")
+def test_the_network_helper_is_charged_to_its_sandbox(
+    local_service: RunningService, fresh: Callable[..., Sandbox]
+) -> None:
+    """Each connection a sandbox opens is a host socket and buffers in its slirp4netns (12,000
+    of them took it from 3 to 80 MiB and 4,600 fds): the sandbox pays, within its limits."""
+    sandbox = fresh(allow_internet_access=True)
+    [helper] = _networks_of(sandbox)
+    limits = Path(f"/proc/{helper}/limits").read_text()
+    [files] = [line.split() for line in limits.splitlines() if line.startswith("Max open files")]
+    assert int(files[3]) <= 16384 and int(files[4]) <= 16384, files
+    # A pause that ends its processes (a reboot on resume) keeps the network, as a VM's.
+    assert sandbox.pause()
+    options = sdk_options(local_service)
+    again = Sandbox.connect(sandbox.sandbox_id, on_resume="reboot", **options)  # type: ignore[arg-type]
+    assert again.is_running()
+    assert _networks_of(again) == [helper]
+    assert "default via" in sh(again, "ip route")[1]
+
+
 def test_internet_sandbox_cannot_call_the_service_api(
     local_service: RunningService, fresh: Callable[..., Sandbox]
 ) -> None:

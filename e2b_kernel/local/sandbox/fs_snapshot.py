@@ -315,8 +315,10 @@ def drop_processes(sandbox: LocalSandbox) -> None:
     What a filesystem-only pause or a reboot-on-resume leaves: files, and no processes. Only
     the agent is kept, found as pid 2 of the namespace: every orphan is a child of init too
     (``setsid cmd &``), and must go. Processes forked meanwhile are found by the next round.
+    Its network (slirp4netns, a host process in its cgroups) stays, as a VM's network does.
     """
-    keep = {pid for pid in (sandbox.agent_pid, sandbox.init_pid) if pid is not None}
+    kept = (sandbox.agent_pid, sandbox.init_pid, sandbox.network_pid)
+    keep = {pid for pid in kept if pid is not None}
     if sandbox.init_pid is not None:
         keep |= {pid for pid in _children(sandbox.init_pid) if _namespace_pid(pid) == 2}
     killed: set[int] = set()

@@ -9,7 +9,9 @@ mapped to the host's loopback (``--disable-host-loopback``), no port is forwarde
 sandbox, slirp4netns itself runs in its own empty mount namespace with its capabilities
 dropped and a seccomp filter, and every address of the host is made unreachable by
 ``prohibit`` routes inside the namespace, added BEFORE the tap device exists, so the sandbox
-cannot reach the service or any host-local port from its network's first packet. So are the
+cannot reach the service or any host-local port from its network's first packet; addresses
+the host gains later (DHCP, a VPN, a floating IP) are fenced off in every connected sandbox as
+``ip monitor`` reports them (:class:`HostAddressWatch`). So are the
 private, shared (CGNAT) and link-local ranges (:data:`UNREACHABLE_RANGES`), whatever the
 egress rules allow: the host's LAN, its VPN or container bridges (whose addresses may come
 after the sandbox's network started) and a cloud VM's metadata service (169.254.169.254) are
@@ -24,10 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
+import weakref
+from collections.abc import Callable
 
 from .subprocesses import start_process
+
+log = logging.getLogger("e2b_kernel.local")
 
 RESOLV_CONF = "nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
 # E2B's DeniedSandboxCIDRs (IPv4). 127/8 is the namespace's own loopback; the tap's
@@ -37,6 +44,7 @@ UNREACHABLE_RANGES = (
     "172.16.0.0/12", "192.168.0.0/16",
 )  # fmt: skip
 _READY_TIMEOUT = 10.0
+SLIRP_MAX_FILES = 16384  # one per connection of the sandbox (its own processes may hold more)
 _TAP = "tap0"
 _MTU = 65520
 # slirp4netns's own --configure, done by the service instead: its default route would be
@@ -53,14 +61,115 @@ class NetworkError(OSError):
     """The user-mode network could not be set up."""
 
 
+class HostAddressWatch:
+    """Keeps the host fence of every connected sandbox whole as the host's addresses change.
+
+    slirp4netns makes the sandbox's connections from the host's network namespace, where any
+    address the host gains later is local: a sandbox fenced only at its start would reach the
+    host's ports through it. While any sandbox is connected, ``ip -o monitor address`` runs,
+    and each address it reports is prohibited in every connected namespace (routes to
+    addresses the host has dropped stay: they are harmless).
+    """
+
+    def __init__(self) -> None:
+        self._namespaces: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._monitor: asyncio.subprocess.Process | None = None
+        self._started = asyncio.Event()
+        self._stopping = False  # the monitor was told to end: the next add waits for it
+
+    async def add(self, netns: str) -> None:
+        """Watch for ``netns``; returns once the monitor runs, so that the fence made after
+        this call misses no address."""
+        self._namespaces.add(netns)
+        if self._task is not None and self._stopping:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._started = asyncio.Event()
+            self._task = asyncio.ensure_future(self._watch())
+        await self._started.wait()
+
+    async def discard(self, netns: str) -> None:
+        """Stop watching for ``netns``; the last one out ends the monitor and waits for it
+        (a monitor left to a closing loop is reaped twice, and asyncio logs it)."""
+        self._namespaces.discard(netns)
+        if not self._namespaces and self._monitor is not None and self._task is not None:
+            self._stopping = True
+            with contextlib.suppress(ProcessLookupError):
+                self._monitor.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
+
+    async def _watch(self) -> None:
+        try:
+            self._monitor = await start_process(
+                "ip", "-o", "monitor", "address",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        except OSError as exc:
+            log.warning("host addresses gained from now on stay unfenced: %s", exc)
+            return
+        finally:
+            self._started.set()
+        assert self._monitor.stdout is not None
+        try:
+            async for line in self._monitor.stdout:
+                address = _added_address(line.decode(errors="replace"))
+                if address is None:
+                    continue
+                for netns in list(self._namespaces):
+                    try:
+                        await _prohibit(netns, address)
+                    except OSError as exc:  # the sandbox may be going (NetworkError too)
+                        log.warning("a new host address stays unfenced in %s: %s", netns, exc)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                self._monitor.kill()
+            await self._monitor.wait()
+            self._monitor = None
+
+
+def _added_address(line: str) -> str | None:
+    """The address an ``ip -o monitor address`` line adds (None for a deletion)."""
+    parts = line.split()
+    if not parts or parts[0] == "Deleted":
+        return None
+    for family in ("inet", "inet6"):
+        if family in parts[:-1]:
+            return parts[parts.index(family) + 1].split("/")[0]
+    return None
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HostAddressWatch]
+_watches = weakref.WeakKeyDictionary()
+
+
+def _host_address_watch() -> HostAddressWatch:
+    """The running loop's watch (a process may run several services, each on its own loop)."""
+    return _watches.setdefault(asyncio.get_running_loop(), HostAddressWatch())
+
+
 class Network:
     """A running slirp4netns for one sandbox; closing our end of its exit pipe stops it."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, exit_fd: int) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, exit_fd: int, netns: str, watch: HostAddressWatch
+    ) -> None:
         self._proc = proc
         self._exit_fd = exit_fd
+        self._netns = netns
+        self._watch = watch
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     async def close(self) -> None:
+        await self._watch.discard(self._netns)
         if self._exit_fd >= 0:
             os.close(self._exit_fd)
             self._exit_fd = -1
@@ -101,23 +210,38 @@ async def host_addresses() -> list[str]:
     return found
 
 
-async def connect(init_pid: int) -> Network:
+async def connect(
+    init_pid: int, charge: Callable[[list[str]], list[str]] = lambda argv: argv
+) -> Network:
     """Give the sandbox whose pid 1 is init_pid outbound access; host addresses prohibited
-    first (the sandbox may be running code already: the fence must come before the tap)."""
+    first (the sandbox may be running code already: the fence must come before the tap).
+
+    ``charge`` wraps slirp4netns's command line so that it runs in the sandbox's cgroups:
+    each connection the sandbox opens is a socket and buffers in slirp4netns, which the
+    sandbox must pay for, not the service. Its open files are bounded (SLIRP_MAX_FILES).
+    """
     slirp = shutil.which("slirp4netns")
     if slirp is None:
         raise NetworkError(
             "internet access needs slirp4netns (Debian/Ubuntu: apt-get install slirp4netns)"
         )
-    await _fence_host(f"/proc/{init_pid}/ns/net")
+    netns = f"/proc/{init_pid}/ns/net"
+    watch = _host_address_watch()
+    await watch.add(netns)
+    try:
+        await _fence_host(netns)
+    except BaseException:
+        await watch.discard(netns)
+        raise
     ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
     exit_read, exit_write = os.pipe2(os.O_CLOEXEC)
     argv = [slirp, f"--mtu={_MTU}", "--disable-host-loopback"]
     argv += ["--enable-sandbox", "--enable-seccomp"]
     argv += [f"--ready-fd={ready_write}", f"--exit-fd={exit_read}", str(init_pid), _TAP]
+    bounded = ["/bin/sh", "-c", f'ulimit -n {SLIRP_MAX_FILES} && exec "$@"', "e2bk-slirp", *argv]
     try:
         proc = await start_process(
-            *argv,
+            *charge(bounded),
             pass_fds=(ready_write, exit_read),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
@@ -127,13 +251,14 @@ async def connect(init_pid: int) -> Network:
     except BaseException:
         for fd in (ready_read, ready_write, exit_read, exit_write):
             os.close(fd)
+        await watch.discard(netns)
         raise
     finally:
         with contextlib.suppress(OSError):
             os.close(ready_write)
         with contextlib.suppress(OSError):
             os.close(exit_read)
-    network = Network(proc, exit_write)
+    network = Network(proc, exit_write, netns, watch)
     try:
         try:
             # It writes "1" once the tap device exists (EOF if it dies first).
@@ -163,16 +288,21 @@ async def _fence_host(netns: str) -> None:
     if code != 0:
         raise NetworkError(f"cannot fence off the private ranges: {out.strip()}")
     for address in await host_addresses():
-        if address.startswith("127.") or address == "::1":
-            continue  # the namespace's own loopback, not the host's
-        family = "-6" if ":" in address else "-4"
-        suffix = "/128" if ":" in address else "/32"
-        code, out = await _run(
-            "nsenter", f"--net={netns}", "ip", family, "route", "replace",
-            "prohibit", address + suffix,
-        )  # fmt: skip
-        if code != 0 and family == "-4":
-            raise NetworkError(f"cannot fence off host address {address}: {out.strip()}")
+        await _prohibit(netns, address)
+
+
+async def _prohibit(netns: str, address: str) -> None:
+    """Route a host address to nowhere in a sandbox's namespace (IPv6 where it has IPv6)."""
+    if address.startswith("127.") or address == "::1":
+        return  # the namespace's own loopback, not the host's
+    family = "-6" if ":" in address else "-4"
+    suffix = "/128" if ":" in address else "/32"
+    code, out = await _run(
+        "nsenter", f"--net={netns}", "ip", family, "route", "replace",
+        "prohibit", address + suffix,
+    )  # fmt: skip
+    if code != 0 and family == "-4":
+        raise NetworkError(f"cannot fence off host address {address}: {out.strip()}")
 
 
 async def ip_batch(netns: str, lines: list[str]) -> tuple[int, str]:

@@ -205,7 +205,9 @@ class LocalSandbox:
                 self._egress = egress.EgressTable(f"/proc/{self._init_pid}/ns/net", self.sandbox_id)
             await self._egress.apply(rules)
             if self._network is None:
-                self._network = await network.connect(self._init_pid)
+                self._network = await network.connect(
+                    self._init_pid, lambda argv: join_cgroups_argv(self.cgroups.procs_files(), argv)
+                )
                 if self.killed.is_set():  # killed meanwhile: its teardown missed this one
                     await self._network.close()
 
@@ -597,6 +599,11 @@ class LocalSandbox:
     def agent_pid(self) -> int | None:
         """Host pid of the process the service started (bwrap, or the host agent)."""
         return self._agent_proc.pid if self._agent_proc is not None else None
+
+    @property
+    def network_pid(self) -> int | None:
+        """Host pid of its slirp4netns (in its cgroups, as it pays for it), if it has one."""
+        return self._network.pid if self._network is not None else None
 
 
 def _read_json_fd(fd: int) -> dict | None:
