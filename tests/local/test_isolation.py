@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -73,6 +74,24 @@ def test_home_and_tmp_are_private_and_writable(sbx: Sandbox) -> None:
     assert not os.path.exists("/tmp/w")
     # The host's /tmp (with the service's state) is not visible inside.
     assert RUNTIME_ROOT.parent.name not in result.stdout
+
+
+def test_sysfs_shows_the_cpus_but_not_the_hosts_devices(sbx: Sandbox) -> None:
+    """The host's interfaces, MAC addresses, traffic counters and disks stay out of sight,
+    even of root inside; the CPU topology that libraries read is there, for every user."""
+    host_macs = [p.read_text().strip() for p in Path("/sys/class/net").glob("*/address")]
+    host_macs = [mac for mac in host_macs if mac.strip("0:")]
+    assert host_macs, "this host shows no interface to hide"
+    seen = sbx.commands.run(
+        "cat /sys/class/net/*/address /sys/devices/*/*/net/*/address "
+        "/sys/devices/virtual/net/*/address 2>/dev/null; ls /sys/block /sys/class 2>&1; true",
+        user="root",
+    ).stdout
+    assert not [mac for mac in host_macs if mac in seen], seen
+    assert "No such file or directory" in seen
+    for user in ("user", "root"):
+        online = sbx.commands.run("cat /sys/devices/system/cpu/online", user=user).stdout
+        assert online.strip() == Path("/sys/devices/system/cpu/online").read_text().strip()
 
 
 def test_host_processes_are_invisible_and_unsignallable(sbx: Sandbox) -> None:

@@ -38,7 +38,9 @@ AGENT_CAPS = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
 )  # fmt: skip
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
-_SYS_DIRS = ("block", "bus", "class", "dev", "devices")
+# Of the host's sysfs, the CPU topology only (glibc's CPU count, BLAS and NUMA libraries read
+# it); the rest shows the host's interfaces, MAC addresses, traffic counters and disks.
+_SYS_DIRS = ("devices/system/cpu", "devices/system/node")
 _MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")
 _MASKED_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
 PASSWD = (
@@ -182,6 +184,8 @@ def host_view(
                 cmd.argv += ["--perms", "0755", "--dir", str(parent)]
         cmd.bind(staging.source_for(path, stage_root), path)
     cmd.bind(staging.source_for(str(agent_dir), stage_root), f"{AGENT_PARENT}/{AGENT_PACKAGE}")
+    for folder in ("/sys", "/sys/devices", "/sys/devices/system"):
+        cmd.argv += ["--perms", "0755", "--dir", folder]  # bwrap would make them 0700
     for name in _SYS_DIRS:
         if os.path.isdir(f"/sys/{name}"):
             cmd.bind(f"/sys/{name}", f"/sys/{name}")
