@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from attack_helpers import flood_server
 from e2b import TimeoutException
 from e2b_code_interpreter import AsyncSandbox, OutputMessage, Sandbox
-from local_helpers import sdk_options
+from local_helpers import sandbox_host_dir, sdk_options
 
 from e2b_kernel.local import RunningService, start_subprocess
 
@@ -361,3 +363,25 @@ def test_a_fake_jupyter_server_cannot_fill_the_services_memory_or_time(mode: str
         sbx.kill()
     finally:
         service.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the bridges drop to the sandbox's uid only as root")
+def test_kernel_bridges_have_no_network_and_no_way_to_gain_privileges(victim: Sandbox) -> None:
+    """A bridge parses what sandbox code sends through its kernel's sockets; a bug there must
+    not land where host ports or setuid programs are within reach."""
+    assert victim.run_code("1 + 1").text == "2"
+    host_dir = sandbox_host_dir(victim.sandbox_id)
+    assert host_dir is not None
+    bridges = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            if b"kernel_bridge.py" in command and host_dir.name in (entry / "cgroup").read_text():
+                bridges.append(entry)
+        except OSError:
+            continue
+    assert bridges
+    for bridge in bridges:
+        assert os.readlink(bridge / "ns/net") != os.readlink("/proc/self/ns/net")
+        assert "NoNewPrivs:\t1" in (bridge / "status").read_text()
+    assert victim.run_code("2 + 2").text == "4"

@@ -333,14 +333,38 @@ def main() -> None:
     # bridge should be what goes, not the kernel or the sandbox's Jupyter Server.
     with open("/proc/self/oom_score_adj", "w") as oom_score:
         oom_score.write("1000")
-    if config["gid"] >= 0:  # before anything reads what the sandbox wrote
+    if config["uid"] >= 0:  # as root, before anything reads what the sandbox wrote
+        _leave_the_hosts_network()
+    if config["gid"] >= 0:
         os.setgroups([])
         os.setresgid(config["gid"], config["gid"], config["gid"])
     if config["uid"] >= 0:
         os.setresuid(config["uid"], config["uid"], config["uid"])
+    _no_new_privileges()
     bridge = Bridge(config, control)
     print("ready", flush=True)
     bridge.run()
+
+
+def _libc_call(name: str, *args: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{name}: {os.strerror(error)}")
+
+
+def _leave_the_hosts_network() -> None:
+    """An empty network namespace of its own: the bridge parses what sandbox code sends, and
+    a libzmq bug there must not open host ports to it. Its sockets are unix sockets by path
+    (or fd), which a network namespace does not hide."""
+    _libc_call("unshare", 0x40000000)  # CLONE_NEWNET
+
+
+def _no_new_privileges() -> None:
+    """No setuid program it could run would gain anything."""
+    _libc_call("prctl", 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
 
 
 if __name__ == "__main__":
