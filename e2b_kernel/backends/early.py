@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..host_dirs import owned_dir, user_root
+from ..local.host_dirs import owned_dir, user_root
 from . import kernel_ports, restart_state
 
 if TYPE_CHECKING:

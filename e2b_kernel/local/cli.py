@@ -18,8 +18,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..host_dirs import UnsafeHostDir
 from . import ISOLATION_UNAVAILABLE_EXIT
+from .host_dirs import UnsafeHostDir
 from .sandbox.isolation import (
     DEFAULT_DISK_MB,
     DEFAULT_MAX_PIDS,

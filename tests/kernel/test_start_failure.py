@@ -59,7 +59,7 @@ def test_a_kernel_says_why_when_its_host_folder_is_another_users(tmp_path: Path)
     kernel = Kernel(tmp_path, clean_env(TMPDIR=str(shared_tmp), E2B_KERNEL_BACKEND="local"))
     try:
         reply, outputs = kernel.run("1 + 1")
-        assert reply["content"]["status"] == "error"
+        assert reply["status"] == "error"
         shown = "\n".join(
             str(out.content.get("text", "")) + "\n".join(out.content.get("traceback", []))
             for out in outputs

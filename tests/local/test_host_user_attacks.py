@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2b import Sandbox
 
-from e2b_kernel.host_dirs import UnsafeHostDir, owned_dir
+from e2b_kernel.local.host_dirs import UnsafeHostDir, owned_dir
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="acting as another host user (setpriv) needs root"

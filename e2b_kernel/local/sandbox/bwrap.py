@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...host_dirs import owned_dir, user_root
+from ..host_dirs import owned_dir, user_root
 from . import network, staging
 
 # Shared by this user's local services (for root: every isolated one, since only root can

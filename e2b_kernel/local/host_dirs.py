@@ -4,8 +4,11 @@ They live in the temp folder, where any local user can create a name first. A di
 another user made would let them swap in symlinks and plant files that a service running as
 root then trusts (a stale-state sweep, bind mounts, uid-range locks). So each user has a
 folder of their own, ``e2b-kernel-<uid>``, and it is used only when it is a real directory
-that this user owns and no one else can write, as tmux checks its socket folder. Made only
-from the standard library: the kernel's early launch (``backends/early.py``) imports this.
+that this user owns and no one else can write, as tmux checks its socket folder.
+
+Only the standard library: the kernel's early launch (``backends/early.py``) imports this,
+the one module of the service that the rest of the package imports besides its start
+functions (the kernel's leases and the service's state share the folder).
 """
 
 from __future__ import annotations
