@@ -73,6 +73,12 @@ class KernelDied(E2BKernelError):
                 f"sandbox's Jupyter Server (port 8888): {fresh}"
             )
             return
+        if state == "timeout":
+            super().__init__(
+                "The Python kernel in the sandbox was restarted because an earlier cell did "
+                f"not stop at its timeout: {fresh}"
+            )
+            return
         if state == "dead":
             what = "and could not be restarted. Run the cell again to start a new one."
         else:
@@ -130,6 +136,10 @@ def _remote_class(ename: str) -> type[E2BRemoteError]:
     """``E2BRemoteError`` mixed with the builtin exception of that name, if there is one."""
     builtin = getattr(builtins, ename, None)
     if not (isinstance(builtin, type) and issubclass(builtin, Exception)):
+        return E2BRemoteError
+    if issubclass(builtin, SyntaxError):
+        # IPython shows a SyntaxError from where it was raised (here: our own frames), never
+        # through _render_traceback_, which shows the sandbox's.
         return E2BRemoteError
     if ename not in _REMOTE_CLASSES:
         try:

@@ -36,8 +36,19 @@ from .text_plain import install_code as text_plain_carrier_code
 if TYPE_CHECKING:
     from e2b_code_interpreter import AsyncSandbox
 
-__all__ = ["Event", "HiddenResult", "SandboxSession", "cell_limit", "cell_timeout_message"]
+__all__ = [
+    "TIMEOUT_GRACE",
+    "Event",
+    "HiddenResult",
+    "SandboxSession",
+    "cell_limit",
+    "cell_timeout_message",
+    "cell_timeout_restart_message",
+]
 
+# How long a timed-out cell has to stop once interrupted (its cleanup) before its Python is
+# restarted: a cell that catches KeyboardInterrupt would run on, and later cells wait behind it.
+TIMEOUT_GRACE = 10.0
 CONTEXTS_PORT = 49999  # the code-interpreter server's (/execute, /contexts)
 
 NEW_SANDBOX_NOTICE = (
@@ -51,6 +62,16 @@ def cell_timeout_message(limit: float, raise_it: str) -> str:
     return (
         f"The cell did not finish within its timeout of {limit:g} s and was "
         f"interrupted; the sandbox and its state are kept. {raise_it}"
+    )
+
+
+def cell_timeout_restart_message(limit: float, raise_it: str) -> str:
+    """The ``ExecutionTimeout`` message of a cell that caught its interrupt and ran on."""
+    return (
+        f"The cell did not finish within its timeout of {limit:g} s and did not stop when "
+        "interrupted (it caught KeyboardInterrupt), so the sandbox's Python kernel was "
+        "restarted: its variables are gone; files and installed packages are kept. "
+        f"{raise_it}"
     )
 
 
@@ -537,7 +558,15 @@ class SandboxSession:
                 try:
                     event = await asyncio.wait_for(queue.get(), remaining)
                 except asyncio.TimeoutError:
-                    raise ExecutionTimeout(cell_timeout_message(limit or 0, raise_it)) from None
+                    task.cancel()  # closing the stream interrupts the remote cell
+                    await asyncio.wait([task])
+                    if language not in (None, "python") or await self._stopped_after_interrupt(
+                        sandbox
+                    ):
+                        message = cell_timeout_message(limit or 0, raise_it)
+                    else:
+                        message = cell_timeout_restart_message(limit or 0, raise_it)
+                    raise ExecutionTimeout(message) from None
                 if event is DONE:
                     break
                 yield event
@@ -548,6 +577,29 @@ class SandboxSession:
             if not task.done():
                 task.cancel()
                 await asyncio.wait([task])
+
+    async def _stopped_after_interrupt(self, sandbox: AsyncSandbox) -> bool:
+        """Whether the interrupted cell stopped within TIMEOUT_GRACE seconds (the context
+        then answers); if it caught the interrupt and runs on, its context is restarted, as
+        every later cell would wait behind it. Failures here leave that to the next cell."""
+        try:
+            await asyncio.wait_for(self._run_hidden_now(sandbox, "pass"), TIMEOUT_GRACE)
+            return True
+        except asyncio.TimeoutError:
+            pass
+        except Exception as exc:
+            self.log.warning("could not tell whether the timed-out cell stopped: %r", exc)
+            return True
+        self.log.warning("a timed-out cell ignored its interrupt: restarting its context")
+        try:
+            contexts = await sandbox.list_code_contexts()
+            default = next((c for c in contexts if c.language == "python"), None)
+            if default is not None:
+                await sandbox.restart_code_context(default)
+                self._carrier_in = None  # fresh Python state: install it again
+        except Exception as exc:
+            self.log.warning("could not restart the timed-out cell's context: %r", exc)
+        return False
 
     async def _finish(
         self, sandbox: AsyncSandbox, task: asyncio.Task, language: str | None = None

@@ -42,7 +42,7 @@ from ..core.kernel_channels import (
 )
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
 from ..core.remote_look import PYTHON3_LOOK
-from ..core.session import cell_timeout_message
+from ..core.session import TIMEOUT_GRACE, cell_timeout_message
 from ..errors import ExecutionTimeout, error_content
 
 __all__ = ["JupyterForwarder", "Route", "has_reply", "send_reply"]
@@ -150,6 +150,10 @@ class JupyterForwarder:
         self._running: set[str] = set()  # execute requests between 'busy' and 'idle'
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per-cell timeouts by msg_id
         self._timed_out_ids: set[str] = set()  # interrupted by their timeout
+        # Timed-out cells that ignored the interrupt, for which the remote kernel restarts.
+        self.restarted_for_timeout: set[str] = set()
+        self._restarting_for_timeout = False  # the next death notice is that restart
+        self._restarts: set[asyncio.Task] = set()
         self._hidden: set[str] = set()  # our own requests, whose messages stay here
         self._started: set[str] = set()  # requests the remote kernel said it is busy with
         # Requests a dead process had not started: the server may still hand them to the new
@@ -189,7 +193,7 @@ class JupyterForwarder:
     async def close(self) -> None:
         self.closed_reason = self.closed_reason or "closed"
         self._cancel_timers()
-        for task in self._confirming:
+        for task in (*self._confirming, *self._restarts):
             task.cancel()
         self._outputs_lost()  # their 'idle' cannot come any more
         await self.channels.close()
@@ -231,6 +235,8 @@ class JupyterForwarder:
             return
         if parent_id in self._timed_out_ids:
             parts = self._as_timeout(parent_id, msg_type, parts)
+        if msg_type == "stream" and parent_id in self.restarted_for_timeout:
+            return  # what its process says as the restart ends it ("Task was destroyed...")
         if channel == "iopub":
             if msg_type in DEATH_NOTICES:
                 content = json.loads(parts[3])
@@ -289,6 +295,9 @@ class JupyterForwarder:
         started = [msg_id for msg_id in self._routes if msg_id in self._started]
         self._orphans |= {msg_id for msg_id in self._routes if msg_id not in self._started}
         self._started.clear()
+        if self._restarting_for_timeout:  # ours, not another client's
+            self._restarting_for_timeout = False
+            state = "timeout"
         self._died_state = state
         new_process = self.channels.renudge(ended_session if state == "restarted" else None)
         new_process.add_done_callback(lambda done: self._answer_started(started, done))
@@ -414,11 +423,35 @@ class JupyterForwarder:
             self.publish(route.header, "status", {"execution_state": "idle"})
 
     def _timed_out(self, msg_id: str) -> None:
-        """Interrupt the cell; its remote KeyboardInterrupt is shown as ``ExecutionTimeout``."""
-        self._timers.pop(msg_id, None)
+        """Interrupt the cell; its remote KeyboardInterrupt is shown as ``ExecutionTimeout``.
+        If it has not stopped TIMEOUT_GRACE seconds later, the remote kernel is restarted."""
         self.log.info("cell %s timed out; interrupting the remote kernel", msg_id)
         self._timed_out_ids.add(msg_id)
         self._interrupting = asyncio.ensure_future(self.interrupt())
+        loop = asyncio.get_running_loop()
+        self._timers[msg_id] = loop.call_later(TIMEOUT_GRACE, self._ignored_interrupt, msg_id)
+
+    def _ignored_interrupt(self, msg_id: str) -> None:
+        """The timed-out cell caught its interrupt and runs on: only a restart of the remote
+        kernel frees it for the next cells (files are kept; its reply is our timeout error)."""
+        self._timers.pop(msg_id, None)
+        if msg_id not in self._running or not self.up:
+            return
+        self.log.warning(
+            "cell %s ignored its timeout's interrupt: restarting the remote kernel", msg_id
+        )
+        self.restarted_for_timeout.add(msg_id)
+        self._restarting_for_timeout = True
+        task = asyncio.ensure_future(self._restart_remote())
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart_remote(self) -> None:
+        try:
+            await self.endpoint.restart(self.kernel_id)
+        except Exception as exc:
+            self._restarting_for_timeout = False
+            self.log.warning("could not restart the remote kernel: %s", exc)
 
     def _timeout_content(self) -> dict[str, Any]:
         limit = self._cell_timeout or 0
@@ -434,8 +467,12 @@ class JupyterForwarder:
         elif msg_type == "execute_reply":
             self._timed_out_ids.discard(parent_id)
             if content.get("status") != "error":
-                return parts  # it finished just before the interrupt landed
-            content = {**content, **self._timeout_content()}
+                # It caught the interrupt and finished, or ended as it landed: past its
+                # deadline all the same, so it fails as the setting promises.
+                route = self._routes.get(parent_id)
+                if route is not None:
+                    self.publish(route.header, "error", self._timeout_content())
+            content = {**content, "status": "error", **self._timeout_content()}
         else:
             return parts
         return [*parts[:3], json.dumps(content).encode(), *parts[4:]]

@@ -23,7 +23,8 @@ from ..core import NEW_SANDBOX_NOTICE, SandboxSession
 from ..core.jupyter_server import JupyterEndpoint, JupyterServerError, choose_transport
 from ..core.kernel_channels import Parts, too_large
 from ..core.remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
-from ..errors import E2BKernelError, KernelDied, SandboxLost, error_content
+from ..core.session import cell_timeout_restart_message
+from ..errors import E2BKernelError, ExecutionTimeout, KernelDied, SandboxLost, error_content
 from .forward import JupyterForwarder, Route, send_reply
 
 __all__ = ["JupyterTransport"]
@@ -327,10 +328,19 @@ class JupyterTransport:
             self._fail_route(route, exc)
 
     def _remote_kernel_died(self, state: str, routes: list[Route]) -> None:
-        """Answer the requests the remote kernel's death left without a reply."""
-        exc = KernelDied(state)
+        """Answer the requests the remote kernel's death left without a reply: the cell whose
+        timeout restarted it with its timeout, the others with ``KernelDied``."""
+        timed_out = self._forwarder.restarted_for_timeout if self._forwarder else set()
         for route in routes:
-            self._fail_route(route, exc)
+            if route.header.get("msg_id") in timed_out:
+                timed_out.discard(route.header["msg_id"])
+                limit = self.sandbox_session.config.cell_timeout or 0
+                raise_it = "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
+                self._fail_route(
+                    route, ExecutionTimeout(cell_timeout_restart_message(limit, raise_it))
+                )
+            else:
+                self._fail_route(route, KernelDied(state))
 
     def _fail_route(self, route: Route, exc: E2BKernelError | KeyboardInterrupt) -> None:
         """Answer a request that cannot reach the remote kernel: busy, error, reply, idle."""

@@ -80,6 +80,44 @@ def test_cell_timeout_fails_clearly_and_keeps_the_sandbox(
     assert kernel.value("before") == "5"
 
 
+@ON_BOTH_TRANSPORTS
+def test_a_cell_that_catches_its_timeouts_interrupt_is_stopped_all_the_same(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    """A retry loop with a bare ``except`` ran on for ever: no error, no reply, and every
+    later cell waited behind it. Past a grace period its Python is restarted."""
+    kernel = start_kernel(backend_env(E2B_KERNEL_CELL_TIMEOUT="2"))
+    kernel.run("open('kept.txt', 'w').write('kept')\nbefore = 5")
+    code = "import time\nwhile True:\n    try:\n        time.sleep(0.2)\n    except:\n        pass"
+    reply, outputs = kernel.run(code, timeout=90)
+    assert reply["ename"] == "ExecutionTimeout", reply
+    assert [o.msg_type for o in outputs] == ["error"], outputs
+    assert "did not stop when interrupted" in outputs[0].content["evalue"]
+    assert "restarted" in outputs[0].content["evalue"]
+    assert kernel.value("open('kept.txt').read()") == "'kept'"  # the sandbox is the same
+    reply, _ = kernel.run("before")
+    assert reply["ename"] == "NameError"
+
+
+@ON_BOTH_TRANSPORTS
+def test_a_cell_that_finishes_after_its_timeouts_interrupt_still_fails(
+    start_kernel: StartKernel, backend_env: BackendEnv, transport: str
+) -> None:
+    """It caught the interrupt, cleaned up and ended normally: past its deadline, it fails
+    (it ended ``ok``, as if no timeout were set), and its state is kept."""
+    kernel = start_kernel(backend_env(E2B_KERNEL_CELL_TIMEOUT="2"))
+    code = (
+        "import time\ntry:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n"
+        "    print('cleanup ran')\ncleaned = True\n'value'"
+    )
+    reply, outputs = kernel.run(code, timeout=60)
+    assert reply["status"] == "error" and reply["ename"] == "ExecutionTimeout", reply
+    assert [o.msg_type for o in outputs][-1] == "error"
+    if transport == "jupyter":  # the execute protocol ends the cell's stream at the deadline
+        assert [o.content.get("text") for o in outputs[:1]] == ["cleanup ran\n"]
+    assert kernel.value("cleaned") == "True"
+
+
 @BACKEND_TRANSPORTS
 def test_restart_gives_fresh_state_and_keeps_files(
     start_kernel: StartKernel, backend_env: BackendEnv

@@ -105,6 +105,28 @@ def test_remote_error_reaches_the_frontend_with_its_name(kernel: Any) -> None:
     assert "e2b_kernel" not in text and "site-packages" not in text
 
 
+@pytest.mark.parametrize(
+    ("cell", "shown"),
+    [
+        ("x = (", "SyntaxError: incomplete input"),
+        ("if True:\nx = 1", "IndentationError: expected an indented block"),
+        ("eval('1+')", "SyntaxError: invalid syntax"),  # at run time, with its frames
+    ],
+)
+def test_a_remote_syntax_error_shows_the_sandboxs_traceback(
+    kernel: Any, cell: str, shown: str
+) -> None:
+    """IPython shows SyntaxErrors its own way, from where they were raised: ours were, so the
+    magic's own stack came instead of the sandbox's traceback (the most common cell error)."""
+    _, kc = kernel
+    reply, outputs = execute(kc, f"%%e2b\n{cell}")
+    assert reply["content"]["ename"] == "E2BRemoteError"
+    [error] = [m for m in outputs if m["msg_type"] == "error"]
+    text = strip_ansi("\n".join(error["content"]["traceback"]))
+    assert shown in text and cell.splitlines()[-1] in text, text
+    assert "e2b_kernel" not in text and "run_cell_magic" not in text, text
+
+
 def test_kernel_interrupt_stops_the_remote_cell_and_keeps_state(kernel: Any) -> None:
     km, kc = kernel
     assert execute(kc, "%%e2b\nkept = 'still here'")[0]["content"]["status"] == "ok"
