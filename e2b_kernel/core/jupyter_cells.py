@@ -88,6 +88,7 @@ class _Cell:
         self.started = False  # the remote kernel said 'busy' for it
         self.ended = False  # ... and then 'idle'
         self.stopped = False  # interrupted (or given up on) by us
+        self.seen_busy = False  # its 'busy' has arrived (read or not): a process took it
         self.catching_up: asyncio.Task | None = None  # see JupyterCells._catch_up
 
     async def next(self, timeout: float | None) -> _Message:
@@ -112,6 +113,9 @@ class JupyterCells:
         self._closed_reason: str | None = None  # set when the channels closed by themselves
         self._cells: dict[str, _Cell] = {}
         self._late: collections.OrderedDict[str, LateOutput] = collections.OrderedDict()
+        # Our requests for python3's look in a restarted kernel process, by msg_id: the cells
+        # sent before one that have not started by its reply were lost with the old process.
+        self._looks: dict[str, tuple[list[_Cell], str]] = {}
         # Builds our messages. Their signature is dropped (the Jupyter Server signs what it
         # passes to the kernel); a key only keeps Session from warning that it signs nothing.
         self._messages = Session(key=secrets.token_bytes(16), username="e2b-kernel")
@@ -151,6 +155,7 @@ class JupyterCells:
     async def close(self) -> None:
         """Close the channels (the remote kernel keeps running: it is the sandbox's)."""
         channels, self._channels = self._channels, None
+        self._looks.clear()
         if channels is not None:
             await channels.close()
 
@@ -159,7 +164,15 @@ class JupyterCells:
         cell = self._cells.get(parent_id) if parent_id else None
         if cell is not None:
             msg_type = str(json.loads(parts[0]).get("msg_type", ""))
-            cell.messages.put_nowait((channel, msg_type, json.loads(parts[3])))
+            content = json.loads(parts[3])
+            if msg_type == "status" and content.get("execution_state") == "busy":
+                cell.seen_busy = True
+            cell.messages.put_nowait((channel, msg_type, content))
+        elif parent_id in self._looks:
+            if channel == "shell":
+                waiting, state = self._looks.pop(parent_id)
+                live = self._cells.values()
+                self._tell_died([c for c in waiting if c in live and not c.seen_busy], state)
         elif channel == "iopub":
             header = json.loads(parts[0])
             msg_type = str(header.get("msg_type", ""))
@@ -170,23 +183,33 @@ class JupyterCells:
             if msg_type not in DEATH_NOTICES:
                 return  # another client's output: its content is not even parsed
             died = kernel_died(channel, msg_type, parent_id, json.loads(parts[3]))
-            if died is not None:  # the running cells never end by themselves now
-                cells = list(self._cells.values())
-                channels = self._channels
-                if channels is None:
-                    self._tell_died(cells, died)
-                    return
-                ended = header.get("session") if died == "restarted" else None
-                new_process = channels.renudge(ended)
+            if died is not None:
+                self._kernel_died(died, header.get("session"))
 
-                # Only a new process answering proves the sandbox outlived the old one (a
-                # killed sandbox's server may report its kernel's death before it goes too):
-                # when the socket closes instead, the cells end as lost.
-                def tell_if_the_sandbox_lives(done: asyncio.Future) -> None:
-                    if not done.cancelled() and done.result():
-                        self._tell_died(cells, died)
+    def _kernel_died(self, died: str, session_id: str | None) -> None:
+        """The remote kernel process died (or was restarted). The cells it had started never
+        end by themselves now; those it had not may still run in the new process (the server
+        hands on what it had not delivered: the cell after an ``exit()``), so they wait for
+        our request for python3's look there, which comes after them."""
+        cells = list(self._cells.values())
+        channels = self._channels
+        if channels is None or died == "dead":  # no new process will take any of them
+            self._tell_died(cells, died)
+            return
+        started = [c for c in cells if c.seen_busy]
+        new_process = channels.renudge(session_id if died == "restarted" else None)
 
-                new_process.add_done_callback(tell_if_the_sandbox_lives)
+        # Only a new process answering proves the sandbox outlived the old one (a killed
+        # sandbox's server may report its kernel's death before it goes too): when the
+        # socket closes instead, the cells end as lost.
+        def tell_if_the_sandbox_lives(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.result():
+                self._tell_died(started, died)
+
+        new_process.add_done_callback(tell_if_the_sandbox_lives)
+        look = self._messages.msg("execute_request", silent_execute(PYTHON3_LOOK))
+        self._looks[str(look["header"]["msg_id"])] = ([c for c in cells if not c.seen_busy], died)
+        channels.send("shell", self._parts(look))
 
     def _show_late(self, late: LateOutput, msg_type: str, content: dict[str, Any]) -> None:
         try:
@@ -262,13 +285,13 @@ class JupyterCells:
             session.hold_busy(True)
             try:
                 channels.send("shell", parts)
-                async for event in self._events(cell, channels, timeout):
+                async for event in self._events(cell, channels, timeout, late_output):
                     if event[0] == "error":
                         span.fail(str(event[1].get("ename", "Error")))
                     yield event
             except BaseException:
                 if not cell.ended and not cell.stopped:  # Ctrl-C, or the consumer failed
-                    await self._stop(cell, channels)
+                    await self._stop(cell, channels, late_output)
                 raise
             finally:
                 session.hold_busy(False)
@@ -333,7 +356,11 @@ class JupyterCells:
             self._cells.pop(msg_id, None)
 
     async def _events(
-        self, cell: _Cell, channels: KernelChannels, timeout: float | None
+        self,
+        cell: _Cell,
+        channels: KernelChannels,
+        timeout: float | None,
+        late_output: LateOutput | None,
     ) -> AsyncIterator[Event]:
         limit, raise_it = cell_limit(timeout, self.session.config.cell_timeout)
         loop = asyncio.get_running_loop()
@@ -350,12 +377,14 @@ class JupyterCells:
             except asyncio.TimeoutError:
                 if cell.ended:
                     break
-                await self._stop(cell, channels)
+                await self._stop(cell, channels, late_output)
                 raise ExecutionTimeout(cell_timeout_message(limit or 0, raise_it)) from None
             if channel == _CLOSED:
                 raise await self._failure(content["reason"])
             if channel == _DIED:
                 cell.stopped = True  # nothing to stop: its process is gone
+                if reply is not None:
+                    break  # it had ended (``exit()``), and its 'idle' went with its process
                 raise KernelDied(content["state"])
             if channel == _CAUGHT_UP:
                 if cell.started:
@@ -378,15 +407,18 @@ class JupyterCells:
             # reply alone says the cell failed (python3 fails the cell, nbval with it).
             yield ("error", {k: reply.get(k, "") for k in ("ename", "evalue")} | {"traceback": []})
 
-    async def _stop(self, cell: _Cell, channels: KernelChannels) -> None:
-        """Interrupt the cell once the remote kernel runs it, and wait (bounded) for its end."""
+    async def _stop(
+        self, cell: _Cell, channels: KernelChannels, late_output: LateOutput | None = None
+    ) -> None:
+        """Interrupt the cell once the remote kernel runs it, and wait (bounded) for its end.
+        What it prints meanwhile (handling the interrupt) goes to ``late_output``."""
         cell.stopped = True
         if self._closed_reason is not None:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _STOP_WAIT
         while not cell.started and not cell.ended:
-            if not await self._drain(cell, deadline):
+            if not await self._drain(cell, deadline, late_output):
                 return
         if not cell.ended:
             self.log.info("interrupting the remote kernel's cell")
@@ -397,7 +429,7 @@ class JupyterCells:
                 return
         deadline = loop.time() + _STOP_WAIT
         while not cell.ended:
-            if not await self._drain(cell, deadline):
+            if not await self._drain(cell, deadline, late_output):
                 return
 
     @staticmethod
@@ -411,15 +443,18 @@ class JupyterCells:
         if cell.catching_up is None:
             cell.catching_up = asyncio.ensure_future(catch_up())
 
-    async def _drain(self, cell: _Cell, deadline: float) -> bool:
-        """Read (and drop) one message of a cell being stopped; False to give up waiting."""
+    async def _drain(self, cell: _Cell, deadline: float, late_output: LateOutput | None) -> bool:
+        """Read one message of a cell being stopped: its outputs to ``late_output`` (the rest,
+        its interrupt's error among them, is dropped); False to give up waiting."""
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             return False
         try:
-            channel, _, _ = await cell.next(remaining)
+            channel, msg_type, content = await cell.next(remaining)
         except asyncio.TimeoutError:
             return False
+        if late_output is not None and channel == "iopub" and msg_type in _LATE_OUTPUTS:
+            self._show_late(late_output, msg_type, content)
         return channel not in (_CLOSED, _DIED, _CAUGHT_UP)
 
     async def _failure(self, reason: str) -> E2BKernelError:

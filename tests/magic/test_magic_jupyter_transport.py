@@ -195,6 +195,31 @@ def test_a_cell_that_kills_the_remote_kernel_raises_kernel_died_and_the_next_run
     assert reply["status"] == "ok", reply
     (result,) = outputs_of(messages, "execute_result")
     assert result["data"]["text/plain"] == "False"
+    # The new process has python3's look again: E2B's template showed every image a cell
+    # saved, and its tracebacks had no colours.
+    reply, messages = own_magic.run(
+        "%%e2b\nfrom PIL import Image\nImage.new('RGB', (2, 2)).save('/tmp/saved.png')"
+    )
+    assert reply["status"] == "ok" and outputs_of(messages, "display_data") == [], messages
+    reply, messages = own_magic.run("%%e2b\n1 / 0")
+    (error,) = outputs_of(messages, "error")
+    assert "\x1b[" in "".join(error["traceback"]), error  # python3's colours
+
+
+def test_the_cell_right_after_exit_runs_once(own_magic: Magic) -> None:
+    """The server hands the cell sent right after ``exit()`` to the new process (or the old
+    one still runs it): it was reported as KernelDied, and then ran, so running it again, as
+    the error advised, ran it twice. ``%e2b restart`` settles each round. The pauses are the
+    scenario, not a wait: a user running the next cell a moment later, when the old process
+    is gone but the server has not yet said so."""
+    for round_, pause in enumerate([0.0, 0.3, 0.6, 1.0]):
+        reply, messages = own_magic.run("%%e2b\nexit()")
+        assert reply["status"] == "ok", (reply, messages)
+        time.sleep(pause)
+        reply, messages = own_magic.run(f"%%e2b\nprint('after exit', {round_})")
+        assert reply["status"] == "ok", (reply, messages)
+        assert [s["text"] for s in outputs_of(messages, "stream")] == [f"after exit {round_}\n"]
+        assert own_magic.run("%e2b restart")[0]["status"] == "ok"
 
 
 def test_cells_right_after_another_clients_restart_end_and_see_fresh_state(
@@ -283,6 +308,28 @@ def test_interrupt_stops_the_remote_cell_and_keeps_state(magic: Magic) -> None:
     reply, messages = magic.run("%%e2b\nprint(kept)")
     assert reply["status"] == "ok"
     assert "".join(c["text"] for c in outputs_of(messages, "stream")) == "still here\n"
+
+
+def test_what_an_interrupted_cell_prints_as_it_handles_the_interrupt_is_shown(
+    magic: Magic,
+) -> None:
+    """python3 shows what a cell that catches KeyboardInterrupt prints (a training loop's
+    summary); the magic dropped it, though the code ran on."""
+    code = (
+        "%%e2b\nimport time\ntry:\n    print('started', flush=True)\n    time.sleep(300)\n"
+        "except KeyboardInterrupt:\n    print('handled', flush=True)\nprint('after')"
+    )
+    msg_id = magic.send(code)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        msg = magic.kc.get_iopub_msg(timeout=TIMEOUT)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break  # the remote cell runs
+    magic.km.interrupt_kernel()
+    reply, messages = magic.collect(msg_id)
+    assert reply["ename"] == "KeyboardInterrupt", reply
+    shown = "".join(s["text"] for s in outputs_of(messages, "stream"))
+    assert shown == "handled\nafter\n", messages
 
 
 def test_a_remote_error_is_raised_as_on_execute(magic: Magic, tmp_path: Path) -> None:
