@@ -53,6 +53,8 @@ _OUTPUTS = frozenset(
     {"stream", "display_data", "update_display_data", "clear_output", "execute_result", "error"}
 )
 _RICH = frozenset({"display_data", "update_display_data", "execute_result"})
+# Reply payloads passed on to the front end (not ask_exit: the remote exit() is not ours).
+_SHOWN_PAYLOADS = frozenset({"page", "set_next_input"})
 # How long an interrupted or timed-out cell may take to start and then to end; the magic's
 # loop thread waits 15 s for a cancelled call, so both together stay below that.
 _STOP_WAIT = 6.0
@@ -406,6 +408,9 @@ class JupyterCells:
             # IPython shows an exception group as stderr text, with no 'error' message: the
             # reply alone says the cell failed (python3 fails the cell, nbval with it).
             yield ("error", {k: reply.get(k, "") for k in ("ename", "evalue")} | {"traceback": []})
+        for payload in (reply or {}).get("payload") or []:
+            if isinstance(payload, dict) and payload.get("source") in _SHOWN_PAYLOADS:
+                yield ("payload", payload)  # help (obj?) for the pager, %load's next input
 
     async def _stop(
         self, cell: _Cell, channels: KernelChannels, late_output: LateOutput | None = None

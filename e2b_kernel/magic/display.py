@@ -112,6 +112,20 @@ def show_event(kind: str, content: dict[str, Any]) -> None:
         clear_output(wait=bool(content.get("wait")))
 
 
+def show_payload(payload: dict[str, Any], magic_line: str) -> None:
+    """A remote reply's payload, here: ``obj?``'s help to the pager (in a Jupyter kernel,
+    the front end's pager), ``%load``'s text as the next input, as a cell of ``magic_line``
+    (it is code for the sandbox)."""
+    shell = get_ipython()
+    if payload.get("source") == "page":
+        from IPython.core import page
+
+        page.page(payload.get("data") or {}, start=int(payload.get("start") or 0))
+    elif payload.get("source") == "set_next_input" and shell is not None:
+        text = f"{magic_line}\n{payload.get('text', '')}"
+        shell.set_next_input(text, replace=bool(payload.get("replace")))
+
+
 def late_output_here() -> LateOutput | None:
     """Where the running cell's late output goes (what its remote threads and tasks send once
     it has ended): that cell's output area, as on python3, in a Jupyter kernel; None

@@ -28,7 +28,14 @@ from ..errors import remote_error
 from . import transfer
 from .arguments import parse_env, parse_line, sandbox_name
 from .commands import HELP, CommandsMixin
-from .display import RemoteResult, ask_locally, for_user, late_output_here, show_event
+from .display import (
+    RemoteResult,
+    ask_locally,
+    for_user,
+    late_output_here,
+    show_event,
+    show_payload,
+)
 from .loop_thread import LoopThread
 from .transport import Transports
 
@@ -214,6 +221,7 @@ class E2BMagics(CommandsMixin, Magics):
         args = parse_line(self.e2b_cell.parser, line, self.e2b_cell.__doc__)
         if args is None:
             return None
+        args.magic_line = f"%%e2b {line}".rstrip()
         try:
             return self._cell(args, cell)
         except BaseException as exc:  # the one place a failure becomes what the user sees
@@ -278,6 +286,9 @@ class E2BMagics(CommandsMixin, Magics):
                 result = RemoteResult(content.get("data", {}), content.get("metadata", {}))
             elif kind == "input_request" and cells is not None:
                 self.call(cells.answer(ask_locally(content)))
+            elif kind == "payload":
+                if not args.quiet:
+                    show_payload(content, args.magic_line)
             elif not args.quiet:
                 show_event(kind, content)
         if error is not None:

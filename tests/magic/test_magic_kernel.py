@@ -127,6 +127,20 @@ def test_a_remote_syntax_error_shows_the_sandboxs_traceback(
     assert "e2b_kernel" not in text and "run_cell_magic" not in text, text
 
 
+def test_help_and_load_reach_the_front_end_as_on_python3(kernel: Any) -> None:
+    """``obj?`` and ``%load`` answer with reply payloads, which the magic dropped: nothing
+    was shown. ``%load``'s text comes back as a cell for the sandbox."""
+    _, kc = kernel
+    reply, _ = execute(kc, "%%e2b\nlen?")
+    [page] = [p for p in reply["content"]["payload"] if p["source"] == "page"]
+    assert "Return the number of items" in strip_ansi(page["data"]["text/plain"])
+    execute(kc, "%%e2b\nopen('/tmp/loadme.py', 'w').write('print(42)\\n')")
+    reply, _ = execute(kc, "%%e2b --sandbox default\n%load /tmp/loadme.py")
+    [next_input] = [p for p in reply["content"]["payload"] if p["source"] == "set_next_input"]
+    assert next_input["text"].startswith("%%e2b --sandbox default\n# %load /tmp/loadme.py\n")
+    assert "print(42)" in next_input["text"]
+
+
 def test_kernel_interrupt_stops_the_remote_cell_and_keeps_state(kernel: Any) -> None:
     km, kc = kernel
     assert execute(kc, "%%e2b\nkept = 'still here'")[0]["content"]["status"] == "ok"
