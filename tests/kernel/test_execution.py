@@ -116,6 +116,17 @@ def test_list_and_dict_results_show_only_their_text_as_on_python3(
     assert shown["data"]["application/json"] == {"k": 1}  # what the code displayed stays
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+def test_a_fresh_namespace_is_empty_as_on_python3(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    """The sandbox's env vars were set with ``import os`` in the user's namespace: ``os``
+    worked without an import, until a restart."""
+    kernel = start_kernel(backend_env(E2B_KERNEL_FORWARD_ENV="HOME"))
+    _, outputs = kernel.run("%who")
+    assert [o.content.get("text") for o in outputs] == ["Interactive namespace is empty.\n"]
+
+
 # Counts what the sandbox's kernel derives from results beyond python3's own formatters:
 # E2B's e2b/data copy of a DataFrame (its every value: 9 s for a million rows, a killed kernel
 # for six million) and application/json copy of a list.

@@ -99,11 +99,13 @@ class Language:
         return f"__import__('os').chdir({cwd!r})"
 
     def set_env_code(self, env: dict[str, str]) -> str:
-        """Code that sets env vars inside the kernel, one statement per line."""
+        """Code that sets env vars inside the kernel, one statement per line; in Python
+        without ``import os``, which left ``os`` defined in a fresh namespace (and gone after
+        a restart: a notebook that forgot the import worked once)."""
         if self.name == "bash":
             return "\n".join(f"export {key}={_sh_quote(value)}" for key, value in env.items())
         return "\n".join(
-            f"import os; os.environ[{key!r}] = {value!r}" for key, value in env.items()
+            f"__import__('os').environ[{key!r}] = {value!r}" for key, value in env.items()
         )
 
     def call_env_code(self, env: dict[str, str]) -> str:
@@ -137,7 +139,7 @@ class Language:
             elif self.name == "bash":
                 lines.append(f"unset {key}")
             else:
-                lines.append(f"import os; os.environ.pop({key!r}, None)")
+                lines.append(f"__import__('os').environ.pop({key!r}, None)")
         return "\n".join(lines)
 
 
