@@ -56,6 +56,19 @@ class SandboxRequestFailed(E2BKernelError):
         return list(self._lines)
 
 
+_FAILURE_CLASSES: dict[str, type[SandboxRequestFailed]] = {}
+
+
+def request_failed(original: BaseException) -> SandboxRequestFailed:
+    """``SandboxRequestFailed`` for ``original``, of a subclass named as it is: ipykernel
+    reports a cell's ename as the class name, which must be the one its line shows
+    (``FileNotFoundException: path ... does not exist``)."""
+    name = type(original).__name__
+    if name not in _FAILURE_CLASSES:
+        _FAILURE_CLASSES[name] = type(name, (SandboxRequestFailed,), {})
+    return _FAILURE_CLASSES[name](original)
+
+
 class CellInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``%%e2b``/``%e2b``: still a KeyboardInterrupt, shown as one line."""
 
@@ -78,7 +91,7 @@ def for_user(exc: BaseException, sandbox: str | None = None) -> BaseException:
         return exc  # SystemExit and friends are not ours to reword
     if not (is_sdk_error(exc) or isinstance(exc, OSError)):
         log.error("unexpected error in %%e2b", exc_info=exc)
-    return SandboxRequestFailed(exc)
+    return request_failed(exc)
 
 
 class RemoteResult:

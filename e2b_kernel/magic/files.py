@@ -36,9 +36,18 @@ class CopySummary:
 
 
 def remote_path(path: str | None, default_name: str = "") -> str:
-    """Absolute sandbox path: relative paths are under /home/user."""
+    """Absolute sandbox path: relative paths and ``~`` are under /home/user."""
     path = path or default_name
+    if path == "~" or path.startswith("~/"):
+        path = REMOTE_HOME + path[1:]
     return posixpath.normpath(path if path.startswith("/") else posixpath.join(REMOTE_HOME, path))
+
+
+def _names_a_folder(path: str | None) -> bool:
+    """A destination written as a folder (``data/``, ``~``, ``.``): the copy goes inside it."""
+    if not path:
+        return False
+    return path.endswith(("/", "/.")) or path in ("~", ".")
 
 
 async def upload(
@@ -49,6 +58,8 @@ async def upload(
     if not source.exists():
         raise TransferError(f"upload: no such local file or folder: {local}")
     target = remote_path(remote, source.resolve().name)
+    if remote and (_names_a_folder(remote) or _is_dir(await session.path_info(target))):
+        target = posixpath.join(target, source.resolve().name)  # into it, as cp and scp do
     summary = CopySummary()
     if source.is_file():
         await _upload_file(session, source, target, summary)
@@ -84,13 +95,14 @@ async def download(
     info = await session.path_info(source)
     if info is None:
         raise TransferError(f"download: no such file or folder in the sandbox: {source}")
-    target = Path(local).expanduser() if local else Path(posixpath.basename(source) or "download")
+    name = posixpath.basename(source) or "download"
+    target = Path(local).expanduser() if local else Path(name)
+    if local and (_names_a_folder(local) or target.is_dir()):
+        target = target / name  # into it, as cp and scp do
     summary = CopySummary()
     if _is_dir(info):
         await _download_folder(session, source, target, summary)
     else:
-        if target.is_dir():
-            target = target / posixpath.basename(source)
         await _download_file(session, source, target, summary)
     return target, summary
 
@@ -135,5 +147,6 @@ async def list_dir(session: SandboxSession, path: str | None) -> list[str]:
 
 
 def _is_dir(entry: Any) -> bool:
+    """Whether an ``EntryInfo`` is a folder (None: nothing is there)."""
     kind = getattr(entry, "type", None)
     return getattr(kind, "value", kind) == "dir"

@@ -265,6 +265,38 @@ def test_folder_upload_and_download_are_byte_for_byte(
     assert single.read_bytes() == b"hello\n"
 
 
+def test_copy_destinations_mean_what_they_mean_to_cp_and_scp(
+    shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``~`` made a folder named ``~``; ``dest/`` made a file named ``dest``; a folder
+    downloaded into an existing folder spilled its contents there."""
+    one = tmp_path / "one.txt"
+    one.write_text("one")
+    folder = tmp_path / "results"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "r.txt").write_text("r")
+    for command in (
+        f"%e2b upload {one} ~/tilde.txt",
+        f"%e2b upload {one} into/",
+        f"%e2b upload {folder} into",  # an existing folder: inside it
+    ):
+        assert run(shell, command).error_in_exec is None, command
+    with capture_output() as captured:
+        run(shell, "%%e2b\nimport os\nprint(sorted(os.listdir('/home/user/into')))")
+        run(shell, "%%e2b\nprint(open('/home/user/tilde.txt').read(), os.path.exists('~'))")
+    assert captured.stdout == "['one.txt', 'results']\none False\n"
+    local = tmp_path / "local"
+    local.mkdir()
+    monkeypatch.chdir(local)
+    assert run(shell, "%e2b download into/results .").error_in_exec is None
+    assert (local / "results" / "sub" / "r.txt").read_text() == "r"
+    assert run(shell, "%e2b download ~/tilde.txt fresh/").error_in_exec is None
+    assert (local / "fresh" / "tilde.txt").read_text() == "one"
+    err = run(shell, "%e2b ls /nonexistent").error_in_exec
+    assert err is not None and type(err).__name__ == "FileNotFoundException"
+    assert strip_ansi(err._render_traceback_()[0]).startswith("FileNotFoundException: ")
+
+
 def test_missing_paths_give_one_line_errors(
     shell: InteractiveShell, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
