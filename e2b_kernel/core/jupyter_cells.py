@@ -44,7 +44,15 @@ from .kernel_channels import (
 from .outputs import without_e2b_fields
 from .remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
 from .remote_look import PYTHON3_LOOK
-from .session import NEW_SANDBOX_NOTICE, Event, SandboxSession, cell_limit, cell_timeout_message
+from .session import (
+    NEW_SANDBOX_NOTICE,
+    Event,
+    SandboxSession,
+    cell_limit,
+    cell_timeout_message,
+    cell_timeout_restart_message,
+    cell_timeout_running_message,
+)
 from .telemetry import execution_span
 
 __all__ = ["JupyterCells"]
@@ -91,6 +99,7 @@ class _Cell:
         self.ended = False  # ... and then 'idle'
         self.stopped = False  # interrupted (or given up on) by us
         self.seen_busy = False  # its 'busy' has arrived (read or not): a process took it
+        self.restarted = False  # it ignored its timeout's interrupt: its process was restarted
         self.catching_up: asyncio.Task | None = None  # see JupyterCells._catch_up
 
     async def next(self, timeout: float | None) -> _Message:
@@ -300,7 +309,7 @@ class JupyterCells:
                 self._cells.pop(msg_id, None)
                 if cell.catching_up is not None:
                     cell.catching_up.cancel()
-                if late_output is not None:
+                if late_output is not None and not cell.restarted:  # (its process's last words)
                     self._late[msg_id] = late_output
                     while len(self._late) > _LATE_CELLS:
                         self._late.popitem(last=False)
@@ -380,7 +389,15 @@ class JupyterCells:
                 if cell.ended:
                     break
                 await self._stop(cell, channels, late_output)
-                raise ExecutionTimeout(cell_timeout_message(limit or 0, raise_it)) from None
+                message = cell_timeout_message(limit or 0, raise_it)
+                if not cell.ended and self._closed_reason is None:
+                    # It caught the interrupt and runs on: every later cell would wait.
+                    cell.restarted = await self._restart(channels)
+                    if cell.restarted:
+                        message = cell_timeout_restart_message(limit or 0, raise_it)
+                    else:
+                        message = cell_timeout_running_message(limit or 0)
+                raise ExecutionTimeout(message) from None
             if channel == _CLOSED:
                 raise await self._failure(content["reason"])
             if channel == _DIED:
@@ -436,6 +453,16 @@ class JupyterCells:
         while not cell.ended:
             if not await self._drain(cell, deadline, late_output):
                 return
+
+    async def _restart(self, channels: KernelChannels) -> bool:
+        """Restart the remote kernel (a cell ignored its interrupt); whether that was done."""
+        self.log.warning("a timed-out cell ignored its interrupt: restarting the remote kernel")
+        try:
+            await asyncio.wait_for(channels.endpoint.restart(channels.kernel_id), 30)
+        except Exception as exc:
+            self.log.warning("could not restart the remote kernel: %r", exc)
+            return False
+        return True
 
     @staticmethod
     def _catch_up(cell: _Cell, channels: KernelChannels) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "cell_limit",
     "cell_timeout_message",
     "cell_timeout_restart_message",
+    "cell_timeout_running_message",
 ]
 
 # How long a timed-out cell has to stop once interrupted (its cleanup) before its Python is
@@ -72,6 +73,16 @@ def cell_timeout_restart_message(limit: float, raise_it: str) -> str:
         "interrupted (it caught KeyboardInterrupt), so the sandbox's Python kernel was "
         "restarted: its variables are gone; files and installed packages are kept. "
         f"{raise_it}"
+    )
+
+
+def cell_timeout_running_message(limit: float) -> str:
+    """The ``ExecutionTimeout`` message of a cell that ignored its interrupt and could not be
+    stopped."""
+    return (
+        f"The cell did not finish within its timeout of {limit:g} s, did not stop when "
+        "interrupted (it caught KeyboardInterrupt) and could not be stopped: it may still run "
+        "in the sandbox, and later cells wait for it. Restart the kernel."
     )
 
 
@@ -560,12 +571,15 @@ class SandboxSession:
                 except asyncio.TimeoutError:
                     task.cancel()  # closing the stream interrupts the remote cell
                     await asyncio.wait([task])
-                    if language not in (None, "python") or await self._stopped_after_interrupt(
-                        sandbox
-                    ):
+                    stopped = "stopped"
+                    if language in (None, "python"):
+                        stopped = await self._stopped_after_interrupt(sandbox)
+                    if stopped == "stopped":
                         message = cell_timeout_message(limit or 0, raise_it)
-                    else:
+                    elif stopped == "restarted":
                         message = cell_timeout_restart_message(limit or 0, raise_it)
+                    else:
+                        message = cell_timeout_running_message(limit or 0)
                     raise ExecutionTimeout(message) from None
                 if event is DONE:
                     break
@@ -578,28 +592,31 @@ class SandboxSession:
                 task.cancel()
                 await asyncio.wait([task])
 
-    async def _stopped_after_interrupt(self, sandbox: AsyncSandbox) -> bool:
-        """Whether the interrupted cell stopped within TIMEOUT_GRACE seconds (the context
-        then answers); if it caught the interrupt and runs on, its context is restarted, as
-        every later cell would wait behind it. Failures here leave that to the next cell."""
+    async def _stopped_after_interrupt(self, sandbox: AsyncSandbox) -> str:
+        """``stopped`` when the interrupted cell ended within TIMEOUT_GRACE seconds (the
+        context then answers); if it caught the interrupt and runs on, its context is
+        restarted (every later cell would wait behind it): ``restarted``, or ``running`` when
+        that failed. Failures to tell leave it to the next cell."""
         try:
             await asyncio.wait_for(self._run_hidden_now(sandbox, "pass"), TIMEOUT_GRACE)
-            return True
+            return "stopped"
         except asyncio.TimeoutError:
             pass
         except Exception as exc:
             self.log.warning("could not tell whether the timed-out cell stopped: %r", exc)
-            return True
+            return "stopped"
         self.log.warning("a timed-out cell ignored its interrupt: restarting its context")
         try:
-            contexts = await sandbox.list_code_contexts()
+            contexts = await asyncio.wait_for(sandbox.list_code_contexts(), 30)
             default = next((c for c in contexts if c.language == "python"), None)
-            if default is not None:
-                await sandbox.restart_code_context(default)
-                self._carrier_in = None  # fresh Python state: install it again
+            if default is None:
+                return "running"
+            await asyncio.wait_for(sandbox.restart_code_context(default), 30)
         except Exception as exc:
             self.log.warning("could not restart the timed-out cell's context: %r", exc)
-        return False
+            return "running"
+        self._carrier_in = None  # fresh Python state: install it again
+        return "restarted"
 
     async def _finish(
         self, sandbox: AsyncSandbox, task: asyncio.Task, language: str | None = None

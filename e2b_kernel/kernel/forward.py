@@ -152,6 +152,8 @@ class JupyterForwarder:
         self._timed_out_ids: set[str] = set()  # interrupted by their timeout
         # Timed-out cells that ignored the interrupt, for which the remote kernel restarts.
         self.restarted_for_timeout: set[str] = set()
+        # Timed-out cells that ended ok: their timeout error goes out with their 'idle'.
+        self._fail_at_idle: dict[str, dict[str, Any]] = {}
         self._restarting_for_timeout = False  # the next death notice is that restart
         self._restarts: set[asyncio.Task] = set()
         self._hidden: set[str] = set()  # our own requests, whose messages stay here
@@ -346,6 +348,9 @@ class JupyterForwarder:
             timer = self._timers.pop(parent_id, None)
             if timer is not None:
                 timer.cancel()
+            header = self._fail_at_idle.pop(parent_id, None)
+            if header is not None:  # its timeout's error, after all its outputs
+                self.publish(header, "error", self._timeout_content())
             if parent_id in self._running:  # a cell ended (not, say, a kernel_info request)
                 self._running.discard(parent_id)
                 if not self._running:
@@ -435,22 +440,23 @@ class JupyterForwarder:
         """The timed-out cell caught its interrupt and runs on: only a restart of the remote
         kernel frees it for the next cells (files are kept; its reply is our timeout error)."""
         self._timers.pop(msg_id, None)
-        if msg_id not in self._running or not self.up:
-            return
+        if msg_id not in self._running or msg_id not in self._routes or not self.up:
+            return  # it ended (its reply came: its 'idle' may be late), or all did
         self.log.warning(
             "cell %s ignored its timeout's interrupt: restarting the remote kernel", msg_id
         )
         self.restarted_for_timeout.add(msg_id)
         self._restarting_for_timeout = True
-        task = asyncio.ensure_future(self._restart_remote())
+        task = asyncio.ensure_future(self._restart_remote(msg_id))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
-    async def _restart_remote(self) -> None:
+    async def _restart_remote(self, msg_id: str) -> None:
         try:
             await self.endpoint.restart(self.kernel_id)
         except Exception as exc:
             self._restarting_for_timeout = False
+            self.restarted_for_timeout.discard(msg_id)  # its output is shown again
             self.log.warning("could not restart the remote kernel: %s", exc)
 
     def _timeout_content(self) -> dict[str, Any]:
@@ -468,9 +474,12 @@ class JupyterForwarder:
             self._timed_out_ids.discard(parent_id)
             if content.get("status") != "error":
                 # It caught the interrupt and finished, or ended as it landed: past its
-                # deadline all the same, so it fails as the setting promises.
+                # deadline all the same, so it fails as the setting promises (the error
+                # goes out before its 'idle', or now if that came first).
                 route = self._routes.get(parent_id)
-                if route is not None:
+                if route is not None and parent_id in self._running:
+                    self._fail_at_idle[parent_id] = route.header
+                elif route is not None:
                     self.publish(route.header, "error", self._timeout_content())
             content = {**content, "status": "error", **self._timeout_content()}
         else:
@@ -481,6 +490,7 @@ class JupyterForwarder:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._fail_at_idle.clear()
         self._running.clear()
 
     # ---- interrupt, loss ----------------------------------------------------------------------

@@ -31,8 +31,9 @@ def user_root() -> Path:
 
 
 def owned_dir(path: Path, mode: int) -> Path:
-    """``path`` made with ``mode`` if missing; raises :class:`UnsafeHostDir` unless it is a
-    directory (not a symlink) owned by this user that neither group nor others can write."""
+    """``path`` made if missing, with ``mode`` (the umask would trim it: every user must pass
+    through the service's folders to reach a sandbox's disk); raises :class:`UnsafeHostDir`
+    unless it is a directory (not a symlink) of this user that no other user could write."""
     try:
         path.mkdir(mode=mode)
     except FileExistsError:
@@ -50,4 +51,6 @@ def owned_dir(path: Path, mode: int) -> Path:
         raise UnsafeHostDir(
             f"{path} can be written by other users (mode {stat.S_IMODE(info.st_mode):o}). {fix}"
         )
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode, follow_symlinks=False)
     return path

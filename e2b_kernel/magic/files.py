@@ -97,8 +97,8 @@ async def download(
         raise TransferError(f"download: no such file or folder in the sandbox: {source}")
     name = posixpath.basename(source) or "download"
     target = Path(local).expanduser() if local else Path(name)
-    if local and (_names_a_folder(local) or target.is_dir()):
-        target = target / name  # into it, as cp and scp do
+    if _names_a_folder(local) or (target.is_dir() and (local or not _is_dir(info))):
+        target = target / name  # into it, as cp and scp do (a folder named as the file too)
     summary = CopySummary()
     if _is_dir(info):
         await _download_folder(session, source, target, summary)

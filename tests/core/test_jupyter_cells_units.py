@@ -37,6 +37,7 @@ def _cells_with_a_running_cell() -> tuple[JupyterCells, KernelChannels, jupyter_
     )
     cells._channels = channels
     cell = cells._cells["running"] = jupyter_cells._Cell()
+    cell.seen_busy = True  # the process said it runs it
     return cells, channels, cell
 
 

@@ -6,8 +6,10 @@ trace on the host (a file, a cgroup move, spent disk), the host itself is checke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,7 +44,7 @@ from attack_helpers import (
 )
 from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException
 from e2b_code_interpreter import Sandbox
-from local_helpers import sandbox_host_dir, sdk_options, wait_for
+from local_helpers import host_pids_with, sandbox_host_dir, sdk_options, wait_for
 
 from e2b_kernel.local import RunningService, start_subprocess
 from e2b_kernel.local.sandbox.bwrap import RUNTIME_ROOT
@@ -696,12 +698,34 @@ def test_internet_sandbox_cannot_reach_the_service_or_host_ports(
     assert listener.accepted == 0
 
 
+def _address_monitors(service_pid: int) -> list[int]:
+    """The service's ``ip monitor`` processes (it watches the host's addresses)."""
+    found = []
+    for pid in host_pids_with("monitor address"):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(
+                service_pid
+            ):
+                found.append(pid)
+    return found
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving the host a new address needs root")
-def test_an_address_the_host_gains_later_is_fenced_off_too(fresh: Callable[..., Sandbox]) -> None:
+@pytest.mark.parametrize("monitor", ["running", "killed once"])
+def test_an_address_the_host_gains_later_is_fenced_off_too(
+    local_service: RunningService, fresh: Callable[..., Sandbox], monitor: str
+) -> None:
     """DHCP, a VPN or a floating IP can give the host an address after a sandbox's network
-    started; slirp4netns would connect to it as to any host-local address."""
+    started; slirp4netns would connect to it as to any host-local address. The service's
+    address monitor, if it ends, is started again."""
     sandbox = fresh(allow_internet_access=True)
     assert "default via" in sh(sandbox, "ip route")[1]
+    if monitor == "killed once":
+        [first] = _address_monitors(local_service.pid)
+        os.kill(first, 9)
+        wait_for(
+            lambda: _address_monitors(local_service.pid) not in ([], [first]), what="a new monitor"
+        )
     new = "198.51.100.77"  # TEST-NET-2: nobody's address, routed nowhere
     listener = HostListener()
     subprocess.run(["ip", "addr", "add", f"{new}/32", "dev", "lo"], check=True)
@@ -743,9 +767,7 @@ def test_the_network_helper_is_charged_to_its_sandbox(
     of them took it from 3 to 80 MiB and 4,600 fds): the sandbox pays, within its limits."""
     sandbox = fresh(allow_internet_access=True)
     [helper] = _networks_of(sandbox)
-    limits = Path(f"/proc/{helper}/limits").read_text()
-    [files] = [line.split() for line in limits.splitlines() if line.startswith("Max open files")]
-    assert int(files[3]) <= 16384 and int(files[4]) <= 16384, files
+    assert _open_files_limit(helper) == (16384, 16384)
     # A pause that ends its processes (a reboot on resume) keeps the network, as a VM's.
     assert sandbox.pause()
     options = sdk_options(local_service)
@@ -753,6 +775,27 @@ def test_the_network_helper_is_charged_to_its_sandbox(
     assert again.is_running()
     assert _networks_of(again) == [helper]
     assert "default via" in sh(again, "ip route")[1]
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    [files] = [line.split() for line in limits.splitlines() if line.startswith("Max open files")]
+    return int(files[3]), int(files[4])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering another process's limits needs root")
+def test_a_network_starts_under_a_lower_open_files_limit() -> None:
+    """Without CAP_SYS_RESOURCE no process may raise its hard limit: the helper's bound must
+    not exceed the service's, or no sandbox could have a network."""
+    service = start_subprocess(pool_size=0)
+    try:
+        resource.prlimit(service.pid, resource.RLIMIT_NOFILE, (1024, 8192))
+        sandbox = Sandbox.create(timeout=120, allow_internet_access=True, **sdk_options(service))
+        [helper] = _networks_of(sandbox)
+        assert _open_files_limit(helper) == (8192, 8192)
+        sandbox.kill()
+    finally:
+        service.stop()
 
 
 def test_internet_sandbox_cannot_call_the_service_api(

@@ -75,9 +75,15 @@ def test_a_service_refuses_state_folders_another_user_made(shared_tmp: Path) -> 
 
 
 def test_owned_dir_takes_only_a_private_directory_of_this_user(tmp_path: Path) -> None:
-    made = owned_dir(tmp_path / "made", 0o711)
-    assert stat.S_IMODE(made.stat().st_mode) & 0o022 == 0
-    assert owned_dir(made, 0o711) == made  # made before by this user: fine
+    umask = os.umask(0o077)  # would trim 0711 to 0700: no sandbox could reach its disk
+    try:
+        made = owned_dir(tmp_path / "made", 0o711)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o711
+    made.chmod(0o700)
+    assert owned_dir(made, 0o711) == made  # made before by this user: fine, and passable
+    assert stat.S_IMODE(made.stat().st_mode) == 0o711
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "open").mkdir()

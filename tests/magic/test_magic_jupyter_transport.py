@@ -222,6 +222,21 @@ def test_the_cell_right_after_exit_runs_once(own_magic: Magic) -> None:
         assert own_magic.run("%e2b restart")[0]["status"] == "ok"
 
 
+def test_a_cell_that_catches_its_timeouts_interrupt_is_stopped_all_the_same(
+    own_magic: Magic,
+) -> None:
+    """A retry loop with a bare ``except`` ran on after its timeout, and every later cell
+    waited behind it (or timed out too): its Python is restarted, and the error says so."""
+    assert own_magic.run("%%e2b\nbefore = 1")[0]["status"] == "ok"
+    code = "import time\nwhile True:\n    try:\n        time.sleep(0.2)\n    except:\n        pass"
+    reply, messages = own_magic.run(f"%%e2b --timeout 2\n{code}")
+    assert reply["ename"] == "ExecutionTimeout" and "restarted" in reply["evalue"], reply
+    assert outputs_of(messages, "stream") == [], messages  # not its process's last words
+    reply, messages = own_magic.run("%%e2b --timeout 30\nprint('before' in globals())")
+    assert reply["status"] == "ok", (reply, messages)
+    assert [s["text"] for s in outputs_of(messages, "stream")] == ["False\n"]
+
+
 def test_cells_right_after_another_clients_restart_end_and_see_fresh_state(
     own_magic: Magic,
 ) -> None:

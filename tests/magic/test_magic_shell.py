@@ -292,6 +292,11 @@ def test_copy_destinations_mean_what_they_mean_to_cp_and_scp(
     assert (local / "results" / "sub" / "r.txt").read_text() == "r"
     assert run(shell, "%e2b download ~/tilde.txt fresh/").error_in_exec is None
     assert (local / "fresh" / "tilde.txt").read_text() == "one"
+    (local / "fresh" / "again.txt").mkdir()  # a folder named as the file: it goes inside
+    monkeypatch.chdir(local / "fresh")
+    assert run(shell, "%e2b upload ../fresh/tilde.txt ~/again.txt").error_in_exec is None
+    assert run(shell, "%e2b download again.txt").error_in_exec is None
+    assert (local / "fresh" / "again.txt" / "again.txt").read_text() == "one"
     err = run(shell, "%e2b ls /nonexistent").error_in_exec
     assert err is not None and type(err).__name__ == "FileNotFoundException"
     assert strip_ansi(err._render_traceback_()[0]).startswith("FileNotFoundException: ")

@@ -184,6 +184,12 @@ class CgroupSet:
         """The cgroup.procs files a new process writes its pid to before it execs."""
         return [str(d / "cgroup.procs") for d in self._dirs.values()]
 
+    def adopt(self, pid: int) -> None:
+        """Move a running host process into the sandbox's groups (it pays from now on; in a
+        frozen group it freezes too, and thaws with the sandbox)."""
+        for procs in self.procs_files():
+            Path(procs).write_text(str(pid))
+
     def pids(self) -> list[int]:
         """Every host pid currently in the sandbox's groups."""
         found: set[int] = set()

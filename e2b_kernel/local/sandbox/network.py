@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import weakref
 from collections.abc import Callable
@@ -103,34 +104,60 @@ class HostAddressWatch:
                 await asyncio.shield(self._task)
 
     async def _watch(self) -> None:
-        try:
-            self._monitor = await start_process(
-                "ip", "-o", "monitor", "address",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-        except OSError as exc:
-            log.warning("host addresses gained from now on stay unfenced: %s", exc)
-            return
-        finally:
-            self._started.set()
-        assert self._monitor.stdout is not None
-        try:
-            async for line in self._monitor.stdout:
-                address = _added_address(line.decode(errors="replace"))
-                if address is None:
-                    continue
+        """Run the monitor while sandboxes are connected; one that ends by itself is started
+        again, and every fence made whole (it may have missed addresses)."""
+        first, quick_ends = True, 0
+        loop = asyncio.get_running_loop()
+        while self._namespaces and not self._stopping:
+            started = loop.time()
+            try:
+                # Killed with the service, even a SIGKILLed one (it would block for ever).
+                self._monitor = await start_process(
+                    "setpriv", "--pdeathsig", "KILL", "ip", "-o", "monitor", "address",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+            except OSError as exc:
+                log.warning("host addresses gained from now on stay unfenced: %s", exc)
+                return
+            finally:
+                self._started.set()
+            if not first:
                 for netns in list(self._namespaces):
-                    try:
-                        await _prohibit(netns, address)
-                    except OSError as exc:  # the sandbox may be going (NetworkError too)
-                        log.warning("a new host address stays unfenced in %s: %s", netns, exc)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                self._monitor.kill()
-            await self._monitor.wait()
-            self._monitor = None
+                    await self._fence(netns, None)
+            first = False
+            try:
+                await self._follow(self._monitor)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    self._monitor.kill()
+                await self._monitor.wait()
+                self._monitor = None
+            if self._namespaces and not self._stopping:
+                quick_ends = quick_ends + 1 if loop.time() - started < 1.0 else 0
+                if quick_ends >= 3:  # it cannot run here: say so once, do not spin
+                    log.warning(
+                        "the host address monitor keeps ending: new host addresses stay unfenced"
+                    )
+                    return
+                log.warning("the host address monitor ended; starting it again")
+
+    async def _follow(self, monitor: asyncio.subprocess.Process) -> None:
+        assert monitor.stdout is not None
+        async for line in monitor.stdout:
+            address = _added_address(line.decode(errors="replace"))
+            if address is not None:
+                for netns in list(self._namespaces):
+                    await self._fence(netns, address)
+
+    @staticmethod
+    async def _fence(netns: str, address: str | None) -> None:
+        """Prohibit ``address`` (None: every host address) in ``netns``, logging failures."""
+        try:
+            await (_fence_host(netns) if address is None else _prohibit(netns, address))
+        except OSError as exc:  # the sandbox may be going (NetworkError too)
+            log.warning("a host address may stay unfenced in %s: %s", netns, exc)
 
 
 def _added_address(line: str) -> str | None:
@@ -210,15 +237,14 @@ async def host_addresses() -> list[str]:
     return found
 
 
-async def connect(
-    init_pid: int, charge: Callable[[list[str]], list[str]] = lambda argv: argv
-) -> Network:
+async def connect(init_pid: int, charge: Callable[[int], None] = lambda pid: None) -> Network:
     """Give the sandbox whose pid 1 is init_pid outbound access; host addresses prohibited
     first (the sandbox may be running code already: the fence must come before the tap).
 
-    ``charge`` wraps slirp4netns's command line so that it runs in the sandbox's cgroups:
-    each connection the sandbox opens is a socket and buffers in slirp4netns, which the
-    sandbox must pay for, not the service. Its open files are bounded (SLIRP_MAX_FILES).
+    ``charge`` moves slirp4netns, once its tap is up, into the sandbox's cgroups: each
+    connection the sandbox opens is a socket and buffers in slirp4netns, which the sandbox
+    must pay for, not the service (not before: a paused sandbox's frozen group would stop it
+    before it is ready). Its open files are bounded (SLIRP_MAX_FILES).
     """
     slirp = shutil.which("slirp4netns")
     if slirp is None:
@@ -227,8 +253,8 @@ async def connect(
         )
     netns = f"/proc/{init_pid}/ns/net"
     watch = _host_address_watch()
-    await watch.add(netns)
     try:
+        await watch.add(netns)
         await _fence_host(netns)
     except BaseException:
         await watch.discard(netns)
@@ -238,10 +264,9 @@ async def connect(
     argv = [slirp, f"--mtu={_MTU}", "--disable-host-loopback"]
     argv += ["--enable-sandbox", "--enable-seccomp"]
     argv += [f"--ready-fd={ready_write}", f"--exit-fd={exit_read}", str(init_pid), _TAP]
-    bounded = ["/bin/sh", "-c", f'ulimit -n {SLIRP_MAX_FILES} && exec "$@"', "e2bk-slirp", *argv]
     try:
         proc = await start_process(
-            *charge(bounded),
+            *argv,
             pass_fds=(ready_write, exit_read),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
@@ -274,10 +299,19 @@ async def connect(
         code, out = await ip_batch(f"/proc/{init_pid}/ns/net", _CONFIGURE)
         if code != 0:
             raise NetworkError(f"cannot configure the sandbox network: {out.strip()}")
+        _bound_files(proc.pid)
+        charge(proc.pid)
     except BaseException:
         await network.close()
         raise
     return network
+
+
+def _bound_files(pid: int) -> None:
+    """At most SLIRP_MAX_FILES open files (never above the service's own hard limit)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = SLIRP_MAX_FILES if hard == resource.RLIM_INFINITY else min(SLIRP_MAX_FILES, hard)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
 
 
 async def _fence_host(netns: str) -> None:

@@ -205,9 +205,7 @@ class LocalSandbox:
                 self._egress = egress.EgressTable(f"/proc/{self._init_pid}/ns/net", self.sandbox_id)
             await self._egress.apply(rules)
             if self._network is None:
-                self._network = await network.connect(
-                    self._init_pid, lambda argv: join_cgroups_argv(self.cgroups.procs_files(), argv)
-                )
+                self._network = await network.connect(self._init_pid, self.cgroups.adopt)
                 if self.killed.is_set():  # killed meanwhile: its teardown missed this one
                     await self._network.close()
 
