@@ -131,3 +131,23 @@ def test_a_command_with_a_background_child_ends_async() -> None:
             await sbx.kill()
 
     asyncio.run(scenario())
+
+
+def test_an_unknown_user_is_refused_as_envd_refuses_it() -> None:
+    """envd's authentication middleware answers every service alike: the SDK raises
+    AuthenticationException for commands and ptys as for files (commands raised
+    InvalidArgumentException here)."""
+    from e2b import AuthenticationException
+
+    sandbox = Sandbox.create(timeout=120)
+    try:
+        calls = [
+            lambda: sandbox.commands.run("whoami", user="alice"),
+            lambda: sandbox.pty.create(PtySize(rows=24, cols=80), user="alice"),
+            lambda: sandbox.files.read("x", user="alice"),
+        ]
+        for call in calls:
+            with pytest.raises(AuthenticationException, match="invalid username: 'alice'"):
+                call()
+    finally:
+        sandbox.kill()

@@ -42,7 +42,7 @@ from ..sandbox.agent_client import AgentCallError, AgentClient, AgentGone, Agent
 from ..sandbox.file_ops import FileOps
 from .go_text import errno_text
 from .process import CLIENT_GONE
-from .user_paths import HOMES, UnresolvablePath, resolve_user_path
+from .user_paths import HOMES, UnresolvablePath, resolve_user_path, unknown_user
 
 USERS = tuple(HOMES)  # the users a sandbox has
 _KEEPALIVE = 50.0  # envd's keepalive interval on WatchDir
@@ -77,7 +77,7 @@ def user_from_authorization(header: str | None) -> str:
 
 def check_user(name: str, code: Any) -> str:
     if name not in USERS:
-        raise ConnectError(code, f"invalid user '{name}': this sandbox has 'user' and 'root'")
+        raise ConnectError(code, unknown_user(name))
     return name
 
 

@@ -34,7 +34,7 @@ from .serve_content import (
     type_by_name,
     wanted_range,
 )
-from .user_paths import HOMES, UnresolvablePath, resolve_user_path
+from .user_paths import HOMES, UnresolvablePath, resolve_user_path, unknown_user
 
 MAX_FILE_BYTES = 100 * 1024 * 1024
 USERS = tuple(HOMES)  # the users a sandbox has
@@ -99,7 +99,7 @@ def request_user(request: Request) -> str:
             raise EnvdError(401, "malformed Authorization header") from None
     name = name or "user"
     if name not in USERS:
-        raise EnvdError(401, f"invalid user '{name}': this sandbox has 'user' and 'root'")
+        raise EnvdError(401, unknown_user(name))
     return name
 
 

@@ -44,7 +44,7 @@ from ..sandbox.agent_client import AgentCallError
 from ..sandbox.process import AgentProcess
 from .go_text import signal_text
 from .pty import Terminal
-from .user_paths import UnresolvablePath, resolve_user_path
+from .user_paths import HOMES, UnresolvablePath, resolve_user_path, unknown_user
 
 _READ_CHUNK = 64 * 1024
 _QUEUE_SIZE = 64
@@ -382,8 +382,8 @@ def request_user(ctx: Any) -> str:
         name = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
     except (ValueError, UnicodeDecodeError):
         raise ConnectError(Code.INVALID_ARGUMENT, "invalid Authorization header") from None
-    if name not in ("user", "root"):
-        raise ConnectError(Code.INVALID_ARGUMENT, f"unknown user {name!r}: use 'user' or 'root'")
+    if name not in HOMES:
+        raise ConnectError(Code.UNAUTHENTICATED, unknown_user(name))
     return name
 
 

@@ -12,9 +12,15 @@ import posixpath
 
 from ..sandbox import SANDBOX_HOME
 
-__all__ = ["HOMES", "UnresolvablePath", "resolve_user_path"]
+__all__ = ["HOMES", "UnresolvablePath", "resolve_user_path", "unknown_user"]
 
 HOMES = {"user": SANDBOX_HOME, "root": "/root"}
+
+
+def unknown_user(name: str) -> str:
+    """envd's words for a user the sandbox lacks (its authentication middleware refuses the
+    request, whichever service it is for)."""
+    return f"invalid username: '{name}' (this sandbox has 'user' and 'root')"
 
 
 class UnresolvablePath(ValueError):
