@@ -784,15 +784,22 @@ def _open_files_limit(pid: int) -> tuple[int, int]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="lowering another process's limits needs root")
-def test_a_network_starts_under_a_lower_open_files_limit() -> None:
+def test_network_helpers_hold_no_key_and_start_under_a_lower_files_limit() -> None:
     """Without CAP_SYS_RESOURCE no process may raise its hard limit: the helper's bound must
-    not exceed the service's, or no sandbox could have a network."""
-    service = start_subprocess(pool_size=0)
+    not exceed the service's, or no sandbox could have a network. And slirp4netns, the way
+    out of an internet-enabled sandbox were its packet parsing broken, held the service's
+    API key in its environment (as did the address monitor)."""
+    key = "e2b_key-that-only-the-service-may-hold"
+    service = start_subprocess(pool_size=0, api_key=key)
     try:
         resource.prlimit(service.pid, resource.RLIMIT_NOFILE, (1024, 8192))
         sandbox = Sandbox.create(timeout=120, allow_internet_access=True, **sdk_options(service))
         [helper] = _networks_of(sandbox)
         assert _open_files_limit(helper) == (8192, 8192)
+        helpers = [helper, *_address_monitors(service.pid)]
+        assert len(helpers) == 2
+        for pid in helpers:
+            assert key.encode() not in Path(f"/proc/{pid}/environ").read_bytes(), pid
         sandbox.kill()
     finally:
         service.stop()

@@ -72,12 +72,14 @@ def test_envd_and_execute_need_the_access_token(
             _refused(http.get("/envs", headers=headers))
             stat = http.post("/filesystem.Filesystem/Stat", json={"path": "/"}, headers=headers)
             _refused(stat)
-            execute = http.post(
-                "/execute",
-                json={"code": "1"},
-                headers={**headers, "E2b-Sandbox-Port": "49999"},
-            )
-            _refused(execute)
+            for path in ("/execute", "/execute/", "/execute//"):  # routed alike inside
+                execute = http.post(
+                    path,
+                    json={"code": "open('/home/user/ran', 'w')"},
+                    headers={**headers, "E2b-Sandbox-Port": "49999"},
+                )
+                _refused(execute)
+        assert not secured.files.exists("/home/user/ran")
         ok = http.get("/envs", headers=sandbox_headers(secured))
         assert ok.status_code == 200
     # The SDK sends the token on every call, so everything works through it.

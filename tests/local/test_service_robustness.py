@@ -14,7 +14,7 @@ import pytest
 from e2b import InvalidArgumentException, Sandbox
 from local_helpers import sandbox_headers, sdk_options
 
-from e2b_kernel.local import RunningService
+from e2b_kernel.local import RunningService, start_in_thread
 from e2b_kernel.local.service.metrics import SAMPLE_INTERVAL
 from e2b_kernel.local.service.settings import DEFAULT_HEADER_TIMEOUT
 
@@ -205,3 +205,51 @@ def test_a_heavy_metrics_walk_does_not_stall_another_sandbox(
         )
     finally:
         heavy.kill()
+
+
+@pytest.mark.timeout(120)
+def test_refused_requests_that_hold_back_their_body_leave_room_for_the_owner() -> None:
+    """Any local user, without a key, sent 1,500 request heads that announce a body and never
+    send it: each refused connection waited 10 s for that body, none could be closed to make
+    room, and every new connection (the owner's too) was dropped at once."""
+    service = start_in_thread(max_connections=100, pool_size=0)
+    address = urlsplit(service.url)
+    held: list[socket.socket] = []
+    head = (
+        b"POST /sandboxes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    try:
+        for _ in range(150):
+            conn = socket.create_connection((address.hostname, address.port), timeout=10)
+            conn.sendall(head)
+            held.append(conn)
+        listed = httpx.get(
+            f"{service.url}/sandboxes", headers={"X-API-Key": service.api_key}, timeout=30
+        )
+        assert listed.status_code == 200, listed.text
+    finally:
+        for conn in held:
+            conn.close()
+        service.stop()
+
+
+@pytest.mark.parametrize("port", [b"\xb3", b"\xd9\xa3", b"0x50"])  # superscript 3, Arabic 3
+def test_a_port_that_is_not_ascii_digits_is_a_closed_port_not_a_500(
+    local_service: RunningService, sbx: Sandbox, port: bytes
+) -> None:
+    """str.isdigit() takes '³' and int() then fails: any client, with no key, got a 500 and
+    a traceback in the service's log."""
+    address = urlsplit(local_service.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        conn.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"E2b-Sandbox-Id: " + sbx.sandbox_id.encode() + b"\r\n"
+            b"E2b-Sandbox-Port: " + port + b"\r\n\r\n"
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status = answer.split(b"\r\n", 1)[0]
+    assert status == b"HTTP/1.1 502 Bad Gateway", answer[:300]
+    assert b"port is not open" in answer

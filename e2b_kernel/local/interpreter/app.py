@@ -31,6 +31,12 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _CONTEXT_PATH = re.compile(r"^/contexts/([^/]+)(/restart)?/?$")
 
 
+def route_path(path: str) -> str:
+    """The path as routed here (trailing slashes do not count): the service's front checks
+    the same one, so that ``/execute/`` needs the access token as ``/execute`` does."""
+    return path.rstrip("/") or "/"
+
+
 class SandboxKilledDuringExecution(RuntimeError):
     """Raised after the /execute response started, so the HTTP connection is cut mid-body."""
 
@@ -124,7 +130,7 @@ class CodeInterpreter:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        method, path = scope["method"], route_path(scope["path"])
         try:
             if path == "/execute" and method == "POST":
                 await self._execute(await self._json_body(receive), receive, send)

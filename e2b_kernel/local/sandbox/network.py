@@ -45,6 +45,9 @@ UNREACHABLE_RANGES = (
     "172.16.0.0/12", "192.168.0.0/16",
 )  # fmt: skip
 _READY_TIMEOUT = 10.0
+# The helpers' whole environment: the service's own holds its API key, which slirp4netns (the
+# way out of an internet-enabled sandbox, were its packet parsing broken) must not hold.
+HELPER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 SLIRP_MAX_FILES = 16384  # one per connection of the sandbox (its own processes may hold more)
 _TAP = "tap0"
 _MTU = 65520
@@ -117,6 +120,7 @@ class HostAddressWatch:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.DEVNULL,
+                    env=HELPER_ENV,
                 )  # fmt: skip
             except OSError as exc:
                 log.warning("host addresses gained from now on stay unfenced: %s", exc)
@@ -218,6 +222,7 @@ async def _run(*argv: str) -> tuple[int, str]:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=HELPER_ENV,
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
@@ -271,6 +276,7 @@ async def connect(init_pid: int, charge: Callable[[int], None] = lambda pid: Non
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=HELPER_ENV,
             start_new_session=True,
         )
     except BaseException:
@@ -346,6 +352,7 @@ async def ip_batch(netns: str, lines: list[str]) -> tuple[int, str]:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=HELPER_ENV,
     )  # fmt: skip
     out, _ = await proc.communicate(("\n".join(lines) + "\n").encode())
     return proc.returncode or 0, out.decode(errors="replace")

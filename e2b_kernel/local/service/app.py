@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 from ..envd.http import MAX_FILE_BYTES
 from ..sandbox import SandboxKilled
 from .auth import TRAFFIC_TOKEN_HEADER, file_operation, find_signer, require_api_key, same_secret
+from .connections import REFUSED
 from .control import ControlPlane
 from .envd import ENVD_PORT, EnvdPlane
 from .errors import ServiceError, port_not_open, proxy_not_found
@@ -36,7 +37,7 @@ INTERPRETER_PORT = 49999
 _SMALL_BODY = 16 * 1024 * 1024
 # What of a request's body is read before an early error answer (see _LimitedBody.drain).
 _DRAIN_BYTES = 1024 * 1024
-_DRAIN_SECONDS = 10.0
+_DRAIN_SECONDS = 2.0
 # E2B's host form, {port}-{sandbox_id}.{domain}, with the loopback domain `localhost`.
 _PORT_HOST = re.compile(r"^(\d{1,5})-([a-z0-9]+)\.localhost(?::\d+)?$")
 
@@ -80,7 +81,7 @@ class ServiceApp:
 
         try:
             declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
+            if declared.isascii() and declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge
             await self._route(scope, body, tracking_send, headers)
         except SandboxKilled:
@@ -93,7 +94,12 @@ class ServiceApp:
             if isinstance(exc, BodyTooLarge):
                 exc = ServiceError(413, f"request body too large (limit {limit} bytes)")
             elif scope["type"] == "http":
-                await body.drain()
+                client = tuple(scope.get("client") or ())
+                REFUSED.add(client)  # closed first if the connections run out meanwhile
+                try:
+                    await body.drain()
+                finally:
+                    REFUSED.discard(client)
             await exc.response()(scope, receive, send)
         except Exception:
             if completed:  # e.g. connectrpc answers an internal error, then re-raises
@@ -196,7 +202,7 @@ class ServiceApp:
 
 def _proxied(port: str | None) -> bool:
     """Whether a routed port is one the proxy relays into the sandbox."""
-    if port is None or not port.isdigit() or not 0 < int(port) < 65536:
+    if port is None or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         return False
     return int(port) not in (ENVD_PORT, INTERPRETER_PORT)
 

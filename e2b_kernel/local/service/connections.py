@@ -5,7 +5,10 @@ head (or nothing) and then waits is held forever: 1,500 of them would hold 1,500
 and, with limit_concurrency, turn every real request away. Here each connection must
 deliver a complete request head within `header_timeout` seconds of connecting or of its
 previous response, and past `max_connections` the oldest connection still waiting for a
-request head is closed to make room (a connection mid-request is never dropped).
+request head is closed to make room, or else one whose request was refused and that is
+only being let finish sending its body (:data:`REFUSED`): 1,500 connections that each send
+a request head without a key and then hold back its body would otherwise hold every slot. A
+connection mid-request is never dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from .errors import ServiceError
 from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("e2b_kernel.local")
+
+# Clients (address, port) whose request was refused and whose body the app is draining
+# before it answers (app.py): they may be closed to make room, as idle connections are.
+REFUSED: set[tuple[str, int]] = set()
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -95,14 +102,19 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
     def _evict_one(self) -> None:
-        """Close the connection that has waited longest for a request head (maybe this one)."""
-        idle = [
+        """Close a connection whose refused request's body is being drained, or else the one
+        that has waited longest for a request head (maybe this one)."""
+        guarded = [
             c
             for c in self.connections
-            if isinstance(c, GuardedH11Protocol)
-            and c.waiting_for_head()
-            and not c.transport.is_closing()
+            if isinstance(c, GuardedH11Protocol) and not c.transport.is_closing()
         ]
+        refused = [c for c in guarded if c.client is not None and tuple(c.client) in REFUSED]
+        if refused:
+            log.debug("more than %d open connections: closing a refused one", self.max_connections)
+            refused[0].transport.close()
+            return
+        idle = [c for c in guarded if c.waiting_for_head()]
         if not idle:
             return
         oldest = min(idle, key=lambda c: c._waiting_since)

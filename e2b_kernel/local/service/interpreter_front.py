@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from ..interpreter.app import route_path
 from .auth import ACCESS_TOKEN_HEADER
 from .bodies import read_body
 from .envd import _ENTRY, _Asgi, _header, require_access_token
@@ -36,6 +37,9 @@ class InterpreterPlane:
         await self._forward(scope, receive, send)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if route_path(scope["path"]) == "/execute":  # "/execute/" runs code as well
+            await self._execute(scope, receive, send)
+            return
         if _header(scope, ACCESS_TOKEN_HEADER) is not None:
             require_access_token(scope, scope[_ENTRY])
         await self._forward(scope, receive, send)
