@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import textwrap
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -168,6 +170,21 @@ def test_request_and_response_bodies_stream_through(
         assert chunked.status_code == 201
         assert chunked.headers["x-seen-length"] == str(len(payload))
         assert chunked.content == payload
+    # Chunked with a Content-Length beside it: the chunks frame the body (RFC 9112 6.3), and
+    # the Length must not reach the sandbox's server (a 500 and a traceback, before).
+    routing = "".join(f"{k}: {v}\r\n" for k, v in _routing(sandbox, 3001).items()).encode()
+    address = urlsplit(local_service.url)
+    with socket.create_connection((address.hostname, address.port), timeout=60) as conn:
+        conn.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + routing
+            + b"Transfer-Encoding: chunked\r\nContent-Length: 999\r\n\r\n"
+            + b"5\r\nhello\r\n0\r\n\r\n"
+        )  # fmt: skip
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    assert answer.endswith(b"hello")
 
 
 def test_websocket_server_in_the_sandbox(local_service: RunningService, sandbox: Sandbox) -> None:

@@ -99,8 +99,11 @@ async def proxy_http(entry: Entry, port: int, scope: dict, receive: Receive, sen
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         headers = _forwarded(entry, port, scope["headers"])
         names = {name for name, _ in scope["headers"]}
-        if b"content-length" not in names and b"transfer-encoding" in names:
-            headers.append((b"transfer-encoding", b"chunked"))  # h11 frames the chunks
+        if b"transfer-encoding" in names:
+            # h11 frames the chunks; a Content-Length beside them (which h11 ignored when it
+            # read the request) would contradict that framing: it goes.
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
+            headers.append((b"transfer-encoding", b"chunked"))
         headers.append((b"connection", b"close"))
         if not any(name == b"host" for name, _ in headers):
             headers.append((b"host", b"localhost"))  # HTTP/1.1 requires one
@@ -118,7 +121,8 @@ async def proxy_http(entry: Entry, port: int, scope: dict, receive: Receive, sen
                 relay.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await relay
-        relay.result()
+        if not relay.cancelled():  # (cancelled: the caller left, nothing to answer or log)
+            relay.result()
 
 
 def _target(scope: dict) -> bytes:
