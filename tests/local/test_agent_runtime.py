@@ -298,3 +298,31 @@ def test_a_dead_agent_means_a_gone_sandbox(local_service: RunningService) -> Non
         sandbox.commands.run("true")
     listed = [info.sandbox_id for info in Sandbox.list(**sdk_options(local_service)).next_items()]
     assert sandbox_id not in listed
+
+
+def test_a_full_agent_backlog_is_a_busy_agent_not_an_internal_error(tmp_path: Path) -> None:
+    """Past the agent's accept backlog, asyncio reports the connect done and the send then
+    fails with ENOTCONN: a burst of 1,500 port connections logged 1,169 tracebacks and
+    answered 500s. It is a busy agent (E2B's closed-port answer upstream)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "busy.sock"))
+    listener.listen(0)  # and never accepts
+
+    async def one(client: AgentClient) -> BaseException | None:
+        try:
+            await asyncio.wait_for(client.request("ping"), 2)
+        except BaseException as exc:  # each outcome is examined below
+            return exc
+        return None
+
+    async def scenario() -> list[BaseException | None]:
+        client = AgentClient(str(tmp_path / "busy.sock"))
+        return list(await asyncio.gather(*(one(client) for _ in range(20))))
+
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        listener.close()
+    busy = [e for e in outcomes if isinstance(e, AgentCallError) and e.errno == errno.EAGAIN]
+    others = [e for e in outcomes if not isinstance(e, (AgentCallError, asyncio.TimeoutError))]
+    assert busy and not others, outcomes

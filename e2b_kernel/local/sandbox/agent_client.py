@@ -28,6 +28,9 @@ class AgentCallError(OSError):
     """The agent refused the request; ``errno`` and ``strerror`` say why."""
 
 
+_BUSY = (errno_codes.ENOTCONN, errno_codes.EAGAIN, errno_codes.ECONNREFUSED)
+
+
 class AgentStream:
     """An open connection after the agent's first reply line."""
 
@@ -191,9 +194,17 @@ class AgentClient:
                     errno_codes.ECONNREFUSED, f"the sandbox agent is gone: {exc}"
                 ) from exc
             # The request and its fds travel in one message; later data needs no fds.
-            sent = await _send_fds(loop, sock, line, list(fds))
-            if sent < len(line):
-                await loop.sock_sendall(sock, line[sent:])
+            try:
+                sent = await _send_fds(loop, sock, line, list(fds))
+                if sent < len(line):
+                    await loop.sock_sendall(sock, line[sent:])
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    raise
+                # A full accept backlog: asyncio's connect reported success all the same.
+                raise AgentCallError(
+                    errno_codes.EAGAIN, "the sandbox agent is busy (too many connections)"
+                ) from None
         except BaseException:
             sock.close()
             raise
