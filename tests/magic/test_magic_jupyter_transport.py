@@ -218,7 +218,8 @@ def test_the_cell_right_after_exit_runs_once(own_magic: Magic) -> None:
         time.sleep(pause)
         reply, messages = own_magic.run(f"%%e2b\nprint('after exit', {round_})")
         assert reply["status"] == "ok", (reply, messages)
-        assert [s["text"] for s in outputs_of(messages, "stream")] == [f"after exit {round_}\n"]
+        shown = "".join(s["text"] for s in outputs_of(messages, "stream"))
+        assert shown == f"after exit {round_}\n"  # once
         assert own_magic.run("%e2b restart")[0]["status"] == "ok"
 
 
@@ -234,7 +235,7 @@ def test_a_cell_that_catches_its_timeouts_interrupt_is_stopped_all_the_same(
     assert outputs_of(messages, "stream") == [], messages  # not its process's last words
     reply, messages = own_magic.run("%%e2b --timeout 30\nprint('before' in globals())")
     assert reply["status"] == "ok", (reply, messages)
-    assert [s["text"] for s in outputs_of(messages, "stream")] == ["False\n"]
+    assert "".join(s["text"] for s in outputs_of(messages, "stream")) == "False\n"
 
 
 def test_cells_right_after_another_clients_restart_end_and_see_fresh_state(
@@ -390,7 +391,8 @@ def test_what_a_cells_threads_print_after_it_ended_lands_in_that_cell(magic: Mag
     )
     reply, messages = magic.collect(msg_id)
     assert reply["status"] == "ok", messages
-    assert [s["text"] for s in outputs_of(messages, "stream")] == ["cell done\n"]
+    # (one message or two: the remote ipykernel may flush print's text and its newline apart)
+    assert "".join(s["text"] for s in outputs_of(messages, "stream")) == "cell done\n"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
