@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..local.host_dirs import owned_dir, user_root
+from ..local.host_dirs import user_folder, user_root
 from . import kernel_ports, restart_state
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ class LeasedService:
 
 def lease_dir() -> Path:
     """:data:`LEASE_DIR`, made and checked to be this user's alone."""
-    owned_dir(user_root(), 0o711)
-    return owned_dir(LEASE_DIR, 0o700)
+    return user_folder(LEASE_DIR.name, 0o700)
 
 
 def start_leased(isolation: str) -> LeasedService:

@@ -607,16 +607,21 @@ class SandboxSession:
             return "stopped"
         self.log.warning("a timed-out cell ignored its interrupt: restarting its context")
         try:
-            contexts = await asyncio.wait_for(sandbox.list_code_contexts(), 30)
-            default = next((c for c in contexts if c.language == "python"), None)
-            if default is None:
-                return "running"
-            await asyncio.wait_for(sandbox.restart_code_context(default), 30)
+            restarted = await asyncio.wait_for(self._restart_python_context(sandbox), 60)
         except Exception as exc:
             self.log.warning("could not restart the timed-out cell's context: %r", exc)
             return "running"
+        return "restarted" if restarted else "running"
+
+    async def _restart_python_context(self, sandbox: AsyncSandbox) -> bool:
+        """Restart the sandbox's default Python context; False when it has none yet."""
+        contexts = await sandbox.list_code_contexts()
+        default = next((c for c in contexts if c.language == "python"), None)
+        if default is None:
+            return False
+        await sandbox.restart_code_context(default)
         self._carrier_in = None  # fresh Python state: install it again
-        return "restarted"
+        return True
 
     async def _finish(
         self, sandbox: AsyncSandbox, task: asyncio.Task, language: str | None = None
@@ -783,12 +788,8 @@ class SandboxSession:
         sandbox, _ = await self._ready_sandbox()
         async with self._exec_lock:
             try:
-                contexts = await sandbox.list_code_contexts()
-                default = next((c for c in contexts if c.language == "python"), None)
-                if default is None:
-                    return  # the default context is created lazily by the next execute
-                await sandbox.restart_code_context(default)
-                self._carrier_in = None  # fresh Python state: install it again
+                # None yet: the default context is created lazily by the next execute.
+                await self._restart_python_context(sandbox)
             except Exception as exc:
                 if is_sandbox_gone(exc) or await self._backend.service_lost():
                     message = self._lost_message(self._how_lost())

@@ -42,7 +42,12 @@ from ..core.kernel_channels import (
 )
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
 from ..core.remote_look import PYTHON3_LOOK
-from ..core.session import TIMEOUT_GRACE, cell_timeout_message
+from ..core.session import (
+    TIMEOUT_GRACE,
+    cell_limit,
+    cell_timeout_message,
+    cell_timeout_restart_message,
+)
 from ..errors import ExecutionTimeout, error_content
 
 __all__ = ["JupyterForwarder", "Route", "has_reply", "send_reply"]
@@ -459,11 +464,14 @@ class JupyterForwarder:
             self.restarted_for_timeout.discard(msg_id)  # its output is shown again
             self.log.warning("could not restart the remote kernel: %s", exc)
 
+    def timeout_error(self, *, restarted: bool = False) -> ExecutionTimeout:
+        """A timed-out cell's error; ``restarted``: the remote kernel was restarted for it."""
+        limit, raise_it = cell_limit(None, self._cell_timeout)
+        message = cell_timeout_restart_message if restarted else cell_timeout_message
+        return ExecutionTimeout(message(limit or 0, raise_it))
+
     def _timeout_content(self) -> dict[str, Any]:
-        limit = self._cell_timeout or 0
-        raise_it = "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
-        message = cell_timeout_message(limit, raise_it)
-        return error_content(ExecutionTimeout(message))
+        return error_content(self.timeout_error())
 
     def _as_timeout(self, parent_id: str, msg_type: str, parts: Parts) -> Parts:
         """A timed-out cell's remote error and error reply, with the timeout's content."""

@@ -23,8 +23,7 @@ from ..core import NEW_SANDBOX_NOTICE, SandboxSession
 from ..core.jupyter_server import JupyterEndpoint, JupyterServerError, choose_transport
 from ..core.kernel_channels import Parts, too_large
 from ..core.remote_kernel import closed_error, pick_remote_kernel, reach_remote_kernel
-from ..core.session import cell_timeout_restart_message
-from ..errors import E2BKernelError, ExecutionTimeout, KernelDied, SandboxLost, error_content
+from ..errors import E2BKernelError, KernelDied, SandboxLost, error_content
 from .forward import JupyterForwarder, Route, send_reply
 
 __all__ = ["JupyterTransport"]
@@ -330,15 +329,12 @@ class JupyterTransport:
     def _remote_kernel_died(self, state: str, routes: list[Route]) -> None:
         """Answer the requests the remote kernel's death left without a reply: the cell whose
         timeout restarted it with its timeout, the others with ``KernelDied``."""
-        timed_out = self._forwarder.restarted_for_timeout if self._forwarder else set()
+        forwarder = self._forwarder
         for route in routes:
-            if route.header.get("msg_id") in timed_out:
-                timed_out.discard(route.header["msg_id"])
-                limit = self.sandbox_session.config.cell_timeout or 0
-                raise_it = "Raise E2B_KERNEL_CELL_TIMEOUT to allow longer cells."
-                self._fail_route(
-                    route, ExecutionTimeout(cell_timeout_restart_message(limit, raise_it))
-                )
+            msg_id = route.header.get("msg_id")
+            if forwarder is not None and msg_id in forwarder.restarted_for_timeout:
+                forwarder.restarted_for_timeout.discard(msg_id)
+                self._fail_route(route, forwarder.timeout_error(restarted=True))
             else:
                 self._fail_route(route, KernelDied(state))
 

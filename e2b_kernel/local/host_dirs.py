@@ -18,7 +18,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["UnsafeHostDir", "owned_dir", "user_root"]
+__all__ = ["UnsafeHostDir", "owned_dir", "user_folder", "user_root"]
 
 
 class UnsafeHostDir(RuntimeError):
@@ -54,3 +54,10 @@ def owned_dir(path: Path, mode: int) -> Path:
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode, follow_symlinks=False)
     return path
+
+
+def user_folder(name: str, mode: int) -> Path:
+    """``name`` inside :func:`user_root`, both made and checked (``owned_dir``). The user
+    folder lets every user through (0711) but list nothing: bwrap runs as a sandbox's uid and
+    reaches its disk by path."""
+    return owned_dir(owned_dir(user_root(), 0o711) / name, mode)

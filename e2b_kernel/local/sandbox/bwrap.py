@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..host_dirs import owned_dir, user_root
+from ..host_dirs import user_folder, user_root
 from . import network, staging
 
 # Shared by this user's local services (for root: every isolated one, since only root can
@@ -52,11 +52,9 @@ GROUP = "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n"
 
 
 def runtime_root() -> Path:
-    """:data:`RUNTIME_ROOT`, made and checked to be this user's alone (``host_dirs``). Every
-    user may pass through both levels (0711) but list neither: bwrap runs as the sandbox's uid
-    and reaches its disk by path."""
-    owned_dir(user_root(), 0o711)
-    return owned_dir(RUNTIME_ROOT, 0o711)
+    """:data:`RUNTIME_ROOT`, made and checked to be this user's alone (``host_dirs``), and
+    passable as its parent is (bwrap reaches a sandbox's disk by path)."""
+    return user_folder(RUNTIME_ROOT.name, 0o711)
 
 
 class UidRange:

@@ -33,7 +33,7 @@ import shutil
 import weakref
 from collections.abc import Callable
 
-from .subprocesses import start_process
+from .subprocesses import HELPER_ENV, start_process
 
 log = logging.getLogger("e2b_kernel.local")
 
@@ -45,9 +45,6 @@ UNREACHABLE_RANGES = (
     "172.16.0.0/12", "192.168.0.0/16",
 )  # fmt: skip
 _READY_TIMEOUT = 10.0
-# The helpers' whole environment: the service's own holds its API key, which slirp4netns (the
-# way out of an internet-enabled sandbox, were its packet parsing broken) must not hold.
-HELPER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 SLIRP_MAX_FILES = 16384  # one per connection of the sandbox (its own processes may hold more)
 _TAP = "tap0"
 _MTU = 65520

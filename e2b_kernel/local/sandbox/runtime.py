@@ -34,13 +34,12 @@ from .isolation import CgroupSet, Isolation, join_cgroups_argv
 from .jupyter import JupyterServer
 from .paths import SandboxPaths
 from .process import DEVNULL, PIPE, AgentProcess
-from .subprocesses import start_process
+from .subprocesses import HELPER_ENV, SYSTEM_PATH, start_process
 
 log = logging.getLogger("e2b_kernel.local")
 
 SANDBOX_HOME = "/home/user"
 ID_FILE = "sandbox-id"  # in the sandbox's host dir: which sandbox it is (root only, 0600)
-_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The sandbox's Python is the service's own environment, mounted read-only. Packages a user
 # installs (`%pip install`, `pip install` in a command) go to a folder in the writable home
 # instead, first on the import path, so they survive a kernel restart like on E2B.
@@ -388,7 +387,7 @@ class LocalSandbox:
             stdin=stdio,
             stdout=stdio,
             stderr=PIPE,
-            env={"PATH": _SYSTEM_PATH},
+            env=HELPER_ENV,
             cwd="/",
             start_new_session=True,
         )
@@ -431,7 +430,7 @@ class LocalSandbox:
         home = SANDBOX_HOME if self.isolated else str(self.home_dir)
         if user == "root" and self.isolated:
             home = "/root"
-        path = f"{os.path.dirname(self.python)}:{_SYSTEM_PATH}"
+        path = f"{os.path.dirname(self.python)}:{SYSTEM_PATH}"
         name = "root" if user == "root" else "user"
         env = {"PATH": path, "HOME": home, "USER": name, "LOGNAME": name}
         env.update({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "SHELL": "/bin/bash"})

@@ -15,7 +15,13 @@ import asyncio
 import contextlib
 from typing import Any
 
-__all__ = ["start_process"]
+__all__ = ["HELPER_ENV", "SYSTEM_PATH", "start_process"]
+
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The whole environment of a helper process: the service's own holds its API key, which no
+# helper needs (slirp4netns, the way out of an internet-enabled sandbox were its packet
+# parsing broken, must not hold it).
+HELPER_ENV = {"PATH": SYSTEM_PATH}
 
 
 async def start_process(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
