@@ -102,9 +102,52 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
+def what_the_page_showed(page, tmp_path: Path) -> str:
+    """What a failed run leaves to read in CI: the status bar, any dialog, the server's log."""
+    try:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        shown = page.evaluate(
+            "() => [...document.querySelectorAll('.jp-StatusBar-Widget, .jp-Dialog')]"
+            ".map(e => e.innerText).join(' || ')"
+        )
+    except Exception as error:  # the page itself may be what broke
+        shown = f"(the page could not be read: {error})"
+    log = (tmp_path / "jupyterlab.log").read_bytes()[-6000:].decode(errors="replace")
+    return f"the page showed: {shown}\n--- jupyterlab.log, last lines ---\n{log}"
+
+
 def run_cell(page, code: str) -> None:
     page.keyboard.type(code)
     page.keyboard.press("Shift+Enter")
+
+
+def run_cells_from_the_launcher(page, url: str, screenshot: Path) -> None:
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    card = page.locator('.jp-LauncherCard[data-category="Notebook"]', has_text="E2B Python")
+    card.click()
+    status = page.locator(".jp-StatusBar-Widget", has_text="E2B Python | Idle")
+    status.wait_for()
+    page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+
+    run_cell(page, 'print("first", flush=True); import time; time.sleep(4); print("second")')
+    outputs = page.locator(".jp-OutputArea-output")
+    outputs.filter(has_text="first").first.wait_for()
+    # The first line is on screen while the cell still sleeps: streaming, not batching.
+    assert outputs.filter(has_text="second").count() == 0
+    outputs.filter(has_text="second").first.wait_for()
+
+    run_cell(page, "import matplotlib.pyplot as plt; plt.plot([1, 3, 2]); plt.show()")
+    page.locator(".jp-OutputArea-output img").first.wait_for()
+    status.wait_for()
+
+    # Widgets need the jupyter transport: their comms reach JupyterLab's manager.
+    run_cell(page, "import ipywidgets as w; w.IntSlider(value=3, description='n')")
+    page.locator(".jp-OutputArea-output .widget-slider").first.wait_for()
+    run_cell(page, "from tqdm.auto import tqdm\nfor _ in tqdm(range(3)): pass")
+    page.locator(".jp-OutputArea-output .widget-hprogress").first.wait_for()
+    status.wait_for()
+    page.screenshot(path=str(screenshot), full_page=True)
 
 
 @pytest.mark.timeout(300)
@@ -113,34 +156,10 @@ def test_launcher_runs_cells_on_e2b_python(jupyterlab: str, tmp_path: Path) -> N
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(120_000)
-            page.goto(jupyterlab)
-            card = page.locator('.jp-LauncherCard[data-category="Notebook"]', has_text="E2B Python")
-            card.click()
-            status = page.locator(".jp-StatusBar-Widget", has_text="E2B Python | Idle")
-            status.wait_for()
-            page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
-
-            run_cell(
-                page, 'print("first", flush=True); import time; time.sleep(4); print("second")'
-            )
-            outputs = page.locator(".jp-OutputArea-output")
-            outputs.filter(has_text="first").first.wait_for()
-            # The first line is on screen while the cell still sleeps: streaming, not batching.
-            assert outputs.filter(has_text="second").count() == 0
-            outputs.filter(has_text="second").first.wait_for()
-
-            run_cell(page, "import matplotlib.pyplot as plt; plt.plot([1, 3, 2]); plt.show()")
-            page.locator(".jp-OutputArea-output img").first.wait_for()
-            status.wait_for()
-
-            # Widgets need the jupyter transport: their comms reach JupyterLab's manager.
-            run_cell(page, "import ipywidgets as w; w.IntSlider(value=3, description='n')")
-            page.locator(".jp-OutputArea-output .widget-slider").first.wait_for()
-            run_cell(page, "from tqdm.auto import tqdm\nfor _ in tqdm(range(3)): pass")
-            page.locator(".jp-OutputArea-output .widget-hprogress").first.wait_for()
-            status.wait_for()
-            page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)
+            try:
+                run_cells_from_the_launcher(page, jupyterlab, tmp_path / "jupyterlab.png")
+            except Exception as error:
+                raise AssertionError(what_the_page_showed(page, tmp_path)) from error
         finally:
             browser.close()
     assert (tmp_path / "jupyterlab.png").stat().st_size > 10_000
