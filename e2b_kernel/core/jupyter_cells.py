@@ -199,15 +199,20 @@ class JupyterCells:
 
     def _kernel_died(self, died: str, session_id: str | None) -> None:
         """The remote kernel process died (or was restarted). The cells it had started never
-        end by themselves now; those it had not may still run in the new process (the server
-        hands on what it had not delivered: the cell after an ``exit()``), so they wait for
-        our request for python3's look there, which comes after them."""
+        end by themselves now; those sent to it that it had not started may still run in the
+        new process (the server hands on what it had not delivered), so they wait for our
+        request for python3's look there, which comes after them. Those the channels still
+        hold (sent after an ``exit()`` reply) go to the new process after the look."""
         cells = list(self._cells.values())
         channels = self._channels
         if channels is None or died == "dead":  # no new process will take any of them
             self._tell_died(cells, died)
             return
         started = [c for c in cells if c.seen_busy]
+        # Those still held here (sent after an exit() reply) go to the new process, after
+        # python3's look: the old one never had them.
+        unsent = channels.unsent_ids()
+        sent = [c for msg_id, c in self._cells.items() if msg_id not in unsent]
         new_process = channels.renudge(session_id if died == "restarted" else None)
 
         # Only a new process answering proves the sandbox outlived the old one (a killed
@@ -219,8 +224,8 @@ class JupyterCells:
 
         new_process.add_done_callback(tell_if_the_sandbox_lives)
         look = self._messages.msg("execute_request", silent_execute(PYTHON3_LOOK))
-        self._looks[str(look["header"]["msg_id"])] = ([c for c in cells if not c.seen_busy], died)
-        channels.send("shell", self._parts(look))
+        self._looks[str(look["header"]["msg_id"])] = ([c for c in sent if not c.seen_busy], died)
+        channels.send("shell", self._parts(look), first=True)
 
     def _show_late(self, late: LateOutput, msg_type: str, content: dict[str, Any]) -> None:
         try:

@@ -16,7 +16,9 @@ check, and IOPub messages published before the subscription is live are lost (a 
 waits for an 'idle' that never comes). So we nudge ourselves, on the control channel (answered
 even while a cell runs), and swallow the nudges' messages. We do it again when the server says
 it restarted the kernel process (see :func:`kernel_died`), holding the front end's messages
-until the new process answers.
+until the new process answers, and already from a reply that says the process ends
+(``exit()``): a cell sent before the server noticed would run in the new process before the
+server listens to its IOPub, and its output would be lost.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ _FIELDS = ("header", "parent_header", "metadata", "content")
 IOPUB_READY_TIMEOUT = 20.0
 _NUDGE_EVERY = 0.5  # seconds between nudges while no IOPub message has answered one
 _NUDGES_KEPT = 64  # the latest nudges' ids, whose answers are recognised (and kept here)
+# How long, after a reply saying the kernel process ends (``exit()``), the front end's messages
+# wait for the server's notice that it restarted it (its restarter polls every few seconds);
+# past that they are sent all the same: the process did not end, or the server has no restarter.
+EXIT_NOTICE_WAIT = 10.0
 # How long a cell replied to with none of its IOPub status may wait for IOPub to catch up
 # (see KernelChannels.iopub_caught_up) before it is ended as lost all the same.
 CATCH_UP_FOR = 20.0
@@ -228,6 +234,7 @@ class KernelChannels:
         self._iopub_live = asyncio.Event()
         self._renudging: asyncio.Future | None = None
         self._ended_session: bytes | None = None  # see renudge()
+        self._exit_wait: asyncio.TimerHandle | None = None  # see _process_ends()
 
     def send(self, channel: str, parts: Parts, *, first: bool = False) -> None:
         """Queue a message; it is written in order once the socket is open and the remote
@@ -285,6 +292,9 @@ class KernelChannels:
         socket closed first (the sandbox may be gone: the loss decides); cancelled by
         :meth:`close`."""
         self._ended_session = ended_session.encode() if ended_session else None
+        if self._exit_wait is not None:
+            self._exit_wait.cancel()
+            self._exit_wait = None
         self._iopub_live.clear()
         self._renudging = asyncio.ensure_future(self._renudge())
         return self._renudging
@@ -302,6 +312,37 @@ class KernelChannels:
     def _set_live(self) -> None:
         self._iopub_live.set()
         self._wake_writer.set()
+
+    def unsent_ids(self) -> set[str]:
+        """The msg_ids of the front end's messages still held here (not yet written)."""
+        ids = set()
+        for _channel, parts in self._outbox:
+            try:
+                ids.add(str(json.loads(parts[0]).get("msg_id")))
+            except (ValueError, AttributeError):
+                continue
+        return ids
+
+    def _process_ends(self, content: bytes) -> None:
+        """A reply's ``ask_exit`` payload: the remote process ends once it is sent (``exit()``
+        without ``keep_kernel``). Hold the front end's messages from now on, not only from
+        the server's notice (:meth:`renudge`), which may come seconds later."""
+        try:
+            payloads = json.loads(content).get("payload") or []
+        except (ValueError, AttributeError):
+            return
+        if not any(
+            isinstance(p, dict) and p.get("source") == "ask_exit" and not p.get("keepkernel")
+            for p in payloads
+        ):
+            return
+        self._log.info(
+            "the remote kernel process ends (exit()): holding requests until it restarts"
+        )
+        self._iopub_live.clear()
+        if self._exit_wait is not None:
+            self._exit_wait.cancel()
+        self._exit_wait = asyncio.get_running_loop().call_later(EXIT_NOTICE_WAIT, self._set_live)
 
     async def _wait_for_iopub(self) -> None:
         """Nudge until an IOPub message answers a nudge (see the module's docstring)."""
@@ -411,6 +452,8 @@ class KernelChannels:
                     continue
                 if self._is_nudge_answer(channel, parts):
                     continue
+                if channel == "shell" and len(parts) > 3 and b'"ask_exit"' in parts[3]:
+                    self._process_ends(parts[3])
                 self._on_message(channel, parts)
         except ConnectionClosed as exc:
             reason = f"the connection closed ({exc})"
@@ -424,6 +467,8 @@ class KernelChannels:
         self._closing = True
         if self._renudging is not None:
             self._renudging.cancel()
+        if self._exit_wait is not None:
+            self._exit_wait.cancel()
         for task in self._tasks:
             task.cancel()
         if self._ws is not None:

@@ -300,7 +300,10 @@ class JupyterForwarder:
             self.channels.renudge(None)  # as before: what comes next waits for a new process
             return
         started = [msg_id for msg_id in self._routes if msg_id in self._started]
-        self._orphans |= {msg_id for msg_id in self._routes if msg_id not in self._started}
+        # Requests still held by the channels (sent after an exit() reply) go to the new
+        # process: only those the old one may have had can be orphans.
+        unsent = self.channels.unsent_ids()
+        self._orphans |= {msg_id for msg_id in self._routes if msg_id not in self._started | unsent}
         self._started.clear()
         if self._restarting_for_timeout:  # ours, not another client's
             self._restarting_for_timeout = False

@@ -189,6 +189,7 @@ def test_requests_the_dead_process_had_not_started_wait_for_a_new_one(sockets, s
         relay._from_remote("iopub", _status(session, "busy", running))
         queued = session.msg("execute_request", {"code": "1"})
         relay.forward("shell", [b"front"], shell, _parts(session, queued))
+        relay.channels._outbox.clear()  # as the writer does: both went to the old process
         relay._from_remote("iopub", _status(session, state))  # the server's notice
         running_id, queued_id = running["header"]["msg_id"], queued["header"]["msg_id"]
         if state == "dead":
@@ -203,6 +204,83 @@ def test_requests_the_dead_process_had_not_started_wait_for_a_new_one(sockets, s
         assert died == [(state, [running_id]), (state, [queued_id])]
         await relay.close()
         return died
+
+    asyncio.run(scenario())
+
+
+def test_requests_sent_after_an_exit_reply_wait_for_the_new_process(sockets) -> None:
+    """exit()'s reply says the process ends: what the front end sends next is held (not sent
+    to a process that is gone, whose successor would run it before the server listens to its
+    IOPub, losing its output) until the new process answers, after python3's look; it is
+    not an orphan of the old process."""
+    shell, _front, iopub = sockets
+
+    async def scenario() -> None:
+        session = Session(key=b"k")
+        died: list[str] = []
+        relay = _forwarder(session, iopub, on_died=lambda state, _routes: died.append(state))
+        channels = relay.channels
+        channels._iopub_live.set()  # as after open()
+        running = session.msg("execute_request", {"code": "exit()"})
+        relay.forward("shell", [b"front"], shell, _parts(session, running))
+        channels._outbox.clear()  # written to the old process
+        relay._from_remote("iopub", _status(session, "busy", running))
+        payload = [{"source": "ask_exit", "keepkernel": False}]
+        reply = session.msg("execute_reply", {"status": "ok", "payload": payload}, parent=running)
+        channels._process_ends(_parts(session, reply)[3])  # as the reader does, then:
+        relay._from_remote("shell", _parts(session, reply))
+        relay._from_remote("iopub", _status(session, "idle", running))
+        assert not channels._iopub_live.is_set()  # held from the reply on
+        queued = session.msg("execute_request", {"code": "1"})
+        relay.forward("shell", [b"front"], shell, _parts(session, queued))
+        relay._from_remote("iopub", _status(session, "restarting"))  # the server's notice
+        await _new_process_answers_a_nudge(relay, session)
+        look = relay._orphans_wait_for
+        assert [json.loads(parts[0])["msg_id"] for _, parts in channels._outbox] == [
+            look,
+            queued["header"]["msg_id"],
+        ]
+        assert relay._orphans == set()  # the queued request is not taken for lost
+        hidden = {"msg_id": look}
+        ours = session.msg("execute_reply", {"status": "ok"}, parent=hidden)
+        relay._from_remote("shell", _parts(session, ours))
+        assert died == []
+        await relay.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("keepkernel", [True, None])
+def test_a_reply_that_keeps_the_process_or_says_nothing_of_it_holds_nothing(
+    keepkernel: bool | None,
+) -> None:
+    async def scenario() -> None:
+        session = Session(key=b"k")
+        channels = _forwarder(session, None).channels
+        channels._iopub_live.set()
+        payload = [] if keepkernel is None else [{"source": "ask_exit", "keepkernel": True}]
+        reply = session.msg("execute_reply", {"status": "ok", "payload": payload})
+        channels._process_ends(_parts(session, reply)[3])
+        assert channels._iopub_live.is_set()
+        await channels.close()
+
+    asyncio.run(scenario())
+
+
+def test_held_requests_go_out_when_no_restart_notice_comes(monkeypatch) -> None:
+    """A server with no restarter never says so: the hold ends by itself."""
+    monkeypatch.setattr(kernel_channels, "EXIT_NOTICE_WAIT", 0.05)
+
+    async def scenario() -> None:
+        session = Session(key=b"k")
+        channels = _forwarder(session, None).channels
+        channels._iopub_live.set()
+        payload = [{"source": "ask_exit", "keepkernel": False}]
+        reply = session.msg("execute_reply", {"status": "ok", "payload": payload})
+        channels._process_ends(_parts(session, reply)[3])
+        assert not channels._iopub_live.is_set()
+        await asyncio.wait_for(channels._iopub_live.wait(), 5)
+        await channels.close()
 
     asyncio.run(scenario())
 
