@@ -208,6 +208,17 @@ _SAFE_FUNCTION_PREFIXES = (
 )
 
 
+def _may_import(module: str, name: str) -> bool:
+    """Whether ``module`` may be imported to look ``name`` up: only the modules of the plain
+    data types (the rest is judged on the object, by :func:`_allowed`)."""
+    if module in _SAFE_GLOBALS and not module.startswith("numpy"):
+        return name in _SAFE_GLOBALS[module]
+    package = module.split(".", 1)[0]
+    if package not in ("numpy", "pandas") or "__main__" in module.split("."):
+        return False
+    return not module.startswith(_UNSAFE_PREFIXES)
+
+
 def _allowed(module: str, name: str, obj: Any) -> bool:
     if name in _SAFE_GLOBALS.get(module, ()):
         return True
@@ -243,6 +254,10 @@ class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickler that refuses anything but plain data types (see module docstring)."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if not _may_import(module, name):
+            # Judged before importing: the sandbox names the module, and an import runs its
+            # top-level code on this host ("this" prints, a __main__ module runs main()).
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the sandbox")
         try:
             obj = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):

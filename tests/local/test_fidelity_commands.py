@@ -19,6 +19,7 @@ def test_kill_list_connect_envs_and_pty_sync() -> None:
         sleeper = sbx.commands.run("sleep 600", background=True, envs={"ONLY": "here"}, cwd="/tmp")
         listed = {p.pid: p for p in other.commands.list()}
         assert listed[sleeper.pid].envs == {"ONLY": "here"} and listed[sleeper.pid].cwd == "/tmp"
+        assert listed[sleeper.pid].tag is None  # commands.run sends none: envd lists none
         assert other.commands.kill(sleeper.pid) is True
         with pytest.raises(CommandExitException) as ended:
             sleeper.wait()

@@ -31,6 +31,10 @@ def test_tilde_and_relative_paths_resolve_from_the_users_home(sbx: Sandbox) -> N
     assert sbx.files.rename("~/tilde/t.txt", "~/made/t.txt").path == "/home/user/made/t.txt"
     assert sbx.files.get_info("~/made/t.txt").size == 1
     assert not sbx.files.exists("/home/user/~")  # never a folder named "~"
+    # An empty path is the user's home, as envd's ExpandAndResolve makes it.
+    assert sbx.files.exists("") and sbx.files.get_info("").path == "/home/user"
+    assert "/home/user/tilde" in {e.path for e in sbx.files.list("")}
+    assert sbx.files.make_dir("") is False  # it exists
 
     assert sbx.files.write("~/r.txt", "r", user="root").path == "/root/r.txt"
     assert sbx.files.write("rel.txt", "r", user="root").path == "/root/rel.txt"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -147,6 +149,24 @@ def test_pulled_pickles_that_call_functions_are_refused() -> None:
 def test_pulled_pickles_cannot_build_file_touching_classes() -> None:
     with pytest.raises(TransferError, match="refusing"):
         safe_loads("x", pickle.dumps(np.memmap))
+
+
+@pytest.mark.parametrize("module", ["side_effect_on_import", "numpy.__main__"])
+def test_pulled_pickles_do_not_import_the_modules_they_name(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox names the module: importing it to judge it would run its top-level code
+    on this host (a module that writes a file here; a ``__main__`` module runs main())."""
+    marker = tmp_path / "imported"
+    (tmp_path / "side_effect_on_import.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran on the host')\nname = 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = f"c{module}\nname\n.".encode()  # what a sandbox's replaced pickle.dumps returns
+    with pytest.raises(TransferError, match=f"refusing to load {module}.name"):
+        safe_loads("x", data)
+    assert not marker.exists()
+    assert module not in sys.modules
 
 
 def test_push_size_cap_names_the_variable_and_the_setting() -> None:

@@ -149,9 +149,8 @@ def _mapped(path: str) -> Iterator[None]:
 
 
 def _path(raw: str, user: str) -> str:
-    """The path envd would use (``~`` and relative paths from the user's home)."""
-    if not raw:
-        raise ConnectError(Code.INVALID_ARGUMENT, "path is required")
+    """The path envd would use (``~`` and relative paths from the user's home; an empty path
+    is the home itself, as envd's ExpandAndResolve makes it)."""
     try:
         return resolve_user_path(raw, user)
     except UnresolvablePath as exc:

@@ -134,7 +134,10 @@ class ProcessService(process_connect.Process):
                 terminal.close()
             raise ConnectError(Code.INTERNAL, f"cannot start {config.cmd!r}: {exc}") from None
         pid = self.sandbox.sandbox_pid(proc)
-        managed = Managed(pid, proc, config, request.tag, terminal=terminal)
+        # envd keeps the tag only when one was sent (``commands.run`` sends none): unset, the
+        # SDK reads it as None, not "".
+        tag = request.tag if request.has_field("tag") else None
+        managed = Managed(pid, proc, config, tag, terminal=terminal)
         if terminal is not None:
             terminal.close_slave()
         queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)

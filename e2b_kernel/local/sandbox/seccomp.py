@@ -2,10 +2,10 @@
 
 Modelled on Flatpak's bubblewrap filter: everything is allowed except the calls that reach
 the kernel's less-hardened surfaces or could undo the sandbox (mounts, new namespaces, module
-and kexec calls, keyrings, bpf, perf, userfaultfd, io_uring, terminal injection). bwrap loads it
-(``--seccomp FD``) after setting up the sandbox, so the agent and everything it starts inherit
-it. Only the native architecture is allowed: a 32-bit or x32 syscall kills the process, so the
-rules cannot be bypassed through another syscall table.
+and kexec calls, keyrings, bpf, perf, userfaultfd, io_uring, Linux AIO, terminal injection).
+bwrap loads it (``--seccomp FD``) after setting up the sandbox, so the agent and everything it
+starts inherit it. Only the native architecture is allowed: a 32-bit or x32 syscall kills the
+process, so the rules cannot be bypassed through another syscall table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ BLOCKED = (
     "open_by_handle_at", "name_to_handle_at", "lookup_dcookie", "vm86", "vm86old",
     "nfsservctl", "uselib", "ustat", "sysfs", "_sysctl", "iopl", "ioperm",
 )  # fmt: skip
+# Linux AIO: its contexts come from one host-wide pool (fs.aio-max-nr) that one sandbox could
+# take whole, root's share included. ENOSYS, as on kernels without AIO: libraries fall back
+# to threads.
+NO_AIO = ("io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents")
 
 
 def build_filter() -> bytes:
@@ -55,6 +59,11 @@ def build_filter() -> bytes:
             continue  # not a syscall on this architecture (e.g. vm86 on x86_64)
     for flag in _bits(_CLONE_NAMESPACES):
         rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    for name in NO_AIO:
+        try:
+            rules.add_rule(sc.ERRNO(errno.ENOSYS), name)
+        except (OSError, ValueError):
+            continue
     # clone3 passes its flags in memory, out of seccomp's sight: ENOSYS makes libc use clone.
     rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     for request in (_TIOCSTI, _TIOCLINUX):
