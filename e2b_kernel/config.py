@@ -150,6 +150,12 @@ class SessionConfig(Configurable):
         "sandbox's port 8888 (development and tests: a server started on loopback). "
         "Env: E2B_KERNEL_JUPYTER_URL.",
     ).tag(config=True)
+    trust_outputs = Bool(
+        help="Show sandbox outputs that would run code in the browser (JavaScript, scripts and "
+        "event handlers in HTML, SVG and Markdown, widget JavaScript). Off by default: such "
+        "code runs outside the sandbox, with the rights of your Jupyter Server. "
+        "Env: E2B_KERNEL_TRUST_OUTPUTS=1.",
+    ).tag(config=True)
     local_isolation = Enum(
         ["auto", "none"],
         help="Isolation of the private local service's sandboxes: 'auto' (Linux namespaces; "
@@ -200,6 +206,10 @@ class SessionConfig(Configurable):
     def _keep_sandbox_default(self) -> bool:
         return (_env("E2B_KERNEL_KEEP_SANDBOX") or "").lower() in {"1", "true", "yes", "on"}
 
+    @default("trust_outputs")
+    def _trust_outputs_default(self) -> bool:
+        return (_env("E2B_KERNEL_TRUST_OUTPUTS") or "").lower() in {"1", "true", "yes", "on"}
+
     @default("transport")
     def _transport_default(self) -> str:
         return (_env("E2B_KERNEL_TRANSPORT") or "auto").lower()
@@ -233,6 +243,7 @@ class SessionConfig(Configurable):
             "metadata": {},
             "domain": None,
             "keep_sandbox": False,
+            "trust_outputs": False,
             "local_isolation": "auto",
             "transport": "auto",
             "jupyter_url": None,

@@ -7,7 +7,9 @@ the request's ZMQ identities are kept by ``msg_id`` until the reply comes. An
 ``input_request`` goes to the identities of the ``execute_request`` that asked for input,
 as ipykernel does it.
 
-The only content we change: ``kernel_info_reply``'s banner (it says how cells are run) and
+Outputs and widget state that would run code in the browser are held back
+(:mod:`..core.active_content`) unless the user trusts the sandbox's outputs. The only other
+content we change: ``kernel_info_reply``'s banner (it says how cells are run) and
 its features (no kernel subshells: the local ipykernel routes a subshell's requests itself,
 before they could be relayed, and knows no remote subshell), and
 E2B's derived ``e2b/data`` and ``e2b/chart`` MIME types, which E2B's kernel startup adds to
@@ -31,6 +33,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from ..core import kernel_channels
+from ..core.active_content import guard_parts
 from ..core.jupyter_server import JupyterEndpoint
 from ..core.kernel_channels import (
     DEATH_NOTICES,
@@ -53,6 +56,8 @@ from ..errors import ExecutionTimeout, error_content
 __all__ = ["JupyterForwarder", "Route", "has_reply", "send_reply"]
 
 _RICH_OUTPUTS = frozenset({"display_data", "execute_result", "update_display_data"})
+# What may carry code for the browser (see core.active_content).
+_GUARDED = _RICH_OUTPUTS | {"comm_open", "comm_msg"}
 # Bytes that any content with something E2B derived holds (a cheap test before parsing it).
 _DERIVED_MARKERS = (*(m.encode() for m in E2B_DERIVED_MIME_TYPES), b'"expanded"')
 # The remote kernel sends a cell's reply before its 'idle', but the Jupyter Server relays the
@@ -137,6 +142,7 @@ class JupyterForwarder:
         on_died: Callable[[str, list[Route]], None],
         cell_timeout: float | None,
         log: logging.Logger,
+        trust_outputs: bool = False,
     ) -> None:
         self.session = session
         self.endpoint = endpoint
@@ -151,6 +157,7 @@ class JupyterForwarder:
         self._on_closed_cb = on_closed
         self._on_died = on_died
         self._cell_timeout = cell_timeout
+        self._trust_outputs = trust_outputs  # else active content is held back (active_content)
         self._routes: dict[str, Route] = {}
         self._running: set[str] = set()  # execute requests between 'busy' and 'idle'
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per-cell timeouts by msg_id
@@ -255,6 +262,8 @@ class JupyterForwarder:
                 self._track_status(parent_id, content.get("execution_state"))
             if msg_type in _RICH_OUTPUTS:
                 parts = _without_e2b_fields(parts)
+            if msg_type in _GUARDED and not self._trust_outputs:
+                parts = guard_parts(msg_type, parts)
             self._send_iopub_raw(parts, msg_type)
             return
         route = self._routes.get(parent_id) if parent_id else None
@@ -271,6 +280,8 @@ class JupyterForwarder:
             self._started.discard(parent_id)
             if msg_type == "kernel_info_reply":
                 parts = self._as_local_kernel_info(parts)
+            elif msg_type == "execute_reply" and not self._trust_outputs:
+                parts = guard_parts(msg_type, parts)  # help's pager bundle
         if route.channel == "control":
             self._send_control(route.stream, parts, route.idents)
         elif getattr(route.stream, "sending", lambda: True)():

@@ -160,6 +160,7 @@ class JupyterTransport:
                 on_died=self._remote_kernel_died,
                 cell_timeout=session.config.cell_timeout,
                 log=self.log,
+                trust_outputs=session.config.trust_outputs,
             )
             await forwarder.open()
             return forwarder

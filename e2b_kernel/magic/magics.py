@@ -35,6 +35,7 @@ from .display import (
     late_output_here,
     show_event,
     show_payload,
+    without_active_content,
 )
 from .loop_thread import LoopThread
 from .transport import Transports
@@ -261,6 +262,7 @@ class E2BMagics(CommandsMixin, Magics):
         result: RemoteResult | None = None
         error: dict[str, Any] | None = None
         cells = None
+        trusted = session.config.trust_outputs  # else active content is held back
         if args.language == "python":  # see .transport: other languages need /execute
             cells = self.call(self.transports.cells_for(args.sandbox, session))
         if cells is not None:
@@ -269,7 +271,7 @@ class E2BMagics(CommandsMixin, Magics):
                 timeout=args.timeout,
                 env_vars=env or None,
                 front_end="magic",
-                late_output=None if args.quiet else late_output_here(),
+                late_output=None if args.quiet else late_output_here(trusted),
             )
         else:
             events = session.execute(
@@ -280,6 +282,8 @@ class E2BMagics(CommandsMixin, Magics):
                 front_end="magic",
             )
         for kind, content in self.loop.iterate(events):
+            if not trusted:
+                content = without_active_content(kind, content)
             if kind == "error":
                 error = content
             elif kind == "execute_result":

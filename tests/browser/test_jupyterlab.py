@@ -147,6 +147,19 @@ def run_cells_from_the_launcher(page, url: str, screenshot: Path) -> None:
     run_cell(page, "from tqdm.auto import tqdm\nfor _ in tqdm(range(3)): pass")
     page.locator(".jp-OutputArea-output .widget-hprogress").first.wait_for()
     status.wait_for()
+
+    # Code in the sandbox must not reach the browser: JupyterLab runs the JavaScript of the
+    # outputs a running cell sends, in the page of this Jupyter Server, which can open a host
+    # terminal. Both outputs are held back, saying why, and nothing of theirs runs here.
+    run_cell(
+        page,
+        "from IPython.display import HTML, Javascript; "
+        'display(Javascript("document.body.dataset.pwned=1")); '
+        'display(HTML("<img src=x onerror=document.body.dataset.pwned=2>"))',
+    )
+    outputs.filter(has_text="Not shown: this output from the sandbox").nth(1).wait_for()
+    assert page.locator(".jp-OutputArea-output img[src='x']").count() == 0
+    assert page.evaluate("() => document.body.dataset.pwned ?? null") is None
     page.screenshot(path=str(screenshot), full_page=True)
 
 

@@ -19,6 +19,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from remote_faults import LOSE_THE_NEXT_CELLS_IOPUB, UNDO_LOSING_IOPUB
 
+from e2b_kernel.core.active_content import HELD_BACK_NOTE
 from e2b_kernel.core.kernel_channels import LOST_OUTPUT_NOTE
 from e2b_kernel.core.outputs import strip_ansi
 
@@ -103,6 +104,19 @@ def own_magic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Magic]:
 
 def outputs_of(messages: list[dict[str, Any]], msg_type: str) -> list[dict[str, Any]]:
     return [m["content"] for m in messages if m["msg_type"] == msg_type]
+
+
+def late_output(magic: Magic, msg_id: str, msg_type: str) -> dict[str, Any]:
+    """The content of the first ``msg_type`` message a cell sends after it ended."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            msg = magic.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == msg_type:
+            return dict(msg["content"])
+    raise AssertionError(f"the late {msg_type} never arrived")
 
 
 def visible(messages: list[dict[str, Any]]) -> list[str]:
@@ -280,6 +294,30 @@ def test_display_updates_keep_their_display_id_and_metadata(magic: Magic) -> Non
     assert image["metadata"] == {"image/png": {"width": 40}}
 
 
+def test_outputs_that_would_run_code_in_the_browser_are_held_back(magic: Magic) -> None:
+    """The sandbox's code is not trusted, the local front end is: %%e2b's displays, its
+    result and what a cell's thread shows later carry no JavaScript out of the sandbox."""
+    msg_id = magic.send(
+        "%%e2b\nimport threading, time\n"
+        "from IPython.display import HTML, Javascript, display\n"
+        "def late():\n    time.sleep(0.5)\n"
+        "    display(HTML('<img src=x onerror=alert(3)>'))\n"
+        "threading.Thread(target=late).start()\n"
+        "display(Javascript('alert(1)'))\n"
+        "display(HTML('<b>kept</b>'))\n"
+        "HTML('<script>alert(2)</script>')"
+    )
+    reply, messages = magic.collect(msg_id)
+    assert reply["status"] == "ok", messages
+    script, kept = outputs_of(messages, "display_data")
+    (result,) = outputs_of(messages, "execute_result")
+    assert set(script["data"]) == {"text/plain"} and HELD_BACK_NOTE in script["data"]["text/plain"]
+    assert kept["data"]["text/html"] == "<b>kept</b>"
+    assert set(result["data"]) == {"text/plain"} and HELD_BACK_NOTE in result["data"]["text/plain"]
+    late = late_output(magic, msg_id, "display_data")
+    assert set(late["data"]) == {"text/plain"}, late
+
+
 def test_input_and_getpass_go_through_the_kernels_stdin(magic: Magic) -> None:
     for call, password in (("input('name? ')", False), ("getpass.getpass('name? ')", True)):
         msg_id = magic.send(f"%%e2b\nimport getpass\n{call}", allow_stdin=True)
@@ -393,17 +431,7 @@ def test_what_a_cells_threads_print_after_it_ended_lands_in_that_cell(magic: Mag
     assert reply["status"] == "ok", messages
     # (one message or two: the remote ipykernel may flush print's text and its newline apart)
     assert "".join(s["text"] for s in outputs_of(messages, "stream")) == "cell done\n"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            msg = magic.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-            assert msg["content"] == {"name": "stdout", "text": "late thread\n"}
-            break
-    else:
-        raise AssertionError("the late output never arrived")
+    assert late_output(magic, msg_id, "stream") == {"name": "stdout", "text": "late thread\n"}
     assert magic.run("%%e2b\n6 * 7")[0]["status"] == "ok"
 
 

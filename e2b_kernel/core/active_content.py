@@ -1,0 +1,227 @@
+"""Outputs from the sandbox that would run code in the user's browser, held back.
+
+Front ends trust the outputs a running cell sends: JupyterLab and Notebook run
+``application/javascript``, and the scripts and event handlers of ``text/html``, Markdown,
+SVG and widget HTML, in the page of the user's own Jupyter Server, whose API opens a terminal
+on the host. Code in a sandbox is not trusted, so its outputs must not carry code out of it:
+
+- script MIME types (``application/javascript``, Bokeh's and HoloViews' ``*_exec``/``*_load``
+  bundles) are dropped;
+- ``text/html``, ``image/svg+xml`` and ``text/markdown`` are dropped when they hold active
+  content: a script, an element that loads or runs a document (``iframe``, ``object``,
+  ``embed``, ``base``, ``meta``...), an event handler attribute, or a ``javascript:`` URL;
+  ``text/latex`` when it holds a ``javascript:`` URL. Everything else, a pandas table with its
+  ``<style>`` included, passes unchanged, byte for byte;
+- widget state (``jupyter.widget`` comms) is treated the same: HTML with active content is
+  shown as text, an anywidget's ``_esm`` module is replaced by one that says why.
+
+HTML is judged on the tree that lexbor, a WHATWG-conformant parser, builds: the one the
+browser builds too, so markup that hides a handler from a naive reading (``<svg><style>``,
+``<noscript>``) does not slip through. A bundle left with nothing to show says why, in
+``text/plain``. ``SessionConfig.trust_outputs`` (``E2B_KERNEL_TRUST_OUTPUTS=1``) turns this
+off for users who trust the code they run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "HELD_BACK_NOTE",
+    "guard_bundle",
+    "guard_comm",
+    "guard_output",
+    "guard_parts",
+    "guard_payloads",
+]
+
+HELD_BACK_NOTE = (
+    "[e2b-kernel] Not shown: this output from the sandbox holds code that your browser would "
+    "run outside the sandbox (a script, an event handler or a javascript: link). Set "
+    "E2B_KERNEL_TRUST_OUTPUTS=1 to show such outputs if you trust the code you run."
+)
+_INERT_WIDGET_MODULE = (
+    "export default { render({ el }) { el.textContent = "
+    + json.dumps(
+        "[e2b-kernel] This widget's JavaScript from the sandbox was not run. "
+        "Set E2B_KERNEL_TRUST_OUTPUTS=1 to run it if you trust the code you run."
+    )
+    + "; } };"
+)
+
+_SCRIPT_TYPES = re.compile(
+    r"(application|text)/(x-)?(javascript|ecmascript)|application/vnd\..*_(exec|load)\.v\d+\+json",
+    re.IGNORECASE,
+)
+_MARKUP_TYPES = frozenset({"text/html", "image/svg+xml", "text/markdown"})
+_URL_TYPES = frozenset({"text/latex"})  # MathJax's \href
+# Elements that run or load code or documents, redirect the page, or are parsed differently
+# by a browser that runs scripts (noscript) than by a parser that does not.
+_ACTIVE_ELEMENTS = frozenset(
+    {
+        "script", "iframe", "frame", "frameset", "object", "embed", "applet", "base", "meta",
+        "link", "template", "noscript", "noembed", "noframes", "portal", "fencedframe",
+        "animate", "animatemotion", "animatetransform", "set", "handler", "listener",
+    }
+)  # fmt: skip
+_ACTIVE_SCHEMES = ("javascript:", "vbscript:", "livescript:")
+# Bytes whose absence proves a message holds nothing this module would change (a JSON escape,
+# which could spell any of them, sends the message to the parser too).
+_MARKERS = (
+    b"javascript", b"ecmascript", b"_exec", b"_load", b"text/html", b"image/svg",
+    b"text/markdown", b"text/latex", b"\\u",
+)  # fmt: skip
+_COMM_MARKERS = (b"<", b"_esm", b"\\u")
+
+
+def _url_is_active(value: str) -> bool:
+    """Whether a URL would run script: browsers drop whitespace and control characters
+    before reading the scheme (``java\\tscript:``)."""
+    squeezed = "".join(ch for ch in value if ch > " ").lower()
+    if squeezed.startswith(_ACTIVE_SCHEMES):
+        return True
+    return squeezed.startswith("data:") and not squeezed.startswith("data:image/")
+
+
+def _text_has_active_url(text: str) -> bool:
+    squeezed = "".join(ch for ch in html.unescape(text) if ch > " ").lower()
+    return any(scheme in squeezed for scheme in _ACTIVE_SCHEMES)
+
+
+def _refers_within(attributes: dict[str, str | None]) -> bool:
+    """Whether an SVG ``<use>`` refers to an element of its own document (matplotlib's
+    markers and glyphs), not to another document."""
+    targets = [v for k, v in attributes.items() if k.lower() in ("href", "xlink:href")]
+    return all((target or "").strip().startswith("#") for target in targets)
+
+
+def markup_is_active(markup: str) -> bool:
+    """Whether HTML (or SVG) would run code in the browser that shows it."""
+    from selectolax.lexbor import LexborHTMLParser  # imported here: only rich outputs need it
+
+    root = LexborHTMLParser(markup).root
+    if root is None:
+        return False
+    for node in root.traverse(include_text=False):
+        tag = (node.tag or "").lower()
+        if tag in _ACTIVE_ELEMENTS:
+            return True
+        if tag == "use" and not _refers_within(node.attributes):
+            return True  # an SVG <use> of another document may bring its scripts along
+        for name, value in node.attributes.items():
+            name = name.lower()
+            if name.startswith("on") or name == "srcdoc":
+                return True
+            if value and _url_is_active(value):
+                return True
+    return False
+
+
+def _value_is_active(mime: str, value: Any) -> bool:
+    if isinstance(value, list):  # nbformat's multiline strings
+        value = "".join(str(line) for line in value)
+    if not isinstance(value, str):
+        return False
+    if mime in _URL_TYPES:
+        return _text_has_active_url(value)
+    if mime == "text/markdown" and _text_has_active_url(value):
+        return True  # [link](javascript:...)
+    return "<" in value and markup_is_active(value)
+
+
+def guard_bundle(data: dict[str, Any]) -> dict[str, Any] | None:
+    """A MIME bundle without what would run code in the browser; None when nothing is."""
+    held = [
+        mime
+        for mime, value in data.items()
+        if _SCRIPT_TYPES.fullmatch(mime)
+        or ((mime in _MARKUP_TYPES or mime in _URL_TYPES) and _value_is_active(mime, value))
+    ]
+    if not held:
+        return None
+    kept = {mime: value for mime, value in data.items() if mime not in held}
+    if set(kept) <= {"text/plain"}:  # nothing richer left: say why the output is missing
+        shown = kept.get("text/plain")
+        kept["text/plain"] = f"{shown}\n{HELD_BACK_NOTE}" if shown else HELD_BACK_NOTE
+    return kept
+
+
+def guard_output(content: dict[str, Any]) -> dict[str, Any] | None:
+    """A display_data / execute_result / update_display_data content, guarded; None when
+    unchanged."""
+    data = content.get("data")
+    if not isinstance(data, dict):
+        return None
+    guarded = guard_bundle(data)
+    if guarded is None:
+        return None
+    return {**content, "data": guarded}
+
+
+def guard_payloads(payloads: Iterable[Any]) -> list[Any] | None:
+    """A reply's payloads with the pager's bundles guarded; None when unchanged."""
+    result, changed = [], False
+    for payload in payloads:
+        if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+            guarded = guard_bundle(payload["data"])
+            if guarded is not None:
+                payload, changed = {**payload, "data": guarded}, True
+        result.append(payload)
+    return result if changed else None
+
+
+def _guard_state(state: dict[str, Any]) -> dict[str, Any] | None:
+    """A widget's state with its active HTML made text and its ``_esm`` inert."""
+    changed: dict[str, Any] = {}
+    for key, value in state.items():
+        if key == "_esm" and value:
+            changed[key] = _INERT_WIDGET_MODULE
+        elif isinstance(value, str) and "<" in value and markup_is_active(value):
+            changed[key] = html.escape(value)
+        elif key == "outputs" and isinstance(value, list):  # an Output widget's outputs
+            outputs = [guard_output(o) or o if isinstance(o, dict) else o for o in value]
+            if outputs != value:
+                changed[key] = outputs
+    return {**state, **changed} if changed else None
+
+
+def guard_comm(content: dict[str, Any]) -> dict[str, Any] | None:
+    """A comm_open / comm_msg content with its widget state guarded; None when unchanged."""
+    data = content.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("state"), dict):
+        return None
+    state = _guard_state(data["state"])
+    if state is None:
+        return None
+    return {**content, "data": {**data, "state": state}}
+
+
+def guard_parts(msg_type: str, parts: list[bytes]) -> list[bytes]:
+    """A serialized message (``[header, parent, metadata, content, *buffers]``), guarded;
+    the same list, unparsed, when it cannot hold anything to guard."""
+    content_bytes = parts[3]
+    if msg_type in ("comm_open", "comm_msg"):
+        if not any(marker in content_bytes for marker in _COMM_MARKERS):
+            return parts
+        guard = guard_comm
+    elif msg_type == "execute_reply":
+        if b'"page"' not in content_bytes or not any(m in content_bytes for m in _MARKERS):
+            return parts
+        guard = _guard_reply
+    else:
+        if not any(marker in content_bytes for marker in _MARKERS):
+            return parts
+        guard = guard_output
+    guarded = guard(json.loads(content_bytes))
+    if guarded is None:
+        return parts
+    return [*parts[:3], json.dumps(guarded).encode(), *parts[4:]]
+
+
+def _guard_reply(content: dict[str, Any]) -> dict[str, Any] | None:
+    payloads = guard_payloads(content.get("payload") or [])
+    return None if payloads is None else {**content, "payload": payloads}
