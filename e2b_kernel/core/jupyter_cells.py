@@ -100,6 +100,7 @@ class _Cell:
         self.stopped = False  # interrupted (or given up on) by us
         self.seen_busy = False  # its 'busy' has arrived (read or not): a process took it
         self.restarted = False  # it ignored its timeout's interrupt: its process was restarted
+        self.asking = False  # its input_request went to the front end, not answered yet
         self.catching_up: asyncio.Task | None = None  # see JupyterCells._catch_up
 
     async def next(self, timeout: float | None) -> _Message:
@@ -247,6 +248,8 @@ class JupyterCells:
 
     async def answer(self, value: str) -> None:
         """Answer the running cell's ``input_request``."""
+        for cell in self._cells.values():
+            cell.asking = False
         if self._channels is not None:
             reply = self._messages.msg("input_reply", {"value": value})
             self._channels.send("stdin", self._parts(reply))
@@ -262,10 +265,13 @@ class JupyterCells:
         env_vars: dict[str, str] | None = None,
         front_end: str = "magic",
         late_output: LateOutput | None = None,
+        on_unanswered: Callable[[], None] | None = None,
     ) -> AsyncIterator[Event]:
         """Run ``code`` (with ``env_vars`` set for it alone); yield its outputs,
         ``input_request`` included, as they arrive. Output its threads and tasks send once it
-        has ended goes to ``late_output``.
+        has ended goes to ``late_output``; ``on_unanswered`` is called when the cell ends (its
+        timeout, a loss) while its ``input_request`` waits for an answer, so the front end
+        can close its prompt.
 
         The errors and the ``e2b.execute`` span are those of :meth:`SandboxSession.execute`.
         """
@@ -312,6 +318,8 @@ class JupyterCells:
             finally:
                 session.hold_busy(False)
                 self._cells.pop(msg_id, None)
+                if cell.asking and on_unanswered is not None:
+                    on_unanswered()
                 if cell.catching_up is not None:
                     cell.catching_up.cancel()
                 if late_output is not None and not cell.restarted:  # (its process's last words)
@@ -422,6 +430,7 @@ class JupyterCells:
                 if not cell.started:  # its IOPub may be behind it, or lost
                     self._catch_up(cell, channels)
             elif channel == "stdin" and msg_type == "input_request":
+                cell.asking = True
                 yield (msg_type, content)
             elif channel == "iopub" and msg_type in _OUTPUTS:
                 errored = errored or msg_type == "error"

@@ -145,8 +145,14 @@ def _unglue_tail(text: str, ename: str, evalue: str) -> str:
     rest = strip_ansi(text[match.start() :])
     # IPython's line is "Name: value", also for an empty value ("AssertionError: ") or one
     # ending in spaces; the shorter forms are how others word it.
-    forms = (f"{ename}: {evalue}", f"{ename}: {evalue}".rstrip(), ename)
+    forms = (f"{ename}: {evalue}", f"{ename}: {evalue}".rstrip())
     tail = next((form for form in forms if rest.startswith(form)), None)
+    if tail is None and rest.startswith(f"{ename}:"):
+        # The line words the value its own way (SyntaxError's leaves out the file and line
+        # that its value names): the whole line is the exception's.
+        tail = rest.split("\n", 1)[0]
+    if tail is None and rest.startswith(ename):
+        tail = ename
     if tail is None:
         return text
     start = match.start()

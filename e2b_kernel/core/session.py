@@ -24,7 +24,7 @@ from ..errors import (
     SandboxLost,
     SandboxUnavailable,
 )
-from . import introspection, quick_create, sdk
+from . import introspection, quick_create, sdk, text_plain
 from .hidden import parse_reply
 from .jupyter_server import JUPYTER_PORT, JupyterEndpoint, endpoint_at, endpoint_for
 from .keepalive import KeepAlive
@@ -749,6 +749,9 @@ class SandboxSession:
         if not expressions:
             return {}
         reply = await self._reply_if_idle(introspection.user_expressions_code(expressions))
+        for result in (reply or {}).values():
+            if isinstance(result, dict) and isinstance(result.get("data"), dict):
+                text_plain.restore(result["data"])  # not the /execute carrier's private type
         return reply or {}
 
     # ---- files ---------------------------------------------------------------------------

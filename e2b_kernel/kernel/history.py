@@ -15,14 +15,15 @@ SESSION = 1  # the only session this process knows; 0 also means "the current se
 
 
 class CellHistory:
-    """Inputs (and the text of their results) of the cells run in this kernel process."""
+    """Inputs of the cells run in this kernel process. Their outputs are not kept, as IPython
+    keeps none by default (``HistoryManager.db_log_output``): ``output=True`` gives None."""
 
     def __init__(self) -> None:
-        self._entries: list[tuple[int, str, str | None]] = []
+        self._entries: list[tuple[int, str]] = []
 
-    def add(self, line: int, code: str, output: str | None) -> None:
-        """Record cell ``line`` with its input and the text/plain of its result, if any."""
-        self._entries.append((line, code, output))
+    def add(self, line: int, code: str) -> None:
+        """Record cell ``line``'s input."""
+        self._entries.append((line, code))
 
     def query(
         self,
@@ -38,6 +39,7 @@ class CellHistory:
     ) -> list[tuple[int, int, Any]]:
         """Return ``history_reply`` entries: (session, line, input or (input, output))."""
         entries = list(self._entries)
+        numbered = SESSION
         if hist_access_type == "tail":
             entries = entries[-(n if n is not None else 10) :] if n != 0 else []
         elif hist_access_type == "range":
@@ -45,6 +47,7 @@ class CellHistory:
                 return []
             low = start or 0
             entries = [e for e in entries if e[0] >= low and (stop is None or e[0] < stop)]
+            numbered = 0  # IPython numbers the current session's range from memory as 0
         elif hist_access_type == "search":
             glob = pattern or "*"
             entries = [e for e in entries if fnmatchcase(e[1], glob)]
@@ -60,6 +63,4 @@ class CellHistory:
                 entries = entries[-n:]
         else:
             return []
-        return [
-            (SESSION, line, (code, result) if output else code) for line, code, result in entries
-        ]
+        return [(numbered, line, (code, None) if output else code) for line, code in entries]

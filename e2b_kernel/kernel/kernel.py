@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 
 import zmq
 from ipykernel.kernelbase import Kernel
+from ipykernel.utils import _async_in_context
 from traitlets import Instance
 
 from .. import __version__
@@ -92,7 +94,6 @@ class E2BKernel(JupyterTransport, Kernel):
         self._cell_task: asyncio.Task | None = None
         self._backend_ready = asyncio.Event()
         self.history = CellHistory()
-        self._result_text: str | None = None
         self._init_transport()
 
     # ---- start-up ---------------------------------------------------------------------------
@@ -248,12 +249,11 @@ class E2BKernel(JupyterTransport, Kernel):
 
     async def _execute(self, code: str, silent: bool, stored: bool) -> dict:
         self._shell_loop = asyncio.get_running_loop()
-        self._result_text = None
         self._cell_task = asyncio.ensure_future(self._run_cell(code, silent))
         await asyncio.wait([self._cell_task])
         task, self._cell_task = self._cell_task, None
         if stored:
-            self.history.add(self._cell_number, code, self._result_text)
+            self.history.add(self._cell_number, code)
             self._next_count += 1
         if task.cancelled():
             interrupted = ExecutionInterrupted("the cell was interrupted; state is kept")
@@ -283,7 +283,7 @@ class E2BKernel(JupyterTransport, Kernel):
             self.log.exception("internal error while running a cell")
             return self._fail(exc)
         if error is not None:
-            return {"status": "error", "execution_count": self._cell_number, **error}
+            return self._error_reply(error)
         return self._ok()
 
     def _publish(self, kind: str, content: dict) -> None:
@@ -294,7 +294,6 @@ class E2BKernel(JupyterTransport, Kernel):
             content = guard_output(content) or content  # see core.active_content
         if kind == "execute_result":
             content = {**content, "execution_count": self._cell_number}
-            self._result_text = content["data"].get("text/plain")
         elif kind == "display_data":
             content = {**content, "transient": {}}
         self.send_response(self.iopub_socket, kind, content)
@@ -310,7 +309,11 @@ class E2BKernel(JupyterTransport, Kernel):
     def _fail(self, exc: BaseException) -> dict:
         content = error_content(exc)
         self.send_response(self.iopub_socket, "error", content)  # silent cells too, as IPython
-        return {"status": "error", "execution_count": self._cell_number, **content}
+        return self._error_reply(content)
+
+    def _error_reply(self, error: dict) -> dict:
+        # ipykernel's error replies carry an empty payload and user_expressions too.
+        return {**self._ok(), "status": "error", **error}
 
     # ---- interrupts ---------------------------------------------------------------------------
 
@@ -393,6 +396,21 @@ class E2BKernel(JupyterTransport, Kernel):
                 self.set_parent(ident, parent, channel="shell")
             return
         await super().shell_main(subshell_id, msg)
+
+    def _abort_queues(self, subshell_id: str | None = None) -> None:
+        """After a failed cell (stop_on_error), abort every request already sent, as
+        ipykernel does with its shell thread: a "stop aborting" marker queued behind them
+        ends the abort. (Without that thread ipykernel ends it at the loop's next turn, when
+        the queued requests still wait for the running cell's lock: only the first was
+        aborted, and "Run all" went on past a failed cell.)"""
+        if subshell_id is not None or self.shell_stream is None:
+            super()._abort_queues(subshell_id)
+            return
+        self._aborting = True
+        self.shell_stream.flush()  # every request already here becomes a task, in order
+        handler = _async_in_context(functools.partial(self.shell_main, None))
+        # Scheduled as the stream schedules each request: it takes the lock after them.
+        self._in_background(handler([zmq.Frame(b"stop aborting")]))
 
     def _is_quick(self, msg: Any) -> bool:
         if self.session is None:

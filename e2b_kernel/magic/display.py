@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import getpass
 import logging
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.display_functions import clear_output, publish_display_data
@@ -36,6 +38,7 @@ log = logging.getLogger("e2b_kernel.magic")
 
 __all__ = [
     "CellInterrupted",
+    "LocalPrompt",
     "RemoteResult",
     "SandboxRequestFailed",
     "ask_locally",
@@ -169,6 +172,39 @@ def late_output_here(trusted: bool = False) -> LateOutput | None:
         session.send(iopub, msg_type, content, parent=parent, ident=msg_type.encode())
 
     return publish
+
+
+class LocalPrompt:
+    """Asks the remote cell's questions here (:func:`ask_locally`), and closes a question
+    whose cell ended meanwhile (its ``--timeout``): the prompt would otherwise stay open, and
+    the answer be thrown away, until the user typed one."""
+
+    def __init__(self) -> None:
+        self._thread = threading.get_ident()  # the one that asks (it blocks in input())
+        self._lock = threading.Lock()
+        self._asking = False
+        self._closed = False
+
+    def ask(self, content: dict[str, Any]) -> str | None:
+        """The answer; None when the question was closed before it came."""
+        with self._lock:
+            self._asking, self._closed = True, False
+        try:
+            return ask_locally(content)
+        except KeyboardInterrupt:
+            if self._closed:
+                return None
+            raise
+        finally:
+            with self._lock:
+                self._asking = False
+
+    def close(self) -> None:
+        """From any thread: end the question being asked, if one is (as Ctrl-C would)."""
+        with self._lock:
+            if self._asking and not self._closed:
+                self._closed = True
+                signal.pthread_kill(self._thread, signal.SIGINT)
 
 
 def ask_locally(content: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ against E2B cloud and the local service. Relative sandbox paths are relative to 
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from dataclasses import dataclass
@@ -100,11 +101,32 @@ async def download(
     if _names_a_folder(local) or (target.is_dir() and (local or not _is_dir(info))):
         target = target / name  # into it, as cp and scp do (a folder named as the file too)
     summary = CopySummary()
-    if _is_dir(info):
-        await _download_folder(session, source, target, summary)
-    else:
-        await _download_file(session, source, target, summary)
+    try:
+        if _is_dir(info):
+            await _download_folder(session, source, target, summary)
+        else:
+            await _download_file(session, source, target, summary)
+    except OSError as exc:  # of this machine's file system (the sandbox's are SDK errors)
+        raise _cannot_write(target, exc) from None
     return target, summary
+
+
+def _cannot_write(target: Path, exc: OSError) -> TransferError:
+    """The local write's failure, naming what is in the way and what to do."""
+    where = Path(exc.filename) if exc.filename else target
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        in_the_way = next((p for p in (where, *where.parents) if p.is_file()), None)
+        if in_the_way is not None:
+            return TransferError(
+                f"download: cannot write {target}: {in_the_way} is a file, not a folder. "
+                "Give another local path, or move that file away."
+            )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return TransferError(
+            f"download: no permission to write {where} ({exc.strerror}). "
+            "Give a local path in a folder you can write to."
+        )
+    return TransferError(f"download: cannot write {where}: {exc.strerror or exc}")
 
 
 async def _download_folder(

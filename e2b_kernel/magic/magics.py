@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from IPython.core.display_functions import display
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -29,8 +30,8 @@ from . import transfer
 from .arguments import parse_env, parse_line, sandbox_name
 from .commands import HELP, CommandsMixin
 from .display import (
+    LocalPrompt,
     RemoteResult,
-    ask_locally,
     for_user,
     late_output_here,
     show_event,
@@ -249,9 +250,14 @@ class E2BMagics(CommandsMixin, Magics):
             self.call(transfer.push(session, values, self.transfer_limit))
         result = self._run_streaming(session, cell, args, env)
         if args.outputs:
-            pulled = self.call(
-                transfer.pull(session, args.outputs, self.transfer_limit, args.unsafe_pickle)
-            )
+            try:
+                pulled = self.call(
+                    transfer.pull(session, args.outputs, self.transfer_limit, args.unsafe_pickle)
+                )
+            except BaseException:
+                if result is not None and not args.quiet:
+                    display(result)  # the cell ran: its value is not lost with the pull
+                raise
             self.user_ns.update(pulled)
         return None if args.quiet else result
 
@@ -263,6 +269,7 @@ class E2BMagics(CommandsMixin, Magics):
         error: dict[str, Any] | None = None
         cells = None
         trusted = session.config.trust_outputs  # else active content is held back
+        prompt = LocalPrompt()
         if args.language == "python":  # see .transport: other languages need /execute
             cells = self.call(self.transports.cells_for(args.sandbox, session))
         if cells is not None:
@@ -272,6 +279,7 @@ class E2BMagics(CommandsMixin, Magics):
                 env_vars=env or None,
                 front_end="magic",
                 late_output=None if args.quiet else late_output_here(trusted),
+                on_unanswered=prompt.close,
             )
         else:
             events = session.execute(
@@ -289,7 +297,9 @@ class E2BMagics(CommandsMixin, Magics):
             elif kind == "execute_result":
                 result = RemoteResult(content.get("data", {}), content.get("metadata", {}))
             elif kind == "input_request" and cells is not None:
-                self.call(cells.answer(ask_locally(content)))
+                answer = prompt.ask(content)
+                if answer is not None:  # else the cell ended first: its error comes next
+                    self.call(cells.answer(answer))
             elif kind == "payload":
                 if not args.quiet:
                     show_payload(content, args.magic_line)

@@ -105,6 +105,17 @@ def test_glued_final_line_without_colours_is_separated() -> None:
     ]
 
 
+def test_a_final_line_that_words_its_value_otherwise_stays_whole() -> None:
+    """SyntaxError's line leaves out the file and line its value names."""
+    entries = [
+        "  Cell In[1], line 1\n    def f(:\n          ^\n",
+        "\x1b[31mSyntaxError\x1b[39m\x1b[31m:\x1b[39m invalid syntax\n",
+    ]
+    lines = split_traceback("".join(entries), "SyntaxError", "invalid syntax (3.py, line 1)")
+    assert lines[-1] == "\x1b[31mSyntaxError\x1b[39m\x1b[31m:\x1b[39m invalid syntax"
+    assert lines[-2].strip() == "^"
+
+
 def test_error_content_has_name_value_and_line_list() -> None:
     content = error_to_content(ExecutionError("ValueError", "bad", "ValueError: bad"))
     assert content == {"ename": "ValueError", "evalue": "bad", "traceback": ["ValueError: bad"]}

@@ -74,7 +74,8 @@ def test_streams_arrive_while_the_cell_runs_in_order(
 def test_every_mime_type_and_extra_reaches_display_data(
     start_kernel: StartKernel, backend_env: BackendEnv
 ) -> None:
-    kernel = start_kernel(backend_env())
+    # Trusted: JavaScript is held back otherwise (tests/kernel/test_output_guard.py).
+    kernel = start_kernel(backend_env(E2B_KERNEL_TRUST_OUTPUTS="1"))
     bundle = {
         "text/plain": "plain",
         "text/html": "<i>html</i>",
@@ -222,18 +223,22 @@ def test_error_is_iopub_error_then_error_reply(
     assert reply["status"] == "error"
     assert (reply["ename"], reply["evalue"]) == ("ZeroDivisionError", "division by zero")
     assert reply["traceback"] == error["traceback"]
+    assert (reply["payload"], reply["user_expressions"]) == ([], {})  # as ipykernel's
 
 
+@pytest.mark.parametrize("transport", ["execute", "jupyter"], indirect=True)
 def test_stop_on_error_aborts_queued_cells(
-    start_kernel: StartKernel, backend_env: BackendEnv
+    start_kernel: StartKernel, backend_env: BackendEnv, transport: str
 ) -> None:
     kernel = start_kernel(backend_env())
     failing = kernel.send("import time; time.sleep(1); 1/0")
-    queued = kernel.send("queued_ran = True")
+    # "Run all": every cell queued behind the failed one is aborted, whatever its own flag.
+    queued = [kernel.send(f"queued_{n} = True") for n in range(3)]
+    queued.append(kernel.send("queued_3 = True", stop_on_error=False))
     assert kernel.reply(failing)["status"] == "error"
-    assert kernel.reply(queued)["status"] == "aborted"
-    _, outputs = kernel.run("'queued_ran' in globals()")
-    assert outputs[-1].content["data"]["text/plain"] == "False"
+    assert [kernel.reply(msg_id)["status"] for msg_id in queued] == ["aborted"] * 4
+    _, outputs = kernel.run("[name for name in globals() if name.startswith('queued_')]")
+    assert outputs[-1].content["data"]["text/plain"] == "[]"
     kept = kernel.send("1/0", stop_on_error=False)
     after = kernel.send("after = 1")
     assert kernel.reply(kept)["status"] == "error"
@@ -331,16 +336,19 @@ def test_completion_while_a_cell_runs_answers_at_once(
     assert reply["matches"] == ["my_special_value"]
 
 
+@pytest.mark.parametrize("transport", ["execute", "jupyter"], indirect=True)
 def test_user_expressions_are_evaluated_in_the_sandbox(
-    start_kernel: StartKernel, backend_env: BackendEnv
+    start_kernel: StartKernel, backend_env: BackendEnv, transport: str
 ) -> None:
     kernel = start_kernel(backend_env())
-    msg_id = kernel.send("base = 21", user_expressions={"double": "base * 2", "bad": "1/0"})
+    expressions = {"double": "base * 2", "bad": "1/0", "text": "'q'"}
+    msg_id = kernel.send("base = 21", user_expressions=expressions)
     reply, outputs = kernel.collect(msg_id)
     assert reply["status"] == "ok" and outputs == []
     expressions = reply["user_expressions"]
     assert expressions["double"]["status"] == "ok"
     assert expressions["double"]["data"]["text/plain"] == "42"
+    assert expressions["text"]["data"] == {"text/plain": "'q'"}  # as python3: nothing else
     assert expressions["bad"]["status"] == "error"
     assert expressions["bad"]["ename"] == "ZeroDivisionError"
     assert kernel.run("1")[0]["execution_count"] == reply["execution_count"] + 1

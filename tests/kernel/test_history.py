@@ -7,24 +7,23 @@ from e2b_kernel.kernel.history import SESSION, CellHistory
 
 def make() -> CellHistory:
     history = CellHistory()
-    for line, code, out in [(1, "a = 1", None), (2, "6*7", "42"), (3, "6*7", "42"), (4, "b", "2")]:
-        history.add(line, code, out)
+    for line, code in [(1, "a = 1"), (2, "6*7"), (3, "6*7"), (4, "b")]:
+        history.add(line, code)
     return history
 
 
 def test_tail_with_and_without_output() -> None:
     history = make()
     assert history.query("tail", n=2) == [(SESSION, 3, "6*7"), (SESSION, 4, "b")]
-    assert history.query("tail", n=1, output=True) == [(SESSION, 4, ("b", "2"))]
+    # IPython keeps no outputs by default (db_log_output): python3 answers None too.
+    assert history.query("tail", n=1, output=True) == [(SESSION, 4, ("b", None))]
 
 
 def test_range_in_the_current_session_only() -> None:
     history = make()
-    assert history.query("range", session=0, start=2, stop=4) == [
-        (SESSION, 2, "6*7"),
-        (SESSION, 3, "6*7"),
-    ]
-    assert history.query("range", session=SESSION, start=4) == [(SESSION, 4, "b")]
+    # IPython numbers the current session's range 0, however it was asked for.
+    assert history.query("range", session=0, start=2, stop=4) == [(0, 2, "6*7"), (0, 3, "6*7")]
+    assert history.query("range", session=SESSION, start=4) == [(0, 4, "b")]
     assert history.query("range", session=-1, start=1) == []
 
 

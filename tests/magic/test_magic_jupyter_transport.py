@@ -330,6 +330,18 @@ def test_input_and_getpass_go_through_the_kernels_stdin(magic: Magic) -> None:
         assert outputs_of(messages, "execute_result")[0]["data"]["text/plain"] == "'Ada'"
 
 
+def test_a_cell_waiting_for_input_times_out_and_its_prompt_closes(magic: Magic) -> None:
+    """--timeout holds while the cell waits in input(): the question is closed here (it used
+    to stay open until answered, and the answer was then thrown away), and the cell fails
+    with the timeout, as the kernel's own cell_timeout does."""
+    msg_id = magic.send("%%e2b --timeout 2\nv = input('never answered: ')", allow_stdin=True)
+    request = magic.kc.get_stdin_msg(timeout=TIMEOUT)
+    assert request["parent_header"]["msg_id"] == msg_id
+    reply, _ = magic.collect(msg_id)  # nobody answers (unfixed, this waited for ever)
+    assert reply["status"] == "error" and reply["ename"] == "ExecutionTimeout", reply
+    assert magic.run("%%e2b\n'v' in globals()")[1][-1]["content"]["data"]["text/plain"] == "False"
+
+
 def test_input_where_none_is_allowed_is_caught_as_on_python3(magic: Magic) -> None:
     """nbclient and papermill allow no input: python3 raises StdinNotImplementedError, which
     code may catch; so may it the error of a %%e2b cell's remote input()."""

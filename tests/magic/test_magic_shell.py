@@ -156,8 +156,11 @@ def test_inputs_and_outputs_round_trip_dict_array_and_dataframe(shell: Interacti
 
 
 def test_output_errors_are_clear(shell: InteractiveShell) -> None:
-    missing = run(shell, "%%e2b -o ghost\nx = 1").error_in_exec
+    with capture_output() as captured:
+        missing = run(shell, "%%e2b -o ghost\nx = 1\n41 + 1").error_in_exec
     assert "no variable named 'ghost'" in str(missing)
+    # The cell itself ran: its value is shown all the same, not lost with the pull.
+    assert [o.data["text/plain"] for o in captured.outputs] == ["42"]
     magics = shell._e2b_magics
     magics.transfer_limit = 1000
     big = run(shell, "%%e2b -o blob\nblob = b'x' * 5000").error_in_exec
@@ -309,6 +312,14 @@ def test_missing_paths_give_one_line_errors(
     assert "no such local file or folder" in str(err)
     err = run(shell, "%e2b download /home/user/nope").error_in_exec
     assert "no such file or folder in the sandbox" in str(err)
+    # A local file where a folder is needed: named, with what to do (was a bare FileExistsError).
+    (tmp_path / "afile").write_text("in the way")
+    run(shell, "%%e2b\nopen('/home/user/r.txt', 'w').write('r')")
+    err = run(
+        shell, f"%e2b download /home/user/r.txt {tmp_path / 'afile' / 'in.txt'}"
+    ).error_in_exec
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in str(err), err
+    assert "Give another local path" in str(err)
     assert "Traceback" not in capsys.readouterr().out
 
 
