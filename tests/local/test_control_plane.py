@@ -273,3 +273,51 @@ def test_list_started_after_and_template_filters() -> None:
             second.kill()
     finally:
         first.kill()
+
+
+def test_a_create_repeated_with_its_idempotency_key_gets_the_same_sandbox() -> None:
+    """The SDK retries a create that failed on the way with the same key: the retry must
+    get the first attempt's sandbox, not a second one; the key with another request is
+    refused (E2B's idempotency_request_mismatch)."""
+    key = f"retry-{uuid.uuid4().hex}"
+    first = BaseSandbox.create(timeout=120, metadata={"try": key}, idempotency_key=key)
+    try:
+        again = BaseSandbox.create(timeout=120, metadata={"try": key}, idempotency_key=key)
+        assert again.sandbox_id == first.sandbox_id
+        listed = BaseSandbox.list(query=SandboxQuery(metadata={"try": key})).next_items()
+        assert [s.sandbox_id for s in listed] == [first.sandbox_id]
+        with pytest.raises(SandboxException, match=r"409.*used for another request"):
+            BaseSandbox.create(timeout=120, metadata={"other": "body"}, idempotency_key=key)
+        other = BaseSandbox.create(timeout=120, metadata={"try": key})  # no key: a new one
+        assert other.sandbox_id != first.sandbox_id
+        other.kill()
+    finally:
+        first.kill()
+
+
+def test_concurrent_creates_with_one_idempotency_key_make_one_sandbox() -> None:
+    key = f"race-{uuid.uuid4().hex}"
+
+    async def race() -> set[str]:
+        made = await asyncio.gather(
+            *(AsyncBaseSandbox.create(timeout=120, idempotency_key=key) for _ in range(3))
+        )
+        ids = {s.sandbox_id for s in made}
+        for sandbox in made[:1]:
+            await sandbox.kill()
+        return ids
+
+    assert len(asyncio.run(race())) == 1
+
+
+def test_volumes_are_refused_plainly_never_dropped() -> None:
+    """The local service has no persistent volumes: a create that asks for one is refused
+    (it was created with nothing mounted), and the volume API says why (it was a 404)."""
+    from e2b import Volume
+    from e2b.exceptions import VolumeException
+
+    with pytest.raises(SandboxException, match="volumes are not available in the local"):
+        BaseSandbox.create(timeout=60, volume_mounts={"/data": "no-such-volume"})
+    for call in (lambda: Volume.create("v1"), lambda: Volume.list()):
+        with pytest.raises(VolumeException, match="volumes are not available in the local"):
+            call()

@@ -27,6 +27,7 @@ from ..sandbox.fs_snapshot import restore
 from .auth import new_token
 from .errors import ServiceError, not_found
 from .guards import check_env_names, check_json_depth
+from .idempotency import IdempotentCreates
 from .network_opts import NetworkOptions, from_create, update_network
 from .params import decode_token, encode_token, int_param, metadata_filter, timeout_field
 from .registry import DEFAULT_TIMEOUT, Entry, Registry
@@ -68,7 +69,20 @@ def _by_method(plane: object, handlers: Mapping[str, str]) -> Handler:
 
 
 async def _no_route(scope: Scope, receive: Receive, send: Send) -> None:
-    raise ServiceError(404, f"no such endpoint: {scope['method']} {scope['path']}")
+    path = str(scope["path"])
+    if path == "/volumes" or path.startswith(("/volumes/", "/volumecontent/")):
+        raise volumes_unavailable()
+    raise ServiceError(404, f"no such endpoint: {scope['method']} {path}")
+
+
+def volumes_unavailable() -> ServiceError:
+    """E2B's persistent volumes are not emulated: said plainly, with what to use instead."""
+    return ServiceError(
+        501,
+        "volumes are not available in the local E2B service (e2b-kernel local); keep files "
+        "in the sandbox (its snapshots keep them too), or copy them in and out with its "
+        "files API",
+    )
 
 
 async def disk_total(entry: Entry) -> int:
@@ -97,6 +111,7 @@ class ControlPlane:
             sandbox + "/network": {"PUT": "update_network"},
         }
         self.pool = registry.pool
+        self.idempotent_creates = IdempotentCreates()
         self.snapshot_routes = SnapshotRoutes(self)
         snapshot_routes = {
             sandbox + "/snapshots": {"POST": "create_snapshot"},
@@ -141,8 +156,15 @@ class ControlPlane:
         return entry
 
     async def create(self, request: Request) -> Response:
-        """POST /v2/sandboxes: start a sandbox (and its default code context), answer 201."""
+        """POST /v2/sandboxes: start a sandbox (and its default code context), answer 201;
+        a repeat of an ``Idempotency-Key`` gets the first answer (see .idempotency)."""
         body = await self._json(request)
+        key = request.headers.get("idempotency-key")
+        return await self.idempotent_creates.run(key, body, lambda: self._create(body))
+
+    async def _create(self, body: dict[str, Any]) -> Response:
+        if body.get("volumeMounts"):
+            raise volumes_unavailable()  # refused, never silently left unmounted
         template = body.get("templateID", "base")
         if not isinstance(template, str) or not template:
             raise ServiceError(400, "templateID must be a non-empty string")
