@@ -137,7 +137,7 @@ def test_malformed_connect_rpc(client: httpx.Client, live: Sandbox) -> None:
     assert reply.status_code in (400, 500) and "code" in reply.json()
     reply = client.post("/process.Process/Update", content=b"{}", headers=headers)
     assert reply.json()["code"] == "invalid_argument"
-    reply = client.post("/filesystem.Filesystem/Stat", json={"path": ""}, headers=headers)
+    reply = client.post("/filesystem.Filesystem/Stat", json={"path": "~bob/x"}, headers=headers)
     assert reply.json()["code"] == "invalid_argument"
 
 
