@@ -78,6 +78,11 @@ def _without_e2b_fields(parts: Parts) -> Parts:
     return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
 
+def _is_web_link(link: Any) -> bool:
+    url = link.get("url") if isinstance(link, dict) else None
+    return isinstance(url, str) and url.strip().lower().startswith(("https://", "http://"))
+
+
 @dataclass
 class Route:
     """Where the reply to one request goes."""
@@ -280,8 +285,8 @@ class JupyterForwarder:
             self._started.discard(parent_id)
             if msg_type == "kernel_info_reply":
                 parts = self._as_local_kernel_info(parts)
-            elif msg_type == "execute_reply" and not self._trust_outputs:
-                parts = guard_parts(msg_type, parts)  # help's pager bundle
+            elif msg_type in ("execute_reply", "inspect_reply") and not self._trust_outputs:
+                parts = guard_parts(msg_type, parts)  # help's pager, the inspector's bundles
         if route.channel == "control":
             self._send_control(route.stream, parts, route.idents)
         elif getattr(route.stream, "sending", lambda: True)():
@@ -353,6 +358,9 @@ class JupyterForwarder:
         features = content.get("supported_features")
         if isinstance(features, list):
             content["supported_features"] = [f for f in features if f != "kernel subshells"]
+        links = content.get("help_links")
+        if isinstance(links, list):  # front ends open these: web pages only, no javascript:
+            content["help_links"] = [link for link in links if _is_web_link(link)]
         return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
     # ---- busy cells: keep-alive and per-cell timeout --------------------------------------------

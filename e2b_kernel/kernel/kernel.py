@@ -436,7 +436,10 @@ class E2BKernel(JupyterTransport, Kernel):
         cursor_pos = len(code) if cursor_pos is None else cursor_pos
         if self._config_error is not None:
             return introspection.empty_inspect_reply()
-        return await self.sandbox_session.inspect(code, cursor_pos, detail_level)
+        reply = await self.sandbox_session.inspect(code, cursor_pos, detail_level)
+        if self.sandbox_session.config.trust_outputs:
+            return reply
+        return guard_output(reply) or reply  # the inspector renders its bundle too
 
     async def do_history(  # type: ignore[override]
         self, hist_access_type: str, output: bool, raw: bool, **query: Any

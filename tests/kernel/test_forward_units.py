@@ -131,7 +131,13 @@ def test_kernel_info_does_not_offer_subshells(sockets) -> None:
     relay = _forwarder(session, iopub, banner=lambda: "E2B Python")
     request = session.msg("kernel_info_request", {})
     relay.forward("shell", [b"front"], shell, _parts(session, request))
-    content = {"banner": "IPython", "supported_features": ["kernel subshells", "debugger"]}
+    docs = {"text": "Python", "url": "https://docs.python.org/3"}
+    links = [docs, {"text": "Help", "url": " javascript:alert(1)"}, {"text": "no url"}]
+    content = {
+        "banner": "IPython",
+        "supported_features": ["kernel subshells", "debugger"],
+        "help_links": links,
+    }
     relay._from_remote(
         "shell", _parts(session, session.msg("kernel_info_reply", content, parent=request))
     )
@@ -139,6 +145,8 @@ def test_kernel_info_does_not_offer_subshells(sockets) -> None:
     reply = json.loads(front.recv_multipart()[5])
     assert reply["supported_features"] == ["debugger"]
     assert reply["banner"].startswith("E2B Python") and "Remote kernel: IPython" in reply["banner"]
+    # Front ends open help links: the sandbox's kernel may offer web pages only.
+    assert reply["help_links"] == [docs]
 
 
 def test_a_comm_message_gets_no_reply_and_is_not_kept(sockets, monkeypatch) -> None:

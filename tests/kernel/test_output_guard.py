@@ -96,3 +96,28 @@ def test_widget_html_and_widget_javascript_are_held_back(
     appended = [s["outputs"] for s in states if s.get("outputs")]
     assert appended and "text/html" not in appended[-1][0]["data"], appended
     assert HELD_BACK_NOTE in appended[-1][0]["data"]["text/plain"]
+
+
+# The sandbox's kernel answers inspection (Shift+Tab, the contextual help), whose bundle the
+# front end renders too: code in the sandbox can make that answer anything.
+POISON_INSPECTOR = """
+bundle = {'text/plain': 'x', 'text/html': '<img src=x onerror="window.pwned = 9">'}
+ip = get_ipython()
+ip.enable_html_pager = True
+ip.object_inspect_mime = lambda *args, **kwargs: dict(bundle)
+ip.kernel.do_inspect = lambda *args, **kwargs: {
+    'status': 'ok', 'found': True, 'data': dict(bundle), 'metadata': {}}
+"""
+
+
+@pytest.mark.parametrize("transport", ["execute", "jupyter"], indirect=True)
+def test_the_inspectors_bundle_is_held_back_too(
+    start_kernel: Callable[..., Kernel], backend_env: Callable[..., dict], transport: str
+) -> None:
+    kernel = start_kernel(backend_env())
+    reply, outputs = kernel.run(POISON_INSPECTOR)
+    assert reply["status"] == "ok", (reply, outputs)
+    inspected = kernel.kc.inspect("print", 5, reply=True, timeout=60)["content"]
+    assert inspected["found"], inspected
+    assert "text/html" not in inspected["data"], inspected
+    assert inspected["data"]["text/plain"] == f"x\n{HELD_BACK_NOTE}"
