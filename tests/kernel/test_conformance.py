@@ -1,8 +1,9 @@
 """jupyter_kernel_test conformance for e2b-python, on both transports (private local backend).
 
-The one thing left out is history ``range`` on the jupyter transport: there the remote ipykernel
-answers it, as in ``python3``, which fails that check too (its range reply names session 0
-while ``tail`` names the stored session number).
+The one thing left out is history ``range``, which ``python3`` fails too: IPython numbers the
+current session's range 0, while ``tail`` names the stored session number, which the check
+expects back. On the jupyter transport the remote ipykernel answers it; on execute the
+kernel's own history numbers it as IPython does (tests/kernel/test_history.py).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class E2BPythonKernelTests(jupyter_kernel_test.KernelTests):
     invalid_code_samples = ["import = 7q", "x = )"]
     code_inspect_sample = "zip"
     code_history_pattern = "6?7"
-    supported_history_operations = ("tail", "range", "search")
+    supported_history_operations = ("tail", "search")  # python3 fails "range" the same way
 
     saved_env: dict[str, str | None] = {}
 
@@ -83,7 +84,6 @@ class E2BPythonJupyterTransportTests(E2BPythonKernelTests):
     """The ``jupyter`` transport: nothing skipped that python3 passes."""
 
     env = {"E2B_KERNEL_BACKEND": "local", "E2B_KERNEL_TRANSPORT": "jupyter"}
-    supported_history_operations = ("tail", "search")  # python3 fails "range" the same way
     code_page_something = "zip?"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
     test_pager = jupyter_kernel_test.KernelTests.test_pager
