@@ -69,26 +69,39 @@ _ACTIVE_ELEMENTS = frozenset(
     }
 )  # fmt: skip
 _ACTIVE_SCHEMES = ("javascript:", "vbscript:", "livescript:")
-# Bytes whose absence proves a message holds nothing this module would change (a JSON escape,
-# which could spell any of them, sends the message to the parser too).
+# Markdown: a tag start anywhere, and anything that makes a tag run code (see markdown_is_active).
+_RAW_TAG = re.compile(r"<[a-zA-Z!?/]")
+_ACTIVE_WORDS = re.compile(
+    r"<(?:" + "|".join(sorted(_ACTIVE_ELEMENTS | {"svg", "math", "use", "form"})) + r")[\s/>]"
+    r"|\bon[a-z]+\s*=|\bsrcdoc\b",
+    re.IGNORECASE,
+)
+_JSON_SPECS = re.compile(r"application/vnd\.(vega|vegalite)\.v\d+\+json")
+# Bytes whose absence proves a message holds nothing this module would change. Any JSON escape
+# (a backslash: ``\\u0068tml``, ``text\\/html``) could spell one of them, so it sends the
+# message to the parser too.
 _MARKERS = (
     b"javascript", b"ecmascript", b"_exec", b"_load", b"text/html", b"image/svg",
-    b"text/markdown", b"text/latex", b"\\u",
+    b"text/markdown", b"text/latex", b"\\",
 )  # fmt: skip
-_COMM_MARKERS = (b"<", b"_esm", b"\\u")
+_COMM_MARKERS = (b"<", b"_esm", b"\\")
+_PAGE_MARKERS = (b"page", b"\\")
+# What browsers drop from a URL before reading its scheme: leading C0 controls and spaces,
+# and tabs and newlines anywhere (more is dropped here, which only errs on the safe side).
+_NOT_IN_SCHEME = dict.fromkeys(range(0x21))
 
 
 def _url_is_active(value: str) -> bool:
     """Whether a URL would run script: browsers drop whitespace and control characters
     before reading the scheme (``java\\tscript:``)."""
-    squeezed = "".join(ch for ch in value if ch > " ").lower()
+    squeezed = value.translate(_NOT_IN_SCHEME)[:16].lower()
     if squeezed.startswith(_ACTIVE_SCHEMES):
         return True
     return squeezed.startswith("data:") and not squeezed.startswith("data:image/")
 
 
 def _text_has_active_url(text: str) -> bool:
-    squeezed = "".join(ch for ch in html.unescape(text) if ch > " ").lower()
+    squeezed = html.unescape(text).translate(_NOT_IN_SCHEME).lower()
     return any(scheme in squeezed for scheme in _ACTIVE_SCHEMES)
 
 
@@ -121,15 +134,27 @@ def markup_is_active(markup: str) -> bool:
     return False
 
 
+def markdown_is_active(text: str) -> bool:
+    """Whether Markdown would run code once rendered. Its raw HTML cannot be judged by
+    parsing the source as HTML: a code span the renderer shows as text (`` `<!--` ``,
+    `` `<textarea>` ``) would hide from that parse the live markup after it. So once the text
+    holds any tag, a handler attribute or an active element anywhere in it is enough."""
+    if _text_has_active_url(text) or ("<" in text and markup_is_active(text)):
+        return True
+    return _RAW_TAG.search(text) is not None and _ACTIVE_WORDS.search(text) is not None
+
+
 def _value_is_active(mime: str, value: Any) -> bool:
     if isinstance(value, list):  # nbformat's multiline strings
         value = "".join(str(line) for line in value)
+    if _JSON_SPECS.fullmatch(mime):  # a renderer's JSON spec (Vega's href channels): its links
+        return _text_has_active_url(json.dumps(value))
     if not isinstance(value, str):
         return False
     if mime in _URL_TYPES:
         return _text_has_active_url(value)
-    if mime == "text/markdown" and _text_has_active_url(value):
-        return True  # [link](javascript:...)
+    if mime == "text/markdown":
+        return markdown_is_active(value)
     return "<" in value and markup_is_active(value)
 
 
@@ -138,8 +163,7 @@ def guard_bundle(data: dict[str, Any]) -> dict[str, Any] | None:
     held = [
         mime
         for mime, value in data.items()
-        if _SCRIPT_TYPES.fullmatch(mime)
-        or ((mime in _MARKUP_TYPES or mime in _URL_TYPES) and _value_is_active(mime, value))
+        if _SCRIPT_TYPES.fullmatch(mime) or (_is_judged(mime) and _value_is_active(mime, value))
     ]
     if not held:
         return None
@@ -148,6 +172,10 @@ def guard_bundle(data: dict[str, Any]) -> dict[str, Any] | None:
         shown = kept.get("text/plain")
         kept["text/plain"] = f"{shown}\n{HELD_BACK_NOTE}" if shown else HELD_BACK_NOTE
     return kept
+
+
+def _is_judged(mime: str) -> bool:
+    return mime in _MARKUP_TYPES or mime in _URL_TYPES or bool(_JSON_SPECS.fullmatch(mime))
 
 
 def guard_output(content: dict[str, Any]) -> dict[str, Any] | None:
@@ -190,33 +218,53 @@ def _guard_state(state: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def guard_comm(content: dict[str, Any]) -> dict[str, Any] | None:
-    """A comm_open / comm_msg content with its widget state guarded; None when unchanged."""
+    """A comm_open / comm_msg content with its widget state guarded; None when unchanged.
+    Both forms: one model's ``state``, and the ``states`` of every model that a front end
+    gets when it reconnects (``request_states``)."""
     data = content.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("state"), dict):
+    if not isinstance(data, dict):
         return None
-    state = _guard_state(data["state"])
-    if state is None:
+    changed: dict[str, Any] = {}
+    if isinstance(data.get("state"), dict):
+        state = _guard_state(data["state"])
+        if state is not None:
+            changed["state"] = state
+    states = data.get("states")
+    if isinstance(states, dict):
+        guarded_states = dict(states)
+        for model_id, model in states.items():
+            if isinstance(model, dict) and isinstance(model.get("state"), dict):
+                state = _guard_state(model["state"])
+                if state is not None:
+                    guarded_states[model_id] = {**model, "state": state}
+        if guarded_states != states:
+            changed["states"] = guarded_states
+    if not changed:
         return None
-    return {**content, "data": {**data, "state": state}}
+    return {**content, "data": {**data, **changed}}
 
 
-def guard_parts(msg_type: str, parts: list[bytes]) -> list[bytes]:
+def guard_parts(msg_type: str, parts: list[bytes]) -> list[bytes] | None:
     """A serialized message (``[header, parent, metadata, content, *buffers]``), guarded;
-    the same list, unparsed, when it cannot hold anything to guard."""
+    the same list, unparsed, when it cannot hold anything to guard; None when its content
+    cannot be read here (a browser might read it: it must not go on as it is)."""
     content_bytes = parts[3]
     if msg_type in ("comm_open", "comm_msg"):
-        if not any(marker in content_bytes for marker in _COMM_MARKERS):
-            return parts
+        markers: tuple[bytes, ...] = _COMM_MARKERS
         guard = guard_comm
     elif msg_type == "execute_reply":
-        if b'"page"' not in content_bytes or not any(m in content_bytes for m in _MARKERS):
+        if not any(marker in content_bytes for marker in _PAGE_MARKERS):
             return parts
-        guard = _guard_reply
+        markers, guard = _MARKERS, _guard_reply
     else:
-        if not any(marker in content_bytes for marker in _MARKERS):
-            return parts
-        guard = guard_output
-    guarded = guard(json.loads(content_bytes))
+        markers, guard = _MARKERS, guard_output
+    if not any(marker in content_bytes for marker in markers):
+        return parts
+    try:
+        content = json.loads(content_bytes)
+        guarded = guard(content) if isinstance(content, dict) else None
+    except Exception:  # not JSON, nested past Python's parser, or shaped like nothing sent
+        return None
     if guarded is None:
         return parts
     return [*parts[:3], json.dumps(guarded).encode(), *parts[4:]]

@@ -93,7 +93,8 @@ def _as_shown(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
 class _Cell:
     """One execute request in flight: its messages, and whether the remote kernel ran it."""
 
-    def __init__(self) -> None:
+    def __init__(self, msg_id: str) -> None:
+        self.msg_id = msg_id
         self.messages: asyncio.Queue[_Message] = asyncio.Queue()
         self.started = False  # the remote kernel said 'busy' for it
         self.ended = False  # ... and then 'idle'
@@ -303,7 +304,7 @@ class JupyterCells:
             if refusal is not None:
                 raise refusal
             previous_env = await self._set_env(channels, env_vars) if env_vars else None
-            cell = self._cells[msg_id] = _Cell()
+            cell = self._cells[msg_id] = _Cell(msg_id)
             session.hold_busy(True)
             try:
                 channels.send("shell", parts)
@@ -318,6 +319,7 @@ class JupyterCells:
             finally:
                 session.hold_busy(False)
                 self._cells.pop(msg_id, None)
+                channels.withdraw(msg_id)  # still held (after an exit()): it must not run later
                 if cell.asking and on_unanswered is not None:
                     on_unanswered()
                 if cell.catching_up is not None:
@@ -357,7 +359,7 @@ class JupyterCells:
         """Run a silent request (no output, no history, no execution count); its reply."""
         request = self._messages.msg("execute_request", silent_execute(code, user_expressions))
         msg_id = request["header"]["msg_id"]
-        cell = self._cells[msg_id] = _Cell()
+        cell = self._cells[msg_id] = _Cell(msg_id)
         try:
             channels.send("shell", self._parts(request))
             deadline = asyncio.get_running_loop().time() + _HIDDEN_WAIT
@@ -378,6 +380,7 @@ class JupyterCells:
                     return content
         finally:
             self._cells.pop(msg_id, None)
+            channels.withdraw(msg_id)
 
     async def _events(
         self,
@@ -401,6 +404,8 @@ class JupyterCells:
             except asyncio.TimeoutError:
                 if cell.ended:
                     break
+                if channels.withdraw(cell.msg_id):  # held (after an exit()), never sent
+                    raise ExecutionTimeout(cell_timeout_message(limit or 0, raise_it)) from None
                 await self._stop(cell, channels, late_output)
                 message = cell_timeout_message(limit or 0, raise_it)
                 if not cell.ended and self._closed_reason is None:

@@ -193,6 +193,14 @@ def kernel_died(channel: str, msg_type: str, parent_id: str | None, content: dic
     return str(state) if state in ("restarting", "dead") else None
 
 
+def _msg_id(parts: Parts) -> str:
+    """The msg_id of a message of ours or of the front end ("" when it has none)."""
+    try:
+        return str(json.loads(parts[0]).get("msg_id") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
 # ---- the connection --------------------------------------------------------------------------
 
 
@@ -313,15 +321,18 @@ class KernelChannels:
         self._iopub_live.set()
         self._wake_writer.set()
 
+    def withdraw(self, msg_id: str) -> bool:
+        """Take back a message still held here (its request ended before it could be sent:
+        sent later, it would run with nobody waiting for it); whether it was held."""
+        for index, (_channel, parts) in enumerate(self._outbox):
+            if _msg_id(parts) == msg_id:
+                del self._outbox[index]
+                return True
+        return False
+
     def unsent_ids(self) -> set[str]:
         """The msg_ids of the front end's messages still held here (not yet written)."""
-        ids = set()
-        for _channel, parts in self._outbox:
-            try:
-                ids.add(str(json.loads(parts[0]).get("msg_id")))
-            except (ValueError, AttributeError):
-                continue
-        return ids
+        return {_msg_id(parts) for _channel, parts in self._outbox}
 
     def _process_ends(self, content: bytes) -> None:
         """A reply's ``ask_exit`` payload: the remote process ends once it is sent (``exit()``

@@ -171,6 +171,8 @@ class JupyterForwarder:
         self.restarted_for_timeout: set[str] = set()
         # Timed-out cells that ended ok: their timeout error goes out with their 'idle'.
         self._fail_at_idle: dict[str, dict[str, Any]] = {}
+        # The 'idle' of timed-out cells whose reply has not come yet: sent after their error.
+        self._idle_after_reply: dict[str, Parts] = {}
         self._restarting_for_timeout = False  # the next death notice is that restart
         self._restarts: set[asyncio.Task] = set()
         self._hidden: set[str] = set()  # our own requests, whose messages stay here
@@ -264,11 +266,22 @@ class JupyterForwarder:
                     self._send_iopub_raw(parts, msg_type)  # front ends see it as for python3
                     self._kernel_died(died, ended_session=header.get("session"))
                     return
-                self._track_status(parent_id, content.get("execution_state"))
+                state = content.get("execution_state")
+                self._track_status(parent_id, state)
+                if state == "idle" and parent_id in self._timed_out_ids:
+                    if parent_id in self._routes:  # its reply, which becomes the timeout's
+                        self._idle_after_reply[parent_id] = parts  # error, must come first
+                        return
             if msg_type in _RICH_OUTPUTS:
                 parts = _without_e2b_fields(parts)
             if msg_type in _GUARDED and not self._trust_outputs:
-                parts = guard_parts(msg_type, parts)
+                guarded = guard_parts(msg_type, parts)
+                if guarded is None:
+                    self.log.warning(
+                        "dropped a %s from the sandbox that could not be read", msg_type
+                    )
+                    return
+                parts = guarded
             self._send_iopub_raw(parts, msg_type)
             return
         route = self._routes.get(parent_id) if parent_id else None
@@ -286,13 +299,26 @@ class JupyterForwarder:
             if msg_type == "kernel_info_reply":
                 parts = self._as_local_kernel_info(parts)
             elif msg_type in ("execute_reply", "inspect_reply") and not self._trust_outputs:
-                parts = guard_parts(msg_type, parts)  # help's pager, the inspector's bundles
+                # help's pager, the inspector's bundles; unreadable, an error takes its place
+                parts = guard_parts(msg_type, parts) or self._unreadable_reply(parts, msg_type)
         if route.channel == "control":
             self._send_control(route.stream, parts, route.idents)
         elif getattr(route.stream, "sending", lambda: True)():
             self.session.send_raw(route.stream, parts, ident=route.idents)
         else:  # nothing queued in the stream to overtake: send now, not on its next turn
             self.session.send_raw(route.stream.socket, parts, ident=route.idents)
+
+    def _unreadable_reply(self, parts: Parts, msg_type: str) -> Parts:
+        self.log.warning("replaced a %s from the sandbox that could not be read", msg_type)
+        content: dict[str, Any] = {
+            "status": "error",
+            "ename": "E2BKernelError",
+            "evalue": "the sandbox's kernel sent a reply that could not be read",
+            "traceback": [],
+        }
+        if msg_type == "execute_reply":
+            content |= {"execution_count": None, "payload": [], "user_expressions": {}}
+        return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
 
     def _send_iopub_raw(self, parts: Parts, msg_type: str) -> None:
         topic = f"kernel.{self.kernel_id}.{msg_type}".encode()
@@ -312,7 +338,10 @@ class JupyterForwarder:
         self._cancel_timers()
         self._on_busy(False)
         if state == "dead":  # the server gave up on it: no new process will answer them
-            self._on_died(state, self.take_pending())
+            pending = self.take_pending()
+            for route in pending:  # answered now: those still held must never be sent
+                self.channels.withdraw(str(route.header.get("msg_id")))
+            self._on_died(state, pending)
             self.channels.renudge(None)  # as before: what comes next waits for a new process
             return
         started = [msg_id for msg_id in self._routes if msg_id in self._started]
@@ -412,6 +441,13 @@ class JupyterForwarder:
         """
         route = self._routes.pop(msg_id, None)
         self._started.discard(msg_id)
+        if route is not None and msg_id in self._idle_after_reply:  # timed out, and no reply
+            self._timed_out_ids.discard(msg_id)
+            self.publish(route.header, "error", self._timeout_content())
+            self._release_idle(msg_id)
+            reply = {"status": "error", "execution_count": 0, **self._timeout_content()}
+            send_reply(self.session, route, reply, self._send_control)
+            return
         if route is None or not self.up:
             return
         msg_type = str(route.header.get("msg_type", "unknown_request"))
@@ -512,9 +548,15 @@ class JupyterForwarder:
                 elif route is not None:
                     self.publish(route.header, "error", self._timeout_content())
             content = {**content, "status": "error", **self._timeout_content()}
+            self._release_idle(parent_id)
         else:
             return parts
         return [*parts[:3], json.dumps(content).encode(), *parts[4:]]
+
+    def _release_idle(self, msg_id: str) -> None:
+        idle = self._idle_after_reply.pop(msg_id, None)
+        if idle is not None:
+            self._send_iopub_raw(idle, "status")
 
     def _cancel_timers(self) -> None:
         for timer in self._timers.values():
@@ -522,6 +564,8 @@ class JupyterForwarder:
         self._timers.clear()
         self._fail_at_idle.clear()
         self._running.clear()
+        for msg_id in list(self._idle_after_reply):
+            self._release_idle(msg_id)
 
     # ---- interrupt, loss ----------------------------------------------------------------------
 

@@ -177,34 +177,42 @@ def late_output_here(trusted: bool = False) -> LateOutput | None:
 class LocalPrompt:
     """Asks the remote cell's questions here (:func:`ask_locally`), and closes a question
     whose cell ended meanwhile (its ``--timeout``): the prompt would otherwise stay open, and
-    the answer be thrown away, until the user typed one."""
+    the answer be thrown away, until the user typed one. One per cell run."""
 
     def __init__(self) -> None:
-        self._thread = threading.get_ident()  # the one that asks (it blocks in input())
+        # Only the main thread can be interrupted (Python runs signal handlers there): from
+        # another one (a kernel subshell) the question stays open until answered.
+        self._can_interrupt = threading.current_thread() is threading.main_thread()
         self._lock = threading.Lock()
         self._asking = False
-        self._closed = False
+        self._closed = False  # the cell ended: no question of it is asked any more
 
     def ask(self, content: dict[str, Any]) -> str | None:
-        """The answer; None when the question was closed before it came."""
+        """The answer; None when the cell ended before it came."""
         with self._lock:
-            self._asking, self._closed = True, False
+            if self._closed:
+                return None  # it ended before its question was even shown
+            self._asking = True
         try:
-            return ask_locally(content)
+            try:
+                return ask_locally(content)
+            finally:
+                with self._lock:
+                    self._asking = False
         except KeyboardInterrupt:
+            # (Caught out here: close()'s signal may land while the lock is being released.)
             if self._closed:
                 return None
             raise
-        finally:
-            with self._lock:
-                self._asking = False
 
     def close(self) -> None:
-        """From any thread: end the question being asked, if one is (as Ctrl-C would)."""
+        """From any thread: the cell ended; end the question being asked, as Ctrl-C would."""
         with self._lock:
-            if self._asking and not self._closed:
-                self._closed = True
-                signal.pthread_kill(self._thread, signal.SIGINT)
+            if self._closed:
+                return
+            self._closed = True
+            if self._asking and self._can_interrupt:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 def ask_locally(content: dict[str, Any]) -> str:

@@ -153,11 +153,15 @@ def run_cells_from_the_launcher(page, url: str, screenshot: Path) -> None:
     # terminal. Both outputs are held back, saying why, and nothing of theirs runs here.
     run_cell(
         page,
-        "from IPython.display import HTML, Javascript; "
+        "from IPython.display import HTML, Javascript, Markdown; "
         'display(Javascript("document.body.dataset.pwned=1")); '
-        'display(HTML("<img src=x onerror=document.body.dataset.pwned=2>"))',
+        'display(HTML("<img src=x onerror=document.body.dataset.pwned=2>")); '
+        # a code span holding "<!--", which hid the tag after it from a parse as HTML (the
+        # handler quoted, as Markdown's raw HTML needs: chr(34))
+        'q, h = chr(96), chr(34); display(Markdown(q + "<!--" + q + '
+        '" <img src=x onerror=" + h + "document.body.dataset.pwned=3" + h + ">"))',
     )
-    outputs.filter(has_text="Not shown: this output from the sandbox").nth(1).wait_for()
+    outputs.filter(has_text="Not shown: this output from the sandbox").nth(2).wait_for()
     assert page.locator(".jp-OutputArea-output img[src='x']").count() == 0
     assert page.evaluate("() => document.body.dataset.pwned ?? null") is None
     page.screenshot(path=str(screenshot), full_page=True)

@@ -118,7 +118,16 @@ def test_a_richer_representation_left_is_shown_without_a_note() -> None:
         ("text/markdown", "[click](javascript:alert(1))"),
         ("text/markdown", "[click](java&#x09;script:alert(1))"),
         ("text/markdown", "# title\n<img src=x onerror=alert(1)>"),
+        # A code span the Markdown renderer shows as text hides, from a parse of the source
+        # as HTML, the live tag after it (the guard hunt ran each of these in JupyterLab).
+        ("text/markdown", '`<!--` <img src=x onerror="alert(1)">'),
+        ("text/markdown", "`<textarea>` <img src=x onerror=alert(1)>"),
+        ("text/markdown", "`<title>` <img src=x onerror=alert(1)>"),
+        ("text/markdown", "`<style>` <img src=x onerror=alert(1)>"),
+        ("text/markdown", "    <plaintext>\n\n<img src=x onerror=alert(1)>"),
+        ("text/markdown", "`<!--` <svg><animate attributeName=href values=x /></svg>"),
         ("text/latex", r"$\href{javascript:alert(1)}{x}$"),
+        ("application/vnd.vegalite.v5+json", {"mark": "point", "href": "javascript:alert(1)"}),
         ("image/svg+xml", '<svg xmlns="http://www.w3.org/2000/svg"><script>1</script></svg>'),
         ("text/html", ["<img src=x ", "onerror=alert(1)>"]),  # nbformat's list of lines
     ],
@@ -129,7 +138,11 @@ def test_markdown_latex_and_svg_with_code_are_dropped(mime: str, value: object) 
 
 
 def test_benign_markdown_and_latex_pass() -> None:
-    bundle = {"text/markdown": "**bold** [site](https://example.org)", "text/latex": r"$x^2$"}
+    bundle = {
+        "text/markdown": "**bold** [site](https://example.org) `a < b` <b>html</b>",
+        "text/latex": r"$x^2$",
+        "application/vnd.vegalite.v5+json": {"mark": "bar", "href": "https://example.org"},
+    }
     assert guard_bundle(bundle) is None
 
 
@@ -158,6 +171,19 @@ def test_widget_html_is_shown_as_text_and_widget_javascript_is_not_run() -> None
     assert guard_comm({"data": {"state": {"value": 3, "_esm": ""}}}) is None
 
 
+def test_the_states_a_reconnecting_front_end_gets_are_guarded_too() -> None:
+    """A page that reconnects asks for every widget's state (request_states): they come as
+    ``states``, which code in the sandbox can fill without a checked update."""
+    states = {
+        "a": {"state": {"_model_name": "HTMLModel", "value": "<img src=x onerror=alert(1)>"}},
+        "b": {"state": {"_model_name": "IntSliderModel", "value": 3}, "buffer_paths": []},
+    }
+    content = {"comm_id": "c", "data": {"method": "update_states", "states": states}}
+    guarded = guard_comm(content)["data"]["states"]  # type: ignore[index]
+    assert guarded["a"]["state"]["value"] == "&lt;img src=x onerror=alert(1)&gt;"
+    assert guarded["b"] == states["b"]
+
+
 def _parts(content: bytes) -> list[bytes]:
     return [b"{}", b"{}", b"{}", content, b"buffer"]
 
@@ -176,3 +202,39 @@ def test_serialized_messages_are_parsed_only_when_they_may_hold_code() -> None:
     page = {"status": "ok", "payload": [{"source": "page", "data": {"text/html": "<script>"}}]}
     guarded = guard_parts("execute_reply", _parts(json.dumps(page).encode()))
     assert json.loads(guarded[3])["payload"][0]["data"] == {"text/plain": HELD_BACK_NOTE}
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "content"),
+    [
+        # JSON may escape "/" (the sandbox's kernel can send any bytes it likes)
+        ("display_data", b'{"data": {"text\\/html": "<img src=x onerror=alert(1)>"}}'),
+        ("execute_result", b'{"data": {"text\\/ht\\u006dl": "<script>1</script>"}}'),
+        (
+            "execute_reply",
+            b'{"status": "ok", "payload": [{"source": "p\\u0061ge", '
+            b'"data": {"text\\/html": "<script>1</script>"}}]}',
+        ),
+    ],
+)
+def test_json_escapes_do_not_hide_a_message_from_the_guard(msg_type: str, content: bytes) -> None:
+    guarded = guard_parts(msg_type, _parts(content))
+    assert guarded is not None
+    text = json.dumps(json.loads(guarded[3]))
+    assert "text/html" not in text and HELD_BACK_NOTE in text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"data": {"text/html": "<b>', b"[" * 100_000 + b"]" * 100_000 + b' "text/html"'],
+)
+def test_content_the_guard_cannot_read_is_not_passed_on(content: bytes) -> None:
+    """Nested past Python's parser (a browser's JSON.parse may read it), or not JSON."""
+    assert guard_parts("display_data", _parts(content)) is None
+
+
+def test_a_huge_data_url_is_judged_by_its_scheme() -> None:
+    image = "data:image/png;base64," + "A" * 5_000_000
+    assert not markup_is_active(f'<img src="{image}">')
+    tabs = "\t" * 1000
+    assert markup_is_active(f'<a href="{tabs}javascript:alert(1)">x</a>')

@@ -36,7 +36,7 @@ def _cells_with_a_running_cell() -> tuple[JupyterCells, KernelChannels, jupyter_
         JupyterEndpoint("http://127.0.0.1:9"), "k", cells._received, cells._lost, cells.log
     )
     cells._channels = channels
-    cell = cells._cells["running"] = jupyter_cells._Cell()
+    cell = cells._cells["running"] = jupyter_cells._Cell("running")
     cell.seen_busy = True  # the process said it runs it
     return cells, channels, cell
 
@@ -76,3 +76,40 @@ def test_a_dead_kernel_ends_its_cell_only_once_a_new_process_shows_the_sandbox_l
         assert received == []  # the socket's close ends it (SandboxLost when the sandbox is gone)
     else:
         assert received == [(jupyter_cells._DIED, jupyter_cells._DIED, {"state": "restarting"})]
+
+
+def test_a_cell_held_after_exit_that_times_out_is_taken_back_not_run_later() -> None:
+    """Requests wait in the channels from exit()'s reply until the new process answers: a
+    cell whose --timeout passes meanwhile fails, and is taken back (sent later, it would run
+    with nobody waiting, and its stop would restart the new kernel for nothing)."""
+    from types import SimpleNamespace
+
+    from e2b_kernel.errors import ExecutionTimeout
+
+    async def scenario() -> None:
+        cells = JupyterCells(
+            session=SimpleNamespace(config=SimpleNamespace(cell_timeout=None)),  # type: ignore[arg-type]
+            log=logging.getLogger("test"),
+        )
+        channels = KernelChannels(
+            JupyterEndpoint("http://127.0.0.1:9"), "k", cells._received, cells._lost, cells.log
+        )
+        stopped: list[str] = []
+
+        async def stop(cell: jupyter_cells._Cell, *_args: object) -> None:
+            stopped.append(cell.msg_id)
+
+        cells._stop = stop  # type: ignore[method-assign]
+        request = SESSION.msg("execute_request", {"code": "1"})
+        msg_id = request["header"]["msg_id"]
+        cell = cells._cells[msg_id] = jupyter_cells._Cell(msg_id)
+        channels.send("shell", _parts(request))  # held: IOPub is not live (after exit())
+        assert channels.unsent_ids() == {msg_id}
+        with pytest.raises(ExecutionTimeout):
+            async for _event in cells._events(cell, channels, 0.05, None):
+                pass
+        assert channels.unsent_ids() == set() and stopped == []
+        assert not channels.withdraw(msg_id)  # once only
+        await channels.close()
+
+    asyncio.run(scenario())

@@ -510,3 +510,67 @@ def test_a_reply_ahead_of_its_iopub_is_not_taken_for_a_loss(sockets, monkeypatch
         ("stream", {"name": "stderr", "text": kernel_channels.LOST_OUTPUT_NOTE}),
         ("status", {"execution_state": "idle"}),
     ]
+
+
+def test_a_reply_the_guard_cannot_read_becomes_an_error_reply(sockets) -> None:
+    """Content nested past Python's JSON parser may still be read by the browser: it is not
+    passed on, and the front end still gets a reply (it would wait for ever)."""
+    shell, front, iopub = sockets
+
+    async def scenario() -> dict:
+        session = Session(key=b"k")
+        relay = _forwarder(session, iopub)
+        request = session.msg("execute_request", {"code": "help(zip)"})
+        relay.forward("shell", [b"front"], shell, _parts(session, request))
+        relay._from_remote("iopub", _status(session, "busy", request))
+        reply = _parts(session, session.msg("execute_reply", {}, parent=request))
+        reply[3] = b'{"status": "ok", "payload": [{"source": "page", "data": {"text/html": '
+        reply[3] += b"[" * 50_000
+        relay._from_remote("shell", reply)
+        assert front.poll(2000)
+        content = json.loads(front.recv_multipart()[5])
+        await relay.close()
+        return dict(content)
+
+    content = asyncio.run(scenario())
+    assert content["status"] == "error" and "could not be read" in content["evalue"]
+
+
+def test_a_timed_out_cells_error_goes_before_its_idle_even_when_its_reply_is_late(
+    sockets,
+) -> None:
+    """The server relays shell and IOPub from different sockets: the 'idle' of a cell that
+    caught its timeout's interrupt and ended ok may come before its reply, which becomes the
+    timeout's error. That error must still reach the front end before the 'idle' (CI saw it
+    after, where a front end has stopped reading the cell's outputs)."""
+    shell, _front, iopub = sockets
+    watcher = zmq.Context.instance().socket(zmq.SUB)
+    watcher.setsockopt(zmq.SUBSCRIBE, b"")
+    watcher.connect(iopub.getsockopt(zmq.LAST_ENDPOINT).decode())
+
+    async def scenario() -> list[tuple[str, str]]:
+        session = Session(key=b"k")
+        relay = _forwarder(session, iopub)
+        request = session.msg("execute_request", {"code": "time.sleep(30)"})
+        relay.forward("shell", [b"front"], shell, _parts(session, request))
+        relay._from_remote("iopub", _status(session, "busy", request))
+        relay._timed_out_ids.add(request["header"]["msg_id"])  # as its timeout does
+        relay._from_remote("iopub", _status(session, "idle", request))
+        reply = session.msg("execute_reply", {"status": "ok"}, parent=request)
+        relay._from_remote("shell", _parts(session, reply))
+        seen = []
+        while watcher.poll(200):
+            parts = watcher.recv_multipart()
+            header, content = json.loads(parts[-4]), json.loads(parts[-1])
+            seen.append((header["msg_type"], content.get("execution_state", content.get("ename"))))
+        await relay.close()
+        return seen
+
+    try:
+        assert asyncio.run(scenario()) == [
+            ("status", "busy"),
+            ("error", "ExecutionTimeout"),
+            ("status", "idle"),
+        ]
+    finally:
+        watcher.close(linger=0)

@@ -303,3 +303,39 @@ def test_a_line_command_error_outside_the_loop_is_one_line(
     assert type(result.error_in_exec).__name__ == "ConfigurationError"
     assert "E2B_API_KEY is not set" in captured.stdout
     assert "commands.py" not in captured.stdout and "Traceback" not in captured.stdout
+
+
+def test_a_prompt_whose_cell_ended_is_closed_and_never_opened_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """%%e2b --timeout while input() waits: the question here is closed (as Ctrl-C would),
+    and one that had not been shown yet is never shown."""
+    import time
+
+    from e2b_kernel.magic import display
+
+    asked: list[str] = []
+
+    def slow_user(content: dict) -> str:
+        asked.append(content["prompt"])
+        time.sleep(30)  # a user who never answers; the close interrupts this
+        return "too late"
+
+    monkeypatch.setattr(display, "ask_locally", slow_user)
+    prompt = display.LocalPrompt()
+
+    def close_once_asking() -> None:
+        while not prompt._asking:  # the question is on screen
+            time.sleep(0.01)
+        prompt.close()
+
+    closer = threading.Thread(target=close_once_asking)
+    closer.start()
+    assert prompt.ask({"prompt": "never answered: "}) is None  # not "too late"
+    closer.join()
+    assert asked == ["never answered: "]
+
+    ended_first = display.LocalPrompt()
+    ended_first.close()
+    assert ended_first.ask({"prompt": "after the end: "}) is None
+    assert asked == ["never answered: "]  # never shown
