@@ -89,6 +89,7 @@ _PAGE_MARKERS = (b"page", b"\\")
 # What browsers drop from a URL before reading its scheme: leading C0 controls and spaces,
 # and tabs and newlines anywhere (more is dropped here, which only errs on the safe side).
 _NOT_IN_SCHEME = dict.fromkeys(range(0x21))
+_NOT_IN_TEXT_SCHEME = {**_NOT_IN_SCHEME, ord("\\"): None}  # Markdown's escapes too
 
 
 def _url_is_active(value: str) -> bool:
@@ -101,8 +102,22 @@ def _url_is_active(value: str) -> bool:
 
 
 def _text_has_active_url(text: str) -> bool:
-    squeezed = html.unescape(text).translate(_NOT_IN_SCHEME).lower()
+    """Whether text (Markdown, LaTeX, a JSON spec's string) holds a script URL anywhere,
+    whatever entities, whitespace or Markdown's backslash escapes (``javascript\\:``) spell
+    it with."""
+    squeezed = html.unescape(text).translate(_NOT_IN_TEXT_SCHEME).lower()
     return any(scheme in squeezed for scheme in _ACTIVE_SCHEMES)
+
+
+def _json_has_active_url(value: Any) -> bool:
+    """Whether any string in a JSON value holds a script URL."""
+    if isinstance(value, str):
+        return _text_has_active_url(value)
+    if isinstance(value, dict):
+        return any(_json_has_active_url(v) or _json_has_active_url(k) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_json_has_active_url(item) for item in value)
+    return False
 
 
 def _refers_within(attributes: dict[str, str | None]) -> bool:
@@ -148,7 +163,7 @@ def _value_is_active(mime: str, value: Any) -> bool:
     if isinstance(value, list):  # nbformat's multiline strings
         value = "".join(str(line) for line in value)
     if _JSON_SPECS.fullmatch(mime):  # a renderer's JSON spec (Vega's href channels): its links
-        return _text_has_active_url(json.dumps(value))
+        return _json_has_active_url(value)
     if not isinstance(value, str):
         return False
     if mime in _URL_TYPES:

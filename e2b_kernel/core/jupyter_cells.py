@@ -173,6 +173,12 @@ class JupyterCells:
             await channels.close()
 
     def _received(self, channel: str, parts: Parts) -> None:
+        try:
+            self._take(channel, parts)
+        except Exception:  # the sandbox's kernel can send any bytes: they must not end the relay
+            self.log.warning("dropped a %s message that could not be read", channel, exc_info=True)
+
+    def _take(self, channel: str, parts: Parts) -> None:
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
         cell = self._cells.get(parent_id) if parent_id else None
         if cell is not None:

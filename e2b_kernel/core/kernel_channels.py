@@ -340,7 +340,7 @@ class KernelChannels:
         the server's notice (:meth:`renudge`), which may come seconds later."""
         try:
             payloads = json.loads(content).get("payload") or []
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return
         if not any(
             isinstance(p, dict) and p.get("source") == "ask_exit" and not p.get("keepkernel")

@@ -173,6 +173,7 @@ class JupyterForwarder:
         self._fail_at_idle: dict[str, dict[str, Any]] = {}
         # The 'idle' of timed-out cells whose reply has not come yet: sent after their error.
         self._idle_after_reply: dict[str, Parts] = {}
+        self._timeout_error_sent: set[str] = set()  # cells whose timeout error went out
         self._restarting_for_timeout = False  # the next death notice is that restart
         self._restarts: set[asyncio.Task] = set()
         self._hidden: set[str] = set()  # our own requests, whose messages stay here
@@ -240,7 +241,10 @@ class JupyterForwarder:
     # ---- remote -> front end ------------------------------------------------------------------
 
     def _from_remote(self, channel: str, parts: Parts) -> None:
-        self._relay_from_remote(channel, parts)
+        try:
+            self._relay_from_remote(channel, parts)
+        except Exception:  # the sandbox's kernel can send any bytes: they must not end the relay
+            self.log.warning("dropped a %s message that could not be read", channel, exc_info=True)
         if self._settling is not None:
             self._settling.set()
 
@@ -443,7 +447,9 @@ class JupyterForwarder:
         self._started.discard(msg_id)
         if route is not None and msg_id in self._idle_after_reply:  # timed out, and no reply
             self._timed_out_ids.discard(msg_id)
-            self.publish(route.header, "error", self._timeout_content())
+            if msg_id not in self._timeout_error_sent:  # (its interrupt's error, rewritten)
+                self.publish(route.header, "error", self._timeout_content())
+            self._timeout_error_sent.discard(msg_id)
             self._release_idle(msg_id)
             reply = {"status": "error", "execution_count": 0, **self._timeout_content()}
             send_reply(self.session, route, reply, self._send_control)
@@ -536,8 +542,10 @@ class JupyterForwarder:
         content = json.loads(parts[3])
         if msg_type == "error":
             content = self._timeout_content()
+            self._timeout_error_sent.add(parent_id)
         elif msg_type == "execute_reply":
             self._timed_out_ids.discard(parent_id)
+            self._timeout_error_sent.discard(parent_id)
             if content.get("status") != "error":
                 # It caught the interrupt and finished, or ended as it landed: past its
                 # deadline all the same, so it fails as the setting promises (the error
@@ -564,6 +572,7 @@ class JupyterForwarder:
         self._timers.clear()
         self._fail_at_idle.clear()
         self._running.clear()
+        self._timeout_error_sent.clear()
         for msg_id in list(self._idle_after_reply):
             self._release_idle(msg_id)
 

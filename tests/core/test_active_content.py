@@ -128,6 +128,10 @@ def test_a_richer_representation_left_is_shown_without_a_note() -> None:
         ("text/markdown", "`<!--` <svg><animate attributeName=href values=x /></svg>"),
         ("text/latex", r"$\href{javascript:alert(1)}{x}$"),
         ("application/vnd.vegalite.v5+json", {"mark": "point", "href": "javascript:alert(1)"}),
+        ("application/vnd.vega.v5+json", {"marks": [{"href": "java\tscript:alert(1)"}]}),
+        # Markdown's backslash escape, which the renderer removes
+        ("text/markdown", "[click](javascript\\:alert(1))"),
+        ("text/markdown", "[click][1]\n\n[1]: java\\script\\:alert(1)"),
         ("image/svg+xml", '<svg xmlns="http://www.w3.org/2000/svg"><script>1</script></svg>'),
         ("text/html", ["<img src=x ", "onerror=alert(1)>"]),  # nbformat's list of lines
     ],

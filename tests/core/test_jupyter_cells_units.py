@@ -113,3 +113,18 @@ def test_a_cell_held_after_exit_that_times_out_is_taken_back_not_run_later() -> 
         await channels.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [b"{}", b"[]", b"{}", b"{}"],  # a parent header that is not an object
+        [b'{"msg_type": "status"}', b"not json", b"{}", b"{}"],
+    ],
+)
+def test_a_message_the_cells_cannot_read_is_dropped_not_raised(parts: Parts) -> None:
+    """The sandbox's kernel can send any bytes: an exception here would end the channels'
+    reader, and the running cell with it."""
+    cells, _channels, cell = _cells_with_a_running_cell()
+    cells._received("iopub", parts)
+    assert cell.messages.empty()

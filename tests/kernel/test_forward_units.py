@@ -536,33 +536,81 @@ def test_a_reply_the_guard_cannot_read_becomes_an_error_reply(sockets) -> None:
     assert content["status"] == "error" and "could not be read" in content["evalue"]
 
 
-def test_a_timed_out_cells_error_goes_before_its_idle_even_when_its_reply_is_late(
-    sockets,
-) -> None:
+def _states(watcher: zmq.Socket) -> list[tuple[str, str]]:
+    """(msg_type, execution_state or ename) of each message published so far."""
+    return [(t, c.get("execution_state", c.get("ename"))) for t, c in _published(watcher)]
+
+
+@pytest.mark.parametrize(
+    ("channel", "parts"),
+    [
+        ("iopub", [b"{}", b"[]", b"{}", b'{"execution_state": "idle"}']),  # a parent not an object
+        ("iopub", [b'{"msg_type": "status"}', b"{}", b"{}", b"[]"]),  # content not an object
+        ("shell", [b'{"msg_type": "execute_reply"}', b"[]", b"{}", b"{}"]),
+        ("iopub", [b'{"msg_type": "display_data"}', b"{}", b"{}", b'"e2b/data"' + b"[" * 5000]),
+    ],
+)
+def test_messages_the_relay_cannot_read_are_dropped_and_it_goes_on(sockets, channel, parts) -> None:
+    """The sandbox's kernel can send any bytes: none may end the relay (its reader closing
+    would fail the running cell and lose every widget)."""
+    shell, front, iopub = sockets
+
+    async def scenario() -> bool:
+        session = Session(key=b"k")
+        relay = _forwarder(session, iopub)
+        relay._from_remote(channel, parts)  # (raised before, which closed the relay)
+        request = session.msg("kernel_info_request", {})
+        relay.forward("shell", [b"front"], shell, _parts(session, request))
+        reply = session.msg("kernel_info_reply", {"banner": ""}, parent=request)
+        relay._from_remote("shell", _parts(session, reply))
+        answered = bool(front.poll(2000))
+        await relay.close()
+        return answered
+
+    assert asyncio.run(scenario())
+
+
+def test_an_unreadable_exit_reply_holds_nothing() -> None:
+    async def scenario() -> None:
+        channels = _forwarder(Session(key=b"k"), None).channels
+        channels._iopub_live.set()
+        channels._process_ends(b'{"payload": ' + b"[" * 5000 + b'"ask_exit"')  # (raised before)
+        assert channels._iopub_live.is_set()
+        await channels.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("reply", ["late", "never"])
+def test_a_timed_out_cell_shows_its_error_once_and_before_its_idle(sockets, reply: str) -> None:
     """The server relays shell and IOPub from different sockets: the 'idle' of a cell that
     caught its timeout's interrupt and ended ok may come before its reply, which becomes the
-    timeout's error. That error must still reach the front end before the 'idle' (CI saw it
-    after, where a front end has stopped reading the cell's outputs)."""
+    timeout's error: that error must still come before the 'idle' (CI saw it after, where a
+    front end has stopped reading the cell's outputs). And when the interrupt's error went out
+    (as the timeout's) and no reply follows, the reply made for it shows no second error."""
     shell, _front, iopub = sockets
-    watcher = zmq.Context.instance().socket(zmq.SUB)
-    watcher.setsockopt(zmq.SUBSCRIBE, b"")
-    watcher.connect(iopub.getsockopt(zmq.LAST_ENDPOINT).decode())
+    watcher = _front_iopub(iopub)
 
     async def scenario() -> list[tuple[str, str]]:
         session = Session(key=b"k")
         relay = _forwarder(session, iopub)
         request = session.msg("execute_request", {"code": "time.sleep(30)"})
+        msg_id = request["header"]["msg_id"]
         relay.forward("shell", [b"front"], shell, _parts(session, request))
         relay._from_remote("iopub", _status(session, "busy", request))
-        relay._timed_out_ids.add(request["header"]["msg_id"])  # as its timeout does
+        relay._timed_out_ids.add(msg_id)  # as its timeout does
+        if reply == "never":
+            error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
+            relay._from_remote(
+                "iopub", _parts(session, session.msg("error", error, parent=request))
+            )
         relay._from_remote("iopub", _status(session, "idle", request))
-        reply = session.msg("execute_reply", {"status": "ok"}, parent=request)
-        relay._from_remote("shell", _parts(session, reply))
-        seen = []
-        while watcher.poll(200):
-            parts = watcher.recv_multipart()
-            header, content = json.loads(parts[-4]), json.loads(parts[-1])
-            seen.append((header["msg_type"], content.get("execution_state", content.get("ename"))))
+        if reply == "late":
+            late = session.msg("execute_reply", {"status": "ok"}, parent=request)
+            relay._from_remote("shell", _parts(session, late))
+        else:
+            relay._reply_if_missing(msg_id)  # as its grace timer does
+        seen = _states(watcher)
         await relay.close()
         return seen
 
