@@ -34,6 +34,7 @@ __all__ = [
     "HELD_BACK_NOTE",
     "guard_bundle",
     "guard_comm",
+    "guard_event",
     "guard_output",
     "guard_parts",
     "guard_payloads",
@@ -160,6 +161,9 @@ def markdown_is_active(text: str) -> bool:
 
 
 def _value_is_active(mime: str, value: Any) -> bool:
+    """Whether one representation of a bundle would run code (script MIME types always)."""
+    if _SCRIPT_TYPES.fullmatch(mime):
+        return True
     if isinstance(value, list):  # nbformat's multiline strings
         value = "".join(str(line) for line in value)
     if _JSON_SPECS.fullmatch(mime):  # a renderer's JSON spec (Vega's href channels): its links
@@ -170,16 +174,14 @@ def _value_is_active(mime: str, value: Any) -> bool:
         return _text_has_active_url(value)
     if mime == "text/markdown":
         return markdown_is_active(value)
-    return "<" in value and markup_is_active(value)
+    if mime in _MARKUP_TYPES:
+        return "<" in value and markup_is_active(value)
+    return False
 
 
 def guard_bundle(data: dict[str, Any]) -> dict[str, Any] | None:
     """A MIME bundle without what would run code in the browser; None when nothing is."""
-    held = [
-        mime
-        for mime, value in data.items()
-        if _SCRIPT_TYPES.fullmatch(mime) or (_is_judged(mime) and _value_is_active(mime, value))
-    ]
+    held = [mime for mime, value in data.items() if _value_is_active(mime, value)]
     if not held:
         return None
     kept = {mime: value for mime, value in data.items() if mime not in held}
@@ -187,10 +189,6 @@ def guard_bundle(data: dict[str, Any]) -> dict[str, Any] | None:
         shown = kept.get("text/plain")
         kept["text/plain"] = f"{shown}\n{HELD_BACK_NOTE}" if shown else HELD_BACK_NOTE
     return kept
-
-
-def _is_judged(mime: str) -> bool:
-    return mime in _MARKUP_TYPES or mime in _URL_TYPES or bool(_JSON_SPECS.fullmatch(mime))
 
 
 def guard_output(content: dict[str, Any]) -> dict[str, Any] | None:
@@ -203,6 +201,17 @@ def guard_output(content: dict[str, Any]) -> dict[str, Any] | None:
     if guarded is None:
         return None
     return {**content, "data": guarded}
+
+
+def guard_event(kind: str, content: dict[str, Any]) -> dict[str, Any]:
+    """An output event's content (a display, a result, a reply's ``payload``), guarded;
+    ``content`` itself when nothing in it is held back."""
+    if kind in ("display_data", "update_display_data", "execute_result"):
+        return guard_output(content) or content
+    if kind == "payload" and isinstance(content.get("data"), dict):
+        guarded = guard_bundle(content["data"])
+        return content if guarded is None else {**content, "data": guarded}
+    return content
 
 
 def guard_payloads(payloads: Iterable[Any]) -> list[Any] | None:

@@ -35,7 +35,7 @@ from .. import __version__
 from ..backends import HostedService, discard_early, restart_state
 from ..config import SessionConfig
 from ..core import SandboxSession, introspection
-from ..core.active_content import guard_output
+from ..core.active_content import guard_event, guard_output
 from ..core.rest import tls_context
 from ..errors import ConfigurationError, E2BKernelError, ExecutionInterrupted, error_content
 from .history import CellHistory
@@ -287,11 +287,8 @@ class E2BKernel(JupyterTransport, Kernel):
         return self._ok()
 
     def _publish(self, kind: str, content: dict) -> None:
-        if (
-            kind in ("execute_result", "display_data")
-            and not self.sandbox_session.config.trust_outputs
-        ):
-            content = guard_output(content) or content  # see core.active_content
+        if not self.sandbox_session.config.trust_outputs:
+            content = guard_event(kind, content)  # see core.active_content
         if kind == "execute_result":
             content = {**content, "execution_count": self._cell_number}
         elif kind == "display_data":

@@ -27,7 +27,7 @@ from IPython.core.display_functions import clear_output, publish_display_data
 from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.getipython import get_ipython
 
-from ..core.active_content import guard_bundle, guard_output
+from ..core.active_content import guard_event
 from ..core.sdk_errors import is_sdk_error
 from ..errors import E2BKernelError, error_content
 
@@ -44,7 +44,6 @@ __all__ = [
     "ask_locally",
     "for_user",
     "show_event",
-    "without_active_content",
 ]
 
 
@@ -144,16 +143,6 @@ def show_payload(payload: dict[str, Any], magic_line: str) -> None:
         shell.set_next_input(text, replace=bool(payload.get("replace")))
 
 
-def without_active_content(kind: str, content: dict[str, Any]) -> dict[str, Any]:
-    """An event's content without what would run code in the browser (see
-    core.active_content): the sandbox's code is not trusted, this front end is."""
-    if kind in ("display_data", "update_display_data", "execute_result"):
-        return guard_output(content) or content
-    if kind == "payload" and isinstance(content.get("data"), dict):
-        return {**content, "data": guard_bundle(content["data"]) or content["data"]}
-    return content
-
-
 def late_output_here(trusted: bool = False) -> LateOutput | None:
     """Where the running cell's late output goes (what its remote threads and tasks send once
     it has ended): that cell's output area, as on python3, in a Jupyter kernel; None
@@ -168,7 +157,7 @@ def late_output_here(trusted: bool = False) -> LateOutput | None:
 
     def publish(msg_type: str, content: dict[str, Any]) -> None:
         if not trusted:
-            content = without_active_content(msg_type, content)
+            content = guard_event(msg_type, content)
         session.send(iopub, msg_type, content, parent=parent, ident=msg_type.encode())
 
     return publish

@@ -25,6 +25,7 @@ from traitlets import Int
 from ..backends import SharedLocalService
 from ..config import SessionConfig
 from ..core import SandboxSession
+from ..core.active_content import guard_event
 from ..errors import remote_error
 from . import transfer
 from .arguments import parse_env, parse_line, sandbox_name
@@ -36,7 +37,6 @@ from .display import (
     late_output_here,
     show_event,
     show_payload,
-    without_active_content,
 )
 from .loop_thread import LoopThread
 from .transport import Transports
@@ -291,7 +291,7 @@ class E2BMagics(CommandsMixin, Magics):
             )
         for kind, content in self.loop.iterate(events):
             if not trusted:
-                content = without_active_content(kind, content)
+                content = guard_event(kind, content)  # see core.active_content
             if kind == "error":
                 error = content
             elif kind == "execute_result":
