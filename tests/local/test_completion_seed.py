@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,11 @@ import json, pathlib
 from IPython.core.completer import provisionalcompleter
 cache = pathlib.Path.home() / ".cache" / "jedi"
 def listing():
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*.pkl"))
+    # With size and time: parso rewrites a tree it had to parse again under the same name.
+    return sorted(
+        (str(p.relative_to(cache)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in cache.rglob("*.pkl")
+    )
 before = listing()
 owners = sorted({p.lstat().st_uid for p in [cache.parent, *cache.rglob("*")] if before})
 kept = 3
@@ -44,29 +51,69 @@ def hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def first_completion_with_seed(seeds: Path, built_after: float = 0.0) -> dict:
+    """Start a service (which builds the seed in ``seeds`` unless it has a current one), wait
+    for a seed built after ``built_after``, and complete in a new sandbox. (Under the suite's
+    120 s test timeout, so that a service that never builds fails with its own message.)"""
+    service = start_subprocess(pool_size=0)
+    try:
+        # The service builds it in the background at a low priority: a loaded machine slows it.
+        # ("[!.]*": not the build folder, where the cache grows before it is moved in.)
+        wait_for(
+            lambda: any(
+                p.stat().st_mtime > built_after for p in seeds.glob("[!.]*/.cache/jedi/*/*.pkl")
+            ),
+            100,
+            "a seed built after the given time",
+        )
+        box = Sandbox.create(**sdk_options(service))
+        try:
+            return complete_in(box)
+        finally:
+            box.kill()
+    finally:
+        service.stop()
+
+
 def test_a_service_builds_the_seed_and_later_sandboxes_complete_without_parsing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache_home = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
-    service = start_subprocess(pool_size=0)
-    try:
-        seeds = cache_home / "e2b-kernel" / "completion-seed"
-        # The service builds it in the background at a low priority: a loaded machine slows it.
-        # ("[!.]*": not the build folder, where the cache grows before it is moved in.)
-        wait_for(lambda: any(seeds.glob("[!.]*/.cache/jedi/*/*.pkl")), 300, "the seed")
-        box = Sandbox.create(**sdk_options(service))
-        try:
-            found = complete_in(box)
-        finally:
-            box.kill()
-    finally:
-        service.stop()
+    seeds = cache_home / "e2b-kernel" / "completion-seed"
+    found = first_completion_with_seed(seeds)
     assert "kept" in found["matches"]
     assert found["before"], "the sandbox's home has no completion cache"
     assert found["after"] == found["before"], "the first completion had to parse stubs again"
     assert found["owners"] == [1000], "the copy must belong to the sandbox's user"
     assert not list(seeds.glob(".build-*")), "the build folder was left behind"
+
+
+def test_a_seed_older_than_the_installed_runtime_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seed made before the runtime was installed again (a new venv where the old one was)
+    has the same key, but parso finds each of its trees older than its source and parses the
+    source again in every sandbox: the service must build a new seed, not hand out that one."""
+    cache_home = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    built = subprocess.run(
+        [sys.executable, "-c", "from e2b_kernel.local.sandbox.completion_seed import main; main()"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    seed = Path(built.stdout.strip())
+    assert seed.is_relative_to(cache_home), built.stdout
+    made_before_install = 1_000_000_000.0  # 2001: older than any installed source
+    for tree in (seed / ".cache" / "jedi").rglob("*.pkl"):
+        os.utime(tree, (made_before_install, made_before_install))
+    found = first_completion_with_seed(seed.parent, built_after=made_before_install)
+    assert "kept" in found["matches"]
+    assert found["before"], "the sandbox's home has no completion cache"
+    assert found["after"] == found["before"], "the sandbox got a stale seed and parsed again"
+    assert not list(seed.parent.glob(".stale-*")), "the stale seed was left behind"
 
 
 def test_a_sandbox_cannot_poison_the_completion_cache_of_later_sandboxes(

@@ -43,30 +43,57 @@ def _cache_root() -> Path:
     return Path(base) / "e2b-kernel" / "completion-seed"
 
 
-@cache
-def seed_dir() -> Path:
-    """This runtime's seed: a folder holding a ``.cache/jedi`` tree once built."""
-    parts = [os.path.realpath(sys.executable), sys.version]
-    # The installed versions, from the dist-info folder names ("jedi-0.19.2.dist-info"): a
-    # directory listing, where importlib.metadata would take 35 ms of the service's start.
+def _dist_infos() -> list[Path]:
+    """The dist-info folders of Jedi, parso and IPython ("jedi-0.19.2.dist-info"), found by a
+    directory listing, where importlib.metadata would take 35 ms of the service's start."""
+    found: list[Path] = []
     for folder in sorted({p for p in sys.path if os.path.basename(p) == "site-packages"}):
         with contextlib.suppress(OSError):
-            parts += sorted(
-                name
+            found += sorted(
+                Path(folder, name)
                 for name in os.listdir(folder)
                 if name.lower().startswith(_VERSIONED) and name.endswith(".dist-info")
             )
+    return found
+
+
+@cache
+def seed_dir() -> Path:
+    """This runtime's seed: a folder holding a ``.cache/jedi`` tree once built."""
+    parts = [os.path.realpath(sys.executable), sys.version, *(p.name for p in _dist_infos())]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return _cache_root() / key
+
+
+def _installed_at() -> float:
+    """When the sources the seed caches were last written: parso trusts a cached tree only if
+    the cache file is not older than its source, and pip writes a package's files at install
+    time. A reinstall of the same versions (a new venv where the old one was, ``pip install
+    --force-reinstall``) keeps :func:`seed_dir`'s key but makes every older tree stale."""
+    stamps = [os.stat(os.__file__).st_mtime]  # the standard library, for non-stub modules
+    for folder in _dist_infos():
+        with contextlib.suppress(OSError):
+            stamps.append(folder.stat().st_mtime)
+    return max(stamps)
+
+
+def _is_current(seed: Path) -> bool:
+    """Whether ``seed`` holds a cache that Jedi will use, not one made before the runtime's
+    sources were (re)installed, which every sandbox would parse again."""
+    try:
+        trees = [p.stat().st_mtime for p in (seed / _HOME_CACHE).rglob("*.pkl")]
+    except OSError:
+        return False
+    return bool(trees) and min(trees) >= _installed_at()
 
 
 def copy_into(home: Path, owner: int) -> bool:
     """Copy the seed into a new sandbox's ``home`` (owned by host uid ``owner``; -1 keeps the
     service's). False when there is no seed yet or the copy failed (a full disk): the
     sandbox then starts with a cold cache, as before, and nothing half-copied is left."""
-    seed = seed_dir() / _HOME_CACHE
-    if not seed.is_dir():
+    if not _is_current(seed_dir()):
         return False
+    seed = seed_dir() / _HOME_CACHE
     target = home / _HOME_CACHE
     try:
         # copy2 keeps the seed's times: parso trusts a cached tree only if it is not older
@@ -85,7 +112,7 @@ async def start_build() -> asyncio.subprocess.Process | None:
     """Start building this runtime's seed in a process at a low CPU priority, unless it
     exists or another one is building it; the caller reaps (or kills) the process returned."""
     seed = seed_dir()
-    if (seed / _HOME_CACHE).is_dir():
+    if _is_current(seed):
         return None
     with _lock(seed, wait=False) as held:
         if not held:
@@ -166,7 +193,7 @@ def build() -> Path:
     a build folder."""
     seed = seed_dir()
     with _lock(seed, wait=True):
-        if not (seed / _HOME_CACHE).is_dir():
+        if not _is_current(seed):
             _build_in(seed, seed.parent / f".build-{seed.name}")
     return seed
 
@@ -190,7 +217,14 @@ def _build_in(seed: Path, work: Path) -> None:
     if not built.is_dir():
         raise RuntimeError(f"Jedi wrote no cache under {work}")
     (seed / _HOME_CACHE).parent.mkdir(parents=True, exist_ok=True)
+    stale = seed.parent / f".stale-{seed.name}"
+    shutil.rmtree(stale, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        # Out of the way in one rename: a service copying it meanwhile gets a whole tree or
+        # an error (its sandbox then starts cold), never a mix of old and new.
+        (seed / _HOME_CACHE).rename(stale)
     built.rename(seed / _HOME_CACHE)
+    shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
