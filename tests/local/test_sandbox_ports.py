@@ -361,3 +361,71 @@ def test_a_port_that_answers_in_one_byte_chunks_leaves_the_service_serving(
                     break
     assert received > 0 and len(probes) == 10
     assert max(probes) < 1.0, [f"{probe * 1000:.0f} ms" for probe in probes]
+
+
+# Answers every request on a connection with a keep-alive "200 ok", as a server that refuses
+# a WebSocket upgrade may, and keeps every byte it receives in /tmp/seen-<port>.
+REFUSING_SERVER = textwrap.dedent(
+    """
+    import socket, sys, threading
+    port = int(sys.argv[1])
+
+    def serve(conn):
+        with conn, open(f"/tmp/seen-{port}", "ab", buffering=0) as seen:
+            while data := conn.recv(65536):
+                seen.write(data)
+                conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+
+    listener = socket.create_server(("127.0.0.1", port))
+    open(f"/tmp/listening-{port}", "w").close()
+    while True:
+        threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+    """
+)
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def test_a_refused_upgrade_does_not_hand_the_callers_connection_to_the_sandbox(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """Attack: a sandbox server answers a WebSocket upgrade with an ordinary keep-alive 200.
+    The service spliced the connection at the upgrade request, so the caller's HTTP client
+    kept it and sent its next request, the service's API key with it, into the sandbox (which
+    answered it as the control plane). Only a 101 may turn a connection into a pipe; other
+    answers end the connection, and bytes the caller sent after its upgrade request never
+    reach the sandbox unless the upgrade is accepted."""
+    port = 3103
+    sandbox.files.write("/home/user/refusing.py", REFUSING_SERVER)
+    sandbox.commands.run(f"python /home/user/refusing.py {port}", background=True)
+    wait_for(lambda: sandbox.files.exists(f"/tmp/listening-{port}"), 30, "the refusing server")
+    key = {"X-API-Key": local_service.api_key}
+    with httpx.Client(base_url=local_service.url, timeout=30) as http:
+        refused = http.get("/", headers={**_routing(sandbox, port), **UPGRADE})
+        assert (refused.status_code, refused.text) == (200, "ok")
+        listed = http.get("/sandboxes", headers=key)  # the same client: a pooled connection
+    assert listed.status_code == 200 and listed.text != "ok", "the sandbox answered the service"
+    assert refused.headers.get("connection") == "close"
+    assert sandbox.sandbox_id in {s["sandboxID"] for s in listed.json()}
+    # A client that pipelines: its second request is in the bytes after the upgrade's head.
+    upgrade = f"GET / HTTP/1.1\r\nHost: localhost\r\nE2b-Sandbox-Id: {sandbox.sandbox_id}\r\n"
+    upgrade += f"E2b-Sandbox-Port: {port}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in UPGRADE.items()
+    )
+    pipelined = (
+        f"GET /sandboxes HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {local_service.api_key}\r\n\r\n"
+    )
+    address = urlsplit(local_service.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as raw:
+        raw.sendall((upgrade + "\r\n" + pipelined).encode())
+        answer = b""
+        while chunk := raw.recv(65536):  # the service closes after the refusal
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer[:300]
+    seen = sandbox.files.read(f"/tmp/seen-{port}")
+    assert local_service.api_key not in seen, "the caller's API key reached the sandbox"
+    assert seen.count("GET / HTTP/1.1") == 2 and "/sandboxes" not in seen, seen

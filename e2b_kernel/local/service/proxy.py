@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -111,7 +110,7 @@ async def proxy_http(entry: Entry, port: int, scope: dict, receive: Receive, sen
         await tunnel.write(conn.send(request) or b"")
         if not await _send_body(conn, tunnel, receive):
             return  # the caller went away before its request was complete
-        relay = asyncio.ensure_future(_relay_response(conn, tunnel, send))
+        relay = asyncio.ensure_future(relay_response(conn, tunnel, send))
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -131,15 +130,15 @@ def _target(scope: dict) -> bytes:
     return path + b"?" + query if query else path
 
 
-def forwarded_upgrade_head(
+def forwarded_upgrade(
     entry: Entry, port: int, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
-) -> bytes:
-    """An upgrade request's head as the sandbox's server gets it: the forwarded headers, and
-    the upgrade's own (``Connection``/``Upgrade``, hop-by-hop but the point of this hop)."""
+) -> h11.Request:
+    """An upgrade request as the sandbox's server gets it: the forwarded headers, and the
+    upgrade's own (``Connection``/``Upgrade``, hop-by-hop but the point of this hop)."""
     upgrade = [(k, v) for k, v in headers if k in (b"connection", b"upgrade")]
-    lines = [method + b" " + target + b" HTTP/1.1"]
-    lines += [name + b": " + value for name, value in _forwarded(entry, port, headers) + upgrade]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    return h11.Request(
+        method=method, target=target, headers=_forwarded(entry, port, headers) + upgrade
+    )
 
 
 def _forwarded(
@@ -171,8 +170,12 @@ async def _send_body(conn: h11.Connection, tunnel: Tunnel, receive: Receive) -> 
     return True
 
 
-async def _relay_response(conn: h11.Connection, tunnel: Tunnel, send: Send) -> None:
-    """The sandbox server's answer, event by event, to the caller.
+async def relay_response(
+    conn: h11.Connection, tunnel: Tunnel, send: Send
+) -> h11.InformationalResponse | None:
+    """The sandbox server's answer, event by event, to the caller; or, when the request asked
+    for an upgrade and the server switched protocols, its ``101`` (sent nowhere: the caller
+    splices the connection).
 
     Parsing costs per event, not per byte: a server that sends one-byte chunks or endless
     1xx heads made h11 hold the service's one loop for seconds at a time. So the loop gets a
@@ -181,7 +184,9 @@ async def _relay_response(conn: h11.Connection, tunnel: Tunnel, send: Send) -> N
     started = False
     body = bytearray()  # Data events not yet sent: sent as one before anything else
     informational = 0
-    for events in itertools.count(1):
+    events = 0
+    while True:
+        events += 1
         if events % _EVENTS_PER_TURN == 0:
             await asyncio.sleep(0)
         try:
@@ -212,10 +217,12 @@ async def _relay_response(conn: h11.Connection, tunnel: Tunnel, send: Send) -> N
             started = True
         elif isinstance(event, h11.EndOfMessage):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
+            return None
         elif isinstance(event, h11.ConnectionClosed):
             raise ConnectionError("the sandbox server closed the connection mid-answer")
         elif isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                return event
             # 100 Continue: uvicorn already answered it to the caller; 102/103 are hints.
             informational += 1
             if informational > _MAX_INFORMATIONAL:

@@ -1,13 +1,16 @@
 """WebSocket upgrades to sandbox ports, passed through as bytes, as E2B's proxy passes them.
 
-E2B's proxy hands an upgrade request to the sandbox's server and, once that server answers,
-copies bytes both ways without reading a frame. Here too: the connection layer
-(``connections.GuardedH11Protocol``) takes an upgrade for a sandbox port away from the
-WebSocket implementation, the request head goes into the sandbox (with the proxy's header
-rules: hop-by-hop headers and E2B's credentials out, ``mask_request_host`` applied), and from
-then on each chunk is copied as it arrives. Whatever the sandbox's server answers (101, or a
-refusal) reaches the caller unchanged, subprotocol and extensions included. A frame is never
-parsed or re-encoded, so a message costs the service one read and one write.
+E2B's proxy hands an upgrade request to the sandbox's server and, once that server has
+switched protocols, copies bytes both ways without reading a frame. Here too: the connection
+layer (``connections.GuardedH11Protocol``) takes an upgrade for a sandbox port away from the
+WebSocket implementation, the request goes into the sandbox (with the proxy's header rules:
+hop-by-hop headers and E2B's credentials out, ``mask_request_host`` applied), and the server's
+answer is read as HTTP. Only a ``101`` turns the connection into a byte pipe (the 101 reaches
+the caller with its subprotocol and extensions, and a frame is never parsed or re-encoded, so
+a message costs the service one read and one write). Any other answer is relayed as one
+response that closes the connection: were the connection spliced before the server agreed,
+a server that refused with an ordinary keep-alive answer would receive the caller's next
+requests on it, credentials and all (HTTP clients and reverse proxies reuse such a connection).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
+
+import h11
 
 from .errors import ServiceError
-from .proxy import Tunnel, forwarded_upgrade_head, open_tunnel
+from .proxy import Tunnel, forwarded_upgrade, open_tunnel, relay_response
 from .registry import Entry
 
 log = logging.getLogger("e2b_kernel.local")
@@ -30,6 +36,7 @@ Headers = list[tuple[bytes, bytes]]
 Target = Callable[[Headers], "tuple[Entry, int] | None"]
 
 _CHUNK = 65536
+_MAX_ANSWER_HEAD = 64 << 10  # the largest answer head read from the sandbox's server
 _HIGH_WATER = 1 << 20  # bytes queued towards one side before the other side is paused
 _splices: set[asyncio.Task[None]] = set()  # referenced until done
 
@@ -39,9 +46,9 @@ def start(
     entry: Entry, port: int,
 ) -> None:  # fmt: skip
     """Relay this upgrade to ``port`` in ``entry``'s sandbox on ``client``'s connection."""
-    client.pause_reading()  # until the sandbox side is there to take the bytes
-    head = forwarded_upgrade_head(entry, port, method, target, headers)
-    task = asyncio.get_running_loop().create_task(_splice(client, head + trailing, entry, port))
+    client.pause_reading()  # until the sandbox's server has switched protocols
+    request = forwarded_upgrade(entry, port, method, target, headers)
+    task = asyncio.get_running_loop().create_task(_splice(client, request, trailing, entry, port))
     _splices.add(task)
     task.add_done_callback(_splices.discard)
 
@@ -56,7 +63,9 @@ def error_response(exc: ServiceError) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(response.body)
 
 
-async def _splice(client: asyncio.Transport, head: bytes, entry: Entry, port: int) -> None:
+async def _splice(
+    client: asyncio.Transport, request: h11.Request, trailing: bytes, entry: Entry, port: int
+) -> None:
     try:
         tunnel = await open_tunnel(entry, port)
     except Exception as exc:
@@ -71,9 +80,24 @@ async def _splice(client: asyncio.Transport, head: bytes, entry: Entry, port: in
         client.close()
         raise
     try:
-        await tunnel.write(head)
         inward = _Inward(client, tunnel)
-        client.set_protocol(inward)
+        client.set_protocol(inward)  # its flow control, also while a refusal is relayed
+        answer = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_ANSWER_HEAD)
+        await tunnel.write(answer.send(request) or b"")
+        try:
+            switched = await relay_response(answer, tunnel, _Answer(client, inward).send)
+        except ServiceError as exc:  # no valid answer
+            if not client.is_closing():
+                client.write(error_response(exc))
+            return
+        if switched is None:  # refused, and relayed: the caller's next bytes are not for it
+            return
+        client.write(_head(switched))
+        already, _ = answer.trailing_data  # what the server sent after its 101
+        if already:
+            client.write(already)
+        if trailing:  # what the caller sent after its request (the first frames)
+            tunnel.write_nowait(trailing)
         client.resume_reading()
         while chunk := await tunnel.read_chunk(_CHUNK):
             if client.is_closing():
@@ -86,6 +110,40 @@ async def _splice(client: asyncio.Transport, head: bytes, entry: Entry, port: in
     finally:
         client.close()
         await tunnel.close()
+
+
+def _head(event: h11.InformationalResponse) -> bytes:
+    """The server's 101 as it sent it (header names in its own case)."""
+    lines = [b"HTTP/1.1 %d %s" % (event.status_code, event.reason)]
+    lines += [name + b": " + value for name, value in event.headers.raw_items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _Answer:
+    """A refused upgrade's answer, from ``relay_response``'s ASGI messages to the caller as
+    HTTP/1.1 that ends the connection (its body close-delimited when no length was given)."""
+
+    def __init__(self, client: asyncio.Transport, inward: _Inward) -> None:
+        self._client = client
+        self._inward = inward
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self._client.is_closing():
+            raise ConnectionError("the caller went away")
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            try:
+                phrase = HTTPStatus(status).phrase
+            except ValueError:  # a code of the server's own
+                phrase = ""
+            lines = [f"HTTP/1.1 {status} {phrase}".encode("latin-1")]
+            lines += [name + b": " + value for name, value in message["headers"]]
+            lines.append(b"connection: close")
+            self._client.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        elif message.get("body"):
+            self._client.write(message["body"])
+            if self._client.get_write_buffer_size() > _HIGH_WATER:
+                await self._inward.drained()
 
 
 class _Inward(asyncio.Protocol):
