@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 from e2b import AsyncSandbox, CommandExitException, PtySize, Sandbox, TimeoutException
+from local_helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("sdk_env")
 
@@ -152,3 +153,28 @@ def test_an_unknown_user_is_refused_as_envd_refuses_it() -> None:
                 call()
     finally:
         sandbox.kill()
+
+
+def test_a_commands_timeout_kills_it_though_no_one_reads_it_any_more() -> None:
+    """envd runs a command under its Start deadline, streamed or not: a background server a
+    script started with the default 60 s and left behind dies then on E2B. Here the deadline
+    was kept only by the stream, so a command whose caller disconnected ran for ever."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        detached = sbx.commands.run("sleep 301", background=True, timeout=2)
+        detached.disconnect()
+        other = Sandbox.connect(sbx.sandbox_id)
+        attached = other.commands.connect(detached.pid, timeout=0)  # a reader, not its deadline
+        with pytest.raises(TimeoutException):
+            sbx.commands.run("sleep 302", timeout=2)
+
+        def running() -> set[str]:
+            return {" ".join([p.cmd, *p.args]) for p in sbx.commands.list()}
+
+        wait_for(lambda: not any("sleep 30" in line for line in running()), 30, "the deadlines")
+        with pytest.raises(CommandExitException) as ended:
+            attached.wait()
+        assert ended.value.exit_code == -1  # killed
+        assert not sbx.commands.run("pgrep -x sleep || true").stdout.strip()
+    finally:
+        sbx.kill()

@@ -3,7 +3,8 @@
 Each process's output is read once and fanned out to every connected stream (Start and any
 Connect), with bounded queues so a slow client slows the process instead of filling memory.
 Like real envd, a process outlives a dropped stream; the deadline (``Connect-Timeout-Ms``) of
-the Start stream kills it, while a Connect stream's deadline only ends that stream. A process
+the Start request kills it, whether or not anyone still reads it (envd runs it under that
+deadline's context), while a Connect stream's deadline only ends that stream. A process
 ends when it exits, even if a child it left in the background (``cmd &``) still holds its
 output: envd's Go ``Wait`` closes the output pipes then, and so do we (after taking what they
 hold).
@@ -143,9 +144,13 @@ class ProcessService(process_connect.Process):
         queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
         managed.subscribers.append(queue)
         self.processes[pid] = managed
-        pump = asyncio.create_task(self._pump(managed))
-        self._pumps.add(pump)
-        pump.add_done_callback(self._pumps.discard)
+        tasks = [self._pump(managed)]
+        if ctx.timeout_ms:
+            tasks.append(_kill_at_deadline(managed, ctx.timeout_ms / 1000))
+        for coroutine in tasks:
+            task = asyncio.create_task(coroutine)
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
         async for message in self._stream(managed, queue, ctx, StartResponse):
             yield message
 
@@ -170,9 +175,7 @@ class ProcessService(process_connect.Process):
                 wait = keepalive
                 if deadline is not None:
                     wait = min(wait, deadline - loop.time())
-                if wait <= 0:
-                    if kind is StartResponse:  # envd: a Connect's deadline leaves it running
-                        await managed.kill_tree()
+                if wait <= 0:  # (Start's deadline also kills: _kill_at_deadline)
                     raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
                 event = await _next_event(queue, gone, wait)
                 if gone.is_set():
@@ -341,6 +344,16 @@ class ProcessService(process_connect.Process):
             raise ConnectError(Code.INVALID_ARGUMENT, f"invalid cwd {cwd!r}: {exc}") from None
         if not resolved.host.is_dir():
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
+
+
+async def _kill_at_deadline(managed: Managed, seconds: float) -> None:
+    """Start's deadline: kill the process then unless it has ended (with or without a client
+    streaming it: a background command the caller disconnected from dies at its timeout too,
+    as on E2B)."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(managed.done.wait(), seconds)
+        return
+    await managed.kill_tree()
 
 
 async def _next_event(queue: asyncio.Queue, gone: asyncio.Event, timeout: float) -> Any:
