@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import pytest
 from attack_helpers import HostListener, PacketWatch, connect_probe
-from e2b import AsyncSandbox, Sandbox
+from e2b import ALL_TRAFFIC, AsyncSandbox, Sandbox
 from e2b.exceptions import SandboxException
 from local_helpers import remove_target_netns, wait_for
 
@@ -220,3 +220,30 @@ def test_update_network_opens_a_sandbox_created_without_network(
         assert sbx.get_info().network["allow_out"] == ["*.example.com"]
     finally:
         sbx.kill()
+
+
+def test_a_domain_in_allow_out_needs_all_traffic_denied_as_e2b_asks(
+    sdk_env: dict[str, str],
+) -> None:
+    """E2B's API refuses a domain in ``allow_out`` unless ``deny_out`` holds ``ALL_TRAFFIC``
+    (with everything else allowed the rule would mean nothing), at create and in
+    ``update_network``; here both were accepted, so code tried locally failed on E2B."""
+    for deny in ([], ["10.0.0.0/8"]):
+        with pytest.raises(SandboxException) as refused:
+            Sandbox.create(timeout=60, network={"allow_out": ["example.com"], "deny_out": deny})
+        assert "must include 'ALL_TRAFFIC' in deny out" in str(refused.value)
+    sbx = Sandbox.create(timeout=60, allow_internet_access=False)
+    try:
+        with pytest.raises(SandboxException) as refused:
+            sbx.update_network({"allow_out": ["example.com"]})
+        assert "must include 'ALL_TRAFFIC' in deny out" in str(refused.value)
+        sbx.update_network({"allow_out": ["example.com"], "deny_out": [ALL_TRAFFIC]})
+        assert sbx.get_info().network["allow_out"] == ["example.com"]
+    finally:
+        sbx.kill()
+    # E2B judges the lists as sent: no internet access does not stand in for the deny entry.
+    with pytest.raises(SandboxException) as refused:
+        Sandbox.create(
+            timeout=60, allow_internet_access=False, network={"allow_out": ["example.com"]}
+        )
+    assert "must include 'ALL_TRAFFIC' in deny out" in str(refused.value)

@@ -34,6 +34,11 @@ from .network import ip_batch
 DNS_FORWARDER = "10.0.2.3"  # slirp4netns's, the sandbox's only nameserver
 ALL_TRAFFIC = "0.0.0.0/0"
 MAX_ENTRIES = 256  # per list: each entry is one rule in the namespace
+# E2B API's words (ErrMsgDomainsRequireBlockAll): a domain in allowOut, 0.0.0.0/0 not denied.
+DOMAINS_NEED_DENY_ALL = (
+    "When specifying allowed domains in allow out, you must include 'ALL_TRAFFIC' in deny out to "
+    "block all other traffic."
+)
 _ALLOW_BASE = 1000  # rule priorities: allowed < denied < the main table (32766)
 _DENY_BASE = 5000
 _GUARD_PRIORITY = 900  # a deny-all held while the rules are swapped (fail closed)
@@ -81,6 +86,10 @@ def parse(body: dict, *, internet: bool) -> EgressRules:
             _check_domain(entry)
         else:
             _network(entry, "allowOut")
+    if any(_is_domain(entry) for entry in allow) and ALL_TRAFFIC not in deny:
+        # E2B's API refuses this (judging the lists as sent, whatever allow_internet_access
+        # says): with other traffic allowed, a domain rule would mean nothing.
+        raise EgressError(DOMAINS_NEED_DENY_ALL)
     if not internet and ALL_TRAFFIC not in deny:
         deny.append(ALL_TRAFFIC)
     return EgressRules(allow, deny, dns)
