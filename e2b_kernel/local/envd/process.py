@@ -43,6 +43,7 @@ from protobuf import Oneof
 from ..sandbox import SANDBOX_HOME, LocalSandbox
 from ..sandbox.agent_client import AgentCallError
 from ..sandbox.process import AgentProcess
+from ..sandbox.sandbox_output import UNREAD_OUTPUT_RATE, ReadRate
 from .go_text import signal_text
 from .pty import Terminal
 from .user_paths import HOMES, UnresolvablePath, resolve_user_path, unknown_user
@@ -195,17 +196,23 @@ class ProcessService(process_connect.Process):
         """Read the process's output once and fan it out; then publish the end event."""
         proc = managed.proc
 
+        unread = ReadRate(UNREAD_OUTPUT_RATE)  # while no one streams it (sandbox_output)
+
+        async def publish(name: str, chunk: bytes) -> None:
+            if not managed.subscribers:
+                await unread.took(len(chunk))
+            data = ProcessEvent.DataEvent(output=Oneof(name, chunk))  # type: ignore[arg-type]
+            await self._publish(managed, _event("data", data))
+
         async def read(stream: asyncio.StreamReader | None, name: str) -> None:
             if stream is None:
                 return
             while chunk := await stream.read(_READ_CHUNK):
-                data = ProcessEvent.DataEvent(output=Oneof(name, chunk))  # type: ignore[arg-type]
-                await self._publish(managed, _event("data", data))
+                await publish(name, chunk)
 
         async def read_terminal(terminal: Terminal) -> None:
             while chunk := await terminal.read():
-                data = ProcessEvent.DataEvent(output=Oneof("pty", chunk))  # type: ignore[arg-type]
-                await self._publish(managed, _event("data", data))
+                await publish("pty", chunk)
 
         async def read_all() -> None:
             if managed.terminal is not None:

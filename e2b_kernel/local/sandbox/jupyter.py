@@ -29,6 +29,7 @@ import h11
 from .agent_client import AgentCallError
 from .file_ops import FileOps
 from .process import DEVNULL, PIPE, AgentProcess
+from .sandbox_output import DIAGNOSTICS_RATE, ReadRate, quoted
 
 if TYPE_CHECKING:
     from .runtime import LocalSandbox
@@ -149,7 +150,9 @@ class JupyterServer:
         """Read the server's log: its ready line, and a tail for error messages."""
         assert process.stderr is not None
         pending = b""
+        rate = ReadRate(DIAGNOSTICS_RATE)  # the sandbox's user can write here too
         while chunk := await process.stderr.read(65536):
+            await rate.took(len(chunk))
             self._log_tail.append(chunk[-2000:])
             if not self._ready.done():
                 pending = (pending + chunk)[-4096:]
@@ -164,7 +167,7 @@ class JupyterServer:
             log.warning("sandbox %s: its Jupyter Server exited (%s)", self.sandbox.sandbox_id, code)
 
     def diagnostics(self) -> str:
-        return b"".join(self._log_tail).decode("utf-8", "replace")[-1500:]
+        return quoted(b"".join(self._log_tail).decode("utf-8", "replace")[-1500:])
 
     async def ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Wait until the server listens; JupyterUnavailable if it died or took too long."""

@@ -34,6 +34,7 @@ from .isolation import CgroupSet, Isolation, join_cgroups_argv
 from .jupyter import JupyterServer
 from .paths import SandboxPaths
 from .process import DEVNULL, PIPE, AgentProcess
+from .sandbox_output import DIAGNOSTICS_RATE, ReadRate, quoted
 from .subprocesses import HELPER_ENV, SYSTEM_PATH, start_process
 
 log = logging.getLogger("e2b_kernel.local")
@@ -393,12 +394,15 @@ class LocalSandbox:
         )
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(4096):
-            self._stderr_tail.append(chunk)
+        # Root in the sandbox can write to this pipe too (see sandbox_output): read at a rate.
+        rate = ReadRate(DIAGNOSTICS_RATE)
+        while chunk := await stream.read(65536):
+            self._stderr_tail.append(chunk[-2000:])
+            await rate.took(len(chunk))
 
     def _diagnostics(self) -> str:
         text = b"".join(self._stderr_tail).decode(errors="replace").strip()
-        return text[-1500:] or "no output"
+        return quoted(text[-1500:]) or "no output"
 
     def _watch(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

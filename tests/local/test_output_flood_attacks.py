@@ -1,0 +1,116 @@
+"""Attacks: output that code in a sandbox makes the service read. Each byte costs the service,
+shared by every sandbox and charged to none of their cgroups; where no one needs the output
+whole, the service reads it at a bounded rate (``local/sandbox/sandbox_output.py``), and what
+it logs of it cannot forge a log line.
+
+Each attack floods one pipe for a few seconds from inside a sandbox and counts what it could
+write: before these bounds, gigabytes (21.6 GiB in 15 s through bubblewrap's stderr, at 0.4
+CPU-seconds a second of the service)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from e2b_code_interpreter import Sandbox
+from local_helpers import sdk_options, wait_for
+
+from e2b_kernel.local import RunningService
+from e2b_kernel.local.sandbox.sandbox_output import (
+    DIAGNOSTICS_RATE,
+    UNREAD_OUTPUT_RATE,
+    quoted,
+)
+
+FLOOD_SECONDS = 3.0
+# Pipes between the writer and the service's reads hold this much at most (a pipe's 64 KiB,
+# a stream reader's buffer, a chunk in flight): what a bounded reader may add to its rate.
+SLACK = 1 << 20
+
+# Waits for /tmp/go-<name> (made once nothing else reads the target), then writes as fast as
+# it can for FLOOD_SECONDS into fd `fd` of process `pid` (0: its own stdout) and records how
+# much it wrote in how long.
+FLOOD = textwrap.dedent(
+    """
+    import ctypes, json, os, sys, time
+    name, pid, fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    if pid:  # take the target's fd as root in a sandbox could (same uid, no capability)
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+        out = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
+        if out < 0:
+            raise SystemExit(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+    else:
+        out = 1
+    while not os.path.exists(f"/tmp/go-{name}"):
+        time.sleep(0.01)
+    block, written, began = b"x" * 65536, 0, time.monotonic()
+    while time.monotonic() - began < %(seconds)s:
+        written += os.write(out, block)
+    took = time.monotonic() - began
+    with open(f"/tmp/flooded-{name}", "w") as done:
+        json.dump({"written": written, "seconds": took}, done)
+    """
+) % {"seconds": FLOOD_SECONDS}
+
+
+@pytest.fixture
+def sandbox(local_service: RunningService) -> Iterator[Sandbox]:
+    box = Sandbox.create(timeout=120, **sdk_options(local_service))
+    try:
+        box.files.write("/tmp/flood.py", FLOOD)
+        yield box
+    finally:
+        box.kill()
+
+
+def flood(box: Sandbox, name: str, pid: int, fd: int, user: str = "user") -> dict[str, float]:
+    """Run the flood as ``user`` in the background (no one streaming it) and return its count."""
+    handle = box.commands.run(
+        f"python3 /tmp/flood.py {name} {pid} {fd}", background=True, user=user, timeout=0
+    )
+    handle.disconnect()
+    box.files.write(f"/tmp/go-{name}", "")
+    wait_for(lambda: box.files.exists(f"/tmp/flooded-{name}"), 60, f"the {name} flood")
+    return json.loads(box.files.read(f"/tmp/flooded-{name}"))
+
+
+def assert_read_at(result: dict[str, float], per_second: int) -> None:
+    bound = per_second * (result["seconds"] + 1) + SLACK
+    assert result["written"] <= bound, (
+        f"{result['written'] / 2**20:.0f} MiB went into the service in {result['seconds']:.1f} s "
+        f"(bounded: {bound / 2**20:.1f} MiB)"
+    )
+
+
+def test_output_of_a_command_no_one_streams_is_read_at_a_bounded_rate(sandbox: Sandbox) -> None:
+    """``run(..., background=True)`` then ``disconnect()``: the service went on reading the
+    command's output at full speed and dropping it."""
+    assert_read_at(flood(sandbox, "detached", 0, 1), UNREAD_OUTPUT_RATE)
+
+
+def test_root_in_a_sandbox_cannot_flood_the_service_through_bubblewraps_stderr(
+    sandbox: Sandbox,
+) -> None:
+    """bubblewrap's pid 1 holds no capability, so root in the sandbox may take its stderr,
+    whose other end is the service's."""
+    assert_read_at(flood(sandbox, "pid1", 1, 2, user="root"), DIAGNOSTICS_RATE)
+
+
+def test_the_sandbox_user_cannot_flood_the_service_through_the_jupyter_servers_stderr(
+    sandbox: Sandbox,
+) -> None:
+    found = sandbox.commands.run("pgrep -o -f jupyter_server || pgrep -o -f jupyter-server")
+    server = int(found.stdout.split()[0])
+    assert_read_at(flood(sandbox, "jupyter", server, 2), DIAGNOSTICS_RATE)
+
+
+def test_what_the_service_logs_of_sandbox_output_cannot_forge_a_record() -> None:
+    forged = "bwrap: ok\n2026-01-01 WARNING e2b_kernel.local: \x1b[31mforged\x1b[0m\r\x07"
+    shown = quoted(forged)
+    assert "\x1b" not in shown and "\r" not in shown and "\x07" not in shown
+    assert "\\x1b[31mforged" in shown
+    assert all(line.startswith("    | ") for line in shown.splitlines()[1:])
+    assert shown.splitlines()[0] == "bwrap: ok"
