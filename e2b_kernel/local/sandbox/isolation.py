@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -231,10 +232,39 @@ def _same_mount(first: str, second: str) -> bool:
         return False
 
 
-def join_cgroups_argv(procs_files: list[str], argv: list[str]) -> list[str]:
-    """Wrap argv so the process enters the sandbox's cgroups before it execs (no preexec_fn)."""
-    if not procs_files:
-        return argv
-    script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; '
-    script += 'n=$((n-1)); done; exec "$@"'
-    return ["/bin/sh", "-c", script, "e2bk-join", str(len(procs_files)), *procs_files, *argv]
+# E2B's sandboxes: 1024 open files a process, raisable to 524288 (each in a kernel of its own).
+_OPEN_FILES_SOFT = 1024
+_OPEN_FILES_HARD = 524288
+# A sandbox may hold at most this share of the host's one file table (fs.file-max) through
+# RLIMIT_NOFILE x its process limit. The memory cgroup does not bound it: a file costs ~256 B,
+# so a 2 GiB sandbox could hold 8 M, where a host without systemd's setting has RAM/10 KiB.
+_FILE_TABLE_SHARE = 8
+
+
+def open_files_limit(max_pids: int) -> tuple[int, int]:
+    """(soft, hard) RLIMIT_NOFILE of a sandbox's processes: E2B's, with the hard limit cut to
+    what keeps ``max_pids`` processes within 1/8 of the host's file table (never below the
+    soft 1024, never above what this process may give)."""
+    try:
+        file_max = int(Path("/proc/sys/fs/file-max").read_text())
+    except (OSError, ValueError):
+        file_max = _OPEN_FILES_HARD * max_pids * _FILE_TABLE_SHARE
+    share = file_max // (_FILE_TABLE_SHARE * max_pids)
+    own_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if own_hard == resource.RLIM_INFINITY:
+        own_hard = _OPEN_FILES_HARD
+    hard = min(own_hard, _OPEN_FILES_HARD, max(_OPEN_FILES_SOFT, share))
+    return min(_OPEN_FILES_SOFT, hard), hard
+
+
+def sandbox_process_argv(
+    procs_files: list[str], argv: list[str], open_files: tuple[int, int]
+) -> list[str]:
+    """Wrap argv so the process enters the sandbox's cgroups and takes its open-files limit
+    before it execs (no preexec_fn): what it and everything it starts inherit."""
+    soft, hard = open_files
+    script = 'ulimit -Sn "$1" && ulimit -Hn "$2" || exit 125; n=$3; shift 3; '
+    script += 'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; '
+    script += 'exec "$@"'
+    count = str(len(procs_files))
+    return ["/bin/sh", "-c", script, "e2bk-join", str(soft), str(hard), count, *procs_files, *argv]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import bwrap, completion_seed, disk, egress, network, seccomp, staging
 from .agent_client import AgentClient
-from .isolation import CgroupSet, Isolation, join_cgroups_argv
+from .isolation import CgroupSet, Isolation, open_files_limit, sandbox_process_argv
 from .jupyter import JupyterServer
 from .paths import SandboxPaths
 from .process import DEVNULL, PIPE, AgentProcess
@@ -383,7 +383,9 @@ class LocalSandbox:
         """A host process that joins the sandbox's cgroups before it execs; ``stdio`` for its
         stdin and stdout, a pipe for its stderr."""
         return await start_process(
-            *join_cgroups_argv(self.cgroups.procs_files(), argv),
+            *sandbox_process_argv(
+                self.cgroups.procs_files(), argv, open_files_limit(self.policy.max_pids)
+            ),
             pass_fds=fds,
             stdin=stdio,
             stdout=stdio,

@@ -1,4 +1,7 @@
-"""Attacks: output that code in a sandbox makes the service read. Each byte costs the service,
+"""Attacks on what one sandbox can take of the host beyond its cgroups: output that code in a
+sandbox makes the service read, and the host's file table.
+
+Output: each byte a sandbox makes the service read costs the service,
 shared by every sandbox and charged to none of their cgroups; where no one needs the output
 whole, the service reads it at a bounded rate (``local/sandbox/sandbox_output.py``), and what
 it logs of it cannot forge a log line.
@@ -12,12 +15,14 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from e2b_code_interpreter import Sandbox
 from local_helpers import sdk_options, wait_for
 
 from e2b_kernel.local import RunningService
+from e2b_kernel.local.sandbox.isolation import DEFAULT_MAX_PIDS
 from e2b_kernel.local.sandbox.sandbox_output import (
     DIAGNOSTICS_RATE,
     UNREAD_OUTPUT_RATE,
@@ -114,3 +119,32 @@ def test_what_the_service_logs_of_sandbox_output_cannot_forge_a_record() -> None
     assert "\\x1b[31mforged" in shown
     assert all(line.startswith("    | ") for line in shown.splitlines()[1:])
     assert shown.splitlines()[0] == "bwrap: ok"
+
+
+def test_a_sandbox_cannot_hold_more_than_an_eighth_of_the_hosts_file_table(
+    sandbox: Sandbox,
+) -> None:
+    """Attack: open files until the host's one file table (fs.file-max) is full; then every
+    process without CAP_SYS_ADMIN on the machine gets ENFILE, other sandboxes included. The
+    memory cgroup does not stop it (a file costs ~256 B): only RLIMIT_NOFILE x the process
+    limit does. The sandbox inherited the service's 20,000 (x 256 processes = 5.1 M, twice
+    this host's table); its processes now get E2B's soft 1024 and a hard limit that keeps the
+    product within an eighth of the table, which they cannot raise."""
+    probe = (
+        "import json, resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "try:\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (10**6, 10**6)); raised = True\n"
+        "except (ValueError, OSError):\n"
+        "    raised = False\n"
+        "print(json.dumps([soft, hard, raised]))"
+    )
+    file_max = int(Path("/proc/sys/fs/file-max").read_text())
+    for user in ("user", "root"):
+        found = sandbox.commands.run(f"python3 -c '{probe}'", user=user)
+        soft, hard, raised = json.loads(found.stdout)
+        assert not raised, f"{user} raised its open-files limit to a million"
+        assert hard * DEFAULT_MAX_PIDS <= max(file_max // 8, 1024 * DEFAULT_MAX_PIDS), (
+            f"{user}: {DEFAULT_MAX_PIDS} processes x {hard} files against a table of {file_max}"
+        )
+        assert soft == min(1024, hard)
