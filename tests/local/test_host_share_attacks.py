@@ -1,5 +1,5 @@
 """Attacks on what one sandbox can take of the host beyond its cgroups: output that code in a
-sandbox makes the service read, and the host's file table.
+sandbox makes the service read, the host's file table and its TCP buffer memory.
 
 Output: each byte a sandbox makes the service read costs the service,
 shared by every sandbox and charged to none of their cgroups; where no one needs the output
@@ -21,8 +21,12 @@ import pytest
 from e2b_code_interpreter import Sandbox
 from local_helpers import sdk_options, wait_for
 
-from e2b_kernel.local import RunningService
-from e2b_kernel.local.sandbox.isolation import DEFAULT_MAX_PIDS
+from e2b_kernel.local import RunningService, start_subprocess
+from e2b_kernel.local.sandbox.isolation import (
+    DEFAULT_MAX_PIDS,
+    TCP_BUFFER_SHARE,
+    resolve_isolation,
+)
 from e2b_kernel.local.sandbox.sandbox_output import (
     DIAGNOSTICS_RATE,
     UNREAD_OUTPUT_RATE,
@@ -148,3 +152,49 @@ def test_a_sandbox_cannot_hold_more_than_an_eighth_of_the_hosts_file_table(
             f"{user}: {DEFAULT_MAX_PIDS} processes x {hard} files against a table of {file_max}"
         )
         assert soft == min(1024, hard)
+
+
+# Connects pairs over loopback and fills them without reading until the kernel refuses more
+# (or 192 MiB are queued); prints the bytes queued.
+TCP_HOARD = textwrap.dedent(
+    """
+    import socket
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    kept, queued, block = [], 0, b"x" * 65536
+    for _ in range(64):
+        client = socket.create_connection(listener.getsockname())
+        kept += [client, listener.accept()[0]]  # the accepted end never reads
+        client.setblocking(False)
+        while queued < 192 << 20:
+            try:
+                queued += client.send(block)
+            except (BlockingIOError, OSError):
+                break
+        if queued >= 192 << 20:
+            break
+    print(queued)
+    """
+)
+
+
+def test_a_sandbox_cannot_hoard_tcp_buffers_beyond_its_memory() -> None:
+    """Attack: queue data on loopback connections that never read. Socket buffers come out of
+    the host's one tcp_mem, past which TCP fails for every process on the machine; cgroup v1
+    charged them to no group (604 MiB under a 256 MiB limit). Now v1 bounds them at a quarter
+    of the sandbox's memory limit (v2 charges them to the memory limit itself)."""
+    memory_mb = 128
+    version = resolve_isolation("auto").cgroup_version
+    if version is None:
+        pytest.skip("cgroups are not writable here: no memory limit to hold socket buffers")
+    service = start_subprocess(pool_size=0, memory_mb=memory_mb)
+    try:
+        box = Sandbox.create(timeout=120, **sdk_options(service))
+        try:
+            box.files.write("/tmp/hoard.py", TCP_HOARD)
+            queued = int(box.commands.run("python3 /tmp/hoard.py", timeout=120).stdout)
+        finally:
+            box.kill()
+    finally:
+        service.stop()
+    limit = (memory_mb << 20) // (TCP_BUFFER_SHARE if version == 1 else 1)
+    assert queued <= limit * 1.5, f"{queued >> 20} MiB of TCP buffers held (limit {limit >> 20})"

@@ -10,6 +10,7 @@ them; where it does not, the description says so instead of pretending.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import shutil
@@ -18,8 +19,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("e2b_kernel.local")
+
 DEFAULT_MEMORY_MB = 2048
 DEFAULT_MAX_PIDS = 256
+# A sandbox's TCP buffers may take this fraction of its memory limit again (cgroup v1 only).
+TCP_BUFFER_SHARE = 4
 DEFAULT_DISK_MB = 2048  # /home/user + /tmp + /root of one sandbox (a tmpfs, so RAM-backed)
 # cpu.shares of the group holding every sandbox, against 1024 for each of the service's own
 # threads at the top: a busy sandbox cannot starve the service.
@@ -151,6 +156,14 @@ class CgroupSet:
         memory = self._policy.memory_mb * 1024 * 1024
         if self.version == 1:
             (self._dirs["memory"] / "memory.limit_in_bytes").write_text(str(memory))
+            # cgroup v1 charges socket buffers to no group unless this is set (v2 charges them
+            # to memory.max): a sandbox held 604 MiB of TCP buffers under a 256 MiB limit,
+            # towards the host's one tcp_mem, past which TCP fails machine-wide.
+            tcp = self._dirs["memory"] / "memory.kmem.tcp.limit_in_bytes"
+            try:
+                tcp.write_text(str(memory // TCP_BUFFER_SHARE))
+            except OSError as exc:
+                log.warning("no TCP buffer limit for sandboxes (%s): %s", tcp.name, exc)
             (self._dirs["pids"] / "pids.max").write_text(str(self._policy.max_pids))
             if "cpu" in self._dirs:
                 shares = self._dirs["cpu"].parent / "cpu.shares"
