@@ -178,3 +178,24 @@ def test_a_commands_timeout_kills_it_though_no_one_reads_it_any_more() -> None:
         assert not sbx.commands.run("pgrep -x sleep || true").stdout.strip()
     finally:
         sbx.kill()
+
+
+def test_multiprocessing_and_shared_memory_work_as_in_an_e2b_sandbox() -> None:
+    """E2B's VM has a /dev/shm anyone may write: multiprocessing's locks, queues and pools
+    (POSIX semaphores) and shared memory need it. Here it was root's, so ``Lock()`` failed
+    with EACCES, and with it ProcessPoolExecutor, joblib and PyTorch's DataLoader workers."""
+    code = (
+        "import multiprocessing as mp\n"
+        "from multiprocessing import shared_memory\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.Pool(2) as pool: squares = pool.map(abs, [-1, -2, -3])\n"
+        "    lock, queue = mp.Lock(), mp.Queue(); queue.put(squares)\n"
+        "    block = shared_memory.SharedMemory(create=True, size=16); block.buf[0] = 7\n"
+        "    print(queue.get(), block.buf[0]); block.close(); block.unlink()\n"
+    )
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.files.write("/home/user/pool.py", code)
+        assert sbx.commands.run("python3 pool.py").stdout == "[1, 2, 3] 7\n"
+    finally:
+        sbx.kill()

@@ -24,6 +24,7 @@ from local_helpers import sdk_options, wait_for
 from e2b_kernel.local import RunningService, start_subprocess
 from e2b_kernel.local.sandbox.isolation import (
     DEFAULT_MAX_PIDS,
+    DEFAULT_MEMORY_MB,
     TCP_BUFFER_SHARE,
     resolve_isolation,
 )
@@ -198,3 +199,13 @@ def test_a_sandbox_cannot_hoard_tcp_buffers_beyond_its_memory() -> None:
         service.stop()
     limit = (memory_mb << 20) // (TCP_BUFFER_SHARE if version == 1 else 1)
     assert queued <= limit * 1.5, f"{queued >> 20} MiB of TCP buffers held (limit {limit >> 20})"
+
+
+def test_root_in_a_sandbox_cannot_fill_dev_and_dev_shm_is_bounded(sandbox: Sandbox) -> None:
+    """/dev was a tmpfs root in the sandbox could write, outside the disk cap; now read-only.
+    /dev/shm (which multiprocessing needs writable by anyone) holds at most half the
+    sandbox's memory limit, so filling it cannot leave the whole limit taken by files."""
+    made = sandbox.commands.run("touch /dev/hoard 2>&1; echo $?", user="root").stdout
+    assert made.split()[-1] != "0", "root created a file in /dev"
+    size = sandbox.commands.run("df --output=size -B1 /dev/shm | tail -1").stdout
+    assert int(size) <= (DEFAULT_MEMORY_MB << 20) // 2

@@ -146,6 +146,7 @@ def host_view(
     kernel_sockets: Path,
     agent_dir: Path,
     stage_root: Path,
+    shm_bytes: int,
 ) -> None:
     """Mounts: a read-only runtime, generated identity files, the sandbox's own dirs."""
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
@@ -188,6 +189,12 @@ def host_view(
         if os.path.isdir(f"/sys/{name}"):
             cmd.bind(f"/sys/{name}", f"/sys/{name}")
     cmd.argv += ["--proc", "/proc", "--dev", "/dev"]
+    # POSIX shared memory and semaphores (multiprocessing's locks and queues, joblib, PyTorch's
+    # DataLoader) need a /dev/shm anyone may write, as in E2B's VM (whose tmpfs is also half
+    # the memory); its pages count against the sandbox's memory limit. /dev itself read-only:
+    # root in the sandbox had a writable tmpfs there, outside the disk cap.
+    cmd.argv += ["--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm"]
+    cmd.argv += ["--remount-ro", "/dev"]
     cmd.argv += ["--perms", "0755", "--dir", "/run"]  # bwrap would make it 0700
     # Connection files read-only (only the service writes them); the kernels' sockets rw.
     cmd.bind(sockets, SOCKETS_INSIDE)
@@ -206,6 +213,7 @@ def sandbox_command(
     agent_dir: Path,
     seccomp_fd: int,
     stage_root: Path,
+    shm_bytes: int,
 ) -> tuple[Command, dict[str, int]]:
     """The full command (setpriv to uid U, then bwrap) and the fds the service keeps:
     ``block`` (write a byte once the id maps are written) and ``info`` (bwrap's JSON)."""
@@ -232,6 +240,7 @@ def sandbox_command(
         kernel_sockets=kernel_sockets,
         agent_dir=agent_dir,
         stage_root=stage_root,
+        shm_bytes=shm_bytes,
     )
     cmd.argv += ["--chdir", "/", "--setenv", "PATH", "/usr/bin:/bin", "--"]
     return cmd, {"block": block_write, "info": info_read}

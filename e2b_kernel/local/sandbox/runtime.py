@@ -348,6 +348,7 @@ class LocalSandbox:
             agent_dir=AGENT_DIR,
             seccomp_fd=seccomp_fd,
             stage_root=bwrap.RUNTIME_ROOT,
+            shm_bytes=self.policy.memory_mb << 19,  # half the memory limit
         )
         agent = self._agent_argv(
             listen_fd, bwrap.AGENT_PARENT, bwrap.AGENT_PACKAGE, "--switch-user"
