@@ -70,11 +70,19 @@ _ACTIVE_ELEMENTS = frozenset(
     }
 )  # fmt: skip
 _ACTIVE_SCHEMES = ("javascript:", "vbscript:", "livescript:")
+_MEDIA_DATA = ("data:image/", "data:audio/", "data:video/")
 # Markdown: a tag start anywhere, and anything that makes a tag run code (see markdown_is_active).
 _RAW_TAG = re.compile(r"<[a-zA-Z!?/]")
+# Words that start like an event handler attribute ("on" + letters) but are none: no event is
+# named "e", "ly", "set" or "line" (the handler of "online" is "ononline"). Text such as
+# `<br> ones = np.ones(3)` held Markdown back; any other on...= still does.
+_NOT_HANDLERS = (
+    "one", "ones", "oneself", "only", "once", "online", "onset", "onto", "onus", "ongoing",
+    "onboard", "onboarding", "onward", "onwards", "onion", "onions",
+)  # fmt: skip
 _ACTIVE_WORDS = re.compile(
     r"<(?:" + "|".join(sorted(_ACTIVE_ELEMENTS | {"svg", "math", "use", "form"})) + r")[\s/>]"
-    r"|\bon[a-z]+\s*=|\bsrcdoc\b",
+    r"|\b(?!(?:" + "|".join(_NOT_HANDLERS) + r")\s*=)on[a-z]+\s*=|\bsrcdoc\b",
     re.IGNORECASE,
 )
 _JSON_SPECS = re.compile(r"application/vnd\.(vega|vegalite)\.v\d+\+json")
@@ -99,7 +107,8 @@ def _url_is_active(value: str) -> bool:
     squeezed = value.translate(_NOT_IN_SCHEME)[:16].lower()
     if squeezed.startswith(_ACTIVE_SCHEMES):
         return True
-    return squeezed.startswith("data:") and not squeezed.startswith("data:image/")
+    # Pictures, sound and video (IPython's Audio, Video(embed=True)) cannot run script.
+    return squeezed.startswith("data:") and not squeezed.startswith(_MEDIA_DATA)
 
 
 def _text_has_active_url(text: str) -> bool:

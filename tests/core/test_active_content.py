@@ -150,6 +150,47 @@ def test_benign_markdown_and_latex_pass() -> None:
     assert guard_bundle(bundle) is None
 
 
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "<b>bold</b> and one = 1",
+        "<br> `ones = np.ones(3)`",
+        "<sup>1</sup> only=True, once = 2, online = True, onset=5",
+    ],
+)
+def test_markdown_with_a_tag_and_words_that_only_look_like_handlers_passes(markdown: str) -> None:
+    """No event is named "e", "es" or "ly": `one = 1` beside a tag is not ``onclick=``. Such
+    Markdown (LLM-written tables with <br>, numpy code) was held back."""
+    assert guard_bundle({"text/markdown": markdown, "text/plain": "md"}) is None
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "<b>x</b> onclick = go()",
+        "<img src=x one=1 onerror=alert(1)>",
+        "<p ONLOAD=x>",
+        "<b>x</b> onOnce=1",
+    ],
+)
+def test_markdown_with_a_real_handler_beside_those_words_is_still_held_back(markdown: str) -> None:
+    assert guard_bundle({"text/markdown": markdown}) == {"text/plain": HELD_BACK_NOTE}
+
+
+def test_audio_and_video_embedded_as_data_urls_pass() -> None:
+    """IPython's Audio and Video(embed=True) put the media in a data: URL, which cannot run
+    script; they showed only the held-back note. Other data: URLs are still held back."""
+    import numpy as np
+    from IPython.display import Audio
+
+    audio = Audio(np.sin(np.arange(800) / 10), rate=8000)._repr_html_()
+    video = '<video controls><source src="data:video/mp4;base64,AAAAIGZ0eXA="></video>'
+    assert guard_bundle({"text/html": audio, "text/plain": "a"}) is None
+    assert guard_bundle({"text/html": video, "text/plain": "v"}) is None
+    page = '<a href="data:text/html,<script>alert(1)</script>">x</a>'
+    assert guard_bundle({"text/html": page}) == {"text/plain": HELD_BACK_NOTE}
+
+
 def test_widget_html_is_shown_as_text_and_widget_javascript_is_not_run() -> None:
     content = {
         "comm_id": "c",
