@@ -370,13 +370,15 @@ class JupyterTransport:
         forwarder = self._forwarder
         if forwarder is None:
             return
-        # A cell still running gets its end, as on python3: its KeyboardInterrupt, reply and
-        # idle, or ours when they do not come in time. Nothing waits on it forever.
-        await forwarder.settle(_SETTLE_WAIT)
         self._forwarder = None
-        why = KeyboardInterrupt("the kernel " + ("restarted" if keep_kernel else "shut down"))
-        for route in forwarder.take_pending():
-            self._fail_route(route, why)
+        if keep_kernel:
+            # A cell still running gets its end: its KeyboardInterrupt, reply and idle, or
+            # ours when they do not come in time. Nothing waits on it forever.
+            await forwarder.settle(_SETTLE_WAIT)
+            for route in forwarder.take_pending():
+                self._fail_route(route, KeyboardInterrupt("the kernel restarted"))
+        # On shutdown, as python3: the reply at once, nothing more for a cell still running
+        # (the kernel is going; the sandbox goes with it unless kept).
         await forwarder.close()
         if not keep_kernel and self._own_kernel_id is not None:
             try:  # our own kernel in a server that may outlive the sandbox (development)

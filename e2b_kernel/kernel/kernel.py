@@ -71,6 +71,7 @@ class E2BKernel(JupyterTransport, Kernel):
     def __init__(self, **kwargs: Any) -> None:
         self._next_count = 1  # the number the next stored cell gets, as IPython counts
         self._cell_number = 0  # the running cell's, for its result and reply
+        self._shutting_down = False  # set by a shutdown_request (not a restart)
         super().__init__(**kwargs)
         self._config_error: ConfigurationError | None = None
         try:
@@ -277,6 +278,8 @@ class E2BKernel(JupyterTransport, Kernel):
                 if not silent or kind != "execute_result":  # as IPython's silent run
                     self._publish(kind, content)
         except E2BKernelError as exc:
+            if self._shutting_down:  # its sandbox went with the kernel (see do_shutdown)
+                await self._until_the_loop_stops()
             return self._fail(exc)
         except Exception as exc:
             # A bug of ours must still end the cell with a reply, without internals.
@@ -480,13 +483,22 @@ class E2BKernel(JupyterTransport, Kernel):
         else:
             self._stop_loops()
 
+    @staticmethod
+    async def _until_the_loop_stops() -> None:
+        """Wait for ever: the shutdown under way stops this loop, and this never ends."""
+        await asyncio.Event().wait()
+
     def _stop_loops(self) -> None:
         self.io_loop.add_callback(self.io_loop.stop)  # the shell's loop too (E2BKernelApp)
         if self.control_stream is not None:
             self.control_stream.io_loop.stop()
 
     async def do_shutdown(self, restart: bool) -> dict:
-        """Kill the sandbox, or keep it for the restarted kernel process (runs on control)."""
+        """Kill the sandbox, or keep it for the restarted kernel process (runs on control).
+
+        A cell still running gets nothing more, as on python3, whose shell loop just stops: not
+        the error its sandbox's end would give it."""
+        self._shutting_down = not restart
         loop = self._shell_loop
         if loop is not None and loop.is_running():
             future = asyncio.run_coroutine_threadsafe(self._close_session(restart), loop)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
+from queue import Empty
+from typing import Any
 
 import pytest
 from wheels import tiny_wheel
@@ -148,6 +150,39 @@ def test_shutdown_kills_the_sandbox(
     assert len(sandboxes.running_ids(local_service, tag)) == 1
     kernel.shutdown()
     assert sandboxes.wait_for_count(local_service, tag, 0, timeout=20) == []
+
+
+def _already_received(channel: Any) -> list[dict[str, Any]]:
+    """What the channel holds now (its get_msgs() waits for ever once there is nothing)."""
+    held = []
+    while True:
+        try:
+            held.append(channel.get_msg(timeout=0.2))
+        except Empty:
+            return held
+
+
+@ON_BOTH_TRANSPORTS
+def test_shutdown_while_a_cell_runs_answers_as_python3_does(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    """python3 answers shutdown_request at once and sends nothing more for the cell it was
+    running. The relay first waited for that cell (2 s) and then ended it with a made-up
+    KeyboardInterrupt error and an execute_reply of execution count 0."""
+    kernel = start_kernel(backend_env())
+    running = kernel.send("import time\nprint('started')\nfor _ in range(400): time.sleep(0.25)")
+    kernel.wait_for_stream(running, "started")
+    kernel.kc.control_channel.send(kernel.kc.session.msg("shutdown_request", {"restart": False}))
+    answer = kernel.kc.control_channel.get_msg(timeout=30)
+    assert answer["msg_type"] == "shutdown_reply"
+    about_the_cell = [
+        m["msg_type"]
+        for channel in (kernel.kc.iopub_channel, kernel.kc.shell_channel)
+        for m in _already_received(channel)
+        if m["parent_header"].get("msg_id") == running
+    ]
+    assert "error" not in about_the_cell and "execute_reply" not in about_the_cell
+    kernel.close()
 
 
 @ON_BOTH_TRANSPORTS
