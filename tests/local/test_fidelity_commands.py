@@ -199,3 +199,20 @@ def test_multiprocessing_and_shared_memory_work_as_in_an_e2b_sandbox() -> None:
         assert sbx.commands.run("python3 pool.py").stdout == "[1, 2, 3] 7\n"
     finally:
         sbx.kill()
+
+
+def test_kill_signals_the_process_alone_as_envd_does() -> None:
+    """envd's SendSignal (and a deadline) signals the command's process, not its group: what
+    the command started goes on in E2B's VM. Here the whole group died, so code that left a
+    child running on E2B found it gone locally."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        shell = sbx.commands.run("sleep 303; echo done", background=True)
+        wait_for(lambda: "sleep 303" in sbx.commands.run("ps -eo args").stdout, 30, "the sleep")
+        assert sbx.commands.kill(shell.pid) is True
+        with pytest.raises(CommandExitException) as ended:
+            shell.wait()
+        assert ended.value.exit_code == -1 and "done" not in ended.value.stdout
+        assert "sleep 303" in sbx.commands.run("ps -eo args").stdout  # the child lives on
+    finally:
+        sbx.kill()

@@ -74,9 +74,11 @@ class Managed:
     end: ProcessEvent.EndEvent | None = None
     terminal: Terminal | None = None
 
-    async def kill_tree(self, signum: int = signal.SIGKILL) -> None:
-        """Signal the process and everything it started (its own process group)."""
-        await self.proc.signal(signum, group=True)
+    async def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Signal the process alone, as envd does (its ``SendSignal``, and the deadline's
+        ``exec.CommandContext``): what it started goes on running, as in E2B's VM (``kill``
+        of ``sleep 300; echo done`` ends the shell, not the sleep)."""
+        await self.proc.signal(signum, group=False)
 
 
 def _event(name: str, value: Any) -> ProcessEvent:
@@ -266,14 +268,14 @@ class ProcessService(process_connect.Process):
         return ListResponse(processes=infos)
 
     async def send_signal(self, request: Any, ctx: Any) -> Any:
-        """SIGKILL or SIGTERM a process (and its process group)."""
+        """SIGKILL or SIGTERM a process (the process alone, as envd)."""
         managed = self._find(request.process)
         signum = {Signal.SIGKILL: signal.SIGKILL, Signal.SIGTERM: signal.SIGTERM}.get(
             request.signal
         )
-        if signum is None:
-            raise ConnectError(Code.INVALID_ARGUMENT, f"unsupported signal {request.signal!r}")
-        await managed.kill_tree(signum)
+        if signum is None:  # envd's code and words
+            raise ConnectError(Code.UNIMPLEMENTED, f"invalid signal: {request.signal!r}")
+        await managed.kill(signum)
         return SendSignalResponse()
 
     async def send_input(self, request: Any, ctx: Any) -> Any:
@@ -360,7 +362,7 @@ async def _kill_at_deadline(managed: Managed, seconds: float) -> None:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(managed.done.wait(), seconds)
         return
-    await managed.kill_tree()
+    await managed.kill()
 
 
 async def _next_event(queue: asyncio.Queue, gone: asyncio.Event, timeout: float) -> Any:
