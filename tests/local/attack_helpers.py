@@ -265,7 +265,7 @@ class PacketWatch:
         box.files.write("/tmp/e2bk_watch.py", _WATCH)
         self._box = box
         self._handle = box.commands.run(
-            f"python3 /tmp/e2bk_watch.py {host} {port}", background=True
+            f"python3 /tmp/e2bk_watch.py {host} {port}", background=True, timeout=0
         )
         wait_for(lambda: box.files.exists("/tmp/e2bk_watching"), 30, "the packet watch to start")
 

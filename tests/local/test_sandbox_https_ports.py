@@ -23,8 +23,9 @@ HTTPS_PORT = 3443  # a TLS server, listed in https_ports
 UNLISTED_TLS_PORT = 3444  # the same TLS server, not listed
 PLAIN_PORT = 3445  # a plain-HTTP server, listed
 SILENT_PORT = 3446  # accepts and never says a word, listed
+DHE_PORT = 3447  # the TLS server with finite-field DHE as its only key exchange, listed
 WSS_PORT = 8443  # a TLS WebSocket echo server, listed
-HTTPS_PORTS = [HTTPS_PORT, PLAIN_PORT, SILENT_PORT, WSS_PORT]
+HTTPS_PORTS = [HTTPS_PORT, PLAIN_PORT, SILENT_PORT, WSS_PORT, DHE_PORT]
 TLS_DIR = "/home/user/tls"
 PORT_NOT_OPEN = "The sandbox is running but port is not open"
 
@@ -52,6 +53,10 @@ HTTPS_SERVER = textwrap.dedent(
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain("{TLS_DIR}/cert.pem", "{TLS_DIR}/key.pem")
+    if sys.argv[2:] == ["dhe"]:  # TLS 1.2 with a DH group of the server's choosing
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("DHE-RSA-AES128-GCM-SHA256")
+        context.load_dh_params("{TLS_DIR}/dh.pem")
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     server.serve_forever()
@@ -118,6 +123,11 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
         check=True, capture_output=True,
     )  # fmt: skip
+    subprocess.run(  # -dsaparam: quick to make, as a hostile server's group would be
+        ["/usr/bin/openssl", "dhparam", "-dsaparam", "-out", str(folder / "dh.pem"), "2048"],
+        check=True,
+        capture_output=True,
+    )
     return folder
 
 
@@ -132,11 +142,11 @@ def sandbox(local_service: RunningService, certificate: Path) -> Iterator[Sandbo
         **sdk_options(local_service),
     )
     try:
-        for name in ("key.pem", "cert.pem"):
+        for name in ("key.pem", "cert.pem", "dh.pem"):
             sbx.files.write(f"{TLS_DIR}/{name}", (certificate / name).read_bytes())
         sbx.files.write("/home/user/https_server.py", HTTPS_SERVER)
         for port in (HTTPS_PORT, UNLISTED_TLS_PORT):
-            sbx.commands.run(f"python https_server.py {port}", background=True)
+            sbx.commands.run(f"python https_server.py {port}", background=True, timeout=0)
         yield sbx
     finally:
         sbx.kill()
@@ -168,7 +178,7 @@ def test_websocket_to_a_self_signed_wss_server(
     local_service: RunningService, sandbox: Sandbox
 ) -> None:
     sandbox.files.write("/home/user/wss_echo.py", WSS_ECHO_SERVER)
-    sandbox.commands.run("python wss_echo.py", background=True)
+    sandbox.commands.run("python wss_echo.py", background=True, timeout=0)
     with httpx.Client(base_url=local_service.url) as http:
         plain_get = _wait_listening(http, _routing(sandbox, WSS_PORT))
         assert plain_get.status_code == 426  # websockets' answer to a GET: TLS got through
@@ -194,7 +204,7 @@ def test_tls_server_on_a_port_not_in_https_ports_is_a_502(
 def test_plain_http_server_on_an_https_port_is_a_clear_502(
     local_service: RunningService, sandbox: Sandbox
 ) -> None:
-    sandbox.commands.run(f"python -m http.server {PLAIN_PORT}", background=True)
+    sandbox.commands.run(f"python -m http.server {PLAIN_PORT}", background=True, timeout=0)
     with httpx.Client(base_url=local_service.url, timeout=60) as http:
         reply = _wait_listening(http, _routing(sandbox, PLAIN_PORT))
     assert reply.status_code == 502, reply.text
@@ -213,13 +223,27 @@ def test_https_port_whose_server_never_answers_is_a_502_not_a_hang(
     local_service: RunningService, sandbox: Sandbox
 ) -> None:
     sandbox.files.write("/home/user/silent.py", SILENT_SERVER)
-    sandbox.commands.run("python silent.py", background=True)
+    sandbox.commands.run("python silent.py", background=True, timeout=0)
     wait_for(lambda: sandbox.files.exists("/tmp/silent.ready"), 30, "the silent server")
     started = time.monotonic()
     reply = httpx.get(local_service.url, headers=_routing(sandbox, SILENT_PORT), timeout=60)
     assert reply.status_code == 502, reply.text
     assert "did not complete a TLS handshake" in reply.json()["message"]
     assert time.monotonic() - started < 30  # the handshake's deadline, not the caller's
+
+
+def test_the_service_offers_a_sandbox_server_no_finite_field_dhe(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """With DHE the server picks the group, and a 10,000-bit one made the service's shared
+    loop compute for most of a second per request (another sandbox's calls stalled 2.8 s).
+    E2B's proxy (Go) offers elliptic-curve key exchange only; so does the service now, and a
+    server that speaks nothing else gets E2B's handshake 502."""
+    sandbox.commands.run(f"python https_server.py {DHE_PORT} dhe", background=True, timeout=0)
+    with httpx.Client(base_url=local_service.url, timeout=60) as http:
+        reply = _wait_listening(http, _routing(sandbox, DHE_PORT))
+    assert reply.status_code == 502, reply.text
+    assert "did not complete a TLS handshake" in reply.json()["message"]
 
 
 def test_https_ports_survive_update_network(

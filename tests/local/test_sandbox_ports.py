@@ -106,7 +106,7 @@ def test_http_server_in_the_sandbox_is_reachable(
     local_service: RunningService, sandbox: Sandbox
 ) -> None:
     sandbox.files.write("/home/user/site/hello.txt", "hello from the sandbox")
-    sandbox.commands.run("cd site && python -m http.server 3000", background=True)
+    sandbox.commands.run("cd site && python -m http.server 3000", background=True, timeout=0)
     # The SDK's own URL for a sandbox port: E2B_SANDBOX_URL (the service) for every port.
     url = sandbox.connection_config.get_sandbox_url(
         sandbox.sandbox_id, sandbox.sandbox_domain, 3000
@@ -154,7 +154,7 @@ def test_request_and_response_bodies_stream_through(
         """
     )
     sandbox.files.write("/home/user/echo_http.py", server)
-    sandbox.commands.run("python echo_http.py", background=True)
+    sandbox.commands.run("python echo_http.py", background=True, timeout=0)
     payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
 
     def chunks() -> Iterator[bytes]:
@@ -189,7 +189,7 @@ def test_request_and_response_bodies_stream_through(
 
 def test_websocket_server_in_the_sandbox(local_service: RunningService, sandbox: Sandbox) -> None:
     sandbox.files.write("/home/user/echo_ws.py", ECHO_SERVER)
-    sandbox.commands.run("python echo_ws.py", background=True)
+    sandbox.commands.run("python echo_ws.py", background=True, timeout=0)
     with httpx.Client(base_url=local_service.url) as http:
         _wait_open(http, "/", _routing(sandbox, 8765))  # a plain GET: the server says 426
     url = local_service.url.replace("http://", "ws://") + "/echo"
@@ -219,7 +219,7 @@ def test_mask_request_host_is_the_host_the_server_sees(
         seen = {}
         for sbx in (masked, sandbox):
             sbx.files.write("/home/user/host_echo.py", HOST_ECHO)
-            sbx.commands.run("python host_echo.py 3004", background=True)
+            sbx.commands.run("python host_echo.py 3004", background=True, timeout=0)
             with httpx.Client(base_url=local_service.url) as http:
                 seen[sbx] = _wait_open(http, "/", {"Host": sbx.get_host(3004)}).json()
                 del seen[sbx]["names"]
@@ -262,7 +262,7 @@ def test_restricted_sandbox_needs_the_traffic_token(local_service: RunningServic
     try:
         token = restricted.traffic_access_token
         assert token
-        restricted.commands.run("python -m http.server 3002", background=True)
+        restricted.commands.run("python -m http.server 3002", background=True, timeout=0)
         headers = _routing(restricted, 3002)
         with httpx.Client(base_url=local_service.url) as http:
             allowed = {**headers, "E2B-Traffic-Access-Token": token}
@@ -284,7 +284,7 @@ def test_restricted_sandbox_needs_the_traffic_token(local_service: RunningServic
         assert "403" in str(refused.value)
         # Let through, an upgrade still leaves E2B's credentials at the proxy.
         restricted.files.write("/home/user/host_echo.py", HOST_ECHO)
-        restricted.commands.run("python host_echo.py 3005", background=True)
+        restricted.commands.run("python host_echo.py 3005", background=True, timeout=0)
         echo = {**_routing(restricted, 3005), "E2B-Traffic-Access-Token": token}
         with httpx.Client(base_url=local_service.url) as http:
             assert "e2b-traffic-access-token" not in _wait_open(http, "/", echo).json()["names"]
@@ -299,7 +299,7 @@ def test_async_sdk_server_reachable(local_service: RunningService) -> None:
     async def scenario() -> None:
         sbx = await AsyncSandbox.create(timeout=120, **sdk_options(local_service))
         try:
-            await sbx.commands.run("python -m http.server 3003", background=True)
+            await sbx.commands.run("python -m http.server 3003", background=True, timeout=0)
             async with httpx.AsyncClient(base_url=local_service.url) as http:
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + 30
@@ -318,7 +318,7 @@ def test_async_sdk_server_reachable(local_service: RunningService) -> None:
 
 def _flooding(sandbox: Sandbox, mode: str, port: int) -> None:
     sandbox.files.write("/home/user/flood.py", flood_server(port, mode))
-    sandbox.commands.run("python /home/user/flood.py", background=True)
+    sandbox.commands.run("python /home/user/flood.py", background=True, timeout=0)
     wait_for(lambda: sandbox.files.exists(f"/tmp/listening-{port}"), 30, "the flood server")
 
 
@@ -401,7 +401,7 @@ def test_a_refused_upgrade_does_not_hand_the_callers_connection_to_the_sandbox(
     reach the sandbox unless the upgrade is accepted."""
     port = 3103
     sandbox.files.write("/home/user/refusing.py", REFUSING_SERVER)
-    sandbox.commands.run(f"python /home/user/refusing.py {port}", background=True)
+    sandbox.commands.run(f"python /home/user/refusing.py {port}", background=True, timeout=0)
     wait_for(lambda: sandbox.files.exists(f"/tmp/listening-{port}"), 30, "the refusing server")
     key = {"X-API-Key": local_service.api_key}
     with httpx.Client(base_url=local_service.url, timeout=30) as http:
