@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .hidden import wrap
 
-__all__ = ["PYTHON3_LOOK"]
+__all__ = ["PYTHON3_LOOK", "notebook_session"]
 
 _LOOK = """
 import sys
@@ -68,3 +68,28 @@ if shell is not None:
 
 # One statement, run in a namespace of its own: it leaves nothing in the user's.
 PYTHON3_LOOK = wrap(_LOOK)
+
+
+# ipykernel names the notebook in ``__session__`` (from the ``JPY_SESSION_NAME`` its Jupyter
+# Server passes: the notebook's path); the sandbox's kernel got its own server's session id.
+_SESSION = """
+import os
+from IPython import get_ipython
+
+name, shell = ARGS[0], get_ipython()
+if name is None:
+    os.environ.pop("JPY_SESSION_NAME", None)
+    if shell is not None:
+        shell.user_ns.pop("__session__", None)
+else:
+    os.environ["JPY_SESSION_NAME"] = name
+    if shell is not None:
+        shell.user_ns["__session__"] = name
+"""
+
+
+def notebook_session(name: str | None) -> str:
+    """Hidden code that gives the sandbox's kernel the notebook's ``__session__`` and
+    ``JPY_SESSION_NAME`` as ipykernel sets them from ``name`` (none when None), so code that
+    names its runs after the notebook sees what it would see on ``python3``."""
+    return wrap(_SESSION, name)

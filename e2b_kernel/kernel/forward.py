@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from ..core.kernel_channels import (
     silent_execute,
 )
 from ..core.outputs import E2B_DERIVED_MIME_TYPES, without_e2b_fields
-from ..core.remote_look import PYTHON3_LOOK
+from ..core.remote_look import PYTHON3_LOOK, notebook_session
 from ..core.session import (
     TIMEOUT_GRACE,
     cell_limit,
@@ -194,12 +195,18 @@ class JupyterForwarder:
         self.channels = KernelChannels(endpoint, kernel_id, self._from_remote, self._closed, log)
 
     @property
+    def _look(self) -> str:
+        """The hidden code that makes each new remote kernel process look like python3's,
+        named after this kernel's notebook (the Jupyter Server that started us says which)."""
+        return PYTHON3_LOOK + "\n" + notebook_session(os.environ.get("JPY_SESSION_NAME") or None)
+
+    @property
     def up(self) -> bool:
         return self.closed_reason is None
 
     async def open(self) -> None:
         await self.channels.open()
-        self._run_hidden(PYTHON3_LOOK)
+        self._run_hidden(self._look)
 
     def _run_hidden(self, code: str) -> str:
         """Run code in the remote kernel before anything the front end sent that is not
@@ -362,7 +369,7 @@ class JupyterForwarder:
         new_process.add_done_callback(lambda done: self._answer_started(started, done))
         # The new process starts without python3's look again; our request for it is
         # written before anything not yet sent, so its reply comes after the orphans'.
-        self._orphans_wait_for = self._run_hidden(PYTHON3_LOOK)
+        self._orphans_wait_for = self._run_hidden(self._look)
 
     def _answer_started(self, msg_ids: list[str], new_process: asyncio.Future) -> None:
         """Answer the requests a dead process had started, once it is known why it died.
