@@ -95,6 +95,9 @@ _HEADER_END = re.compile(r"(Traceback \(most recent call last\)" + _RESET + r")(
 # A frame's first line ("Cell In[3], line 2" or "File /x.py:4, in f()"); its other lines are
 # source lines, which start with a space or an arrow ("----> 2").
 _FRAME_START = re.compile(r"^(?:Cell In\[|File |Input In \[)")
+# How IPython shows an exception without its frames (SystemExit): entries that each end in a
+# newline, as python3 sends them (the blank lines a front end's joining newlines then make).
+_EXCEPTION_ONLY = "An exception has occurred, use %tb to see the full traceback."
 _CHAINS = (
     "The above exception was the direct cause of the following exception:",
     "During handling of the above exception, another exception occurred:",
@@ -112,6 +115,8 @@ def split_traceback(text: str, ename: str = "", evalue: str = "") -> list[str]:
     """
     if not text:
         return []
+    if strip_ansi(text).startswith(_EXCEPTION_ONLY):
+        return text.splitlines(keepends=True)  # its entries each end in a newline
     text = _RULE.sub(r"\1\n", text)
     text = _HEADER_END.sub(r"\1\n", text)
     if ename:

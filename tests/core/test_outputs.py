@@ -166,3 +166,13 @@ def test_a_chained_traceback_is_split_into_the_lines_python3_shows() -> None:
     assert split_traceback(joined, "ValueError", "wrapped") == "\n".join(CHAINED_ENTRIES).split(
         "\n"
     )
+
+
+def test_an_exception_only_traceback_keeps_python3s_entries() -> None:
+    """``raise SystemExit('bye')``: IPython sends two entries, each ending in a newline (so a
+    front end shows a blank line between them); split at the newlines, they had none."""
+    python3 = [
+        "An exception has occurred, use %tb to see the full traceback.\n",
+        "\x1b[31mSystemExit\x1b[39m\x1b[31m:\x1b[39m bye\n",
+    ]
+    assert split_traceback("".join(python3), "SystemExit", "bye") == python3
