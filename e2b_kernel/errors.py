@@ -19,6 +19,8 @@ traceback), so no stack frame of ours ever reaches a notebook.
 from __future__ import annotations
 
 import builtins
+import functools
+import importlib.metadata
 import traceback as _traceback
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "SandboxUnavailable",
     "TransferError",
     "error_content",
+    "exception_line",
     "remote_error",
 ]
 
@@ -178,5 +181,22 @@ def error_content(exc: BaseException) -> dict:
     else:
         ename = type(exc).__name__
         evalue = str(exc) or "".join(_traceback.format_exception_only(type(exc), exc)).strip()
-    line = f"\x1b[0;31m{ename}\x1b[0m: {evalue}" if evalue else f"\x1b[0;31m{ename}\x1b[0m"
-    return {"ename": ename, "evalue": evalue, "traceback": [line]}
+    return {"ename": ename, "evalue": evalue, "traceback": [exception_line(ename, evalue)]}
+
+
+def exception_line(ename: str, evalue: str) -> str:
+    """The ``Name: value`` line coloured as the IPython in use colours it (IPython 9 closes
+    each colour on its own, 8 and older reset everything), so ours look like python3's."""
+    if _ipython_major() >= 9:
+        name = f"\x1b[31m{ename}\x1b[39m"
+        return f"{name}\x1b[31m:\x1b[39m {evalue}" if evalue else name
+    return f"\x1b[0;31m{ename}\x1b[0m: {evalue}" if evalue else f"\x1b[0;31m{ename}\x1b[0m"
+
+
+@functools.cache
+def _ipython_major() -> int:
+    """The installed IPython's major version (0 without IPython), read once."""
+    try:
+        return int(importlib.metadata.version("ipython").split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return 0

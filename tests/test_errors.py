@@ -12,6 +12,7 @@ from e2b_kernel.errors import (
     SandboxLost,
     SandboxUnavailable,
     error_content,
+    exception_line,
 )
 
 
@@ -36,5 +37,17 @@ def test_foreign_errors_show_no_traceback_of_internals() -> None:
     assert content == {
         "ename": "RuntimeError",
         "evalue": "boom",
-        "traceback": ["\x1b[0;31mRuntimeError\x1b[0m: boom"],
+        "traceback": [exception_line("RuntimeError", "boom")],
     }
+
+
+def test_our_error_lines_are_coloured_as_the_installed_ipython_colours_them() -> None:
+    """python3 on IPython 9 sends ``raise SystemExit('bye')``'s last line as below (each
+    colour closed on its own); ours used IPython 8's resets."""
+    import IPython
+
+    if IPython.version_info[0] < 9:
+        assert exception_line("SystemExit", "bye") == "\x1b[0;31mSystemExit\x1b[0m: bye"
+    else:
+        expected = "\x1b[31mSystemExit\x1b[39m\x1b[31m:\x1b[39m bye"
+        assert exception_line("SystemExit", "bye") == expected

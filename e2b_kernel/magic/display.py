@@ -29,7 +29,7 @@ from IPython.core.getipython import get_ipython
 
 from ..core.active_content import guard_event
 from ..core.sdk_errors import is_sdk_error
-from ..errors import E2BKernelError, error_content
+from ..errors import E2BKernelError, error_content, exception_line
 
 if TYPE_CHECKING:
     from ..core.jupyter_cells import LateOutput
@@ -77,7 +77,7 @@ class CellInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``%%e2b``/``%e2b``: still a KeyboardInterrupt, shown as one line."""
 
     def _render_traceback_(self) -> list[str]:
-        return [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {self}"]
+        return [exception_line("KeyboardInterrupt", str(self))]
 
 
 # ipykernel reports a cell's ename as the exception's class name: it must stay the builtin one.
