@@ -149,3 +149,18 @@ def test_a_sandbox_cannot_poison_the_completion_cache_of_later_sandboxes(
     assert hashes(seed) == original, "a sandbox wrote into the host's seed"
     assert json.loads("".join(listed.logs.stdout)) == original, "the next sandbox's copy differs"
     assert "kept" in found["matches"]
+
+
+def test_two_environments_of_one_python_have_seeds_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two venvs of one interpreter with the same versions of Jedi, parso and IPython: their
+    seeds must differ, since parso finds a cached tree by its source's path (one venv's seed
+    replaced the other's, and its first completion then parsed every stub again)."""
+    keys = []
+    for venv in ("one", "two"):
+        packages = tmp_path / venv / "site-packages"
+        (packages / "jedi-0.19.2.dist-info").mkdir(parents=True)
+        monkeypatch.setattr(sys, "path", [str(packages)])
+        keys.append(completion_seed.seed_dir.__wrapped__())
+    assert keys[0] != keys[1]

@@ -59,8 +59,11 @@ def _dist_infos() -> list[Path]:
 
 @cache
 def seed_dir() -> Path:
-    """This runtime's seed: a folder holding a ``.cache/jedi`` tree once built."""
-    parts = [os.path.realpath(sys.executable), sys.version, *(p.name for p in _dist_infos())]
+    """This runtime's seed: a folder holding a ``.cache/jedi`` tree once built. Keyed by the
+    interpreter and where Jedi, parso and IPython are installed, not only their versions:
+    parso finds a cached tree by its source's path, and two venvs of one Python share the
+    interpreter and versions (their seeds replaced each other's; each then missed every tree)."""
+    parts = [os.path.realpath(sys.executable), sys.version, *(str(p) for p in _dist_infos())]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return _cache_root() / key
 
