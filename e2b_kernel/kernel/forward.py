@@ -177,7 +177,9 @@ class JupyterForwarder:
         self._timeout_error_sent: set[str] = set()  # cells whose timeout error went out
         self._restarting_for_timeout = False  # the next death notice is that restart
         self._restarts: set[asyncio.Task] = set()
-        self._hidden: set[str] = set()  # our own requests, whose messages stay here
+        # Our own requests, whose messages stay here, with what is still due of each: its
+        # reply and its idle come over different sockets, in either order.
+        self._hidden: dict[str, set[str]] = {}
         self._started: set[str] = set()  # requests the remote kernel said it is busy with
         # Requests a dead process had not started: the server may still hand them to the new
         # one, or they died in the old one's queue (see _kernel_died).
@@ -214,7 +216,7 @@ class JupyterForwarder:
         execute_input)."""
         msg = self.session.msg("execute_request", silent_execute(code))
         msg_id = str(msg["header"]["msg_id"])
-        self._hidden.add(msg_id)
+        self._hidden[msg_id] = {"reply", "idle"}
         parts = [bytes(p) for p in self.session.serialize(msg)[2:]]
         self.channels.send("shell", parts, first=True)
         return msg_id
@@ -259,11 +261,16 @@ class JupyterForwarder:
         header = json.loads(parts[0])
         msg_type = str(header.get("msg_type", ""))
         parent_id = json.loads(parts[1] or b"{}").get("msg_id")
-        if parent_id in self._hidden:
+        due = self._hidden.get(parent_id)
+        if due is not None:
             if msg_type.endswith("_reply"):
-                self._hidden.discard(parent_id)
+                due.discard("reply")
                 if parent_id == self._orphans_wait_for:
                     self._answer_orphans()
+            elif msg_type == "status" and b'"idle"' in parts[3]:
+                due.discard("idle")
+            if not due:
+                del self._hidden[parent_id]
             return
         if parent_id in self._timed_out_ids:
             parts = self._as_timeout(parent_id, msg_type, parts)

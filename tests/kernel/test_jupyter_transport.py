@@ -281,6 +281,37 @@ def test_the_notebook_names_its_session_as_on_python3(
     assert kernel.value(unnamed) == "(False, False)"  # python3 started without a name
 
 
+def test_no_message_of_the_relays_own_requests_reaches_the_front_end(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    """The relay's hidden setup request (python3's look) has its reply and its idle come over
+    different sockets; the idle that came after the reply reached the front end as a lone
+    `status: idle` of a request no client sent, at start and after each restart."""
+    kernel = start_kernel(jupyter_env())
+    sent: set[str] = set()
+    foreign: list[tuple[str, object]] = []
+
+    def run(code: str) -> None:
+        msg_id = kernel.send(code)
+        sent.add(msg_id)
+        while True:
+            msg = kernel.kc.get_iopub_msg(timeout=60)
+            parent = msg["parent_header"]
+            if parent.get("msg_type") == "execute_request" and parent.get("msg_id") not in sent:
+                foreign.append((msg["msg_type"], msg["content"].get("execution_state")))
+            if parent.get("msg_id") == msg_id and msg["content"].get("execution_state") == "idle":
+                return
+
+    for round_ in range(3):
+        if round_:
+            kernel.km.restart_kernel(now=False)
+            kernel.kc.wait_for_ready(timeout=60)
+        run("1")
+        run("2")
+    assert foreign == []
+    kernel.shutdown()
+
+
 def test_a_restart_while_a_cell_runs_ends_that_cell_as_on_python3(
     start_kernel: StartKernel, jupyter_env: Callable[..., dict]
 ) -> None:
