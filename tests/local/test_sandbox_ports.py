@@ -6,9 +6,11 @@ headers or E2B's host form with the domain ``localhost``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -429,3 +431,91 @@ def test_a_refused_upgrade_does_not_hand_the_callers_connection_to_the_sandbox(
     seen = sandbox.files.read(f"/tmp/seen-{port}")
     assert local_service.api_key not in seen, "the caller's API key reached the sandbox"
     assert seen.count("GET / HTTP/1.1") == 2 and "/sandboxes" not in seen, seen
+
+
+# Accepts one connection at a time, records that it has the request head, then reads until
+# the other side closes and records that too.
+SILENT_UNTIL_CLOSED = textwrap.dedent(
+    """
+    import socket, sys
+    port = int(sys.argv[1])
+    listener = socket.create_server(("127.0.0.1", port))
+    open(f"/tmp/listening-{port}", "w").close()
+    conn, _ = listener.accept()
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        head += conn.recv(65536)
+    open(f"/tmp/asked-{port}", "w").close()
+    while conn.recv(65536):
+        pass
+    open(f"/tmp/closed-{port}", "w").close()
+    """
+)
+
+
+def _raw_upgrade(service: RunningService, sandbox: Sandbox, port: int) -> bytes:
+    head = f"GET / HTTP/1.1\r\nHost: localhost\r\nE2b-Sandbox-Id: {sandbox.sandbox_id}\r\n"
+    head += f"E2b-Sandbox-Port: {port}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in UPGRADE.items())
+    return (head + "\r\n").encode()
+
+
+def test_a_caller_who_hangs_up_before_the_sandbox_answers_frees_the_relay(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """Until a 101 the caller's socket was paused, so its hang-up went unseen: a sandbox
+    server that never answered kept the caller's socket, the tunnel and a task for every
+    caller that had given up (and outside the connection limit)."""
+    port = 3104
+    sandbox.files.write("/home/user/silent_until_closed.py", SILENT_UNTIL_CLOSED)
+    sandbox.commands.run(
+        f"python /home/user/silent_until_closed.py {port}", background=True, timeout=0
+    )
+    wait_for(lambda: sandbox.files.exists(f"/tmp/listening-{port}"), 30, "the silent server")
+    address = urlsplit(local_service.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as raw:
+        raw.sendall(_raw_upgrade(local_service, sandbox, port))
+        wait_for(lambda: sandbox.files.exists(f"/tmp/asked-{port}"), 30, "the upgrade to arrive")
+    wait_for(lambda: sandbox.files.exists(f"/tmp/closed-{port}"), 30, "the tunnel to close")
+
+
+def test_a_refusal_reaches_a_caller_that_is_still_sending(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """A caller that sends much after its upgrade request (held for the server until a 101)
+    gets the whole refusal: the service ends its side and lets the caller finish before it
+    closes, instead of a reset that can take the end of the answer with it."""
+    port = 3105
+    sandbox.files.write("/home/user/refusing.py", REFUSING_SERVER)
+    sandbox.commands.run(f"python /home/user/refusing.py {port}", background=True, timeout=0)
+    wait_for(lambda: sandbox.files.exists(f"/tmp/listening-{port}"), 30, "the refusing server")
+    address = urlsplit(local_service.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as raw:
+        raw.sendall(_raw_upgrade(local_service, sandbox, port))
+        sender = threading.Thread(target=_send_quietly, args=(raw, b"x" * (8 << 20)))
+        sender.start()
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+        sender.join(30)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nok"), answer[-300:]
+
+
+def _send_quietly(raw: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the service closes once it has answered
+        raw.sendall(data)
+
+
+def test_an_upgrade_without_a_host_gets_a_400(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """HTTP/1.0 lets a request omit Host; the relay raised on it and the caller got nothing."""
+    head = (
+        f"GET / HTTP/1.0\r\nE2b-Sandbox-Id: {sandbox.sandbox_id}\r\nE2b-Sandbox-Port: 3103\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in UPGRADE.items())
+        + "\r\n"
+    )
+    address = urlsplit(local_service.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as raw:
+        raw.sendall(head.encode())
+        answer = raw.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer

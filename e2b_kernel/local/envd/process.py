@@ -201,7 +201,7 @@ class ProcessService(process_connect.Process):
         unread = ReadRate(UNREAD_OUTPUT_RATE)  # while no one streams it (sandbox_output)
 
         async def publish(name: str, chunk: bytes) -> None:
-            if not managed.subscribers:
+            if not managed.subscribers and proc.returncode is None:  # exited: take the rest
                 await unread.took(len(chunk))
             data = ProcessEvent.DataEvent(output=Oneof(name, chunk))  # type: ignore[arg-type]
             await self._publish(managed, _event("data", data))

@@ -152,12 +152,12 @@ class JupyterServer:
         pending = b""
         rate = ReadRate(DIAGNOSTICS_RATE)  # the sandbox's user can write here too
         while chunk := await process.stderr.read(65536):
-            await rate.took(len(chunk))
             self._log_tail.append(chunk[-2000:])
             if not self._ready.done():
                 pending = (pending + chunk)[-4096:]
                 if _READY_MARK in pending:
                     self._ready.set_result(None)
+            await rate.took(len(chunk))  # after the ready line is looked for, not before
         code = await process.wait()
         if not self._ready.done():
             self._ready.set_exception(

@@ -16,6 +16,7 @@ requests on it, credentials and all (HTTP clients and reverse proxies reuse such
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
@@ -37,6 +38,8 @@ Target = Callable[[Headers], "tuple[Entry, int] | None"]
 
 _CHUNK = 65536
 _MAX_ANSWER_HEAD = 64 << 10  # the largest answer head read from the sandbox's server
+_HELD_MAX = 64 << 10  # caller bytes held before a 101; reading pauses past it
+_LINGER = 2.0  # seconds a refused caller may take to read the refusal before the close
 _HIGH_WATER = 1 << 20  # bytes queued towards one side before the other side is paused
 _splices: set[asyncio.Task[None]] = set()  # referenced until done
 
@@ -46,9 +49,19 @@ def start(
     entry: Entry, port: int,
 ) -> None:  # fmt: skip
     """Relay this upgrade to ``port`` in ``entry``'s sandbox on ``client``'s connection."""
-    client.pause_reading()  # until the sandbox's server has switched protocols
-    request = forwarded_upgrade(entry, port, method, target, headers)
-    task = asyncio.get_running_loop().create_task(_splice(client, request, trailing, entry, port))
+    try:
+        request = forwarded_upgrade(entry, port, method, target, headers)
+    except h11.LocalProtocolError as exc:  # e.g. an HTTP/1.0 upgrade without a Host
+        client.write(error_response(ServiceError(400, f"a malformed upgrade request: {exc}")))
+        client.close()
+        return
+    # The caller's side is read from now on: what it sends before the sandbox's server has
+    # switched protocols is held (it is for that server only after a 101), and its hang-up
+    # ends the wait for an answer (a paused socket would not see it).
+    inward = _Inward(client, trailing)
+    client.set_protocol(inward)
+    client.resume_reading()
+    task = asyncio.get_running_loop().create_task(_splice(client, inward, request, entry, port))
     _splices.add(task)
     task.add_done_callback(_splices.discard)
 
@@ -64,7 +77,7 @@ def error_response(exc: ServiceError) -> bytes:
 
 
 async def _splice(
-    client: asyncio.Transport, request: h11.Request, trailing: bytes, entry: Entry, port: int
+    client: asyncio.Transport, inward: _Inward, request: h11.Request, entry: Entry, port: int
 ) -> None:
     try:
         tunnel = await open_tunnel(entry, port)
@@ -79,9 +92,9 @@ async def _splice(
     except BaseException:  # cancelled: the service is closing
         client.close()
         raise
+    refused = False
     try:
-        inward = _Inward(client, tunnel)
-        client.set_protocol(inward)  # its flow control, also while a refusal is relayed
+        inward.opened(tunnel)  # a hang-up from now on closes the tunnel, ending every wait
         answer = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_ANSWER_HEAD)
         await tunnel.write(answer.send(request) or b"")
         try:
@@ -91,14 +104,13 @@ async def _splice(
                 client.write(error_response(exc))
             return
         if switched is None:  # refused, and relayed: the caller's next bytes are not for it
+            refused = True
             return
         client.write(_head(switched))
         already, _ = answer.trailing_data  # what the server sent after its 101
         if already:
             client.write(already)
-        if trailing:  # what the caller sent after its request (the first frames)
-            tunnel.write_nowait(trailing)
-        client.resume_reading()
+        inward.splice()  # what the caller sent after its request (its first frames) goes in
         while chunk := await tunnel.read_chunk(_CHUNK):
             if client.is_closing():
                 break
@@ -108,6 +120,8 @@ async def _splice(
     except (ConnectionError, OSError) as exc:
         log.debug("sandbox %s port %d: relay ended: %r", entry.sandbox_id, port, exc)
     finally:
+        if refused:
+            await inward.linger()
         client.close()
         await tunnel.close()
 
@@ -137,7 +151,10 @@ class _Answer:
             except ValueError:  # a code of the server's own
                 phrase = ""
             lines = [f"HTTP/1.1 {status} {phrase}".encode("latin-1")]
-            lines += [name + b": " + value for name, value in message["headers"]]
+            # Framed by the close alone: a length the server sent beside its own chunking
+            # would not match the body relayed decoded.
+            kept = [(k, v) for k, v in message["headers"] if k.lower() != b"content-length"]
+            lines += [name + b": " + value for name, value in kept]
             lines.append(b"connection: close")
             self._client.write(b"\r\n".join(lines) + b"\r\n\r\n")
         elif message.get("body"):
@@ -147,22 +164,63 @@ class _Answer:
 
 
 class _Inward(asyncio.Protocol):
-    """The caller's side after the upgrade: its bytes go into the sandbox as they come."""
+    """The caller's side. Until the sandbox's server switches protocols its bytes are held
+    (reading pauses past ``_HELD_MAX``); after, they go into the sandbox as they come."""
 
-    def __init__(self, client: asyncio.Transport, tunnel: Tunnel) -> None:
+    def __init__(self, client: asyncio.Transport, held: bytes) -> None:
         self._client = client
-        self._tunnel = tunnel
+        self._tunnel: Tunnel | None = None
+        self._mode = "hold"  # then "splice" after a 101, or "drop" after a refusal
+        self._held = bytearray(held)
         self._writable = asyncio.Event()
         self._writable.set()
+        self._lost = asyncio.Event()
         self._resuming: asyncio.Task[None] | None = None
 
+    def opened(self, tunnel: Tunnel) -> None:
+        self._tunnel = tunnel
+        if self._lost.is_set():
+            tunnel.close_nowait()
+
+    def splice(self) -> None:
+        assert self._tunnel is not None
+        self._mode = "splice"
+        if self._held:
+            self._tunnel.write_nowait(bytes(self._held))
+            self._held.clear()
+        if not self._client.is_closing():
+            self._client.resume_reading()
+
+    async def linger(self) -> None:
+        """After a refusal: end our side, and take what the caller still sends for a moment
+        (dropped), so that closing does not reset the connection before it has read ours."""
+        self._held.clear()
+        self._mode = "drop"
+        if self._client.is_closing():
+            return
+        if self._client.can_write_eof():
+            self._client.write_eof()
+        self._client.resume_reading()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._lost.wait(), _LINGER)
+
     def data_received(self, data: bytes) -> None:
+        if self._mode == "drop":
+            return
+        if self._mode == "hold":
+            if len(self._held) < _HELD_MAX:
+                self._held += data
+            else:
+                self._client.pause_reading()
+            return
+        assert self._tunnel is not None
         self._tunnel.write_nowait(data)
         if self._tunnel.buffered() > _HIGH_WATER and self._resuming is None:
             self._client.pause_reading()
             self._resuming = asyncio.get_running_loop().create_task(self._resume_when_sent())
 
     async def _resume_when_sent(self) -> None:
+        assert self._tunnel is not None
         try:
             await self._tunnel.drain()
         except (ConnectionError, OSError):
@@ -173,11 +231,16 @@ class _Inward(asyncio.Protocol):
             self._client.resume_reading()
 
     def eof_received(self) -> bool:
-        self._tunnel.close_nowait()
+        # The caller is done (a hang-up, seen as its end of stream): so is the relay, also
+        # while it waits for an answer, which would reach no one.
+        if self._tunnel is not None:
+            self._tunnel.close_nowait()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._tunnel.close_nowait()
+        self._lost.set()
+        if self._tunnel is not None:
+            self._tunnel.close_nowait()
         self._writable.set()
 
     def pause_writing(self) -> None:
