@@ -1,7 +1,8 @@
 """Launch the E2B Python kernel: ``python -m e2b_kernel -f CONNECTION_FILE``.
 
 The private local service (when the environment says the kernel needs one) is started first,
-so that it and its sandbox start while the kernel imports ipykernel and the E2B SDK.
+so that it and its sandbox start while the kernel imports ipykernel and the E2B SDK; against a
+running service, the sandbox is asked for first instead.
 """
 
 import sys
@@ -23,9 +24,11 @@ if __name__ == "__main__":
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     # --SessionConfig options on the command line may choose another backend: no guess then.
     if not any("SessionConfig" in arg for arg in sys.argv[1:]):
-        from e2b_kernel.backends import launch_early
+        from e2b_kernel.backends import create_early, launch_early
 
-        launch_early(_connection_file(sys.argv[1:]))
+        connection_file = _connection_file(sys.argv[1:])
+        launch_early(connection_file)
+        create_early(connection_file)
 
     from e2b_kernel.kernel import main
 

@@ -67,6 +67,26 @@ def running_sandbox_ids(sdk_env: dict[str, str]) -> Callable[[], set[str]]:
 
 
 @pytest.fixture
+def tagged_sandboxes(local_service: RunningService) -> Callable[[str], dict[str, dict[str, str]]]:
+    """A function returning the sandboxes running on the local service now whose metadata
+    holds ``probe`` under the key ``probe`` (a test's own), as id -> metadata."""
+    import asyncio
+
+    from e2b_code_interpreter import AsyncSandbox
+
+    async def fetch(probe: str) -> dict[str, dict[str, str]]:
+        paginator = AsyncSandbox.list(api_key=local_service.api_key, api_url=local_service.url)
+        found: dict[str, dict[str, str]] = {}
+        while paginator.has_next:
+            for info in await paginator.next_items():
+                if info.metadata.get("probe") == probe:
+                    found[info.sandbox_id] = dict(info.metadata)
+        return found
+
+    return lambda probe: asyncio.run(fetch(probe))
+
+
+@pytest.fixture
 def spans() -> Iterator[Any]:
     """An in-memory exporter receiving the spans the real OpenTelemetry SDK records in a test."""
     from opentelemetry import trace

@@ -4,7 +4,7 @@
 - :mod:`.handles`: the ``ServiceHandle`` type, the in-process and the shared local service.
 - :mod:`.hosted`: the kernel's private service in a helper process that outlives a restart;
   :mod:`.early` launches it as the kernel process starts, when the environment says it is
-  needed.
+  needed; :mod:`.early_sandbox` likewise asks a running service for the kernel's sandbox.
 - :mod:`.restart_state`: what a kernel process hands to its restarted successor.
 
 Names are imported on first use (PEP 562): ``python -m e2b_kernel`` imports ``.early`` before
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .backend import CLOUD_ISOLATION, Backend
     from .early import discard_early, launch_early
+    from .early_sandbox import create_early
     from .handles import InProcessService, ServiceHandle, SharedLocalService, SharedView
     from .hosted import HostedService
 
@@ -29,6 +30,7 @@ _LAZY = {
     "ServiceHandle": "handles",
     "SharedLocalService": "handles",
     "SharedView": "handles",
+    "create_early": "early_sandbox",
     "discard_early": "early",
     "launch_early": "early",
 }
@@ -41,6 +43,7 @@ __all__ = [
     "ServiceHandle",
     "SharedLocalService",
     "SharedView",
+    "create_early",
     "discard_early",
     "launch_early",
 ]

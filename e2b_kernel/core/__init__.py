@@ -11,8 +11,24 @@
 - :mod:`.hidden`, :mod:`.introspection`: code run in the user's context on our behalf.
 
 Nothing here imports a front end (kernel, magic, executor, cli).
+
+The session's names are imported on first use (PEP 562): ``python -m e2b_kernel`` sends its
+create request (:mod:`.create_ahead`) before the kernel imports the session and all it needs.
 """
 
-from .session import NEW_SANDBOX_NOTICE, Event, HiddenResult, SandboxSession
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .session import NEW_SANDBOX_NOTICE, Event, HiddenResult, SandboxSession
 
 __all__ = ["NEW_SANDBOX_NOTICE", "Event", "HiddenResult", "SandboxSession"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import session
+
+    return getattr(session, name)

@@ -17,18 +17,33 @@ import functools
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
 from ..errors import SandboxUnavailable
 from . import rest
 
-__all__ = ["CreatedSandbox", "QuickTarget", "create", "quick_target"]
+if TYPE_CHECKING:
+    from ..config import SessionConfig
+
+__all__ = [
+    "ALLOW_PUBLIC_TRAFFIC",
+    "CreatedSandbox",
+    "QuickTarget",
+    "create",
+    "create_body",
+    "create_settings",
+    "delete",
+    "quick_target",
+]
 
 # The SDK options this path understands; any other (proxy, headers, ...) means: use the SDK.
 _OPTIONS = frozenset({"api_key", "api_url", "sandbox_url", "domain", "request_timeout"})
 _REQUEST_TIMEOUT = 60.0  # the SDK's default
+# The sandbox's Jupyter Server (port 8888) has no token: without the traffic token no one who
+# learns the sandbox id can reach its ports.
+ALLOW_PUBLIC_TRAFFIC = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,21 @@ def _sdk_headers() -> dict[str, str]:
     }
 
 
+def create_settings(config: SessionConfig) -> dict[str, Any]:
+    """The keyword arguments of the SDK's ``create`` (and of :func:`create_body`) that
+    ``config`` asks for, except the network's."""
+    lifecycle: dict[str, Any] | None = None
+    if config.idle == "pause":
+        lifecycle = {"on_timeout": "pause", "auto_resume": True}
+    return {
+        "template": config.template,
+        "timeout": config.sandbox_timeout,
+        "metadata": dict(config.metadata) or None,
+        "envs": config.forwarded_env() or None,
+        "lifecycle": lifecycle,
+    }
+
+
 def create_body(
     *,
     template: str,
@@ -142,12 +172,7 @@ async def create(target: QuickTarget, body: dict[str, Any]) -> CreatedSandbox | 
             "sandbox id or envd version; is E2B_API_URL right?"
         ) from None
     if too_old:  # as the SDK does: kill it and explain
-        await rest.request(
-            "DELETE",
-            f"{target.api_url}/sandboxes/{sandbox_id}",
-            headers=headers,
-            timeout=target.request_timeout,
-        )
+        await delete(target, sandbox_id)
         raise SandboxUnavailable("You need to update the template to use the new SDK.")
     return CreatedSandbox(
         sandbox_id=sandbox_id,
@@ -156,6 +181,16 @@ async def create(target: QuickTarget, body: dict[str, Any]) -> CreatedSandbox | 
         envd_version=envd_version,
         envd_access_token=_text(created.get("envdAccessToken")),
         traffic_access_token=_text(created.get("trafficAccessToken")),
+    )
+
+
+async def delete(target: QuickTarget, sandbox_id: str) -> None:
+    """Kill a sandbox (``DELETE /sandboxes/{id}``), whatever the reply."""
+    await rest.request(
+        "DELETE",
+        f"{target.api_url}/sandboxes/{sandbox_id}",
+        headers={**_sdk_headers(), "X-API-KEY": target.api_key},
+        timeout=target.request_timeout,
     )
 
 

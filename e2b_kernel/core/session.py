@@ -24,7 +24,7 @@ from ..errors import (
     SandboxLost,
     SandboxUnavailable,
 )
-from . import introspection, quick_create, sdk, text_plain
+from . import create_ahead, introspection, quick_create, sdk, text_plain
 from .hidden import parse_reply
 from .jupyter_server import JUPYTER_PORT, JupyterEndpoint, endpoint_at, endpoint_for
 from .keepalive import KeepAlive
@@ -249,11 +249,8 @@ class SandboxSession:
                 return
             await self._ensure_backend()
             opts = self._backend.sdk_opts()
-            lifecycle: Any = None
-            if self.config.idle == "pause":
-                lifecycle = {"on_timeout": "pause", "auto_resume": True}
             try:
-                await self._create(opts, lifecycle)
+                await self._create(opts)
             except E2BKernelError:
                 raise
             except Exception as exc:
@@ -267,24 +264,20 @@ class SandboxSession:
             )
             self._start_keepalive()
 
-    async def _create(self, opts: dict[str, Any], lifecycle: Any) -> None:
+    async def _create(self, opts: dict[str, Any]) -> None:
         """Create the sandbox: with one plain request when the front end defers the SDK and
-        the backend allows it (see .quick_create), otherwise (or if that was refused) through
-        the SDK."""
-        settings: dict[str, Any] = {
-            "template": self.config.template,
-            "timeout": self.config.sandbox_timeout,
-            "metadata": dict(self.config.metadata) or None,
-            "envs": self.config.forwarded_env() or None,
-            "lifecycle": lifecycle,
-        }
-        # The sandbox's Jupyter Server (port 8888) has no token: without the traffic token no
-        # one who learns the sandbox id can reach its ports.
-        public_traffic = False
+        the backend allows it (see .quick_create; the request may have been sent ahead, see
+        .create_ahead), otherwise (or if that was refused) through the SDK."""
+        settings = quick_create.create_settings(self.config)
+        public_traffic = quick_create.ALLOW_PUBLIC_TRAFFIC
         target = quick_create.quick_target(opts) if self.defer_sdk else None
         if target is not None:
             body = quick_create.create_body(**settings, allow_public_traffic=public_traffic)
-            self._created = await quick_create.create(target, body)
+            sent = create_ahead.claim(target, body)
+            if sent is not None:
+                self._created = await asyncio.wrap_future(sent)
+            else:
+                self._created = await quick_create.create(target, body)
             if self._created is not None:
                 return
         sandbox_class = await sdk.load()

@@ -34,7 +34,7 @@ from traitlets import Instance
 from .. import __version__
 from ..backends import HostedService, discard_early, restart_state
 from ..config import SessionConfig
-from ..core import SandboxSession, introspection
+from ..core import SandboxSession, create_ahead, introspection
 from ..core.active_content import guard_event, guard_output
 from ..core.rest import tls_context
 from ..errors import ConfigurationError, E2BKernelError, ExecutionInterrupted, error_content
@@ -124,6 +124,7 @@ class E2BKernel(JupyterTransport, Kernel):
         finally:
             self._backend_ready.set()
             discard_early()  # a service started before the configuration was read, unused
+            create_ahead.discard()  # likewise a sandbox asked for then
         try:
             if self._config_error is None:
                 await self._choose_transport(started)

@@ -1,0 +1,93 @@
+"""A create request sent before the session asks for its sandbox, and claimed by it.
+
+Against a running service that serves every sandbox port at one URL (``e2b-kernel local`` left
+running), the kernel creates its sandbox with one plain request (see .quick_create). Sent once
+ipykernel is imported and the kernel configured, the request and the service's work came on
+top of the kernel's start. ``python -m e2b_kernel`` therefore sends it as the process starts
+(backends/early_sandbox.py), on a thread, with the settings the environment alone gives; the
+service creates the sandbox while the kernel imports. The session then :func:`claim`\\ s it
+only when its own request, from its full configuration (config files, command line), would be
+exactly the same one; any other sandbox sent for is deleted unused (:func:`discard`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .quick_create import CreatedSandbox, QuickTarget, create, delete
+
+__all__ = ["claim", "discard", "pending", "send"]
+
+
+@dataclass
+class _Sent:
+    target: QuickTarget
+    body: dict[str, Any]
+    reply: Future[CreatedSandbox | None] = field(default_factory=Future)
+
+
+_sent: _Sent | None = None
+_lock = threading.Lock()
+
+
+def send(target: QuickTarget, body: dict[str, Any]) -> None:
+    """Send the create request on a thread of its own (once per process)."""
+    global _sent
+    with _lock:
+        if _sent is not None:
+            return
+        sent = _sent = _Sent(target, body)
+    threading.Thread(target=_create, args=(sent,), name="e2b-create-ahead", daemon=True).start()
+
+
+def _create(sent: _Sent) -> None:
+    try:
+        sent.reply.set_result(asyncio.run(create(sent.target, sent.body)))
+    except BaseException as exc:  # raised to the session that claims it, as its own would be
+        sent.reply.set_exception(exc)
+
+
+def pending() -> bool:
+    """Whether a request was sent that is neither claimed nor discarded yet."""
+    with _lock:
+        return _sent is not None
+
+
+def claim(target: QuickTarget, body: dict[str, Any]) -> Future[CreatedSandbox | None] | None:
+    """The reply to the request sent ahead when it is the request the caller would send (it
+    is the caller's then, and no one else's); otherwise None, and a sandbox created for
+    another request is deleted."""
+    global _sent
+    with _lock:
+        sent, _sent = _sent, None
+    if sent is None:
+        return None
+    if sent.target == target and sent.body == body:
+        return sent.reply
+    _delete_when_created(sent)
+    return None
+
+
+def discard() -> None:
+    """Delete the sandbox sent for if nobody claimed it (on a thread: the caller goes on)."""
+    global _sent
+    with _lock:
+        sent, _sent = _sent, None
+    if sent is not None:
+        _delete_when_created(sent)
+
+
+def _delete_when_created(sent: _Sent) -> None:
+    def delete_it() -> None:
+        # Nothing to do when nothing was created, or when the service is gone with it.
+        with contextlib.suppress(Exception):
+            created = sent.reply.result()
+            if created is not None:
+                asyncio.run(delete(sent.target, created.sandbox_id))
+
+    threading.Thread(target=delete_it, name="e2b-create-ahead-discard", daemon=True).start()

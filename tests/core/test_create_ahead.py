@@ -1,0 +1,143 @@
+"""The create request ``python -m e2b_kernel`` sends as its process starts, against a running
+service (``backends/early_sandbox.py``, ``core/create_ahead.py``): the session whose request it
+is adopts its sandbox; a sandbox asked for under other settings, or that no session claims, is
+deleted; and nothing is asked for where the kernel will not create its sandbox that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from e2b_kernel.backends import create_early
+from e2b_kernel.backends.restart_state import state_path
+from e2b_kernel.config import SessionConfig
+from e2b_kernel.core import SandboxSession, create_ahead
+from e2b_kernel.local import RunningService
+
+Tagged = Callable[[str], dict[str, dict[str, str]]]  # the tagged_sandboxes fixture
+
+
+@pytest.fixture
+def probe(
+    local_service: RunningService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[str]:
+    """The environment of a kernel started against ``local_service``, with metadata unique
+    to the test (so that its sandboxes are told from others); yields that metadata's value."""
+    value = uuid.uuid4().hex
+    for name, setting in local_service.sdk_env().items():
+        monkeypatch.setenv(name, setting)
+    for name in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_KERNEL_TRANSPORT", "E2B_KERNEL_FORWARD_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("E2B_KERNEL_BACKEND", "cloud")
+    monkeypatch.setenv("E2B_KERNEL_METADATA", f"probe={value}")
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    yield value
+    create_ahead.discard()  # a test that failed half-way leaves nothing behind
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)  # polled: the service's list is the only way to see a sandbox go
+
+
+def _started_sandbox_id(config: SessionConfig) -> str:
+    """Start a deferred session as the kernel does, and return its sandbox's id (killed)."""
+
+    async def start() -> str:
+        session = SandboxSession(config)
+        session.defer_sdk = True
+        try:
+            await session.start()
+            return session.sandbox_id
+        finally:
+            await session.close()
+
+    return asyncio.run(start())
+
+
+def test_the_session_adopts_the_sandbox_asked_for_at_launch(
+    tagged_sandboxes: Tagged, probe: str, tmp_path: Path
+) -> None:
+    create_early(str(tmp_path / "kernel-1.json"))
+    _wait_for(lambda: len(tagged_sandboxes(probe)) == 1, "the sandbox asked for")
+    (asked_for,) = tagged_sandboxes(probe)
+
+    assert _started_sandbox_id(SessionConfig()) == asked_for
+    _wait_for(lambda: not tagged_sandboxes(probe), "the session's close killed it")
+
+
+def test_a_sandbox_asked_for_under_other_settings_is_deleted(
+    tagged_sandboxes: Tagged, probe: str, tmp_path: Path
+) -> None:
+    create_early(str(tmp_path / "kernel-1.json"))
+    _wait_for(lambda: len(tagged_sandboxes(probe)) == 1, "the sandbox asked for")
+    (asked_for,) = tagged_sandboxes(probe)
+
+    # As a config file would say it: the kernel's full configuration wants other metadata.
+    config = SessionConfig(metadata={"probe": probe, "from": "a config file"})
+
+    async def start() -> None:
+        session = SandboxSession(config)
+        session.defer_sdk = True
+        try:
+            await session.start()
+            assert session.sandbox_id != asked_for
+            running = await asyncio.to_thread(tagged_sandboxes, probe)
+            assert running.get(session.sandbox_id) == config.metadata
+            await asyncio.to_thread(
+                _wait_for,
+                lambda: asked_for not in tagged_sandboxes(probe),
+                "the unclaimed sandbox deleted",
+            )
+        finally:
+            await session.close()
+
+    asyncio.run(start())
+
+
+def test_a_sandbox_no_session_claims_is_deleted(
+    tagged_sandboxes: Tagged, probe: str, tmp_path: Path
+) -> None:
+    create_early(str(tmp_path / "kernel-1.json"))
+    _wait_for(lambda: len(tagged_sandboxes(probe)) == 1, "the sandbox asked for")
+    create_ahead.discard()  # as the kernel does once its start ended without claiming it
+    _wait_for(lambda: not tagged_sandboxes(probe), "the unclaimed sandbox deleted")
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"E2B_KERNEL_TRANSPORT": "execute"},  # that transport creates it through the SDK
+        {"E2B_KERNEL_BACKEND": "local"},  # the private service's pool holds it already
+        {"E2B_DEBUG": "true"},  # the SDK creates it
+        {"E2B_KERNEL_SANDBOX_TIMEOUT": "0"},  # a bad setting: the kernel reports it
+    ],
+    ids=["execute", "local", "sdk-debug", "bad-setting"],
+)
+def test_nothing_is_asked_for_where_the_kernel_will_not_create_it_so(
+    probe: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: dict[str, str],
+) -> None:
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    # The private backend's service is launched by launch_early, never by create_early.
+    create_early(str(tmp_path / "kernel-1.json"))
+    assert not create_ahead.pending()
+
+
+def test_nothing_is_asked_for_by_a_restarted_kernel(probe: str, tmp_path: Path) -> None:
+    connection_file = str(tmp_path / "kernel-1.json")
+    state_path(connection_file).parent.mkdir(parents=True, exist_ok=True)
+    state_path(connection_file).write_text("{}")  # the previous process's hand-over
+    create_early(connection_file)
+    assert not create_ahead.pending()

@@ -1,0 +1,73 @@
+"""A kernel started against a running service asks for its sandbox as its process starts
+(``backends/early_sandbox.py``); these tests hold a real kernel process to using that sandbox,
+and to deleting it when its configuration files want another one."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from e2b_kernel.local import RunningService
+
+from .harness import Kernel, clean_env
+
+StartKernel = Callable[..., Kernel]
+Tagged = Callable[[str], dict[str, dict[str, str]]]  # the tagged_sandboxes fixture
+
+
+def _kernel_in_sandbox(
+    service: RunningService, start_kernel: StartKernel, tmp_path: Path, config: str = ""
+) -> tuple[str, str]:
+    """Start a kernel against ``service`` with metadata unique to the test in its environment
+    (and ``config`` in its ipython_kernel_config.py); return that value and its sandbox's id."""
+    probe = uuid.uuid4().hex
+    profile = tmp_path / "ipy" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(config.replace("PROBE", repr(probe)))
+    env = clean_env(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), IPYTHONDIR=str(tmp_path / "ipy"))
+    env.update(service.sdk_env(), E2B_KERNEL_BACKEND="cloud", E2B_KERNEL_METADATA=f"probe={probe}")
+    kernel = start_kernel(env)
+    return probe, kernel.value("__import__('os').environ['E2B_SANDBOX_ID']").strip("'")
+
+
+def _wait_until_only(tagged: Tagged, probe: str, sandbox_id: str, metadata: dict[str, str]) -> None:
+    """Wait until the kernel's sandbox, with ``metadata``, is the only one tagged ``probe``."""
+    deadline = time.monotonic() + 30
+    while (running := tagged(probe)) != {sandbox_id: metadata}:
+        assert time.monotonic() < deadline, f"still running: {running}"
+        time.sleep(0.1)  # polled: the service's list is the only way to see a sandbox go
+
+
+def test_the_kernel_runs_in_the_one_sandbox_it_asked_for(
+    local_service: RunningService,
+    start_kernel: StartKernel,
+    tmp_path: Path,
+    tagged_sandboxes: Tagged,
+) -> None:
+    probe, sandbox_id = _kernel_in_sandbox(local_service, start_kernel, tmp_path)
+    assert tagged_sandboxes(probe) == {sandbox_id: {"probe": probe}}
+
+
+def test_a_sandbox_asked_for_before_the_config_files_were_read_is_deleted(
+    local_service: RunningService,
+    start_kernel: StartKernel,
+    tmp_path: Path,
+    tagged_sandboxes: Tagged,
+) -> None:
+    config = "c.SessionConfig.metadata = {'probe': PROBE, 'from': 'config'}\n"
+    probe, sandbox_id = _kernel_in_sandbox(local_service, start_kernel, tmp_path, config)
+    _wait_until_only(tagged_sandboxes, probe, sandbox_id, {"probe": probe, "from": "config"})
+
+
+def test_a_sandbox_asked_for_is_deleted_when_the_config_files_choose_the_sdk(
+    local_service: RunningService,
+    start_kernel: StartKernel,
+    tmp_path: Path,
+    tagged_sandboxes: Tagged,
+) -> None:
+    # The execute transport creates its sandbox through the SDK: nothing claims the one asked for.
+    config = "c.SessionConfig.transport = 'execute'\n"
+    probe, sandbox_id = _kernel_in_sandbox(local_service, start_kernel, tmp_path, config)
+    _wait_until_only(tagged_sandboxes, probe, sandbox_id, {"probe": probe})
