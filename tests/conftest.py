@@ -67,15 +67,18 @@ def running_sandbox_ids(sdk_env: dict[str, str]) -> Callable[[], set[str]]:
 
 
 @pytest.fixture
-def tagged_sandboxes(local_service: RunningService) -> Callable[[str], dict[str, dict[str, str]]]:
-    """A function returning the sandboxes running on the local service now whose metadata
-    holds ``probe`` under the key ``probe`` (a test's own), as id -> metadata."""
+def tagged_sandboxes(
+    local_service: RunningService,
+) -> Callable[..., dict[str, dict[str, str]]]:
+    """A function returning the sandboxes running on a local service now (``service``, by
+    default the shared one) whose metadata holds ``probe`` under the key ``probe`` (a test's
+    own), as id -> metadata."""
     import asyncio
 
     from e2b_code_interpreter import AsyncSandbox
 
-    async def fetch(probe: str) -> dict[str, dict[str, str]]:
-        paginator = AsyncSandbox.list(api_key=local_service.api_key, api_url=local_service.url)
+    async def fetch(probe: str, service: RunningService) -> dict[str, dict[str, str]]:
+        paginator = AsyncSandbox.list(api_key=service.api_key, api_url=service.url)
         found: dict[str, dict[str, str]] = {}
         while paginator.has_next:
             for info in await paginator.next_items():
@@ -83,7 +86,7 @@ def tagged_sandboxes(local_service: RunningService) -> Callable[[str], dict[str,
                     found[info.sandbox_id] = dict(info.metadata)
         return found
 
-    return lambda probe: asyncio.run(fetch(probe))
+    return lambda probe, service=local_service: asyncio.run(fetch(probe, service))
 
 
 @pytest.fixture

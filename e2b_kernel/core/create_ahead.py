@@ -8,6 +8,11 @@ top of the kernel's start. ``python -m e2b_kernel`` therefore sends it as the pr
 service creates the sandbox while the kernel imports. The session then :func:`claim`\\ s it
 only when its own request, from its full configuration (config files, command line), would be
 exactly the same one; any other sandbox sent for is deleted unused (:func:`discard`).
+
+Once created, the same thread asks what the kernel asks next, all at once: whether the
+sandbox's Jupyter Server answers, its code contexts and its kernels. When they name the
+default Python context's running kernel, the answers are kept for the kernel's own first
+requests (``JupyterEndpoint.answer_ahead``); otherwise the kernel asks for itself.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jupyter_server import CONTEXTS_PORT, JUPYTER_PORT, JupyterEndpoint, endpoint_at
 from .quick_create import CreatedSandbox, QuickTarget, create, delete
 
 __all__ = ["claim", "discard", "pending", "send"]
@@ -47,9 +53,46 @@ def send(target: QuickTarget, body: dict[str, Any]) -> None:
 
 def _create(sent: _Sent) -> None:
     try:
-        sent.reply.set_result(asyncio.run(create(sent.target, sent.body)))
+        sent.reply.set_result(asyncio.run(_create_and_look(sent)))
     except BaseException as exc:  # raised to the session that claims it, as its own would be
         sent.reply.set_exception(exc)
+
+
+async def _create_and_look(sent: _Sent) -> CreatedSandbox | None:
+    created = await create(sent.target, sent.body)
+    if created is not None:
+        await _first_look(created)
+    return created
+
+
+def _endpoints(created: CreatedSandbox) -> tuple[JupyterEndpoint, JupyterEndpoint]:
+    """The sandbox's Jupyter Server and code-context server, as the session reaches them."""
+    token = created.traffic_access_token
+    return (
+        endpoint_at(created.sandbox_url, created.sandbox_id, JUPYTER_PORT, token),
+        endpoint_at(created.sandbox_url, created.sandbox_id, CONTEXTS_PORT, token),
+    )
+
+
+async def _first_look(created: CreatedSandbox) -> None:
+    jupyter, contexts_server = _endpoints(created)
+    answers = await asyncio.gather(
+        jupyter.probe(),
+        contexts_server.list_contexts(),
+        jupyter.list_kernels(),
+        return_exceptions=True,
+    )
+    problem, contexts, kernels = answers
+    if problem is not None or isinstance(contexts, BaseException):
+        return  # (a probe's failure is its answer, never an exception)
+    if isinstance(kernels, BaseException):
+        return
+    running = {str(k.get("id")) for k in kernels}
+    if not any(c.get("language") == "python" and str(c.get("id")) in running for c in contexts):
+        return  # the default context is not up yet: what the kernel asks later will say more
+    jupyter.answer_ahead("probe", problem)
+    contexts_server.answer_ahead("list_contexts", contexts)
+    jupyter.answer_ahead("list_kernels", kernels)
 
 
 def pending() -> bool:
@@ -88,6 +131,8 @@ def _delete_when_created(sent: _Sent) -> None:
         with contextlib.suppress(Exception):
             created = sent.reply.result()
             if created is not None:
+                for endpoint in _endpoints(created):
+                    endpoint.forget_answers_ahead()
                 asyncio.run(delete(sent.target, created.sandbox_id))
 
     threading.Thread(target=delete_it, name="e2b-create-ahead-discard", daemon=True).start()

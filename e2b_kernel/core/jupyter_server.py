@@ -24,11 +24,18 @@ __all__ = [
 ]
 
 JUPYTER_PORT = 8888
+CONTEXTS_PORT = 49999  # the code-interpreter server's (/execute, /contexts)
 TRAFFIC_TOKEN_HEADER = "E2B-Traffic-Access-Token"
 # The Jupyter Server answers at once when it runs; a sandbox without one answers the proxy's
 # "port is not open" at once too. Only a network problem takes long.
 _PROBE_TIMEOUT = 10.0
 _REST_TIMEOUT = 30.0
+
+
+# Answers asked for ahead, as a new sandbox was created (see .create_ahead): each is given
+# once, to the first request of its kind at its endpoint (the kernel's first probe and its
+# first look for the default context's kernel then cost no round trip), and never after.
+_answered_ahead: dict[tuple[str, frozenset[tuple[str, str]], str], Any] = {}
 
 
 class JupyterServerError(Exception):
@@ -53,6 +60,22 @@ class JupyterEndpoint:
         """The URL only: headers hold the traffic token and are never logged."""
         return self.base_url
 
+    def answer_ahead(self, question: str, answer: Any) -> None:
+        """Keep ``answer`` for this endpoint's next ``question`` (a method's name)."""
+        _answered_ahead[self._key(question)] = answer
+
+    def forget_answers_ahead(self) -> None:
+        """Drop what :meth:`answer_ahead` kept for this endpoint and not given yet."""
+        for question in ("probe", "list_contexts", "list_kernels"):
+            _answered_ahead.pop(self._key(question), None)
+
+    def _key(self, question: str) -> tuple[str, frozenset[tuple[str, str]], str]:
+        return (self.base_url, frozenset(self.headers.items()), question)
+
+    def _taken_ahead(self, question: str) -> tuple[bool, Any]:
+        key = self._key(question)
+        return (key in _answered_ahead, _answered_ahead.pop(key, None))
+
     # ---- REST ----------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -71,10 +94,12 @@ class JupyterEndpoint:
 
     async def list_contexts(self) -> list[dict[str, Any]]:
         """The code contexts of the sandbox's ``/execute`` server (an endpoint of port 49999)."""
-        return list(await self._request("GET", "contexts"))
+        found, contexts = self._taken_ahead("list_contexts")
+        return list(contexts if found else await self._request("GET", "contexts"))
 
     async def list_kernels(self) -> list[dict[str, Any]]:
-        return list(await self._request("GET", "api/kernels"))
+        found, kernels = self._taken_ahead("list_kernels")
+        return list(kernels if found else await self._request("GET", "api/kernels"))
 
     async def start_kernel(self, name: str = "python3") -> str:
         reply = await self._request("POST", "api/kernels", json_body={"name": name})
@@ -91,6 +116,9 @@ class JupyterEndpoint:
 
     async def probe(self) -> str | None:
         """None when a Jupyter Server answers ``GET /api``; otherwise why not, in words."""
+        found, problem = self._taken_ahead("probe")
+        if found:
+            return problem
         try:
             reply = await rest.request(
                 "GET", self.url("api"), headers=self.headers, timeout=_PROBE_TIMEOUT

@@ -26,7 +26,13 @@ from ..errors import (
 )
 from . import create_ahead, introspection, quick_create, sdk, text_plain
 from .hidden import parse_reply
-from .jupyter_server import JUPYTER_PORT, JupyterEndpoint, endpoint_at, endpoint_for
+from .jupyter_server import (
+    CONTEXTS_PORT,
+    JUPYTER_PORT,
+    JupyterEndpoint,
+    endpoint_at,
+    endpoint_for,
+)
 from .keepalive import KeepAlive
 from .sdk_errors import is_sandbox_gone, unavailable_message
 from .streaming import DONE, Event, start_run_code
@@ -50,7 +56,6 @@ __all__ = [
 # How long a timed-out cell has to stop once interrupted (its cleanup) before its Python is
 # restarted: a cell that catches KeyboardInterrupt would run on, and later cells wait behind it.
 TIMEOUT_GRACE = 10.0
-CONTEXTS_PORT = 49999  # the code-interpreter server's (/execute, /contexts)
 
 NEW_SANDBOX_NOTICE = (
     "[e2b-kernel] The previous sandbox was lost; this cell runs in a NEW sandbox "
@@ -467,6 +472,9 @@ class SandboxSession:
             return is_sandbox_gone(exc)
 
     def _drop_sandbox(self) -> None:
+        if self.has_sandbox:  # answers kept for its first requests (.create_ahead) go with it
+            for port in (JUPYTER_PORT, CONTEXTS_PORT):
+                self._port_endpoint(port).forget_answers_ahead()
         self.sandbox = None
         self._created = None
         self._sdk_build = None

@@ -7,6 +7,7 @@ deleted; and nothing is asked for where the kernel will not create its sandbox t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,20 +18,43 @@ import pytest
 from e2b_kernel.backends import create_early
 from e2b_kernel.backends.restart_state import state_path
 from e2b_kernel.config import SessionConfig
-from e2b_kernel.core import SandboxSession, create_ahead
-from e2b_kernel.local import RunningService
+from e2b_kernel.core import SandboxSession, create_ahead, jupyter_server
+from e2b_kernel.core.remote_kernel import pick_remote_kernel
+from e2b_kernel.local import RunningService, start_in_thread
 
-Tagged = Callable[[str], dict[str, dict[str, str]]]  # the tagged_sandboxes fixture
+Tagged = Callable[..., dict[str, dict[str, str]]]  # the tagged_sandboxes fixture
+
+
+@pytest.fixture(scope="module")
+def pooled() -> Iterator[RunningService]:
+    """A service of its own, in this process so that its warm pool can be waited for: a
+    sandbox from the pool runs its default context's kernel by the time create answers."""
+    service = start_in_thread(pool_size=1)
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 @pytest.fixture
-def probe(
-    local_service: RunningService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[str]:
-    """The environment of a kernel started against ``local_service``, with metadata unique
-    to the test (so that its sandboxes are told from others); yields that metadata's value."""
+def tagged(pooled: RunningService, tagged_sandboxes: Tagged) -> Tagged:
+    """``tagged_sandboxes`` of the ``pooled`` service."""
+    return lambda probe: tagged_sandboxes(probe, pooled)
+
+
+def _pool_ready(service: RunningService) -> None:
+    pool = service._core.registry.pool  # type: ignore[attr-defined]
+    _wait_for(lambda: pool.ready_count == 1, "the warm pool's sandbox")
+
+
+@pytest.fixture
+def probe(pooled: RunningService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """The environment of a kernel started against ``pooled``, with metadata unique to the
+    test (so that its sandboxes are told from others), once a pooled sandbox is ready;
+    yields that metadata's value."""
+    _pool_ready(pooled)
     value = uuid.uuid4().hex
-    for name, setting in local_service.sdk_env().items():
+    for name, setting in pooled.sdk_env().items():
         monkeypatch.setenv(name, setting)
     for name in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_KERNEL_TRANSPORT", "E2B_KERNEL_FORWARD_ENV"):
         monkeypatch.delenv(name, raising=False)
@@ -46,6 +70,11 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> 
     while not condition():
         assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
         time.sleep(0.05)  # polled: the service's list is the only way to see a sandbox go
+
+
+def _answered_ahead_for() -> set[str]:
+    """The sandboxes for whose endpoints answers asked for ahead are kept now."""
+    return {dict(headers)["E2b-Sandbox-Id"] for _, headers, _ in jupyter_server._answered_ahead}
 
 
 def _started_sandbox_id(config: SessionConfig) -> str:
@@ -64,22 +93,50 @@ def _started_sandbox_id(config: SessionConfig) -> str:
 
 
 def test_the_session_adopts_the_sandbox_asked_for_at_launch(
-    tagged_sandboxes: Tagged, probe: str, tmp_path: Path
+    tagged: Tagged, probe: str, tmp_path: Path
 ) -> None:
     create_early(str(tmp_path / "kernel-1.json"))
-    _wait_for(lambda: len(tagged_sandboxes(probe)) == 1, "the sandbox asked for")
-    (asked_for,) = tagged_sandboxes(probe)
+    _wait_for(lambda: len(tagged(probe)) == 1, "the sandbox asked for")
+    (asked_for,) = tagged(probe)
 
     assert _started_sandbox_id(SessionConfig()) == asked_for
-    _wait_for(lambda: not tagged_sandboxes(probe), "the session's close killed it")
+    assert _answered_ahead_for() == set()  # what was kept for it went with its close
+    _wait_for(lambda: not tagged(probe), "the session's close killed it")
+
+
+def test_what_the_kernel_asks_first_is_asked_with_the_create(
+    tagged: Tagged, probe: str, tmp_path: Path
+) -> None:
+    create_early(str(tmp_path / "kernel-1.json"))
+
+    async def start() -> None:
+        session = SandboxSession(SessionConfig())
+        session.defer_sdk = True
+        try:
+            await session.start()
+            # Whether the Jupyter Server answers, the code contexts and the kernels: kept for
+            # the kernel's first requests, which then cost no round trip.
+            assert _answered_ahead_for() == {session.sandbox_id}
+            endpoint = session.jupyter_endpoint()
+            assert await endpoint.probe() is None
+            log = logging.getLogger("test")
+            kernel_id, started = await pick_remote_kernel(session, endpoint, log)
+            assert _answered_ahead_for() == set()  # each given once
+            assert (kernel_id, started) == ((await session.code_context_ids())[0], False)
+            assert kernel_id in {k["id"] for k in await endpoint.list_kernels()}
+        finally:
+            await session.close()
+
+    asyncio.run(start())
 
 
 def test_a_sandbox_asked_for_under_other_settings_is_deleted(
-    tagged_sandboxes: Tagged, probe: str, tmp_path: Path
+    tagged: Tagged, probe: str, tmp_path: Path
 ) -> None:
     create_early(str(tmp_path / "kernel-1.json"))
-    _wait_for(lambda: len(tagged_sandboxes(probe)) == 1, "the sandbox asked for")
-    (asked_for,) = tagged_sandboxes(probe)
+    _wait_for(lambda: len(tagged(probe)) == 1, "the sandbox asked for")
+    (asked_for,) = tagged(probe)
+    _wait_for(lambda: _answered_ahead_for() == {asked_for}, "the answers asked for with it")
 
     # As a config file would say it: the kernel's full configuration wants other metadata.
     config = SessionConfig(metadata={"probe": probe, "from": "a config file"})
@@ -90,26 +147,27 @@ def test_a_sandbox_asked_for_under_other_settings_is_deleted(
         try:
             await session.start()
             assert session.sandbox_id != asked_for
-            running = await asyncio.to_thread(tagged_sandboxes, probe)
+            running = await asyncio.to_thread(tagged, probe)
             assert running.get(session.sandbox_id) == config.metadata
             await asyncio.to_thread(
                 _wait_for,
-                lambda: asked_for not in tagged_sandboxes(probe),
+                lambda: asked_for not in tagged(probe),
                 "the unclaimed sandbox deleted",
             )
+            assert asked_for not in _answered_ahead_for()
         finally:
             await session.close()
 
     asyncio.run(start())
 
 
-def test_a_sandbox_no_session_claims_is_deleted(
-    tagged_sandboxes: Tagged, probe: str, tmp_path: Path
-) -> None:
+def test_a_sandbox_no_session_claims_is_deleted(tagged: Tagged, probe: str, tmp_path: Path) -> None:
     create_early(str(tmp_path / "kernel-1.json"))
-    _wait_for(lambda: len(tagged_sandboxes(probe)) == 1, "the sandbox asked for")
+    _wait_for(lambda: len(tagged(probe)) == 1, "the sandbox asked for")
+    _wait_for(lambda: len(_answered_ahead_for()) == 1, "the answers asked for with it")
     create_ahead.discard()  # as the kernel does once its start ended without claiming it
-    _wait_for(lambda: not tagged_sandboxes(probe), "the unclaimed sandbox deleted")
+    _wait_for(lambda: not tagged(probe), "the unclaimed sandbox deleted")
+    assert _answered_ahead_for() == set()
 
 
 @pytest.mark.parametrize(
