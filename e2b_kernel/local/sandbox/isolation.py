@@ -173,6 +173,23 @@ class CgroupSet:
             (self._dirs["unified"] / "memory.max").write_text(str(memory))
             (self._dirs["unified"] / "pids.max").write_text(str(self._policy.max_pids))
 
+    def set_cpu_idle(self, idle: bool) -> None:
+        """Let the sandbox's processes run only on CPU time nothing else wants (``cpu.idle``),
+        or end that. Where the kernel has no ``cpu.idle`` (before Linux 5.15), nothing."""
+        for key in ("cpu", "unified"):
+            if key in self._dirs:
+                with contextlib.suppress(OSError):
+                    (self._dirs[key] / "cpu.idle").write_text("1" if idle else "0")
+
+    def cpu_idle(self) -> bool | None:
+        """Whether :meth:`set_cpu_idle` holds the sandbox at idle priority now (None: the
+        kernel has no ``cpu.idle``, or the sandbox no cpu group)."""
+        for key in ("cpu", "unified"):
+            if key in self._dirs:
+                with contextlib.suppress(OSError, ValueError):
+                    return int((self._dirs[key] / "cpu.idle").read_text()) == 1
+        return None
+
     def memory_used(self) -> int:
         """Bytes charged to the sandbox's memory group (0 when there is none)."""
         for key, name in (("memory", "memory.usage_in_bytes"), ("unified", "memory.current")):

@@ -132,8 +132,9 @@ class LocalSandbox:
 
     # ----- start -----
 
-    async def start(self) -> None:
-        """Create the disk, dirs and cgroups and start the agent."""
+    async def start(self, *, in_background: bool = False) -> None:
+        """Create the disk, dirs and cgroups and start the agent; ``in_background``: on CPU
+        time nothing else wants, until :meth:`to_foreground` (a warm pool's refill)."""
         try:
             self._root.mkdir(mode=0o700, parents=True)
             id_file = os.open(self._root / ID_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -161,11 +162,17 @@ class LocalSandbox:
             self._make_dirs()
             if self.cgroups.version is not None:
                 self.cgroups.create()
+                self.cgroups.set_cpu_idle(in_background)
             await asyncio.wait_for(self._start_agent(), _START_TIMEOUT)
             await self.start_jupyter()
         except BaseException:
             await self.kill()  # leave no directories, cgroups or processes behind
             raise
+
+    def to_foreground(self) -> None:
+        """Give the sandbox its normal share of the CPU (see :meth:`start`)."""
+        if self.cgroups.version is not None:
+            self.cgroups.set_cpu_idle(False)
 
     async def start_jupyter(self) -> None:
         """Start (again, after its processes were dropped) the sandbox's Jupyter Server.

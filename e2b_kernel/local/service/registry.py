@@ -117,6 +117,7 @@ class Registry:
         it expires `timeout` seconds from now."""
         if prepared is not None:
             sandbox = prepared
+            sandbox.to_foreground()
             sandbox.envs = dict(envs)  # every process it starts from now on gets them
             sandbox.name_template(template_id)
         else:
@@ -161,7 +162,10 @@ class Registry:
         from ..interpreter import CodeInterpreter
 
         sandbox = self.new_sandbox({})
-        await sandbox.start()
+        # A refill must not slow what the machine does meanwhile (the start of the kernel
+        # whose create set it off, for one): it runs on CPU time nothing else wants. A pool
+        # that does not refill starts the sandbox its caller waits for: at full speed.
+        await sandbox.start(in_background=self.pool.refill)
         try:
             interpreter = CodeInterpreter(sandbox)
             await interpreter.start()
