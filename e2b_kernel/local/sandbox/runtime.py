@@ -162,7 +162,8 @@ class LocalSandbox:
             self._make_dirs()
             if self.cgroups.version is not None:
                 self.cgroups.create()
-                self.cgroups.set_cpu_idle(in_background)
+                if in_background:  # a new group is at the normal share already
+                    self.cgroups.set_cpu_idle(True)
             await asyncio.wait_for(self._start_agent(), _START_TIMEOUT)
             await self.start_jupyter()
         except BaseException:
@@ -171,8 +172,7 @@ class LocalSandbox:
 
     def to_foreground(self) -> None:
         """Give the sandbox its normal share of the CPU (see :meth:`start`)."""
-        if self.cgroups.version is not None:
-            self.cgroups.set_cpu_idle(False)
+        self.cgroups.set_cpu_idle(False)  # nothing where it has no cpu group
 
     async def start_jupyter(self) -> None:
         """Start (again, after its processes were dropped) the sandbox's Jupyter Server.
