@@ -49,9 +49,11 @@ def execute_over_8888(
     kernel_id: str,
     code: str,
     during: Callable[[], object] | None = None,
+    wait: float = 60,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run ``code``; (the execute_reply's content, the execute_result's data or {}).
-    ``during`` is called once, when the cell has begun (its execute_input)."""
+    ``during`` is called once, when the cell has begun (its execute_input); ``wait``: the
+    longest silence, in seconds, before the cell counts as hung (AssertionError)."""
     session = Session()
     request = session.msg("execute_request", {"code": code, "silent": False})
     url = service_url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
@@ -67,7 +69,10 @@ def execute_over_8888(
         reply: dict[str, Any] | None = None
         idle = False
         while reply is None or not idle:
-            frame = ws.recv(timeout=60)
+            try:
+                frame = ws.recv(timeout=wait)
+            except TimeoutError:
+                raise AssertionError(f"the cell sent nothing for {wait} s: {code!r}") from None
             assert isinstance(frame, bytes)
             channel, parts = deserialize_msg_from_ws_v1(frame)
             header, parent, content = (json.loads(parts[i]) for i in (0, 1, 3))
