@@ -52,8 +52,10 @@ def execute_over_8888(
     wait: float = 60,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run ``code``; (the execute_reply's content, the execute_result's data or {}).
-    ``during`` is called once, when the cell has begun (its execute_input); ``wait``: the
-    longest silence, in seconds, before the cell counts as hung (AssertionError)."""
+    ``during`` is called once, at the cell's first output on stdout: its code runs then (at
+    its execute_input, ipykernel may still be in its own code, where a SIGINT ends the handler
+    with no reply at all). ``wait``: the longest silence, in seconds, before the cell counts
+    as hung (AssertionError)."""
     session = Session()
     request = session.msg("execute_request", {"code": code, "silent": False})
     url = service_url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
@@ -78,8 +80,9 @@ def execute_over_8888(
             header, parent, content = (json.loads(parts[i]) for i in (0, 1, 3))
             if parent.get("msg_id") != request["header"]["msg_id"]:
                 continue
-            if header["msg_type"] == "execute_input" and during is not None:
+            if header["msg_type"] == "stream" and during is not None:
                 during()
+                during = None
             if header["msg_type"] == "execute_result":
                 data = content["data"]
             if channel == "shell" and header["msg_type"] == "execute_reply":

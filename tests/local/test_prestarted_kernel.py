@@ -99,7 +99,7 @@ def test_the_adopted_kernel_is_interrupted_restarted_and_deleted_by_the_server(
                 local_service.url,
                 sandbox.sandbox_id,
                 kernel_id,
-                "import time; time.sleep(300)",
+                "import time; print('started', flush=True); time.sleep(300)",
                 during=lambda: answers.append(
                     http.post(f"/api/kernels/{kernel_id}/interrupt").status_code
                 ),
