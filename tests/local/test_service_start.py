@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from e2b import Sandbox, SandboxException
+from e2b_code_interpreter import Sandbox as CodeSandbox
 from local_helpers import host_pids_with, marker, sandbox_host_dir, wait_for
 
-from e2b_kernel.local import start_in_thread, start_subprocess
+from e2b_kernel.local import read_banner, start_in_thread, start_subprocess
 from e2b_kernel.local.sandbox.bwrap import runtime_root
 from e2b_kernel.local.service.lease import GRACE
 
@@ -46,6 +47,41 @@ def test_cli_banner_and_sigterm_kills_sandboxes() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_service_started_as_a_background_job_gives_sandboxes_default_signals() -> None:
+    """``nohup e2b-kernel local &`` from a script ignores SIGINT, SIGQUIT and SIGHUP, and an
+    ignored signal survives every fork and exec below. Sandbox processes start as on E2B:
+    a command's Ctrl-C, a ``kill -HUP`` and ``signal.getsignal`` behave as anywhere else."""
+    launcher = 'trap "" INT QUIT HUP; exec "$0" -m e2b_kernel.cli local --port 0'
+    proc = subprocess.Popen(
+        ["bash", "-c", launcher, sys.executable],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = read_banner(proc.stdout)
+        assert "isolation" in banner, banner
+        sandbox = CodeSandbox.create(
+            api_key=banner["E2B_API_KEY"],
+            api_url=banner["E2B_API_URL"],
+            sandbox_url=banner["E2B_SANDBOX_URL"],
+            timeout=60,
+        )
+        ignored = sandbox.commands.run("grep SigIgn /proc/self/status").stdout
+        assert ignored.split() == ["SigIgn:", "0000000000000000"]
+        # The kernel: ipykernel ignores SIGINT only between cells; the rest are the default.
+        seen = sandbox.run_code(
+            "import signal\n"
+            "[signal.getsignal(s) is signal.SIG_DFL for s in (signal.SIGQUIT, signal.SIGHUP)]"
+        )
+        assert seen.text == "[True, True]", seen
+        sandbox.kill()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_cli_rejects_bad_arguments() -> None:
@@ -222,6 +258,7 @@ def test_an_internal_error_is_a_500_and_the_service_keeps_serving() -> None:
 _ORPHANING_PARENT = """
 import sys
 from e2b import Sandbox, SandboxException
+from e2b_code_interpreter import Sandbox as CodeSandbox
 from e2b_kernel.local import start_subprocess
 service = start_subprocess()
 env = service.sdk_env()

@@ -62,12 +62,22 @@ def _check(request: dict) -> tuple[list[str], dict[str, str], str, str, bool]:
     return argv, env, cwd, user, bool(request.get("pty"))
 
 
+# The signals this agent ignores (read once: ignored dispositions do not change later).
+_IGNORED_AT_START = [
+    signum
+    for signum in signal.valid_signals()
+    if signum not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(signum) is signal.SIG_IGN
+]
+
+
 def _exec_child(command: list[str], env: dict, cwd: str, stdio: list[int], tty: bool, err: int):
     """In the forked child: set up and exec; on failure write "errno:stage" to ``err``."""
     stage = "setup"
     try:
-        # Python ignores these; an ignored disposition would survive exec into the command.
-        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        # An ignored disposition survives exec: Python ignores SIGPIPE and SIGXFSZ, and a
+        # service started as ``nohup ... &`` hands SIGHUP, SIGINT and SIGQUIT down ignored.
+        # Every command starts with the defaults, as on E2B.
+        for signum in _IGNORED_AT_START:
             signal.signal(signum, signal.SIG_DFL)
         os.setsid()
         for target, fd in enumerate(stdio):
