@@ -247,11 +247,17 @@ class CgroupSet:
         with contextlib.suppress(OSError):
             self.freeze(False)
 
-    def remove(self) -> None:
-        """Remove the (empty) groups; leftovers are reported by the caller, never hidden."""
+    def remove(self) -> list[Path]:
+        """Remove the (empty) groups; the ones still in use, for the caller to report."""
+        in_use = []
         for directory in self._dirs.values():
-            with contextlib.suppress(OSError):
+            try:
                 directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                in_use.append(directory)
+        return in_use
 
 
 def _same_mount(first: str, second: str) -> bool:

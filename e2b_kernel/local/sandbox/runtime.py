@@ -51,6 +51,7 @@ _START_TIMEOUT = 30.0
 # one team; its id has the shape of E2B's team ids.
 LOCAL_TEAM_ID = "00000000-0000-0000-0000-000000000000"
 _STOP_TIMEOUT = 10.0
+_CGROUP_REMOVE_TRIES = 80  # x 25 ms
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 # Runs the agent package by path, with no site-packages and no environment influence (-I -S).
 _BOOT = "import sys, runpy; sys.path.insert(0, {parent!r}); runpy.run_module({name!r}, "
@@ -544,7 +545,7 @@ class LocalSandbox:
             await self._egress.close()
         if self._network is not None:
             await self._network.close()
-        self.cgroups.remove()
+        await self._remove_cgroups()
         try:
             disk.unmount_disk(self.disk_dir)
         except OSError:
@@ -584,6 +585,22 @@ class LocalSandbox:
             self.cgroups.kill_all()
             await asyncio.sleep(0.025)  # the kernel needs a moment to tear processes down
         log.error("sandbox %s: processes survived kill: %s", self.sandbox_id, self.cgroups.pids())
+
+    async def _remove_cgroups(self) -> None:
+        """Remove the sandbox's groups once they are empty.
+
+        A process whose start was cancelled by this kill (``start_process`` kills it once it
+        exists) can still join a group between the emptying above and the removal: that
+        group's removal fails, and once the process is gone nothing would remove it (an empty
+        group left for good, about one service stop in thirty while its pool started a
+        sandbox). So the groups are emptied and removed again until they are gone."""
+        for _ in range(_CGROUP_REMOVE_TRIES):
+            in_use = self.cgroups.remove()
+            if not in_use:
+                return
+            self.cgroups.kill_all()
+            await asyncio.sleep(0.025)  # the kernel needs a moment to tear processes down
+        log.error("sandbox %s: its cgroups stay in use: %s", self.sandbox_id, in_use)
 
     def live_pids(self) -> list[int]:
         """Host pids of the sandbox's processes (its cgroups, else its pid namespace)."""

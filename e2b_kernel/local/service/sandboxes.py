@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TypedDict
 
@@ -34,6 +35,7 @@ from .settings import DEFAULT_POOL_SIZE
 __all__ = ["STATE_ROOT", "SandboxOptions", "ServiceSandboxes", "sweep_stale_state"]
 
 log = logging.getLogger("e2b_kernel.local")
+_SWEEP_REMOVE_TRIES = 80  # x 25 ms: at a service's start, only where a dead one left processes
 
 STATE_ROOT = RUNTIME_ROOT  # the services' state dirs, svc-<pid>-*, are made in it
 
@@ -118,9 +120,21 @@ def sweep_stale_state(policy: Isolation) -> None:
                 unmount_disk(sandbox_dir / "disk")
             cgroups = CgroupSet(policy, sandbox_dir.name)
             cgroups.kill_all()
-            cgroups.remove()
+            _remove_when_empty(cgroups)
         shutil.rmtree(service_dir, ignore_errors=True)
         log.info("removed the leftovers of a dead local service (pid %d)", pid)
+
+
+def _remove_when_empty(cgroups: CgroupSet) -> None:
+    """Remove the groups, waiting a moment for killed processes to leave them (they were
+    SIGKILLed just now); one that stays in use is reported and left."""
+    for _ in range(_SWEEP_REMOVE_TRIES):
+        in_use = cgroups.remove()
+        if not in_use:
+            return
+        time.sleep(0.025)
+        cgroups.kill_all()
+    log.warning("cgroups of a dead service's sandbox stay in use: %s", in_use)
 
 
 def _alive(pid: int) -> bool:
