@@ -123,6 +123,11 @@ def _writable_cgroup_version() -> int | None:
     return None
 
 
+# Removing a sandbox's groups while killed processes leave them: tries, and seconds between.
+REMOVE_TRIES = 80
+REMOVE_WAIT = 0.025
+
+
 class CgroupSet:
     """The cgroups of one sandbox: limits, membership, freezing and teardown."""
 
@@ -257,6 +262,15 @@ class CgroupSet:
                 pass
             except OSError:
                 in_use.append(directory)
+        return in_use
+
+    def remove_or_kill(self) -> list[Path]:
+        """:meth:`remove`; what is still in a group that stays in use is SIGKILLed, for the
+        caller to try again after ``REMOVE_WAIT`` seconds (up to ``REMOVE_TRIES`` times): a
+        process that joined late, or killed just now, leaves it in a moment."""
+        in_use = self.remove()
+        if in_use:
+            self.kill_all()
         return in_use
 
 

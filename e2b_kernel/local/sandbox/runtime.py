@@ -30,7 +30,14 @@ from pathlib import Path
 
 from . import bwrap, completion_seed, disk, egress, network, seccomp, staging
 from .agent_client import AgentClient
-from .isolation import CgroupSet, Isolation, open_files_limit, sandbox_process_argv
+from .isolation import (
+    REMOVE_TRIES,
+    REMOVE_WAIT,
+    CgroupSet,
+    Isolation,
+    open_files_limit,
+    sandbox_process_argv,
+)
 from .jupyter import JupyterServer
 from .paths import SandboxPaths
 from .process import DEVNULL, PIPE, AgentProcess
@@ -51,7 +58,6 @@ _START_TIMEOUT = 30.0
 # one team; its id has the shape of E2B's team ids.
 LOCAL_TEAM_ID = "00000000-0000-0000-0000-000000000000"
 _STOP_TIMEOUT = 10.0
-_CGROUP_REMOVE_TRIES = 80  # x 25 ms
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 # Runs the agent package by path, with no site-packages and no environment influence (-I -S).
 _BOOT = "import sys, runpy; sys.path.insert(0, {parent!r}); runpy.run_module({name!r}, "
@@ -594,12 +600,11 @@ class LocalSandbox:
         group's removal fails, and once the process is gone nothing would remove it (an empty
         group left for good, about one service stop in thirty while its pool started a
         sandbox). So the groups are emptied and removed again until they are gone."""
-        for _ in range(_CGROUP_REMOVE_TRIES):
-            in_use = self.cgroups.remove()
+        for _ in range(REMOVE_TRIES):
+            in_use = self.cgroups.remove_or_kill()
             if not in_use:
                 return
-            self.cgroups.kill_all()
-            await asyncio.sleep(0.025)  # the kernel needs a moment to tear processes down
+            await asyncio.sleep(REMOVE_WAIT)
         log.error("sandbox %s: its cgroups stay in use: %s", self.sandbox_id, in_use)
 
     def live_pids(self) -> list[int]:

@@ -25,6 +25,8 @@ from ..sandbox.isolation import (
     DEFAULT_DISK_MB,
     DEFAULT_MAX_PIDS,
     DEFAULT_MEMORY_MB,
+    REMOVE_TRIES,
+    REMOVE_WAIT,
     CgroupSet,
     Isolation,
     resolve_isolation,
@@ -35,7 +37,6 @@ from .settings import DEFAULT_POOL_SIZE
 __all__ = ["STATE_ROOT", "SandboxOptions", "ServiceSandboxes", "sweep_stale_state"]
 
 log = logging.getLogger("e2b_kernel.local")
-_SWEEP_REMOVE_TRIES = 80  # x 25 ms: at a service's start, only where a dead one left processes
 
 STATE_ROOT = RUNTIME_ROOT  # the services' state dirs, svc-<pid>-*, are made in it
 
@@ -128,12 +129,11 @@ def sweep_stale_state(policy: Isolation) -> None:
 def _remove_when_empty(cgroups: CgroupSet) -> None:
     """Remove the groups, waiting a moment for killed processes to leave them (they were
     SIGKILLed just now); one that stays in use is reported and left."""
-    for _ in range(_SWEEP_REMOVE_TRIES):
-        in_use = cgroups.remove()
+    for _ in range(REMOVE_TRIES):
+        in_use = cgroups.remove_or_kill()
         if not in_use:
             return
-        time.sleep(0.025)
-        cgroups.kill_all()
+        time.sleep(REMOVE_WAIT)  # at a service's start, only where a dead one left processes
     log.warning("cgroups of a dead service's sandbox stay in use: %s", in_use)
 
 
