@@ -6,6 +6,7 @@ import asyncio
 import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from e2b import AsyncSandbox as AsyncBaseSandbox
@@ -134,6 +135,38 @@ def test_pause_then_connect_resumes_with_state_kept() -> None:
         assert resumed.is_running()
         assert resumed.files.read("/home/user/kept.txt") == "still here"
         assert handle.pid in [p.pid for p in resumed.commands.list()]
+    finally:
+        sbx.kill()
+
+
+def _kernel_says_frozen(pid: int) -> bool:
+    """The kernel's own word on the cgroup freezer of a host process's group: whether every
+    process in it has stopped (v1 reads FROZEN, not FREEZING; v2 reports ``frozen 1``)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, group = line.split(":", 2)
+        if "freezer" in controllers.split(","):
+            return Path(f"/sys/fs/cgroup/freezer{group}/freezer.state").read_text() == "FROZEN\n"
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            return "frozen 1" in Path(f"/sys/fs/cgroup{group}/cgroup.events").read_text()
+    pytest.skip("this host gives sandboxes no cgroup freezer (pause stops each process)")
+
+
+def test_nothing_in_the_sandbox_runs_once_pause_is_answered() -> None:
+    # Freezing is asynchronous: the processes run on for milliseconds after the freezer is
+    # set. Busy loops that fork all the time are the slowest to stop.
+    sbx = BaseSandbox.create(timeout=120)
+    tag = marker()
+    try:
+        for _ in range(4):
+            loop = f"exec -a {tag} bash -c 'while :; do /bin/true; done'"
+            sbx.commands.run(loop, background=True, timeout=0)
+        wait_for(lambda: bool(host_pids_with(tag)), what="the busy loops")
+        for _ in range(10):
+            assert sbx.pause() is True
+            pid = host_pids_with(tag)[0]
+            assert _kernel_says_frozen(pid), "pause answered while the sandbox still ran"
+            BaseSandbox.connect(sbx.sandbox_id)  # resumes
+            assert not _kernel_says_frozen(pid)
     finally:
         sbx.kill()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from pathlib import Path
 
 import pytest
 from e2b import AsyncSandbox as AsyncBaseSandbox
@@ -114,8 +116,19 @@ def _start_child_and_daemon(sbx: BaseSandbox) -> list[str]:
     child, daemon = marker(), marker()
     sbx.commands.run(f"exec -a {child} sleep 600", background=True, timeout=0)
     sbx.commands.run(f"setsid bash -c 'exec -a {daemon} sleep 600' >/dev/null 2>&1 &")
-    wait_for(lambda: bool(host_pids_with(child) and host_pids_with(daemon)), what="both")
+    # Until each has exec'd its sleep, the tag is also on the shells that start it, and a
+    # process inside an exec briefly shows no command line at all.
+    wait_for(lambda: _running_as(child) and _running_as(daemon), what="both sleepers")
     return [child, daemon]
+
+
+def _running_as(tag: str) -> bool:
+    """Whether a host process runs with ``tag`` as its argv[0] (``exec -a tag``)."""
+    for pid in host_pids_with(tag):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == tag.encode():
+                return True
+    return False
 
 
 def test_filesystem_pause_keeps_files_and_drops_processes() -> None:
@@ -141,7 +154,7 @@ def test_reboot_on_resume_drops_processes() -> None:
     try:
         tags = _start_child_and_daemon(sbx)
         assert sbx.pause()  # a full pause keeps the processes...
-        assert all(host_pids_with(tag) for tag in tags)
+        assert {tag: _running_as(tag) for tag in tags} == dict.fromkeys(tags, True)
         again = BaseSandbox.connect(sbx.sandbox_id, on_resume="reboot")
         assert again.is_running()  # ...but a reboot on resume starts from the disk alone
         for tag in tags:

@@ -102,8 +102,8 @@ def test_pause_without_cgroups_stops_every_process(state_dir: Path) -> None:
             await sandbox.spawn(["sleep", "600"], env=sandbox.base_env())
             live = sandbox.live_pids()  # the agent and the command
             assert len(live) >= 2
-            sandbox.pause()
-            await _until(lambda: all(_state(p) == "T" for p in live), "the processes to stop")
+            await sandbox.pause()  # returns once they have stopped
+            assert all(_state(p) == "T" for p in live)
             sandbox.resume()
             await _until(lambda: all(_state(p) == "S" for p in live), "the processes to go on")
         finally:

@@ -244,6 +244,22 @@ class CgroupSet:
         else:
             raise OSError("pausing needs a writable cgroup freezer")
 
+    def is_frozen(self) -> bool:
+        """Whether every process of the groups has stopped. Freezing is asynchronous: for a
+        few milliseconds after :meth:`freeze` the processes run on (v1 reads FREEZING), and a
+        process that forks or execs meanwhile is caught later. A v1 group that is still
+        freezing is asked again, as the kernel's documentation advises."""
+        if self.version == 1:
+            state_file = self._dirs["freezer"] / "freezer.state"
+            if state_file.read_text().strip() == "FROZEN":
+                return True
+            state_file.write_text("FROZEN")
+            return False
+        if self.version == 2:
+            events = (self._dirs["unified"] / "cgroup.events").read_text().split("\n")
+            return "frozen 1" in events
+        return False
+
     def kill_all(self) -> None:
         """SIGKILL every process still in the groups (thawing first so they can die)."""
         for pid in self.pids():

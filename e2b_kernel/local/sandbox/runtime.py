@@ -58,6 +58,9 @@ _START_TIMEOUT = 30.0
 # one team; its id has the shape of E2B's team ids.
 LOCAL_TEAM_ID = "00000000-0000-0000-0000-000000000000"
 _STOP_TIMEOUT = 10.0
+# Pausing: how long every process may take to stop, and how often we look (a few ms usually).
+PAUSE_TIMEOUT = 10.0
+_PAUSE_POLL = 0.002
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 # Runs the agent package by path, with no site-packages and no environment influence (-I -S).
 _BOOT = "import sys, runpy; sys.path.insert(0, {parent!r}); runpy.run_module({name!r}, "
@@ -502,15 +505,36 @@ class LocalSandbox:
         """Register a call for when the sandbox ends by itself (its agent died)."""
         self._gone_callbacks.append(callback)
 
-    def pause(self) -> None:
-        """Freeze every process of the sandbox (E2B pause keeps memory state)."""
+    async def pause(self) -> None:
+        """Freeze every process of the sandbox (E2B pause keeps memory state); return once
+        all have stopped, so that nothing in the sandbox runs after the pause is answered.
+        OSError (and the sandbox runs on) if they cannot be stopped within PAUSE_TIMEOUT."""
         if self.cgroups.version is not None:
             self.cgroups.freeze(True)
+            stopped = self.cgroups.is_frozen
         elif self.isolated:
             self._signal_all(signal.SIGSTOP)  # no freezer here: stop each process instead
+            stopped = self._all_stopped
         else:
             raise OSError("pausing without isolation needs a writable cgroup freezer")
-        self.paused = True
+        self.paused = True  # from now on: a second pause meanwhile is told it is paused
+        deadline = asyncio.get_running_loop().time() + PAUSE_TIMEOUT
+        while not stopped():
+            if not self.paused or self.killed.is_set():
+                return  # resumed or killed meanwhile: nothing left to wait for
+            if asyncio.get_running_loop().time() > deadline:
+                self.resume()
+                raise OSError(f"its processes did not all stop within {PAUSE_TIMEOUT:.0f} s")
+            await asyncio.sleep(_PAUSE_POLL)
+
+    def _all_stopped(self) -> bool:
+        """Whether every live process is stopped (state T) or gone."""
+        for pid in self.live_pids():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if stat.rpartition(")")[2].split()[0] not in ("T", "t", "Z", "X"):
+                    return False
+        return True
 
     def resume(self) -> None:
         """Thaw a paused sandbox."""

@@ -327,7 +327,7 @@ class ControlPlane:
             if wants_memory(body) is False:  # keep_memory=False / mode="filesystem"
                 paused = await filesystem_pause(self.registry, entry)
             else:  # left out means E2B's default, a full pause: the freezer keeps memory
-                paused = self.registry.pause(entry)
+                paused = await self.registry.pause(entry)
         except OSError as exc:
             raise ServiceError(500, f"cannot pause this sandbox: {exc}") from None
         if not paused:

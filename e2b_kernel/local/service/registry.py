@@ -210,11 +210,11 @@ class Registry:
             entry.end_at = wanted
             entry.deadline_changed.set()
 
-    def pause(self, entry: Entry) -> bool:
+    async def pause(self, entry: Entry) -> bool:
         """Freeze a running sandbox; False if it was already paused."""
         if entry.sandbox.paused:
             return False
-        entry.sandbox.pause()
+        await entry.sandbox.pause()
         entry.pause_mode = "full"
         entry.deadline_changed.set()
         return True
@@ -265,7 +265,7 @@ class Registry:
             if entry.auto_pause:
                 log.info("sandbox %s timed out: pausing (autoPause)", entry.sandbox_id)
                 try:
-                    self.pause(entry)
+                    await self.pause(entry)
                     continue
                 except OSError:
                     log.exception("sandbox %s: pause failed, killing it", entry.sandbox_id)

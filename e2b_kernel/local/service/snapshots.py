@@ -10,6 +10,7 @@ kept (``mode="full"``) gets a 400 that says so, instead of a snapshot missing wh
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -20,6 +21,8 @@ from ..sandbox.fs_snapshot import SnapshotError, drop_processes
 from .errors import ServiceError
 from .params import decode_token, encode_token, int_param, timeout_field
 from .registry import Entry, Registry
+
+log = logging.getLogger("e2b_kernel.local")
 
 MEMORY_REFUSED = (
     "the local E2B service keeps only the filesystem in a snapshot: memory and running "
@@ -47,7 +50,7 @@ async def filesystem_pause(registry: Registry, entry: Entry) -> bool:
     if entry.sandbox.paused:
         return False
     await reset_processes(entry)
-    paused = registry.pause(entry)
+    paused = await registry.pause(entry)
     entry.pause_mode = "filesystem"
     return paused
 
@@ -102,7 +105,12 @@ class SnapshotRoutes:
             raise snapshot_error(exc) from None
         finally:
             if was_paused and not entry.sandbox.killed.is_set():
-                entry.sandbox.pause()
+                try:
+                    await entry.sandbox.pause()
+                except OSError as exc:  # the snapshot is taken; the sandbox runs on, and says so
+                    log.warning(
+                        "sandbox %s: not paused again after its snapshot: %s", entry.sandbox_id, exc
+                    )
 
     async def list_snapshots(self, request: Request) -> Response:
         """GET /snapshots?sandboxID=&name=&limit=&nextToken=: 200 [SnapshotInfo], paged."""
