@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import os
 import socket
 import textwrap
 import threading
@@ -498,6 +500,64 @@ def test_a_refusal_reaches_a_caller_that_is_still_sending(
             answer += chunk
         sender.join(30)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nok"), answer[-300:]
+
+
+LATE_SWITCHING_SERVER = textwrap.dedent(
+    """
+    import hashlib, os, socket, sys
+    port, expected = int(sys.argv[1]), int(sys.argv[2])
+    listener = socket.create_server(("127.0.0.1", port))
+    open(f"/tmp/listening-{port}", "w").close()
+    conn = listener.accept()[0]
+    data = b""
+    while b"\\r\\n\\r\\n" not in data:
+        data += conn.recv(65536)
+    rest = data.split(b"\\r\\n\\r\\n", 1)[1]
+    while not os.path.exists(f"/tmp/go-{port}"):  # the caller has sent all it sends
+        os.sched_yield()
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n"
+                 b"Connection: Upgrade\\r\\n\\r\\n")
+    digest, count = hashlib.sha256(rest), len(rest)
+    while count < expected and (chunk := conn.recv(65536)):
+        digest.update(chunk)
+        count += len(chunk)
+    conn.sendall(f"{count} {digest.hexdigest()}".encode())
+    conn.close()
+    """
+)
+
+
+def test_what_a_caller_sends_before_the_101_all_reaches_the_server(
+    local_service: RunningService, sandbox: Sandbox
+) -> None:
+    """Bytes a caller sends after its upgrade request, before the server has switched
+    protocols, are held for the server: past the hold's 64 KiB the chunk that overflowed it
+    was dropped (the stream then arrived with a hole in it)."""
+    port = 3106
+    sandbox.files.write("/home/user/late.py", LATE_SWITCHING_SERVER)
+    payload = os.urandom(256 << 10)
+    server = f"python /home/user/late.py {port} {len(payload)}"
+    sandbox.commands.run(server, background=True, timeout=0)
+    wait_for(lambda: sandbox.files.exists(f"/tmp/listening-{port}"), 30, "the late server")
+    address = urlsplit(local_service.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as raw:
+        raw.sendall(_raw_upgrade(local_service, sandbox, port))
+        sender = threading.Thread(target=raw.sendall, args=(payload,))
+        sender.start()
+        sender.join(5)  # all sent, or the service stopped reading (then the rest follows)
+        sandbox.files.write(f"/tmp/go-{port}", "")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += raw.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+        sender.join(30)
+        report = answer.split(b"\r\n\r\n", 1)[1]
+        raw.settimeout(10)
+        with contextlib.suppress(TimeoutError):  # the server still waits for bytes lost here
+            while chunk := raw.recv(65536):
+                report += chunk
+    expected = f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
+    assert report.decode() == expected
 
 
 def _send_quietly(raw: socket.socket, data: bytes) -> None:

@@ -208,9 +208,8 @@ class _Inward(asyncio.Protocol):
         if self._mode == "drop":
             return
         if self._mode == "hold":
-            if len(self._held) < _HELD_MAX:
-                self._held += data
-            else:
+            self._held += data  # never dropped: past the bound, reading pauses instead
+            if len(self._held) >= _HELD_MAX:
                 self._client.pause_reading()
             return
         assert self._tunnel is not None
