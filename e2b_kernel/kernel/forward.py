@@ -321,10 +321,11 @@ class JupyterForwarder:
                 parts = guard_parts(msg_type, parts) or self._unreadable_reply(parts, msg_type)
         if route.channel == "control":
             self._send_control(route.stream, parts, route.idents)
-        elif getattr(route.stream, "sending", lambda: True)():
+        else:
+            # Through the stream, never on its socket: a send behind the stream's back takes
+            # the socket's edge-triggered read event with it, and a request arriving at that
+            # moment was never read (the front end waited for ever; ipykernel's "wedge").
             self.session.send_raw(route.stream, parts, ident=route.idents)
-        else:  # nothing queued in the stream to overtake: send now, not on its next turn
-            self.session.send_raw(route.stream.socket, parts, ident=route.idents)
 
     def _unreadable_reply(self, parts: Parts, msg_type: str) -> Parts:
         self.log.warning("replaced a %s from the sandbox that could not be read", msg_type)

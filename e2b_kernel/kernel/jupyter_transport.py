@@ -152,7 +152,9 @@ class JupyterTransport:
                 kernel_id,
                 sandbox_id=session.sandbox_id,
                 iopub=self.iopub_socket,
-                stdin=self.stdin_socket,
+                # Its stream, which reads input replies: a send on the socket behind the
+                # stream's back could leave one unread (see JupyterForwarder's replies).
+                stdin=self._stdin_stream or self.stdin_socket,
                 send_control=self._send_control,
                 banner=lambda: self.banner,  # type: ignore[attr-defined]
                 on_busy=session.hold_busy,

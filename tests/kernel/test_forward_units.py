@@ -14,6 +14,7 @@ import uuid
 import pytest
 import zmq
 from jupyter_client.session import Session
+from zmq.eventloop.zmqstream import ZMQStream
 
 from e2b_kernel.core import kernel_channels
 from e2b_kernel.core.jupyter_server import JupyterEndpoint
@@ -147,6 +148,37 @@ def test_kernel_info_does_not_offer_subshells(sockets) -> None:
     assert reply["banner"].startswith("E2B Python") and "Remote kernel: IPython" in reply["banner"]
     # Front ends open help links: the sandbox's kernel may offer web pages only.
     assert reply["help_links"] == [docs]
+
+
+def test_a_request_that_arrives_as_a_reply_goes_out_is_still_read(sockets) -> None:
+    """The front end sends its next cell once the last one's 'idle' came, which is often just
+    as the relay writes that cell's reply. The reply went out on the shell stream's socket,
+    behind the stream's back: the send took the socket's edge-triggered read event, the
+    stream never woke for the new request, and the notebook waited for ever (ipykernel's
+    "wedge")."""
+
+    async def scenario() -> None:
+        shell, front, iopub = sockets
+        stream = ZMQStream(shell)  # the kernel's shell stream, on this loop
+        arrived = asyncio.Event()
+        stream.on_recv(lambda _msg: arrived.set())
+        session = Session(key=b"k")
+        relay = _forwarder(session, iopub)
+        first = session.msg("complete_request", {"code": "", "cursor_pos": 0})
+        relay.forward("shell", [b"front"], stream, _parts(session, first))
+        session.send(front, "execute_request", {"code": "2"})  # in the socket, not yet read
+        reply = session.msg("complete_reply", {"status": "ok", "matches": []}, parent=first)
+        relay._from_remote("shell", _parts(session, reply))
+        try:
+            await asyncio.wait_for(arrived.wait(), 5)
+        except asyncio.TimeoutError:
+            pytest.fail("the request that came in while the reply went out was never read")
+        assert front.poll(2000)
+        assert json.loads(front.recv_multipart()[2])["msg_type"] == "complete_reply"
+        stream.flush()
+        stream.close(linger=0)
+
+    asyncio.run(scenario())
 
 
 def test_a_comm_message_gets_no_reply_and_is_not_kept(sockets, monkeypatch) -> None:
