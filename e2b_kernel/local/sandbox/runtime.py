@@ -519,9 +519,11 @@ class LocalSandbox:
             raise OSError("pausing without isolation needs a writable cgroup freezer")
         self.paused = True  # from now on: a second pause meanwhile is told it is paused
         deadline = asyncio.get_running_loop().time() + PAUSE_TIMEOUT
-        while not stopped():
+        while True:
             if not self.paused or self.killed.is_set():
-                return  # resumed or killed meanwhile: nothing left to wait for
+                return  # resumed or killed meanwhile (asking v1 again would freeze it anew)
+            if stopped():
+                return
             if asyncio.get_running_loop().time() > deadline:
                 self.resume()
                 raise OSError(f"its processes did not all stop within {PAUSE_TIMEOUT:.0f} s")
