@@ -23,6 +23,10 @@ class ThreadService(ServiceRecord):
         self._loop = asyncio.new_event_loop()
         self._stopped = False
         self._failure: CannotListen | None = None
+        # uvicorn imports its protocol modules as it loads its config: done on this thread, as
+        # an import on a new thread while this one imports can fail with a KeyError on Python
+        # 3.11 (its import locks, CPython gh-87712).
+        self._core.server.config.load()
         self._thread = threading.Thread(target=self._run, name="e2b-local-service", daemon=True)
         self._thread.start()
         self._await_listening()

@@ -21,13 +21,19 @@ class LoopbackServer:
     """``with LoopbackServer(routes) as server:`` serves ``routes`` at ``server.url``."""
 
     def __init__(self, routes: list[Route]) -> None:
-        self.port = free_port()
+        # Bound here, so no other process can take the port between choosing and binding it.
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        config = uvicorn.Config(Starlette(routes=routes), log_level="warning")
+        # uvicorn imports its protocol modules when it loads its config; done on this thread,
+        # so the server thread imports nothing (Python 3.11's import locks can fail a thread's
+        # import with a KeyError while another thread imports: CPython gh-87712).
+        config.load()
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
 
     def __enter__(self) -> LoopbackServer:
         self._thread.start()
@@ -41,3 +47,4 @@ class LoopbackServer:
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(10)
+        self._socket.close()
