@@ -8,12 +8,9 @@ plain directories of the host disk, without a cap (``describe`` says so).
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import os
 from pathlib import Path
-
-from .subprocesses import start_process
 
 DEFAULT_DISK_MB = 2048
 # Inodes per MiB of the cap: one per 4 KiB. tmpfs charges the user extended attributes that
@@ -22,6 +19,7 @@ DEFAULT_DISK_MB = 2048
 # of the cap, and the disk holds four times the files that ext4's default ratio gives it.
 INODES_PER_MB = 256
 _MNT_DETACH = 2
+_MS_NOSUID, _MS_NODEV = 2, 4
 # The running process's own symbols include libc's; find_library("c") would run
 # `ldconfig -p` (tens of milliseconds) on every service start.
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -33,20 +31,20 @@ def can_cap_disk() -> bool:
 
 
 async def mount_disk(path: Path, size_mb: int) -> bool:
-    """Mount a tmpfs of size_mb at path (an empty dir); False when not possible here."""
+    """Mount a tmpfs of size_mb at path (an empty dir); False when not possible here.
+
+    One mount(2) call, not a ``mount`` process: a start cancelled while a process mounted
+    (the service stopping as its pool filled) went on to clean up before the mount was made,
+    and the mount outlived the service."""
     if not can_cap_disk():
         return False
-    proc = await start_process(
-        "mount", "-t", "tmpfs", "-o",
-        f"size={size_mb}m,nr_inodes={size_mb * INODES_PER_MB},mode=0755,nosuid,nodev",
-        "e2b-sandbox-disk", str(path),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise OSError(f"cannot mount the sandbox disk: {err.decode(errors='replace').strip()}")
+    options = f"size={size_mb}m,nr_inodes={size_mb * INODES_PER_MB},mode=0755"
+    done = _libc.mount(
+        b"e2b-sandbox-disk", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options.encode()
+    )
+    if done != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"cannot mount the sandbox disk: {os.strerror(code)}", str(path))
     return True
 
 
