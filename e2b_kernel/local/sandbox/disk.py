@@ -30,12 +30,12 @@ def can_cap_disk() -> bool:
     return os.geteuid() == 0
 
 
-async def mount_disk(path: Path, size_mb: int) -> bool:
+def mount_disk(path: Path, size_mb: int) -> bool:
     """Mount a tmpfs of size_mb at path (an empty dir); False when not possible here.
 
-    One mount(2) call, not a ``mount`` process: a start cancelled while a process mounted
-    (the service stopping as its pool filled) went on to clean up before the mount was made,
-    and the mount outlived the service."""
+    One mount(2) call, synchronous on purpose: with a ``mount`` process awaited, a start
+    cancelled meanwhile (the service stopping as its pool filled) went on to clean up before
+    the mount was made, and the mount outlived the service."""
     if not can_cap_disk():
         return False
     options = f"size={size_mb}m,nr_inodes={size_mb * INODES_PER_MB},mode=0755"

@@ -168,7 +168,7 @@ class LocalSandbox:
                     )
             self.disk_dir.mkdir(mode=0o755)
             if self.isolated:
-                self.disk_capped = await disk.mount_disk(self.disk_dir, self.disk_mb)
+                self.disk_capped = disk.mount_disk(self.disk_dir, self.disk_mb)
             self._make_dirs()
             if self.cgroups.version is not None:
                 self.cgroups.create()
