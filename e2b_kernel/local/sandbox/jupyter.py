@@ -163,6 +163,9 @@ class JupyterServer:
             self._ready.set_exception(
                 JupyterUnavailable(f"the Jupyter Server exited ({code}): {self.diagnostics()}")
             )
+            # Marked as seen: ready() raises it to whoever asks, and when the sandbox ended
+            # first nobody does (asyncio would log "exception was never retrieved").
+            self._ready.exception()
         elif not self.sandbox.killed.is_set():
             log.warning("sandbox %s: its Jupyter Server exited (%s)", self.sandbox.sandbox_id, code)
 

@@ -562,6 +562,21 @@ class LocalSandbox:
         await asyncio.shield(self._teardown)
 
     async def _kill(self) -> None:
+        try:
+            await self._end_processes()
+        finally:
+            # Even when that was cut short (an error, or the loop ending under it): a
+            # mounted disk would outlive the service, on the host.
+            self._remove_disk_and_dirs()
+        # Not when cut short: its processes may live on with these uids, which another
+        # sandbox must not get.
+        if self._uids is not None:
+            self._uids.release()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _end_processes(self) -> None:
         if self.paused:
             with contextlib.suppress(OSError):
                 self.resume()
@@ -578,17 +593,14 @@ class LocalSandbox:
         if self._network is not None:
             await self._network.close()
         await self._remove_cgroups()
+
+    def _remove_disk_and_dirs(self) -> None:
         try:
             disk.unmount_disk(self.disk_dir)
         except OSError:
             log.exception("sandbox %s: its disk could not be unmounted", self.sandbox_id)
         shutil.rmtree(self._root, ignore_errors=True)
         shutil.rmtree(self._beside_dir, ignore_errors=True)
-        if self._uids is not None:
-            self._uids.release()
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
 
     async def _stop_processes(self) -> None:
         if self._init_pid is not None:

@@ -141,11 +141,17 @@ class WarmPool:
             self._arrived.set()
 
     async def close(self) -> None:
-        """Stop refilling and kill every pooled sandbox."""
+        """Stop refilling and kill every pooled sandbox; every caller waits for the fill's end.
+
+        The fill is cancelled once: a second cancel would interrupt it while it waits for the
+        teardown of the sandbox it was starting, and close would return with that sandbox
+        still being torn down (its disk outlived the service when the loop ended then)."""
+        if not self._closed and self._filling is not None:
+            self._filling.cancel()
         self._closed = True
         if self._filling is not None:
-            self._filling.cancel()
+            # Shielded: a cancelled caller would otherwise pass its cancel on to the fill.
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._filling
+                await asyncio.shield(self._filling)
         ready, self._ready = self._ready, []
         await asyncio.gather(*(sandbox.kill() for sandbox, _ in ready), return_exceptions=True)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import string
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -97,7 +98,12 @@ class Registry:
         self.pool = WarmPool(pool_size, self._ready_sandbox, refill=pool_refill)
         self.state_dir = state_dir
         self._entries: dict[str, Entry] = {}
-        self._dying: set[LocalSandbox] = set()  # being killed; close() waits for them too
+        # Every sandbox made here that is still referenced: created, pooled, starting, or
+        # being torn down (its teardown task holds it), whoever began its end. close() waits
+        # for all of their teardowns: one the service's loop cancels as it ends leaves its
+        # disk mounted and its dirs behind.
+        self._made: weakref.WeakSet[LocalSandbox] = weakref.WeakSet()
+        self._closing: asyncio.Future[None] | None = None
         self.snapshots = SnapshotStore(state_dir / "snapshots")
 
     async def create(
@@ -147,13 +153,15 @@ class Registry:
 
     def new_sandbox(self, envs: dict[str, str], disk_mb: int | None = None) -> LocalSandbox:
         """A sandbox object with a fresh id, not started yet."""
-        return LocalSandbox(
+        sandbox = LocalSandbox(
             new_sandbox_id(),
             policy=self.policy,
             state_dir=self.state_dir,
             envs=envs,
             disk_mb=disk_mb,
         )
+        self._made.add(sandbox)
+        return sandbox
 
     async def _ready_sandbox(self) -> Ready:
         """A started sandbox with a started code interpreter, for the warm pool."""
@@ -232,11 +240,7 @@ class Registry:
         task = entry.expiry_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        self._dying.add(entry.sandbox)
-        try:
-            await entry.sandbox.kill()
-        finally:
-            self._dying.discard(entry.sandbox)
+        await entry.sandbox.kill()
         return True
 
     def _forget(self, sandbox_id: str) -> None:
@@ -245,10 +249,21 @@ class Registry:
             entry.expiry_task.cancel()
 
     async def close(self) -> None:
-        """Kill every sandbox, and wait for kills already under way (service shutdown)."""
+        """Kill every sandbox, and wait for kills already under way (service shutdown).
+
+        Callers at once (a stop signal, uvicorn's lifespan, the service's end) share one
+        close, and each waits for all of it; cancelling one caller does not cut it short. A
+        later call closes again what arrived since (a create that was under way)."""
+        if self._closing is None or self._closing.done():
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         await self.pool.close()
-        dying = [sandbox.kill() for sandbox in list(self._dying)]
-        await asyncio.gather(*(self.kill(sid) for sid in list(self._entries)), *dying)
+        await asyncio.gather(*(self.kill(sid) for sid in list(self._entries)))
+        # Sandboxes no entry or pool holds any more: an agent's exit, a kill or a start
+        # under way. LocalSandbox.kill is idempotent and waits for the one teardown.
+        await asyncio.gather(*(sandbox.kill() for sandbox in list(self._made)))
 
     async def _expire_when_due(self, entry: Entry) -> None:
         """Kill (or pause, with autoPause) the sandbox when its end time passes."""
