@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import IO, TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from .jupyter_server import (
     endpoint_for,
 )
 from .keepalive import KeepAlive
+from .remote_look import notebook_session
 from .sdk_errors import is_sandbox_gone, unavailable_message
 from .streaming import DONE, Event, start_run_code
 from .telemetry import execution_span
@@ -693,13 +695,14 @@ class SandboxSession:
 
     async def _install_carrier(self, sandbox: AsyncSandbox) -> None:
         """Once per Python context: keep the quotes of str results (a notebook user's view;
-        ``SandboxExecutor`` keeps E2B's own ``text``)."""
+        ``SandboxExecutor`` keeps E2B's own ``text``), and name the notebook in ``__session__``
+        as python3 does (from the ``JPY_SESSION_NAME`` Jupyter gave this process)."""
         if self._carrier_in == sandbox.sandbox_id:
             return
+        session_name = os.environ.get("JPY_SESSION_NAME") or None
+        code = text_plain_carrier_code() + "\n" + notebook_session(session_name)
         try:
-            result = await asyncio.wait_for(
-                self._run_hidden_now(sandbox, text_plain_carrier_code()), 30
-            )
+            result = await asyncio.wait_for(self._run_hidden_now(sandbox, code), 30)
         except E2BKernelError:
             raise
         except Exception as exc:

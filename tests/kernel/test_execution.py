@@ -128,6 +128,26 @@ def test_a_fresh_namespace_is_empty_as_on_python3(
     assert [o.content.get("text") for o in outputs] == ["Interactive namespace is empty.\n"]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+def test_the_notebook_names_its_session_as_on_python3(
+    start_kernel: StartKernel, backend_env: BackendEnv
+) -> None:
+    """ipykernel sets ``__session__`` from the ``JPY_SESSION_NAME`` its Jupyter Server passes
+    (the notebook's path); the sandbox's kernel had its own server's session id instead, and
+    on the execute transport no name at all. After a restart too."""
+    named = start_kernel(backend_env(JPY_SESSION_NAME="/home/me/analysis.ipynb"))
+    asked = "__session__, __import__('os').environ.get('JPY_SESSION_NAME')"
+    expected = "('/home/me/analysis.ipynb', '/home/me/analysis.ipynb')"
+    assert named.value(asked) == expected
+    named.km.restart_kernel(now=False)
+    named.kc.wait_for_ready(timeout=60)
+    assert named.value(asked) == expected
+    named.shutdown()
+    unnamed = start_kernel(backend_env())
+    asked = "'__session__' in globals(), 'JPY_SESSION_NAME' in __import__('os').environ"
+    assert unnamed.value(asked) == "(False, False)"  # python3 started without a name
+
+
 # Counts what the sandbox's kernel derives from results beyond python3's own formatters:
 # E2B's e2b/data copy of a DataFrame (its every value: 9 s for a million rows, a killed kernel
 # for six million) and application/json copy of a list.

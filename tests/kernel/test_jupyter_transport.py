@@ -264,23 +264,6 @@ def test_restart_gives_fresh_state_and_keeps_files(
     kernel.shutdown()
 
 
-def test_the_notebook_names_its_session_as_on_python3(
-    start_kernel: StartKernel, jupyter_env: Callable[..., dict], kernel: Kernel
-) -> None:
-    """ipykernel sets ``__session__`` from the ``JPY_SESSION_NAME`` its Jupyter Server passes
-    (the notebook's path); the sandbox's kernel had its own server's session id instead."""
-    named = start_kernel(jupyter_env(JPY_SESSION_NAME="/home/me/analysis.ipynb"))
-    asked = "__session__, __import__('os').environ.get('JPY_SESSION_NAME')"
-    expected = "('/home/me/analysis.ipynb', '/home/me/analysis.ipynb')"
-    assert named.value(asked) == expected
-    named.km.restart_kernel(now=False)
-    named.kc.wait_for_ready(timeout=60)
-    assert named.value(asked) == expected
-    named.shutdown()
-    unnamed = "'__session__' in globals(), 'JPY_SESSION_NAME' in __import__('os').environ"
-    assert kernel.value(unnamed) == "(False, False)"  # python3 started without a name
-
-
 def test_no_message_of_the_relays_own_requests_reaches_the_front_end(
     start_kernel: StartKernel, jupyter_env: Callable[..., dict]
 ) -> None:
