@@ -31,8 +31,14 @@ def test_kill_list_connect_envs_and_pty_sync() -> None:
         assert sbx.commands.run("echo $ONLY", envs={"ONLY": "x"}).stdout == "x\n"
         assert sbx.commands.run("echo [$ONLY]").stdout == "[]\n"  # scoped to that command
 
-        counter = sbx.commands.run("for i in 1 2 3; do echo $i; sleep 0.2; done", background=True)
-        assert other.commands.connect(counter.pid).wait().stdout.split()[-1] == "3"
+        # The counter waits for a file written after the connection, so it cannot end first.
+        counter = sbx.commands.run(
+            "until [ -e /tmp/go ]; do sleep 0.05; done; for i in 1 2 3; do echo $i; done",
+            background=True,
+        )
+        attached = other.commands.connect(counter.pid)
+        sbx.files.write("/tmp/go", "")
+        assert attached.wait().stdout.split()[-1] == "3"
 
         terminal = sbx.pty.create(PtySize(rows=24, cols=80))
         other.pty.resize(terminal.pid, PtySize(rows=33, cols=101))
@@ -110,10 +116,12 @@ def test_a_command_ends_when_it_exits_though_a_child_it_left_holds_its_output() 
         assert not any("sleep 600" in line for line in listed)  # a child, not a command
         assert sbx.commands.run("pgrep -x sleep").stdout.strip()  # ... and still running
 
-        terminal = sbx.pty.create(PtySize(rows=24, cols=80), timeout=0)
+        # The handle create returns carries the terminal's events: connecting after the input
+        # was sent could come after the shell ended and was forgotten (not_found, as on E2B).
+        terminal = sbx.pty.create(PtySize(rows=24, cols=80), timeout=20)
         sbx.pty.send_stdin(terminal.pid, b"sleep 600 &\nexit 3\n")
         with pytest.raises(CommandExitException) as shell:
-            sbx.pty.connect(terminal.pid, timeout=20).wait()
+            terminal.wait()
         assert shell.value.exit_code == 3
     finally:
         sbx.kill()
@@ -161,9 +169,9 @@ def test_a_commands_timeout_kills_it_though_no_one_reads_it_any_more() -> None:
     was kept only by the stream, so a command whose caller disconnected ran for ever."""
     sbx = Sandbox.create(timeout=120)
     try:
-        detached = sbx.commands.run("sleep 301", background=True, timeout=2)
+        other = Sandbox.connect(sbx.sandbox_id)  # before the deadline starts to run
+        detached = sbx.commands.run("sleep 301", background=True, timeout=3)
         detached.disconnect()
-        other = Sandbox.connect(sbx.sandbox_id)
         attached = other.commands.connect(detached.pid, timeout=0)  # a reader, not its deadline
         with pytest.raises(TimeoutException):
             sbx.commands.run("sleep 302", timeout=2)
