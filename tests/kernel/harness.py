@@ -62,6 +62,10 @@ class Kernel:
         self.kc: BlockingKernelClient = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
+        # Messages read while waiting for another request's, kept for their own request: a
+        # request whose idle arrived while another was collected is collected all the same.
+        self._iopub_kept: dict[str, list[tuple[dict[str, Any], float]]] = {}
+        self._replies_kept: dict[str, dict[str, Any]] = {}
 
     @property
     def pid(self) -> int:
@@ -74,31 +78,47 @@ class Kernel:
         """Outputs of one request until its 'idle' status, then its reply."""
         outputs: list[Output] = []
         deadline = time.monotonic() + timeout
+        kept = self._iopub_kept.pop(msg_id, [])
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no idle status within {timeout} s; got {outputs}")
-            try:
-                msg = self.kc.get_iopub_msg(timeout=remaining)
-            except Empty:
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
+            if kept:
+                msg, at = kept.pop(0)
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no idle status within {timeout} s; got {outputs}")
+                try:
+                    msg = self.kc.get_iopub_msg(timeout=remaining)
+                except Empty:
+                    continue
+                at = time.monotonic()
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    self._keep(msg, at)
+                    continue
             if msg["msg_type"] == "status":
                 if msg["content"]["execution_state"] == "idle":
                     break
                 continue
             if msg["msg_type"] != "execute_input":
-                outputs.append(Output(msg, time.monotonic()))
+                outputs.append(Output(msg, at))
         reply = self.reply(msg_id, timeout=max(1.0, deadline - time.monotonic()))
         return reply, outputs
 
+    def _keep(self, msg: dict[str, Any], at: float) -> None:
+        parent = msg["parent_header"].get("msg_id")
+        if parent:
+            self._iopub_kept.setdefault(parent, []).append((msg, at))
+
     def reply(self, msg_id: str, timeout: float = 90) -> dict[str, Any]:
+        if msg_id in self._replies_kept:
+            return self._replies_kept.pop(msg_id)
         deadline = time.monotonic() + timeout
         while True:
             msg = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") == msg_id:
+            parent = msg["parent_header"].get("msg_id")
+            if parent == msg_id:
                 return dict(msg["content"])
+            if parent:
+                self._replies_kept[parent] = dict(msg["content"])
 
     def run(self, code: str, timeout: float = 90) -> tuple[dict[str, Any], list[Output]]:
         return self.collect(self.send(code), timeout)
@@ -147,6 +167,7 @@ class Kernel:
                 continue
             if wanted(msg):
                 return
+            self._keep(msg, time.monotonic())
         raise TimeoutError(f"{missing} within {timeout} s")
 
     def banner(self) -> str:

@@ -45,7 +45,7 @@ def test_streams_arrive_while_the_cell_runs_in_order(
     code = (
         "import sys, time\n"
         "print('first', flush=True)\n"
-        "time.sleep(2)\n"
+        "time.sleep(3)\n"  # 2 s more than the gap asked for below: room for a loaded machine
         "print('second')\n"
         "print('to stderr', file=sys.stderr)\n"
         "from IPython.display import display, HTML\n"

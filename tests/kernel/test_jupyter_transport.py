@@ -159,7 +159,7 @@ def test_interrupt_stops_the_remote_cell_promptly(
     reply, _ = kernel.collect(msg_id, timeout=30)
     elapsed = time.monotonic() - started
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
-    assert elapsed < 5.0, f"interrupt took {elapsed:.2f} s"  # 1 s: see bench/kernel.py
+    assert elapsed < 8.0, f"interrupt took {elapsed:.2f} s"  # 1 s: see bench/kernel.py
     assert kernel.value("kept") == "7"
 
 

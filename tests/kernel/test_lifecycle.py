@@ -64,7 +64,7 @@ def test_interrupt_stops_the_cell_and_keeps_state(
     # Promptly, not by a timeout. The "within 1 s" is measured by bench/kernel.py
     # (45 ms on jupyter, python3 32 ms, on an idle 2-core VM): a timed assertion at 1 s failed
     # once at 1.04 s, with the suite's other worker and this cell's busy loop on both cores.
-    assert elapsed < 5.0, f"the interrupted cell ended after {elapsed:.2f} s"
+    assert elapsed < 8.0, f"the interrupted cell ended after {elapsed:.2f} s"
     assert kernel.km.is_alive()
 
 
@@ -204,16 +204,19 @@ def test_private_backend_shutdown_leaves_no_process(
 def test_keepalive_across_idle_longer_than_the_sandbox_timeout(
     start_kernel: StartKernel, local_service: RunningService, transport: str
 ) -> None:
+    # 6 s, not less: the sandbox is created as the kernel process starts, and its first
+    # refresh comes only after the kernel's imports and a third of the timeout (about 2.2 s
+    # on an idle machine: 4 s left too little room on a loaded one).
     kernel, tag = start_tagged_kernel(
-        start_kernel, local_service, transport, E2B_KERNEL_SANDBOX_TIMEOUT="4"
+        start_kernel, local_service, transport, E2B_KERNEL_SANDBOX_TIMEOUT="6"
     )
     kernel.run("state = 'alive'")
     (sandbox_id,) = sandboxes.running_ids(local_service, tag)
-    time.sleep(9)  # the idle period under test: well past the 4 s sandbox timeout
+    time.sleep(13)  # the idle period under test: well past the 6 s sandbox timeout
     assert kernel.value("state") in {"alive", "'alive'"}  # E2B strips one pair of quotes
     assert sandboxes.running_ids(local_service, tag) == [sandbox_id]
     # Busy for longer than the timeout is fine too.
-    reply, _ = kernel.run("import time\ntime.sleep(9)\nstate")
+    reply, _ = kernel.run("import time\ntime.sleep(13)\nstate")
     assert reply["status"] == "ok"
 
 
@@ -335,8 +338,12 @@ def test_idle_pause_mode_resumes_with_state(
     # On a loaded machine its 3 s may be over already: paused counts too.
     (sandbox_id,) = sandboxes.running_ids(local_service, tag, paused_too=True)
     assert sandboxes.wait_for_state(local_service, sandbox_id, "paused") == "paused"
-    assert kernel.value("paused_value") in {"kept", "'kept'"}
+    # The cell resumes it, and keeps it busy while its state is read: idle again, it would
+    # pause 3 s after the resume, maybe before the first look.
+    cell = kernel.send("print(paused_value, flush=True)\nimport time\ntime.sleep(5)")
+    kernel.wait_for_stream(cell, "kept")
     assert sandboxes.wait_for_state(local_service, sandbox_id, "running", 5) == "running"
+    assert kernel.collect(cell)[0]["status"] == "ok"
 
 
 @ON_BOTH_TRANSPORTS

@@ -14,7 +14,6 @@ import socket
 import struct
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,20 +237,26 @@ def test_watch_reports_envd_kinds_recursively(sandbox: tuple[Path, Path]) -> Non
     client = Client("fs.watch", path="w", recursive=True, entries=True)
     try:
         assert client.reply == {"ok": True}
+        seen: list[tuple[str, str]] = []
+        client.sock.settimeout(10)
+
+        def read_until(wanted: tuple[str, str]) -> None:
+            while wanted not in seen:
+                event = client.read_json()
+                assert event is not None, f"the watch ended before {wanted}; saw {seen}"
+                seen.append((event["name"], event["type"]))
+                if event["type"] == "create" and event["name"] == "sub":
+                    assert event["entry"]["type"] == "dir"
+
         (home / "w" / "sub").mkdir()
-        time.sleep(0.2)  # the agent watches the new directory once it hears of it
+        # The agent watches the new directory before it reports it: once its create is read,
+        # what happens inside it is seen.
+        read_until(("sub", "create"))
         (home / "w" / "sub" / "f").write_text("1")
         (home / "w" / "sub" / "f").chmod(0o600)
         os.rename(home / "w" / "sub" / "f", home / "w" / "g")
         (home / "w" / "g").unlink()
-        seen: list[tuple[str, str]] = []
-        client.sock.settimeout(5)
-        while ("g", "remove") not in seen:
-            event = client.read_json()
-            assert event is not None
-            seen.append((event["name"], event["type"]))
-            if event["type"] == "create" and event["name"] == "sub":
-                assert event["entry"]["type"] == "dir"
+        read_until(("g", "remove"))
         for expected in [
             ("sub", "create"),
             ("sub/f", "create"),

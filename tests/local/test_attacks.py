@@ -982,8 +982,9 @@ def test_heavy_walk_does_not_delay_another_sandbox(
     # A walk on the service's own event loop stalls every request for a whole listing
     # (seconds each). What remains are garbage-collection pauses while the reply is assembled
     # (up to about 0.25 s on a 2-core VM for a 138,000-entry listing; see docs), which CI's
-    # other test worker can stretch (0.66 s seen): the bound tells the two apart with room.
-    assert max(latencies) < 1.5
+    # other test worker can stretch (0.66 s seen): the bound tells the two apart with room,
+    # and one probe alone may meet a moment with no core for the service at all.
+    assert sorted(latencies)[-2] < 1.5 and max(latencies) < 5, sorted(latencies)[-5:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1017,7 +1018,7 @@ def test_kill_all_as_root_leaves_the_sandbox_reported_gone(
 ) -> None:
     sandbox = fresh()
     _kill_all(sandbox, "root")
-    wait_for(lambda: _reported_gone(local_service, sandbox), timeout=5, what="reported gone")
+    wait_for(lambda: _reported_gone(local_service, sandbox), timeout=30, what="reported gone")
     assert sandbox.sandbox_id not in {s.sandbox_id for s in _listed(local_service)}
 
 
@@ -1029,7 +1030,7 @@ def test_kill_all_as_user_leaves_a_working_or_gone_sandbox(
     _kill_all(sandbox, "user")
     wait_for(
         lambda: _works(sandbox) or _reported_gone(local_service, sandbox),
-        timeout=5,
+        timeout=30,
         what="the sandbox to work or be reported gone",
     )
 

@@ -172,10 +172,11 @@ def test_nothing_in_the_sandbox_runs_once_pause_is_answered() -> None:
 
 
 def test_expiry_really_kills_the_sandbox() -> None:
-    sbx = BaseSandbox.create(timeout=3)
+    sbx = BaseSandbox.create(timeout=60)  # the short timeout is set once the process runs
     tag = marker()
     sbx.commands.run(f"exec -a {tag} sleep 600", background=True, timeout=0)
     wait_for(lambda: bool(host_pids_with(tag)), what="the marked process to start")
+    sbx.set_timeout(3)
     wait_for(lambda: not sbx.is_running(), timeout=60, what="the sandbox to expire")
     with pytest.raises(NotFoundException):
         sbx.get_info()
@@ -183,9 +184,10 @@ def test_expiry_really_kills_the_sandbox() -> None:
 
 
 def test_expiry_with_auto_pause_pauses_instead() -> None:
-    sbx = BaseSandbox.create(timeout=3, lifecycle={"on_timeout": "pause"})
+    sbx = BaseSandbox.create(timeout=60, lifecycle={"on_timeout": "pause"})
     try:
         sbx.files.write("a.txt", "x")
+        sbx.set_timeout(3)  # once the file is there
         wait_for(
             lambda: sbx.get_info().state == SandboxState.PAUSED,
             timeout=60,

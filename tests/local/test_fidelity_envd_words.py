@@ -124,11 +124,14 @@ def test_stdin_and_pty_input_refusals(sbx: Sandbox) -> None:
     finally:
         no_stdin.kill()
 
-    # The sleep keeps the process there for the second close (cat ends at the first).
-    with_stdin = sbx.commands.run("cat; sleep 2", background=True, stdin=True)
+    # The wait keeps the process there for the second close (cat ends at the first).
+    with_stdin = sbx.commands.run(
+        "cat; until [ -e /tmp/closed ]; do sleep 0.05; done", background=True, stdin=True
+    )
     sbx.commands.send_stdin(with_stdin.pid, "once\n")
     sbx.commands.close_stdin(with_stdin.pid)
     sbx.commands.close_stdin(with_stdin.pid)  # closing twice is no error either
+    sbx.files.write("/tmp/closed", "")
     assert with_stdin.wait().stdout == "once\n"
 
     terminal = sbx.pty.create(PtySize(rows=24, cols=80))

@@ -59,12 +59,12 @@ def test_stdout_arrives_while_the_cell_still_runs(sandbox: Sandbox) -> None:
     def on_stdout(message: OutputMessage) -> None:
         arrivals.append((time.monotonic(), message.line))
 
-    code = "import time\nprint('first', flush=True)\ntime.sleep(3)\nprint('second')"
+    code = "import time\nprint('first', flush=True)\ntime.sleep(4)\nprint('second')"
     execution = sandbox.run_code(code, on_stdout=on_stdout)
     finished = time.monotonic()
     assert [line for _, line in arrivals] == ["first\n", "second\n"]
     assert execution.logs.stdout == ["first\n", "second\n"]
-    # The first line came while time.sleep(3) was still running, not with the end of the cell.
+    # The first line came while time.sleep(4) was still running, not with the end of the cell.
     assert finished - arrivals[0][0] > 1.5
     assert arrivals[0][1] and arrivals[1][0] - arrivals[0][0] > 1.5
 

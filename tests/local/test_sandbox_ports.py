@@ -364,7 +364,9 @@ def test_a_port_that_answers_in_one_byte_chunks_leaves_the_service_serving(
                 if len(probes) >= 10:
                     break
     assert received > 0 and len(probes) == 10
-    assert max(probes) < 1.0, [f"{probe * 1000:.0f} ms" for probe in probes]
+    # The second slowest: one probe alone can meet a moment with no core for the service on
+    # a loaded 2-core machine; the flaw held every probe for seconds.
+    assert sorted(probes)[-2] < 1.0, [f"{probe * 1000:.0f} ms" for probe in probes]
 
 
 # Answers every request on a connection with a keep-alive "200 ok", as a server that refuses

@@ -107,7 +107,9 @@ def outputs_of(messages: list[dict[str, Any]], msg_type: str) -> list[dict[str, 
 
 
 def late_output(magic: Magic, msg_id: str, msg_type: str) -> dict[str, Any]:
-    """The content of the first ``msg_type`` message a cell sends after it ended."""
+    """The content of the first ``msg_type`` message a cell sends after it ended (the cells
+    that test this send it 3 s after they end: a loaded machine took longer than 0.5 s to
+    end a cell here)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -300,7 +302,7 @@ def test_outputs_that_would_run_code_in_the_browser_are_held_back(magic: Magic) 
     msg_id = magic.send(
         "%%e2b\nimport threading, time\n"
         "from IPython.display import HTML, Javascript, display\n"
-        "def late():\n    time.sleep(0.5)\n"
+        "def late():\n    time.sleep(3)\n"
         "    display(HTML('<img src=x onerror=alert(3)>'))\n"
         "threading.Thread(target=late).start()\n"
         "display(Javascript('alert(1)'))\n"
@@ -436,7 +438,7 @@ def test_what_a_cells_threads_print_after_it_ended_lands_in_that_cell(magic: Mag
     its output shows in that cell. It used to be dropped."""
     msg_id = magic.send(
         "%%e2b\nimport threading, time\n"
-        "def late():\n    time.sleep(0.5)\n    print('late thread', flush=True)\n"
+        "def late():\n    time.sleep(3)\n    print('late thread', flush=True)\n"
         "threading.Thread(target=late).start()\nprint('cell done')"
     )
     reply, messages = magic.collect(msg_id)
