@@ -44,7 +44,9 @@ def tagged(pooled: RunningService, tagged_sandboxes: Tagged) -> Tagged:
 
 def _pool_ready(service: RunningService) -> None:
     pool = service._core.registry.pool  # type: ignore[attr-defined]
-    _wait_for(lambda: pool.ready_count == 1, "the warm pool's sandbox")
+    # A refill boots at idle priority: other test workers busy on every core hold it back for
+    # as long as they are (more than 30 s was seen at -n 4 on two cores).
+    _wait_for(lambda: pool.ready_count == 1, "the warm pool's sandbox", timeout=120)
 
 
 @pytest.fixture
