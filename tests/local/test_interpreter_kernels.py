@@ -97,3 +97,43 @@ def test_a_request_aborted_by_stop_on_error_ends_with_execution_aborted(tmp_path
         },
         {"type": "end_of_execution"},
     ]
+
+
+@pytest.mark.timeout(120)
+def test_a_reply_that_comes_after_idle_still_fails_the_cell(tmp_path: Path) -> None:
+    """IPython shows an exception group as stderr text: only the shell reply says the cell
+    failed. ipykernel sends that reply before 'idle', but on another socket (through the
+    kernel bridge); on a loaded CI machine it came more than 1 s after 'idle', and the cell
+    was reported ok. Here the reply is held back 1.5 s after it arrives."""
+    code = "raise ExceptionGroup('g', [ValueError(1)])"
+
+    async def scenario() -> list[dict]:
+        loop = asyncio.get_running_loop()
+        context = Context(HostSandbox(tmp_path), "python", str(tmp_path))
+        await context.start()
+        try:
+            kernel = context.kernel
+            assert kernel is not None
+            arriving = kernel.reply_for
+
+            def held_back(msg_id: str) -> asyncio.Future | None:
+                real = arriving(msg_id)
+                if real is None:
+                    return None
+                late: asyncio.Future = loop.create_future()
+
+                def pass_on(arrived: asyncio.Future) -> None:
+                    if not arrived.cancelled() and not late.done():
+                        late.set_result(arrived.result())
+
+                real.add_done_callback(lambda arrived: loop.call_later(1.5, pass_on, arrived))
+                return late
+
+            kernel.reply_for = held_back  # type: ignore[method-assign]
+            return [line async for line in Execution(context, code, asyncio.Event()).lines()]
+        finally:
+            await context.close()
+
+    lines = asyncio.run(scenario())
+    assert [line["type"] for line in lines][-2:] == ["error", "end_of_execution"], lines
+    assert lines[-2]["name"] == "ExceptionGroup"

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0  # seconds of kernel silence before a keepalive line (as E2B)
 INTERRUPT_GRACE = 15.0  # how long an interrupted cell may take to reach idle before we move on
+REPLY_AFTER_IDLE = 30.0  # how long a finished cell's shell reply may lag its 'idle' on iopub
 _ABORTED = ("abort", "aborted")
 _prefix_counter = itertools.count(1)
 
@@ -235,29 +236,30 @@ class Execution:
                 yield line
             if is_idle(msg) and input_seen:
                 break
+        # The reply can say what iopub did not (an exception group is only stderr text there,
+        # and the reply's error): wait for it. ipykernel sends it before 'idle', but on another
+        # socket, through the bridge: on a loaded machine it came more than 1 s after 'idle'.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPLY_AFTER_IDLE
+        while reply is not None and not reply.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or kernel.died.is_set():
+                log.warning("kernel %s: no reply to a finished cell", kernel.prefix)
+                break
+            if self.stop.is_set():
+                self.outcome = "stopped"
+                kernel.untrack(self.msg_id)
+                return
+            if not await _settled(
+                reply, self.stop, kernel.died, timeout=min(remaining, KEEPALIVE_INTERVAL)
+            ):
+                yield ndjson.KEEPALIVE
         self.outcome = "finished"
-        final = await self._final_reply(reply)
         kernel.untrack(self.msg_id)
+        final = _reply_error(reply)
         if final is not None and not error_written:
             yield final
         yield ndjson.END_OF_EXECUTION
-
-    async def _final_reply(
-        self, reply: asyncio.Future[dict[str, Any]] | None
-    ) -> dict[str, Any] | None:
-        """An error line from the shell reply when iopub carried none (abort, or error)."""
-        if reply is None:
-            return None
-        try:
-            msg = await asyncio.wait_for(asyncio.shield(reply), 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            return None
-        content = msg.get("content", {})
-        if content.get("status") == "error":
-            return ndjson.error_line(
-                content.get("ename", ""), content.get("evalue", ""), content.get("traceback", [])
-            )
-        return None
 
     async def wait_interrupted(self) -> None:
         """After an interrupt, wait (bounded) for idle so the next cell is not aborted."""
@@ -322,6 +324,31 @@ async def _until_done(kernel: Kernel, futures: list[asyncio.Future[Any]], timeou
         for task in (everything, died):
             task.cancel()
     return all(future.done() and not future.cancelled() for future in futures)
+
+
+async def _settled(future: asyncio.Future[Any], *events: asyncio.Event, timeout: float) -> bool:
+    """Wait until `future` is done or one of `events` is set; False if `timeout` passed first."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        done, _ = await asyncio.wait(
+            {future, *waiters}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)
+
+
+def _reply_error(reply: asyncio.Future[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """An error line from the shell reply when it says error (iopub may have carried none)."""
+    if reply is None or not reply.done() or reply.cancelled():
+        return None
+    content = reply.result().get("content", {})
+    if content.get("status") != "error":
+        return None
+    return ndjson.error_line(
+        content.get("ename", ""), content.get("evalue", ""), content.get("traceback", [])
+    )
 
 
 def _flag_abort(reply: asyncio.Future[dict[str, Any]], aborted: asyncio.Event) -> None:
