@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 5.0  # seconds of kernel silence before a keepalive line (as E2B)
 INTERRUPT_GRACE = 15.0  # how long an interrupted cell may take to reach idle before we move on
-REPLY_AFTER_IDLE = 30.0  # how long a finished cell's shell reply may lag its 'idle' on iopub
+REPLY_AFTER_IDLE = 5.0  # how long a finished cell's shell reply may lag its 'idle' on iopub
 _ABORTED = ("abort", "aborted")
 _prefix_counter = itertools.count(1)
 
@@ -239,6 +239,7 @@ class Execution:
         # The reply can say what iopub did not (an exception group is only stderr text there,
         # and the reply's error): wait for it. ipykernel sends it before 'idle', but on another
         # socket, through the bridge: on a loaded machine it came more than 1 s after 'idle'.
+        kernel.stop_routing(self.msg_id)  # nothing reads its queue any more
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REPLY_AFTER_IDLE
         while reply is not None and not reply.done():

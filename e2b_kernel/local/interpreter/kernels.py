@@ -438,8 +438,17 @@ class Kernel:
     def _routed_ids(self) -> Iterable[bytes]:
         return [msg_id.encode() for msg_id in self._routes]
 
+    def stop_routing(self, msg_id: str) -> None:
+        """Drop `msg_id`'s later iopub messages instead of queueing them for a reader that is
+        gone. A full queue holds the iopub reader (and the kernel bridge, one thread, with it:
+        a shell reply behind them would never come), so what it holds is dropped too, which
+        lets a reader waiting to put one go on."""
+        queue = self._routes.pop(msg_id, None)
+        while queue is not None and not queue.empty():
+            queue.get_nowait()
+
     def untrack(self, msg_id: str) -> None:
-        self._routes.pop(msg_id, None)
+        self.stop_routing(msg_id)
         future = self._replies.pop(msg_id, None)
         if future is not None and not future.done():
             future.cancel()
