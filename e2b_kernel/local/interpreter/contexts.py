@@ -239,22 +239,18 @@ class Execution:
         # The reply can say what iopub did not (an exception group is only stderr text there,
         # and the reply's error): wait for it. ipykernel sends it before 'idle', but on another
         # socket, through the bridge: on a loaded machine it came more than 1 s after 'idle'.
+        # (At most KEEPALIVE_INTERVAL: no keepalive line is owed meanwhile.)
         kernel.stop_routing(self.msg_id)  # nothing reads its queue any more
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + REPLY_AFTER_IDLE
-        while reply is not None and not reply.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0 or kernel.died.is_set():
-                log.warning("kernel %s: no reply to a finished cell", kernel.prefix)
-                break
+        if (
+            reply is not None
+            and not reply.done()  # usually it is here already
+            and not await _until_done(kernel, [reply], REPLY_AFTER_IDLE, also=self.stop)
+        ):
             if self.stop.is_set():
                 self.outcome = "stopped"
                 kernel.untrack(self.msg_id)
                 return
-            if not await _settled(
-                reply, self.stop, kernel.died, timeout=min(remaining, KEEPALIVE_INTERVAL)
-            ):
-                yield ndjson.KEEPALIVE
+            log.warning("kernel %s: no reply to a finished cell", kernel.prefix)
         self.outcome = "finished"
         kernel.untrack(self.msg_id)
         final = _reply_error(reply)
@@ -315,29 +311,25 @@ async def settle_aborts(kernel: Kernel | None, timeout: float = INTERRUPT_GRACE)
         log.warning("kernel %s still aborts requests %.0f s after an error", kernel.prefix, timeout)
 
 
-async def _until_done(kernel: Kernel, futures: list[asyncio.Future[Any]], timeout: float) -> bool:
-    """Wait for all `futures`; False if the kernel died or `timeout` passed first."""
+async def _until_done(
+    kernel: Kernel,
+    futures: list[asyncio.Future[Any]],
+    timeout: float,
+    also: asyncio.Event | None = None,
+) -> bool:
+    """Wait for all `futures`; False if the kernel died, `also` was set or `timeout` passed
+    first."""
     everything = asyncio.ensure_future(asyncio.wait(futures))
-    died = asyncio.ensure_future(kernel.died.wait())
-    try:
-        await asyncio.wait({everything, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (everything, died):
-            task.cancel()
-    return all(future.done() and not future.cancelled() for future in futures)
-
-
-async def _settled(future: asyncio.Future[Any], *events: asyncio.Event, timeout: float) -> bool:
-    """Wait until `future` is done or one of `events` is set; False if `timeout` passed first."""
+    events = [kernel.died] if also is None else [kernel.died, also]
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
-        done, _ = await asyncio.wait(
-            {future, *waiters}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        await asyncio.wait(
+            {everything, *waiters}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        for waiter in waiters:
-            waiter.cancel()
-    return bool(done)
+        for task in (everything, *waiters):
+            task.cancel()
+    return all(future.done() and not future.cancelled() for future in futures)
 
 
 def _reply_error(reply: asyncio.Future[dict[str, Any]] | None) -> dict[str, Any] | None:
