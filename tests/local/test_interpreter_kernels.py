@@ -137,3 +137,42 @@ def test_a_reply_that_comes_after_idle_still_fails_the_cell(tmp_path: Path) -> N
     lines = asyncio.run(scenario())
     assert [line["type"] for line in lines][-2:] == ["error", "end_of_execution"], lines
     assert lines[-2]["name"] == "ExceptionGroup"
+
+
+class SpawnFailingSandbox(HostSandbox):
+    """A sandbox whose kernel cannot be spawned (its agent refused, say); it keeps the
+    bridge process it started beside, to be looked at afterwards."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.bridges: list[asyncio.subprocess.Process] = []
+        self.bridge_started = asyncio.Event()
+
+    async def spawn(self, argv: list[str], **kwargs: object) -> asyncio.subprocess.Process:
+        await asyncio.wait_for(self.bridge_started.wait(), 30)  # it was started first
+        raise OSError("the agent refused the spawn")
+
+    async def start_beside(
+        self, argv: list[str], pass_fds: tuple[int, ...]
+    ) -> tuple[asyncio.subprocess.Process, Path, int]:
+        process, folder, uid = await super().start_beside(argv, pass_fds)
+        self.bridges.append(process)
+        self.bridge_started.set()
+        return process, folder, uid
+
+
+@pytest.mark.timeout(60)
+def test_a_kernel_that_fails_to_start_leaves_no_bridge_running(tmp_path: Path) -> None:
+    """The bridge process starts before the kernel (so its start costs the first cell
+    nothing); when the kernel then cannot start, the bridge must end too."""
+    sandbox = SpawnFailingSandbox(tmp_path)
+
+    async def scenario() -> None:
+        context = Context(sandbox, "python", str(tmp_path))
+        with pytest.raises(Exception, match="the agent refused the spawn"):
+            await context.start()
+        await context.close()
+
+    asyncio.run(scenario())
+    assert len(sandbox.bridges) == 1
+    assert sandbox.bridges[0].returncode is not None, "the bridge still runs"

@@ -231,11 +231,20 @@ class Kernel:
 
     async def start(self, cwd: str) -> None:
         """Start the kernel in the sandbox and wait until shell and iopub both answer."""
-        info = await self._launch(cwd)
+        # The bridge's process starts first, while the kernel does (for a kernel of the
+        # sandbox's Jupyter Server, while that server still comes up): its own start then
+        # costs the first cell nothing. It gets the kernel's sockets once they exist.
+        bridge = asyncio.ensure_future(self._spawn_bridge())
+        try:
+            info = await self._launch(cwd)
+        except BaseException:
+            # Not cancelled: a process half started could be lost. Once it runs, it is ended.
+            await asyncio.wait([bridge])
+            if not bridge.cancelled() and bridge.exception() is None:
+                await self._stop_bridge()
+            raise
         self._spawn_task(self._watch_process())
         try:
-            # The bridge's process starts while the kernel does; it gets the sockets later.
-            bridge = asyncio.ensure_future(self._spawn_bridge())
             try:
                 kernel_fds = await self._open_sockets()
             finally:

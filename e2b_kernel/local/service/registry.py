@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import secrets
 import string
@@ -165,17 +166,23 @@ class Registry:
 
     async def _ready_sandbox(self) -> Ready:
         """A started sandbox with a started code interpreter, for the warm pool."""
-        # Imported here, not with the registry: jupyter_client (~0.15 s) is only needed once
-        # the sandbox's processes run, and a private service starts the sandbox first.
-        from ..interpreter import CodeInterpreter
-
+        # Imported on a thread while the sandbox starts, not with the registry nor before the
+        # start: jupyter_client (0.1-0.2 s) is only needed once the sandbox's processes run,
+        # and for a private service the sandbox's Jupyter Server, started by sandbox.start(),
+        # is what the kernel's first cell waits for longest.
+        interpreter_module = asyncio.ensure_future(
+            asyncio.to_thread(importlib.import_module, "..interpreter", __package__)
+        )
         sandbox = self.new_sandbox({})
-        # A refill must not slow what the machine does meanwhile (the start of the kernel
-        # whose create set it off, for one): it runs on CPU time nothing else wants. A pool
-        # that does not refill starts the sandbox its caller waits for: at full speed.
-        await sandbox.start(in_background=self.pool.refill)
         try:
-            interpreter = CodeInterpreter(sandbox)
+            # A refill must not slow what the machine does meanwhile (the start of the kernel
+            # whose create set it off, for one): it runs on CPU time nothing else wants. A
+            # pool that does not refill starts the sandbox its caller waits for: at full speed.
+            await sandbox.start(in_background=self.pool.refill)
+        finally:
+            await asyncio.wait([interpreter_module])
+        try:
+            interpreter = interpreter_module.result().CodeInterpreter(sandbox)
             await interpreter.start()
         except BaseException:
             await sandbox.kill()
