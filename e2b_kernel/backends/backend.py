@@ -19,7 +19,9 @@ from .handles import InProcessService, ServiceHandle
 __all__ = ["CLOUD_ISOLATION", "Backend"]
 
 CLOUD_ISOLATION = "E2B cloud microVM"
-_DYING_GRACE = 2.0  # seconds a service that broke a connection may take to be seen dead
+# Seconds a service that broke a connection may take to be seen dead, where that is not seen
+# at once (see ServiceHandle.death_seen_at_once).
+_DYING_GRACE = 2.0
 
 
 class Backend:
@@ -77,9 +79,12 @@ class Backend:
         service = self.service
         if service is None:
             return False
-        # Asked because a connection to it just broke: a service that is being killed can still
-        # look alive for a moment, so give it that moment before believing it.
-        deadline = time.monotonic() + _DYING_GRACE
+        # Asked because a connection to it just broke. Where a service that is being killed
+        # can still look alive for a moment, give it that moment before believing it; on
+        # Linux a live answer is final at once (a Jupyter Server that cannot be reached cost
+        # every request that moment).
+        grace = 0.0 if service.death_seen_at_once() else _DYING_GRACE
+        deadline = time.monotonic() + grace
         while await asyncio.to_thread(service.alive):
             if time.monotonic() > deadline:
                 return False

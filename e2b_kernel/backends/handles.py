@@ -12,6 +12,7 @@ The SDK reaches any of them with the same three settings (:meth:`ServiceHandle.s
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from typing import Any
@@ -20,6 +21,24 @@ from urllib.parse import urlsplit
 import psutil
 
 __all__ = ["InProcessService", "ServiceHandle", "SharedLocalService", "SharedView"]
+
+# Linux's task flag PF_EXITING (include/linux/sched.h): set as a process begins to exit, before
+# it frees its memory and closes its files, so before any peer sees its connections break.
+_PF_EXITING = 0x4
+
+
+def begun_to_exit(pid: int) -> bool | None:
+    """Whether process ``pid`` has begun to exit, is a zombie or is gone; None where there is
+    no Linux ``/proc`` to tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold spaces
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:
+        return True if os.path.isdir("/proc/self") else None
+    except OSError:
+        return None
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
 
 
 class ServiceHandle:
@@ -45,20 +64,31 @@ class ServiceHandle:
     def alive(self) -> bool:
         """Whether the service still runs and accepts connections.
 
-        A killed service closes its sockets before its process turns into a zombie, so the
-        process check alone can still say "running" for a moment after the connection broke.
+        A killed service closes its sockets before its process turns into a zombie, so a
+        zombie check alone can still say "running" for a moment after a connection broke;
+        Linux's exit flag is set before the sockets close (see :meth:`death_seen_at_once`).
         """
-        try:
-            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
+        begun = begun_to_exit(self.pid)
+        if begun:
             return False
+        if begun is None:
+            try:
+                if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                return False
         address = urlsplit(self.url)
         try:
             with socket.create_connection((address.hostname, address.port or 80), timeout=2):
                 return True
         except OSError:
             return False
+
+    def death_seen_at_once(self) -> bool:
+        """Whether :meth:`alive` is False as soon as a connection broke by the service's
+        death: on Linux, whose exit flag is set before the dying process closes its sockets.
+        Elsewhere the process may still look alive, with its port open, for a moment."""
+        return begun_to_exit(self.pid) is not None
 
     def stop(self) -> None:
         """Stop the service; it kills its sandboxes. Idempotent."""
