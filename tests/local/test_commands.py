@@ -128,8 +128,10 @@ def test_process_exit_by_signal(sbx: Sandbox) -> None:
 
 
 def test_disconnected_client_does_not_stall_the_process(sbx: Sandbox) -> None:
+    # 8 MB: twice what a stream's queue holds (64 chunks of 64 KiB), read by the service at its
+    # pace for output no one streams (1 MB/s, see sandbox_output.UNREAD_OUTPUT_RATE).
     handle = sbx.commands.run(
-        "head -c 20000000 /dev/zero | tr '\\0' x; echo; touch /home/user/finished; sleep 600",
+        "head -c 8000000 /dev/zero | tr '\\0' x; echo; touch /home/user/finished; sleep 600",
         background=True,
         timeout=0,
     )
