@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from ..envd.http import MAX_FILE_BYTES
 from ..sandbox import SandboxKilled
+from .aborts import mark_aborted_on_purpose
 from .auth import TRAFFIC_TOKEN_HEADER, file_operation, find_signer, require_api_key, same_secret
 from .connections import REFUSED
 from .control import ControlPlane
@@ -87,6 +88,7 @@ class ServiceApp:
         except SandboxKilled:
             # Returning mid-response makes uvicorn drop the connection: the client sees the
             # stream break off, as with E2B, and asks /health, which now answers 502.
+            mark_aborted_on_purpose()
             log.info("aborted a response of a killed sandbox: %s", scope.get("path"))
         except (BodyTooLarge, ServiceError) as exc:
             if started:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from ..interpreter.app import route_path
+from ..interpreter.app import SandboxKilledDuringExecution, route_path
+from ..sandbox import SandboxKilled
 from .auth import ACCESS_TOKEN_HEADER
 from .bodies import read_body
 from .envd import _ENTRY, _Asgi, _header, require_access_token
@@ -48,4 +49,7 @@ class InterpreterPlane:
         if scope["method"] in ("POST", "PUT", "PATCH"):
             body, receive = await read_body(receive)
             check_interpreter_body(scope["path"], body)
-        await scope[_ENTRY].interpreter(scope, receive, send)
+        try:
+            await scope[_ENTRY].interpreter(scope, receive, send)
+        except SandboxKilledDuringExecution as exc:
+            raise SandboxKilled(str(exc)) from None  # broken off as every plane's (app.py)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from .aborts import install_log_filter
 from .app import ServiceApp
 from .auth import new_api_key
 from .connections import GuardedH11Protocol
@@ -63,6 +64,7 @@ class ServiceCore:
         # A fresh random key per start unless one is given: no fixed key anyone could guess.
         self.api_key = api_key or new_api_key()
         self.app = ServiceApp(self.registry, api_key=self.api_key)
+        install_log_filter()
         config = uvicorn.Config(
             self.app,
             host=host,
