@@ -13,6 +13,10 @@ Once created, the same thread asks what the kernel asks next, all at once: wheth
 sandbox's Jupyter Server answers, its code contexts and its kernels. When they name the
 default Python context's running kernel, the answers are kept for the kernel's own first
 requests (``JupyterEndpoint.answer_ahead``); otherwise the kernel asks for itself.
+
+Until the session claims the sandbox (and its keep-alive takes over), the thread keeps it from
+dying of its timeout: with a short ``E2B_KERNEL_SANDBOX_TIMEOUT`` on a slow or busy machine,
+the kernel's imports can outlast it, and its first cell would then find its sandbox expired.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .jupyter_server import CONTEXTS_PORT, JUPYTER_PORT, JupyterEndpoint, endpoint_at
-from .quick_create import CreatedSandbox, QuickTarget, create, delete
+from .quick_create import CreatedSandbox, QuickTarget, create, delete, refresh
 
 __all__ = ["claim", "discard", "pending", "send"]
 
@@ -35,6 +39,7 @@ class _Sent:
     target: QuickTarget
     body: dict[str, Any]
     reply: Future[CreatedSandbox | None] = field(default_factory=Future)
+    settled: threading.Event = field(default_factory=threading.Event)  # claimed or discarded
 
 
 _sent: _Sent | None = None
@@ -61,8 +66,26 @@ def _create(sent: _Sent) -> None:
 async def _create_and_look(sent: _Sent) -> CreatedSandbox | None:
     created = await create(sent.target, sent.body)
     if created is not None:
+        timeout = sent.body.get("timeout")
+        if isinstance(timeout, int):  # from now on: the first look alone can outlast it
+            threading.Thread(
+                target=_keep_alive_until_settled,
+                args=(sent, created.sandbox_id, timeout),
+                name="e2b-create-ahead-keepalive",
+                daemon=True,
+            ).start()
         await _first_look(created)
     return created
+
+
+def _keep_alive_until_settled(sent: _Sent, sandbox_id: str, timeout: int) -> None:
+    """Refresh the sandbox's timeout as the session's keep-alive does (every third of it, at
+    least every minute: ``SessionConfig.keepalive_interval``) until it is claimed or
+    discarded; the session's keep-alive refreshes within a third of it after the claim."""
+    interval = max(0.5, min(60.0, timeout / 3))
+    while not sent.settled.wait(interval):
+        with contextlib.suppress(Exception):  # gone or unreachable: the session will see
+            asyncio.run(refresh(sent.target, sandbox_id, timeout))
 
 
 def _endpoints(created: CreatedSandbox) -> tuple[JupyterEndpoint, JupyterEndpoint]:
@@ -110,6 +133,7 @@ def claim(target: QuickTarget, body: dict[str, Any]) -> Future[CreatedSandbox | 
         sent, _sent = _sent, None
     if sent is None:
         return None
+    sent.settled.set()
     if sent.target == target and sent.body == body:
         return sent.reply
     _delete_when_created(sent)
@@ -122,6 +146,7 @@ def discard() -> None:
     with _lock:
         sent, _sent = _sent, None
     if sent is not None:
+        sent.settled.set()
         _delete_when_created(sent)
 
 

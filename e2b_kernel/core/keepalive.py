@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ..config import SessionConfig
 from .sdk_errors import is_sandbox_gone
@@ -18,14 +17,15 @@ class KeepAlive:
 
     It refreshes while a cell runs, and while idle too unless idle mode is ``pause`` (then the
     sandbox pauses at its timeout and the next cell resumes it). When the sandbox turns out to
-    be gone, ``on_gone(sandbox_id)`` is called once and the loop ends. ``sandbox`` returns the
-    SDK's sandbox object (it may be built on the first refresh; see ``SandboxSession``).
+    be gone, ``on_gone(sandbox_id)`` is called once and the loop ends. ``refresh`` sets the
+    sandbox's timeout again (``SandboxSession`` does it without the SDK until the SDK's object
+    is built: the SDK's import can outlast a short timeout).
     """
 
     def __init__(
         self,
         sandbox_id: str,
-        sandbox: Callable[[], Awaitable[Any]],
+        refresh: Callable[[], Awaitable[None]],
         config: SessionConfig,
         *,
         busy: Callable[[], bool],
@@ -33,7 +33,7 @@ class KeepAlive:
         log: logging.Logger,
     ) -> None:
         self.sandbox_id = sandbox_id
-        self._sandbox = sandbox
+        self._refresh = refresh
         self.config = config
         self._busy = busy
         self._on_gone = on_gone
@@ -52,8 +52,7 @@ class KeepAlive:
             if self.config.idle == "pause" and not self._busy():
                 continue
             try:
-                sandbox = await self._sandbox()
-                await sandbox.set_timeout(self.config.sandbox_timeout)
+                await self._refresh()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -36,6 +36,7 @@ __all__ = [
     "create_settings",
     "delete",
     "quick_target",
+    "refresh",
 ]
 
 # The SDK options this path understands; any other (proxy, headers, ...) means: use the SDK.
@@ -192,6 +193,20 @@ async def delete(target: QuickTarget, sandbox_id: str) -> None:
         headers={**_sdk_headers(), "X-API-KEY": target.api_key},
         timeout=target.request_timeout,
     )
+
+
+async def refresh(target: QuickTarget, sandbox_id: str, timeout: int) -> bool:
+    """Set a sandbox's timeout to ``timeout`` seconds from now (``POST
+    /sandboxes/{id}/timeout``, as the SDK's ``set_timeout``); whether it was set (any other
+    reply is the SDK's to explain)."""
+    reply = await rest.request(
+        "POST",
+        f"{target.api_url}/sandboxes/{sandbox_id}/timeout",
+        headers={**_sdk_headers(), "X-API-KEY": target.api_key},
+        json_body={"timeout": timeout},
+        timeout=target.request_timeout,
+    )
+    return reply.status == 204
 
 
 def _text(value: Any) -> str | None:

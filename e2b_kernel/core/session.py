@@ -130,6 +130,7 @@ class SandboxSession:
         self.sandbox: AsyncSandbox | None = None
         # A sandbox created without the SDK (see .quick_create) until its SDK object is built.
         self._created: quick_create.CreatedSandbox | None = None
+        self._quick_target: quick_create.QuickTarget | None = None  # where it was created
         self._sdk_build: asyncio.Future[AsyncSandbox] | None = None
         # Set by a front end whose cells need no SDK (the kernel on the jupyter transport):
         # the sandbox is then created with one plain request where the backend allows it.
@@ -278,6 +279,7 @@ class SandboxSession:
         settings = quick_create.create_settings(self.config)
         public_traffic = quick_create.ALLOW_PUBLIC_TRAFFIC
         target = quick_create.quick_target(opts) if self.defer_sdk else None
+        self._quick_target = target
         if target is not None:
             body = quick_create.create_body(**settings, allow_public_traffic=public_traffic)
             sent = create_ahead.claim(target, body)
@@ -480,6 +482,7 @@ class SandboxSession:
         self.sandbox = None
         self._created = None
         self._sdk_build = None
+        self._lost = None  # said of the sandbox dropped here: never of the next one
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
@@ -506,12 +509,22 @@ class SandboxSession:
         assert sandbox_id is not None
         self._keepalive = KeepAlive(
             sandbox_id,
-            self._sdk_sandbox,
+            self._refresh_timeout,
             self.config,
             busy=lambda: self._busy,
             on_gone=self._gone,
             log=self.log,
         )
+
+    async def _refresh_timeout(self) -> None:
+        """Set the sandbox's timeout again: with one plain request while the SDK's object is
+        not built (a short timeout can run out while the SDK imports), else through the SDK,
+        which also explains any refusal (a sandbox gone, say)."""
+        created, target = self._created, self._quick_target
+        if self.sandbox is None and created is not None and target is not None:
+            if await quick_create.refresh(target, created.sandbox_id, self.config.sandbox_timeout):
+                return
+        await (await self._sdk_sandbox()).set_timeout(self.config.sandbox_timeout)
 
     def _gone(self, sandbox_id: str) -> None:
         """The keep-alive found the sandbox gone: fail the running cell, or the next one."""

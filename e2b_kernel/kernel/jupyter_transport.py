@@ -15,7 +15,7 @@ import asyncio
 import hmac
 import json
 import signal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -68,6 +68,10 @@ class JupyterTransport:
     control_stream: Any
     shell_stream: Any
     io_loop: Any
+    if TYPE_CHECKING:  # (E2BKernel's property; a definition here would come first in its MRO)
+
+        @property
+        def kernel_info(self) -> dict[str, Any]: ...
 
     def _init_transport(self) -> None:
         self.transport: str | None = None  # "jupyter" or "execute" once chosen
@@ -354,6 +358,10 @@ class JupyterTransport:
         if msg_type == "execute_request":
             self.session.send(self.iopub_socket, "error", content, parent, ident=topic + b"error")
         reply = {"status": "error", "execution_count": 0, **content}
+        if msg_type == "kernel_info_request":
+            # python3 never fails one, and jupyter_client's wait_for_ready raises a KeyError
+            # on a reply without protocol_version: ours, whose banner says what happened.
+            reply = {"status": "ok", **self.kernel_info}
         send_reply(self.session, route, reply, self._send_control)
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "idle"}, parent, ident=topic

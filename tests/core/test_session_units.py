@@ -8,6 +8,7 @@ import pytest
 
 from e2b_kernel.config import SessionConfig
 from e2b_kernel.core import SandboxSession
+from e2b_kernel.core.quick_create import CreatedSandbox
 from e2b_kernel.errors import SandboxUnavailable
 
 
@@ -37,3 +38,23 @@ def test_a_closed_session_says_how_to_go_on() -> None:
     asyncio.run(session.close())
     with pytest.raises(SandboxUnavailable, match=r"'executor'.* is closed.*new SandboxExecutor"):
         asyncio.run(session.start())
+
+
+def _created(sandbox_id: str) -> CreatedSandbox:
+    """A sandbox as the kernel creates it without the SDK (no request is sent here)."""
+    return CreatedSandbox(sandbox_id, "http://127.0.0.1:9", None, "0.2.0", None, None)
+
+
+def test_a_loss_seen_by_the_keepalive_and_a_cell_at_once_is_reported_once(monkeypatch) -> None:
+    session = SandboxSession(SessionConfig(backend="local", idle="keepalive"))
+    session._created = _created("expired")
+
+    async def start() -> None:
+        session._created = _created("new")
+
+    monkeypatch.setattr(session, "start", start)
+    session._gone("expired")  # the keep-alive's refresh found it gone, while no cell ran
+    session._mark_lost("expired")  # and the cell that just failed on it said so
+    # The next cell runs in a new sandbox and says so; it is not told of the old loss again.
+    assert asyncio.run(session.ready()) is True
+    assert session.sandbox_id == "new"

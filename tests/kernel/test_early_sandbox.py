@@ -71,3 +71,53 @@ def test_a_sandbox_asked_for_is_deleted_when_the_config_files_choose_the_sdk(
     config = "c.SessionConfig.transport = 'execute'\n"
     probe, sandbox_id = _kernel_in_sandbox(local_service, start_kernel, tmp_path, config)
     _wait_until_only(tagged_sandboxes, probe, sandbox_id, {"probe": probe})
+
+
+# A slow machine, for the kernel process alone: importing ipykernel (before the kernel claims
+# the sandbox asked for ahead) and the E2B SDK (built after the first cell) take seconds. The
+# delay is in the module's execution, which holds only that module's import lock, as a slow
+# import does (a finder that slept would hold every thread's imports).
+_SLOW_IMPORTS = """
+import importlib.machinery, sys, time
+
+class SlowLoader:
+    def __init__(self, loader, delay):
+        self.loader, self.delay = loader, delay
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        time.sleep(self.delay)
+        self.loader.exec_module(module)
+
+class SlowImports:
+    delays = {"ipykernel": 2.0, "e2b": 2.0}
+
+    def find_spec(self, name, path=None, target=None):
+        delay = self.delays.pop(name, None)
+        spec = None if delay is None else importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None:
+            spec.loader = SlowLoader(spec.loader, delay)
+        return spec
+
+sys.meta_path.insert(0, SlowImports())
+"""
+
+
+def test_a_short_sandbox_timeout_does_not_run_out_while_the_kernel_imports(
+    local_service: RunningService, start_kernel: StartKernel, tmp_path: Path
+) -> None:
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(_SLOW_IMPORTS)
+    env = clean_env(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), PYTHONPATH=str(slow))
+    env.update(local_service.sdk_env(), E2B_KERNEL_BACKEND="cloud", E2B_KERNEL_SANDBOX_TIMEOUT="1")
+    kernel = start_kernel(env)
+    first = kernel.value("__import__('os').environ['E2B_SANDBOX_ID']")
+    # Idle for three sandbox timeouts while the SDK imports: the keep-alive must not wait for it.
+    time.sleep(3)
+    assert kernel.value("__import__('os').environ['E2B_SANDBOX_ID']") == first

@@ -42,12 +42,17 @@ def test_service_killed_mid_cell_is_a_lost_sandbox_then_a_new_one(
     service = private_service(kernel)
     msg_id = kernel.send("import time\nprint('started', flush=True)\ntime.sleep(120)")
     kernel.wait_for_stream(msg_id, "started")
+    info_id = kernel.kc.kernel_info()  # waits behind the cell in the remote kernel
     service.send_signal(signal.SIGKILL)
     reply, outputs = kernel.collect(msg_id, timeout=90)
     assert reply["ename"] == "SandboxLost", reply
     assert "stopped" in reply["evalue"] and "gone" in reply["evalue"]
     assert "still running" not in reply["evalue"]
     assert [o.msg_type for o in outputs] == ["error"]
+    # As python3's: a full kernel_info_reply (jupyter_client's wait_for_ready needs its
+    # protocol_version), never an error.
+    info = kernel.reply(info_id)
+    assert info["status"] == "ok" and info["protocol_version"].startswith("5."), info
 
     reply, outputs = kernel.run("'lost_value' in globals()", timeout=180)
     assert reply["status"] == "ok", outputs
