@@ -2,7 +2,8 @@
 
 Modelled on Flatpak's bubblewrap filter: everything is allowed except the calls that reach
 the kernel's less-hardened surfaces or could undo the sandbox (mounts, new namespaces, module
-and kexec calls, keyrings, bpf, perf, userfaultfd, io_uring, Linux AIO, terminal injection).
+and kexec calls, keyrings, bpf, perf, userfaultfd, io_uring, Linux AIO, terminal injection,
+socket families other than local, IP and netlink).
 bwrap loads it (``--seccomp FD``) after setting up the sandbox, so the agent and everything it
 starts inherit it. Only the native architecture is allowed: a 32-bit or x32 syscall kills the
 process, so the rules cannot be bypassed through another syscall table.
@@ -40,6 +41,12 @@ BLOCKED = (
     "open_by_handle_at", "name_to_handle_at", "lookup_dcookie", "vm86", "vm86old",
     "nfsservctl", "uselib", "ustat", "sysfs", "_sysctl", "iopl", "ioperm",
 )  # fmt: skip
+# The socket families a sandbox may open, as Flatpak allows: local sockets, IP (its network
+# namespace scopes these) and netlink (which ip and glibc's getaddrinfo use). Others reach
+# past the namespace (vsock is host-wide: a sandbox could take the host's ports and reach the
+# hypervisor) or are kernel surfaces nobody needs here. EAFNOSUPPORT, as on a kernel without
+# the family.
+SOCKET_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 # Linux AIO: its contexts come from one host-wide pool (fs.aio-max-nr) that one sandbox could
 # take whole, root's share included. ENOSYS, as on kernels without AIO: libraries fall back
 # to threads.
@@ -64,6 +71,13 @@ def build_filter() -> bytes:
             rules.add_rule(sc.ERRNO(errno.ENOSYS), name)
         except (OSError, ValueError):
             continue
+    no_family = sc.ERRNO(errno.EAFNOSUPPORT)
+    for name in ("socket", "socketpair"):
+        for family in range(max(SOCKET_FAMILIES)):
+            if family not in SOCKET_FAMILIES:
+                rules.add_rule(no_family, name, sc.Arg(0, sc.EQ, family))
+        # Compared as 64 bits: a family with high bits set (which the kernel drops) is refused.
+        rules.add_rule(no_family, name, sc.Arg(0, sc.GE, max(SOCKET_FAMILIES) + 1))
     # clone3 passes its flags in memory, out of seccomp's sight: ENOSYS makes libc use clone.
     rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     for request in (_TIOCSTI, _TIOCLINUX):
