@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import importlib
 import logging
 import os
+import resource
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from .service.sandboxes import ServiceSandboxes
 
 _PR_SET_PDEATHSIG = 1
+_MOST_OPEN_FILES = 1 << 20  # the kernel's default fs.nr_open, the most a process may have
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.die_with_parent:
         _die_with_parent()
+    _raise_open_files_limit()
     from .service.sandboxes import ServiceSandboxes
 
     if not 0 <= args.port <= 65535:
@@ -205,6 +209,18 @@ def _print_banner(core: Any) -> None:
     print(f"export E2B_SANDBOX_URL={url}")
     print(f"export E2B_API_KEY={core.api_key}")  # stdout only: the key is never logged
     print(f"# isolation: {core.isolation}", flush=True)
+
+
+def _raise_open_files_limit() -> None:
+    """Take the open-files limit up to the hard limit: every sandbox costs the service files
+    (its agent's sockets, streams, the network filter's connections), and the usual soft 1024
+    of shells and systemd units is meant to be raised by programs that need more. Sandbox
+    processes and network helpers get limits of their own (sandbox.isolation, .network)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MOST_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _die_with_parent() -> None:

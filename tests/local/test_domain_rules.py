@@ -165,9 +165,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 
 
 @contextlib.contextmanager
-def _service_with_own(files: dict[str, str], folder: Path) -> Iterator[dict[str, str]]:
+def _service_with_own(
+    files: dict[str, str], folder: Path, open_files: int | None = None
+) -> Iterator[dict[str, str]]:
     """A local service in a private mount namespace where each of ``files`` (``/etc/hosts``,
-    ``/etc/resolv.conf``) has the given text; nothing else on the host sees them."""
+    ``/etc/resolv.conf``) has the given text; nothing else on the host sees them. With
+    ``open_files``, that is its open-files limit, soft and hard."""
     script, binds = "", []
     for index, (target, text) in enumerate(files.items(), start=1):
         source = folder / f"file{index}"
@@ -176,6 +179,8 @@ def _service_with_own(files: dict[str, str], folder: Path) -> Iterator[dict[str,
         binds.append(str(source))
     script += f'shift {len(binds)} && exec "$@"'
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "e2bk", *binds]
+    if open_files is not None:
+        argv += ["prlimit", f"--nofile={open_files}:{open_files}"]
     argv += [sys.executable, "-m", "e2b_kernel.local", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--die-with-parent", "--pool-size", "0"]
     env = {k: v for k, v in os.environ.items() if k != "E2B_API_KEY"}
@@ -461,3 +466,72 @@ def test_names_that_never_resolve_do_not_hold_up_the_service(
         assert took < 20, f"another sandbox took {took:.1f} s to start during the attack"
     finally:
         attacker.kill()
+
+
+# In the sandbox: keep ``count`` connections open to port 80 of a denied address (the domain
+# filter of the service accepts each and waits for a host name that never comes), opening
+# again those the filter closes.
+HOLD_CONNECTIONS = r"""
+import socket, sys, time
+address, count = sys.argv[1], int(sys.argv[2])
+held = []
+def fill():
+    while len(held) < count:
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect((address, 80))
+        except BlockingIOError:
+            pass
+        held.append(s)
+fill()
+print("sent", flush=True)
+end = time.time() + 90
+while time.time() < end:
+    time.sleep(0.2)
+    for s in list(held):
+        try:
+            if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                held.remove(s); s.close()
+        except BlockingIOError:
+            pass
+        except OSError:
+            held.remove(s); s.close()
+    fill()
+"""
+
+
+def test_sandboxes_holding_filtered_connections_leave_the_service_its_files(
+    net: Net, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection a sandbox opens to port 80 or 443 of a denied address costs the service
+    a file while it waits for a host name. Three sandboxes holding 300 each took every file a
+    service with 512 may open, and then another sandbox's commands and every create failed
+    (EMFILE); now the filters of a service hold at most a quarter of its limit in all."""
+    with _service_with_own({}, tmp_path, open_files=512) as service_env:
+        for name, value in service_env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("E2B_DOMAIN", raising=False)
+        victim = Sandbox.create(timeout=120)
+        rules = {"allow_out": ["allowed.test"], "deny_out": ["0.0.0.0/0"]}
+        attackers = [Sandbox.create(timeout=120, network=rules) for _ in range(3)]
+        for attacker in attackers:
+            attacker.files.write("/tmp/hold.py", HOLD_CONNECTIONS)
+            sent = threading.Event()
+
+            def attack(box: Sandbox = attacker, sent: threading.Event = sent) -> None:
+                with contextlib.suppress(Exception):  # ends when the sandbox is killed
+                    box.commands.run(
+                        f"python3 /tmp/hold.py {net.public} 300",
+                        timeout=120,
+                        on_stdout=lambda line: sent.set() if "sent" in line else None,
+                    )
+
+            threading.Thread(target=attack, daemon=True).start()
+            # (on the old filter the service could not start the third attacker's command)
+            assert sent.wait(60), "the service could not start an attacker's command"
+        for _ in range(3):
+            assert victim.commands.run("echo ok", timeout=30).stdout == "ok\n"
+        Sandbox.create(timeout=60).kill()
+        for box in (victim, *attackers):
+            box.kill()

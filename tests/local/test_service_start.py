@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -83,6 +84,35 @@ def test_a_service_started_as_a_background_job_gives_sandboxes_default_signals()
             "[signal.getsignal(s) is signal.SIG_DFL for s in (signal.SIGQUIT, signal.SIGHUP)]"
         )
         assert seen.text == "[True, True]", seen
+        sandbox.kill()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_the_service_takes_its_open_files_limit_up_to_the_hard_limit() -> None:
+    """Shells and systemd units start programs at a soft 1024 open files, for them to raise:
+    every sandbox costs the service files, so it raises its own, and only its own."""
+    service = [sys.executable, "-m", "e2b_kernel.cli", "local", "--port", "0", "--pool-size", "0"]
+    proc = subprocess.Popen(
+        ["prlimit", "--nofile=512:8192", *service],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = read_banner(proc.stdout)
+        assert "isolation" in banner, banner
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+8192\s+8192", limits), limits
+        sandbox = CodeSandbox.create(
+            api_key=banner["E2B_API_KEY"],
+            api_url=banner["E2B_API_URL"],
+            sandbox_url=banner["E2B_SANDBOX_URL"],
+            timeout=60,
+        )
+        assert sandbox.commands.run("ulimit -Sn").stdout == "1024\n"  # E2B's, as before
         sandbox.kill()
     finally:
         proc.terminate()

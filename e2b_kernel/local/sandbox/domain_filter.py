@@ -31,6 +31,7 @@ import functools
 import ipaddress
 import logging
 import os
+import resource
 import socket
 import threading
 from collections.abc import Callable
@@ -52,6 +53,13 @@ PEEK_TIMEOUT = 10.0  # for the name to arrive
 PEEK_READS = 64  # ... in at most this many reads
 DIAL_TIMEOUT = 30.0  # E2B's upstream dial timeout
 MAX_CONNECTIONS = 256  # open through the filter at once, per sandbox
+# ... and in all, for every sandbox of the service together: each costs the SERVICE up to two
+# files (the accepted socket, the upstream one), so a few sandboxes holding their 256 could
+# otherwise take every file the service may open (at a soft limit of 1024, four did), and
+# then no other sandbox's request could be served. A quarter of the service's open-files
+# limit leaves it at least half.
+SERVICE_SHARE = 4
+_open_in_service = 0  # connections open through every filter of this process (its loop)
 # Names are resolved by threads of their own, not the loop's default pool: the sandbox picks
 # the names, and a domain whose name server never answers holds a thread for the resolver's
 # whole timeout. In the default pool (six threads on two cores), 40 such connections held up
@@ -67,6 +75,14 @@ _IP_TRANSPARENT = 19
 _libc = ctypes.CDLL(None, use_errno=True)
 
 T = TypeVar("T")
+
+
+def service_budget() -> int:
+    """How many connections all filters of this process may hold open at once."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS * 64
+    return max(16, soft // SERVICE_SHARE)
 
 
 def matches(name: str, patterns: list[str]) -> bool:
@@ -177,10 +193,12 @@ class DomainFilter:
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= MAX_CONNECTIONS:
+        global _open_in_service
+        if len(self._connections) >= MAX_CONNECTIONS or _open_in_service >= service_budget():
             writer.close()
             return
         self._connections.add(task)
+        _open_in_service += 1
         try:
             await self._relay(reader, writer)
         except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
@@ -189,6 +207,7 @@ class DomainFilter:
             pass  # close(): the sandbox has ended (asyncio would log a cancelled handler)
         finally:
             self._connections.discard(task)
+            _open_in_service -= 1
             writer.close()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
