@@ -151,9 +151,7 @@ def test_an_early_error_answer_waits_for_the_requests_small_body(
             conn.recv(4096)
         conn.settimeout(30)
         conn.sendall(b"hello")
-        answer = b""
-        while chunk := conn.recv(4096):
-            answer += chunk
+        answer = _read_response(conn)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert b"255 bytes" in answer
 
@@ -253,3 +251,63 @@ def test_a_port_that_is_not_ascii_digits_is_a_closed_port_not_a_500(
     status = answer.split(b"\r\n", 1)[0]
     assert status == b"HTTP/1.1 502 Bad Gateway", answer[:300]
     assert b"port is not open" in answer
+
+
+@pytest.fixture(scope="module")
+def quick_heads() -> Iterator[RunningService]:
+    """A service that wants request heads within half a second (the default is 5 s)."""
+    service = start_in_thread(isolation="none", header_timeout=0.5, pool_size=0)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def _health_request(service: RunningService) -> bytes:
+    return f"GET /health HTTP/1.1\r\nHost: {urlsplit(service.url).netloc}\r\n\r\n".encode()
+
+
+def _read_response(conn: socket.socket) -> bytes:
+    """One whole response (head and Content-Length body); b"" when the server closed."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < _response_length(data):
+        chunk = conn.recv(4096)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+def _response_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return len(head) + 4 + (int(lengths[0].split(b":")[1]) if lengths else 0)
+
+
+def test_an_idle_keep_alive_connection_outlives_the_head_deadline(
+    quick_heads: RunningService,
+) -> None:
+    """The E2B SDK keeps pooled connections 300 s and sends its next request on one: a
+    service that closed idle ones after its head deadline (5 s) made a call after a pause
+    fail with an httpx error when the close met the request."""
+    address = urlsplit(quick_heads.url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(_health_request(quick_heads))
+        assert _read_response(conn).startswith(b"HTTP/1.1 ")
+        time.sleep(1.5)  # idle for three head deadlines
+        conn.sendall(_health_request(quick_heads))
+        assert _read_response(conn).startswith(b"HTTP/1.1 "), "the idle connection was closed"
+
+
+def test_the_next_request_head_on_a_kept_connection_must_still_come_in_time(
+    quick_heads: RunningService,
+) -> None:
+    address = urlsplit(quick_heads.url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(_health_request(quick_heads))
+        assert _read_response(conn).startswith(b"HTTP/1.1 ")
+        time.sleep(1.0)  # idle: allowed
+        conn.sendall(b"GET /health HTTP/1.1\r\n")  # a head begun and never ended
+        began = time.monotonic()
+        assert conn.recv(4096) == b""  # closed by the server ...
+        assert time.monotonic() - began < 5  # ... at its head deadline, not the keep-alive's

@@ -3,8 +3,12 @@
 uvicorn closes idle keep-alive connections, but a connection that sends part of a request
 head (or nothing) and then waits is held forever: 1,500 of them would hold 1,500 sockets
 and, with limit_concurrency, turn every real request away. Here each connection must
-deliver a complete request head within `header_timeout` seconds of connecting or of its
-previous response, and past `max_connections` the oldest connection still waiting for a
+deliver a complete request head within `header_timeout` seconds of connecting or of the
+first byte of its next request. Between requests a keep-alive connection may stay idle for
+:data:`IDLE_KEEP_ALIVE` seconds, longer than the E2B SDK keeps its pooled connections (300
+s): a server that closed it sooner could close it just as the SDK sent its next request on
+it, which then failed with an httpx error instead of an answer. Past `max_connections` the
+oldest connection still waiting for a
 request head is closed to make room, or else one whose request was refused and that is
 only being let finish sending its body (:data:`REFUSED`): 1,500 connections that each send
 a request head without a key and then hold back its body would otherwise hold every slot. A
@@ -25,6 +29,10 @@ from .errors import ServiceError
 from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("e2b_kernel.local")
+
+# Seconds an idle keep-alive connection is kept (uvicorn's timeout_keep_alive): past the SDK's
+# pool_idle_timeout (300 s, e2b/api/__init__.py), so the SDK always lets go first.
+IDLE_KEEP_ALIVE = 330
 
 # Clients (address, port) whose request was refused and whose body the app is draining
 # before it answers (app.py): they may be closed to make room, as idle connections are.
@@ -53,6 +61,11 @@ class GuardedH11Protocol(H11Protocol):
         self._disarm_header_deadline()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self.waiting_for_head():
+            self._arm_header_deadline()  # a keep-alive connection's next request begins
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if not self.waiting_for_head():
@@ -77,8 +90,12 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_header_deadline()  # the next request head must come in time too
+        # Idle now, for uvicorn's keep-alive timeout; the head deadline starts with the next
+        # request's first byte (already here when pipelined). Evicted first when connections
+        # run short (oldest idle first).
+        self._waiting_since = self.loop.time()
+        if self.waiting_for_head() and self.conn.trailing_data[0]:
+            self._arm_header_deadline()
 
     def waiting_for_head(self) -> bool:
         """True while no request is in progress on this connection."""

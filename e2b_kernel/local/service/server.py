@@ -11,7 +11,7 @@ import uvicorn
 from .aborts import install_log_filter
 from .app import ServiceApp
 from .auth import new_api_key
-from .connections import GuardedH11Protocol
+from .connections import IDLE_KEEP_ALIVE, GuardedH11Protocol
 from .registry import Registry
 from .sandboxes import SandboxOptions, ServiceSandboxes
 from .settings import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, check_server_settings
@@ -78,7 +78,7 @@ class ServiceCore:
             # which the app refuses (no plane of the service speaks WebSocket).
             ws="websockets-sansio",
             http=GuardedH11Protocol,  # header-read deadline and connection bound
-            timeout_keep_alive=5,
+            timeout_keep_alive=IDLE_KEEP_ALIVE,
         )
         config.guard_settings = {  # type: ignore[attr-defined]  # read by GuardedH11Protocol
             "header_timeout": header_timeout,
