@@ -313,8 +313,10 @@ class E2BKernel(JupyterTransport, Kernel):
         return self._error_reply(content)
 
     def _error_reply(self, error: dict) -> dict:
-        # ipykernel's error replies carry an empty payload and user_expressions too.
-        return {**self._ok(), "status": "error", **error}
+        # ipykernel's error replies carry an empty payload and user_expressions too, and
+        # engine_info (deprecated, still read by ipyparallel).
+        engine = {"engine_uuid": self.ident, "engine_id": self.int_id, "method": "execute"}
+        return {**self._ok(), "status": "error", **error, "engine_info": engine}
 
     # ---- interrupts ---------------------------------------------------------------------------
 

@@ -244,6 +244,7 @@ def test_error_is_iopub_error_then_error_reply(
     assert (reply["ename"], reply["evalue"]) == ("ZeroDivisionError", "division by zero")
     assert reply["traceback"] == error["traceback"]
     assert (reply["payload"], reply["user_expressions"]) == ([], {})  # as ipykernel's
+    assert reply["engine_info"]["method"] == "execute"  # ipykernel's (read by ipyparallel)
 
 
 @pytest.mark.parametrize("transport", ["execute", "jupyter"], indirect=True)
