@@ -56,6 +56,7 @@ from ..errors import ExecutionTimeout, error_content
 
 __all__ = ["JupyterForwarder", "Route", "has_reply", "send_reply"]
 
+_FRONT_SESSIONS_KEPT = 64
 _RICH_OUTPUTS = frozenset({"display_data", "execute_result", "update_display_data"})
 # What may carry code for the browser (see core.active_content).
 _GUARDED = _RICH_OUTPUTS | {"comm_open", "comm_msg"}
@@ -165,6 +166,8 @@ class JupyterForwarder:
         self._cell_timeout = cell_timeout
         self._trust_outputs = trust_outputs  # else active content is held back (active_content)
         self._routes: dict[str, Route] = {}
+        # Sessions of the front ends' requests (latest last, bounded): see _servers_own_status.
+        self._front_sessions: dict[str, None] = {}
         self._running: set[str] = set()  # execute requests between 'busy' and 'idle'
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per-cell timeouts by msg_id
         self._timed_out_ids: set[str] = set()  # interrupted by their timeout
@@ -242,6 +245,11 @@ class JupyterForwarder:
         """Send one request (its parts after the signature; ``header``: parsed already) to
         the remote kernel."""
         header = json.loads(parts[0]) if header is None else header
+        session = str(header.get("session", ""))
+        self._front_sessions.pop(session, None)
+        self._front_sessions[session] = None
+        if len(self._front_sessions) > _FRONT_SESSIONS_KEPT:
+            del self._front_sessions[next(iter(self._front_sessions))]
         if channel in ("shell", "control") and has_reply(header):
             # Only requests are answered: a comm message kept here would wait forever.
             self._routes[header["msg_id"]] = Route(channel, idents, stream, header)
@@ -277,6 +285,8 @@ class JupyterForwarder:
         if msg_type == "stream" and parent_id in self.restarted_for_timeout:
             return  # what its process says as the restart ends it ("Task was destroyed...")
         if channel == "iopub":
+            if msg_type == "status" and self._servers_own_status(parts):
+                return
             if msg_type in DEATH_NOTICES:
                 content = json.loads(parts[3])
                 died = kernel_died(channel, msg_type, parent_id, content)
@@ -326,6 +336,19 @@ class JupyterForwarder:
             # the socket's edge-triggered read event with it, and a request arriving at that
             # moment was never read (the front end waited for ever; ipykernel's "wedge").
             self.session.send_raw(route.stream, parts, ident=route.idents)
+
+    def _servers_own_status(self, parts: Parts) -> bool:
+        """Whether a status answers a kernel_info request no front end sent: the sandbox's
+        Jupyter Server checks each new connection to an idle kernel with requests of its own
+        session, and their busy and idle would make a front end's status flicker after each
+        restart (a python3 kernel, with no server between, publishes none)."""
+        if b"kernel_info_request" not in parts[1]:  # a byte search: no JSON on the hot path
+            return False
+        parent = json.loads(parts[1])
+        return (
+            parent.get("msg_type") == "kernel_info_request"
+            and str(parent.get("session", "")) not in self._front_sessions
+        )
 
     def _unreadable_reply(self, parts: Parts, msg_type: str) -> Parts:
         self.log.warning("replaced a %s from the sandbox that could not be read", msg_type)

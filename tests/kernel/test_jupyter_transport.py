@@ -295,6 +295,32 @@ def test_no_message_of_the_relays_own_requests_reaches_the_front_end(
     kernel.shutdown()
 
 
+def test_the_servers_own_kernel_info_requests_do_not_reach_the_front_end(
+    start_kernel: StartKernel, jupyter_env: Callable[..., dict]
+) -> None:
+    """The sandbox's Jupyter Server checks each new connection to an idle kernel with
+    kernel_info requests of its own session; their busy and idle reached the front end after
+    every restart, and a status indicator that trusts every status flickered (python3 has no
+    such server)."""
+    kernel = start_kernel(jupyter_env())
+    ours = kernel.kc.session.session
+    kernel.run("1")
+    foreign: list[tuple[str, object, object]] = []
+    for _ in range(2):
+        kernel.km.restart_kernel(now=False)  # no wait_for_ready: it would swallow IOPub
+        for code in ("2", "3"):
+            msg_id = kernel.send(code)
+            while True:
+                msg = kernel.kc.get_iopub_msg(timeout=60)
+                parent, state = msg["parent_header"], msg["content"].get("execution_state")
+                if parent and parent.get("session") != ours:
+                    foreign.append((msg["msg_type"], parent.get("msg_type"), state))
+                if parent.get("msg_id") == msg_id and state == "idle":
+                    break
+    assert foreign == []
+    kernel.shutdown()
+
+
 def test_a_restart_while_a_cell_runs_ends_that_cell_as_on_python3(
     start_kernel: StartKernel, jupyter_env: Callable[..., dict]
 ) -> None:
