@@ -413,6 +413,23 @@ time.sleep(60)  # holding the connections open is the attack
 )
 
 
+def _attack_started(box: Sandbox, command: str) -> bool:
+    """Run ``command`` in ``box`` on a thread of its own (until it ends or the sandbox is
+    killed); whether it printed "sent" within 60 s."""
+    sent = threading.Event()
+
+    def attack() -> None:
+        with contextlib.suppress(Exception):  # ends when the sandbox is killed
+            box.commands.run(
+                command,
+                timeout=120,
+                on_stdout=lambda line: sent.set() if "sent" in line else None,
+            )
+
+    threading.Thread(target=attack, daemon=True).start()
+    return sent.wait(60)
+
+
 @pytest.fixture(scope="module")
 def silent_dns_env(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A local service whose DNS server takes every query and never answers (as a domain's
@@ -447,18 +464,8 @@ def test_names_that_never_resolve_do_not_hold_up_the_service(
     attacker = Sandbox.create(timeout=120, network={"allow_out": ["*"], "deny_out": ["0.0.0.0/0"]})
     try:
         attacker.files.write("/tmp/slow.py", SLOW_NAMES)
-        sent = threading.Event()
-
-        def attack() -> None:
-            with contextlib.suppress(Exception):  # ends when the sandbox is killed
-                attacker.commands.run(
-                    f"python3 /tmp/slow.py {net.public} 40",
-                    timeout=120,
-                    on_stdout=lambda line: sent.set() if "sent" in line else None,
-                )
-
-        threading.Thread(target=attack, daemon=True).start()
-        assert sent.wait(60), "the attack did not start"
+        started = _attack_started(attacker, f"python3 /tmp/slow.py {net.public} 40")
+        assert started, "the attack did not start"
         began = time.monotonic()
         other = Sandbox.create(timeout=60)
         took = time.monotonic() - began
@@ -517,19 +524,9 @@ def test_sandboxes_holding_filtered_connections_leave_the_service_its_files(
         attackers = [Sandbox.create(timeout=120, network=rules) for _ in range(3)]
         for attacker in attackers:
             attacker.files.write("/tmp/hold.py", HOLD_CONNECTIONS)
-            sent = threading.Event()
-
-            def attack(box: Sandbox = attacker, sent: threading.Event = sent) -> None:
-                with contextlib.suppress(Exception):  # ends when the sandbox is killed
-                    box.commands.run(
-                        f"python3 /tmp/hold.py {net.public} 300",
-                        timeout=120,
-                        on_stdout=lambda line: sent.set() if "sent" in line else None,
-                    )
-
-            threading.Thread(target=attack, daemon=True).start()
+            started = _attack_started(attacker, f"python3 /tmp/hold.py {net.public} 300")
             # (on the old filter the service could not start the third attacker's command)
-            assert sent.wait(60), "the service could not start an attacker's command"
+            assert started, "the service could not start an attacker's command"
         for _ in range(3):
             assert victim.commands.run("echo ok", timeout=30).stdout == "ok\n"
         Sandbox.create(timeout=60).kill()

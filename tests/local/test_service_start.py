@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,17 +55,11 @@ def test_cli_banner_and_sigterm_kills_sandboxes() -> None:
 GLIBC_RESERVED_SIGNALS = (1 << 31) | (1 << 32)
 
 
-def test_a_service_started_as_a_background_job_gives_sandboxes_default_signals() -> None:
-    """``nohup e2b-kernel local &`` from a script ignores SIGINT, SIGQUIT and SIGHUP, and an
-    ignored signal survives every fork and exec below. Sandbox processes start as on E2B:
-    a command's Ctrl-C, a ``kill -HUP`` and ``signal.getsignal`` behave as anywhere else."""
-    launcher = 'trap "" INT QUIT HUP; exec "$0" -m e2b_kernel.cli local --port 0'
-    proc = subprocess.Popen(
-        ["bash", "-c", launcher, sys.executable],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+@contextlib.contextmanager
+def _cli_service(argv: list[str]) -> Iterator[tuple[int, CodeSandbox]]:
+    """Run ``argv`` (which execs ``e2b-kernel local``) until the block ends; yields its pid
+    and a sandbox created through it (killed at the end)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         banner = read_banner(proc.stdout)
@@ -74,6 +70,21 @@ def test_a_service_started_as_a_background_job_gives_sandboxes_default_signals()
             sandbox_url=banner["E2B_SANDBOX_URL"],
             timeout=60,
         )
+        try:
+            yield proc.pid, sandbox
+        finally:
+            sandbox.kill()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_a_service_started_as_a_background_job_gives_sandboxes_default_signals() -> None:
+    """``nohup e2b-kernel local &`` from a script ignores SIGINT, SIGQUIT and SIGHUP, and an
+    ignored signal survives every fork and exec below. Sandbox processes start as on E2B:
+    a command's Ctrl-C, a ``kill -HUP`` and ``signal.getsignal`` behave as anywhere else."""
+    launcher = 'trap "" INT QUIT HUP; exec "$0" -m e2b_kernel.cli local --port 0'
+    with _cli_service(["bash", "-c", launcher, sys.executable]) as (_, sandbox):
         ignored = sandbox.commands.run("grep SigIgn /proc/self/status").stdout
         # Bits 31 and 32 are signals 32 and 33, glibc's own (every glibc program sets them;
         # sigaction refuses them, and GNU make's recipes run with them ignored).
@@ -84,39 +95,16 @@ def test_a_service_started_as_a_background_job_gives_sandboxes_default_signals()
             "[signal.getsignal(s) is signal.SIG_DFL for s in (signal.SIGQUIT, signal.SIGHUP)]"
         )
         assert seen.text == "[True, True]", seen
-        sandbox.kill()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def test_the_service_takes_its_open_files_limit_up_to_the_hard_limit() -> None:
     """Shells and systemd units start programs at a soft 1024 open files, for them to raise:
     every sandbox costs the service files, so it raises its own, and only its own."""
     service = [sys.executable, "-m", "e2b_kernel.cli", "local", "--port", "0", "--pool-size", "0"]
-    proc = subprocess.Popen(
-        ["prlimit", "--nofile=512:8192", *service],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        banner = read_banner(proc.stdout)
-        assert "isolation" in banner, banner
-        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    with _cli_service(["prlimit", "--nofile=512:8192", *service]) as (pid, sandbox):
+        limits = Path(f"/proc/{pid}/limits").read_text()
         assert re.search(r"Max open files\s+8192\s+8192", limits), limits
-        sandbox = CodeSandbox.create(
-            api_key=banner["E2B_API_KEY"],
-            api_url=banner["E2B_API_URL"],
-            sandbox_url=banner["E2B_SANDBOX_URL"],
-            timeout=60,
-        )
         assert sandbox.commands.run("ulimit -Sn").stdout == "1024\n"  # E2B's, as before
-        sandbox.kill()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def test_cli_rejects_bad_arguments() -> None:

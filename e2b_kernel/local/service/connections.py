@@ -8,10 +8,10 @@ first byte of its next request. Between requests a keep-alive connection may sta
 :data:`IDLE_KEEP_ALIVE` seconds, longer than the E2B SDK keeps its pooled connections (300
 s): a server that closed it sooner could close it just as the SDK sent its next request on
 it, which then failed with an httpx error instead of an answer. Past `max_connections` the
-oldest connection still waiting for a
-request head is closed to make room, or else one whose request was refused and that is
-only being let finish sending its body (:data:`REFUSED`): 1,500 connections that each send
-a request head without a key and then hold back its body would otherwise hold every slot. A
+oldest connection still waiting for a request head is closed to make room, or else one whose
+request was refused and that is only being let finish sending its body (:data:`REFUSED`):
+1,500 connections that each send a request head without a key and then hold back its body
+would otherwise hold every slot. A
 connection mid-request is never dropped.
 """
 
