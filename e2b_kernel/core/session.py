@@ -358,9 +358,15 @@ class SandboxSession:
         announce = await self._ready()
         return await self._sdk_sandbox(), announce
 
-    async def _ready(self) -> bool:
-        """Make sure a sandbox runs (and is resumed); whether it is new after a loss."""
+    async def _ready(self, *, cell: bool = True) -> bool:
+        """Make sure a sandbox runs (and is resumed); whether it is new after a loss.
+
+        Only a ``cell`` is told of a loss (its error, then the new sandbox's notice): any
+        other request (a front end's kernel_info or completion) leaves both for the next cell.
+        """
         if self._lost is not None:
+            if not cell:
+                raise SandboxLost(self._lost)
             reason, self._lost = self._lost, None
             self._drop_sandbox()
             self._announce_new = True
@@ -370,6 +376,10 @@ class SandboxSession:
             # Resume it if it paused while idle, and push its timeout out before the cell starts
             # (connect does both), so it cannot pause under a running cell.
             await self._resume()
+        return self.take_new_sandbox_notice() if cell else False
+
+    def take_new_sandbox_notice(self) -> bool:
+        """Whether the next cell must say that it runs in a new sandbox (said once)."""
         announce, self._announce_new = self._announce_new, False
         return announce
 
@@ -386,13 +396,15 @@ class SandboxSession:
                 raise SandboxLost(message) from None
             raise SandboxUnavailable(unavailable_message(exc, self.backend)) from None
 
-    async def ready(self) -> bool:
+    async def ready(self, *, cell: bool = True) -> bool:
         """Make sure a sandbox runs (starting or resuming it); True if it is new after a loss.
 
         For front ends that run code by their own transport. Raises ``SandboxLost`` once when
-        the previous sandbox was found gone while idle, as ``execute`` does.
+        the previous sandbox was found gone while idle, as ``execute`` does. A request that is
+        not a ``cell`` neither takes that error nor the notice of a new sandbox from the next
+        cell.
         """
-        return await self._ready()
+        return await self._ready(cell=cell)
 
     def jupyter_endpoint(self) -> JupyterEndpoint:
         """Where the current sandbox's Jupyter Server is (URL and headers; never log these)."""
@@ -744,6 +756,9 @@ class SandboxSession:
             try:
                 sandbox = await self._sdk_sandbox()
                 result = await asyncio.wait_for(self._run_hidden_now(sandbox, code), 30)
+            except SandboxLost as exc:
+                self._lost = str(exc)  # found by a completion, say: the next cell tells it
+                return None
             except Exception as exc:
                 self.log.debug("hidden code failed: %r", exc)
                 return None

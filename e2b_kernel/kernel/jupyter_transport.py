@@ -35,6 +35,7 @@ _SEND_AS_A_FILE = (
     "Send large data as a file instead (Sandbox.files.write, or %e2b upload in a python3 "
     "kernel), and read it in the cell."
 )
+_NEW_SANDBOX_STREAM = {"name": "stderr", "text": NEW_SANDBOX_NOTICE}
 
 
 class _Checked(NamedTuple):
@@ -132,8 +133,10 @@ class JupyterTransport:
             await asyncio.wait([self._loss_check])
         session = self.sandbox_session
         announce: bool | None = None
+        # A loss is told to the next cell; a kernel_info or completion request cannot show it.
+        cell = header.get("msg_type") == "execute_request"
         forwarder_up = self._forwarder is not None and self._forwarder.up
-        if forwarder_up and header.get("msg_type") == "execute_request":
+        if forwarder_up and cell:
             if self._pauses_when_idle():
                 try:
                     announce = await session.ready()
@@ -142,10 +145,13 @@ class JupyterTransport:
                     raise
         if forwarder_up and self._forwarder is not None and self._forwarder.up and not announce:
             if self._forwarder.sandbox_id == session.sandbox_id:
+                # Opened to a new sandbox for a request that was not a cell: tell this cell.
+                if cell and session.take_new_sandbox_notice():
+                    self._forwarder.publish(header, "stream", _NEW_SANDBOX_STREAM)
                 return self._forwarder
         await self._drop_forwarder()
         if announce is None:
-            announce = await session.ready()
+            announce = await session.ready(cell=cell)
         endpoint = session.jupyter_endpoint()
 
         async def connect() -> JupyterForwarder:
@@ -174,7 +180,7 @@ class JupyterTransport:
         forwarder = await reach_remote_kernel(session, connect)
         self._forwarder = forwarder
         if announce and header:
-            forwarder.publish(header, "stream", {"name": "stderr", "text": NEW_SANDBOX_NOTICE})
+            forwarder.publish(header, "stream", _NEW_SANDBOX_STREAM)
         return forwarder
 
     async def _drop_forwarder(self) -> None:
@@ -327,8 +333,9 @@ class JupyterTransport:
         finally:
             self._loss_check = None
         pending = forwarder.take_pending()
-        if isinstance(exc, SandboxLost) and not pending:
-            session.report_lost(str(exc))  # lost while idle: the next cell says so
+        cells = [r for r in pending if r.header.get("msg_type") == "execute_request"]
+        if isinstance(exc, SandboxLost) and not cells:
+            session.report_lost(str(exc))  # lost while no cell ran: the next cell says so
         session.hold_busy(False)
         for route in pending:
             self._fail_route(route, exc)
