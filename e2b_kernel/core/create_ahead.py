@@ -14,9 +14,10 @@ sandbox's Jupyter Server answers, its code contexts and its kernels. When they n
 default Python context's running kernel, the answers are kept for the kernel's own first
 requests (``JupyterEndpoint.answer_ahead``); otherwise the kernel asks for itself.
 
-Until the session claims the sandbox (and its keep-alive takes over), the thread keeps it from
-dying of its timeout: with a short ``E2B_KERNEL_SANDBOX_TIMEOUT`` on a slow or busy machine,
-the kernel's imports can outlast it, and its first cell would then find its sandbox expired.
+Until the session's keep-alive has taken over (its first refresh, after the claim and the reply),
+the thread keeps the sandbox from dying of its timeout: with a short
+``E2B_KERNEL_SANDBOX_TIMEOUT`` on a slow or busy machine, the kernel's imports, or the first
+look, can outlast it, and the first cell would then find its sandbox expired.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from .jupyter_server import CONTEXTS_PORT, JUPYTER_PORT, JupyterEndpoint, endpoint_at
 from .quick_create import CreatedSandbox, QuickTarget, create, delete, refresh
 
-__all__ = ["claim", "discard", "pending", "send"]
+__all__ = ["Claimed", "claim", "discard", "pending", "send"]
 
 
 @dataclass
@@ -39,7 +40,24 @@ class _Sent:
     target: QuickTarget
     body: dict[str, Any]
     reply: Future[CreatedSandbox | None] = field(default_factory=Future)
-    settled: threading.Event = field(default_factory=threading.Event)  # claimed or discarded
+    # Discarded, or its claimer's keep-alive has taken over: the thread stops refreshing.
+    settled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed request: its reply, and the thread that keeps the sandbox alive meanwhile."""
+
+    _sent: _Sent
+
+    @property
+    def reply(self) -> Future[CreatedSandbox | None]:
+        return self._sent.reply
+
+    def settle(self) -> None:
+        """The claimer keeps the sandbox alive now (or let it go): stop refreshing it. Until
+        then the thread refreshes it, however long the reply and the claimer take."""
+        self._sent.settled.set()
 
 
 _sent: _Sent | None = None
@@ -124,18 +142,18 @@ def pending() -> bool:
         return _sent is not None
 
 
-def claim(target: QuickTarget, body: dict[str, Any]) -> Future[CreatedSandbox | None] | None:
-    """The reply to the request sent ahead when it is the request the caller would send (it
-    is the caller's then, and no one else's); otherwise None, and a sandbox created for
-    another request is deleted."""
+def claim(target: QuickTarget, body: dict[str, Any]) -> Claimed | None:
+    """The request sent ahead when it is the request the caller would send (it is the
+    caller's then, and no one else's, and the caller must :meth:`Claimed.settle` it);
+    otherwise None, and a sandbox created for another request is deleted."""
     global _sent
     with _lock:
         sent, _sent = _sent, None
     if sent is None:
         return None
-    sent.settled.set()
     if sent.target == target and sent.body == body:
-        return sent.reply
+        return Claimed(sent)
+    sent.settled.set()
     _delete_when_created(sent)
     return None
 

@@ -131,6 +131,9 @@ class SandboxSession:
         # A sandbox created without the SDK (see .quick_create) until its SDK object is built.
         self._created: quick_create.CreatedSandbox | None = None
         self._quick_target: quick_create.QuickTarget | None = None  # where it was created
+        # Stops the thread that keeps a sandbox created ahead alive (see .create_ahead): called
+        # once this session's keep-alive has taken over, or the sandbox is dropped.
+        self._settle_create_ahead: Callable[[], None] | None = None
         self._sdk_build: asyncio.Future[AsyncSandbox] | None = None
         # Set by a front end whose cells need no SDK (the kernel on the jupyter transport):
         # the sandbox is then created with one plain request where the backend allows it.
@@ -282,9 +285,15 @@ class SandboxSession:
         self._quick_target = target
         if target is not None:
             body = quick_create.create_body(**settings, allow_public_traffic=public_traffic)
-            sent = create_ahead.claim(target, body)
-            if sent is not None:
-                self._created = await asyncio.wrap_future(sent)
+            claimed = create_ahead.claim(target, body)
+            if claimed is not None:
+                try:
+                    self._created = await asyncio.wrap_future(claimed.reply)
+                finally:
+                    if self._created is None:
+                        claimed.settle()
+                    else:  # kept alive by its thread until our keep-alive takes over
+                        self._settle_create_ahead = claimed.settle
             else:
                 self._created = await quick_create.create(target, body)
             if self._created is not None:
@@ -495,6 +504,7 @@ class SandboxSession:
         self._created = None
         self._sdk_build = None
         self._lost = None  # said of the sandbox dropped here: never of the next one
+        self._create_ahead_settled()
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
@@ -527,6 +537,8 @@ class SandboxSession:
             on_gone=self._gone,
             log=self.log,
         )
+        if self.config.idle == "pause":
+            self._create_ahead_settled()  # idle, it may pause at its timeout: cells resume it
 
     async def _refresh_timeout(self) -> None:
         """Set the sandbox's timeout again: with one plain request while the SDK's object is
@@ -535,8 +547,15 @@ class SandboxSession:
         created, target = self._created, self._quick_target
         if self.sandbox is None and created is not None and target is not None:
             if await quick_create.refresh(target, created.sandbox_id, self.config.sandbox_timeout):
+                self._create_ahead_settled()
                 return
         await (await self._sdk_sandbox()).set_timeout(self.config.sandbox_timeout)
+        self._create_ahead_settled()
+
+    def _create_ahead_settled(self) -> None:
+        settle, self._settle_create_ahead = self._settle_create_ahead, None
+        if settle is not None:
+            settle()
 
     def _gone(self, sandbox_id: str) -> None:
         """The keep-alive found the sandbox gone: fail the running cell, or the next one."""

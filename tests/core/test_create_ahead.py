@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 from e2b_kernel.backends import create_early
 from e2b_kernel.backends.restart_state import state_path
 from e2b_kernel.config import SessionConfig
-from e2b_kernel.core import SandboxSession, create_ahead, jupyter_server
+from e2b_kernel.core import SandboxSession, create_ahead, jupyter_server, quick_create
 from e2b_kernel.core.remote_kernel import pick_remote_kernel
 from e2b_kernel.local import RunningService, start_in_thread
 
@@ -103,6 +104,7 @@ def test_the_session_adopts_the_sandbox_asked_for_at_launch(
 
     assert _started_sandbox_id(SessionConfig()) == asked_for
     assert _answered_ahead_for() == set()  # what was kept for it went with its close
+    _wait_for(lambda: not _create_ahead_keeps_alive(), "no refresh of a closed session's")
     _wait_for(lambda: not tagged(probe), "the session's close killed it")
 
 
@@ -130,6 +132,62 @@ def test_what_the_kernel_asks_first_is_asked_with_the_create(
             await session.close()
 
     asyncio.run(start())
+
+
+def test_a_sandbox_claimed_before_its_reply_lives_until_the_claimer_takes_over(
+    tagged: Tagged, probe: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy machine the session claims the request before its reply (the create and the
+    first look) is in, and its own keep-alive starts only after that reply: the thread must
+    keep the sandbox alive across both, until told to stop. (It stopped at the claim, and a
+    2 s sandbox expired before the kernel's first cell.)"""
+    monkeypatch.setenv("E2B_KERNEL_SANDBOX_TIMEOUT", "2")
+    config = SessionConfig()
+    target = quick_create.quick_target({})
+    assert target is not None
+    settings = quick_create.create_settings(config)
+    body = quick_create.create_body(
+        **settings, allow_public_traffic=quick_create.ALLOW_PUBLIC_TRAFFIC
+    )
+    create_ahead.send(target, body)
+    claimed = create_ahead.claim(target, body)  # at once: its reply is not in yet
+    assert claimed is not None
+    created = claimed.reply.result(timeout=60)
+    assert created is not None
+    time.sleep(6)  # three of its timeouts, with no refresh of the claimer's
+    assert created.sandbox_id in tagged(probe)
+    claimed.settle()
+    _wait_for(lambda: created.sandbox_id not in tagged(probe), "its timeout once settled")
+    for endpoint in create_ahead._endpoints(created):  # as a session's drop does
+        endpoint.forget_answers_ahead()
+
+
+def _create_ahead_keeps_alive() -> bool:
+    return any(t.name == "e2b-create-ahead-keepalive" for t in threading.enumerate())
+
+
+def test_the_sessions_keepalive_takes_over_from_the_thread(
+    tagged: Tagged, probe: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("E2B_KERNEL_SANDBOX_TIMEOUT", "3")
+    create_early(str(tmp_path / "kernel-1.json"))
+
+    async def run() -> None:
+        session = SandboxSession(SessionConfig())
+        session.defer_sdk = True
+        try:
+            await session.start()
+            assert _create_ahead_keeps_alive()  # the session has not refreshed yet
+            deadline = time.monotonic() + 30
+            while _create_ahead_keeps_alive():  # until the session's first refresh
+                assert time.monotonic() < deadline, "the thread still refreshes"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(7)  # over two of its timeouts: the session's keep-alive alone
+            assert session.sandbox_id in await asyncio.to_thread(tagged, probe)
+        finally:
+            await session.close()
+
+    asyncio.run(run())
 
 
 def test_a_sandbox_asked_for_under_other_settings_is_deleted(
