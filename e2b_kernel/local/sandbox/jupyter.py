@@ -143,6 +143,11 @@ class JupyterServer:
 
         def stop_watching() -> None:
             task.cancel()
+            if not self._ready.done():  # else its waiters (proxied requests) wait READY_TIMEOUT
+                self._ready.set_exception(
+                    JupyterUnavailable("the sandbox was killed before its Jupyter Server started")
+                )
+                self._ready.exception()  # seen: nobody may be waiting
 
         self.sandbox.on_kill(stop_watching)
 
