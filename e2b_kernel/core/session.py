@@ -544,13 +544,13 @@ class SandboxSession:
         """Set the sandbox's timeout again: with one plain request while the SDK's object is
         not built (a short timeout can run out while the SDK imports), else through the SDK,
         which also explains any refusal (a sandbox gone, say)."""
-        created, target = self._created, self._quick_target
+        created, target, timeout = self._created, self._quick_target, self.config.sandbox_timeout
+        refreshed = False
         if self.sandbox is None and created is not None and target is not None:
-            if await quick_create.refresh(target, created.sandbox_id, self.config.sandbox_timeout):
-                self._create_ahead_settled()
-                return
-        await (await self._sdk_sandbox()).set_timeout(self.config.sandbox_timeout)
-        self._create_ahead_settled()
+            refreshed = await quick_create.refresh(target, created.sandbox_id, timeout)
+        if not refreshed:
+            await (await self._sdk_sandbox()).set_timeout(timeout)
+        self._create_ahead_settled()  # refreshed by us: the thread's refreshes are not needed
 
     def _create_ahead_settled(self) -> None:
         settle, self._settle_create_ahead = self._settle_create_ahead, None

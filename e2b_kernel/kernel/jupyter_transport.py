@@ -333,8 +333,8 @@ class JupyterTransport:
         finally:
             self._loss_check = None
         pending = forwarder.take_pending()
-        cells = [r for r in pending if r.header.get("msg_type") == "execute_request"]
-        if isinstance(exc, SandboxLost) and not cells:
+        cell_pending = any(r.header.get("msg_type") == "execute_request" for r in pending)
+        if isinstance(exc, SandboxLost) and not cell_pending:
             session.report_lost(str(exc))  # lost while no cell ran: the next cell says so
         session.hold_busy(False)
         for route in pending:

@@ -7,11 +7,12 @@ deleted; and nothing is asked for where the kernel will not create its sandbox t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -80,19 +81,30 @@ def _answered_ahead_for() -> set[str]:
     return {dict(headers)["E2b-Sandbox-Id"] for _, headers, _ in jupyter_server._answered_ahead}
 
 
+@contextlib.asynccontextmanager
+async def _started_session(config: SessionConfig) -> AsyncIterator[SandboxSession]:
+    """A session started as the kernel starts it (deferring the SDK), closed on leaving."""
+    session = SandboxSession(config)
+    session.defer_sdk = True
+    try:
+        await session.start()
+        yield session
+    finally:
+        await session.close()
+
+
 def _started_sandbox_id(config: SessionConfig) -> str:
     """Start a deferred session as the kernel does, and return its sandbox's id (killed)."""
 
     async def start() -> str:
-        session = SandboxSession(config)
-        session.defer_sdk = True
-        try:
-            await session.start()
+        async with _started_session(config) as session:
             return session.sandbox_id
-        finally:
-            await session.close()
 
     return asyncio.run(start())
+
+
+def _create_ahead_keeps_alive() -> bool:
+    return any(t.name == "e2b-create-ahead-keepalive" for t in threading.enumerate())
 
 
 def test_the_session_adopts_the_sandbox_asked_for_at_launch(
@@ -114,10 +126,7 @@ def test_what_the_kernel_asks_first_is_asked_with_the_create(
     create_early(str(tmp_path / "kernel-1.json"))
 
     async def start() -> None:
-        session = SandboxSession(SessionConfig())
-        session.defer_sdk = True
-        try:
-            await session.start()
+        async with _started_session(SessionConfig()) as session:
             # Whether the Jupyter Server answers, the code contexts and the kernels: kept for
             # the kernel's first requests, which then cost no round trip.
             assert _answered_ahead_for() == {session.sandbox_id}
@@ -128,8 +137,6 @@ def test_what_the_kernel_asks_first_is_asked_with_the_create(
             assert _answered_ahead_for() == set()  # each given once
             assert (kernel_id, started) == ((await session.code_context_ids())[0], False)
             assert kernel_id in {k["id"] for k in await endpoint.list_kernels()}
-        finally:
-            await session.close()
 
     asyncio.run(start())
 
@@ -162,10 +169,6 @@ def test_a_sandbox_claimed_before_its_reply_lives_until_the_claimer_takes_over(
         endpoint.forget_answers_ahead()
 
 
-def _create_ahead_keeps_alive() -> bool:
-    return any(t.name == "e2b-create-ahead-keepalive" for t in threading.enumerate())
-
-
 def test_the_sessions_keepalive_takes_over_from_the_thread(
     tagged: Tagged, probe: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -173,10 +176,7 @@ def test_the_sessions_keepalive_takes_over_from_the_thread(
     create_early(str(tmp_path / "kernel-1.json"))
 
     async def run() -> None:
-        session = SandboxSession(SessionConfig())
-        session.defer_sdk = True
-        try:
-            await session.start()
+        async with _started_session(SessionConfig()) as session:
             assert _create_ahead_keeps_alive()  # the session has not refreshed yet
             deadline = time.monotonic() + 30
             while _create_ahead_keeps_alive():  # until the session's first refresh
@@ -184,8 +184,6 @@ def test_the_sessions_keepalive_takes_over_from_the_thread(
                 await asyncio.sleep(0.05)
             await asyncio.sleep(7)  # over two of its timeouts: the session's keep-alive alone
             assert session.sandbox_id in await asyncio.to_thread(tagged, probe)
-        finally:
-            await session.close()
 
     asyncio.run(run())
 
@@ -202,10 +200,7 @@ def test_a_sandbox_asked_for_under_other_settings_is_deleted(
     config = SessionConfig(metadata={"probe": probe, "from": "a config file"})
 
     async def start() -> None:
-        session = SandboxSession(config)
-        session.defer_sdk = True
-        try:
-            await session.start()
+        async with _started_session(config) as session:
             assert session.sandbox_id != asked_for
             running = await asyncio.to_thread(tagged, probe)
             assert running.get(session.sandbox_id) == config.metadata
@@ -215,8 +210,6 @@ def test_a_sandbox_asked_for_under_other_settings_is_deleted(
                 "the unclaimed sandbox deleted",
             )
             assert asked_for not in _answered_ahead_for()
-        finally:
-            await session.close()
 
     asyncio.run(start())
 

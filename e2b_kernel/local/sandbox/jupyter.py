@@ -143,11 +143,8 @@ class JupyterServer:
 
         def stop_watching() -> None:
             task.cancel()
-            if not self._ready.done():  # else its waiters (proxied requests) wait READY_TIMEOUT
-                self._ready.set_exception(
-                    JupyterUnavailable("the sandbox was killed before its Jupyter Server started")
-                )
-                self._ready.exception()  # seen: nobody may be waiting
+            # Else its waiters (requests proxied to it) would wait READY_TIMEOUT.
+            self._never_ready("the sandbox was killed before its Jupyter Server started")
 
         self.sandbox.on_kill(stop_watching)
 
@@ -165,14 +162,18 @@ class JupyterServer:
             await rate.took(len(chunk))  # after the ready line is looked for, not before
         code = await process.wait()
         if not self._ready.done():
-            self._ready.set_exception(
-                JupyterUnavailable(f"the Jupyter Server exited ({code}): {self.diagnostics()}")
-            )
-            # Marked as seen: ready() raises it to whoever asks, and when the sandbox ended
-            # first nobody does (asyncio would log "exception was never retrieved").
-            self._ready.exception()
+            self._never_ready(f"the Jupyter Server exited ({code}): {self.diagnostics()}")
         elif not self.sandbox.killed.is_set():
             log.warning("sandbox %s: its Jupyter Server exited (%s)", self.sandbox.sandbox_id, code)
+
+    def _never_ready(self, why: str) -> None:
+        """Answer ``ready()``'s waiters, now and later, with ``JupyterUnavailable(why)``."""
+        if self._ready.done():
+            return
+        self._ready.set_exception(JupyterUnavailable(why))
+        # Marked as seen: ready() raises it to whoever asks, and when the sandbox ended first
+        # nobody does (asyncio would log "exception was never retrieved").
+        self._ready.exception()
 
     def diagnostics(self) -> str:
         return quoted(b"".join(self._log_tail).decode("utf-8", "replace")[-1500:])
